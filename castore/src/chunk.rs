@@ -1,0 +1,145 @@
+//! Chunks: the unit of storage and transfer. A chunk travels and rests in
+//! an encoding (raw or zstd) and is verified by BLAKE3 of its raw bytes
+//! whenever it is decoded.
+
+use bytes::Bytes;
+
+use crate::digest::B3Digest;
+use crate::error::StoreError;
+
+/// Largest chunk accepted from anyone (a bound on memory per chunk; the
+/// chunker's maximum is far below it).
+pub const MAX_CHUNK_SIZE: u64 = 8 * 1024 * 1024;
+
+/// zstd level for chunks at rest and in transfer: level 3 is zstd's
+/// default balance (fast enough to compress while ingesting at disk speed).
+pub const ZSTD_LEVEL: i32 = 3;
+
+/// The bytes of a chunk as stored or sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChunkPayload {
+    /// Uncompressed.
+    Raw(Bytes),
+    /// One zstd frame.
+    Zstd(Bytes),
+}
+
+/// A chunk: digest and raw size, plus its payload in some encoding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    /// BLAKE3 of the raw bytes.
+    pub digest: B3Digest,
+    /// Length of the raw bytes.
+    pub size: u64,
+    /// The bytes in their encoding.
+    pub payload: ChunkPayload,
+}
+
+/// A chunk's place in a blob: digest and raw size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ChunkMeta {
+    /// BLAKE3 of the chunk's bytes.
+    pub digest: B3Digest,
+    /// Its length.
+    pub size: u64,
+}
+
+impl Chunk {
+    /// A raw chunk from its bytes (computes the digest).
+    pub fn from_raw(data: Bytes) -> Self {
+        Self {
+            digest: B3Digest::of(&data),
+            size: data.len() as u64,
+            payload: ChunkPayload::Raw(data),
+        }
+    }
+
+    /// Bytes of the payload as it is (compressed or not).
+    pub fn payload_len(&self) -> u64 {
+        match &self.payload {
+            ChunkPayload::Raw(b) | ChunkPayload::Zstd(b) => b.len() as u64,
+        }
+    }
+
+    /// The same chunk with a zstd payload (CPU-bound: call from a blocking
+    /// thread for large batches).
+    pub fn compressed(self) -> Result<Self, StoreError> {
+        match self.payload {
+            ChunkPayload::Zstd(_) => Ok(self),
+            ChunkPayload::Raw(data) => {
+                let z = zstd::bulk::compress(&data, ZSTD_LEVEL)?;
+                Ok(Self {
+                    payload: ChunkPayload::Zstd(z.into()),
+                    ..self
+                })
+            }
+        }
+    }
+
+    /// Decodes the raw bytes and checks size and BLAKE3 against the
+    /// digest; a mismatch is [`StoreError::Corrupt`], never wrong bytes.
+    pub fn decode_verified(&self) -> Result<Bytes, StoreError> {
+        if self.size > MAX_CHUNK_SIZE {
+            return Err(StoreError::Invalid(format!(
+                "chunk {} claims {} bytes, over the limit of {MAX_CHUNK_SIZE}",
+                self.digest, self.size
+            )));
+        }
+        let raw: Bytes = match &self.payload {
+            ChunkPayload::Raw(b) => b.clone(),
+            ChunkPayload::Zstd(z) => {
+                // Capacity size+1 so a frame longer than claimed is caught.
+                let v = zstd::bulk::decompress(z, self.size as usize + 1).map_err(|e| {
+                    StoreError::Corrupt(format!("chunk {}: undecodable zstd: {e}", self.digest))
+                })?;
+                v.into()
+            }
+        };
+        if raw.len() as u64 != self.size {
+            return Err(StoreError::Corrupt(format!(
+                "chunk {}: {} bytes, expected {}",
+                self.digest,
+                raw.len(),
+                self.size
+            )));
+        }
+        if B3Digest::of(&raw) != self.digest {
+            return Err(StoreError::Corrupt(format!(
+                "chunk {}: BLAKE3 mismatch",
+                self.digest
+            )));
+        }
+        Ok(raw)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compress_decode_and_detect_corruption() {
+        let c = Chunk::from_raw(Bytes::from(vec![7u8; 10_000]));
+        let z = c.clone().compressed().unwrap();
+        assert!(z.payload_len() < 1000);
+        assert_eq!(z.decode_verified().unwrap(), vec![7u8; 10_000]);
+        let mut wrong = z.clone();
+        wrong.digest = B3Digest::of(b"other");
+        assert!(matches!(
+            wrong.decode_verified(),
+            Err(StoreError::Corrupt(_))
+        ));
+        let mut garbage = z.clone();
+        garbage.payload = ChunkPayload::Zstd(Bytes::from_static(b"not zstd"));
+        assert!(matches!(
+            garbage.decode_verified(),
+            Err(StoreError::Corrupt(_))
+        ));
+        let mut short = z;
+        short.size = 9_999;
+        assert!(matches!(
+            short.decode_verified(),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+}

@@ -1,0 +1,370 @@
+//! The embedded backend: one data folder on local disk, the default store.
+//!
+//! Layout (every object written to `tmp/` first, then renamed into place,
+//! so a killed process never leaves a half-written object under its final
+//! name; content-addressed names make concurrent writers of one object
+//! harmless):
+//! - `chunks/<2 hex>/<64 hex>`: 8-byte little-endian raw size, then one zstd
+//!   frame of the chunk;
+//! - `blobs/<2 hex>/<64 hex>`: chunk list of a multi-chunk blob (protobuf
+//!   `lazix.v1.BlobChunks`);
+//! - `directories/<2 hex>/<64 hex>`: protobuf `Directory`;
+//! - `pathinfo/<nixbase32 hash part>`: protobuf `PathInfo`.
+
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use lazix_proto::{ext as lpb, store as spb};
+use prost::Message;
+
+use crate::chunk::{Chunk, ChunkMeta, ChunkPayload};
+use crate::digest::B3Digest;
+use crate::directory::{validate_closure, Directory};
+use crate::error::{StoreError, StoreResult};
+use crate::nix::nixbase32;
+use crate::node::Node;
+use crate::pathinfo::PathInfo;
+use crate::services::{closure_by_walking, BlobChunks, BlobStore, DirectoryStore, PathInfoStore};
+
+const KINDS: [&str; 5] = ["chunks", "blobs", "directories", "pathinfo", "tmp"];
+
+/// A store in one local folder. Cheap to share behind an `Arc`.
+#[derive(Debug, Clone)]
+pub struct EmbeddedStore {
+    root: PathBuf,
+}
+
+/// Runs blocking file work off the async threads.
+async fn blocking<T, F>(f: F) -> StoreResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> StoreResult<T> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+}
+
+fn read_optional(path: &Path) -> StoreResult<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) a store in `root` and removes temp files
+    /// left by a killed process.
+    pub fn open(root: impl Into<PathBuf>) -> StoreResult<Arc<Self>> {
+        let root = root.into();
+        for kind in KINDS {
+            std::fs::create_dir_all(root.join(kind))?;
+        }
+        for entry in std::fs::read_dir(root.join("tmp"))? {
+            let _ = std::fs::remove_file(entry?.path());
+        }
+        Ok(Arc::new(Self { root }))
+    }
+
+    /// The data folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn object_path(&self, kind: &str, digest: &B3Digest) -> PathBuf {
+        let hex = digest.to_hex();
+        self.root.join(kind).join(&hex[..2]).join(hex)
+    }
+
+    fn path_info_path(&self, digest: &[u8; 20]) -> PathBuf {
+        self.root.join("pathinfo").join(nixbase32::encode(digest))
+    }
+
+    /// Writes `data` to `dest` atomically: temp file, then rename.
+    fn write_atomic(&self, dest: &Path, parts: &[&[u8]]) -> StoreResult<()> {
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut tmp = tempfile::NamedTempFile::new_in(self.root.join("tmp"))?;
+        for p in parts {
+            tmp.write_all(p)?;
+        }
+        tmp.persist(dest).map_err(|e| StoreError::Io(e.error))?;
+        Ok(())
+    }
+
+    fn read_chunk(&self, digest: &B3Digest) -> StoreResult<Option<Chunk>> {
+        let Some(data) = read_optional(&self.object_path("chunks", digest))? else {
+            return Ok(None);
+        };
+        if data.len() < 8 {
+            return Err(StoreError::Corrupt(format!(
+                "chunk {digest}: truncated file"
+            )));
+        }
+        let size = u64::from_le_bytes(data[..8].try_into().expect("8 bytes"));
+        let mut data = Bytes::from(data);
+        Ok(Some(Chunk {
+            digest: *digest,
+            size,
+            payload: ChunkPayload::Zstd(data.split_off(8)),
+        }))
+    }
+
+    fn has_chunk(&self, digest: &B3Digest) -> bool {
+        self.object_path("chunks", digest).exists()
+    }
+
+    fn read_directory(&self, digest: &B3Digest) -> StoreResult<Option<Directory>> {
+        let Some(data) = read_optional(&self.object_path("directories", digest))? else {
+            return Ok(None);
+        };
+        let dir = Directory::decode(&data)
+            .map_err(|e| StoreError::Corrupt(format!("directory {digest}: {e}")))?;
+        if dir.digest() != *digest {
+            return Err(StoreError::Corrupt(format!(
+                "directory {digest}: digest mismatch"
+            )));
+        }
+        Ok(Some(dir))
+    }
+
+    fn read_blob_chunks(&self, blob: &B3Digest) -> StoreResult<Option<Vec<ChunkMeta>>> {
+        if *blob == B3Digest::of(b"") {
+            return Ok(Some(Vec::new()));
+        }
+        let Some(data) = read_optional(&self.object_path("blobs", blob))? else {
+            return Ok(None);
+        };
+        let msg = lpb::BlobChunks::decode(data.as_slice())
+            .map_err(|e| StoreError::Corrupt(format!("blob {blob}: {e}")))?;
+        msg.chunks
+            .iter()
+            .map(|c| {
+                Ok(ChunkMeta {
+                    digest: B3Digest::try_from(&c.digest)
+                        .map_err(|e| StoreError::Corrupt(format!("blob {blob}: {e}")))?,
+                    size: c.size,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()
+            .map(Some)
+    }
+
+    /// Checks a chunk list against the stored chunks: all present, and
+    /// their concatenation hashes to the blob digest.
+    fn verify_blob(&self, b: &BlobChunks) -> StoreResult<()> {
+        let mut hasher = blake3::Hasher::new();
+        for c in &b.chunks {
+            let chunk = self.read_chunk(&c.digest)?.ok_or_else(|| {
+                StoreError::Invalid(format!("blob {}: chunk {} not stored", b.blob, c.digest))
+            })?;
+            if chunk.size != c.size {
+                return Err(StoreError::Invalid(format!(
+                    "blob {}: chunk {} has size {}, list says {}",
+                    b.blob, c.digest, chunk.size, c.size
+                )));
+            }
+            hasher.update(&chunk.decode_verified()?);
+        }
+        if B3Digest::from(hasher.finalize()) != b.blob {
+            return Err(StoreError::Invalid(format!(
+                "blob {}: chunks do not hash to the blob digest",
+                b.blob
+            )));
+        }
+        Ok(())
+    }
+
+    fn node_is_stored(&self, node: &Node) -> StoreResult<bool> {
+        Ok(match node {
+            Node::Directory { digest, .. } => self.object_path("directories", digest).exists(),
+            Node::File { digest, size, .. } => {
+                *size == 0 || self.object_path("blobs", digest).exists() || self.has_chunk(digest)
+            }
+            Node::Symlink { .. } => true,
+        })
+    }
+}
+
+#[async_trait]
+impl BlobStore for EmbeddedStore {
+    async fn missing_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<B3Digest>> {
+        let paths: Vec<(B3Digest, PathBuf)> = digests
+            .iter()
+            .map(|d| (*d, self.object_path("chunks", d)))
+            .collect();
+        blocking(move || {
+            Ok(paths
+                .into_iter()
+                .filter(|(_, p)| !p.exists())
+                .map(|(d, _)| d)
+                .collect())
+        })
+        .await
+    }
+
+    async fn put_chunks(&self, chunks: Vec<Chunk>) -> StoreResult<()> {
+        let this = self.clone();
+        blocking(move || {
+            for chunk in chunks {
+                // Verify before anything becomes visible.
+                let raw = chunk.decode_verified()?;
+                let path = this.object_path("chunks", &chunk.digest);
+                if path.exists() {
+                    continue;
+                }
+                let z = match chunk.payload {
+                    ChunkPayload::Zstd(z) => z,
+                    ChunkPayload::Raw(_) => {
+                        zstd::bulk::compress(&raw, crate::chunk::ZSTD_LEVEL)?.into()
+                    }
+                };
+                this.write_atomic(&path, &[&chunk.size.to_le_bytes(), &z])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<Chunk>> {
+        let digests = digests.to_vec();
+        let this = self.clone();
+        blocking(move || {
+            digests
+                .iter()
+                .map(|d| {
+                    this.read_chunk(d)?
+                        .ok_or_else(|| StoreError::NotFound(format!("chunk {d}")))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn put_blob_chunks(&self, blobs: Vec<BlobChunks>) -> StoreResult<()> {
+        let this = self.clone();
+        blocking(move || {
+            for b in &blobs {
+                this.verify_blob(b)?;
+                let msg = lpb::BlobChunks {
+                    blob_digest: b.blob.into(),
+                    chunks: b
+                        .chunks
+                        .iter()
+                        .map(|c| lpb::ChunkMeta {
+                            digest: c.digest.into(),
+                            size: c.size,
+                        })
+                        .collect(),
+                };
+                this.write_atomic(&this.object_path("blobs", &b.blob), &[&msg.encode_to_vec()])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_blob_chunks(
+        &self,
+        blobs: &[B3Digest],
+    ) -> StoreResult<Vec<Option<Vec<ChunkMeta>>>> {
+        let blobs = blobs.to_vec();
+        let this = self.clone();
+        blocking(move || blobs.iter().map(|b| this.read_blob_chunks(b)).collect()).await
+    }
+}
+
+#[async_trait]
+impl DirectoryStore for EmbeddedStore {
+    async fn get_directory(&self, digest: &B3Digest) -> StoreResult<Option<Directory>> {
+        let d = *digest;
+        let this = self.clone();
+        blocking(move || this.read_directory(&d)).await
+    }
+
+    async fn get_closure(&self, root: &B3Digest) -> StoreResult<Vec<Directory>> {
+        closure_by_walking(self, root).await
+    }
+
+    async fn put_closure(&self, dirs: Vec<Directory>) -> StoreResult<B3Digest> {
+        let this = self.clone();
+        blocking(move || {
+            let (root, dirs) =
+                validate_closure(dirs, |d| Ok(this.read_directory(d)?.map(|dir| dir.size())))?;
+            for (digest, dir) in dirs {
+                let path = this.object_path("directories", &digest);
+                if !path.exists() {
+                    this.write_atomic(&path, &[&dir.encode()])?;
+                }
+            }
+            Ok(root)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl PathInfoStore for EmbeddedStore {
+    async fn get_path_info(&self, digest: &[u8; 20]) -> StoreResult<Option<PathInfo>> {
+        let path = self.path_info_path(digest);
+        blocking(move || {
+            let Some(data) = read_optional(&path)? else {
+                return Ok(None);
+            };
+            let p = spb::PathInfo::decode(data.as_slice())
+                .map_err(|e| StoreError::Corrupt(format!("pathinfo {}: {e}", path.display())))?;
+            PathInfo::try_from_proto(&p).map(Some)
+        })
+        .await
+    }
+
+    async fn put_path_info(&self, info: PathInfo) -> StoreResult<()> {
+        let this = self.clone();
+        blocking(move || {
+            if !this.node_is_stored(&info.node)? {
+                return Err(StoreError::Invalid(format!(
+                    "root of {} is not stored",
+                    info.store_path
+                )));
+            }
+            let path = this.path_info_path(info.store_path.digest());
+            this.write_atomic(&path, &[&info.to_proto().encode_to_vec()])
+        })
+        .await
+    }
+
+    fn list_path_infos(&self) -> BoxStream<'static, StoreResult<PathInfo>> {
+        let dir = self.root.join("pathinfo");
+        let names: StoreResult<Vec<PathBuf>> = std::fs::read_dir(&dir)
+            .map_err(StoreError::from)
+            .and_then(|rd| {
+                rd.map(|e| e.map(|e| e.path()).map_err(StoreError::from))
+                    .collect()
+            });
+        match names {
+            Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+            Ok(mut paths) => {
+                paths.sort();
+                futures::stream::iter(paths)
+                    .then(|p| async move {
+                        blocking(move || {
+                            let data = std::fs::read(&p)?;
+                            let msg = spb::PathInfo::decode(data.as_slice()).map_err(|e| {
+                                StoreError::Corrupt(format!("pathinfo {}: {e}", p.display()))
+                            })?;
+                            PathInfo::try_from_proto(&msg)
+                        })
+                        .await
+                    })
+                    .boxed()
+            }
+        }
+    }
+}

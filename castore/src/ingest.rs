@@ -1,0 +1,351 @@
+//! Ingest: NAR (or a single blob) → chunks, chunk lists, directories.
+//!
+//! File contents are chunked while they stream through; chunks are hashed,
+//! deduplicated against what the store already has in batches (one
+//! `missing_chunks` call per batch, never per chunk), compressed on blocking
+//! threads and uploaded with a bounded number of batches in flight.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use tokio::io::AsyncRead;
+use tokio::task::JoinHandle;
+
+use crate::chunk::{Chunk, ChunkMeta};
+use crate::chunker::{Chunker, DEFAULT_PARAMS};
+use crate::digest::B3Digest;
+use crate::directory::{Directory, DirectoryBuilder};
+use crate::error::{StoreError, StoreResult};
+use crate::nix::nar::{read_nar, HashingReader, NarError, NarVisitor};
+use crate::node::Node;
+use crate::services::{BlobChunks, BlobStore, Store};
+
+/// Raw bytes gathered before a batch is checked and uploaded.
+const BATCH_BYTES: u64 = 4 * 1024 * 1024;
+/// Chunks gathered before a batch is checked and uploaded.
+const BATCH_CHUNKS: usize = 1024;
+/// Batches uploading at once (bounds memory to about this × BATCH_BYTES).
+const MAX_IN_FLIGHT: usize = 4;
+/// Chunk lists registered per call.
+const LIST_BATCH: usize = 256;
+
+/// Why an ingest failed. Nothing is recorded as a PathInfo by ingest; a
+/// failed ingest leaves at most unreferenced chunks behind.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The NAR is malformed or truncated.
+    #[error(transparent)]
+    Nar(NarError),
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<NarError> for IngestError {
+    fn from(e: NarError) -> Self {
+        match e {
+            NarError::Visitor(inner) => match inner.downcast::<StoreError>() {
+                Ok(s) => IngestError::Store(*s),
+                Err(other) => IngestError::Nar(NarError::Visitor(other)),
+            },
+            e => IngestError::Nar(e),
+        }
+    }
+}
+
+/// Transfer counters, shared by every ingest of one session (e.g. a push).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransferStats {
+    /// Chunks produced by the chunker.
+    pub chunks: u64,
+    /// Their raw bytes.
+    pub chunk_bytes: u64,
+    /// Chunks actually sent to the store (it lacked them).
+    pub chunks_sent: u64,
+    /// Raw bytes of those chunks.
+    pub raw_bytes_sent: u64,
+    /// Payload bytes sent (compressed).
+    pub bytes_sent: u64,
+}
+
+/// Digests known to be stored already, shared across the ingests of one
+/// session so a chunk is checked and sent at most once.
+pub type KnownChunks = Arc<Mutex<HashSet<B3Digest>>>;
+
+/// Batches chunks and chunk lists into a [`BlobStore`].
+pub struct ChunkUploader {
+    blobs: Arc<dyn BlobStore>,
+    known: KnownChunks,
+    stats: Arc<Mutex<TransferStats>>,
+    pending: Vec<Chunk>,
+    pending_bytes: u64,
+    pending_lists: Vec<BlobChunks>,
+    in_flight: FuturesUnordered<JoinHandle<StoreResult<()>>>,
+}
+
+impl ChunkUploader {
+    /// An uploader into `blobs`, sharing `known` and `stats` with others of
+    /// the same session.
+    pub fn new(
+        blobs: Arc<dyn BlobStore>,
+        known: KnownChunks,
+        stats: Arc<Mutex<TransferStats>>,
+    ) -> Self {
+        Self {
+            blobs,
+            known,
+            stats,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            pending_lists: Vec::new(),
+            in_flight: FuturesUnordered::new(),
+        }
+    }
+
+    /// Queues one chunk (skipped if known stored).
+    pub async fn add_chunk(&mut self, chunk: Chunk) -> StoreResult<()> {
+        {
+            let mut s = self.stats.lock().expect("stats");
+            s.chunks += 1;
+            s.chunk_bytes += chunk.size;
+        }
+        if !self.known.lock().expect("known").insert(chunk.digest) {
+            return Ok(());
+        }
+        self.pending_bytes += chunk.size;
+        self.pending.push(chunk);
+        if self.pending_bytes >= BATCH_BYTES || self.pending.len() >= BATCH_CHUNKS {
+            self.send_batch().await?;
+        }
+        Ok(())
+    }
+
+    /// Queues a chunk list, registered once its chunks are stored.
+    pub async fn add_blob_list(&mut self, list: BlobChunks) -> StoreResult<()> {
+        self.pending_lists.push(list);
+        if self.pending_lists.len() >= LIST_BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn send_batch(&mut self) -> StoreResult<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        let blobs = self.blobs.clone();
+        let stats = self.stats.clone();
+        self.in_flight.push(tokio::spawn(async move {
+            let digests: Vec<B3Digest> = batch.iter().map(|c| c.digest).collect();
+            let missing: HashSet<B3Digest> =
+                blobs.missing_chunks(&digests).await?.into_iter().collect();
+            let to_send: Vec<Chunk> = batch
+                .into_iter()
+                .filter(|c| missing.contains(&c.digest))
+                .collect();
+            if to_send.is_empty() {
+                return Ok(());
+            }
+            let compressed = tokio::task::spawn_blocking(move || {
+                to_send
+                    .into_iter()
+                    .map(Chunk::compressed)
+                    .collect::<StoreResult<Vec<_>>>()
+            })
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+            let (n, raw, sent) = compressed.iter().fold((0, 0, 0), |(n, r, s), c| {
+                (n + 1, r + c.size, s + c.payload_len())
+            });
+            blobs.put_chunks(compressed).await?;
+            let mut s = stats.lock().expect("stats");
+            s.chunks_sent += n;
+            s.raw_bytes_sent += raw;
+            s.bytes_sent += sent;
+            Ok(())
+        }));
+        while self.in_flight.len() > MAX_IN_FLIGHT {
+            self.next_done().await?;
+        }
+        Ok(())
+    }
+
+    async fn next_done(&mut self) -> StoreResult<()> {
+        if let Some(res) = self.in_flight.next().await {
+            res.map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        }
+        Ok(())
+    }
+
+    /// Sends everything queued and waits until it is stored.
+    pub async fn flush(&mut self) -> StoreResult<()> {
+        self.send_batch().await?;
+        while !self.in_flight.is_empty() {
+            self.next_done().await?;
+        }
+        if !self.pending_lists.is_empty() {
+            let lists = std::mem::take(&mut self.pending_lists);
+            self.blobs.put_blob_chunks(lists).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Chunks one stream of contents into the uploader; returns the blob's
+/// digest and size.
+pub async fn ingest_contents<R: AsyncRead + Unpin + ?Sized>(
+    up: &mut ChunkUploader,
+    chunker: &mut Chunker,
+    contents: &mut R,
+) -> StoreResult<(B3Digest, u64)> {
+    let mut hasher = blake3::Hasher::new();
+    let mut metas = Vec::new();
+    let mut size = 0u64;
+    while let Some(data) = chunker.next_chunk(contents).await? {
+        hasher.update(&data);
+        size += data.len() as u64;
+        let chunk = Chunk::from_raw(data);
+        metas.push(ChunkMeta {
+            digest: chunk.digest,
+            size: chunk.size,
+        });
+        up.add_chunk(chunk).await?;
+    }
+    let blob = B3Digest::from(hasher.finalize());
+    if metas.len() > 1 {
+        up.add_blob_list(BlobChunks {
+            blob,
+            chunks: metas,
+        })
+        .await?;
+    }
+    Ok((blob, size))
+}
+
+/// Builds castore nodes from NAR events.
+struct NarIngester<'a> {
+    up: &'a mut ChunkUploader,
+    chunker: Chunker,
+    open: Vec<(Bytes, DirectoryBuilder)>,
+    finished_dirs: Vec<Directory>,
+    root: Option<Node>,
+}
+
+fn visitor_err(e: StoreError) -> NarError {
+    NarError::Visitor(Box::new(e))
+}
+
+impl NarIngester<'_> {
+    fn attach(&mut self, name: &[u8], node: Node) {
+        match self.open.last_mut() {
+            Some((_, b)) => b.add(Bytes::copy_from_slice(name), node),
+            None => self.root = Some(node),
+        }
+    }
+}
+
+#[async_trait]
+impl NarVisitor for NarIngester<'_> {
+    async fn enter_directory(&mut self, name: &[u8]) -> Result<(), NarError> {
+        self.open
+            .push((Bytes::copy_from_slice(name), DirectoryBuilder::default()));
+        Ok(())
+    }
+
+    async fn leave_directory(&mut self) -> Result<(), NarError> {
+        let (name, builder) = self.open.pop().expect("reader balances directories");
+        let dir = builder.build().map_err(visitor_err)?;
+        let node = Node::Directory {
+            digest: dir.digest(),
+            size: dir.size(),
+        };
+        self.finished_dirs.push(dir);
+        self.attach(&name, node);
+        Ok(())
+    }
+
+    async fn symlink(&mut self, name: &[u8], target: &[u8]) -> Result<(), NarError> {
+        self.attach(
+            name,
+            Node::Symlink {
+                target: Bytes::copy_from_slice(target),
+            },
+        );
+        Ok(())
+    }
+
+    async fn file(
+        &mut self,
+        name: &[u8],
+        executable: bool,
+        size: u64,
+        contents: &mut (dyn AsyncRead + Unpin + Send),
+    ) -> Result<(), NarError> {
+        let (digest, read) = ingest_contents(self.up, &mut self.chunker, contents)
+            .await
+            .map_err(|e| match e {
+                StoreError::Io(io) => NarError::from(io),
+                e => visitor_err(e),
+            })?;
+        if read != size {
+            return Err(NarError::Truncated);
+        }
+        self.attach(
+            name,
+            Node::File {
+                digest,
+                size,
+                executable,
+            },
+        );
+        Ok(())
+    }
+}
+
+/// What a NAR ingest produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngestedNar {
+    /// The root node (stored with everything below it).
+    pub node: Node,
+    /// sha256 of the NAR.
+    pub nar_sha256: [u8; 32],
+    /// Size of the NAR.
+    pub nar_size: u64,
+}
+
+/// Reads a NAR from `input` into `store`: chunks via `up`, then the
+/// directory closure. Records no PathInfo (the caller does, after checking
+/// the NAR hash), so a rejected NAR leaves nothing visible.
+pub async fn ingest_nar<R: AsyncRead + Unpin + Send>(
+    store: &Store,
+    up: &mut ChunkUploader,
+    input: R,
+) -> Result<IngestedNar, IngestError> {
+    let (reader, hash) = HashingReader::new(input);
+    let mut v = NarIngester {
+        up,
+        chunker: Chunker::new(DEFAULT_PARAMS),
+        open: Vec::new(),
+        finished_dirs: Vec::new(),
+        root: None,
+    };
+    read_nar(reader, &mut v).await?;
+    let root = v.root.take().expect("a parsed NAR has a root");
+    let dirs = std::mem::take(&mut v.finished_dirs);
+    up.flush().await?;
+    if !dirs.is_empty() {
+        store.directories.put_closure(dirs).await?;
+    }
+    let (nar_sha256, nar_size) = hash.finish();
+    Ok(IngestedNar {
+        node: root,
+        nar_sha256,
+        nar_size,
+    })
+}

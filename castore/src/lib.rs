@@ -1,0 +1,22 @@
+//! The lazix content-addressed store: digests, chunking, blobs,
+//! directories, PathInfo, the Nix formats, storage backends and the
+//! ingest/render pipelines. No network servers live here.
+
+pub mod chunk;
+pub mod chunker;
+pub mod digest;
+pub mod directory;
+pub mod embedded;
+pub mod error;
+pub mod ingest;
+pub mod nix;
+pub mod node;
+pub mod pathinfo;
+pub mod render;
+pub mod services;
+
+pub use digest::B3Digest;
+pub use error::{StoreError, StoreResult};
+pub use node::Node;
+pub use pathinfo::PathInfo;
+pub use services::Store;

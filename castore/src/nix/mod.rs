@@ -1,0 +1,9 @@
+//! The Nix formats lazix speaks: NAR, narinfo, nixbase32, store paths,
+//! hashes and signatures. Small and exact, tested against real `nix`.
+
+pub mod hash;
+pub mod nar;
+pub mod narinfo;
+pub mod nixbase32;
+pub mod signing;
+pub mod store_path;

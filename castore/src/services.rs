@@ -1,0 +1,132 @@
+//! The service traits every backend implements (embedded folder now; S3,
+//! caches and the gRPC client too), so they are interchangeable behind one
+//! interface. All calls are batched: no caller needs a round trip per chunk
+//! or per file. How chunks are laid out physically is the backend's
+//! business: nothing here assumes one object per chunk.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+
+use crate::chunk::{Chunk, ChunkMeta};
+use crate::digest::B3Digest;
+use crate::directory::Directory;
+use crate::error::StoreResult;
+use crate::pathinfo::PathInfo;
+
+/// A blob made of several chunks: its digest and its chunk list in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobChunks {
+    /// BLAKE3 of the blob's bytes.
+    pub blob: B3Digest,
+    /// The chunks whose concatenation is the blob.
+    pub chunks: Vec<ChunkMeta>,
+}
+
+/// Chunks and blob chunk lists.
+///
+/// A blob of one chunk has no chunk list: its only chunk has the blob's
+/// digest. The empty blob needs nothing stored.
+#[async_trait]
+pub trait BlobStore: Send + Sync {
+    /// The digests among `digests` that the store lacks, in input order.
+    async fn missing_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<B3Digest>>;
+
+    /// Stores chunks. Every chunk is verified (BLAKE3 of its raw bytes)
+    /// before it becomes visible; one bad chunk fails the call with
+    /// `Corrupt`/`Invalid`.
+    async fn put_chunks(&self, chunks: Vec<Chunk>) -> StoreResult<()>;
+
+    /// Fetches chunks in request order, in their stored encoding (the
+    /// caller decodes and verifies). `NotFound` if any is missing.
+    async fn get_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<Chunk>>;
+
+    /// Registers chunk lists of blobs whose chunks are all stored; checks
+    /// that the chunks exist and hash together to the blob digest.
+    async fn put_blob_chunks(&self, blobs: Vec<BlobChunks>) -> StoreResult<()>;
+
+    /// Chunk lists of many blobs, in request order. `None` means no list
+    /// is stored: the blob is a single chunk with its own digest, or absent.
+    async fn get_blob_chunks(&self, blobs: &[B3Digest])
+        -> StoreResult<Vec<Option<Vec<ChunkMeta>>>>;
+}
+
+/// Directories (Merkle nodes).
+#[async_trait]
+pub trait DirectoryStore: Send + Sync {
+    /// One directory, or `None`.
+    async fn get_directory(&self, digest: &B3Digest) -> StoreResult<Option<Directory>>;
+
+    /// A directory and everything below it, root first, breadth-first, each
+    /// once. `NotFound` if the root or any child is missing.
+    async fn get_closure(&self, root: &B3Digest) -> StoreResult<Vec<Directory>>;
+
+    /// Stores a closure sent leaves first, root last, after validating it
+    /// (see [`crate::directory::validate_closure`]); returns the root digest.
+    async fn put_closure(&self, dirs: Vec<Directory>) -> StoreResult<B3Digest>;
+}
+
+/// PathInfos, keyed by the store path's 20-byte digest.
+#[async_trait]
+pub trait PathInfoStore: Send + Sync {
+    /// The PathInfo for a store path digest, or `None`.
+    async fn get_path_info(&self, digest: &[u8; 20]) -> StoreResult<Option<PathInfo>>;
+
+    /// Stores a PathInfo, after checking that its root is stored.
+    async fn put_path_info(&self, info: PathInfo) -> StoreResult<()>;
+
+    /// Every PathInfo.
+    fn list_path_infos(&self) -> BoxStream<'static, StoreResult<PathInfo>>;
+}
+
+/// The three services together: what the server, the CLI and the renderer
+/// work with. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    /// Chunks and blob chunk lists.
+    pub blobs: Arc<dyn BlobStore>,
+    /// Directories.
+    pub directories: Arc<dyn DirectoryStore>,
+    /// PathInfos.
+    pub path_infos: Arc<dyn PathInfoStore>,
+}
+
+impl Store {
+    /// A store whose three services are one backend object.
+    pub fn from_backend<B>(backend: Arc<B>) -> Self
+    where
+        B: BlobStore + DirectoryStore + PathInfoStore + 'static,
+    {
+        Self {
+            blobs: backend.clone(),
+            directories: backend.clone(),
+            path_infos: backend,
+        }
+    }
+}
+
+/// Breadth-first closure retrieval on top of `get_directory`, for backends
+/// without a faster way.
+pub async fn closure_by_walking<D: DirectoryStore + ?Sized>(
+    store: &D,
+    root: &B3Digest,
+) -> StoreResult<Vec<Directory>> {
+    use std::collections::{HashSet, VecDeque};
+    let mut seen = HashSet::from([*root]);
+    let mut queue = VecDeque::from([*root]);
+    let mut out = Vec::new();
+    while let Some(d) = queue.pop_front() {
+        let dir = store
+            .get_directory(&d)
+            .await?
+            .ok_or_else(|| crate::error::StoreError::NotFound(format!("directory {d}")))?;
+        for (_, child, _) in dir.child_directories() {
+            if seen.insert(child) {
+                queue.push_back(child);
+            }
+        }
+        out.push(dir);
+    }
+    Ok(out)
+}
