@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod nix;
 pub mod node;
 pub mod pathinfo;
+pub mod push;
 pub mod render;
 pub mod services;
 

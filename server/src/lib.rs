@@ -1,1 +1,62 @@
+//! The lazix servers: the gRPC server over a castore store, and the gRPC
+//! client that puts a remote server behind the same store traits.
 
+pub mod client;
+pub mod convert;
+pub mod service;
+
+use std::net::SocketAddr;
+
+use lazix_castore::Store;
+use lazix_proto::castore::{blob_service_server::BlobServiceServer, directory_service_server::DirectoryServiceServer};
+use lazix_proto::ext::chunk_service_server::ChunkServiceServer;
+use lazix_proto::store::path_info_service_server::PathInfoServiceServer;
+
+pub use client::GrpcStore;
+pub use service::StoreService;
+
+/// Largest gRPC message either side accepts. Our own messages stay near
+/// 2 MiB; the margin admits large directories and big batches.
+pub const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
+
+/// Serves `store` over gRPC on an already bound listener until `shutdown`
+/// resolves.
+pub async fn serve_grpc(
+    store: Store,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let svc = StoreService::new(store);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(8 * 1024 * 1024))
+        .initial_connection_window_size(Some(32 * 1024 * 1024))
+        .add_service(
+            BlobServiceServer::new(svc.clone())
+                .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+        )
+        .add_service(
+            DirectoryServiceServer::new(svc.clone())
+                .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+        )
+        .add_service(
+            PathInfoServiceServer::new(svc.clone())
+                .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+        )
+        .add_service(
+            ChunkServiceServer::new(svc)
+                .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
+
+/// Binds `addr` for [`serve_grpc`].
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}

@@ -2,6 +2,7 @@
 //! hashes and signatures. Small and exact, tested against real `nix`.
 
 pub mod hash;
+pub mod local;
 pub mod nar;
 pub mod narinfo;
 pub mod nixbase32;

@@ -1,0 +1,322 @@
+//! The gRPC client: a remote lazix (or snix) server behind the same store
+//! traits as a local backend, so the CLI, the renderer and later the FUSE
+//! mount work with either.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use lazix_castore::chunk::{Chunk, ChunkMeta};
+use lazix_castore::directory::Directory;
+use lazix_castore::services::{BlobChunks, BlobStore, DirectoryStore, PathInfoStore};
+use lazix_castore::{B3Digest, PathInfo, Store, StoreError, StoreResult};
+use lazix_proto::castore::{self as cpb, directory_service_client::DirectoryServiceClient};
+use lazix_proto::ext::{self as lpb, chunk_service_client::ChunkServiceClient};
+use lazix_proto::store::{self as spb, path_info_service_client::PathInfoServiceClient};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::convert::{chunk_from_proto, chunk_to_proto, from_status, group_by_size, meta_from_proto, meta_to_proto};
+use crate::MAX_MESSAGE_SIZE;
+
+/// Most digests sent in one batched request (the server's limit).
+const MAX_BATCH: usize = 16 * 1024;
+
+/// A remote store reached over gRPC. Cheap to clone (one HTTP/2
+/// connection, multiplexed).
+#[derive(Clone)]
+pub struct GrpcStore {
+    chunks: ChunkServiceClient<Channel>,
+    directories: DirectoryServiceClient<Channel>,
+    path_infos: PathInfoServiceClient<Channel>,
+}
+
+/// Why a server address cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Not `grpc://HOST:PORT` (or `http://HOST:PORT`).
+    #[error("invalid server address {0:?}: expected grpc://HOST:PORT")]
+    BadAddress(String),
+    /// The transport refused the endpoint.
+    #[error("cannot connect to {0}: {1}")]
+    Transport(String, tonic::transport::Error),
+}
+
+impl GrpcStore {
+    /// Connects lazily to `grpc://HOST:PORT`: the first call dials, and a
+    /// dropped connection is redialled by later calls.
+    pub fn connect(addr: &str) -> Result<Self, ConnectError> {
+        let rest = addr
+            .strip_prefix("grpc://")
+            .or_else(|| addr.strip_prefix("http://"))
+            .ok_or_else(|| ConnectError::BadAddress(addr.to_string()))?;
+        if rest.is_empty() || rest.contains('/') {
+            return Err(ConnectError::BadAddress(addr.to_string()));
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{rest}"))
+            .map_err(|e| ConnectError::Transport(addr.to_string(), e))?
+            .connect_timeout(Duration::from_secs(10))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .initial_stream_window_size(Some(8 * 1024 * 1024))
+            .initial_connection_window_size(Some(32 * 1024 * 1024));
+        let channel = endpoint.connect_lazy();
+        Ok(Self {
+            chunks: ChunkServiceClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+            directories: DirectoryServiceClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+            path_infos: PathInfoServiceClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+        })
+    }
+
+    /// The three services of this connection as a [`Store`].
+    pub fn into_store(self) -> Store {
+        Store::from_backend(std::sync::Arc::new(self))
+    }
+}
+
+#[async_trait]
+impl BlobStore for GrpcStore {
+    async fn missing_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<B3Digest>> {
+        let mut missing = Vec::new();
+        for batch in digests.chunks(MAX_BATCH) {
+            let resp = self
+                .chunks
+                .clone()
+                .find_missing_chunks(lpb::FindMissingChunksRequest {
+                    digests: batch.iter().map(|d| (*d).into()).collect(),
+                })
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            for m in resp.missing {
+                missing.push(
+                    B3Digest::try_from(&m).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                );
+            }
+        }
+        Ok(missing)
+    }
+
+    async fn put_chunks(&self, chunks: Vec<Chunk>) -> StoreResult<()> {
+        let msgs: Vec<lpb::PutChunksRequest> = group_by_size(chunks, |c| c.payload_len())
+            .into_iter()
+            .map(|g| lpb::PutChunksRequest {
+                chunks: g.into_iter().map(chunk_to_proto).collect(),
+            })
+            .collect();
+        self.chunks
+            .clone()
+            .put_chunks(futures::stream::iter(msgs))
+            .await
+            .map_err(from_status)?;
+        Ok(())
+    }
+
+    async fn get_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<Chunk>> {
+        let mut out = Vec::with_capacity(digests.len());
+        for batch in digests.chunks(MAX_BATCH) {
+            let mut stream = self
+                .chunks
+                .clone()
+                .read_chunks(lpb::ReadChunksRequest {
+                    digests: batch.iter().map(|d| (*d).into()).collect(),
+                })
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            while let Some(msg) = stream.message().await.map_err(from_status)? {
+                for c in msg.chunks {
+                    out.push(chunk_from_proto(c)?);
+                }
+            }
+        }
+        if out.len() != digests.len() || out.iter().zip(digests).any(|(c, d)| c.digest != *d) {
+            return Err(StoreError::Corrupt(
+                "server answered other chunks than asked for".into(),
+            ));
+        }
+        Ok(out)
+    }
+
+    async fn put_blob_chunks(&self, blobs: Vec<BlobChunks>) -> StoreResult<()> {
+        for batch in blobs.chunks(256) {
+            self.chunks
+                .clone()
+                .put_blob_chunks(lpb::PutBlobChunksRequest {
+                    blobs: batch
+                        .iter()
+                        .map(|b| lpb::BlobChunks {
+                            blob_digest: b.blob.into(),
+                            chunks: b.chunks.iter().map(meta_to_proto).collect(),
+                        })
+                        .collect(),
+                })
+                .await
+                .map_err(from_status)?;
+        }
+        Ok(())
+    }
+
+    async fn get_blob_chunks(&self, blobs: &[B3Digest]) -> StoreResult<Vec<Option<Vec<ChunkMeta>>>> {
+        let mut out = Vec::with_capacity(blobs.len());
+        for batch in blobs.chunks(MAX_BATCH) {
+            let resp = self
+                .chunks
+                .clone()
+                .get_blob_chunks(lpb::GetBlobChunksRequest {
+                    blob_digests: batch.iter().map(|d| (*d).into()).collect(),
+                })
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            if resp.answers.len() != batch.len() {
+                return Err(StoreError::Corrupt("short GetBlobChunks answer".into()));
+            }
+            for a in resp.answers {
+                out.push(if a.known {
+                    Some(
+                        a.chunks
+                            .iter()
+                            .map(meta_from_proto)
+                            .collect::<StoreResult<Vec<_>>>()?,
+                    )
+                } else {
+                    None
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl DirectoryStore for GrpcStore {
+    async fn get_directory(&self, digest: &B3Digest) -> StoreResult<Option<Directory>> {
+        let req = cpb::GetDirectoryRequest {
+            by_what: Some(cpb::get_directory_request::ByWhat::Digest((*digest).into())),
+            recursive: false,
+        };
+        let mut stream = match self.directories.clone().get(req).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == tonic::Code::NotFound => return Ok(None),
+            Err(s) => return Err(from_status(s)),
+        };
+        match stream.message().await {
+            Ok(Some(d)) => {
+                let dir = Directory::try_from_proto(d)?;
+                if dir.digest() != *digest {
+                    return Err(StoreError::Corrupt(format!("directory {digest}: digest mismatch")));
+                }
+                Ok(Some(dir))
+            }
+            Ok(None) => Ok(None),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+            Err(s) => Err(from_status(s)),
+        }
+    }
+
+    async fn get_closure(&self, root: &B3Digest) -> StoreResult<Vec<Directory>> {
+        let req = cpb::GetDirectoryRequest {
+            by_what: Some(cpb::get_directory_request::ByWhat::Digest((*root).into())),
+            recursive: true,
+        };
+        let dirs: Vec<cpb::Directory> = self
+            .directories
+            .clone()
+            .get(req)
+            .await
+            .map_err(from_status)?
+            .into_inner()
+            .try_collect()
+            .await
+            .map_err(from_status)?;
+        // Verify: each directory must be the root or referenced by one
+        // received earlier, with the digest it was referenced by.
+        let mut expected = std::collections::HashSet::from([*root]);
+        let mut out = Vec::with_capacity(dirs.len());
+        for d in dirs {
+            let dir = Directory::try_from_proto(d)?;
+            let digest = dir.digest();
+            if !expected.contains(&digest) {
+                return Err(StoreError::Corrupt(format!(
+                    "server sent unexpected directory {digest}"
+                )));
+            }
+            for (_, child, _) in dir.child_directories() {
+                expected.insert(child);
+            }
+            out.push(dir);
+        }
+        if out.is_empty() {
+            return Err(StoreError::NotFound(format!("directory {root}")));
+        }
+        Ok(out)
+    }
+
+    async fn put_closure(&self, dirs: Vec<Directory>) -> StoreResult<B3Digest> {
+        let msgs: Vec<cpb::Directory> = dirs.into_iter().map(Directory::into_proto).collect();
+        let resp = self
+            .directories
+            .clone()
+            .put(futures::stream::iter(msgs))
+            .await
+            .map_err(from_status)?
+            .into_inner();
+        B3Digest::try_from(&resp.root_digest).map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+}
+
+#[async_trait]
+impl PathInfoStore for GrpcStore {
+    async fn get_path_info(&self, digest: &[u8; 20]) -> StoreResult<Option<PathInfo>> {
+        let req = spb::GetPathInfoRequest {
+            by_what: Some(spb::get_path_info_request::ByWhat::ByOutputHash(
+                digest.to_vec().into(),
+            )),
+        };
+        match self.path_infos.clone().get(req).await {
+            Ok(r) => {
+                let info = PathInfo::try_from_proto(&r.into_inner())?;
+                if info.store_path.digest() != digest {
+                    return Err(StoreError::Corrupt("server answered another path".into()));
+                }
+                Ok(Some(info))
+            }
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+            Err(s) => Err(from_status(s)),
+        }
+    }
+
+    async fn put_path_info(&self, info: PathInfo) -> StoreResult<()> {
+        self.path_infos
+            .clone()
+            .put(info.to_proto())
+            .await
+            .map_err(from_status)?;
+        Ok(())
+    }
+
+    fn list_path_infos(&self) -> BoxStream<'static, StoreResult<PathInfo>> {
+        let mut client = self.path_infos.clone();
+        futures::stream::once(async move {
+            client
+                .list(spb::ListPathInfoRequest {})
+                .await
+                .map_err(from_status)
+        })
+        .map_ok(|r| {
+            r.into_inner()
+                .map_err(from_status)
+                .and_then(|p| async move { PathInfo::try_from_proto(&p) })
+        })
+        .try_flatten()
+        .boxed()
+    }
+}

@@ -1,0 +1,407 @@
+//! The gRPC services over a castore [`Store`]: snix-compatible blob,
+//! directory and PathInfo services, plus the batched `lazix.v1` chunk
+//! service.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use futures::{Stream, StreamExt, TryStreamExt};
+use lazix_castore::chunk::ChunkMeta;
+use lazix_castore::chunker::{Chunker, DEFAULT_PARAMS};
+use lazix_castore::directory::Directory;
+use lazix_castore::ingest::{ingest_contents, ChunkUploader, KnownChunks, TransferStats};
+use lazix_castore::services::BlobChunks;
+use lazix_castore::{B3Digest, Node, PathInfo, Store, StoreError};
+use lazix_proto::castore::{self as cpb, blob_service_server, directory_service_server};
+use lazix_proto::ext::{self as lpb, chunk_service_server};
+use lazix_proto::store::{self as spb, path_info_service_server};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::convert::{
+    chunk_from_proto, chunk_to_proto, digest, group_by_size, meta_from_proto, meta_to_proto,
+    to_status,
+};
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Most digests accepted in one batched request.
+const MAX_BATCH: usize = 16 * 1024;
+
+/// Implements every service over one store.
+#[derive(Clone)]
+pub struct StoreService {
+    store: Store,
+}
+
+impl StoreService {
+    /// Serves `store`.
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+}
+
+fn digests(list: &[bytes::Bytes]) -> Result<Vec<B3Digest>, Status> {
+    if list.len() > MAX_BATCH {
+        return Err(Status::invalid_argument(format!(
+            "at most {MAX_BATCH} digests per request"
+        )));
+    }
+    list.iter().map(digest).collect()
+}
+
+/// The chunks of a blob: its list, or itself as a single chunk.
+async fn blob_chunks(store: &Store, blob: B3Digest) -> Result<Vec<ChunkMeta>, Status> {
+    let list = store
+        .blobs
+        .get_blob_chunks(&[blob])
+        .await
+        .map_err(to_status)?
+        .pop()
+        .flatten();
+    match list {
+        Some(l) => Ok(l),
+        None => {
+            let missing = store.blobs.missing_chunks(&[blob]).await.map_err(to_status)?;
+            if !missing.is_empty() {
+                return Err(Status::not_found(format!("blob {blob}")));
+            }
+            let c = store.blobs.get_chunks(&[blob]).await.map_err(to_status)?;
+            Ok(vec![ChunkMeta {
+                digest: blob,
+                size: c[0].size,
+            }])
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl blob_service_server::BlobService for StoreService {
+    async fn stat(
+        &self,
+        req: Request<cpb::StatBlobRequest>,
+    ) -> Result<Response<cpb::StatBlobResponse>, Status> {
+        let req = req.into_inner();
+        let blob = digest(&req.digest)?;
+        let chunks = blob_chunks(&self.store, blob).await?;
+        let chunks = if req.send_chunks && chunks.len() > 1 {
+            chunks
+                .iter()
+                .map(|c| cpb::stat_blob_response::ChunkMeta {
+                    digest: c.digest.into(),
+                    size: c.size,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(cpb::StatBlobResponse {
+            chunks,
+            bao: Default::default(),
+        }))
+    }
+
+    type ReadStream = BoxStream<cpb::BlobChunk>;
+
+    async fn read(
+        &self,
+        req: Request<cpb::ReadBlobRequest>,
+    ) -> Result<Response<Self::ReadStream>, Status> {
+        let blob = digest(&req.into_inner().digest)?;
+        let chunks = blob_chunks(&self.store, blob).await?;
+        let store = self.store.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            for group in group_by_size(chunks, |c| c.size) {
+                let ds: Vec<B3Digest> = group.iter().map(|c| c.digest).collect();
+                let res = async {
+                    let got = store.blobs.get_chunks(&ds).await?;
+                    tokio::task::spawn_blocking(move || {
+                        got.iter()
+                            .map(|c| c.decode_verified())
+                            .collect::<Result<Vec<_>, StoreError>>()
+                    })
+                    .await
+                    .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+                }
+                .await;
+                match res {
+                    Ok(datas) => {
+                        for data in datas {
+                            if tx.send(Ok(cpb::BlobChunk { data })).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(to_status(e))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn put(
+        &self,
+        req: Request<Streaming<cpb::BlobChunk>>,
+    ) -> Result<Response<cpb::PutBlobResponse>, Status> {
+        let stream = req
+            .into_inner()
+            .map_ok(|c| c.data)
+            .map_err(|s| std::io::Error::other(s.to_string()));
+        let mut reader = tokio_util_reader(stream);
+        let mut up = ChunkUploader::new(
+            self.store.blobs.clone(),
+            KnownChunks::default(),
+            Arc::new(Mutex::new(TransferStats::default())),
+        );
+        let mut chunker = Chunker::new(DEFAULT_PARAMS);
+        let (blob, _) = ingest_contents(&mut up, &mut chunker, &mut reader)
+            .await
+            .map_err(to_status)?;
+        up.flush().await.map_err(to_status)?;
+        Ok(Response::new(cpb::PutBlobResponse {
+            digest: blob.into(),
+        }))
+    }
+}
+
+/// Adapts a stream of byte buffers into an `AsyncRead`.
+fn tokio_util_reader<S>(s: S) -> impl tokio::io::AsyncRead + Unpin + Send
+where
+    S: Stream<Item = std::io::Result<bytes::Bytes>> + Send + Unpin,
+{
+    tokio_util::io::StreamReader::new(s)
+}
+
+#[tonic::async_trait]
+impl directory_service_server::DirectoryService for StoreService {
+    type GetStream = BoxStream<cpb::Directory>;
+
+    async fn get(
+        &self,
+        req: Request<cpb::GetDirectoryRequest>,
+    ) -> Result<Response<Self::GetStream>, Status> {
+        let req = req.into_inner();
+        let Some(cpb::get_directory_request::ByWhat::Digest(d)) = req.by_what else {
+            return Err(Status::invalid_argument("no digest given"));
+        };
+        let d = digest(&d)?;
+        let dirs = if req.recursive {
+            self.store.directories.get_closure(&d).await.map_err(to_status)?
+        } else {
+            match self.store.directories.get_directory(&d).await.map_err(to_status)? {
+                Some(dir) => vec![dir],
+                None => return Err(Status::not_found(format!("directory {d}"))),
+            }
+        };
+        Ok(Response::new(Box::pin(futures::stream::iter(
+            dirs.into_iter().map(|d| Ok(d.into_proto())),
+        ))))
+    }
+
+    async fn put(
+        &self,
+        req: Request<Streaming<cpb::Directory>>,
+    ) -> Result<Response<cpb::PutDirectoryResponse>, Status> {
+        let mut stream = req.into_inner();
+        let mut dirs = Vec::new();
+        while let Some(d) = stream.message().await? {
+            dirs.push(Directory::try_from_proto(d).map_err(to_status)?);
+        }
+        let root = self
+            .store
+            .directories
+            .put_closure(dirs)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(cpb::PutDirectoryResponse {
+            root_digest: root.into(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl path_info_service_server::PathInfoService for StoreService {
+    async fn get(
+        &self,
+        req: Request<spb::GetPathInfoRequest>,
+    ) -> Result<Response<spb::PathInfo>, Status> {
+        let Some(spb::get_path_info_request::ByWhat::ByOutputHash(h)) = req.into_inner().by_what
+        else {
+            return Err(Status::invalid_argument("no output hash given"));
+        };
+        let h: [u8; 20] = h
+            .as_ref()
+            .try_into()
+            .map_err(|_| Status::invalid_argument("output hash must be 20 bytes"))?;
+        match self.store.path_infos.get_path_info(&h).await.map_err(to_status)? {
+            Some(info) => Ok(Response::new(info.to_proto())),
+            None => Err(Status::not_found("path info not found")),
+        }
+    }
+
+    async fn put(&self, req: Request<spb::PathInfo>) -> Result<Response<spb::PathInfo>, Status> {
+        let info = PathInfo::try_from_proto(&req.into_inner()).map_err(to_status)?;
+        let reply = info.to_proto();
+        self.store
+            .path_infos
+            .put_path_info(info)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(reply))
+    }
+
+    async fn calculate_nar(
+        &self,
+        req: Request<cpb::Entry>,
+    ) -> Result<Response<spb::CalculateNarResponse>, Status> {
+        let (_, node) = Node::from_entry(&req.into_inner()).map_err(to_status)?;
+        let (size, sha) = lazix_castore::render::calculate_nar(&self.store, &node)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(spb::CalculateNarResponse {
+            nar_size: size,
+            nar_sha256: sha.to_vec().into(),
+        }))
+    }
+
+    type ListStream = BoxStream<spb::PathInfo>;
+
+    async fn list(
+        &self,
+        _req: Request<spb::ListPathInfoRequest>,
+    ) -> Result<Response<Self::ListStream>, Status> {
+        let s = self
+            .store
+            .path_infos
+            .list_path_infos()
+            .map(|r| r.map(|i| i.to_proto()).map_err(to_status));
+        Ok(Response::new(Box::pin(s)))
+    }
+}
+
+#[tonic::async_trait]
+impl chunk_service_server::ChunkService for StoreService {
+    async fn find_missing_chunks(
+        &self,
+        req: Request<lpb::FindMissingChunksRequest>,
+    ) -> Result<Response<lpb::FindMissingChunksResponse>, Status> {
+        let ds = digests(&req.into_inner().digests)?;
+        let missing = self.store.blobs.missing_chunks(&ds).await.map_err(to_status)?;
+        Ok(Response::new(lpb::FindMissingChunksResponse {
+            missing: missing.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn put_chunks(
+        &self,
+        req: Request<Streaming<lpb::PutChunksRequest>>,
+    ) -> Result<Response<lpb::PutChunksResponse>, Status> {
+        let mut stream = req.into_inner();
+        let (mut n, mut bytes) = (0u64, 0u64);
+        while let Some(msg) = stream.message().await? {
+            let chunks = msg
+                .chunks
+                .into_iter()
+                .map(chunk_from_proto)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(to_status)?;
+            n += chunks.len() as u64;
+            bytes += chunks.iter().map(|c| c.payload_len()).sum::<u64>();
+            self.store.blobs.put_chunks(chunks).await.map_err(to_status)?;
+        }
+        Ok(Response::new(lpb::PutChunksResponse {
+            chunks_received: n,
+            bytes_received: bytes,
+        }))
+    }
+
+    type ReadChunksStream = BoxStream<lpb::ReadChunksResponse>;
+
+    async fn read_chunks(
+        &self,
+        req: Request<lpb::ReadChunksRequest>,
+    ) -> Result<Response<Self::ReadChunksStream>, Status> {
+        let ds = digests(&req.into_inner().digests)?;
+        let store = self.store.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(async move {
+            // Fetch in slices so the first message leaves early.
+            for slice in ds.chunks(64) {
+                match store.blobs.get_chunks(slice).await {
+                    Ok(chunks) => {
+                        for group in group_by_size(chunks, |c| c.payload_len()) {
+                            let msg = lpb::ReadChunksResponse {
+                                chunks: group.into_iter().map(chunk_to_proto).collect(),
+                            };
+                            if tx.send(Ok(msg)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(to_status(e))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn put_blob_chunks(
+        &self,
+        req: Request<lpb::PutBlobChunksRequest>,
+    ) -> Result<Response<lpb::PutBlobChunksResponse>, Status> {
+        let blobs = req
+            .into_inner()
+            .blobs
+            .iter()
+            .map(|b| {
+                Ok(BlobChunks {
+                    blob: B3Digest::try_from(&b.blob_digest)
+                        .map_err(|e| StoreError::Invalid(e.to_string()))?,
+                    chunks: b.chunks.iter().map(meta_from_proto).collect::<Result<_, _>>()?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()
+            .map_err(to_status)?;
+        self.store
+            .blobs
+            .put_blob_chunks(blobs)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(lpb::PutBlobChunksResponse {}))
+    }
+
+    async fn get_blob_chunks(
+        &self,
+        req: Request<lpb::GetBlobChunksRequest>,
+    ) -> Result<Response<lpb::GetBlobChunksResponse>, Status> {
+        let ds = digests(&req.into_inner().blob_digests)?;
+        let lists = self
+            .store
+            .blobs
+            .get_blob_chunks(&ds)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(lpb::GetBlobChunksResponse {
+            answers: lists
+                .into_iter()
+                .map(|l| match l {
+                    Some(chunks) => lpb::BlobChunksAnswer {
+                        known: true,
+                        chunks: chunks.iter().map(meta_to_proto).collect(),
+                    },
+                    None => lpb::BlobChunksAnswer {
+                        known: false,
+                        chunks: Vec::new(),
+                    },
+                })
+                .collect(),
+        }))
+    }
+}
