@@ -232,7 +232,9 @@ async fn path_info(server: &str, json: bool, store_path: &str) -> Result<()> {
                 digest,
                 size,
                 executable,
-            } => serde_json::json!({"type": "file", "digest": digest.to_hex(), "size": size, "executable": executable}),
+            } => {
+                serde_json::json!({"type": "file", "digest": digest.to_hex(), "size": size, "executable": executable})
+            }
             Node::Symlink { target } => {
                 serde_json::json!({"type": "symlink", "target": String::from_utf8_lossy(target)})
             }
@@ -251,7 +253,8 @@ async fn path_info(server: &str, json: bool, store_path: &str) -> Result<()> {
     } else {
         print!(
             "{}",
-            info.to_narinfo(format!("nar/{narhash}.nar"), "none").render()
+            info.to_narinfo(format!("nar/{narhash}.nar"), "none")
+                .render()
         );
     }
     Ok(())

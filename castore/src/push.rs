@@ -101,7 +101,9 @@ pub async fn push_closure(
         {
             report.paths_present += 1;
         } else {
-            progress.total_bytes.fetch_add(info.nar_size, Ordering::Relaxed);
+            progress
+                .total_bytes
+                .fetch_add(info.nar_size, Ordering::Relaxed);
             todo.push(info);
         }
     }

@@ -16,7 +16,9 @@ use lazix_proto::ext::{self as lpb, chunk_service_client::ChunkServiceClient};
 use lazix_proto::store::{self as spb, path_info_service_client::PathInfoServiceClient};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::convert::{chunk_from_proto, chunk_to_proto, from_status, group_by_size, meta_from_proto, meta_to_proto};
+use crate::convert::{
+    chunk_from_proto, chunk_to_proto, from_status, group_by_size, meta_from_proto, meta_to_proto,
+};
 use crate::MAX_MESSAGE_SIZE;
 
 /// Most digests sent in one batched request (the server's limit).
@@ -96,9 +98,8 @@ impl BlobStore for GrpcStore {
                 .map_err(from_status)?
                 .into_inner();
             for m in resp.missing {
-                missing.push(
-                    B3Digest::try_from(&m).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                );
+                missing
+                    .push(B3Digest::try_from(&m).map_err(|e| StoreError::Corrupt(e.to_string()))?);
             }
         }
         Ok(missing)
@@ -164,7 +165,10 @@ impl BlobStore for GrpcStore {
         Ok(())
     }
 
-    async fn get_blob_chunks(&self, blobs: &[B3Digest]) -> StoreResult<Vec<Option<Vec<ChunkMeta>>>> {
+    async fn get_blob_chunks(
+        &self,
+        blobs: &[B3Digest],
+    ) -> StoreResult<Vec<Option<Vec<ChunkMeta>>>> {
         let mut out = Vec::with_capacity(blobs.len());
         for batch in blobs.chunks(MAX_BATCH) {
             let resp = self
@@ -212,7 +216,9 @@ impl DirectoryStore for GrpcStore {
             Ok(Some(d)) => {
                 let dir = Directory::try_from_proto(d)?;
                 if dir.digest() != *digest {
-                    return Err(StoreError::Corrupt(format!("directory {digest}: digest mismatch")));
+                    return Err(StoreError::Corrupt(format!(
+                        "directory {digest}: digest mismatch"
+                    )));
                 }
                 Ok(Some(dir))
             }

@@ -25,9 +25,7 @@ pub fn from_status(s: Status) -> StoreError {
         Code::NotFound => StoreError::NotFound(m),
         Code::InvalidArgument | Code::FailedPrecondition => StoreError::Invalid(m),
         Code::DataLoss => StoreError::Corrupt(m),
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
-            StoreError::Unavailable(m)
-        }
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => StoreError::Unavailable(m),
         _ => StoreError::Io(std::io::Error::other(format!("{:?}: {m}", s.code()))),
     }
 }

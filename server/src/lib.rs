@@ -8,7 +8,9 @@ pub mod service;
 use std::net::SocketAddr;
 
 use lazix_castore::Store;
-use lazix_proto::castore::{blob_service_server::BlobServiceServer, directory_service_server::DirectoryServiceServer};
+use lazix_proto::castore::{
+    blob_service_server::BlobServiceServer, directory_service_server::DirectoryServiceServer,
+};
 use lazix_proto::ext::chunk_service_server::ChunkServiceServer;
 use lazix_proto::store::path_info_service_server::PathInfoServiceServer;
 

@@ -62,7 +62,11 @@ async fn blob_chunks(store: &Store, blob: B3Digest) -> Result<Vec<ChunkMeta>, St
     match list {
         Some(l) => Ok(l),
         None => {
-            let missing = store.blobs.missing_chunks(&[blob]).await.map_err(to_status)?;
+            let missing = store
+                .blobs
+                .missing_chunks(&[blob])
+                .await
+                .map_err(to_status)?;
             if !missing.is_empty() {
                 return Err(Status::not_found(format!("blob {blob}")));
             }
@@ -190,9 +194,19 @@ impl directory_service_server::DirectoryService for StoreService {
         };
         let d = digest(&d)?;
         let dirs = if req.recursive {
-            self.store.directories.get_closure(&d).await.map_err(to_status)?
+            self.store
+                .directories
+                .get_closure(&d)
+                .await
+                .map_err(to_status)?
         } else {
-            match self.store.directories.get_directory(&d).await.map_err(to_status)? {
+            match self
+                .store
+                .directories
+                .get_directory(&d)
+                .await
+                .map_err(to_status)?
+            {
                 Some(dir) => vec![dir],
                 None => return Err(Status::not_found(format!("directory {d}"))),
             }
@@ -237,7 +251,13 @@ impl path_info_service_server::PathInfoService for StoreService {
             .as_ref()
             .try_into()
             .map_err(|_| Status::invalid_argument("output hash must be 20 bytes"))?;
-        match self.store.path_infos.get_path_info(&h).await.map_err(to_status)? {
+        match self
+            .store
+            .path_infos
+            .get_path_info(&h)
+            .await
+            .map_err(to_status)?
+        {
             Some(info) => Ok(Response::new(info.to_proto())),
             None => Err(Status::not_found("path info not found")),
         }
@@ -290,7 +310,12 @@ impl chunk_service_server::ChunkService for StoreService {
         req: Request<lpb::FindMissingChunksRequest>,
     ) -> Result<Response<lpb::FindMissingChunksResponse>, Status> {
         let ds = digests(&req.into_inner().digests)?;
-        let missing = self.store.blobs.missing_chunks(&ds).await.map_err(to_status)?;
+        let missing = self
+            .store
+            .blobs
+            .missing_chunks(&ds)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(lpb::FindMissingChunksResponse {
             missing: missing.into_iter().map(Into::into).collect(),
         }))
@@ -311,7 +336,11 @@ impl chunk_service_server::ChunkService for StoreService {
                 .map_err(to_status)?;
             n += chunks.len() as u64;
             bytes += chunks.iter().map(|c| c.payload_len()).sum::<u64>();
-            self.store.blobs.put_chunks(chunks).await.map_err(to_status)?;
+            self.store
+                .blobs
+                .put_chunks(chunks)
+                .await
+                .map_err(to_status)?;
         }
         Ok(Response::new(lpb::PutChunksResponse {
             chunks_received: n,
@@ -364,7 +393,11 @@ impl chunk_service_server::ChunkService for StoreService {
                 Ok(BlobChunks {
                     blob: B3Digest::try_from(&b.blob_digest)
                         .map_err(|e| StoreError::Invalid(e.to_string()))?,
-                    chunks: b.chunks.iter().map(meta_from_proto).collect::<Result<_, _>>()?,
+                    chunks: b
+                        .chunks
+                        .iter()
+                        .map(meta_from_proto)
+                        .collect::<Result<_, _>>()?,
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()

@@ -137,7 +137,10 @@ pub fn topo_sort(mut infos: Vec<LocalPathInfo>) -> Vec<LocalPathInfo> {
             let mut pushed = false;
             for (k, r) in refs.iter().enumerate().skip(next) {
                 if let Some(&child) = index.get(r) {
-                    if child != node && !done.contains(&child) && !stack.iter().any(|(n, _)| *n == child) {
+                    if child != node
+                        && !done.contains(&child)
+                        && !stack.iter().any(|(n, _)| *n == child)
+                    {
                         stack.push((node, k + 1));
                         stack.push((child, 0));
                         pushed = true;
