@@ -95,18 +95,7 @@ impl Chunker {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::testutil::pseudo_random;
 
     async fn chunks(data: &[u8]) -> Vec<Bytes> {
         let mut c = Chunker::new(DEFAULT_PARAMS);

@@ -20,7 +20,7 @@ use crate::chunker::{Chunker, DEFAULT_PARAMS};
 use crate::digest::B3Digest;
 use crate::directory::{Directory, DirectoryBuilder};
 use crate::error::{StoreError, StoreResult};
-use crate::nix::nar::{read_nar, HashingReader, NarError, NarVisitor};
+use crate::nix::nar::{hashing_reader, read_nar, NarError, NarVisitor};
 use crate::node::Node;
 use crate::services::{BlobChunks, BlobStore, Store};
 
@@ -327,7 +327,7 @@ pub async fn ingest_nar<R: AsyncRead + Unpin + Send>(
     up: &mut ChunkUploader,
     input: R,
 ) -> Result<IngestedNar, IngestError> {
-    let (reader, hash) = HashingReader::new(input);
+    let (reader, hash) = hashing_reader(input);
     let mut v = NarIngester {
         up,
         chunker: Chunker::new(DEFAULT_PARAMS),

@@ -15,6 +15,7 @@ pub mod pathinfo;
 pub mod push;
 pub mod render;
 pub mod services;
+pub mod testutil;
 
 pub use digest::B3Digest;
 pub use error::{StoreError, StoreResult};

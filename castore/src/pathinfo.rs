@@ -69,7 +69,7 @@ fn ca_from_proto(ca: &pb::nar_info::Ca) -> Result<ContentAddress, StoreError> {
         Hash::FlatSha256 => (CaMethod::Flat, HashAlgo::Sha256),
         Hash::FlatSha512 => (CaMethod::Flat, HashAlgo::Sha512),
     };
-    if ca.digest.len() != algo.len() {
+    if ca.digest.len() != algo.digest_len() {
         return Err(invalid("CA digest has the wrong length"));
     }
     Ok(ContentAddress {

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use crate::ingest::{ingest_nar, ChunkUploader, IngestError, KnownChunks, TransferStats};
 use crate::nix::hash::format_sha256;
 use crate::nix::local::{LocalNixError, LocalPathInfo};
+use crate::nix::nar::InspectReader;
 use crate::pathinfo::PathInfo;
 use crate::services::Store;
 use crate::StoreError;
@@ -143,10 +144,11 @@ async fn push_one(
         .spawn()
         .map_err(|e| LocalNixError::Spawn("nix-store --dump", e))?;
     let stdout = child.stdout.take().expect("piped");
-    let counted = CountingReader {
-        inner: stdout,
-        counter: &progress.read_bytes,
-    };
+    let counted = InspectReader::new(stdout, |bytes: &[u8]| {
+        progress
+            .read_bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    });
     let mut up = ChunkUploader::new(store.blobs.clone(), known.clone(), stats.clone());
     let result = ingest_nar(store, &mut up, counted).await;
     let output = child
@@ -184,24 +186,4 @@ async fn push_one(
         })
         .await?;
     Ok(())
-}
-
-/// Counts bytes read into a shared counter, for progress.
-struct CountingReader<'a, R> {
-    inner: R,
-    counter: &'a AtomicU64,
-}
-
-impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for CountingReader<'_, R> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let res = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        self.counter.fetch_add(n as u64, Ordering::Relaxed);
-        res
-    }
 }

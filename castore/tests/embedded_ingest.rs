@@ -10,17 +10,7 @@ use lazix_castore::nix::nar::NarEncoder;
 use lazix_castore::render::render_nar;
 use lazix_castore::{Node, Store, StoreError};
 
-fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+use lazix_castore::testutil::pseudo_random as random;
 
 /// A NAR of a directory with a big file, a small executable and a symlink.
 fn sample_nar(big: &[u8]) -> Vec<u8> {

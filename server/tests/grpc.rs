@@ -51,17 +51,7 @@ fn http(addr: &str) -> String {
     addr.replace("grpc://", "http://")
 }
 
-fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+use lazix_castore::testutil::pseudo_random as random;
 
 #[tokio::test]
 async fn batched_chunks_roundtrip_and_reject_bad_chunks() {

@@ -115,18 +115,7 @@ pub fn walk_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Deterministic pseudo-random bytes (incompressible, like binaries).
-pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+pub use lazix_castore::testutil::pseudo_random;
 
 /// Adds a directory to the real Nix store as a content-addressed path.
 pub fn add_path(dir: &Path) -> String {

@@ -34,7 +34,7 @@ pub enum HashAlgo {
 
 impl HashAlgo {
     /// Digest length in bytes.
-    pub fn len(self) -> usize {
+    pub fn digest_len(self) -> usize {
         match self {
             HashAlgo::Md5 => 16,
             HashAlgo::Sha1 => 20,
@@ -67,7 +67,7 @@ impl HashAlgo {
 /// Decodes a digest written in nixbase32, hex or base64, told apart by
 /// length as Nix does.
 pub fn decode_digest(algo: HashAlgo, s: &str) -> Result<Vec<u8>, HashError> {
-    let n = algo.len();
+    let n = algo.digest_len();
     let bad = || HashError::InvalidDigest(s.to_string());
     if s.len() == nixbase32::encoded_len(n) {
         nixbase32::decode(s, n).map_err(|_| bad())

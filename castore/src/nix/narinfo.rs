@@ -128,16 +128,12 @@ impl NarInfo {
                         .map_err(|e| NarInfoError::StorePath("References", e))?;
                     once(&mut references, key, refs)?
                 }
-                "Deriver" => {
-                    if value != "unknown-deriver" {
-                        once(
-                            &mut deriver,
-                            key,
-                            StorePath::from_basename(value)
-                                .map_err(|e| NarInfoError::StorePath("Deriver", e))?,
-                        )?
-                    }
-                }
+                "Deriver" if value != "unknown-deriver" => once(
+                    &mut deriver,
+                    key,
+                    StorePath::from_basename(value)
+                        .map_err(|e| NarInfoError::StorePath("Deriver", e))?,
+                )?,
                 "Sig" => signatures.push(Signature::parse(value).map_err(NarInfoError::Sig)?),
                 "CA" => once(
                     &mut ca,

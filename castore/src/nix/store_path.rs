@@ -172,7 +172,7 @@ mod tests {
             format!("{h}-{}", "x".repeat(212)),
             format!("{h}x"),
             "short".to_string(),
-            format!("eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-ok"),
+            "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-ok".to_string(),
         ] {
             assert!(StorePath::from_basename(&bad).is_err(), "{bad} accepted");
         }

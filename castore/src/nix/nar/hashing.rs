@@ -1,4 +1,5 @@
-//! A reader that computes NarHash and NarSize of what passes through it.
+//! Readers that observe the bytes passing through them: NarHash/NarSize
+//! while a NAR is ingested, progress counters while it is read.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -7,45 +8,20 @@ use std::task::{Context, Poll};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, ReadBuf};
 
-/// Wraps a reader and hashes (sha256) and counts every byte read, so a NAR
-/// is hashed while it is ingested, in one pass.
-pub struct HashingReader<R> {
+/// Calls `observe` with every run of bytes read through it.
+pub struct InspectReader<R, F> {
     inner: R,
-    state: Arc<Mutex<(Sha256, u64)>>,
+    observe: F,
 }
 
-/// Handle to read the result after the reader was consumed elsewhere.
-#[derive(Clone)]
-pub struct HashingHandle(Arc<Mutex<(Sha256, u64)>>);
-
-impl<R> HashingReader<R> {
-    /// Wraps `inner`; the handle yields the hash and byte count later.
-    pub fn new(inner: R) -> (Self, HashingHandle) {
-        let state = Arc::new(Mutex::new((Sha256::new(), 0)));
-        (
-            Self {
-                inner,
-                state: state.clone(),
-            },
-            HashingHandle(state),
-        )
+impl<R, F: FnMut(&[u8])> InspectReader<R, F> {
+    /// Wraps `inner`.
+    pub fn new(inner: R, observe: F) -> Self {
+        Self { inner, observe }
     }
 }
 
-impl HashingHandle {
-    /// The sha256 and byte count of everything read so far.
-    pub fn finish(&self) -> ([u8; 32], u64) {
-        let guard = self.0.lock().expect("hash state poisoned");
-        (guard.0.clone().finalize().into(), guard.1)
-    }
-
-    /// Bytes read so far.
-    pub fn bytes(&self) -> u64 {
-        self.0.lock().expect("hash state poisoned").1
-    }
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for HashingReader<R> {
+impl<R: AsyncRead + Unpin, F: FnMut(&[u8]) + Unpin> AsyncRead for InspectReader<R, F> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -56,11 +32,36 @@ impl<R: AsyncRead + Unpin> AsyncRead for HashingReader<R> {
         if let Poll::Ready(Ok(())) = &res {
             let new = &buf.filled()[before..];
             if !new.is_empty() {
-                let mut g = self.state.lock().expect("hash state poisoned");
-                g.0.update(new);
-                g.1 += new.len() as u64;
+                (self.observe)(new);
             }
         }
         res
     }
+}
+
+/// Shared sha256 and byte count of what a [`hashing_reader`] has read.
+#[derive(Clone, Default)]
+pub struct HashingHandle(Arc<Mutex<(Sha256, u64)>>);
+
+impl HashingHandle {
+    /// The sha256 and byte count of everything read so far.
+    pub fn finish(&self) -> ([u8; 32], u64) {
+        let guard = self.0.lock().expect("hash state poisoned");
+        (guard.0.clone().finalize().into(), guard.1)
+    }
+}
+
+/// Wraps a reader so that everything read is hashed (sha256) and counted:
+/// a NAR is hashed while it is ingested, in one pass.
+pub fn hashing_reader<R: AsyncRead + Unpin + Send>(
+    inner: R,
+) -> (impl AsyncRead + Unpin + Send, HashingHandle) {
+    let handle = HashingHandle::default();
+    let state = handle.0.clone();
+    let reader = InspectReader::new(inner, move |bytes: &[u8]| {
+        let mut g = state.lock().expect("hash state poisoned");
+        g.0.update(bytes);
+        g.1 += bytes.len() as u64;
+    });
+    (reader, handle)
 }

@@ -5,7 +5,7 @@ mod hashing;
 mod reader;
 mod writer;
 
-pub use hashing::HashingReader;
+pub use hashing::{hashing_reader, HashingHandle, InspectReader};
 pub use reader::{read_nar, NarError, NarVisitor, MAX_NAME_LEN, MAX_TARGET_LEN};
 pub use writer::NarEncoder;
 
