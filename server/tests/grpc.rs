@@ -252,7 +252,7 @@ fn tree() -> (Directory, Directory, Directory) {
 #[tokio::test]
 async fn directory_service_validates_uploads() {
     let srv = start().await;
-    let mut client = DirectoryServiceClient::connect(http(&srv.addr))
+    let client = DirectoryServiceClient::connect(http(&srv.addr))
         .await
         .unwrap();
     let (leaf, mid, root) = tree();
@@ -494,8 +494,10 @@ async fn path_info_service_put_get_list_calculate() {
         pis.get(bad).await.unwrap_err().code(),
         Code::InvalidArgument
     );
-    let mut garbage = lazix_proto::store::PathInfo::default();
-    garbage.entry = Some(node.to_entry("not a store path".into()));
+    let garbage = lazix_proto::store::PathInfo {
+        entry: Some(node.to_entry("not a store path".into())),
+        ..Default::default()
+    };
     assert_eq!(
         pis.put(garbage).await.unwrap_err().code(),
         Code::InvalidArgument

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Ingest benchmark: `lazix push` of a large real tree (a Rust toolchain
+# added as a store path) beside `nix copy --to file://…?compression=zstd` of
+# the same path, measured in one run; then a second version of the same
+# product (nightly after stable) to show cross-version dedup.
+#
+#   bash bench/ingest.sh [STABLE_DIR] [NIGHTLY_DIR]
+#
+# Prints a Markdown table (paste into the README). Both tools read the same
+# store path with a warm page cache (it is read once before measuring).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+source scripts/nix-env.sh
+
+STABLE=${1:-$HOME/.rustup/toolchains/stable-x86_64-unknown-linux-gnu}
+NIGHTLY=${2:-$HOME/.rustup/toolchains/nightly-x86_64-unknown-linux-gnu}
+
+cargo build --release --locked --bin lazix >&2
+LAZIX=$PWD/target/release/lazix
+
+echo "adding the trees as store paths (once)" >&2
+sp=$(nix store add-path --name rust-stable "$STABLE")
+np=$(nix store add-path --name rust-nightly "$NIGHTLY")
+
+work=$(mktemp -d /var/tmp/lazix-bench.XXXXXX)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$LAZIX" serve --data "$work/lazix" --grpc "127.0.0.1:$port" 2>"$work/serve.log" &
+server=$!
+trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
+for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+
+now() { date +%s.%N; }
+stored() { # apparent bytes and object count of a folder
+  find "$1" -type f -printf '%s\n' | awk '{s+=$1; n++} END {printf "%d %d\n", s, n}'
+}
+mib() { awk -v b="$1" 'BEGIN {printf "%.0f", b/1048576}'; }
+rate() { awk -v b="$1" -v t="$2" 'BEGIN {printf "%.0f", b/1048576/t}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
+
+measure() { # name path
+  local name=$1 path=$2
+  nix-store --dump "$path" >/dev/null   # warm the page cache for both
+  local nar_size
+  nar_size=$(nix path-info --json "$path" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["narSize"])')
+
+  local t0 t1 t2 t3
+  t0=$(now)
+  "$LAZIX" push --json --server "grpc://127.0.0.1:$port" "$path" >"$work/report-$name.json" 2>/dev/null
+  t1=$(now)
+  t2=$(now)
+  nix copy --to "file://$work/binary-cache?compression=zstd" "$path"
+  t3=$(now)
+
+  local lt nt sent
+  lt=$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b-a}')
+  nt=$(awk -v a="$t2" -v b="$t3" 'BEGIN {print b-a}')
+  sent=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bytes_sent"])' "$work/report-$name.json")
+  read -r ls lo < <(stored "$work/lazix")
+  read -r ns no < <(stored "$work/binary-cache")
+  printf '| %s | %s | %s (%.1f s) | %s (%.1f s) | %s | %s | %s (%s objects) | %s (%s objects) | %s |\n' \
+    "$name" "$(mib "$nar_size")" \
+    "$(rate "$nar_size" "$lt")" "$lt" "$(rate "$nar_size" "$nt")" "$nt" "$(ratio "$nt" "$lt")" \
+    "$(mib "$sent")" "$(mib "$ls")" "$lo" "$(mib "$ns")" "$no" "$(ratio "$ls" "$ns")"
+}
+
+echo "| push | NAR MiB | lazix MB/s | nix copy zstd MB/s | speed-up | lazix sent MiB | lazix stored MiB (cumulative) | binary cache MiB (cumulative) | stored ratio |"
+echo "|---|---|---|---|---|---|---|---|---|"
+measure stable "$sp"
+measure "nightly (after stable)" "$np"
