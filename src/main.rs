@@ -174,7 +174,9 @@ async fn push(server: &str, json: bool, paths: Vec<String>) -> Result<()> {
     } else {
         None
     };
-    let report = push_closure(&store, &closure, &progress).await;
+    let report = push_closure(&store, &closure, &progress)
+        .await
+        .with_context(|| format!("pushing to {server}"));
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -201,7 +203,8 @@ async fn fetch_path_info(store: &Store, store_path: &str) -> Result<PathInfo> {
     store
         .path_infos
         .get_path_info(path.digest())
-        .await?
+        .await
+        .context("asking the server")?
         .with_context(|| format!("{path} is not on the server"))
 }
 
@@ -209,7 +212,9 @@ async fn nar(server: &str, store_path: &str) -> Result<()> {
     let store = client(server)?;
     let info = fetch_path_info(&store, store_path).await?;
     let mut out = tokio::io::stdout();
-    let (size, sha) = lazix_castore::render::render_nar(&store, &info.node, &mut out).await?;
+    let (size, sha) = lazix_castore::render::render_nar(&store, &info.node, &mut out)
+        .await
+        .with_context(|| format!("rendering {} from {server}", info.store_path))?;
     if size != info.nar_size || sha != info.nar_sha256 {
         bail!(
             "rendered NAR of {} does not match its recorded NarHash/NarSize",

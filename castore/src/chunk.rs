@@ -15,6 +15,25 @@ pub const MAX_CHUNK_SIZE: u64 = 8 * 1024 * 1024;
 /// default balance (fast enough to compress while ingesting at disk speed).
 pub const ZSTD_LEVEL: i32 = 3;
 
+thread_local! {
+    static COMPRESSOR: std::cell::RefCell<zstd::bulk::Compressor<'static>> =
+        std::cell::RefCell::new(zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd context"));
+    static DECOMPRESSOR: std::cell::RefCell<zstd::bulk::Decompressor<'static>> =
+        std::cell::RefCell::new(zstd::bulk::Decompressor::new().expect("zstd context"));
+}
+
+/// zstd-compresses one chunk with a per-thread context (creating a
+/// context per chunk costs more than compressing a small one).
+pub fn compress(raw: &[u8]) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|c| c.borrow_mut().compress(raw))
+}
+
+/// Decompresses one frame of at most `capacity` bytes with a per-thread
+/// context.
+pub fn decompress(frame: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|d| d.borrow_mut().decompress(frame, capacity))
+}
+
 /// The bytes of a chunk as stored or sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChunkPayload {
@@ -67,7 +86,7 @@ impl Chunk {
         match self.payload {
             ChunkPayload::Zstd(_) => Ok(self),
             ChunkPayload::Raw(data) => {
-                let z = zstd::bulk::compress(&data, ZSTD_LEVEL)?;
+                let z = compress(&data)?;
                 Ok(Self {
                     payload: ChunkPayload::Zstd(z.into()),
                     ..self
@@ -89,7 +108,7 @@ impl Chunk {
             ChunkPayload::Raw(b) => b.clone(),
             ChunkPayload::Zstd(z) => {
                 // Capacity size+1 so a frame longer than claimed is caught.
-                let v = zstd::bulk::decompress(z, self.size as usize + 1).map_err(|e| {
+                let v = decompress(z, self.size as usize + 1).map_err(|e| {
                     StoreError::Corrupt(format!("chunk {}: undecodable zstd: {e}", self.digest))
                 })?;
                 v.into()

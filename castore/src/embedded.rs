@@ -1,9 +1,10 @@
 //! The embedded backend: one data folder on local disk, the default store.
 //!
-//! Layout (every object written to `tmp/` first, then renamed into place,
-//! so a killed process never leaves a half-written object under its final
-//! name; content-addressed names make concurrent writers of one object
-//! harmless):
+//! Layout (every object is written to a temp file `.tmp-*` beside its final
+//! name, then renamed into place — a same-directory rename, which needs no
+//! file-system-wide lock — so a killed process never leaves a half-written
+//! object under its final name; content-addressed names make concurrent
+//! writers of one object harmless):
 //! - `chunks/<2 hex>/<64 hex>`: 8-byte little-endian raw size, then one zstd
 //!   frame of the chunk;
 //! - `blobs/<2 hex>/<64 hex>`: chunk list of a multi-chunk blob (protobuf
@@ -31,12 +32,44 @@ use crate::node::Node;
 use crate::pathinfo::PathInfo;
 use crate::services::{closure_by_walking, BlobChunks, BlobStore, DirectoryStore, PathInfoStore};
 
-const KINDS: [&str; 5] = ["chunks", "blobs", "directories", "pathinfo", "tmp"];
+/// Object kinds sharded by the first two hex digits of their digest.
+const SHARDED: [&str; 3] = ["chunks", "blobs", "directories"];
+/// Prefix of temp files; never a valid object name.
+const TMP_PREFIX: &str = ".tmp-";
 
 /// A store in one local folder. Cheap to share behind an `Arc`.
 #[derive(Debug, Clone)]
 pub struct EmbeddedStore {
     root: PathBuf,
+}
+
+/// Removes temp files (from killed writers) below `root`.
+fn sweep_temp_files(root: &Path) {
+    let mut dirs = vec![root.join("pathinfo")];
+    for kind in SHARDED {
+        for shard in 0..=255u8 {
+            dirs.push(root.join(kind).join(format!("{shard:02x}")));
+        }
+    }
+    let mut removed = 0u64;
+    for dir in dirs {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in rd.flatten() {
+            if entry
+                .file_name()
+                .as_encoded_bytes()
+                .starts_with(TMP_PREFIX.as_bytes())
+                && std::fs::remove_file(entry.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(removed, "removed temp files left by an interrupted writer");
+    }
 }
 
 /// Runs blocking file work off the async threads.
@@ -59,16 +92,19 @@ fn read_optional(path: &Path) -> StoreResult<Option<Vec<u8>>> {
 }
 
 impl EmbeddedStore {
-    /// Opens (creating if needed) a store in `root` and removes temp files
-    /// left by a killed process.
+    /// Opens (creating if needed) a store in `root`. Temp files left by a
+    /// killed process are removed by a background sweep (they are never
+    /// read: readers open exact object names only).
     pub fn open(root: impl Into<PathBuf>) -> StoreResult<Arc<Self>> {
         let root = root.into();
-        for kind in KINDS {
-            std::fs::create_dir_all(root.join(kind))?;
+        for kind in SHARDED {
+            for shard in 0..=255u8 {
+                std::fs::create_dir_all(root.join(kind).join(format!("{shard:02x}")))?;
+            }
         }
-        for entry in std::fs::read_dir(root.join("tmp"))? {
-            let _ = std::fs::remove_file(entry?.path());
-        }
+        std::fs::create_dir_all(root.join("pathinfo"))?;
+        let sweep_root = root.clone();
+        std::thread::spawn(move || sweep_temp_files(&sweep_root));
         Ok(Arc::new(Self { root }))
     }
 
@@ -86,12 +122,13 @@ impl EmbeddedStore {
         self.root.join("pathinfo").join(nixbase32::encode(digest))
     }
 
-    /// Writes `data` to `dest` atomically: temp file, then rename.
+    /// Writes `parts` to `dest` atomically: a temp file beside it, then a
+    /// rename.
     fn write_atomic(&self, dest: &Path, parts: &[&[u8]]) -> StoreResult<()> {
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        let mut tmp = tempfile::NamedTempFile::new_in(self.root.join("tmp"))?;
+        let dir = dest.parent().expect("objects live in folders");
+        let mut tmp = tempfile::Builder::new()
+            .prefix(TMP_PREFIX)
+            .tempfile_in(dir)?;
         for p in parts {
             tmp.write_all(p)?;
         }
@@ -222,9 +259,7 @@ impl BlobStore for EmbeddedStore {
                 }
                 let z = match chunk.payload {
                     ChunkPayload::Zstd(z) => z,
-                    ChunkPayload::Raw(_) => {
-                        zstd::bulk::compress(&raw, crate::chunk::ZSTD_LEVEL)?.into()
-                    }
+                    ChunkPayload::Raw(_) => crate::chunk::compress(&raw)?.into(),
                 };
                 this.write_atomic(&path, &[&chunk.size.to_le_bytes(), &z])?;
             }

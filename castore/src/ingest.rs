@@ -204,11 +204,25 @@ pub async fn ingest_contents<R: AsyncRead + Unpin + ?Sized>(
     chunker: &mut Chunker,
     contents: &mut R,
 ) -> StoreResult<(B3Digest, u64)> {
-    let mut hasher = blake3::Hasher::new();
+    // A one-chunk blob's digest is its chunk's digest: hash the contents a
+    // second time only once a second chunk shows the blob has several.
+    let mut hasher: Option<blake3::Hasher> = None;
+    let mut first: Option<Bytes> = None;
     let mut metas = Vec::new();
     let mut size = 0u64;
     while let Some(data) = chunker.next_chunk(contents).await? {
-        hasher.update(&data);
+        match (&mut hasher, first.take()) {
+            (Some(h), _) => {
+                h.update(&data);
+            }
+            (None, None) => first = Some(data.clone()),
+            (None, Some(prev)) => {
+                let mut h = blake3::Hasher::new();
+                h.update(&prev);
+                h.update(&data);
+                hasher = Some(h);
+            }
+        }
         size += data.len() as u64;
         let chunk = Chunk::from_raw(data);
         metas.push(ChunkMeta {
@@ -217,7 +231,11 @@ pub async fn ingest_contents<R: AsyncRead + Unpin + ?Sized>(
         });
         up.add_chunk(chunk).await?;
     }
-    let blob = B3Digest::from(hasher.finalize());
+    let blob = match (hasher, metas.first()) {
+        (Some(h), _) => B3Digest::from(h.finalize()),
+        (None, Some(only)) => only.digest,
+        (None, None) => B3Digest::of(b""),
+    };
     if metas.len() > 1 {
         up.add_blob_list(BlobChunks {
             blob,

@@ -2,7 +2,8 @@
 //! byte sent at most once across everything ever pushed.
 //!
 //! For each path, dependencies first: skip it if the store has it; else
-//! stream `nix-store --dump` through the NAR ingest (chunking, hashing and
+//! serialise it as a NAR in-process (what `nix-store --dump` would print)
+//! and stream that through the NAR ingest (chunking, hashing and
 //! deduplicating on this side, uploading only chunks the store lacks),
 //! check the NAR hash against what Nix recorded, and only then record the
 //! PathInfo.
@@ -13,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use crate::ingest::{ingest_nar, ChunkUploader, IngestError, KnownChunks, TransferStats};
 use crate::nix::hash::format_sha256;
 use crate::nix::local::{LocalNixError, LocalPathInfo};
-use crate::nix::nar::InspectReader;
+use crate::nix::nar::{dump_reader, InspectReader};
 use crate::pathinfo::PathInfo;
 use crate::services::Store;
 use crate::StoreError;
@@ -136,32 +137,13 @@ async fn push_one(
         path: path.clone(),
         source,
     };
-    let mut child = tokio::process::Command::new("nix-store")
-        .args(["--dump", &path])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| LocalNixError::Spawn("nix-store --dump", e))?;
-    let stdout = child.stdout.take().expect("piped");
-    let counted = InspectReader::new(stdout, |bytes: &[u8]| {
+    let counted = InspectReader::new(dump_reader(path.clone().into()), |bytes: &[u8]| {
         progress
             .read_bytes
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
     });
     let mut up = ChunkUploader::new(store.blobs.clone(), known.clone(), stats.clone());
     let result = ingest_nar(store, &mut up, counted).await;
-    let output = child
-        .wait_with_output()
-        .await
-        .map_err(|e| LocalNixError::Spawn("nix-store --dump", e))?;
-    if !output.status.success() {
-        return Err(LocalNixError::Failed(
-            "nix-store --dump",
-            String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        )
-        .into());
-    }
     let ingested = result.map_err(ingest_err)?;
     if ingested.nar_sha256 != info.nar_sha256 || ingested.nar_size != info.nar_size {
         return Err(PushError::HashMismatch {

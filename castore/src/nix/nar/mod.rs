@@ -1,10 +1,12 @@
 //! NAR (Nix ARchive): a streaming reader that hands file contents to a
 //! visitor without buffering them, and an encoder for rendering.
 
+mod dump;
 mod hashing;
 mod reader;
 mod writer;
 
+pub use dump::{dump_path, dump_reader};
 pub use hashing::{hashing_reader, HashingHandle, InspectReader};
 pub use reader::{read_nar, NarError, NarVisitor, MAX_NAME_LEN, MAX_TARGET_LEN};
 pub use writer::NarEncoder;

@@ -21,6 +21,11 @@ impl NarEncoder {
         self.buf.is_empty()
     }
 
+    /// Bytes buffered.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Takes the buffered bytes.
     pub fn take(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.buf)
