@@ -115,6 +115,7 @@ pub fn walk_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+#[allow(unused_imports)]
 pub use lazix_castore::testutil::pseudo_random;
 
 /// Adds a directory to the real Nix store as a content-addressed path.
