@@ -14,8 +14,17 @@ fn keys_signatures_and_narinfo_match_real_nix() {
     let dir = tempfile::tempdir().unwrap();
     let sk_file = dir.path().join("sk");
     let pk_file = dir.path().join("pk");
+    // A key name unique to this run: the path may carry signatures from
+    // earlier runs under other keys.
+    let key_name = format!(
+        "lazix-test-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
     run(nix_cmd("nix-store")
-        .args(["--generate-binary-cache-key", "lazix-test-1"])
+        .args(["--generate-binary-cache-key", &key_name])
         .arg(&sk_file)
         .arg(&pk_file));
     let sk = SecretKey::parse(&std::fs::read_to_string(&sk_file).unwrap()).unwrap();
@@ -44,7 +53,7 @@ in derivation { name = "lazix-sig-top"; system = "x86_64-linux"; builder = "/bin
         .unwrap()
         .iter()
         .map(|s| Signature::parse(s.as_str().unwrap()).unwrap())
-        .find(|s| s.name == "lazix-test-1")
+        .find(|s| s.name == key_name)
         .expect("Nix signed the path");
     let path = StorePath::from_absolute(&top).unwrap();
     let refs: Vec<StorePath> = info["references"]

@@ -1,20 +1,23 @@
 //! Render: castore → NAR, streamed through a bounded pipeline.
 //!
 //! 1. the directory closure is fetched in one call;
-//! 2. the NAR is planned: framing bytes interleaved with file blobs;
+//! 2. the NAR is planned: framing bytes interleaved with file blobs, every
+//!    piece with a known length, so the NAR's size, any byte range and the
+//!    `.ls` listing's offsets are known without fetching any content;
 //! 3. blob chunk lists are resolved in batches (one call per batch of
 //!    blobs), a few batches ahead;
 //! 4. chunks are fetched in windows of a few MiB (one call per window),
 //!    several windows in flight, decoded and verified on blocking threads;
-//! 5. bytes are written in order.
+//! 5. bytes are yielded in order.
 //!
 //! Memory stays bounded by the windows in flight, never a whole NAR or blob.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::{stream, StreamExt, TryStreamExt};
+use futures::{stream, Stream, StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
@@ -35,55 +38,137 @@ const WINDOW_CHUNKS: usize = 1024;
 /// Windows in flight.
 const WINDOWS_AHEAD: usize = 4;
 
-/// One step of the NAR plan.
+/// One piece of the NAR: framing bytes, or (part of) a file's contents.
+#[derive(Clone)]
 enum Planned {
     Literal(Bytes),
-    Blob { digest: B3Digest, size: u64 },
+    Blob {
+        digest: B3Digest,
+        /// whole file size
+        size: u64,
+        /// bytes of the file skipped before this piece
+        skip: u64,
+        /// bytes of the file in this piece
+        take: u64,
+    },
 }
 
-/// One step of the output, with blobs expanded into chunks.
+impl Planned {
+    fn len(&self) -> u64 {
+        match self {
+            Planned::Literal(b) => b.len() as u64,
+            Planned::Blob { take, .. } => *take,
+        }
+    }
+}
+
+/// One step of the output, with blobs expanded into (parts of) chunks.
 enum Out {
     Literal(Bytes),
-    Chunk(ChunkMeta),
+    Chunk {
+        meta: ChunkMeta,
+        skip: usize,
+        take: usize,
+    },
 }
 
-fn plan_nar(root: &Node, dirs: &HashMap<B3Digest, Directory>) -> StoreResult<Vec<Planned>> {
-    let mut plan = Vec::new();
-    let mut enc = NarEncoder::new();
-    enc.magic();
+/// A file, symlink or directory of a NAR with its place: what the `.ls`
+/// listing of a binary cache describes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedNode {
+    /// Path components below the root.
+    pub path: Vec<Bytes>,
+    /// The node.
+    pub node: Node,
+    /// For files: offset of the contents in the NAR.
+    pub nar_offset: u64,
+}
 
-    fn flush(enc: &mut NarEncoder, plan: &mut Vec<Planned>) {
-        if !enc.is_empty() {
-            plan.push(Planned::Literal(enc.take().into()));
+/// The layout of a NAR, computed from the directory tree alone.
+pub struct NarPlan {
+    items: Vec<Planned>,
+    size: u64,
+    listing: Vec<ListedNode>,
+}
+
+/// Fetches the directories below `root` (one call) and plans its NAR.
+pub async fn plan(store: &Store, root: &Node) -> StoreResult<NarPlan> {
+    let dirs: HashMap<B3Digest, Directory> = match root {
+        Node::Directory { digest, .. } => store
+            .directories
+            .get_closure(digest)
+            .await?
+            .into_iter()
+            .map(|d| (d.digest(), d))
+            .collect(),
+        _ => HashMap::new(),
+    };
+    plan_nar(root, &dirs)
+}
+
+struct Planner<'a> {
+    dirs: &'a HashMap<B3Digest, Directory>,
+    enc: NarEncoder,
+    items: Vec<Planned>,
+    flushed: u64,
+    listing: Vec<ListedNode>,
+}
+
+impl Planner<'_> {
+    fn offset(&self) -> u64 {
+        self.flushed + self.enc.len() as u64
+    }
+
+    fn flush(&mut self) {
+        if !self.enc.is_empty() {
+            let b: Bytes = self.enc.take().into();
+            self.flushed += b.len() as u64;
+            self.items.push(Planned::Literal(b));
         }
     }
 
-    // Explicit stack: (entries of a directory, next index).
-    let mut stack: Vec<(Vec<(Bytes, Node)>, usize)> = Vec::new();
-    let emit = |node: &Node,
-                enc: &mut NarEncoder,
-                plan: &mut Vec<Planned>,
-                stack: &mut Vec<(Vec<(Bytes, Node)>, usize)>|
-     -> StoreResult<()> {
+    /// Emits a node; a directory's entries are pushed on `stack`.
+    fn node(
+        &mut self,
+        path: Vec<Bytes>,
+        node: &Node,
+        stack: &mut Vec<(Vec<Bytes>, Vec<(Bytes, Node)>, usize)>,
+    ) -> StoreResult<()> {
         match node {
             Node::File {
                 digest,
                 size,
                 executable,
             } => {
-                enc.file_header(*executable, *size);
+                self.enc.file_header(*executable, *size);
+                self.listing.push(ListedNode {
+                    path,
+                    node: node.clone(),
+                    nar_offset: self.offset(),
+                });
                 if *size > 0 {
-                    flush(enc, plan);
-                    plan.push(Planned::Blob {
+                    self.flush();
+                    self.items.push(Planned::Blob {
                         digest: *digest,
                         size: *size,
+                        skip: 0,
+                        take: *size,
                     });
+                    self.flushed += size;
                 }
-                enc.file_trailer(*size);
+                self.enc.file_trailer(*size);
             }
-            Node::Symlink { target } => enc.symlink(target),
+            Node::Symlink { target } => {
+                self.enc.symlink(target);
+                self.listing.push(ListedNode {
+                    path,
+                    node: node.clone(),
+                    nar_offset: 0,
+                });
+            }
             Node::Directory { digest, size } => {
-                let dir = dirs
+                let dir = self
+                    .dirs
                     .get(digest)
                     .ok_or_else(|| StoreError::NotFound(format!("directory {digest}")))?;
                 if dir.size() != *size {
@@ -92,37 +177,141 @@ fn plan_nar(root: &Node, dirs: &HashMap<B3Digest, Directory>) -> StoreResult<Vec
                         dir.size()
                     )));
                 }
-                enc.directory_open();
-                stack.push((dir.entries_sorted(), 0));
+                self.enc.directory_open();
+                self.listing.push(ListedNode {
+                    path: path.clone(),
+                    node: node.clone(),
+                    nar_offset: 0,
+                });
+                stack.push((path, dir.entries_sorted(), 0));
             }
         }
         Ok(())
-    };
+    }
+}
 
-    emit(root, &mut enc, &mut plan, &mut stack)?;
-    while let Some((entries, idx)) = stack.last_mut() {
+fn plan_nar(root: &Node, dirs: &HashMap<B3Digest, Directory>) -> StoreResult<NarPlan> {
+    let mut p = Planner {
+        dirs,
+        enc: NarEncoder::new(),
+        items: Vec::new(),
+        flushed: 0,
+        listing: Vec::new(),
+    };
+    p.enc.magic();
+    // Explicit stack of open directories: (path, entries, next index).
+    let mut stack = Vec::new();
+    p.node(Vec::new(), root, &mut stack)?;
+    while let Some((path, entries, idx)) = stack.last_mut() {
         if *idx == entries.len() {
             stack.pop();
-            enc.close(); // directory
+            p.enc.close(); // directory
             if !stack.is_empty() {
-                enc.close(); // entry
+                p.enc.close(); // entry
             }
             continue;
         }
         let (name, node) = entries[*idx].clone();
         *idx += 1;
-        enc.entry_open(&name);
+        let mut child = path.clone();
+        child.push(name.clone());
+        p.enc.entry_open(&name);
         let depth = stack.len();
-        emit(&node, &mut enc, &mut plan, &mut stack)?;
+        p.node(child, &node, &mut stack)?;
         if stack.len() == depth {
-            enc.close(); // entry of a file or symlink
+            p.enc.close(); // entry of a file or symlink
         }
     }
-    flush(&mut enc, &mut plan);
-    Ok(plan)
+    p.flush();
+    Ok(NarPlan {
+        size: p.flushed,
+        items: p.items,
+        listing: p.listing,
+    })
 }
 
-/// Resolves the blobs of a plan segment into chunks.
+impl NarPlan {
+    /// Size of the whole NAR.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Every node with its NAR offset, in NAR order.
+    pub fn listing(&self) -> &[ListedNode] {
+        &self.listing
+    }
+
+    /// The pieces covering `range` of the NAR, trimmed.
+    fn slice(&self, range: Range<u64>) -> Vec<Planned> {
+        let mut out = Vec::new();
+        let mut offset = 0u64;
+        for item in &self.items {
+            let len = item.len();
+            let (start, end) = (offset, offset + len);
+            offset = end;
+            if end <= range.start || len == 0 {
+                continue;
+            }
+            if start >= range.end {
+                break;
+            }
+            let from = range.start.saturating_sub(start);
+            let to = (range.end - start).min(len);
+            out.push(match item {
+                Planned::Literal(b) => Planned::Literal(b.slice(from as usize..to as usize)),
+                Planned::Blob {
+                    digest, size, skip, ..
+                } => Planned::Blob {
+                    digest: *digest,
+                    size: *size,
+                    skip: skip + from,
+                    take: to - from,
+                },
+            });
+        }
+        out
+    }
+
+    /// Streams the bytes of `range` (clamped to the NAR), fetching only the
+    /// chunks that cover it.
+    pub fn stream(
+        &self,
+        blobs: Arc<dyn BlobStore>,
+        range: Range<u64>,
+    ) -> impl Stream<Item = StoreResult<Bytes>> + Send + 'static {
+        let range = range.start.min(self.size)..range.end.min(self.size);
+        let pieces = self.slice(range);
+        // Segment so each lookup covers a batch of blobs.
+        let mut segments: Vec<Vec<Planned>> = Vec::new();
+        let mut cur = Vec::new();
+        let mut blobs_in_cur = 0;
+        for p in pieces {
+            if matches!(p, Planned::Blob { .. }) {
+                blobs_in_cur += 1;
+            }
+            cur.push(p);
+            if blobs_in_cur >= BLOBS_PER_LOOKUP {
+                segments.push(std::mem::take(&mut cur));
+                blobs_in_cur = 0;
+            }
+        }
+        if !cur.is_empty() {
+            segments.push(cur);
+        }
+        let blobs2 = blobs.clone();
+        stream::iter(segments)
+            .map(move |seg| expand(blobs.clone(), seg))
+            .buffered(2)
+            .map_ok(|outs| stream::iter(windows(outs).into_iter().map(Ok::<_, StoreError>)))
+            .try_flatten()
+            .map_ok(move |w| fetch_window(blobs2.clone(), w))
+            .try_buffered(WINDOWS_AHEAD)
+            .map_ok(|pieces| stream::iter(pieces.into_iter().map(Ok::<_, StoreError>)))
+            .try_flatten()
+    }
+}
+
+/// Resolves the blobs of a plan segment into (parts of) chunks.
 async fn expand(blobs: Arc<dyn BlobStore>, segment: Vec<Planned>) -> StoreResult<Vec<Out>> {
     let digests: Vec<B3Digest> = segment
         .iter()
@@ -136,17 +325,22 @@ async fn expand(blobs: Arc<dyn BlobStore>, segment: Vec<Planned>) -> StoreResult
     } else {
         blobs.get_blob_chunks(&digests).await?
     };
+    if lists.len() != digests.len() {
+        return Err(StoreError::Corrupt("short chunk list answer".into()));
+    }
     let mut lists = lists.into_iter();
     let mut out = Vec::with_capacity(segment.len());
     for p in segment {
         match p {
             Planned::Literal(b) => out.push(Out::Literal(b)),
-            Planned::Blob { digest, size } => {
-                let list = lists
-                    .next()
-                    .ok_or_else(|| StoreError::Corrupt("short chunk list answer".into()))?;
-                match list {
-                    None => out.push(Out::Chunk(ChunkMeta { digest, size })),
+            Planned::Blob {
+                digest,
+                size,
+                skip,
+                take,
+            } => {
+                let chunks = match lists.next().expect("counted") {
+                    None => vec![ChunkMeta { digest, size }],
                     Some(chunks) => {
                         let total: u64 = chunks.iter().map(|c| c.size).sum();
                         if total != size {
@@ -154,8 +348,27 @@ async fn expand(blobs: Arc<dyn BlobStore>, segment: Vec<Planned>) -> StoreResult
                                 "blob {digest}: chunks sum to {total} bytes, file has {size}"
                             )));
                         }
-                        out.extend(chunks.into_iter().map(Out::Chunk));
+                        chunks
                     }
+                };
+                let (from, to) = (skip, skip + take);
+                let mut offset = 0u64;
+                for meta in chunks {
+                    let (start, end) = (offset, offset + meta.size);
+                    offset = end;
+                    if end <= from {
+                        continue;
+                    }
+                    if start >= to {
+                        break;
+                    }
+                    let s = from.saturating_sub(start);
+                    let e = (to - start).min(meta.size);
+                    out.push(Out::Chunk {
+                        meta,
+                        skip: s as usize,
+                        take: (e - s) as usize,
+                    });
                 }
             }
         }
@@ -169,8 +382,8 @@ fn windows(outs: Vec<Out>) -> Vec<Vec<Out>> {
     let mut cur = Vec::new();
     let (mut bytes, mut chunks) = (0u64, 0usize);
     for o in outs {
-        if let Out::Chunk(c) = &o {
-            bytes += c.size;
+        if let Out::Chunk { meta, .. } = &o {
+            bytes += meta.size;
             chunks += 1;
         }
         cur.push(o);
@@ -191,7 +404,7 @@ async fn fetch_window(blobs: Arc<dyn BlobStore>, window: Vec<Out>) -> StoreResul
     let digests: Vec<B3Digest> = window
         .iter()
         .filter_map(|o| match o {
-            Out::Chunk(c) => Some(c.digest),
+            Out::Chunk { meta, .. } => Some(meta.digest),
             Out::Literal(_) => None,
         })
         .collect();
@@ -209,7 +422,7 @@ async fn fetch_window(blobs: Arc<dyn BlobStore>, window: Vec<Out>) -> StoreResul
             .into_iter()
             .map(|o| match o {
                 Out::Literal(b) => Ok(b),
-                Out::Chunk(meta) => {
+                Out::Chunk { meta, skip, take } => {
                     let c = chunks.next().expect("counted");
                     if c.digest != meta.digest || c.size != meta.size {
                         return Err(StoreError::Corrupt(format!(
@@ -217,7 +430,7 @@ async fn fetch_window(blobs: Arc<dyn BlobStore>, window: Vec<Out>) -> StoreResul
                             meta.digest, c.digest
                         )));
                     }
-                    c.decode_verified()
+                    Ok(c.decode_verified()?.slice(skip..skip + take))
                 }
             })
             .collect()
@@ -232,55 +445,14 @@ pub async fn render_nar<W: AsyncWrite + Unpin>(
     root: &Node,
     out: &mut W,
 ) -> StoreResult<(u64, [u8; 32])> {
-    let dirs: HashMap<B3Digest, Directory> = match root {
-        Node::Directory { digest, .. } => store
-            .directories
-            .get_closure(digest)
-            .await?
-            .into_iter()
-            .map(|d| (d.digest(), d))
-            .collect(),
-        _ => HashMap::new(),
-    };
-    let plan = plan_nar(root, &dirs)?;
-    drop(dirs);
-
-    // Segment the plan so each lookup covers a batch of blobs.
-    let mut segments: Vec<Vec<Planned>> = Vec::new();
-    let mut cur = Vec::new();
-    let mut blobs_in_cur = 0;
-    for p in plan {
-        if matches!(p, Planned::Blob { .. }) {
-            blobs_in_cur += 1;
-        }
-        cur.push(p);
-        if blobs_in_cur >= BLOBS_PER_LOOKUP {
-            segments.push(std::mem::take(&mut cur));
-            blobs_in_cur = 0;
-        }
-    }
-    if !cur.is_empty() {
-        segments.push(cur);
-    }
-
-    let blobs = store.blobs.clone();
-    let blobs2 = store.blobs.clone();
-    let mut pieces = stream::iter(segments)
-        .map(move |seg| expand(blobs.clone(), seg))
-        .buffered(2)
-        .map_ok(|outs| stream::iter(windows(outs).into_iter().map(Ok::<_, StoreError>)))
-        .try_flatten()
-        .map_ok(move |w| fetch_window(blobs2.clone(), w))
-        .try_buffered(WINDOWS_AHEAD);
-
+    let plan = plan(store, root).await?;
+    let mut pieces = std::pin::pin!(plan.stream(store.blobs.clone(), 0..plan.size()));
     let mut hasher = Sha256::new();
     let mut size = 0u64;
-    while let Some(window) = pieces.try_next().await? {
-        for b in window {
-            hasher.update(&b);
-            size += b.len() as u64;
-            out.write_all(&b).await?;
-        }
+    while let Some(b) = pieces.try_next().await? {
+        hasher.update(&b);
+        size += b.len() as u64;
+        out.write_all(&b).await?;
     }
     out.flush().await?;
     Ok((size, hasher.finalize().into()))
