@@ -106,6 +106,9 @@ pub async fn plan(store: &Store, root: &Node) -> StoreResult<NarPlan> {
     plan_nar(root, &dirs)
 }
 
+/// An open directory while planning: its path, entries, next index.
+type OpenDir = (Vec<Bytes>, Vec<(Bytes, Node)>, usize);
+
 struct Planner<'a> {
     dirs: &'a HashMap<B3Digest, Directory>,
     enc: NarEncoder,
@@ -132,7 +135,7 @@ impl Planner<'_> {
         &mut self,
         path: Vec<Bytes>,
         node: &Node,
-        stack: &mut Vec<(Vec<Bytes>, Vec<(Bytes, Node)>, usize)>,
+        stack: &mut Vec<OpenDir>,
     ) -> StoreResult<()> {
         match node {
             Node::File {
@@ -200,7 +203,7 @@ fn plan_nar(root: &Node, dirs: &HashMap<B3Digest, Directory>) -> StoreResult<Nar
     };
     p.enc.magic();
     // Explicit stack of open directories: (path, entries, next index).
-    let mut stack = Vec::new();
+    let mut stack: Vec<OpenDir> = Vec::new();
     p.node(Vec::new(), root, &mut stack)?;
     while let Some((path, entries, idx)) = stack.last_mut() {
         if *idx == entries.len() {
