@@ -10,10 +10,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use lazix_castore::cache::{cached, CacheConfig};
 use lazix_castore::embedded::EmbeddedStore;
+use lazix_castore::nix::signing::SecretKey;
 use lazix_castore::nix::store_path::StorePath;
 use lazix_castore::push::{push_closure, PushProgress};
 use lazix_castore::{Node, PathInfo, Store};
+use lazix_server::http::{HttpConfig, NarCompression};
 use lazix_server::GrpcStore;
 
 /// Default gRPC listen address (loopback: nothing is exposed unless asked).
@@ -30,14 +33,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve a store over gRPC (snix-compatible services plus lazix.v1).
-    Serve {
-        /// Data folder of the embedded store.
-        #[arg(long, env = "LAZIX_DATA", default_value_os_t = default_data_dir())]
-        data: PathBuf,
-        /// Address to listen on for gRPC.
-        #[arg(long, default_value = DEFAULT_GRPC)]
-        grpc: SocketAddr,
+    /// Serve a store over gRPC (snix-compatible services plus lazix.v1)
+    /// and, with --http, as a Nix binary cache.
+    Serve(ServeArgs),
+    /// Write a Nix-compatible signing key pair: NAME.secret and NAME.public.
+    Keygen {
+        /// Key name (clients trust `NAME:<public key>`), e.g. cache.example.org-1.
+        name: String,
+        /// Folder to write the two files to.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
     },
     /// Push local store paths and their closures to a server.
     Push {
@@ -72,6 +77,36 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Data folder of the embedded store.
+    #[arg(long, env = "LAZIX_DATA", default_value_os_t = default_data_dir())]
+    data: PathBuf,
+    /// Address to listen on for gRPC.
+    #[arg(long, default_value = DEFAULT_GRPC)]
+    grpc: SocketAddr,
+    /// Also serve the Nix binary-cache protocol over HTTP on this address.
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// Nix secret key file to sign narinfos with (repeatable: one Sig line
+    /// per key, so keys can be rotated with an overlap).
+    #[arg(long = "signing-key")]
+    signing_keys: Vec<PathBuf>,
+    /// File holding the token uploads must present (Bearer, or the password
+    /// of basic auth). Without it, uploads are refused.
+    #[arg(long)]
+    upload_token_file: Option<PathBuf>,
+    /// File holding a token reads must present (reads are public without).
+    #[arg(long)]
+    read_token_file: Option<PathBuf>,
+    /// `Priority:` announced in nix-cache-info (lower is preferred).
+    #[arg(long, default_value_t = 40)]
+    priority: u32,
+    /// How NARs are served: `none` (with byte ranges) or `zstd`.
+    #[arg(long, default_value = "none", value_parser = ["none", "zstd"])]
+    nar_compression: String,
+}
+
 fn default_data_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_DATA_HOME") {
         return PathBuf::from(x).join("lazix");
@@ -92,7 +127,8 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve { data, grpc } => serve(data, grpc).await,
+        Command::Serve(args) => serve(args).await,
+        Command::Keygen { name, dir } => keygen(&name, &dir),
         Command::Push {
             server,
             json,
@@ -107,6 +143,7 @@ async fn main() -> Result<()> {
     }
 }
 
+/// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -117,18 +154,108 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-async fn serve(data: PathBuf, grpc: SocketAddr) -> Result<()> {
-    let backend = EmbeddedStore::open(&data)
-        .with_context(|| format!("opening data folder {}", data.display()))?;
-    let store = Store::from_backend(backend);
-    let listener = lazix_server::bind(grpc)
+fn read_token(path: &Option<PathBuf>) -> Result<Option<String>> {
+    path.as_ref()
+        .map(|p| {
+            let t = std::fs::read_to_string(p)
+                .with_context(|| format!("reading token file {}", p.display()))?;
+            let t = t.trim().to_string();
+            if t.is_empty() {
+                bail!("token file {} is empty", p.display());
+            }
+            Ok(t)
+        })
+        .transpose()
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let backend = EmbeddedStore::open(&args.data)
+        .with_context(|| format!("opening data folder {}", args.data.display()))?;
+    let store = cached(Store::from_backend(backend), CacheConfig::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    let listener = lazix_server::bind(args.grpc)
         .await
-        .with_context(|| format!("listening on {grpc}"))?;
-    let addr = listener.local_addr()?;
-    tracing::info!(grpc = %addr, data = %data.display(), "lazix serving");
-    lazix_server::serve_grpc(store, listener, shutdown_signal())
-        .await
-        .context("gRPC server")?;
+        .with_context(|| format!("listening on {}", args.grpc))?;
+    tracing::info!(grpc = %listener.local_addr()?, data = %args.data.display(), "lazix serving gRPC");
+    let grpc = tokio::spawn(lazix_server::serve_grpc(store.clone(), listener, stopped()));
+
+    let http = match args.http {
+        None => None,
+        Some(addr) => {
+            let signing_keys = args
+                .signing_keys
+                .iter()
+                .map(|p| {
+                    let text = std::fs::read_to_string(p)
+                        .with_context(|| format!("reading signing key {}", p.display()))?;
+                    SecretKey::parse(&text)
+                        .with_context(|| format!("invalid signing key {}", p.display()))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let cfg = HttpConfig {
+                signing_keys,
+                upload_token: read_token(&args.upload_token_file)?,
+                read_token: read_token(&args.read_token_file)?,
+                priority: args.priority,
+                nar_compression: if args.nar_compression == "zstd" {
+                    NarCompression::Zstd
+                } else {
+                    NarCompression::None
+                },
+            };
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr}"))?;
+            tracing::info!(http = %listener.local_addr()?, "lazix serving the Nix binary cache protocol");
+            Some(tokio::spawn(lazix_server::http::serve_http(
+                store,
+                cfg,
+                listener,
+                stopped(),
+            )))
+        }
+    };
+
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    grpc.await?.context("gRPC server")?;
+    if let Some(h) = http {
+        h.await?.context("HTTP server")?;
+    }
+    Ok(())
+}
+
+fn keygen(name: &str, dir: &std::path::Path) -> Result<()> {
+    let key = SecretKey::generate(name);
+    let secret = dir.join(format!("{name}.secret"));
+    let public = dir.join(format!("{name}.public"));
+    for f in [&secret, &public] {
+        if f.exists() {
+            bail!("{} exists: not overwriting a key", f.display());
+        }
+    }
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&secret)
+            .with_context(|| format!("writing {}", secret.display()))?;
+        f.write_all(key.to_nix_string().as_bytes())?;
+    }
+    std::fs::write(&public, key.public().to_nix_string())
+        .with_context(|| format!("writing {}", public.display()))?;
+    eprintln!("wrote {} and {}", secret.display(), public.display());
+    println!("{}", key.public().to_nix_string());
     Ok(())
 }
 

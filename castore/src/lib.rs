@@ -2,6 +2,7 @@
 //! directories, PathInfo, the Nix formats, storage backends and the
 //! ingest/render pipelines. No network servers live here.
 
+pub mod cache;
 pub mod chunk;
 pub mod chunker;
 pub mod digest;

@@ -131,12 +131,7 @@ impl Planner<'_> {
     }
 
     /// Emits a node; a directory's entries are pushed on `stack`.
-    fn node(
-        &mut self,
-        path: Vec<Bytes>,
-        node: &Node,
-        stack: &mut Vec<OpenDir>,
-    ) -> StoreResult<()> {
+    fn node(&mut self, path: Vec<Bytes>, node: &Node, stack: &mut Vec<OpenDir>) -> StoreResult<()> {
         match node {
             Node::File {
                 digest,

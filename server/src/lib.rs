@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod convert;
+pub mod http;
 pub mod service;
 
 use std::net::SocketAddr;

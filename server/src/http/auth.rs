@@ -1,0 +1,55 @@
+//! Tokens: writes need the upload token, reads the read token if one is
+//! set. Accepted as `Authorization: Bearer TOKEN` and as the password of
+//! HTTP basic auth (what Nix sends from a netrc file).
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use data_encoding::BASE64;
+
+/// Compares without an early exit, so timing does not leak the token.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn presented(headers: &HeaderMap) -> Option<Vec<u8>> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    if let Some(t) = value.strip_prefix("Bearer ") {
+        return Some(t.trim().as_bytes().to_vec());
+    }
+    let b64 = value.strip_prefix("Basic ")?;
+    let decoded = BASE64.decode(b64.trim().as_bytes()).ok()?;
+    let colon = decoded.iter().position(|&b| b == b':')?;
+    Some(decoded[colon + 1..].to_vec())
+}
+
+/// `Ok` if `required` is unset or presented; else a 401 asking for basic
+/// auth (so curl-based clients send their netrc credentials).
+pub fn check(headers: &HeaderMap, required: Option<&str>) -> Result<(), Response> {
+    let Some(token) = required else {
+        return Ok(());
+    };
+    match presented(headers) {
+        Some(p) if same(&p, token.as_bytes()) => Ok(()),
+        _ => Err((
+            StatusCode::UNAUTHORIZED,
+            [(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"lazix\""),
+            )],
+            "a valid token is required\n",
+        )
+            .into_response()),
+    }
+}
+
+/// Uploads are refused outright when no upload token is configured.
+pub fn check_write(headers: &HeaderMap, token: Option<&str>) -> Result<(), Response> {
+    match token {
+        None => Err((
+            StatusCode::FORBIDDEN,
+            "uploads are disabled: start the server with --upload-token-file\n",
+        )
+            .into_response()),
+        Some(t) => check(headers, Some(t)),
+    }
+}

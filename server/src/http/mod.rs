@@ -1,0 +1,106 @@
+//! The HTTP binary-cache shim: the classic Nix protocol over the castore,
+//! so any stock `nix` substitutes from lazix (`nix-cache-info`, signed
+//! `.narinfo`, NARs rendered on the fly from chunks, `.ls` listings) and
+//! uploads to it (`nix copy --to http://…`), while lazix keeps only chunks.
+
+mod auth;
+mod download;
+mod upload;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use lazix_castore::nix::signing::SecretKey;
+use lazix_castore::Store;
+
+pub use upload::PendingNar;
+
+/// How NARs are served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NarCompression {
+    /// Uncompressed, with byte ranges: the fastest on fast links.
+    None,
+    /// zstd, compressed on the fly: fewer bytes on slow links.
+    Zstd,
+}
+
+impl NarCompression {
+    /// The narinfo `Compression:` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            NarCompression::None => "none",
+            NarCompression::Zstd => "zstd",
+        }
+    }
+
+    /// Extension of the NAR URL.
+    pub fn extension(self) -> &'static str {
+        match self {
+            NarCompression::None => ".nar",
+            NarCompression::Zstd => ".nar.zst",
+        }
+    }
+}
+
+/// What the shim serves and who may write.
+pub struct HttpConfig {
+    /// Keys whose signatures are added to every narinfo served.
+    pub signing_keys: Vec<SecretKey>,
+    /// Token required for uploads; uploads are refused without one.
+    pub upload_token: Option<String>,
+    /// Token required for reads, if set.
+    pub read_token: Option<String>,
+    /// `Priority:` in `nix-cache-info`.
+    pub priority: u32,
+    /// How NARs are served.
+    pub nar_compression: NarCompression,
+}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+struct AppState {
+    store: Store,
+    cfg: Arc<HttpConfig>,
+    /// NARs uploaded whose narinfo has not arrived yet, by URL path.
+    pending: moka::future::Cache<String, Arc<PendingNar>>,
+}
+
+/// How long an uploaded NAR waits for its narinfo.
+const PENDING_TTL: Duration = Duration::from_secs(3600);
+
+/// The shim's routes over `store`.
+pub fn router(store: Store, cfg: HttpConfig) -> Router {
+    let state = AppState {
+        store,
+        cfg: Arc::new(cfg),
+        pending: moka::future::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(PENDING_TTL)
+            .build(),
+    };
+    Router::new()
+        .route(
+            "/nix-cache-info",
+            get(download::cache_info).put(upload::put_cache_info),
+        )
+        .route(
+            "/{file}",
+            get(download::top_level).put(upload::put_top_level),
+        )
+        .route("/nar/{file}", get(download::nar).put(upload::put_nar))
+        .with_state(state)
+}
+
+/// Serves the shim on a bound listener until `shutdown` resolves.
+pub async fn serve_http(
+    store: Store,
+    cfg: HttpConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(store, cfg))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
