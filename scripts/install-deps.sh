@@ -7,8 +7,10 @@ set -euo pipefail
 need=()
 command -v nix-store >/dev/null 2>&1 || need+=(nix-bin)
 command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ "${LAZIX_BENCH_DEPS:-0}" = 1 ]; then
-  command -v hyperfine >/dev/null 2>&1 || need+=(hyperfine)
+  command -v nginx >/dev/null 2>&1 || need+=(nginx)
+  command -v wrk >/dev/null 2>&1 || need+=(wrk)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then

@@ -47,6 +47,8 @@ pub fn lazix() -> Command {
 pub struct Server {
     child: Child,
     pub addr: String,
+    /// `http://127.0.0.1:PORT` of the binary-cache shim.
+    pub http: String,
     pub data: tempfile::TempDir,
 }
 
@@ -59,25 +61,37 @@ fn free_port() -> u16 {
 }
 
 impl Server {
-    /// Starts a server and waits until it accepts connections.
+    /// Starts a server (gRPC and HTTP) and waits until it accepts
+    /// connections.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra `lazix serve` arguments.
+    pub fn start_with(extra: &[&str]) -> Self {
         let data = tempfile::tempdir().unwrap();
         let port = free_port();
+        let http_port = free_port();
         let child = lazix()
             .args(["serve", "--data"])
             .arg(data.path())
             .args(["--grpc", &format!("127.0.0.1:{port}")])
+            .args(["--http", &format!("127.0.0.1:{http_port}")])
+            .args(extra)
             .stdout(Stdio::null())
             .spawn()
             .expect("spawning lazix serve");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "lazix serve did not start");
-            std::thread::sleep(Duration::from_millis(50));
+        for p in [port, http_port] {
+            while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
+                assert!(Instant::now() < deadline, "lazix serve did not start");
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         Self {
             child,
             addr: format!("grpc://127.0.0.1:{port}"),
+            http: format!("http://127.0.0.1:{http_port}"),
             data,
         }
     }
@@ -180,4 +194,78 @@ pub fn nar_hash(bytes: &[u8]) -> String {
 pub fn sri_to_b32(sri: &str) -> String {
     let d = lazix_castore::nix::hash::parse_sha256(sri).unwrap();
     lazix_castore::nix::hash::format_sha256(&d)
+}
+
+/// A Nix client environment of its own: an empty narinfo cache (Nix caches
+/// narinfos per cache URL in `$XDG_CACHE_HOME`, which would let one test's
+/// upload answer another's download) and a netrc file with a token.
+pub struct NixClient {
+    pub dir: tempfile::TempDir,
+}
+
+impl NixClient {
+    /// A fresh client; `token` goes into its netrc for 127.0.0.1.
+    pub fn new(token: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(t) = token {
+            std::fs::write(
+                dir.path().join("netrc"),
+                format!("machine 127.0.0.1\nlogin lazix\npassword {t}\n"),
+            )
+            .unwrap();
+        }
+        Self { dir }
+    }
+
+    /// `nix` (or another Nix tool) with this client's cache and netrc.
+    pub fn cmd(&self, program: &str) -> Command {
+        let mut c = nix_cmd(program);
+        c.env("XDG_CACHE_HOME", self.dir.path().join("cache"))
+            .args(["--option", "netrc-file"])
+            .arg(self.dir.path().join("netrc"));
+        c
+    }
+
+    /// An empty chroot store of this client.
+    pub fn store(&self) -> String {
+        self.dir.path().join("store").display().to_string()
+    }
+}
+
+/// `nix-store --generate-binary-cache-key NAME`: (secret file, public key).
+pub fn nix_keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+    let sk = dir.join(format!("{name}.sk"));
+    let pk = dir.join(format!("{name}.pk"));
+    run(nix_cmd("nix-store")
+        .args(["--generate-binary-cache-key", name])
+        .arg(&sk)
+        .arg(&pk));
+    let public = std::fs::read_to_string(&pk).unwrap().trim().to_string();
+    (sk, public)
+}
+
+/// A closure of four input-addressed paths with references; `salt` makes
+/// the paths unique to a test.
+pub fn build_closure(salt: &str) -> String {
+    nix_build(&format!(
+        r#"
+let
+  mk = name: script: derivation {{
+    inherit name;
+    system = "x86_64-linux";
+    builder = "/bin/sh";
+    args = [ "-c" script ];
+  }};
+  lib = mk "lazix-{salt}-lib" "/bin/mkdir -p $out/lib; /bin/echo {salt} > $out/lib/data; /bin/head -c 400000 /dev/urandom > $out/lib/blob";
+  tool = mk "lazix-{salt}-tool" ''
+    /bin/mkdir -p $out/bin
+    /bin/echo '#!/bin/sh' > $out/bin/tool
+    /bin/echo 'cat ${{lib}}/lib/data' >> $out/bin/tool
+    /bin/chmod 755 $out/bin/tool
+    /bin/ln -s ${{lib}}/lib $out/lib
+  '';
+  doc = mk "lazix-{salt}-doc" "/bin/mkdir -p $out/share; /bin/echo ${{tool}} > $out/share/readme";
+in mk "lazix-{salt}-top" "/bin/mkdir $out; /bin/echo ${{tool}} ${{lib}} ${{doc}} > $out/refs"
+"#
+    ))
 }

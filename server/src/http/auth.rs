@@ -22,34 +22,52 @@ fn presented(headers: &HeaderMap) -> Option<Vec<u8>> {
     Some(decoded[colon + 1..].to_vec())
 }
 
-/// `Ok` if `required` is unset or presented; else a 401 asking for basic
-/// auth (so curl-based clients send their netrc credentials).
-pub fn check(headers: &HeaderMap, required: Option<&str>) -> Result<(), Response> {
+/// Why a request was turned away.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Denied {
+    /// No or a wrong token: 401, asking for basic auth so curl-based
+    /// clients send their netrc credentials.
+    Unauthorized,
+    /// No upload token is configured: uploads are off (403).
+    UploadsDisabled,
+}
+
+impl IntoResponse for Denied {
+    fn into_response(self) -> Response {
+        match self {
+            Denied::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                [(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"lazix\""),
+                )],
+                "a valid token is required\n",
+            )
+                .into_response(),
+            Denied::UploadsDisabled => (
+                StatusCode::FORBIDDEN,
+                "uploads are disabled: start the server with --upload-token-file\n",
+            )
+                .into_response(),
+        }
+    }
+}
+
+/// `Ok` if `required` is unset or presented.
+pub fn check(headers: &HeaderMap, required: Option<&str>) -> Result<(), Denied> {
     let Some(token) = required else {
         return Ok(());
     };
     match presented(headers) {
         Some(p) if same(&p, token.as_bytes()) => Ok(()),
-        _ => Err((
-            StatusCode::UNAUTHORIZED,
-            [(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"lazix\""),
-            )],
-            "a valid token is required\n",
-        )
-            .into_response()),
+        _ => Err(Denied::Unauthorized),
     }
 }
 
 /// Uploads are refused outright when no upload token is configured.
-pub fn check_write(headers: &HeaderMap, token: Option<&str>) -> Result<(), Response> {
+pub fn check_write(headers: &HeaderMap, token: Option<&str>) -> Result<(), Denied> {
     match token {
-        None => Err((
-            StatusCode::FORBIDDEN,
-            "uploads are disabled: start the server with --upload-token-file\n",
-        )
-            .into_response()),
+        None => Err(Denied::UploadsDisabled),
         Some(t) => check(headers, Some(t)),
     }
 }

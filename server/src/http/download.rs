@@ -37,7 +37,7 @@ fn store_error(e: StoreError) -> Response {
 /// `GET /nix-cache-info`.
 pub async fn cache_info(State(st): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(r) = auth::check(&headers, st.cfg.read_token.as_deref()) {
-        return r;
+        return r.into_response();
     }
     (
         [(header::CONTENT_TYPE, "text/x-nix-cache-info")],
@@ -85,7 +85,7 @@ pub async fn top_level(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = auth::check(&headers, st.cfg.read_token.as_deref()) {
-        return r;
+        return r.into_response();
     }
     if let Some(hash) = file.strip_suffix(".narinfo") {
         let info = match lookup(&st, hash).await {
@@ -180,7 +180,7 @@ pub async fn nar(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = auth::check(&headers, st.cfg.read_token.as_deref()) {
-        return r;
+        return r.into_response();
     }
     let (stem, compression) = if let Some(s) = file.strip_suffix(".nar.zst") {
         (s, NarCompression::Zstd)

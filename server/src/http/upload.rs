@@ -44,7 +44,7 @@ fn bad(msg: impl std::fmt::Display) -> Response {
 /// `PUT /nix-cache-info`: accepted (the server's own answer stands).
 pub async fn put_cache_info(State(st): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(r) = auth::check_write(&headers, st.cfg.upload_token.as_deref()) {
-        return r;
+        return r.into_response();
     }
     StatusCode::NO_CONTENT.into_response()
 }
@@ -75,7 +75,7 @@ pub async fn put_nar(
     body: Body,
 ) -> Response {
     if let Err(r) = auth::check_write(&headers, st.cfg.upload_token.as_deref()) {
-        return r;
+        return r.into_response();
     }
     let raw =
         tokio_util::io::StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
@@ -129,7 +129,7 @@ pub async fn put_top_level(
     body: Bytes,
 ) -> Response {
     if let Err(r) = auth::check_write(&headers, st.cfg.upload_token.as_deref()) {
-        return r;
+        return r.into_response();
     }
     let Some(hash) = file.strip_suffix(".narinfo") else {
         return (
