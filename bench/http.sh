@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Binary-cache serving benchmark: the same closure served by lazix's HTTP
+# shim (NARs rendered from chunks on the fly) and by nginx serving the static
+# binary cache `nix copy --to file://…?compression=none` wrote, measured in
+# one run: total download time of every NAR with 1 and with 16 parallel
+# connections, and sequential narinfo latency. Prints ratios lazix/nginx.
+#
+#   bash bench/http.sh
+#
+# The closure: every folder of /usr/share as a store path (107 paths,
+# thousands of small files) plus the stable Rust toolchain (one path with
+# large files). Each measurement is the median of 3 rounds after a warm-up.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LAZIX_BENCH_DEPS=1 bash scripts/install-deps.sh
+source scripts/nix-env.sh
+cargo build --release --locked --bin lazix >&2
+LAZIX=$PWD/target/release/lazix
+STABLE=${STABLE:-$HOME/.rustup/toolchains/stable-x86_64-unknown-linux-gnu}
+
+work=$(mktemp -d /var/tmp/lazix-http-bench.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done; echo "port $1 not up" >&2; exit 1; }
+
+echo "adding the closure as store paths (once)" >&2
+paths=()
+for d in /usr/share/*/; do
+  name=share-$(basename "$d" | tr -c 'A-Za-z0-9+._?=\n-' '_')
+  p=$(nix store add-path --name "$name" "$d" 2>/dev/null) && paths+=("$p") || true
+done
+paths+=("$(nix store add-path --name rust-stable "$STABLE")")
+printf '%s\n' "${paths[@]}" >"$work/paths"
+nar_bytes=$(nix path-info --json "${paths[@]}" | python3 -c 'import json,sys; print(sum(p["narSize"] for p in json.load(sys.stdin)))')
+echo "${#paths[@]} paths, $((nar_bytes / 1048576)) MiB of NAR" >&2
+
+# lazix: push over gRPC, serve over HTTP.
+gport=$(free_port); hport=$(free_port)
+"$LAZIX" serve --data "$work/lazix" --grpc "127.0.0.1:$gport" --http "127.0.0.1:$hport" 2>"$work/serve.log" &
+pids+=($!)
+wait_port "$gport"; wait_port "$hport"
+"$LAZIX" push --server "grpc://127.0.0.1:$gport" "${paths[@]}" 2>&1 | tail -1 >&2
+
+# nginx: the static binary cache.
+nix copy --to "file://$work/static?compression=none" "${paths[@]}"
+nport=$(free_port)
+cat >"$work/nginx.conf" <<NGINX
+user root;
+worker_processes 2;
+error_log $work/nginx-error.log;
+pid $work/nginx.pid;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  sendfile on; tcp_nopush on; tcp_nodelay on;
+  keepalive_requests 100000;
+  types { text/x-nix-narinfo narinfo; application/x-nix-nar nar; }
+  server { listen 127.0.0.1:$nport; root $work/static; }
+}
+NGINX
+nginx -c "$work/nginx.conf" -g 'daemon off;' &
+pids+=($!)
+wait_port "$nport"
+
+# URL lists for curl: narinfos, then the NARs they name.
+make_lists() { # base name
+  local base=$1 name=$2
+  : >"$work/$name.narinfos"; : >"$work/$name.nars"
+  while read -r p; do
+    h=$(basename "$p" | cut -c1-32)
+    echo "url = \"$base/$h.narinfo\"" >>"$work/$name.narinfos"
+    echo "output = /dev/null" >>"$work/$name.narinfos"
+    url=$(curl -sf "$base/$h.narinfo" | sed -n 's/^URL: //p')
+    echo "url = \"$base/$url\"" >>"$work/$name.nars"
+    echo "output = /dev/null" >>"$work/$name.nars"
+  done <"$work/paths"
+}
+make_lists "http://127.0.0.1:$hport" lazix
+make_lists "http://127.0.0.1:$nport" nginx
+
+timed() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null; t1=$(date +%s.%N); awk -v a="$t0" -v b="$t1" 'BEGIN {print b-a}'; }
+median3() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
+measure() { # name -> "t1 t16 narinfo_us"
+  local name=$1 a b c
+  curl -s -K "$work/$name.nars" --parallel --parallel-max 16 >/dev/null # warm-up
+  a=$(timed curl -sf -K "$work/$name.nars"); b=$(timed curl -sf -K "$work/$name.nars"); c=$(timed curl -sf -K "$work/$name.nars")
+  local t1; t1=$(median3 "$a" "$b" "$c")
+  a=$(timed curl -sf -K "$work/$name.nars" --parallel --parallel-max 16); b=$(timed curl -sf -K "$work/$name.nars" --parallel --parallel-max 16); c=$(timed curl -sf -K "$work/$name.nars" --parallel --parallel-max 16)
+  local t16; t16=$(median3 "$a" "$b" "$c")
+  # narinfo latency: every narinfo 10 times over one connection.
+  for _ in $(seq 9); do cat "$work/$name.narinfos"; done >"$work/$name.narinfos10"
+  cat "$work/$name.narinfos" >>"$work/$name.narinfos10"
+  local n; n=$(grep -c '^url' "$work/$name.narinfos10")
+  a=$(timed curl -sf -K "$work/$name.narinfos10"); b=$(timed curl -sf -K "$work/$name.narinfos10"); c=$(timed curl -sf -K "$work/$name.narinfos10")
+  local tn; tn=$(median3 "$a" "$b" "$c")
+  echo "$t1 $t16 $(awk -v t="$tn" -v n="$n" 'BEGIN {printf "%.0f", t/n*1e6}')"
+}
+read -r l1 l16 lni < <(measure lazix)
+read -r n1 n16 nni < <(measure nginx)
+mibs() { awk -v b="$nar_bytes" -v t="$1" 'BEGIN {printf "%.0f", b/1048576/t}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
+echo
+echo "${#paths[@]} paths, $((nar_bytes / 1048576)) MiB of NAR (uncompressed), loopback, 2 cores"
+echo
+echo "| measure | lazix | nginx (static files) | lazix/nginx |"
+echo "|---|---|---|---|"
+printf '| all NARs, 1 connection | %.2f s (%s MiB/s) | %.2f s (%s MiB/s) | %s |\n' "$l1" "$(mibs "$l1")" "$n1" "$(mibs "$n1")" "$(ratio "$l1" "$n1")"
+printf '| all NARs, 16 connections | %.2f s (%s MiB/s) | %.2f s (%s MiB/s) | %s |\n' "$l16" "$(mibs "$l16")" "$n16" "$(mibs "$n16")" "$(ratio "$l16" "$n16")"
+printf '| one narinfo (sequential) | %s µs | %s µs | %s |\n' "$lni" "$nni" "$(ratio "$lni" "$nni")"
