@@ -105,6 +105,10 @@ struct ServeArgs {
     /// How NARs are served: `none` (with byte ranges) or `zstd`.
     #[arg(long, default_value = "none", value_parser = ["none", "zstd"])]
     nar_compression: String,
+    /// MiB of decoded, verified chunks the HTTP server keeps in memory to
+    /// render hot NARs without decompressing again.
+    #[arg(long, default_value_t = 1024)]
+    decoded_cache_mib: u64,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -209,6 +213,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 } else {
                     NarCompression::None
                 },
+                decoded_cache_bytes: args.decoded_cache_mib * 1024 * 1024,
             };
             let listener = tokio::net::TcpListener::bind(addr)
                 .await

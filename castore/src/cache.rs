@@ -11,8 +11,10 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use moka::future::Cache;
 
-use crate::chunk::{Chunk, ChunkMeta};
-use crate::digest::B3Digest;
+use bytes::Bytes;
+
+use crate::chunk::{Chunk, ChunkMeta, ChunkPayload};
+use crate::digest::{B3Digest, DigestKeyBuildHasher};
 use crate::directory::Directory;
 use crate::error::StoreResult;
 use crate::pathinfo::PathInfo;
@@ -44,18 +46,18 @@ impl Default for CacheConfig {
 
 struct CachedBlobs {
     inner: Arc<dyn BlobStore>,
-    chunks: Cache<B3Digest, Chunk>,
-    lists: Cache<B3Digest, Arc<Vec<ChunkMeta>>>,
+    chunks: Cache<B3Digest, Chunk, DigestKeyBuildHasher>,
+    lists: Cache<B3Digest, Arc<Vec<ChunkMeta>>, DigestKeyBuildHasher>,
 }
 
 struct CachedDirectories {
     inner: Arc<dyn DirectoryStore>,
-    closures: Cache<B3Digest, Arc<Vec<Directory>>>,
+    closures: Cache<B3Digest, Arc<Vec<Directory>>, DigestKeyBuildHasher>,
 }
 
 struct CachedPathInfos {
     inner: Arc<dyn PathInfoStore>,
-    infos: Cache<[u8; 20], Arc<PathInfo>>,
+    infos: Cache<[u8; 20], Arc<PathInfo>, DigestKeyBuildHasher>,
 }
 
 /// Wraps `inner` with caches of the given sizes.
@@ -67,11 +69,11 @@ pub fn cached(inner: Store, config: CacheConfig) -> Store {
             chunks: Cache::builder()
                 .max_capacity(config.chunk_bytes)
                 .weigher(|_: &B3Digest, c: &Chunk| c.payload_len().min(u32::MAX as u64) as u32 + 64)
-                .build(),
+                .build_with_hasher(DigestKeyBuildHasher::default()),
             lists: Cache::builder()
                 .max_capacity(config.metadata_bytes / 2)
                 .weigher(meta_weight)
-                .build(),
+                .build_with_hasher(DigestKeyBuildHasher::default()),
         }),
         directories: Arc::new(CachedDirectories {
             inner: inner.directories,
@@ -83,14 +85,14 @@ pub fn cached(inner: Store, config: CacheConfig) -> Store {
                         .sum::<u64>()
                         .min(u32::MAX as u64) as u32
                 })
-                .build(),
+                .build_with_hasher(DigestKeyBuildHasher::default()),
         }),
         path_infos: Arc::new(CachedPathInfos {
             inner: inner.path_infos,
             infos: Cache::builder()
                 .max_capacity(config.path_infos)
                 .time_to_live(config.path_info_ttl)
-                .build(),
+                .build_with_hasher(DigestKeyBuildHasher::default()),
         }),
     }
 }
@@ -176,6 +178,87 @@ impl BlobStore for CachedBlobs {
             }
         }
         Ok(out)
+    }
+}
+
+/// Keeps chunks decoded and verified, for servers that render NARs: a hit
+/// costs a copy instead of a decompression and a hash. Bounded by raw bytes.
+struct DecodedChunks {
+    inner: Arc<dyn BlobStore>,
+    chunks: Cache<B3Digest, Bytes, DigestKeyBuildHasher>,
+}
+
+/// Wraps `blobs` with a cache of up to `bytes` of decoded, verified chunks.
+/// `get_chunks` then answers [`ChunkPayload::Verified`] chunks.
+pub fn decoded_chunks(blobs: Arc<dyn BlobStore>, bytes: u64) -> Arc<dyn BlobStore> {
+    Arc::new(DecodedChunks {
+        inner: blobs,
+        chunks: Cache::builder()
+            .max_capacity(bytes)
+            .weigher(|_: &B3Digest, b: &Bytes| (b.len() + 64).min(u32::MAX as usize) as u32)
+            .build_with_hasher(DigestKeyBuildHasher::default()),
+    })
+}
+
+#[async_trait]
+impl BlobStore for DecodedChunks {
+    async fn missing_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<B3Digest>> {
+        self.inner.missing_chunks(digests).await
+    }
+
+    async fn put_chunks(&self, chunks: Vec<Chunk>) -> StoreResult<()> {
+        self.inner.put_chunks(chunks).await
+    }
+
+    async fn get_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<Chunk>> {
+        let mut found: Vec<Option<Chunk>> = Vec::with_capacity(digests.len());
+        let mut misses = Vec::new();
+        for d in digests {
+            let hit = self.chunks.get(d).await.map(|b| Chunk {
+                digest: *d,
+                size: b.len() as u64,
+                payload: ChunkPayload::Verified(b),
+            });
+            if hit.is_none() {
+                misses.push(*d);
+            }
+            found.push(hit);
+        }
+        if !misses.is_empty() {
+            let fetched = self.inner.get_chunks(&misses).await?;
+            let decoded = tokio::task::spawn_blocking(move || {
+                fetched
+                    .into_iter()
+                    .map(|c| c.decode_verified().map(|b| (c.digest, b)))
+                    .collect::<StoreResult<Vec<_>>>()
+            })
+            .await
+            .map_err(|e| crate::StoreError::Io(std::io::Error::other(e)))??;
+            let mut decoded = decoded.into_iter();
+            for slot in found.iter_mut().filter(|s| s.is_none()) {
+                let (digest, bytes) = decoded
+                    .next()
+                    .ok_or_else(|| crate::StoreError::Corrupt("short chunk answer".into()))?;
+                self.chunks.insert(digest, bytes.clone()).await;
+                *slot = Some(Chunk {
+                    digest,
+                    size: bytes.len() as u64,
+                    payload: ChunkPayload::Verified(bytes),
+                });
+            }
+        }
+        Ok(found.into_iter().map(|c| c.expect("filled")).collect())
+    }
+
+    async fn put_blob_chunks(&self, blobs: Vec<BlobChunks>) -> StoreResult<()> {
+        self.inner.put_blob_chunks(blobs).await
+    }
+
+    async fn get_blob_chunks(
+        &self,
+        blobs: &[B3Digest],
+    ) -> StoreResult<Vec<Option<Vec<ChunkMeta>>>> {
+        self.inner.get_blob_chunks(blobs).await
     }
 }
 

@@ -41,6 +41,10 @@ pub enum ChunkPayload {
     Raw(Bytes),
     /// One zstd frame.
     Zstd(Bytes),
+    /// Raw bytes this process has already checked against the digest (e.g.
+    /// held in a decoded-chunk cache). Never built from received data:
+    /// decoding it skips the hash.
+    Verified(Bytes),
 }
 
 /// A chunk: digest and raw size, plus its payload in some encoding.
@@ -76,7 +80,9 @@ impl Chunk {
     /// Bytes of the payload as it is (compressed or not).
     pub fn payload_len(&self) -> u64 {
         match &self.payload {
-            ChunkPayload::Raw(b) | ChunkPayload::Zstd(b) => b.len() as u64,
+            ChunkPayload::Raw(b) | ChunkPayload::Zstd(b) | ChunkPayload::Verified(b) => {
+                b.len() as u64
+            }
         }
     }
 
@@ -85,7 +91,7 @@ impl Chunk {
     pub fn compressed(self) -> Result<Self, StoreError> {
         match self.payload {
             ChunkPayload::Zstd(_) => Ok(self),
-            ChunkPayload::Raw(data) => {
+            ChunkPayload::Raw(data) | ChunkPayload::Verified(data) => {
                 let z = compress(&data)?;
                 Ok(Self {
                     payload: ChunkPayload::Zstd(z.into()),
@@ -105,6 +111,7 @@ impl Chunk {
             )));
         }
         let raw: Bytes = match &self.payload {
+            ChunkPayload::Verified(b) => return Ok(b.clone()),
             ChunkPayload::Raw(b) => b.clone(),
             ChunkPayload::Zstd(z) => {
                 // Capacity size+1 so a frame longer than claimed is caught.

@@ -192,6 +192,28 @@ impl DirectoryBuilder {
     }
 }
 
+/// Collects a directory and everything below it, root first,
+/// breadth-first, each once, from a synchronous lookup (backends run it on
+/// one blocking thread). `NotFound` if any directory is missing.
+pub fn walk_closure(
+    root: B3Digest,
+    mut get: impl FnMut(&B3Digest) -> Result<Option<Directory>, StoreError>,
+) -> Result<Vec<Directory>, StoreError> {
+    let mut seen = HashSet::from([root]);
+    let mut queue = std::collections::VecDeque::from([root]);
+    let mut out = Vec::new();
+    while let Some(d) = queue.pop_front() {
+        let dir = get(&d)?.ok_or_else(|| StoreError::NotFound(format!("directory {d}")))?;
+        for (_, child, _) in dir.child_directories() {
+            if seen.insert(child) {
+                queue.push_back(child);
+            }
+        }
+        out.push(dir);
+    }
+    Ok(out)
+}
+
 /// Checks an uploaded closure, sent leaves first and root last, as snix
 /// does: each child reference must point at a directory sent earlier or
 /// already stored (`stored_size` answers its size), with a matching size;

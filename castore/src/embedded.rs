@@ -25,12 +25,12 @@ use prost::Message;
 
 use crate::chunk::{Chunk, ChunkMeta, ChunkPayload};
 use crate::digest::B3Digest;
-use crate::directory::{validate_closure, Directory};
+use crate::directory::{validate_closure, walk_closure, Directory};
 use crate::error::{StoreError, StoreResult};
 use crate::nix::nixbase32;
 use crate::node::Node;
 use crate::pathinfo::PathInfo;
-use crate::services::{closure_by_walking, BlobChunks, BlobStore, DirectoryStore, PathInfoStore};
+use crate::services::{BlobChunks, BlobStore, DirectoryStore, PathInfoStore};
 
 /// Object kinds sharded by the first two hex digits of their digest.
 const SHARDED: [&str; 3] = ["chunks", "blobs", "directories"];
@@ -259,7 +259,9 @@ impl BlobStore for EmbeddedStore {
                 }
                 let z = match chunk.payload {
                     ChunkPayload::Zstd(z) => z,
-                    ChunkPayload::Raw(_) => crate::chunk::compress(&raw)?.into(),
+                    ChunkPayload::Raw(_) | ChunkPayload::Verified(_) => {
+                        crate::chunk::compress(&raw)?.into()
+                    }
                 };
                 this.write_atomic(&path, &[&chunk.size.to_le_bytes(), &z])?;
             }
@@ -325,7 +327,11 @@ impl DirectoryStore for EmbeddedStore {
     }
 
     async fn get_closure(&self, root: &B3Digest) -> StoreResult<Vec<Directory>> {
-        closure_by_walking(self, root).await
+        // One blocking task for the whole walk: a hop per directory would
+        // dominate for trees of thousands of directories.
+        let this = self.clone();
+        let root = *root;
+        blocking(move || walk_closure(root, |d| this.read_directory(d))).await
     }
 
     async fn put_closure(&self, dirs: Vec<Directory>) -> StoreResult<B3Digest> {

@@ -234,6 +234,21 @@ impl NarPlan {
         self.size
     }
 
+    /// Approximate memory held by the plan, for cache weighing.
+    pub fn weight(&self) -> u64 {
+        let literals: u64 = self
+            .items
+            .iter()
+            .map(|i| match i {
+                Planned::Literal(b) => b.len() as u64,
+                Planned::Blob { .. } => 0,
+            })
+            .sum();
+        literals
+            + (self.items.len() * std::mem::size_of::<Planned>()) as u64
+            + (self.listing.len() * 96) as u64
+    }
+
     /// Every node with its NAR offset, in NAR order.
     pub fn listing(&self) -> &[ListedNode] {
         &self.listing

@@ -105,28 +105,3 @@ impl Store {
         }
     }
 }
-
-/// Breadth-first closure retrieval on top of `get_directory`, for backends
-/// without a faster way.
-pub async fn closure_by_walking<D: DirectoryStore + ?Sized>(
-    store: &D,
-    root: &B3Digest,
-) -> StoreResult<Vec<Directory>> {
-    use std::collections::{HashSet, VecDeque};
-    let mut seen = HashSet::from([*root]);
-    let mut queue = VecDeque::from([*root]);
-    let mut out = Vec::new();
-    while let Some(d) = queue.pop_front() {
-        let dir = store
-            .get_directory(&d)
-            .await?
-            .ok_or_else(|| crate::error::StoreError::NotFound(format!("directory {d}")))?;
-        for (_, child, _) in dir.child_directories() {
-            if seen.insert(child) {
-                queue.push_back(child);
-            }
-        }
-        out.push(dir);
-    }
-    Ok(out)
-}

@@ -38,7 +38,7 @@ pub fn digest(b: &Bytes) -> Result<B3Digest, Status> {
 /// Wire form of a chunk (payload shipped as is).
 pub fn chunk_to_proto(c: Chunk) -> lpb::Chunk {
     let (encoding, data) = match c.payload {
-        ChunkPayload::Raw(b) => (lpb::ChunkEncoding::Raw, b),
+        ChunkPayload::Raw(b) | ChunkPayload::Verified(b) => (lpb::ChunkEncoding::Raw, b),
         ChunkPayload::Zstd(b) => (lpb::ChunkEncoding::Zstd, b),
     };
     lpb::Chunk {

@@ -7,7 +7,9 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use lazix_castore::nix::nixbase32;
 use lazix_castore::nix::store_path::{parse_hash_part, HASH_PART_LEN};
-use lazix_castore::render::{self, ListedNode};
+use std::sync::Arc;
+
+use lazix_castore::render::{self, ListedNode, NarPlan};
 use lazix_castore::{Node, PathInfo, StoreError};
 
 use super::{auth, AppState, NarCompression};
@@ -68,6 +70,22 @@ async fn lookup(st: &AppState, hash_part: &str) -> Result<PathInfo, Response> {
     }
 }
 
+/// The NAR plan of a path, planned once while it stays hot.
+async fn cached_plan(st: &AppState, info: &PathInfo) -> Result<Arc<NarPlan>, StoreError> {
+    let key = (*info.store_path.digest(), info.nar_sha256);
+    let store = st.store.clone();
+    let node = info.node.clone();
+    st.plans
+        .try_get_with(key, async move {
+            render::plan(&store, &node).await.map(Arc::new)
+        })
+        .await
+        .map_err(|e| match Arc::try_unwrap(e) {
+            Ok(e) => e,
+            Err(shared) => StoreError::Unavailable(shared.to_string()),
+        })
+}
+
 /// The URL of a path's NAR as this server serves it.
 pub fn nar_url(info: &PathInfo, compression: NarCompression) -> String {
     format!(
@@ -119,7 +137,7 @@ pub async fn top_level(
             Ok(i) => i,
             Err(r) => return r,
         };
-        let plan = match render::plan(&st.store, &info.node).await {
+        let plan = match cached_plan(&st, &info).await {
             Ok(p) => p,
             Err(e) => return store_error(e),
         };
@@ -199,7 +217,7 @@ pub async fn nar(
     if nixbase32::encode(&info.nar_sha256) != narhash {
         return text(StatusCode::NOT_FOUND, "no NAR with this hash\n");
     }
-    let plan = match render::plan(&st.store, &info.node).await {
+    let plan = match cached_plan(&st, &info).await {
         Ok(p) => p,
         Err(e) => return store_error(e),
     };

@@ -56,6 +56,8 @@ pub struct HttpConfig {
     pub priority: u32,
     /// How NARs are served.
     pub nar_compression: NarCompression,
+    /// Bytes of decoded, verified chunks kept in memory for rendering.
+    pub decoded_cache_bytes: u64,
 }
 
 /// Shared state of the handlers.
@@ -65,19 +67,33 @@ struct AppState {
     cfg: Arc<HttpConfig>,
     /// NARs uploaded whose narinfo has not arrived yet, by URL path.
     pending: moka::future::Cache<String, Arc<PendingNar>>,
+    /// NAR plans of recently served paths, by (store path digest,
+    /// NarHash): a hot NAR is served without fetching its directories or
+    /// planning again.
+    plans: moka::future::Cache<([u8; 20], [u8; 32]), Arc<lazix_castore::render::NarPlan>>,
 }
+
+/// Bytes of NAR plans kept (framing bytes and piece lists).
+const PLAN_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// How long an uploaded NAR waits for its narinfo.
 const PENDING_TTL: Duration = Duration::from_secs(3600);
 
 /// The shim's routes over `store`.
-pub fn router(store: Store, cfg: HttpConfig) -> Router {
+pub fn router(mut store: Store, cfg: HttpConfig) -> Router {
+    store.blobs = lazix_castore::cache::decoded_chunks(store.blobs, cfg.decoded_cache_bytes);
     let state = AppState {
         store,
         cfg: Arc::new(cfg),
         pending: moka::future::Cache::builder()
             .max_capacity(100_000)
             .time_to_live(PENDING_TTL)
+            .build(),
+        plans: moka::future::Cache::builder()
+            .max_capacity(PLAN_CACHE_BYTES)
+            .weigher(|_, p: &Arc<lazix_castore::render::NarPlan>| {
+                p.weight().min(u32::MAX as u64) as u32
+            })
             .build(),
     };
     Router::new()
@@ -100,6 +116,14 @@ pub async fn serve_http(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // No Nagle: headers and small bodies leave at once instead of waiting
+    // for the client's delayed ACK (40 ms per small response otherwise).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router(store, cfg))
         .with_graceful_shutdown(shutdown)
         .await
