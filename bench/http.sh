@@ -10,6 +10,9 @@
 # The closure: every folder of /usr/share as a store path (107 paths,
 # thousands of small files) plus the stable Rust toolchain (one path with
 # large files). Each measurement is the median of 3 rounds after a warm-up.
+# lazix runs twice: with its default decoded-chunk cache (1 GiB, smaller
+# than the closure) and with one that holds the whole closure (4 GiB; nginx
+# likewise serves from the page cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LAZIX_BENCH_DEPS=1 bash scripts/install-deps.sh
@@ -36,12 +39,19 @@ printf '%s\n' "${paths[@]}" >"$work/paths"
 nar_bytes=$(nix path-info --json "${paths[@]}" | python3 -c 'import json,sys; print(sum(p["narSize"] for p in json.load(sys.stdin)))')
 echo "${#paths[@]} paths, $((nar_bytes / 1048576)) MiB of NAR" >&2
 
-# lazix: push over gRPC, serve over HTTP.
+# lazix: push over gRPC, then serve over HTTP (restarted per setting).
 gport=$(free_port); hport=$(free_port)
-"$LAZIX" serve --data "$work/lazix" --grpc "127.0.0.1:$gport" --http "127.0.0.1:$hport" 2>"$work/serve.log" &
-pids+=($!)
-wait_port "$gport"; wait_port "$hport"
+"$LAZIX" serve --data "$work/lazix" --grpc "127.0.0.1:$gport" 2>"$work/push-serve.log" &
+push_server=$!
+wait_port "$gport"
 "$LAZIX" push --server "grpc://127.0.0.1:$gport" "${paths[@]}" 2>&1 | tail -1 >&2
+kill "$push_server"; wait "$push_server" 2>/dev/null || true
+start_lazix() { # extra serve args...
+  "$LAZIX" serve --data "$work/lazix" --grpc "127.0.0.1:$gport" --http "127.0.0.1:$hport" "$@" 2>"$work/serve.log" &
+  lazix_pid=$!
+  pids+=($lazix_pid)
+  wait_port "$gport"; wait_port "$hport"
+}
 
 # nginx: the static binary cache.
 nix copy --to "file://$work/static?compression=none" "${paths[@]}"
@@ -77,7 +87,6 @@ make_lists() { # base name
     echo "output = /dev/null" >>"$work/$name.nars"
   done <"$work/paths"
 }
-make_lists "http://127.0.0.1:$hport" lazix
 make_lists "http://127.0.0.1:$nport" nginx
 
 timed() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null; t1=$(date +%s.%N); awk -v a="$t0" -v b="$t1" 'BEGIN {print b-a}'; }
@@ -97,15 +106,23 @@ measure() { # name -> "t1 t16 narinfo_us"
   local tn; tn=$(median3 "$a" "$b" "$c")
   echo "$t1 $t16 $(awk -v t="$tn" -v n="$n" 'BEGIN {printf "%.0f", t/n*1e6}')"
 }
-read -r l1 l16 lni < <(measure lazix)
 read -r n1 n16 nni < <(measure nginx)
+start_lazix
+make_lists "http://127.0.0.1:$hport" lazix
+read -r l1 l16 lni < <(measure lazix)
+kill "$lazix_pid"; wait "$lazix_pid" 2>/dev/null || true
+start_lazix --decoded-cache-mib 4096
+read -r b1 b16 bni < <(measure lazix)
 mibs() { awk -v b="$nar_bytes" -v t="$1" 'BEGIN {printf "%.0f", b/1048576/t}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 echo
 echo "${#paths[@]} paths, $((nar_bytes / 1048576)) MiB of NAR (uncompressed), loopback, 2 cores"
 echo
-echo "| measure | lazix | nginx (static files) | lazix/nginx |"
-echo "|---|---|---|---|"
-printf '| all NARs, 1 connection | %.2f s (%s MiB/s) | %.2f s (%s MiB/s) | %s |\n' "$l1" "$(mibs "$l1")" "$n1" "$(mibs "$n1")" "$(ratio "$l1" "$n1")"
-printf '| all NARs, 16 connections | %.2f s (%s MiB/s) | %.2f s (%s MiB/s) | %s |\n' "$l16" "$(mibs "$l16")" "$n16" "$(mibs "$n16")" "$(ratio "$l16" "$n16")"
-printf '| one narinfo (sequential) | %s µs | %s µs | %s |\n' "$lni" "$nni" "$(ratio "$lni" "$nni")"
+echo "| measure | nginx (static files) | lazix, 1 GiB decoded cache | ratio | lazix, 4 GiB decoded cache | ratio |"
+echo "|---|---|---|---|---|---|"
+printf '| all NARs, 1 connection | %.2f s (%s MiB/s) | %.2f s (%s MiB/s) | %s | %.2f s (%s MiB/s) | %s |\n' \
+  "$n1" "$(mibs "$n1")" "$l1" "$(mibs "$l1")" "$(ratio "$l1" "$n1")" "$b1" "$(mibs "$b1")" "$(ratio "$b1" "$n1")"
+printf '| all NARs, 16 connections | %.2f s (%s MiB/s) | %.2f s (%s MiB/s) | %s | %.2f s (%s MiB/s) | %s |\n' \
+  "$n16" "$(mibs "$n16")" "$l16" "$(mibs "$l16")" "$(ratio "$l16" "$n16")" "$b16" "$(mibs "$b16")" "$(ratio "$b16" "$n16")"
+printf '| one narinfo (sequential) | %s µs | %s µs | %s | %s µs | %s |\n' \
+  "$nni" "$lni" "$(ratio "$lni" "$nni")" "$bni" "$(ratio "$bni" "$nni")"

@@ -91,7 +91,16 @@ fn uploader_signatures_survive_and_keys_rotate() {
     let dir = tempfile::tempdir().unwrap();
     let (uploader_sk, uploader_pk) = nix_keygen(dir.path(), "lazix-uploader-1");
     let (k1, p1) = nix_keygen(dir.path(), "lazix-server-old");
-    let (k2, p2) = nix_keygen(dir.path(), "lazix-server-new");
+    // The new key comes from `lazix keygen`: Nix must trust it as its own.
+    let keygen = run(lazix()
+        .args(["keygen", "lazix-server-new", "--dir"])
+        .arg(dir.path()));
+    let p2 = stdout(&keygen);
+    let k2 = dir.path().join("lazix-server-new.secret");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("lazix-server-new.public")).unwrap(),
+        p2
+    );
     let top = build_closure("http-sign");
     run(nix_cmd("nix")
         .args(["store", "sign", "--recursive", "--key-file"])
