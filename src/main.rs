@@ -36,6 +36,9 @@ enum Command {
     /// Serve a store over gRPC (snix-compatible services plus lazix.v1)
     /// and, with --http, as a Nix binary cache.
     Serve(ServeArgs),
+    /// Mount the server's store read-only over FUSE; file bytes are fetched
+    /// on first access. Runs in the foreground; SIGINT/SIGTERM unmount.
+    Mount(MountArgs),
     /// Write a Nix-compatible signing key pair: NAME.secret and NAME.public.
     Keygen {
         /// Key name (clients trust `NAME:<public key>`), e.g. cache.example.org-1.
@@ -111,6 +114,61 @@ struct ServeArgs {
     decoded_cache_mib: u64,
 }
 
+#[derive(clap::Args)]
+struct MountArgs {
+    /// Server address.
+    #[arg(long, env = "LAZIX_SERVER", default_value = DEFAULT_SERVER)]
+    server: String,
+    /// Disk cache folder, reused after a remount (none: memory only).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Disk cache quota, e.g. 10G or 512M.
+    #[arg(long, default_value = "10G", value_parser = parse_size)]
+    cache_size: u64,
+    /// Memory cache of decoded chunks, e.g. 256M.
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    memory_cache_size: u64,
+    /// Seconds a read waits for the server before failing with EIO.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+    /// Owner of every file.
+    #[arg(long, default_value_t = 0)]
+    uid: u32,
+    /// Group of every file.
+    #[arg(long, default_value_t = 0)]
+    gid: u32,
+    /// Do not list store paths in the root (lookups still work).
+    #[arg(long)]
+    no_list: bool,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 16)]
+    threads: usize,
+    /// Where to mount (e.g. /nix/store).
+    mountpoint: PathBuf,
+}
+
+/// Parses `10G`, `512M`, `64K` or a plain byte count.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let mult = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("unknown size suffix in {s:?} (use K, M, G or T)")),
+            };
+            (&s[..i], mult)
+        }
+        _ => (s, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .map(|n| n * mult)
+        .map_err(|_| format!("invalid size {s:?}"))
+}
+
 fn default_data_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_DATA_HOME") {
         return PathBuf::from(x).join("lazix");
@@ -133,6 +191,7 @@ async fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(args).await,
         Command::Keygen { name, dir } => keygen(&name, &dir),
+        Command::Mount(args) => mount(args).await,
         Command::Push {
             server,
             json,
@@ -234,6 +293,39 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(h) = http {
         h.await?.context("HTTP server")?;
     }
+    Ok(())
+}
+
+async fn mount(args: MountArgs) -> Result<()> {
+    let store = client(&args.server)?;
+    let opts = lazix_fs::MountOptions {
+        fs: lazix_fs::MountConfig {
+            uid: args.uid,
+            gid: args.gid,
+            list_root: !args.no_list,
+            timeout: Duration::from_secs(args.timeout.max(1)),
+        },
+        cache_dir: args.cache_dir.clone(),
+        cache_bytes: args.cache_size,
+        memory_bytes: args.memory_cache_size,
+        threads: args.threads,
+    };
+    let rt = tokio::runtime::Handle::current();
+    let mountpoint = args.mountpoint.clone();
+    let mounted =
+        tokio::task::spawn_blocking(move || lazix_fs::mount(rt, store, &mountpoint, opts))
+            .await??;
+    tracing::info!(mountpoint = %args.mountpoint.display(), server = %args.server, "lazix mounted");
+    let stats = mounted.stats.clone();
+    shutdown_signal().await;
+    tokio::task::spawn_blocking(move || mounted.unmount())
+        .await?
+        .context("unmounting")?;
+    let s = stats.snapshot();
+    eprintln!(
+        "lazix mount: fetched {} bytes in {} chunks ({} requests), served {} bytes",
+        s.fetched_bytes, s.fetched_chunks, s.fetch_requests, s.served_bytes
+    );
     Ok(())
 }
 

@@ -154,6 +154,50 @@ impl EmbeddedStore {
         }))
     }
 
+    /// Stores a chunk whose zstd payload the caller has already verified
+    /// (a client-side cache writing what it just checked); atomic like
+    /// every write. Returns the bytes written.
+    pub fn insert_verified_chunk(
+        &self,
+        digest: &B3Digest,
+        size: u64,
+        zstd: &[u8],
+    ) -> StoreResult<u64> {
+        let path = self.object_path("chunks", digest);
+        self.write_atomic(&path, &[&size.to_le_bytes(), zstd])?;
+        Ok(8 + zstd.len() as u64)
+    }
+
+    /// Reads one chunk as stored (not verified), or `None`.
+    pub fn read_stored_chunk(&self, digest: &B3Digest) -> StoreResult<Option<Chunk>> {
+        self.read_chunk(digest)
+    }
+
+    /// Deletes a chunk (cache eviction, or a corrupt entry).
+    pub fn remove_chunk(&self, digest: &B3Digest) -> StoreResult<()> {
+        match std::fs::remove_file(self.object_path("chunks", digest)) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every stored chunk with its file size, for rebuilding a cache index.
+    pub fn stored_chunks(&self) -> StoreResult<Vec<(B3Digest, u64)>> {
+        let mut out = Vec::new();
+        for shard in 0..=255u8 {
+            let dir = self.root.join("chunks").join(format!("{shard:02x}"));
+            for entry in std::fs::read_dir(dir)? {
+                let entry = entry?;
+                let name = entry.file_name();
+                let Some(digest) = name.to_str().and_then(B3Digest::from_hex) else {
+                    continue;
+                };
+                out.push((digest, entry.metadata()?.len()));
+            }
+        }
+        Ok(out)
+    }
+
     fn has_chunk(&self, digest: &B3Digest) -> bool {
         self.object_path("chunks", digest).exists()
     }

@@ -1,1 +1,136 @@
+//! `lazix mount`: a lazy, read-only `/nix/store` over FUSE. Every store
+//! path the server knows appears at once; file bytes are fetched chunk by
+//! chunk on first access (batched, verified by BLAKE3), cached in memory and
+//! on disk, and a program runs after fetching only the bytes it touches.
 
+mod fetcher;
+mod fs;
+mod inodes;
+mod stats;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lazix_castore::{Store, StoreError};
+
+pub use fetcher::{ChunkFetcher, FetchError};
+pub use fs::{LazyFs, MountConfig, STATS_NAME};
+pub use stats::{Stats, StatsSnapshot};
+
+/// Everything `lazix mount` can be told.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// File system behaviour.
+    pub fs: MountConfig,
+    /// Disk cache folder (reused after a remount), if any.
+    pub cache_dir: Option<PathBuf>,
+    /// Disk cache quota in bytes.
+    pub cache_bytes: u64,
+    /// Memory cache in bytes (decoded chunks).
+    pub memory_bytes: u64,
+    /// FUSE worker threads.
+    pub threads: usize,
+}
+
+/// Why mounting failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// The disk cache could not be opened.
+    #[error("opening the disk cache: {0}")]
+    Cache(#[from] StoreError),
+    /// The kernel refused the mount.
+    #[error("mounting {0}: {1}")]
+    Mount(PathBuf, std::io::Error),
+}
+
+/// A mounted file system; unmounted when dropped.
+pub struct Mounted {
+    session: Option<fuser::BackgroundSession>,
+    mountpoint: PathBuf,
+    /// The mount's counters.
+    pub stats: Arc<Stats>,
+}
+
+/// Detaches the mount from the file system tree (lazily: open files keep
+/// working until closed), which ends the FUSE session.
+fn detach(mountpoint: &Path) -> std::io::Result<()> {
+    let status = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg(mountpoint)
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "fusermount3 -u -z {} failed",
+            mountpoint.display()
+        )))
+    }
+}
+
+impl Mounted {
+    /// Unmounts and waits for the session to end.
+    pub fn unmount(mut self) -> std::io::Result<()> {
+        let res = detach(&self.mountpoint);
+        if let Some(s) = self.session.take() {
+            s.umount_and_join()?;
+        }
+        res
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            let _ = detach(&self.mountpoint);
+            let _ = s.umount_and_join();
+        }
+    }
+}
+
+/// Mounts `store` at `mountpoint` in the background; async work runs on
+/// `rt` (which must outlive the mount).
+pub fn mount(
+    rt: tokio::runtime::Handle,
+    store: Store,
+    mountpoint: &Path,
+    opts: MountOptions,
+) -> Result<Mounted, MountError> {
+    let fetcher = Arc::new(ChunkFetcher::new(
+        store.blobs.clone(),
+        opts.memory_bytes,
+        opts.cache_dir.as_deref().map(|d| (d, opts.cache_bytes)),
+        opts.fs.timeout,
+    )?);
+    let stats = fetcher.stats.clone();
+    let fs = LazyFs::new(rt, store, fetcher, opts.fs);
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::RO,
+        fuser::MountOption::FSName("lazix".into()),
+        fuser::MountOption::Subtype("lazix".into()),
+        fuser::MountOption::NoAtime,
+        fuser::MountOption::Exec,
+        fuser::MountOption::NoDev,
+        fuser::MountOption::DefaultPermissions,
+    ];
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        config.acl = fuser::SessionACL::All;
+        config.mount_options.push(fuser::MountOption::AutoUnmount);
+    }
+    config.n_threads = Some(opts.threads.max(1));
+    config.clone_fd = true;
+    let session = fuser::spawn_mount(fs, mountpoint, &config)
+        .map_err(|e| MountError::Mount(mountpoint.to_path_buf(), e))?;
+    Ok(Mounted {
+        session: Some(session),
+        mountpoint: mountpoint.to_path_buf(),
+        stats,
+    })
+}
+
+/// Default bound on server requests.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,0 +1,279 @@
+//! Chunks for the mount: a memory cache of decoded, verified chunks, in
+//! front of a disk cache with a quota (LRU, reused after a remount), in
+//! front of the server, asked in batches with a bounded timeout.
+//! Concurrent requests for one chunk cause one fetch.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use lazix_castore::chunk::{Chunk, ChunkPayload};
+use lazix_castore::digest::DigestKeyBuildHasher;
+use lazix_castore::embedded::EmbeddedStore;
+use lazix_castore::services::BlobStore;
+use lazix_castore::{B3Digest, StoreError};
+use tokio::sync::watch;
+
+use crate::stats::Stats;
+
+/// Why chunks could not be had. Readers see EIO.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    /// The server did not answer within the timeout.
+    #[error("server did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The server answered with an error (or is unreachable).
+    #[error("fetching chunks: {0}")]
+    Store(String),
+    /// A chunk failed verification.
+    #[error("chunk {0} failed verification")]
+    Corrupt(B3Digest),
+}
+
+/// Chunk bytes fetched per server call at most.
+const BATCH_BYTES: u64 = 8 * 1024 * 1024;
+
+type InFlight = watch::Receiver<Option<Result<Bytes, FetchError>>>;
+
+/// Serves verified chunk bytes to the file system.
+pub struct ChunkFetcher {
+    remote: Arc<dyn BlobStore>,
+    memory: moka::sync::Cache<B3Digest, Bytes, DigestKeyBuildHasher>,
+    disk: Option<DiskCache>,
+    in_flight: Mutex<HashMap<B3Digest, InFlight>>,
+    timeout: Duration,
+    /// Counters.
+    pub stats: Arc<Stats>,
+}
+
+/// The on-disk cache: chunks as the server stores them (zstd), in the
+/// embedded store's layout, with an LRU index bounded by bytes.
+struct DiskCache {
+    files: EmbeddedStore,
+    index: moka::sync::Cache<B3Digest, u64, DigestKeyBuildHasher>,
+}
+
+impl DiskCache {
+    fn open(dir: &std::path::Path, quota: u64) -> Result<Self, StoreError> {
+        let files = EmbeddedStore::open(dir)?.as_ref().clone();
+        let evict_files = files.clone();
+        let index = moka::sync::Cache::builder()
+            .max_capacity(quota)
+            .weigher(|_: &B3Digest, size: &u64| (*size).min(u32::MAX as u64) as u32)
+            .eviction_listener(move |digest: Arc<B3Digest>, _, cause| {
+                if cause.was_evicted() {
+                    let _ = evict_files.remove_chunk(&digest);
+                }
+            })
+            .build_with_hasher(DigestKeyBuildHasher::default());
+        for (digest, size) in files.stored_chunks()? {
+            index.insert(digest, size);
+        }
+        Ok(Self { files, index })
+    }
+}
+
+impl ChunkFetcher {
+    /// A fetcher over `remote`, caching `memory_bytes` in memory and, with
+    /// `disk`, up to its quota on disk.
+    pub fn new(
+        remote: Arc<dyn BlobStore>,
+        memory_bytes: u64,
+        disk: Option<(&std::path::Path, u64)>,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        Ok(Self {
+            remote,
+            memory: moka::sync::Cache::builder()
+                .max_capacity(memory_bytes)
+                .weigher(|_: &B3Digest, b: &Bytes| (b.len() + 64).min(u32::MAX as usize) as u32)
+                .build_with_hasher(DigestKeyBuildHasher::default()),
+            disk: disk
+                .map(|(dir, quota)| DiskCache::open(dir, quota))
+                .transpose()?,
+            in_flight: Mutex::new(HashMap::new()),
+            timeout,
+            stats: Arc::new(Stats::default()),
+        })
+    }
+
+    /// From the local caches only: memory, then disk (verified; a corrupt
+    /// or truncated entry is dropped and reads as a miss).
+    fn local(&self, digest: &B3Digest) -> Option<Bytes> {
+        if let Some(b) = self.memory.get(digest) {
+            Stats::add(&self.stats.memory_hits, 1);
+            return Some(b);
+        }
+        let disk = self.disk.as_ref()?;
+        let chunk = disk.files.read_stored_chunk(digest).ok().flatten()?;
+        match chunk.decode_verified() {
+            Ok(bytes) => {
+                disk.index.get(digest);
+                Stats::add(&self.stats.disk_hits, 1);
+                self.memory.insert(*digest, bytes.clone());
+                Some(bytes)
+            }
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "dropping a corrupt disk cache entry");
+                Stats::add(&self.stats.corrupt_chunks, 1);
+                disk.index.invalidate(digest);
+                let _ = disk.files.remove_chunk(digest);
+                None
+            }
+        }
+    }
+
+    /// Verified bytes of `digests`, in order. Missing chunks are fetched
+    /// in batched calls; chunks another request is already fetching are
+    /// awaited, not fetched again.
+    pub async fn get(&self, digests: &[B3Digest]) -> Result<Vec<Bytes>, FetchError> {
+        let mut out: Vec<Option<Bytes>> = digests.iter().map(|d| self.local(d)).collect();
+        let mut mine: Vec<(B3Digest, watch::Sender<Option<Result<Bytes, FetchError>>>)> =
+            Vec::new();
+        let mut waits: Vec<(usize, InFlight)> = Vec::new();
+        {
+            let mut in_flight = self.in_flight.lock().expect("in-flight map");
+            for (i, d) in digests.iter().enumerate() {
+                if out[i].is_some() {
+                    continue;
+                }
+                if let Some(rx) = in_flight.get(d) {
+                    waits.push((i, rx.clone()));
+                } else if !mine.iter().any(|(m, _)| m == d) {
+                    let (tx, rx) = watch::channel(None);
+                    in_flight.insert(*d, rx.clone());
+                    mine.push((*d, tx));
+                    waits.push((i, rx));
+                } else {
+                    let rx = in_flight.get(d).expect("just inserted").clone();
+                    waits.push((i, rx));
+                }
+            }
+        }
+        if !mine.is_empty() {
+            self.fetch_remote(mine).await;
+        }
+        for (i, mut rx) in waits {
+            let res = tokio::time::timeout(self.timeout, rx.wait_for(|v| v.is_some()))
+                .await
+                .map_err(|_| FetchError::Timeout(self.timeout))?
+                .map_err(|_| FetchError::Store("fetch abandoned".into()))?;
+            out[i] = Some(res.clone().expect("is_some")?);
+        }
+        Ok(out.into_iter().map(|b| b.expect("filled")).collect())
+    }
+
+    /// Fetches `mine` from the server in batches and publishes each result.
+    async fn fetch_remote(
+        &self,
+        mine: Vec<(B3Digest, watch::Sender<Option<Result<Bytes, FetchError>>>)>,
+    ) {
+        let digests: Vec<B3Digest> = mine.iter().map(|(d, _)| *d).collect();
+        let result = self.fetch_batches(&digests).await;
+        let mut in_flight = self.in_flight.lock().expect("in-flight map");
+        match result {
+            Ok(chunks) => {
+                for ((digest, tx), res) in mine.into_iter().zip(chunks) {
+                    in_flight.remove(&digest);
+                    let _ = tx.send(Some(res));
+                }
+            }
+            Err(e) => {
+                for (digest, tx) in mine {
+                    in_flight.remove(&digest);
+                    let _ = tx.send(Some(Err(e.clone())));
+                }
+            }
+        }
+    }
+
+    async fn fetch_batches(
+        &self,
+        digests: &[B3Digest],
+    ) -> Result<Vec<Result<Bytes, FetchError>>, FetchError> {
+        let mut results = Vec::with_capacity(digests.len());
+        // Sizes are unknown before fetching: bound batches by count, each
+        // call's answer is streamed.
+        let per_call = (BATCH_BYTES / (16 * 1024)).max(1) as usize;
+        for batch in digests.chunks(per_call) {
+            Stats::add(&self.stats.fetch_requests, 1);
+            let chunks = tokio::time::timeout(self.timeout, self.remote.get_chunks(batch))
+                .await
+                .map_err(|_| FetchError::Timeout(self.timeout))?
+                .map_err(|e| match e {
+                    StoreError::Corrupt(m) => FetchError::Store(format!("corrupt answer: {m}")),
+                    e => FetchError::Store(e.to_string()),
+                })?;
+            let payload: u64 = chunks.iter().map(Chunk::payload_len).sum();
+            Stats::add(&self.stats.fetched_bytes, payload);
+            Stats::add(&self.stats.fetched_chunks, chunks.len() as u64);
+            let decoded = tokio::task::spawn_blocking(move || {
+                chunks
+                    .into_iter()
+                    .map(|c| {
+                        let bytes = c.decode_verified();
+                        (c, bytes)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| FetchError::Store(e.to_string()))?;
+            for (chunk, bytes) in decoded {
+                match bytes {
+                    Ok(b) => {
+                        self.memory.insert(chunk.digest, b.clone());
+                        self.store_on_disk(&chunk);
+                        results.push(Ok(b));
+                    }
+                    Err(e) => {
+                        tracing::error!(digest = %chunk.digest, error = %e, "chunk from the server failed verification");
+                        Stats::add(&self.stats.corrupt_chunks, 1);
+                        results.push(Err(FetchError::Corrupt(chunk.digest)));
+                    }
+                }
+            }
+        }
+        Ok(results)
+    }
+
+    fn store_on_disk(&self, chunk: &Chunk) {
+        let Some(disk) = &self.disk else { return };
+        let written = match &chunk.payload {
+            ChunkPayload::Zstd(z) => disk
+                .files
+                .insert_verified_chunk(&chunk.digest, chunk.size, z),
+            ChunkPayload::Raw(b) | ChunkPayload::Verified(b) => lazix_castore::chunk::compress(b)
+                .map_err(StoreError::from)
+                .and_then(|z| {
+                    disk.files
+                        .insert_verified_chunk(&chunk.digest, chunk.size, &z)
+                }),
+        };
+        match written {
+            Ok(size) => disk.index.insert(chunk.digest, size),
+            Err(e) => tracing::warn!(error = %e, "cannot write the disk cache"),
+        }
+    }
+
+    /// Starts fetching `digests` in the background (read-ahead); chunks
+    /// already cached or in flight are skipped.
+    pub fn prefetch(self: &Arc<Self>, digests: Vec<B3Digest>) {
+        let wanted: Vec<B3Digest> = {
+            let in_flight = self.in_flight.lock().expect("in-flight map");
+            digests
+                .into_iter()
+                .filter(|d| !in_flight.contains_key(d) && !self.memory.contains_key(d))
+                .collect()
+        };
+        if wanted.is_empty() {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.get(&wanted).await {
+                tracing::debug!(error = %e, "read-ahead failed");
+            }
+        });
+    }
+}

@@ -1,0 +1,645 @@
+//! The FUSE file system: a read-only view of every store path the server
+//! knows, whose file bytes are fetched chunk by chunk on first access.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
+};
+use futures::TryStreamExt;
+use lazix_castore::chunk::ChunkMeta;
+use lazix_castore::digest::DigestKeyBuildHasher;
+use lazix_castore::directory::Directory;
+use lazix_castore::nix::store_path::StorePath;
+use lazix_castore::{B3Digest, Node, Store, StoreError};
+
+use crate::fetcher::ChunkFetcher;
+use crate::inodes::{Inodes, ROOT_INO, STATS_INO};
+
+/// Name of the synthetic stats file in the root (never a store path name:
+/// those cannot start with a dot).
+pub const STATS_NAME: &str = ".lazix-stats";
+/// Store contents never change: the kernel may cache them for good.
+const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Files up to this size are fetched whole when opened, in one request.
+const SMALL_FILE: u64 = 1024 * 1024;
+/// Read-ahead starts at this window and doubles with each sequential read.
+const READAHEAD_START: u64 = 512 * 1024;
+/// Largest read-ahead window.
+const READAHEAD_MAX: u64 = 32 * 1024 * 1024;
+
+/// How the mount behaves.
+#[derive(Clone, Debug)]
+pub struct MountConfig {
+    /// Owner of every file.
+    pub uid: u32,
+    /// Group of every file.
+    pub gid: u32,
+    /// Whether listing the root streams every store path.
+    pub list_root: bool,
+    /// Bound on every server request; a read fails with EIO after it.
+    pub timeout: Duration,
+}
+
+/// Sequential-read detection of one open file.
+#[derive(Default)]
+struct ReadState {
+    next_offset: u64,
+    window: u64,
+}
+
+/// Open directory listings: (name, node) per entry, stable for offsets.
+type Listing = Arc<Vec<(Bytes, Node)>>;
+
+/// The file system. See the module docs.
+pub struct LazyFs {
+    rt: tokio::runtime::Handle,
+    store: Store,
+    fetcher: Arc<ChunkFetcher>,
+    cfg: MountConfig,
+    inodes: Mutex<Inodes>,
+    directories: moka::sync::Cache<B3Digest, Arc<Directory>, DigestKeyBuildHasher>,
+    chunk_lists: moka::sync::Cache<B3Digest, Arc<Vec<ChunkMeta>>, DigestKeyBuildHasher>,
+    reads: Mutex<HashMap<u64, ReadState>>,
+    listings: Mutex<HashMap<u64, Listing>>,
+    next_fh: AtomicU64,
+}
+
+fn eio<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> Errno + '_ {
+    move |e| {
+        tracing::warn!(error = %e, "{what}");
+        Errno::EIO
+    }
+}
+
+impl LazyFs {
+    /// A file system over `store` (the server), reading chunks through
+    /// `fetcher`, running async work on `rt`.
+    pub fn new(
+        rt: tokio::runtime::Handle,
+        store: Store,
+        fetcher: Arc<ChunkFetcher>,
+        cfg: MountConfig,
+    ) -> Self {
+        Self {
+            rt,
+            store,
+            fetcher,
+            cfg,
+            inodes: Mutex::new(Inodes::new()),
+            directories: moka::sync::Cache::builder()
+                .max_capacity(64 * 1024 * 1024)
+                .weigher(|_: &B3Digest, d: &Arc<Directory>| {
+                    (d.encode().len() + 64).min(u32::MAX as usize) as u32
+                })
+                .build_with_hasher(DigestKeyBuildHasher::default()),
+            chunk_lists: moka::sync::Cache::builder()
+                .max_capacity(32 * 1024 * 1024)
+                .weigher(|_: &B3Digest, l: &Arc<Vec<ChunkMeta>>| {
+                    (l.len() * 48 + 64).min(u32::MAX as usize) as u32
+                })
+                .build_with_hasher(DigestKeyBuildHasher::default()),
+            reads: Mutex::new(HashMap::new()),
+            listings: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    /// Runs a server request with the configured timeout.
+    fn remote<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, Errno> {
+        self.rt
+            .block_on(async { tokio::time::timeout(self.cfg.timeout, fut).await })
+            .map_err(eio("server did not answer in time"))?
+            .map_err(|e| match e {
+                StoreError::NotFound(_) => Errno::ENOENT,
+                e => {
+                    tracing::warn!(error = %e, "server request failed");
+                    Errno::EIO
+                }
+            })
+    }
+
+    fn attr(&self, ino: u64, node: &Node) -> FileAttr {
+        let (kind, perm, size) = match node {
+            Node::Directory { .. } => (FileType::Directory, 0o555, 0),
+            Node::File {
+                size, executable, ..
+            } => (
+                FileType::RegularFile,
+                if *executable { 0o555 } else { 0o444 },
+                *size,
+            ),
+            Node::Symlink { target } => (FileType::Symlink, 0o777, target.len() as u64),
+        };
+        self.make_attr(ino, kind, perm, size)
+    }
+
+    fn make_attr(&self, ino: u64, kind: FileType, perm: u16, size: u64) -> FileAttr {
+        // Nix's canonical timestamp: one second after the epoch.
+        let t = UNIX_EPOCH + Duration::from_secs(1);
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            kind,
+            perm,
+            nlink: if kind == FileType::Directory { 2 } else { 1 },
+            uid: self.cfg.uid,
+            gid: self.cfg.gid,
+            rdev: 0,
+            blksize: 64 * 1024,
+            flags: 0,
+        }
+    }
+
+    fn stats_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(&self.fetcher.stats.snapshot()).expect("json");
+        v.push(b'\n');
+        v
+    }
+
+    /// A directory, fetched with its whole subtree on a miss (one request
+    /// answers every later lookup below it).
+    fn directory(&self, digest: &B3Digest) -> Result<Arc<Directory>, Errno> {
+        if let Some(d) = self.directories.get(digest) {
+            return Ok(d);
+        }
+        let closure = self.remote(self.store.directories.get_closure(digest))?;
+        let mut root = None;
+        for dir in closure {
+            let d = dir.digest();
+            let dir = Arc::new(dir);
+            if d == *digest {
+                root = Some(dir.clone());
+            }
+            self.directories.insert(d, dir);
+        }
+        root.ok_or(Errno::EIO)
+    }
+
+    fn store_path_node(&self, name: &OsStr) -> Result<Node, Errno> {
+        let name = name.to_str().ok_or(Errno::ENOENT)?;
+        let path = StorePath::from_basename(name).map_err(|_| Errno::ENOENT)?;
+        let info = self
+            .remote(self.store.path_infos.get_path_info(path.digest()))?
+            .ok_or(Errno::ENOENT)?;
+        if info.store_path.basename() != name {
+            return Err(Errno::ENOENT);
+        }
+        Ok(info.node)
+    }
+
+    fn child(&self, parent: u64, name: &OsStr) -> Result<Node, Errno> {
+        let node = self
+            .inodes
+            .lock()
+            .expect("inodes")
+            .get(parent)
+            .ok_or(Errno::ENOENT)?;
+        let Node::Directory { digest, .. } = node else {
+            return Err(Errno::ENOTDIR);
+        };
+        let dir = self.directory(&digest)?;
+        dir.entries_sorted()
+            .into_iter()
+            .find(|(n, _)| n.as_ref() == name.as_bytes())
+            .map(|(_, node)| node)
+            .ok_or(Errno::ENOENT)
+    }
+
+    fn chunk_list(&self, digest: &B3Digest, size: u64) -> Result<Arc<Vec<ChunkMeta>>, Errno> {
+        if let Some(l) = self.chunk_lists.get(digest) {
+            return Ok(l);
+        }
+        let answer = self.remote(self.store.blobs.get_blob_chunks(&[*digest]))?;
+        let list = match answer.into_iter().next().flatten() {
+            Some(l) => l,
+            None if size == 0 => Vec::new(),
+            None => vec![ChunkMeta {
+                digest: *digest,
+                size,
+            }],
+        };
+        if list.iter().map(|c| c.size).sum::<u64>() != size {
+            tracing::error!(%digest, "chunk list does not add up to the file size");
+            return Err(Errno::EIO);
+        }
+        let list = Arc::new(list);
+        self.chunk_lists.insert(*digest, list.clone());
+        Ok(list)
+    }
+
+    /// Chunks of `list` overlapping `range`, with each chunk's file offset.
+    fn covering(list: &[ChunkMeta], start: u64, end: u64) -> Vec<(u64, ChunkMeta)> {
+        let mut out = Vec::new();
+        let mut off = 0u64;
+        for c in list {
+            let (s, e) = (off, off + c.size);
+            off = e;
+            if e <= start {
+                continue;
+            }
+            if s >= end {
+                break;
+            }
+            out.push((s, *c));
+        }
+        out
+    }
+
+    fn read_file(
+        &self,
+        fh: u64,
+        digest: &B3Digest,
+        file_size: u64,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<u8>, Errno> {
+        let end = (offset + size as u64).min(file_size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let list = self.chunk_list(digest, file_size)?;
+        // Read-ahead: a window that grows while reads are sequential.
+        let window = {
+            let mut reads = self.reads.lock().expect("reads");
+            let st = reads.entry(fh).or_default();
+            st.window = if offset == st.next_offset && offset > 0 {
+                (st.window.max(READAHEAD_START / 2) * 2).min(READAHEAD_MAX)
+            } else {
+                0
+            };
+            st.next_offset = end;
+            st.window
+        };
+        if window > 0 && end < file_size {
+            let ahead: Vec<B3Digest> = Self::covering(&list, end, (end + window).min(file_size))
+                .into_iter()
+                .map(|(_, c)| c.digest)
+                .collect();
+            let _guard = self.rt.enter();
+            self.fetcher.prefetch(ahead);
+        }
+        let needed = Self::covering(&list, offset, end);
+        let digests: Vec<B3Digest> = needed.iter().map(|(_, c)| c.digest).collect();
+        let datas = self.rt.block_on(self.fetcher.get(&digests)).map_err(|e| {
+            tracing::warn!(error = %e, "read failed");
+            count_read_error(&self.fetcher);
+            Errno::EIO
+        })?;
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        for ((chunk_start, meta), data) in needed.iter().zip(datas) {
+            let from = offset.saturating_sub(*chunk_start) as usize;
+            let to = ((end - chunk_start).min(meta.size)) as usize;
+            out.extend_from_slice(&data[from..to]);
+        }
+        crate::stats::Stats::add(&self.fetcher.stats.served_bytes, out.len() as u64);
+        Ok(out)
+    }
+
+    fn listing(&self, ino: u64) -> Result<Listing, Errno> {
+        if ino == ROOT_INO {
+            if !self.cfg.list_root {
+                return Ok(Arc::new(Vec::new()));
+            }
+            let infos = self.remote(
+                self.store
+                    .path_infos
+                    .list_path_infos()
+                    .try_collect::<Vec<_>>(),
+            )?;
+            return Ok(Arc::new(
+                infos
+                    .into_iter()
+                    .map(|i| (Bytes::from(i.store_path.basename()), i.node))
+                    .collect(),
+            ));
+        }
+        let node = self
+            .inodes
+            .lock()
+            .expect("inodes")
+            .get(ino)
+            .ok_or(Errno::ENOENT)?;
+        let Node::Directory { digest, .. } = node else {
+            return Err(Errno::ENOTDIR);
+        };
+        Ok(Arc::new(self.directory(&digest)?.entries_sorted()))
+    }
+}
+
+fn count_read_error(fetcher: &ChunkFetcher) {
+    crate::stats::Stats::add(&fetcher.stats.read_errors, 1);
+}
+
+fn file_type(node: &Node) -> FileType {
+    match node {
+        Node::Directory { .. } => FileType::Directory,
+        Node::File { .. } => FileType::RegularFile,
+        Node::Symlink { .. } => FileType::Symlink,
+    }
+}
+
+impl Filesystem for LazyFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_MAX_PAGES;
+        let supported = config.capabilities() & wanted;
+        let _ = config.add_capabilities(supported);
+        let _ = config.set_max_readahead(1024 * 1024);
+        let _ = config.set_max_write(1024 * 1024);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if parent.0 == ROOT_INO && name == STATS_NAME {
+            let attr = self.make_attr(
+                STATS_INO,
+                FileType::RegularFile,
+                0o444,
+                self.stats_json().len() as u64,
+            );
+            return reply.entry(&Duration::ZERO, &attr, Generation(0));
+        }
+        let node = if parent.0 == ROOT_INO {
+            self.store_path_node(name)
+        } else {
+            self.child(parent.0, name)
+        };
+        match node {
+            Ok(node) => {
+                let ino = self.inodes.lock().expect("inodes").lookup(&node);
+                reply.entry(&FOREVER, &self.attr(ino, &node), Generation(0));
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.inodes.lock().expect("inodes").forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match ino.0 {
+            ROOT_INO => reply.attr(
+                &FOREVER,
+                &self.make_attr(ROOT_INO, FileType::Directory, 0o555, 0),
+            ),
+            STATS_INO => reply.attr(
+                &Duration::ZERO,
+                &self.make_attr(
+                    STATS_INO,
+                    FileType::RegularFile,
+                    0o444,
+                    self.stats_json().len() as u64,
+                ),
+            ),
+            i => match self.inodes.lock().expect("inodes").get(i) {
+                Some(node) => reply.attr(&FOREVER, &self.attr(i, &node)),
+                None => reply.error(Errno::ENOENT),
+            },
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.inodes.lock().expect("inodes").get(ino.0) {
+            Some(Node::Symlink { target }) => reply.data(&target),
+            Some(_) => reply.error(Errno::EINVAL),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        if ino.0 == STATS_INO {
+            return reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+        }
+        let node = self.inodes.lock().expect("inodes").get(ino.0);
+        match node {
+            Some(Node::File { digest, size, .. }) => {
+                if size > 0 && size <= SMALL_FILE {
+                    // Small files come whole, in one request.
+                    let list = match self.chunk_list(&digest, size) {
+                        Ok(l) => l,
+                        Err(e) => return reply.error(e),
+                    };
+                    let digests: Vec<B3Digest> = list.iter().map(|c| c.digest).collect();
+                    if let Err(e) = self.rt.block_on(self.fetcher.get(&digests)) {
+                        tracing::warn!(error = %e, "open failed");
+                        count_read_error(&self.fetcher);
+                        return reply.error(Errno::EIO);
+                    }
+                }
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+            }
+            Some(_) => reply.error(Errno::EISDIR),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        if ino.0 == STATS_INO {
+            let json = self.stats_json();
+            let start = (offset as usize).min(json.len());
+            let end = (start + size as usize).min(json.len());
+            return reply.data(&json[start..end]);
+        }
+        let node = self.inodes.lock().expect("inodes").get(ino.0);
+        match node {
+            Some(Node::File {
+                digest,
+                size: file_size,
+                ..
+            }) => match self.read_file(fh.0, &digest, file_size, offset, size) {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(e),
+            },
+            Some(_) => reply.error(Errno::EISDIR),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.reads.lock().expect("reads").remove(&fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.listing(ino.0) {
+            Ok(listing) => {
+                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                self.listings.lock().expect("listings").insert(fh, listing);
+                let flags = if ino.0 == ROOT_INO {
+                    FopenFlags::empty()
+                } else {
+                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR
+                };
+                reply.opened(FileHandle(fh), flags)
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(listing) = self.listings.lock().expect("listings").get(&fh.0).cloned() else {
+            return reply.error(Errno::EINVAL);
+        };
+        // Offsets: 1 is ".", 2 is "..", 3 + i is entry i.
+        let mut next = offset;
+        if next == 0 {
+            if reply.add(ino, 1, FileType::Directory, ".") {
+                return reply.ok();
+            }
+            next = 1;
+        }
+        if next == 1 {
+            if reply.add(INodeNo(ROOT_INO), 2, FileType::Directory, "..") {
+                return reply.ok();
+            }
+            next = 2;
+        }
+        for (i, (name, node)) in listing.iter().enumerate().skip((next - 2) as usize) {
+            // Plain readdir hands out no lookups: a stable pseudo inode.
+            let pseudo = u64::from_le_bytes(blake_prefix(name)) | (1 << 63);
+            if reply.add(
+                INodeNo(pseudo),
+                3 + i as u64,
+                file_type(node),
+                OsStr::from_bytes(name),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(listing) = self.listings.lock().expect("listings").get(&fh.0).cloned() else {
+            return reply.error(Errno::EINVAL);
+        };
+        for (i, (name, node)) in listing.iter().enumerate().skip(offset as usize) {
+            let ino = self.inodes.lock().expect("inodes").lookup(node);
+            let attr = self.attr(ino, node);
+            if reply.add(
+                INodeNo(ino),
+                i as u64 + 1,
+                OsStr::from_bytes(name),
+                &FOREVER,
+                &attr,
+                Generation(0),
+            ) {
+                // Not sent: give the lookup back.
+                self.inodes.lock().expect("inodes").forget(ino, 1);
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.listings.lock().expect("listings").remove(&fh.0);
+        reply.ok();
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        // The store carries no extended attributes.
+        reply.error(Errno::ENODATA);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let files = self.inodes.lock().expect("inodes").count() as u64;
+        reply.statfs(0, 0, 0, files, 0, 64 * 1024, 255, 64 * 1024);
+    }
+}
+
+/// Eight bytes of BLAKE3 of a name, for pseudo inode numbers.
+fn blake_prefix(name: &[u8]) -> [u8; 8] {
+    let h = B3Digest::of(name);
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&h.as_bytes()[..8]);
+    out
+}

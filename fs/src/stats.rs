@@ -1,0 +1,68 @@
+//! Counters of what the mount fetched and served, printed on exit and
+//! readable while mounted (`cat MOUNT/.lazix-stats`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Live counters; every field only grows.
+#[derive(Default, Debug)]
+pub struct Stats {
+    /// Chunk payload bytes received from the server.
+    pub fetched_bytes: AtomicU64,
+    /// Chunks received from the server.
+    pub fetched_chunks: AtomicU64,
+    /// Batched chunk requests sent to the server.
+    pub fetch_requests: AtomicU64,
+    /// Bytes returned to readers.
+    pub served_bytes: AtomicU64,
+    /// Chunks answered from the memory cache.
+    pub memory_hits: AtomicU64,
+    /// Chunks answered from the disk cache.
+    pub disk_hits: AtomicU64,
+    /// Chunks that failed verification (from the server or the disk cache).
+    pub corrupt_chunks: AtomicU64,
+    /// Reads answered with EIO.
+    pub read_errors: AtomicU64,
+}
+
+/// A point-in-time copy of [`Stats`], as JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct StatsSnapshot {
+    /// See [`Stats::fetched_bytes`].
+    pub fetched_bytes: u64,
+    /// See [`Stats::fetched_chunks`].
+    pub fetched_chunks: u64,
+    /// See [`Stats::fetch_requests`].
+    pub fetch_requests: u64,
+    /// See [`Stats::served_bytes`].
+    pub served_bytes: u64,
+    /// See [`Stats::memory_hits`].
+    pub memory_hits: u64,
+    /// See [`Stats::disk_hits`].
+    pub disk_hits: u64,
+    /// See [`Stats::corrupt_chunks`].
+    pub corrupt_chunks: u64,
+    /// See [`Stats::read_errors`].
+    pub read_errors: u64,
+}
+
+impl Stats {
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The current values.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            fetched_bytes: g(&self.fetched_bytes),
+            fetched_chunks: g(&self.fetched_chunks),
+            fetch_requests: g(&self.fetch_requests),
+            served_bytes: g(&self.served_bytes),
+            memory_hits: g(&self.memory_hits),
+            disk_hits: g(&self.disk_hits),
+            corrupt_chunks: g(&self.corrupt_chunks),
+            read_errors: g(&self.read_errors),
+        }
+    }
+}
