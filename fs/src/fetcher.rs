@@ -34,7 +34,12 @@ pub enum FetchError {
 /// Chunk bytes fetched per server call at most.
 const BATCH_BYTES: u64 = 8 * 1024 * 1024;
 
-type InFlight = watch::Receiver<Option<Result<Bytes, FetchError>>>;
+/// The outcome of one chunk fetch, once known.
+type Outcome = Option<Result<Bytes, FetchError>>;
+/// Waits for a fetch another request started.
+type InFlight = watch::Receiver<Outcome>;
+/// Publishes the outcome of a fetch this request started.
+type Publisher = (B3Digest, watch::Sender<Outcome>);
 
 /// Serves verified chunk bytes to the file system.
 pub struct ChunkFetcher {
@@ -129,8 +134,7 @@ impl ChunkFetcher {
     /// awaited, not fetched again.
     pub async fn get(&self, digests: &[B3Digest]) -> Result<Vec<Bytes>, FetchError> {
         let mut out: Vec<Option<Bytes>> = digests.iter().map(|d| self.local(d)).collect();
-        let mut mine: Vec<(B3Digest, watch::Sender<Option<Result<Bytes, FetchError>>>)> =
-            Vec::new();
+        let mut mine: Vec<Publisher> = Vec::new();
         let mut waits: Vec<(usize, InFlight)> = Vec::new();
         {
             let mut in_flight = self.in_flight.lock().expect("in-flight map");
@@ -165,10 +169,7 @@ impl ChunkFetcher {
     }
 
     /// Fetches `mine` from the server in batches and publishes each result.
-    async fn fetch_remote(
-        &self,
-        mine: Vec<(B3Digest, watch::Sender<Option<Result<Bytes, FetchError>>>)>,
-    ) {
+    async fn fetch_remote(&self, mine: Vec<Publisher>) {
         let digests: Vec<B3Digest> = mine.iter().map(|(d, _)| *d).collect();
         let result = self.fetch_batches(&digests).await;
         let mut in_flight = self.in_flight.lock().expect("in-flight map");
