@@ -70,23 +70,38 @@ fn detach(mountpoint: &Path) -> std::io::Result<()> {
     }
 }
 
+/// How long an unmount waits for files that are still open to be closed;
+/// after that the process may exit and the kernel fails those reads.
+const UNMOUNT_GRACE: Duration = Duration::from_secs(5);
+
 impl Mounted {
-    /// Unmounts and waits for the session to end.
+    /// Detaches the mount and waits (a bounded time) for its session to end.
     pub fn unmount(mut self) -> std::io::Result<()> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> std::io::Result<()> {
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
         let res = detach(&self.mountpoint);
-        if let Some(s) = self.session.take() {
-            s.umount_and_join()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(session.umount_and_join());
+        });
+        match rx.recv_timeout(UNMOUNT_GRACE) {
+            Ok(joined) => res.and(joined),
+            Err(_) => {
+                tracing::warn!("files are still open on the detached mount; leaving them to fail");
+                res
+            }
         }
-        res
     }
 }
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        if let Some(s) = self.session.take() {
-            let _ = detach(&self.mountpoint);
-            let _ = s.umount_and_join();
-        }
+        let _ = self.finish();
     }
 }
 

@@ -8,6 +8,7 @@ pub mod service;
 
 use std::net::SocketAddr;
 
+use futures::StreamExt;
 use lazix_castore::Store;
 use lazix_proto::castore::{
     blob_service_server::BlobServiceServer, directory_service_server::DirectoryServiceServer,
@@ -30,7 +31,15 @@ pub async fn serve_grpc(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let svc = StoreService::new(store);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Our own listener: tonic's tcp_nodelay only applies to sockets it
+    // binds, so set it here (Nagle would hold small replies ~40 ms).
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+            }
+        })
+    });
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(8 * 1024 * 1024))

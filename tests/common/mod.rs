@@ -46,6 +46,9 @@ pub fn lazix() -> Command {
 /// killed on drop, also when the test fails.
 pub struct Server {
     child: Child,
+    grpc_port: u16,
+    http_port: u16,
+    extra: Vec<String>,
     pub addr: String,
     /// `http://127.0.0.1:PORT` of the binary-cache shim.
     pub http: String,
@@ -70,30 +73,40 @@ impl Server {
     /// Starts a server with extra `lazix serve` arguments.
     pub fn start_with(extra: &[&str]) -> Self {
         let data = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let http_port = free_port();
-        let child = lazix()
-            .args(["serve", "--data"])
-            .arg(data.path())
-            .args(["--grpc", &format!("127.0.0.1:{port}")])
-            .args(["--http", &format!("127.0.0.1:{http_port}")])
-            .args(extra)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawning lazix serve");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for p in [port, http_port] {
-            while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
-                assert!(Instant::now() < deadline, "lazix serve did not start");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+        let (port, http_port) = (free_port(), free_port());
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = spawn_server(data.path(), port, http_port, &extra);
         Self {
             child,
+            grpc_port: port,
+            http_port,
+            extra,
             addr: format!("grpc://127.0.0.1:{port}"),
             http: format!("http://127.0.0.1:{http_port}"),
             data,
         }
+    }
+
+    /// Stops the server process (SIGKILL), leaving its data.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing answers.
+    pub fn freeze(&self) {
+        run(Command::new("kill").args(["-STOP", &self.child.id().to_string()]));
+    }
+
+    /// Starts the server again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = spawn_server(
+            self.data.path(),
+            self.grpc_port,
+            self.http_port,
+            &self.extra,
+        );
     }
 
     /// Files under one kind of object folder (chunks, directories, …).
@@ -104,9 +117,28 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
+}
+
+fn spawn_server(data: &Path, port: u16, http_port: u16, extra: &[String]) -> Child {
+    let child = lazix()
+        .args(["serve", "--data"])
+        .arg(data)
+        .args(["--grpc", &format!("127.0.0.1:{port}")])
+        .args(["--http", &format!("127.0.0.1:{http_port}")])
+        .args(extra)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawning lazix serve");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for p in [port, http_port] {
+        while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
+            assert!(Instant::now() < deadline, "lazix serve did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    child
 }
 
 /// Every regular file below `dir`.
@@ -268,4 +300,91 @@ let
 in mk "lazix-{salt}-top" "/bin/mkdir $out; /bin/echo ${{tool}} ${{lib}} ${{doc}} > $out/refs"
 "#
     ))
+}
+
+/// A `lazix mount` process; on drop it is asked to stop and the mount is
+/// detached whatever happened, so a failing test leaves no mount behind.
+pub struct Mount {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+}
+
+fn is_mounted(dir: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let d = dir.display().to_string();
+    mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(d.as_str()))
+}
+
+impl Mount {
+    /// Mounts `server` with extra `lazix mount` arguments; waits until the
+    /// mount is live.
+    pub fn new(server: &Server, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let child = lazix()
+            .args(["mount", "--server", &server.addr])
+            .args(extra)
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning lazix mount");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !is_mounted(dir.path()) {
+            assert!(Instant::now() < deadline, "lazix mount did not mount");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child: Some(child),
+            dir,
+        }
+    }
+
+    /// A path inside the mount.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// The live counters from `.lazix-stats`.
+    pub fn stats(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.path(".lazix-stats")).unwrap()).unwrap()
+    }
+
+    /// Stops `lazix mount` (SIGTERM) and returns what it printed.
+    pub fn stop(mut self) -> String {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> String {
+        let Some(child) = self.child.take() else {
+            return String::new();
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let out = child.wait_with_output().unwrap();
+        if is_mounted(self.dir.path()) {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(self.dir.path())
+                .status();
+        }
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        // Detach first: a stopped server must not keep the unmount waiting.
+        if is_mounted(self.dir.path()) && std::thread::panicking() {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(self.dir.path())
+                .status();
+        }
+        self.shutdown();
+    }
 }
