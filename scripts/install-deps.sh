@@ -11,6 +11,8 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ "${LAZIX_BENCH_DEPS:-0}" = 1 ]; then
   command -v nginx >/dev/null 2>&1 || need+=(nginx)
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
+  command -v squashfuse >/dev/null 2>&1 || need+=(squashfuse)
+  command -v mksquashfs >/dev/null 2>&1 || need+=(squashfs-tools)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then

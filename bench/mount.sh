@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Mount benchmark: a Rust toolchain pushed as a store path, read through
+# `lazix mount` (server on loopback) beside the native folder and
+# `squashfuse` of a zstd squashfs image of the same tree, in one run:
+# - sequential read of the 5 largest files, cold (page cache dropped, empty
+#   lazix cache) and warm;
+# - a metadata walk (find + stat of every file), cold and warm;
+# - running `rustc --version` from the cold mount: time and bytes fetched,
+#   against fetching the whole path first (`nix copy` from lazix's cache).
+#
+#   bash bench/mount.sh        (root: drops the page cache between runs)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LAZIX_BENCH_DEPS=1 bash scripts/install-deps.sh
+source scripts/nix-env.sh
+cargo build --release --locked --bin lazix >&2
+LAZIX=$PWD/target/release/lazix
+STABLE=${STABLE:-$HOME/.rustup/toolchains/stable-x86_64-unknown-linux-gnu}
+
+work=$(mktemp -d /var/tmp/lazix-mount-bench.XXXXXX)
+mnt_l=$work/mnt-lazix; mnt_s=$work/mnt-squash
+mkdir -p "$mnt_l" "$mnt_s"
+server=""; mounter=""
+cleanup() {
+  [ -n "$mounter" ] && kill "$mounter" 2>/dev/null || true
+  fusermount3 -u -z "$mnt_l" 2>/dev/null || true
+  fusermount3 -u -z "$mnt_s" 2>/dev/null || true
+  [ -n "$server" ] && kill "$server" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done; exit 1; }
+wait_mount() { for _ in $(seq 200); do mountpoint -q "$1" && return; sleep 0.05; done; echo "no mount at $1" >&2; exit 1; }
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.3f", b-a}'; }
+
+path=$(nix store add-path --name rust-stable "$STABLE")
+name=$(basename "$path")
+nar_size=$(nix path-info --json "$path" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["narSize"])')
+
+nix-store --generate-binary-cache-key bench "$work/sk" "$work/pk"
+gport=$(free_port); hport=$(free_port)
+start_server() {
+  "$LAZIX" serve --data "$work/data" --grpc "127.0.0.1:$gport" --http "127.0.0.1:$hport" \
+    --signing-key "$work/sk" 2>>"$work/serve.log" &
+  server=$!
+  wait_port "$gport"; wait_port "$hport"
+}
+start_server
+"$LAZIX" push --server "grpc://127.0.0.1:$gport" "$path" 2>&1 | tail -1 >&2
+
+mksquashfs "$path" "$work/img" -comp zstd -quiet -no-progress >/dev/null
+start_lazix_mount() { # cache dir
+  "$LAZIX" mount --server "grpc://127.0.0.1:$gport" --cache-dir "$1" "$mnt_l" 2>>"$work/mount.log" &
+  mounter=$!
+  wait_mount "$mnt_l"
+}
+stop_lazix_mount() { kill "$mounter"; wait "$mounter" 2>/dev/null || true; mounter=""; }
+
+# The 5 largest files, as paths relative to the store path.
+largest=$(cd "$path" && find . -type f -printf '%s %p\n' | sort -rn | head -5 | cut -d' ' -f2-)
+largest_bytes=$(cd "$path" && find . -type f -printf '%s\n' | sort -rn | head -5 | awk '{s+=$1} END {print s}')
+read_largest() { (cd "$1" && for f in $largest; do cat "$f" >/dev/null; done); }
+walk() { find "$1" -printf '%s %m %y\n' >/dev/null; }
+
+declare -A T
+measure() { # label dir-of-the-tree prepare-cold-cmd
+  local label=$1 dir=$2 cold=$3 t
+  eval "$cold"; t=$(now); read_largest "$dir"; T[$label,read_cold]=$(since "$t")
+  t=$(now); read_largest "$dir"; T[$label,read_warm]=$(since "$t")
+  eval "$cold"; t=$(now); walk "$dir"; T[$label,walk_cold]=$(since "$t")
+  t=$(now); walk "$dir"; T[$label,walk_warm]=$(since "$t")
+}
+
+measure native "$path" "drop_caches"
+squash_cold() { fusermount3 -u -z "$mnt_s" 2>/dev/null || true; drop_caches; squashfuse "$work/img" "$mnt_s"; wait_mount "$mnt_s"; }
+measure squashfuse "$mnt_s" "squash_cold"
+lazix_cold() {
+  [ -n "$mounter" ] && stop_lazix_mount
+  kill "$server"; wait "$server" 2>/dev/null || true; start_server
+  rm -rf "$work/cache"; drop_caches; start_lazix_mount "$work/cache"
+}
+measure lazix "$mnt_l/$name" "lazix_cold"
+
+# Program start from a cold mount.
+lazix_cold
+t=$(now); "$mnt_l/$name/bin/rustc" --version >/dev/null; start_time=$(since "$t")
+start_bytes=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["fetched_bytes"])' "$mnt_l/.lazix-stats")
+stop_lazix_mount
+# Fetching the whole path first, as a substituter would.
+drop_caches
+t=$(now)
+XDG_CACHE_HOME=$work/xdg nix --store "$work/client" copy --from "http://127.0.0.1:$hport" \
+  --option trusted-public-keys "$(cat "$work/pk")" "$path" 2>/dev/null
+copy_time=$(since "$t")
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
+mib() { awk -v b="$1" 'BEGIN {printf "%.1f", b/1048576}'; }
+echo
+echo "$name: $(mib "$nar_size") MiB of NAR; 5 largest files: $(mib "$largest_bytes") MiB; loopback, 2 cores"
+echo
+echo "| measure | native | squashfuse (zstd image) | lazix mount | lazix/native | lazix/squashfuse |"
+echo "|---|---|---|---|---|---|"
+for m in read_cold read_warm walk_cold walk_warm; do
+  printf '| %s | %s s | %s s | %s s | %s | %s |\n' "$m" "${T[native,$m]}" "${T[squashfuse,$m]}" "${T[lazix,$m]}" \
+    "$(ratio "${T[lazix,$m]}" "${T[native,$m]}")" "$(ratio "${T[lazix,$m]}" "${T[squashfuse,$m]}")"
+done
+echo
+echo "| cold program start | time | bytes fetched |"
+echo "|---|---|---|"
+printf '| `rustc --version` from the cold lazix mount | %s s | %s MiB (%s%% of the path) |\n' \
+  "$start_time" "$(mib "$start_bytes")" "$(awk -v a="$start_bytes" -v b="$nar_size" 'BEGIN {printf "%.1f", 100*a/b}')"
+printf '| `nix copy` of the whole path first | %s s | %s MiB (100%%) |\n' "$copy_time" "$(mib "$nar_size")"
