@@ -60,8 +60,8 @@ start_lazix_mount() { # cache dir
 stop_lazix_mount() { kill "$mounter"; wait "$mounter" 2>/dev/null || true; mounter=""; }
 
 # The 5 largest files, as paths relative to the store path.
-largest=$(cd "$path" && find . -type f -printf '%s %p\n' | sort -rn | head -5 | cut -d' ' -f2-)
-largest_bytes=$(cd "$path" && find . -type f -printf '%s\n' | sort -rn | head -5 | awk '{s+=$1} END {print s}')
+largest=$(cd "$path" && find . -type f -printf '%s %p\n' | sort -rn | awk 'NR<=5 {sub(/^[0-9]+ /, ""); print}')
+largest_bytes=$(cd "$path" && find . -type f -printf '%s\n' | sort -rn | awk 'NR<=5 {s+=$1} END {print s}')
 read_largest() { (cd "$1" && for f in $largest; do cat "$f" >/dev/null; done); }
 walk() { find "$1" -printf '%s %m %y\n' >/dev/null; }
 

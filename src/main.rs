@@ -297,7 +297,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
 }
 
 async fn mount(args: MountArgs) -> Result<()> {
-    let store = client(&args.server)?;
+    // PathInfos and directories cached in memory; chunks are cached by the
+    // mount itself (decoded, in memory and on disk).
+    let store = cached(
+        client(&args.server)?,
+        CacheConfig {
+            chunk_bytes: 0,
+            ..CacheConfig::default()
+        },
+    );
     let opts = lazix_fs::MountOptions {
         fs: lazix_fs::MountConfig {
             uid: args.uid,

@@ -48,6 +48,11 @@ fn mounted_paths_are_byte_exact_and_usable() {
     for i in 0..500 {
         std::fs::write(tree.join(format!("deep/a/s{i:03}")), format!("{i}\n")).unwrap();
     }
+    // Identical directories in several places (common in real trees).
+    for twin in ["twin-a", "twin-b", "deep/twin-c"] {
+        std::fs::create_dir_all(tree.join(twin).join("x/y")).unwrap();
+        std::fs::write(tree.join(twin).join("x/y/same"), b"same\n").unwrap();
+    }
     let features = add_path(&tree);
     let top = build_closure("mount");
     lazix_push(&server, &[&features, &top]);
@@ -58,6 +63,19 @@ fn mounted_paths_are_byte_exact_and_usable() {
         let want = sri_to_b32(nix_path_info(p)["narHash"].as_str().unwrap());
         assert_eq!(dump_hash(&mount.path(basename(p))), want, "{p}");
     }
+    // A walk sees every entry exactly once, as in the original.
+    let walk = |root: &Path| {
+        let out = run(std::process::Command::new("find")
+            .arg(".")
+            .current_dir(root));
+        let mut v: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        walk(&mount.path(basename(&features))),
+        walk(Path::new(&features))
+    );
     // The root lists every path; unknown names are ENOENT.
     let listed: Vec<String> = std::fs::read_dir(mount.dir.path())
         .unwrap()
@@ -186,6 +204,33 @@ fn reads_are_lazy_and_caches_survive_a_remount() {
     let s = mount.stats();
     assert_eq!(n(&s, "fetched_bytes"), 0, "{s}");
     assert!(n(&s, "disk_hits") > 0, "{s}");
+    drop(f);
+    mount.stop();
+
+    // Corrupt and truncated cache entries are detected and fetched again.
+    let mut damaged = 0;
+    for (i, entry) in walk_files(&cache.join("chunks")).into_iter().enumerate() {
+        let mut data = std::fs::read(&entry).unwrap();
+        if i % 2 == 0 {
+            let last = data.len() - 1;
+            data[last] ^= 0x33;
+        } else {
+            data.truncate(data.len() / 2);
+        }
+        std::fs::write(&entry, data).unwrap();
+        damaged += 1;
+    }
+    assert!(damaged > 0);
+    let mount = Mount::new(&server, &["--cache-dir", &cache_arg]);
+    assert_eq!(std::fs::read(mount.path(&small)).unwrap(), b"key = value\n");
+    let mut f =
+        std::fs::File::open(mount.path(&format!("{}/lib/big2.so", basename(&path)))).unwrap();
+    f.seek(std::io::SeekFrom::Start(4_000_000)).unwrap();
+    f.read_exact(&mut buf).unwrap();
+    assert_eq!(buf, pseudo_random(8_000_000, 102)[4_000_000..4_010_000]);
+    let s = mount.stats();
+    assert!(n(&s, "corrupt_chunks") > 0, "{s}");
+    assert!(n(&s, "fetched_bytes") > 0, "{s}");
 }
 
 #[test]

@@ -386,7 +386,11 @@ impl Filesystem for LazyFs {
         };
         match node {
             Ok(node) => {
-                let ino = self.inodes.lock().expect("inodes").lookup(&node);
+                let ino =
+                    self.inodes
+                        .lock()
+                        .expect("inodes")
+                        .lookup(parent.0, name.as_bytes(), &node);
                 reply.entry(&FOREVER, &self.attr(ino, &node), Generation(0));
             }
             Err(e) => reply.error(e),
@@ -560,7 +564,7 @@ impl Filesystem for LazyFs {
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        dir_ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
@@ -568,12 +572,40 @@ impl Filesystem for LazyFs {
         let Some(listing) = self.listings.lock().expect("listings").get(&fh.0).cloned() else {
             return reply.error(Errno::EINVAL);
         };
-        for (i, (name, node)) in listing.iter().enumerate().skip(offset as usize) {
-            let ino = self.inodes.lock().expect("inodes").lookup(node);
+        // Same offsets as readdir: 1 is ".", 2 is "..", 3 + i is entry i.
+        // The kernel takes no lookups for "." and "..".
+        let dot_attr = self.make_attr(dir_ino.0, FileType::Directory, 0o555, 0);
+        let mut next = offset;
+        if next == 0 {
+            if reply.add(dir_ino, 1, ".", &FOREVER, &dot_attr, Generation(0)) {
+                return reply.ok();
+            }
+            next = 1;
+        }
+        if next == 1 {
+            let root_attr = self.make_attr(ROOT_INO, FileType::Directory, 0o555, 0);
+            if reply.add(
+                INodeNo(ROOT_INO),
+                2,
+                "..",
+                &FOREVER,
+                &root_attr,
+                Generation(0),
+            ) {
+                return reply.ok();
+            }
+            next = 2;
+        }
+        for (i, (name, node)) in listing.iter().enumerate().skip((next - 2) as usize) {
+            let ino = self
+                .inodes
+                .lock()
+                .expect("inodes")
+                .lookup(dir_ino.0, name, node);
             let attr = self.attr(ino, node);
             if reply.add(
                 INodeNo(ino),
-                i as u64 + 1,
+                3 + i as u64,
                 OsStr::from_bytes(name),
                 &FOREVER,
                 &attr,

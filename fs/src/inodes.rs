@@ -1,6 +1,9 @@
-//! Inode numbers for castore nodes. Nodes with the same content share an
-//! inode (the tree is immutable, so that is safe, and a store with many
-//! copies of one file needs one inode). Entries live while the kernel holds
+//! Inode numbers for castore nodes. Files and symlinks with the same
+//! content share an inode (the tree is immutable, so that is safe, and a
+//! store with many copies of one file needs one inode). Directories get one
+//! inode per place (parent inode and name): the kernel allows a directory
+//! only one parent, and identical directories are common (a shared inode
+//! made `find` walk them over and over). Entries live while the kernel holds
 //! lookups on them and are dropped on `forget`, so memory stays bounded on
 //! stores with millions of files.
 
@@ -15,28 +18,32 @@ pub const ROOT_INO: u64 = 1;
 pub const STATS_INO: u64 = 2;
 const FIRST_FREE: u64 = 3;
 
-/// What identifies a node's content.
+/// What identifies an inode: a directory's place, a leaf's content.
 #[derive(Clone, PartialEq, Eq, Hash)]
-enum ContentKey {
-    Directory(B3Digest),
+enum InodeKey {
+    Directory { parent: u64, name: Bytes },
     File(B3Digest, u64, bool),
     Symlink(Bytes),
 }
 
-fn key(node: &Node) -> ContentKey {
+fn key(parent: u64, name: &[u8], node: &Node) -> InodeKey {
     match node {
-        Node::Directory { digest, .. } => ContentKey::Directory(*digest),
+        Node::Directory { .. } => InodeKey::Directory {
+            parent,
+            name: Bytes::copy_from_slice(name),
+        },
         Node::File {
             digest,
             size,
             executable,
-        } => ContentKey::File(*digest, *size, *executable),
-        Node::Symlink { target } => ContentKey::Symlink(target.clone()),
+        } => InodeKey::File(*digest, *size, *executable),
+        Node::Symlink { target } => InodeKey::Symlink(target.clone()),
     }
 }
 
 struct Entry {
     node: Node,
+    key: InodeKey,
     lookups: u64,
 }
 
@@ -44,7 +51,7 @@ struct Entry {
 #[derive(Default)]
 pub struct Inodes {
     by_ino: HashMap<u64, Entry>,
-    by_key: HashMap<ContentKey, u64>,
+    by_key: HashMap<InodeKey, u64>,
     next: u64,
 }
 
@@ -57,20 +64,22 @@ impl Inodes {
         }
     }
 
-    /// The inode of `node`, counting one kernel lookup.
-    pub fn lookup(&mut self, node: &Node) -> u64 {
-        let k = key(node);
+    /// The inode of `node`, found as `name` in directory `parent`,
+    /// counting one kernel lookup.
+    pub fn lookup(&mut self, parent: u64, name: &[u8], node: &Node) -> u64 {
+        let k = key(parent, name, node);
         if let Some(&ino) = self.by_key.get(&k) {
             self.by_ino.get_mut(&ino).expect("both maps agree").lookups += 1;
             return ino;
         }
         let ino = self.next;
         self.next += 1;
-        self.by_key.insert(k, ino);
+        self.by_key.insert(k.clone(), ino);
         self.by_ino.insert(
             ino,
             Entry {
                 node: node.clone(),
+                key: k,
                 lookups: 1,
             },
         );
@@ -90,7 +99,7 @@ impl Inodes {
         e.lookups = e.lookups.saturating_sub(n);
         if e.lookups == 0 {
             let e = self.by_ino.remove(&ino).expect("present");
-            self.by_key.remove(&key(&e.node));
+            self.by_key.remove(&e.key);
         }
     }
 
@@ -112,8 +121,8 @@ mod tests {
             size: 1,
             executable: false,
         };
-        let a = t.lookup(&f);
-        let b = t.lookup(&f);
+        let a = t.lookup(ROOT_INO, b"x", &f);
+        let b = t.lookup(9, b"y", &f);
         assert_eq!(a, b);
         assert!(a >= FIRST_FREE);
         let exec = Node::File {
@@ -121,13 +130,26 @@ mod tests {
             size: 1,
             executable: true,
         };
-        assert_ne!(t.lookup(&exec), a);
+        assert_ne!(t.lookup(ROOT_INO, b"x", &exec), a);
         t.forget(a, 1);
         assert_eq!(t.get(a), Some(f.clone()));
         t.forget(a, 1);
         assert_eq!(t.get(a), None);
         assert_eq!(t.count(), 1);
         // A new lookup gets a fresh inode number, never a reused one.
-        assert!(t.lookup(&f) > a);
+        assert!(t.lookup(ROOT_INO, b"x", &f) > a);
+    }
+
+    #[test]
+    fn identical_directories_get_one_inode_per_place() {
+        let mut t = Inodes::new();
+        let d = Node::Directory {
+            digest: B3Digest::of(b"dir"),
+            size: 0,
+        };
+        let a = t.lookup(ROOT_INO, b"a", &d);
+        let b = t.lookup(ROOT_INO, b"b", &d);
+        assert_ne!(a, b);
+        assert_eq!(t.lookup(ROOT_INO, b"a", &d), a);
     }
 }
