@@ -53,7 +53,9 @@ pub struct ChunkFetcher {
 }
 
 /// The on-disk cache: chunks as the server stores them (zstd), in the
-/// embedded store's layout, with an LRU index bounded by bytes.
+/// embedded store's layout, with an LRU index bounded by bytes. Cheap to
+/// clone (shared index).
+#[derive(Clone)]
 struct DiskCache {
     files: EmbeddedStore,
     index: moka::sync::Cache<B3Digest, u64, DigestKeyBuildHasher>,
@@ -220,11 +222,12 @@ impl ChunkFetcher {
             })
             .await
             .map_err(|e| FetchError::Store(e.to_string()))?;
+            let mut to_disk = Vec::new();
             for (chunk, bytes) in decoded {
                 match bytes {
                     Ok(b) => {
                         self.memory.insert(chunk.digest, b.clone());
-                        self.store_on_disk(&chunk);
+                        to_disk.push(chunk);
                         results.push(Ok(b));
                     }
                     Err(e) => {
@@ -234,12 +237,25 @@ impl ChunkFetcher {
                     }
                 }
             }
+            // Writing the disk cache must not delay the reader: the chunks
+            // are already in memory.
+            if let Some(disk) = &self.disk {
+                let disk = disk.clone();
+                tokio::task::spawn_blocking(move || {
+                    for chunk in &to_disk {
+                        disk.store(chunk);
+                    }
+                });
+            }
         }
         Ok(results)
     }
+}
 
-    fn store_on_disk(&self, chunk: &Chunk) {
-        let Some(disk) = &self.disk else { return };
+impl DiskCache {
+    /// Writes one verified chunk (as the server sent it, zstd) and indexes it.
+    fn store(&self, chunk: &Chunk) {
+        let disk = self;
         let written = match &chunk.payload {
             ChunkPayload::Zstd(z) => disk
                 .files
@@ -256,7 +272,9 @@ impl ChunkFetcher {
             Err(e) => tracing::warn!(error = %e, "cannot write the disk cache"),
         }
     }
+}
 
+impl ChunkFetcher {
     /// Starts fetching `digests` in the background (read-ahead); chunks
     /// already cached or in flight are skipped.
     pub fn prefetch(self: &Arc<Self>, digests: Vec<B3Digest>) {
