@@ -44,6 +44,27 @@ impl Default for CacheConfig {
     }
 }
 
+/// Fills the empty slots of `found`, in order, with `fetched` (the answer
+/// for exactly the misses); every slot is then filled.
+fn fill_misses<T>(found: Vec<Option<T>>, fetched: Vec<T>) -> StoreResult<Vec<T>> {
+    let mut fetched = fetched.into_iter();
+    let filled = found
+        .into_iter()
+        .map(|slot| match slot {
+            Some(v) => Ok(v),
+            None => fetched
+                .next()
+                .ok_or_else(|| crate::StoreError::Corrupt("short answer from the store".into())),
+        })
+        .collect::<StoreResult<Vec<T>>>()?;
+    if fetched.next().is_some() {
+        return Err(crate::StoreError::Corrupt(
+            "long answer from the store".into(),
+        ));
+    }
+    Ok(filled)
+}
+
 struct CachedBlobs {
     inner: Arc<dyn BlobStore>,
     chunks: Cache<B3Digest, Chunk, DigestKeyBuildHasher>,
@@ -125,18 +146,14 @@ impl BlobStore for CachedBlobs {
             }
             found.push(hit);
         }
+        let mut fetched = Vec::new();
         if !misses.is_empty() {
-            let fetched = self.inner.get_chunks(&misses).await?;
-            let mut fetched = fetched.into_iter();
-            for slot in found.iter_mut().filter(|s| s.is_none()) {
-                let c = fetched
-                    .next()
-                    .ok_or_else(|| crate::StoreError::Corrupt("short chunk answer".into()))?;
+            fetched = self.inner.get_chunks(&misses).await?;
+            for c in &fetched {
                 self.chunks.insert(c.digest, c.clone()).await;
-                *slot = Some(c);
             }
         }
-        Ok(found.into_iter().map(|c| c.expect("filled")).collect())
+        fill_misses(found, fetched)
     }
 
     async fn put_blob_chunks(&self, blobs: Vec<BlobChunks>) -> StoreResult<()> {
@@ -147,10 +164,11 @@ impl BlobStore for CachedBlobs {
         &self,
         blobs: &[B3Digest],
     ) -> StoreResult<Vec<Option<Vec<ChunkMeta>>>> {
-        let mut found: Vec<Option<Arc<Vec<ChunkMeta>>>> = Vec::with_capacity(blobs.len());
+        // A hit is a known list; misses are asked for in one call.
+        let mut found: Vec<Option<Option<Vec<ChunkMeta>>>> = Vec::with_capacity(blobs.len());
         let mut misses = Vec::new();
         for d in blobs {
-            let hit = self.lists.get(d).await;
+            let hit = self.lists.get(d).await.map(|l| Some(l.as_ref().clone()));
             if hit.is_none() {
                 misses.push(*d);
             }
@@ -159,25 +177,13 @@ impl BlobStore for CachedBlobs {
         let mut answers = Vec::new();
         if !misses.is_empty() {
             answers = self.inner.get_blob_chunks(&misses).await?;
-            if answers.len() != misses.len() {
-                return Err(crate::StoreError::Corrupt("short chunk list answer".into()));
-            }
-        }
-        let mut fetched = misses.iter().zip(answers);
-        let mut out = Vec::with_capacity(blobs.len());
-        for hit in found {
-            match hit {
-                Some(list) => out.push(Some(list.as_ref().clone())),
-                None => {
-                    let (digest, answer) = fetched.next().expect("one answer per miss");
-                    if let Some(list) = &answer {
-                        self.lists.insert(*digest, Arc::new(list.clone())).await;
-                    }
-                    out.push(answer);
+            for (digest, answer) in misses.iter().zip(&answers) {
+                if let Some(list) = answer {
+                    self.lists.insert(*digest, Arc::new(list.clone())).await;
                 }
             }
         }
-        Ok(out)
+        fill_misses(found, answers)
     }
 }
 
@@ -224,30 +230,26 @@ impl BlobStore for DecodedChunks {
             }
             found.push(hit);
         }
+        let mut fetched = Vec::new();
         if !misses.is_empty() {
-            let fetched = self.inner.get_chunks(&misses).await?;
+            let raw = self.inner.get_chunks(&misses).await?;
             let decoded = tokio::task::spawn_blocking(move || {
-                fetched
-                    .into_iter()
+                raw.into_iter()
                     .map(|c| c.decode_verified().map(|b| (c.digest, b)))
                     .collect::<StoreResult<Vec<_>>>()
             })
             .await
             .map_err(|e| crate::StoreError::Io(std::io::Error::other(e)))??;
-            let mut decoded = decoded.into_iter();
-            for slot in found.iter_mut().filter(|s| s.is_none()) {
-                let (digest, bytes) = decoded
-                    .next()
-                    .ok_or_else(|| crate::StoreError::Corrupt("short chunk answer".into()))?;
+            for (digest, bytes) in decoded {
                 self.chunks.insert(digest, bytes.clone()).await;
-                *slot = Some(Chunk {
+                fetched.push(Chunk {
                     digest,
                     size: bytes.len() as u64,
                     payload: ChunkPayload::Verified(bytes),
                 });
             }
         }
-        Ok(found.into_iter().map(|c| c.expect("filled")).collect())
+        fill_misses(found, fetched)
     }
 
     async fn put_blob_chunks(&self, blobs: Vec<BlobChunks>) -> StoreResult<()> {
@@ -315,5 +317,61 @@ impl PathInfoStore for CachedPathInfos {
 
     fn list_path_infos(&self) -> BoxStream<'static, StoreResult<PathInfo>> {
         self.inner.list_path_infos()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embedded::EmbeddedStore;
+
+    #[test]
+    fn fill_misses_keeps_order_and_checks_counts() {
+        assert_eq!(
+            fill_misses(vec![Some(1), None, Some(3), None], vec![2, 4]).unwrap(),
+            vec![1, 2, 3, 4]
+        );
+        assert!(fill_misses(vec![None, None], vec![1]).is_err());
+        assert!(fill_misses(vec![Some(1)], vec![2]).is_err());
+    }
+
+    #[tokio::test]
+    async fn caches_answer_like_the_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Store::from_backend(EmbeddedStore::open(dir.path()).unwrap());
+        let store = cached(backend.clone(), CacheConfig::default());
+        let decoded = decoded_chunks(store.blobs.clone(), 1 << 20);
+        let a = Chunk::from_raw(Bytes::from_static(b"chunk a"));
+        let b = Chunk::from_raw(Bytes::from_static(b"chunk b"));
+        store
+            .blobs
+            .put_chunks(vec![a.clone(), b.clone()])
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            // Mixed hits and misses come back in request order, verified.
+            let got = decoded
+                .get_chunks(&[b.digest, a.digest, b.digest])
+                .await
+                .unwrap();
+            let bytes: Vec<Bytes> = got.iter().map(|c| c.decode_verified().unwrap()).collect();
+            assert_eq!(bytes, vec!["chunk b", "chunk a", "chunk b"]);
+            assert!(matches!(got[0].payload, ChunkPayload::Verified(_)));
+        }
+        // A chunk list of one chunk: no list stored, answered None, not cached.
+        assert_eq!(
+            store.blobs.get_blob_chunks(&[a.digest]).await.unwrap(),
+            vec![None]
+        );
+        let missing = B3Digest::of(b"never stored");
+        assert!(store.blobs.get_chunks(&[missing]).await.is_err());
+        assert_eq!(
+            store
+                .blobs
+                .missing_chunks(&[a.digest, missing])
+                .await
+                .unwrap(),
+            vec![missing]
+        );
     }
 }
