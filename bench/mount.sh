@@ -80,7 +80,9 @@ measure squashfuse "$mnt_s" "squash_cold"
 lazix_cold() {
   [ -n "$mounter" ] && stop_lazix_mount
   kill "$server"; wait "$server" 2>/dev/null || true; start_server
-  rm -rf "$work/cache"; drop_caches; start_lazix_mount "$work/cache"
+  # A new, empty cache folder each time (deleting one just before would make
+  # ext4 hunt for inodes that were not recently freed, which skews timings).
+  cache_n=$((${cache_n:-0} + 1)); drop_caches; start_lazix_mount "$work/cache-$cache_n"
 }
 measure lazix "$mnt_l/$name" "lazix_cold"
 

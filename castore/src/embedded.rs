@@ -43,8 +43,9 @@ pub struct EmbeddedStore {
     root: PathBuf,
 }
 
-/// Removes temp files (from killed writers) below `root`.
-fn sweep_temp_files(root: &Path) {
+/// Removes temp files (from killed writers) below `root` that are older
+/// than `opened_at`; younger ones belong to writers of this process.
+fn sweep_temp_files(root: &Path, opened_at: std::time::SystemTime) {
     let mut dirs = vec![root.join("pathinfo")];
     for kind in SHARDED {
         for shard in 0..=255u8 {
@@ -57,12 +58,17 @@ fn sweep_temp_files(root: &Path) {
             continue;
         };
         for entry in rd.flatten() {
-            if entry
+            let is_temp = entry
                 .file_name()
                 .as_encoded_bytes()
-                .starts_with(TMP_PREFIX.as_bytes())
-                && std::fs::remove_file(entry.path()).is_ok()
-            {
+                .starts_with(TMP_PREFIX.as_bytes());
+            let stale = || {
+                entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t < opened_at)
+            };
+            if is_temp && stale() && std::fs::remove_file(entry.path()).is_ok() {
                 removed += 1;
             }
         }
@@ -104,7 +110,10 @@ impl EmbeddedStore {
         }
         std::fs::create_dir_all(root.join("pathinfo"))?;
         let sweep_root = root.clone();
-        std::thread::spawn(move || sweep_temp_files(&sweep_root));
+        // File times come from a coarse clock that can lag `now()`: only
+        // temp files clearly older than this open are leftovers.
+        let opened_at = std::time::SystemTime::now() - std::time::Duration::from_secs(2);
+        std::thread::spawn(move || sweep_temp_files(&sweep_root, opened_at));
         Ok(Arc::new(Self { root }))
     }
 

@@ -54,6 +54,10 @@ async fn ingest(store: &Store, nar: &[u8]) -> Result<Node, IngestError> {
     Ok(ingest_nar(store, &mut up, nar).await?.node)
 }
 
+fn bytes_of(b: &'static [u8]) -> bytes::Bytes {
+    bytes::Bytes::from_static(b)
+}
+
 fn count(dir: &std::path::Path) -> usize {
     let mut n = 0;
     let mut stack = vec![dir.to_path_buf()];
@@ -160,10 +164,23 @@ async fn leftover_temp_files_are_removed_on_open() {
     drop(EmbeddedStore::open(dir.path()).unwrap());
     let leftover = dir.path().join("chunks/ab/.tmp-HALF");
     std::fs::write(&leftover, b"half-written").unwrap();
+    // As if left by a process killed a while ago.
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    std::fs::File::options()
+        .write(true)
+        .open(&leftover)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
     let store = EmbeddedStore::open(dir.path()).unwrap();
+    // Writes right after opening are not mistaken for leftovers.
+    let s = Store::from_backend(store.clone());
+    let fresh = lazix_castore::chunk::Chunk::from_raw(bytes_of(b"written after open"));
+    for _ in 0..50 {
+        s.blobs.put_chunks(vec![fresh.clone()]).await.unwrap();
+    }
     // A temp file is never an object.
     let d = lazix_castore::B3Digest::of(b"half-written");
-    let s = Store::from_backend(store);
     assert_eq!(s.blobs.missing_chunks(&[d]).await.unwrap(), vec![d]);
     // The sweep removes it in the background.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use lazix_castore::chunk::{Chunk, ChunkPayload};
 use lazix_castore::digest::DigestKeyBuildHasher;
 use lazix_castore::embedded::EmbeddedStore;
@@ -31,8 +32,12 @@ pub enum FetchError {
     Corrupt(B3Digest),
 }
 
-/// Chunk bytes fetched per server call at most.
-const BATCH_BYTES: u64 = 8 * 1024 * 1024;
+/// Chunks asked for per server call (about 4 MiB at the average chunk
+/// size): large enough to amortise the round trip, small enough that the
+/// first bytes arrive early.
+const CALL_CHUNKS: usize = 64;
+/// Server calls in flight per fetch.
+const CALLS_IN_FLIGHT: usize = 4;
 
 /// The outcome of one chunk fetch, once known.
 type Outcome = Option<Result<Bytes, FetchError>>;
@@ -170,20 +175,36 @@ impl ChunkFetcher {
         Ok(out.into_iter().map(|b| b.expect("filled")).collect())
     }
 
-    /// Fetches `mine` from the server in batches and publishes each result.
+    /// Fetches `mine` from the server in calls of a few MiB, several in
+    /// flight, publishing each call's chunks as soon as it completes (a
+    /// reader waiting for the first chunk of a large read-ahead window does
+    /// not wait for the whole window).
     async fn fetch_remote(&self, mine: Vec<Publisher>) {
-        let digests: Vec<B3Digest> = mine.iter().map(|(d, _)| *d).collect();
-        let result = self.fetch_batches(&digests).await;
+        let mut groups: Vec<Vec<Publisher>> = Vec::new();
+        let mut mine = mine.into_iter().peekable();
+        while mine.peek().is_some() {
+            groups.push(mine.by_ref().take(CALL_CHUNKS).collect());
+        }
+        futures::stream::iter(groups)
+            .map(|g| self.fetch_group(g))
+            .buffer_unordered(CALLS_IN_FLIGHT)
+            .collect::<()>()
+            .await;
+    }
+
+    async fn fetch_group(&self, group: Vec<Publisher>) {
+        let digests: Vec<B3Digest> = group.iter().map(|(d, _)| *d).collect();
+        let result = self.fetch_call(&digests).await;
         let mut in_flight = self.in_flight.lock().expect("in-flight map");
         match result {
             Ok(chunks) => {
-                for ((digest, tx), res) in mine.into_iter().zip(chunks) {
+                for ((digest, tx), res) in group.into_iter().zip(chunks) {
                     in_flight.remove(&digest);
                     let _ = tx.send(Some(res));
                 }
             }
             Err(e) => {
-                for (digest, tx) in mine {
+                for (digest, tx) in group {
                     in_flight.remove(&digest);
                     let _ = tx.send(Some(Err(e.clone())));
                 }
@@ -191,15 +212,13 @@ impl ChunkFetcher {
         }
     }
 
-    async fn fetch_batches(
+    /// One batched request: the chunks of `batch`, decoded and verified.
+    async fn fetch_call(
         &self,
-        digests: &[B3Digest],
+        batch: &[B3Digest],
     ) -> Result<Vec<Result<Bytes, FetchError>>, FetchError> {
-        let mut results = Vec::with_capacity(digests.len());
-        // Sizes are unknown before fetching: bound batches by count, each
-        // call's answer is streamed.
-        let per_call = (BATCH_BYTES / (16 * 1024)).max(1) as usize;
-        for batch in digests.chunks(per_call) {
+        let mut results = Vec::with_capacity(batch.len());
+        {
             Stats::add(&self.stats.fetch_requests, 1);
             let chunks = tokio::time::timeout(self.timeout, self.remote.get_chunks(batch))
                 .await

@@ -49,12 +49,21 @@ pub struct MountConfig {
     pub timeout: Duration,
 }
 
-/// Sequential-read detection of one open file.
+/// Sequential-read detection of one open file. The kernel sends readahead
+/// reads concurrently and slightly out of order, so "sequential" means
+/// "near the furthest offset read so far".
 #[derive(Default)]
 struct ReadState {
-    next_offset: u64,
+    /// Furthest end offset read.
+    frontier: u64,
+    /// Current read-ahead window.
     window: u64,
+    /// Up to where read-ahead has been requested.
+    prefetched_to: u64,
 }
+
+/// How far from the frontier a read still counts as sequential.
+const SEQUENTIAL_SLACK: u64 = 4 * 1024 * 1024;
 
 /// Open directory listings: (name, node) per entry, stable for offsets.
 type Listing = Arc<Vec<(Bytes, Node)>>;
@@ -275,20 +284,31 @@ impl LazyFs {
             return Ok(Vec::new());
         }
         let list = self.chunk_list(digest, file_size)?;
-        // Read-ahead: a window that grows while reads are sequential.
-        let window = {
+        // Read-ahead: a window that grows while reads stay sequential.
+        let ahead = {
             let mut reads = self.reads.lock().expect("reads");
             let st = reads.entry(fh).or_default();
-            st.window = if offset == st.next_offset && offset > 0 {
+            let sequential = offset > 0
+                && offset <= st.frontier + SEQUENTIAL_SLACK
+                && end + SEQUENTIAL_SLACK >= st.frontier;
+            st.window = if sequential {
                 (st.window.max(READAHEAD_START / 2) * 2).min(READAHEAD_MAX)
             } else {
                 0
             };
-            st.next_offset = end;
-            st.window
+            st.frontier = st.frontier.max(end);
+            // Ask in big steps: only once less than half a window is left.
+            let from = st.prefetched_to.max(end);
+            let to = (end + st.window).min(file_size);
+            if st.window > 0 && from < to && from - end < st.window / 2 {
+                st.prefetched_to = to;
+                Some((from, to))
+            } else {
+                None
+            }
         };
-        if window > 0 && end < file_size {
-            let ahead: Vec<B3Digest> = Self::covering(&list, end, (end + window).min(file_size))
+        if let Some((from, to)) = ahead {
+            let ahead: Vec<B3Digest> = Self::covering(&list, from, to)
                 .into_iter()
                 .map(|(_, c)| c.digest)
                 .collect();
@@ -309,6 +329,7 @@ impl LazyFs {
             out.extend_from_slice(&data[from..to]);
         }
         crate::stats::Stats::add(&self.fetcher.stats.served_bytes, out.len() as u64);
+        crate::stats::Stats::add(&self.fetcher.stats.reads, 1);
         Ok(out)
     }
 

@@ -14,6 +14,8 @@ pub struct Stats {
     pub fetch_requests: AtomicU64,
     /// Bytes returned to readers.
     pub served_bytes: AtomicU64,
+    /// Read requests from the kernel.
+    pub reads: AtomicU64,
     /// Chunks answered from the memory cache.
     pub memory_hits: AtomicU64,
     /// Chunks answered from the disk cache.
@@ -35,6 +37,8 @@ pub struct StatsSnapshot {
     pub fetch_requests: u64,
     /// See [`Stats::served_bytes`].
     pub served_bytes: u64,
+    /// See [`Stats::reads`].
+    pub reads: u64,
     /// See [`Stats::memory_hits`].
     pub memory_hits: u64,
     /// See [`Stats::disk_hits`].
@@ -59,6 +63,7 @@ impl Stats {
             fetched_chunks: g(&self.fetched_chunks),
             fetch_requests: g(&self.fetch_requests),
             served_bytes: g(&self.served_bytes),
+            reads: g(&self.reads),
             memory_hits: g(&self.memory_hits),
             disk_hits: g(&self.disk_hits),
             corrupt_chunks: g(&self.corrupt_chunks),
