@@ -1,6 +1,7 @@
 //! The lazix content-addressed store: digests, chunking, blobs,
 //! directories, PathInfo, the Nix formats, storage backends and the
 //! ingest/render pipelines. No network servers live here.
+#![warn(missing_docs)]
 
 pub mod cache;
 pub mod chunk;

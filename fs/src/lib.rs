@@ -2,6 +2,7 @@
 //! path the server knows appears at once; file bytes are fetched chunk by
 //! chunk on first access (batched, verified by BLAKE3), cached in memory and
 //! on disk, and a program runs after fetching only the bytes it touches.
+#![warn(missing_docs)]
 
 mod fetcher;
 mod fs;
