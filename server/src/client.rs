@@ -58,6 +58,9 @@ impl GrpcStore {
         let endpoint = Endpoint::from_shared(format!("http://{rest}"))
             .map_err(|e| ConnectError::Transport(addr.to_string(), e))?
             .connect_timeout(Duration::from_secs(10))
+            // Every call is one bounded batch: a server that stops answering
+            // fails the call instead of hanging its caller.
+            .timeout(Duration::from_secs(120))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(20))
