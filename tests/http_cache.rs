@@ -380,3 +380,60 @@ fn bad_uploads_are_refused_and_leave_no_trace() {
         chunks_before
     );
 }
+
+#[test]
+fn a_read_token_guards_every_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let read_token = dir.path().join("read-token");
+    std::fs::write(&read_token, "reader-secret\n").unwrap();
+    let srv = server(
+        dir.path(),
+        &[],
+        &["--read-token-file", &read_token.display().to_string()],
+    );
+    let tree = dir.path().join("http-read-token");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("f"), b"guarded\n").unwrap();
+    let path = add_path(&tree);
+    lazix_push(&srv, &[&path]);
+    let hash = &basename_of(&path)[..32];
+    for url in [
+        format!("{}/nix-cache-info", srv.http),
+        format!("{}/{hash}.narinfo", srv.http),
+        format!("{}/{hash}.ls", srv.http),
+    ] {
+        let (status, _, head) = curl(&[&url]);
+        assert_eq!(status, 401, "{url}");
+        assert!(head.contains("www-authenticate: basic"), "{head}");
+        assert_eq!(
+            curl(&["-H", "Authorization: Bearer wrong", &url]).0,
+            401,
+            "{url}"
+        );
+        assert_eq!(
+            curl(&["-H", "Authorization: Bearer reader-secret", &url]).0,
+            200,
+            "{url}"
+        );
+        assert_eq!(curl(&["-u", "nix:reader-secret", &url]).0, 200, "{url}");
+    }
+    // The NAR itself, named by the narinfo.
+    let (_, body, _) = curl(&[
+        "-u",
+        "nix:reader-secret",
+        &format!("{}/{hash}.narinfo", srv.http),
+    ]);
+    let url = format!(
+        "{}/{}",
+        srv.http,
+        narinfo_field(&String::from_utf8(body).unwrap(), "URL")
+    );
+    assert_eq!(curl(&[&url]).0, 401);
+    let (status, nar, _) = curl(&["-u", "nix:reader-secret", &url]);
+    assert_eq!(status, 200);
+    assert!(nar == nix_dump(&path));
+}
+
+fn basename_of(p: &str) -> &str {
+    p.trim_start_matches("/nix/store/")
+}

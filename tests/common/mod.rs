@@ -73,9 +73,15 @@ impl Server {
     /// Starts a server with extra `lazix serve` arguments.
     pub fn start_with(extra: &[&str]) -> Self {
         let data = tempfile::tempdir().unwrap();
-        let (port, http_port) = (free_port(), free_port());
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let child = spawn_server(data.path(), port, http_port, &extra);
+        // A free port can be taken by another test between our probe and
+        // the server's bind: then try other ports.
+        let (child, port, http_port) = (0..5)
+            .find_map(|_| {
+                let (port, http_port) = (free_port(), free_port());
+                try_spawn_server(data.path(), port, http_port, &extra).map(|c| (c, port, http_port))
+            })
+            .expect("lazix serve did not start");
         Self {
             child,
             grpc_port: port,
@@ -122,7 +128,12 @@ impl Drop for Server {
 }
 
 fn spawn_server(data: &Path, port: u16, http_port: u16, extra: &[String]) -> Child {
-    let child = lazix()
+    try_spawn_server(data, port, http_port, extra).expect("lazix serve did not start")
+}
+
+/// Starts `lazix serve`; `None` if it exited (e.g. its port was taken).
+fn try_spawn_server(data: &Path, port: u16, http_port: u16, extra: &[String]) -> Option<Child> {
+    let mut child = lazix()
         .args(["serve", "--data"])
         .arg(data)
         .args(["--grpc", &format!("127.0.0.1:{port}")])
@@ -134,11 +145,19 @@ fn spawn_server(data: &Path, port: u16, http_port: u16, extra: &[String]) -> Chi
     let deadline = Instant::now() + Duration::from_secs(20);
     for p in [port, http_port] {
         while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
-            assert!(Instant::now() < deadline, "lazix serve did not start");
+            if child.try_wait().ok().flatten().is_some() || Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    child
+    // Answering but exited: the port belongs to someone else.
+    if child.try_wait().ok().flatten().is_some() {
+        return None;
+    }
+    Some(child)
 }
 
 /// Every regular file below `dir`.
