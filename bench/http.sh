@@ -17,6 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 LAZIX_BENCH_DEPS=1 bash scripts/install-deps.sh
 source scripts/nix-env.sh
+source bench/lib.sh
 cargo build --release --locked --bin lazix >&2
 LAZIX=$PWD/target/release/lazix
 STABLE=${STABLE:-$HOME/.rustup/toolchains/stable-x86_64-unknown-linux-gnu}
@@ -25,8 +26,6 @@ work=$(mktemp -d /var/tmp/lazix-http-bench.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done; echo "port $1 not up" >&2; exit 1; }
 
 echo "adding the closure as store paths (once)" >&2
 paths=()

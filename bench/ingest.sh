@@ -12,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 source scripts/nix-env.sh
+source bench/lib.sh
 
 STABLE=${1:-$HOME/.rustup/toolchains/stable-x86_64-unknown-linux-gnu}
 NIGHTLY=${2:-$HOME/.rustup/toolchains/nightly-x86_64-unknown-linux-gnu}
@@ -24,13 +25,12 @@ sp=$(nix store add-path --name rust-stable "$STABLE")
 np=$(nix store add-path --name rust-nightly "$NIGHTLY")
 
 work=$(mktemp -d /var/tmp/lazix-bench.XXXXXX)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 "$LAZIX" serve --data "$work/lazix" --grpc "127.0.0.1:$port" 2>"$work/serve.log" &
 server=$!
 trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
-for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+wait_port "$port"
 
-now() { date +%s.%N; }
 stored() { # apparent bytes and object count of a folder
   find "$1" -type f -printf '%s\n' | awk '{s+=$1; n++} END {printf "%d %d\n", s, n}'
 }

@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 source scripts/nix-env.sh
+source bench/lib.sh
 if [ $# -eq 0 ]; then
   set -- "$HOME/.rustup/toolchains/stable-x86_64-unknown-linux-gnu" \
          "$HOME/.rustup/toolchains/nightly-x86_64-unknown-linux-gnu"
@@ -22,11 +23,11 @@ for d in "$@"; do
 done
 
 work=$(mktemp -d /var/tmp/lazix-layouts.XXXXXX)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 "$LAZIX" serve --data "$work/data" --grpc "127.0.0.1:$port" 2>/dev/null &
 server=$!
 trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
-for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+wait_port "$port"
 
 ./target/release/lazix-bench layouts "${paths[@]}"
 "$LAZIX" push --server "grpc://127.0.0.1:$port" "${paths[@]}" 2>/dev/null

@@ -13,6 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 LAZIX_BENCH_DEPS=1 bash scripts/install-deps.sh
 source scripts/nix-env.sh
+source bench/lib.sh
 cargo build --release --locked --bin lazix >&2
 LAZIX=$PWD/target/release/lazix
 STABLE=${STABLE:-$HOME/.rustup/toolchains/stable-x86_64-unknown-linux-gnu}
@@ -29,12 +30,8 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done; exit 1; }
 wait_mount() { for _ in $(seq 200); do mountpoint -q "$1" && return; sleep 0.05; done; echo "no mount at $1" >&2; exit 1; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.3f", b-a}'; }
 
 path=$(nix store add-path --name rust-stable "$STABLE")
 name=$(basename "$path")

@@ -65,6 +65,25 @@ fn fill_misses<T>(found: Vec<Option<T>>, fetched: Vec<T>) -> StoreResult<Vec<T>>
     Ok(filled)
 }
 
+/// Looks every digest up with `get`; returns the answers (None for a miss)
+/// and the missed digests, in order.
+async fn hits_and_misses<T, F, Fut>(digests: &[B3Digest], get: F) -> (Vec<Option<T>>, Vec<B3Digest>)
+where
+    F: Fn(B3Digest) -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let mut found = Vec::with_capacity(digests.len());
+    let mut misses = Vec::new();
+    for d in digests {
+        let hit = get(*d).await;
+        if hit.is_none() {
+            misses.push(*d);
+        }
+        found.push(hit);
+    }
+    (found, misses)
+}
+
 struct CachedBlobs {
     inner: Arc<dyn BlobStore>,
     chunks: Cache<B3Digest, Chunk, DigestKeyBuildHasher>,
@@ -137,15 +156,8 @@ impl BlobStore for CachedBlobs {
     }
 
     async fn get_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<Chunk>> {
-        let mut found: Vec<Option<Chunk>> = Vec::with_capacity(digests.len());
-        let mut misses = Vec::new();
-        for d in digests {
-            let hit = self.chunks.get(d).await;
-            if hit.is_none() {
-                misses.push(*d);
-            }
-            found.push(hit);
-        }
+        let (found, misses) =
+            hits_and_misses(digests, |d| async move { self.chunks.get(&d).await }).await;
         let mut fetched = Vec::new();
         if !misses.is_empty() {
             fetched = self.inner.get_chunks(&misses).await?;
@@ -165,15 +177,10 @@ impl BlobStore for CachedBlobs {
         blobs: &[B3Digest],
     ) -> StoreResult<Vec<Option<Vec<ChunkMeta>>>> {
         // A hit is a known list; misses are asked for in one call.
-        let mut found: Vec<Option<Option<Vec<ChunkMeta>>>> = Vec::with_capacity(blobs.len());
-        let mut misses = Vec::new();
-        for d in blobs {
-            let hit = self.lists.get(d).await.map(|l| Some(l.as_ref().clone()));
-            if hit.is_none() {
-                misses.push(*d);
-            }
-            found.push(hit);
-        }
+        let (found, misses) = hits_and_misses(blobs, |d| async move {
+            self.lists.get(&d).await.map(|l| Some(l.as_ref().clone()))
+        })
+        .await;
         let mut answers = Vec::new();
         if !misses.is_empty() {
             answers = self.inner.get_blob_chunks(&misses).await?;
@@ -217,19 +224,14 @@ impl BlobStore for DecodedChunks {
     }
 
     async fn get_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<Chunk>> {
-        let mut found: Vec<Option<Chunk>> = Vec::with_capacity(digests.len());
-        let mut misses = Vec::new();
-        for d in digests {
-            let hit = self.chunks.get(d).await.map(|b| Chunk {
-                digest: *d,
+        let (found, misses) = hits_and_misses(digests, |d| async move {
+            self.chunks.get(&d).await.map(|b| Chunk {
+                digest: d,
                 size: b.len() as u64,
                 payload: ChunkPayload::Verified(b),
-            });
-            if hit.is_none() {
-                misses.push(*d);
-            }
-            found.push(hit);
-        }
+            })
+        })
+        .await;
         let mut fetched = Vec::new();
         if !misses.is_empty() {
             let raw = self.inner.get_chunks(&misses).await?;

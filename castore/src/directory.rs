@@ -130,6 +130,36 @@ impl Directory {
         })
     }
 
+    /// The entry called `name`, found by binary search in the sorted lists
+    /// (a lookup must not build and sort the whole listing).
+    pub fn entry(&self, name: &[u8]) -> Option<Node> {
+        let d = &self.0;
+        if let Ok(i) = d
+            .directories
+            .binary_search_by(|e| e.name.as_ref().cmp(name))
+        {
+            let e = &d.directories[i];
+            return Some(Node::Directory {
+                digest: B3Digest::try_from(&e.digest).expect("validated"),
+                size: e.size,
+            });
+        }
+        if let Ok(i) = d.files.binary_search_by(|e| e.name.as_ref().cmp(name)) {
+            let e = &d.files[i];
+            return Some(Node::File {
+                digest: B3Digest::try_from(&e.digest).expect("validated"),
+                size: e.size,
+                executable: e.executable,
+            });
+        }
+        d.symlinks
+            .binary_search_by(|e| e.name.as_ref().cmp(name))
+            .ok()
+            .map(|i| Node::Symlink {
+                target: d.symlinks[i].target.clone(),
+            })
+    }
+
     /// All entries merged in name order, as a NAR lists them.
     pub fn entries_sorted(&self) -> Vec<(Bytes, Node)> {
         let mut all: Vec<(Bytes, Node)> = Vec::with_capacity(
@@ -337,6 +367,11 @@ mod tests {
             "6a6cc9b5f888c09382f35be7ee77a63269339887af65f71c6ce98e6e75ea9f52"
         );
         assert_eq!(root.size(), 12);
+        // Lookups by name agree with the full listing.
+        for (name, node) in root.entries_sorted() {
+            assert_eq!(root.entry(&name), Some(node));
+        }
+        assert_eq!(root.entry(b"missing"), None);
     }
 
     #[test]

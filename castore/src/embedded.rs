@@ -145,7 +145,8 @@ impl EmbeddedStore {
         Ok(())
     }
 
-    fn read_chunk(&self, digest: &B3Digest) -> StoreResult<Option<Chunk>> {
+    /// Reads one chunk as stored (not verified), or `None`.
+    pub fn read_chunk(&self, digest: &B3Digest) -> StoreResult<Option<Chunk>> {
         let Some(data) = read_optional(&self.object_path("chunks", digest))? else {
             return Ok(None);
         };
@@ -175,11 +176,6 @@ impl EmbeddedStore {
         let path = self.object_path("chunks", digest);
         self.write_atomic(&path, &[&size.to_le_bytes(), zstd])?;
         Ok(8 + zstd.len() as u64)
-    }
-
-    /// Reads one chunk as stored (not verified), or `None`.
-    pub fn read_stored_chunk(&self, digest: &B3Digest) -> StoreResult<Option<Chunk>> {
-        self.read_chunk(digest)
     }
 
     /// Deletes a chunk (cache eviction, or a corrupt entry).
@@ -304,12 +300,12 @@ impl BlobStore for EmbeddedStore {
         let this = self.clone();
         blocking(move || {
             for chunk in chunks {
-                // Verify before anything becomes visible.
-                let raw = chunk.decode_verified()?;
                 let path = this.object_path("chunks", &chunk.digest);
                 if path.exists() {
                     continue;
                 }
+                // Verify before anything becomes visible.
+                let raw = chunk.decode_verified()?;
                 let z = match chunk.payload {
                     ChunkPayload::Zstd(z) => z,
                     ChunkPayload::Raw(_) | ChunkPayload::Verified(_) => {

@@ -118,7 +118,7 @@ impl ChunkFetcher {
             return Some(b);
         }
         let disk = self.disk.as_ref()?;
-        let chunk = disk.files.read_stored_chunk(digest).ok().flatten()?;
+        let chunk = disk.files.read_chunk(digest).ok().flatten()?;
         match chunk.decode_verified() {
             Ok(bytes) => {
                 disk.index.get(digest);

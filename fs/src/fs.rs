@@ -224,11 +224,7 @@ impl LazyFs {
             return Err(Errno::ENOTDIR);
         };
         let dir = self.directory(&digest)?;
-        dir.entries_sorted()
-            .into_iter()
-            .find(|(n, _)| n.as_ref() == name.as_bytes())
-            .map(|(_, node)| node)
-            .ok_or(Errno::ENOENT)
+        dir.entry(name.as_bytes()).ok_or(Errno::ENOENT)
     }
 
     fn chunk_list(&self, digest: &B3Digest, size: u64) -> Result<Arc<Vec<ChunkMeta>>, Errno> {

@@ -62,15 +62,11 @@ async fn blob_chunks(store: &Store, blob: B3Digest) -> Result<Vec<ChunkMeta>, St
     match list {
         Some(l) => Ok(l),
         None => {
-            let missing = store
-                .blobs
-                .missing_chunks(&[blob])
-                .await
-                .map_err(to_status)?;
-            if !missing.is_empty() {
-                return Err(Status::not_found(format!("blob {blob}")));
-            }
-            let c = store.blobs.get_chunks(&[blob]).await.map_err(to_status)?;
+            // No list: the blob is one chunk with its digest, or absent.
+            let c = store.blobs.get_chunks(&[blob]).await.map_err(|e| match e {
+                StoreError::NotFound(_) => Status::not_found(format!("blob {blob}")),
+                e => to_status(e),
+            })?;
             Ok(vec![ChunkMeta {
                 digest: blob,
                 size: c[0].size,
