@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use lazix_castore::bucket::BucketStore;
 use lazix_castore::cache::{cached, CacheConfig};
-use lazix_castore::embedded::EmbeddedStore;
 use lazix_castore::nix::signing::SecretKey;
 use lazix_castore::nix::store_path::StorePath;
 use lazix_castore::push::{push_closure, PushProgress};
@@ -85,6 +85,11 @@ struct ServeArgs {
     /// Data folder of the embedded store.
     #[arg(long, env = "LAZIX_DATA", default_value_os_t = default_data_dir())]
     data: PathBuf,
+    /// Keep the store elsewhere instead of --data: an S3-compatible bucket
+    /// `s3://BUCKET?endpoint=URL&region=REGION` (credentials from the AWS
+    /// environment variables) or `file:///DIR`.
+    #[arg(long, env = "LAZIX_STORE")]
+    store: Option<String>,
     /// Address to listen on for gRPC.
     #[arg(long, default_value = DEFAULT_GRPC)]
     grpc: SocketAddr,
@@ -232,8 +237,17 @@ fn read_token(path: &Option<PathBuf>) -> Result<Option<String>> {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
-    let backend = EmbeddedStore::open(&args.data)
-        .with_context(|| format!("opening data folder {}", args.data.display()))?;
+    let location = match &args.store {
+        Some(l) => l.clone(),
+        None => args
+            .data
+            .to_str()
+            .context("the data folder's path is not UTF-8")?
+            .to_string(),
+    };
+    let backend = BucketStore::open(&location)
+        .await
+        .with_context(|| format!("opening the store at {location}"))?;
     let store = cached(Store::from_backend(backend), CacheConfig::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -246,7 +260,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let listener = lazix_server::bind(args.grpc)
         .await
         .with_context(|| format!("listening on {}", args.grpc))?;
-    tracing::info!(grpc = %listener.local_addr()?, data = %args.data.display(), "lazix serving gRPC");
+    tracing::info!(grpc = %listener.local_addr()?, store = %location, "lazix serving gRPC");
     let grpc = tokio::spawn(lazix_server::serve_grpc(store.clone(), listener, stopped()));
 
     let http = match args.http {

@@ -17,13 +17,14 @@ use crate::chunk::{Chunk, ChunkMeta, ChunkPayload};
 use crate::digest::{B3Digest, DigestKeyBuildHasher};
 use crate::directory::Directory;
 use crate::error::StoreResult;
+use crate::frame::{decode_frames, Frame};
 use crate::pathinfo::PathInfo;
 use crate::services::{BlobChunks, BlobStore, DirectoryStore, PathInfoStore, Store};
 
 /// Cache sizes.
 #[derive(Clone, Copy, Debug)]
 pub struct CacheConfig {
-    /// Bytes of chunk payloads (as stored, compressed).
+    /// Bytes of frames (as stored, compressed).
     pub chunk_bytes: u64,
     /// Bytes of directories and chunk lists (encoded).
     pub metadata_bytes: u64,
@@ -86,7 +87,8 @@ where
 
 struct CachedBlobs {
     inner: Arc<dyn BlobStore>,
-    chunks: Cache<B3Digest, Chunk, DigestKeyBuildHasher>,
+    /// Each chunk's frame (a frame is shared by the keys of its chunks).
+    frames: Cache<B3Digest, Arc<Frame>, DigestKeyBuildHasher>,
     lists: Cache<B3Digest, Arc<Vec<ChunkMeta>>, DigestKeyBuildHasher>,
 }
 
@@ -106,9 +108,12 @@ pub fn cached(inner: Store, config: CacheConfig) -> Store {
     Store {
         blobs: Arc::new(CachedBlobs {
             inner: inner.blobs,
-            chunks: Cache::builder()
+            frames: Cache::builder()
                 .max_capacity(config.chunk_bytes)
-                .weigher(|_: &B3Digest, c: &Chunk| c.payload_len().min(u32::MAX as u64) as u32 + 64)
+                // Each chunk's key carries its share of the frame.
+                .weigher(|_: &B3Digest, f: &Arc<Frame>| {
+                    (f.data.len() / f.chunks.len().max(1)).min(u32::MAX as usize) as u32 + 64
+                })
                 .build_with_hasher(DigestKeyBuildHasher::default()),
             lists: Cache::builder()
                 .max_capacity(config.metadata_bytes / 2)
@@ -142,7 +147,7 @@ impl BlobStore for CachedBlobs {
     async fn missing_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<B3Digest>> {
         let unknown: Vec<B3Digest> = digests
             .iter()
-            .filter(|d| !self.chunks.contains_key(*d))
+            .filter(|d| !self.frames.contains_key(*d))
             .copied()
             .collect();
         if unknown.is_empty() {
@@ -151,21 +156,36 @@ impl BlobStore for CachedBlobs {
         self.inner.missing_chunks(&unknown).await
     }
 
-    async fn put_chunks(&self, chunks: Vec<Chunk>) -> StoreResult<()> {
-        self.inner.put_chunks(chunks).await
+    async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
+        self.inner.put_frames(frames).await
     }
 
-    async fn get_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<Chunk>> {
+    async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
         let (found, misses) =
-            hits_and_misses(digests, |d| async move { self.chunks.get(&d).await }).await;
+            hits_and_misses(digests, |d| async move { self.frames.get(&d).await }).await;
         let mut fetched = Vec::new();
         if !misses.is_empty() {
-            fetched = self.inner.get_chunks(&misses).await?;
-            for c in &fetched {
-                self.chunks.insert(c.digest, c.clone()).await;
+            fetched = self.inner.get_frames(&misses).await?;
+            for f in &fetched {
+                let f = Arc::new(f.clone());
+                for c in &f.chunks {
+                    self.frames.insert(c.digest, f.clone()).await;
+                }
             }
         }
-        fill_misses(found, fetched)
+        // Each frame once, in order of first request.
+        let mut hits: Vec<Arc<Frame>> = Vec::new();
+        for f in found.into_iter().flatten() {
+            if !hits.iter().any(|h| Arc::ptr_eq(h, &f)) {
+                hits.push(f);
+            }
+        }
+        let out: Vec<Frame> = hits
+            .into_iter()
+            .map(|f| f.as_ref().clone())
+            .chain(fetched)
+            .collect();
+        Ok(out)
     }
 
     async fn put_blob_chunks(&self, blobs: Vec<BlobChunks>) -> StoreResult<()> {
@@ -219,8 +239,12 @@ impl BlobStore for DecodedChunks {
         self.inner.missing_chunks(digests).await
     }
 
-    async fn put_chunks(&self, chunks: Vec<Chunk>) -> StoreResult<()> {
-        self.inner.put_chunks(chunks).await
+    async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
+        self.inner.put_frames(frames).await
+    }
+
+    async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
+        self.inner.get_frames(digests).await
     }
 
     async fn get_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<Chunk>> {
@@ -234,22 +258,13 @@ impl BlobStore for DecodedChunks {
         .await;
         let mut fetched = Vec::new();
         if !misses.is_empty() {
-            let raw = self.inner.get_chunks(&misses).await?;
-            let decoded = tokio::task::spawn_blocking(move || {
-                raw.into_iter()
-                    .map(|c| c.decode_verified().map(|b| (c.digest, b)))
-                    .collect::<StoreResult<Vec<_>>>()
-            })
-            .await
-            .map_err(|e| crate::StoreError::Io(std::io::Error::other(e)))??;
-            for (digest, bytes) in decoded {
-                self.chunks.insert(digest, bytes.clone()).await;
-                fetched.push(Chunk {
-                    digest,
-                    size: bytes.len() as u64,
-                    payload: ChunkPayload::Verified(bytes),
-                });
+            // Whole frames are decoded: their other chunks are cached too
+            // (a NAR renderer usually wants them next).
+            let decoded = decode_frames(self.inner.get_frames(&misses).await?).await?;
+            for (meta, bytes) in &decoded {
+                self.chunks.insert(meta.digest, bytes.clone()).await;
             }
+            fetched = crate::services::chunks_in_order(&misses, decoded)?;
         }
         fill_misses(found, fetched)
     }
@@ -325,7 +340,8 @@ impl PathInfoStore for CachedPathInfos {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::embedded::EmbeddedStore;
+    use crate::bucket::BucketStore;
+    use crate::testutil::frame_of;
 
     #[test]
     fn fill_misses_keeps_order_and_checks_counts() {
@@ -340,14 +356,18 @@ mod tests {
     #[tokio::test]
     async fn caches_answer_like_the_backend() {
         let dir = tempfile::tempdir().unwrap();
-        let backend = Store::from_backend(EmbeddedStore::open(dir.path()).unwrap());
+        let backend = Store::from_backend(
+            BucketStore::open(dir.path().to_str().unwrap())
+                .await
+                .unwrap(),
+        );
         let store = cached(backend.clone(), CacheConfig::default());
         let decoded = decoded_chunks(store.blobs.clone(), 1 << 20);
         let a = Chunk::from_raw(Bytes::from_static(b"chunk a"));
         let b = Chunk::from_raw(Bytes::from_static(b"chunk b"));
         store
             .blobs
-            .put_chunks(vec![a.clone(), b.clone()])
+            .put_frames(vec![frame_of(&[b"chunk a", b"chunk b"])])
             .await
             .unwrap();
         for _ in 0..2 {

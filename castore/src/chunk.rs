@@ -1,6 +1,6 @@
-//! Chunks: the unit of storage and transfer. A chunk travels and rests in
-//! an encoding (raw or zstd) and is verified by BLAKE3 of its raw bytes
-//! whenever it is decoded.
+//! Chunks: the unit of content addressing and deduplication. A chunk is
+//! verified by BLAKE3 of its raw bytes; chunks rest and travel compressed
+//! together in frames (see [`crate::frame`]).
 
 use bytes::Bytes;
 
@@ -11,7 +11,7 @@ use crate::error::StoreError;
 /// chunker's maximum is far below it).
 pub const MAX_CHUNK_SIZE: u64 = 8 * 1024 * 1024;
 
-/// zstd level for chunks at rest and in transfer: level 3 is zstd's
+/// zstd level for frames at rest and in transfer: level 3 is zstd's
 /// default balance (fast enough to compress while ingesting at disk speed).
 pub const ZSTD_LEVEL: i32 = 3;
 
@@ -22,8 +22,8 @@ thread_local! {
         std::cell::RefCell::new(zstd::bulk::Decompressor::new().expect("zstd context"));
 }
 
-/// zstd-compresses one chunk with a per-thread context (creating a
-/// context per chunk costs more than compressing a small one).
+/// zstd-compresses bytes with a per-thread context (creating a context
+/// per call costs more than compressing a small input).
 pub fn compress(raw: &[u8]) -> std::io::Result<Vec<u8>> {
     COMPRESSOR.with(|c| c.borrow_mut().compress(raw))
 }
@@ -37,10 +37,8 @@ pub fn decompress(frame: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
 /// The bytes of a chunk as stored or sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChunkPayload {
-    /// Uncompressed.
+    /// Uncompressed, not yet checked.
     Raw(Bytes),
-    /// One zstd frame.
-    Zstd(Bytes),
     /// Raw bytes this process has already checked against the digest (e.g.
     /// held in a decoded-chunk cache). Never built from received data:
     /// decoding it skips the hash.
@@ -80,29 +78,12 @@ impl Chunk {
     /// Bytes of the payload as it is (compressed or not).
     pub fn payload_len(&self) -> u64 {
         match &self.payload {
-            ChunkPayload::Raw(b) | ChunkPayload::Zstd(b) | ChunkPayload::Verified(b) => {
-                b.len() as u64
-            }
+            ChunkPayload::Raw(b) | ChunkPayload::Verified(b) => b.len() as u64,
         }
     }
 
-    /// The same chunk with a zstd payload (CPU-bound: call from a blocking
-    /// thread for large batches).
-    pub fn compressed(self) -> Result<Self, StoreError> {
-        match self.payload {
-            ChunkPayload::Zstd(_) => Ok(self),
-            ChunkPayload::Raw(data) | ChunkPayload::Verified(data) => {
-                let z = compress(&data)?;
-                Ok(Self {
-                    payload: ChunkPayload::Zstd(z.into()),
-                    ..self
-                })
-            }
-        }
-    }
-
-    /// Decodes the raw bytes and checks size and BLAKE3 against the
-    /// digest; a mismatch is [`StoreError::Corrupt`], never wrong bytes.
+    /// The raw bytes, after checking size and BLAKE3 against the digest
+    /// (unless already verified); a mismatch is [`StoreError::Corrupt`], never wrong bytes.
     pub fn decode_verified(&self) -> Result<Bytes, StoreError> {
         if self.size > MAX_CHUNK_SIZE {
             return Err(StoreError::Invalid(format!(
@@ -113,13 +94,6 @@ impl Chunk {
         let raw: Bytes = match &self.payload {
             ChunkPayload::Verified(b) => return Ok(b.clone()),
             ChunkPayload::Raw(b) => b.clone(),
-            ChunkPayload::Zstd(z) => {
-                // Capacity size+1 so a frame longer than claimed is caught.
-                let v = decompress(z, self.size as usize + 1).map_err(|e| {
-                    StoreError::Corrupt(format!("chunk {}: undecodable zstd: {e}", self.digest))
-                })?;
-                v.into()
-            }
         };
         if raw.len() as u64 != self.size {
             return Err(StoreError::Corrupt(format!(
@@ -139,29 +113,40 @@ impl Chunk {
     }
 }
 
+impl ChunkMeta {
+    /// The wire form.
+    pub fn to_proto(&self) -> lazix_proto::ext::ChunkMeta {
+        lazix_proto::ext::ChunkMeta {
+            digest: self.digest.into(),
+            size: self.size,
+        }
+    }
+
+    /// Parses the wire form (`Invalid` for a malformed digest).
+    pub fn try_from_proto(m: &lazix_proto::ext::ChunkMeta) -> Result<Self, StoreError> {
+        Ok(Self {
+            digest: B3Digest::try_from(&m.digest)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?,
+            size: m.size,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn compress_decode_and_detect_corruption() {
+    fn raw_chunks_are_verified() {
         let c = Chunk::from_raw(Bytes::from(vec![7u8; 10_000]));
-        let z = c.clone().compressed().unwrap();
-        assert!(z.payload_len() < 1000);
-        assert_eq!(z.decode_verified().unwrap(), vec![7u8; 10_000]);
-        let mut wrong = z.clone();
+        assert_eq!(c.decode_verified().unwrap(), vec![7u8; 10_000]);
+        let mut wrong = c.clone();
         wrong.digest = B3Digest::of(b"other");
         assert!(matches!(
             wrong.decode_verified(),
             Err(StoreError::Corrupt(_))
         ));
-        let mut garbage = z.clone();
-        garbage.payload = ChunkPayload::Zstd(Bytes::from_static(b"not zstd"));
-        assert!(matches!(
-            garbage.decode_verified(),
-            Err(StoreError::Corrupt(_))
-        ));
-        let mut short = z;
+        let mut short = c;
         short.size = 9_999;
         assert!(matches!(
             short.decode_verified(),

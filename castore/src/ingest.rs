@@ -2,8 +2,9 @@
 //!
 //! File contents are chunked while they stream through; chunks are hashed,
 //! deduplicated against what the store already has in batches (one
-//! `missing_chunks` call per batch, never per chunk), compressed on blocking
-//! threads and uploaded with a bounded number of batches in flight.
+//! `missing_chunks` call per batch, never per chunk), compressed into frames
+//! on blocking threads (in parallel with hashing and I/O) and uploaded with a
+//! bounded number of batches in flight; each batch becomes one pack.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -15,19 +16,20 @@ use futures::StreamExt;
 use tokio::io::AsyncRead;
 use tokio::task::JoinHandle;
 
-use crate::chunk::{Chunk, ChunkMeta};
+use crate::chunk::{Chunk, ChunkMeta, ChunkPayload};
 use crate::chunker::{Chunker, DEFAULT_PARAMS};
 use crate::digest::B3Digest;
 use crate::directory::{Directory, DirectoryBuilder};
 use crate::error::{StoreError, StoreResult};
+use crate::frame::{group_into_frames, Frame, FrameGroup, SHARED_GROUP, SMALL_FILE};
 use crate::nix::nar::{hashing_reader, read_nar, NarError, NarVisitor};
 use crate::node::Node;
 use crate::services::{BlobChunks, BlobStore, Store};
 
-/// Raw bytes gathered before a batch is checked and uploaded.
-const BATCH_BYTES: u64 = 4 * 1024 * 1024;
+/// Raw bytes gathered before a batch is checked and uploaded (one pack).
+const BATCH_BYTES: u64 = 8 * 1024 * 1024;
 /// Chunks gathered before a batch is checked and uploaded.
-const BATCH_CHUNKS: usize = 1024;
+const BATCH_CHUNKS: usize = 2048;
 /// Batches uploading at once (bounds memory to about this × BATCH_BYTES).
 const MAX_IN_FLIGHT: usize = 4;
 /// Chunk lists registered per call.
@@ -68,7 +70,7 @@ pub struct TransferStats {
     pub chunks_sent: u64,
     /// Raw bytes of those chunks.
     pub raw_bytes_sent: u64,
-    /// Payload bytes sent (compressed).
+    /// Frame bytes sent (compressed).
     pub bytes_sent: u64,
 }
 
@@ -81,8 +83,9 @@ pub struct ChunkUploader {
     blobs: Arc<dyn BlobStore>,
     known: KnownChunks,
     stats: Arc<Mutex<TransferStats>>,
-    pending: Vec<Chunk>,
+    pending: Vec<(Chunk, FrameGroup)>,
     pending_bytes: u64,
+    last_group: FrameGroup,
     pending_lists: Vec<BlobChunks>,
     in_flight: FuturesUnordered<JoinHandle<StoreResult<()>>>,
 }
@@ -101,13 +104,27 @@ impl ChunkUploader {
             stats,
             pending: Vec::new(),
             pending_bytes: 0,
+            last_group: SHARED_GROUP,
             pending_lists: Vec::new(),
             in_flight: FuturesUnordered::new(),
         }
     }
 
-    /// Queues one chunk (skipped if known stored).
-    pub async fn add_chunk(&mut self, chunk: Chunk) -> StoreResult<()> {
+    /// The frame group for the chunks of a file of `size` bytes (`None`:
+    /// unknown, treated as large): small files share frames, each large
+    /// file gets its own.
+    pub fn file_group(&mut self, size: Option<u64>) -> FrameGroup {
+        match size {
+            Some(s) if s <= SMALL_FILE => SHARED_GROUP,
+            _ => {
+                self.last_group += 1;
+                self.last_group
+            }
+        }
+    }
+
+    /// Queues one chunk of frame group `group` (skipped if known stored).
+    pub async fn add_chunk(&mut self, chunk: Chunk, group: FrameGroup) -> StoreResult<()> {
         {
             let mut s = self.stats.lock().expect("stats");
             s.chunks += 1;
@@ -117,7 +134,7 @@ impl ChunkUploader {
             return Ok(());
         }
         self.pending_bytes += chunk.size;
-        self.pending.push(chunk);
+        self.pending.push((chunk, group));
         if self.pending_bytes >= BATCH_BYTES || self.pending.len() >= BATCH_CHUNKS {
             self.send_batch().await?;
         }
@@ -142,28 +159,42 @@ impl ChunkUploader {
         let blobs = self.blobs.clone();
         let stats = self.stats.clone();
         self.in_flight.push(tokio::spawn(async move {
-            let digests: Vec<B3Digest> = batch.iter().map(|c| c.digest).collect();
+            let digests: Vec<B3Digest> = batch.iter().map(|(c, _)| c.digest).collect();
             let missing: HashSet<B3Digest> =
                 blobs.missing_chunks(&digests).await?.into_iter().collect();
-            let to_send: Vec<Chunk> = batch
+            let to_send: Vec<(ChunkMeta, Bytes, FrameGroup)> = batch
                 .into_iter()
-                .filter(|c| missing.contains(&c.digest))
+                .filter(|(c, _)| missing.contains(&c.digest))
+                .map(|(c, group)| {
+                    let meta = ChunkMeta {
+                        digest: c.digest,
+                        size: c.size,
+                    };
+                    let bytes = match c.payload {
+                        ChunkPayload::Raw(b) | ChunkPayload::Verified(b) => b,
+                    };
+                    (meta, bytes, group)
+                })
                 .collect();
             if to_send.is_empty() {
                 return Ok(());
             }
-            let compressed = tokio::task::spawn_blocking(move || {
-                to_send
-                    .into_iter()
-                    .map(Chunk::compressed)
+            let frames = tokio::task::spawn_blocking(move || {
+                group_into_frames(to_send)
+                    .iter()
+                    .map(|f| Frame::compress(f))
                     .collect::<StoreResult<Vec<_>>>()
             })
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
-            let (n, raw, sent) = compressed.iter().fold((0, 0, 0), |(n, r, s), c| {
-                (n + 1, r + c.size, s + c.payload_len())
+            let (n, raw, sent) = frames.iter().fold((0, 0, 0), |(n, r, s), f| {
+                (
+                    n + f.chunks.len() as u64,
+                    r + f.raw_size(),
+                    s + f.data.len() as u64,
+                )
             });
-            blobs.put_chunks(compressed).await?;
+            blobs.put_frames(frames).await?;
             let mut s = stats.lock().expect("stats");
             s.chunks_sent += n;
             s.raw_bytes_sent += raw;
@@ -197,13 +228,15 @@ impl ChunkUploader {
     }
 }
 
-/// Chunks one stream of contents into the uploader; returns the blob's
-/// digest and size.
+/// Chunks one stream of contents (of `size_hint` bytes, if known) into the
+/// uploader; returns the blob's digest and size.
 pub async fn ingest_contents<R: AsyncRead + Unpin + ?Sized>(
     up: &mut ChunkUploader,
     chunker: &mut Chunker,
     contents: &mut R,
+    size_hint: Option<u64>,
 ) -> StoreResult<(B3Digest, u64)> {
+    let group = up.file_group(size_hint);
     // A one-chunk blob's digest is its chunk's digest: hash the contents a
     // second time only once a second chunk shows the blob has several.
     let mut hasher: Option<blake3::Hasher> = None;
@@ -229,7 +262,7 @@ pub async fn ingest_contents<R: AsyncRead + Unpin + ?Sized>(
             digest: chunk.digest,
             size: chunk.size,
         });
-        up.add_chunk(chunk).await?;
+        up.add_chunk(chunk, group).await?;
     }
     let blob = match (hasher, metas.first()) {
         (Some(h), _) => B3Digest::from(h.finalize()),
@@ -305,7 +338,7 @@ impl NarVisitor for NarIngester<'_> {
         size: u64,
         contents: &mut (dyn AsyncRead + Unpin + Send),
     ) -> Result<(), NarError> {
-        let (digest, read) = ingest_contents(self.up, &mut self.chunker, contents)
+        let (digest, read) = ingest_contents(self.up, &mut self.chunker, contents, Some(size))
             .await
             .map_err(|e| match e {
                 StoreError::Io(io) => NarError::from(io),

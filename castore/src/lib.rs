@@ -3,13 +3,14 @@
 //! ingest/render pipelines. No network servers live here.
 #![warn(missing_docs)]
 
+pub mod bucket;
 pub mod cache;
 pub mod chunk;
 pub mod chunker;
 pub mod digest;
 pub mod directory;
-pub mod embedded;
 pub mod error;
+pub mod frame;
 pub mod ingest;
 pub mod nix;
 pub mod node;

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
-use crate::chunk::{Chunk, ChunkMeta};
+use crate::chunk::{Chunk, ChunkMeta, ChunkPayload};
 use crate::digest::B3Digest;
 use crate::directory::Directory;
-use crate::error::StoreResult;
+use crate::error::{StoreError, StoreResult};
+use crate::frame::{decode_frames, Frame};
 use crate::pathinfo::PathInfo;
 
 /// A blob made of several chunks: its digest and its chunk list in order.
@@ -33,14 +34,25 @@ pub trait BlobStore: Send + Sync {
     /// The digests among `digests` that the store lacks, in input order.
     async fn missing_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<B3Digest>>;
 
-    /// Stores chunks. Every chunk is verified (BLAKE3 of its raw bytes)
-    /// before it becomes visible; one bad chunk fails the call with
-    /// `Corrupt`/`Invalid`.
-    async fn put_chunks(&self, chunks: Vec<Chunk>) -> StoreResult<()>;
+    /// Stores chunks in frames. Every chunk is verified (BLAKE3 of its raw
+    /// bytes) before anything becomes visible; one bad chunk fails the call
+    /// with `Corrupt`/`Invalid` and stores nothing. The frames of one call
+    /// are stored together (one pack).
+    async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()>;
 
-    /// Fetches chunks in request order, in their stored encoding (the
-    /// caller decodes and verifies). `NotFound` if any is missing.
-    async fn get_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<Chunk>>;
+    /// The frames holding the requested chunks, as stored (the caller
+    /// decodes and verifies), each frame once, in order of first request.
+    /// A frame may hold neighbours that were not asked for. `NotFound` if
+    /// any chunk is missing.
+    async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>>;
+
+    /// Chunks decoded and verified, in request order: for callers that need
+    /// the bytes here (renderers). Layers with a decoded-chunk cache answer
+    /// from it.
+    async fn get_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<Chunk>> {
+        let frames = self.get_frames(digests).await?;
+        chunks_in_order(digests, decode_frames(frames).await?)
+    }
 
     /// Registers chunk lists of blobs whose chunks are all stored; checks
     /// that the chunks exist and hash together to the blob digest.
@@ -50,6 +62,31 @@ pub trait BlobStore: Send + Sync {
     /// is stored: the blob is a single chunk with its own digest, or absent.
     async fn get_blob_chunks(&self, blobs: &[B3Digest])
         -> StoreResult<Vec<Option<Vec<ChunkMeta>>>>;
+}
+
+/// Picks the requested chunks, in request order, out of decoded frames;
+/// `NotFound` for a digest no frame held.
+pub fn chunks_in_order(
+    digests: &[B3Digest],
+    decoded: Vec<(ChunkMeta, bytes::Bytes)>,
+) -> StoreResult<Vec<Chunk>> {
+    let by_digest: std::collections::HashMap<B3Digest, (ChunkMeta, bytes::Bytes)> = decoded
+        .into_iter()
+        .map(|(m, b)| (m.digest, (m, b)))
+        .collect();
+    digests
+        .iter()
+        .map(|d| {
+            let (meta, bytes) = by_digest
+                .get(d)
+                .ok_or_else(|| StoreError::NotFound(format!("chunk {d}")))?;
+            Ok(Chunk {
+                digest: *d,
+                size: meta.size,
+                payload: ChunkPayload::Verified(bytes.clone()),
+            })
+        })
+        .collect()
 }
 
 /// Directories (Merkle nodes).

@@ -13,3 +13,20 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// One frame holding chunks with the given bytes, in order.
+pub fn frame_of(chunks: &[&[u8]]) -> crate::frame::Frame {
+    let chunks: Vec<_> = chunks
+        .iter()
+        .map(|c| {
+            (
+                crate::chunk::ChunkMeta {
+                    digest: crate::B3Digest::of(c),
+                    size: c.len() as u64,
+                },
+                bytes::Bytes::copy_from_slice(c),
+            )
+        })
+        .collect();
+    crate::frame::Frame::compress(&chunks).expect("compress")
+}

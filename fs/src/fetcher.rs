@@ -1,7 +1,9 @@
 //! Chunks for the mount: a memory cache of decoded, verified chunks, in
-//! front of a disk cache with a quota (LRU, reused after a remount), in
-//! front of the server, asked in batches with a bounded timeout.
-//! Concurrent requests for one chunk cause one fetch.
+//! front of a disk cache of frames with a quota (LRU, reused after a
+//! remount), in front of the server, asked in batches with a bounded
+//! timeout. The server answers whole frames: every chunk in a received
+//! frame is cached, so neighbours read next cost nothing. Concurrent
+//! requests for one chunk cause one fetch.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,13 +11,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use lazix_castore::chunk::{Chunk, ChunkPayload};
 use lazix_castore::digest::DigestKeyBuildHasher;
-use lazix_castore::embedded::EmbeddedStore;
+use lazix_castore::frame::Frame;
 use lazix_castore::services::BlobStore;
 use lazix_castore::{B3Digest, StoreError};
 use tokio::sync::watch;
 
+use crate::disk_cache::DiskCache;
 use crate::stats::Stats;
 
 /// Why chunks could not be had. Readers see EIO.
@@ -57,35 +59,6 @@ pub struct ChunkFetcher {
     pub stats: Arc<Stats>,
 }
 
-/// The on-disk cache: chunks as the server stores them (zstd), in the
-/// embedded store's layout, with an LRU index bounded by bytes. Cheap to
-/// clone (shared index).
-#[derive(Clone)]
-struct DiskCache {
-    files: EmbeddedStore,
-    index: moka::sync::Cache<B3Digest, u64, DigestKeyBuildHasher>,
-}
-
-impl DiskCache {
-    fn open(dir: &std::path::Path, quota: u64) -> Result<Self, StoreError> {
-        let files = EmbeddedStore::open(dir)?.as_ref().clone();
-        let evict_files = files.clone();
-        let index = moka::sync::Cache::builder()
-            .max_capacity(quota)
-            .weigher(|_: &B3Digest, size: &u64| (*size).min(u32::MAX as u64) as u32)
-            .eviction_listener(move |digest: Arc<B3Digest>, _, cause| {
-                if cause.was_evicted() {
-                    let _ = evict_files.remove_chunk(&digest);
-                }
-            })
-            .build_with_hasher(DigestKeyBuildHasher::default());
-        for (digest, size) in files.stored_chunks()? {
-            index.insert(digest, size);
-        }
-        Ok(Self { files, index })
-    }
-}
-
 impl ChunkFetcher {
     /// A fetcher over `remote`, caching `memory_bytes` in memory and, with
     /// `disk`, up to its quota on disk.
@@ -118,19 +91,23 @@ impl ChunkFetcher {
             return Some(b);
         }
         let disk = self.disk.as_ref()?;
-        let chunk = disk.files.read_chunk(digest).ok().flatten()?;
-        match chunk.decode_verified() {
-            Ok(bytes) => {
-                disk.index.get(digest);
+        let (id, frame) = disk.frame_of(digest)?;
+        match frame.decode_verified() {
+            Ok(datas) => {
                 Stats::add(&self.stats.disk_hits, 1);
-                self.memory.insert(*digest, bytes.clone());
-                Some(bytes)
+                let mut wanted = None;
+                for (meta, bytes) in frame.chunks.iter().zip(datas) {
+                    if meta.digest == *digest {
+                        wanted = Some(bytes.clone());
+                    }
+                    self.memory.insert(meta.digest, bytes);
+                }
+                wanted
             }
             Err(e) => {
                 tracing::warn!(%digest, error = %e, "dropping a corrupt disk cache entry");
                 Stats::add(&self.stats.corrupt_chunks, 1);
-                disk.index.invalidate(digest);
-                let _ = disk.files.remove_chunk(digest);
+                disk.remove(&id);
                 None
             }
         }
@@ -212,84 +189,77 @@ impl ChunkFetcher {
         }
     }
 
-    /// One batched request: the chunks of `batch`, decoded and verified.
+    /// One batched request: the chunks of `batch`, decoded and verified
+    /// (with every other chunk of the frames received, cached too).
     async fn fetch_call(
         &self,
         batch: &[B3Digest],
     ) -> Result<Vec<Result<Bytes, FetchError>>, FetchError> {
-        let mut results = Vec::with_capacity(batch.len());
-        {
-            Stats::add(&self.stats.fetch_requests, 1);
-            let chunks = tokio::time::timeout(self.timeout, self.remote.get_chunks(batch))
-                .await
-                .map_err(|_| FetchError::Timeout(self.timeout))?
-                .map_err(|e| match e {
-                    StoreError::Corrupt(m) => FetchError::Store(format!("corrupt answer: {m}")),
-                    e => FetchError::Store(e.to_string()),
-                })?;
-            let payload: u64 = chunks.iter().map(Chunk::payload_len).sum();
-            Stats::add(&self.stats.fetched_bytes, payload);
-            Stats::add(&self.stats.fetched_chunks, chunks.len() as u64);
-            let decoded = tokio::task::spawn_blocking(move || {
-                chunks
+        Stats::add(&self.stats.fetch_requests, 1);
+        let frames = tokio::time::timeout(self.timeout, self.remote.get_frames(batch))
+            .await
+            .map_err(|_| FetchError::Timeout(self.timeout))?
+            .map_err(|e| match e {
+                StoreError::Corrupt(m) => FetchError::Store(format!("corrupt answer: {m}")),
+                e => FetchError::Store(e.to_string()),
+            })?;
+        let payload: u64 = frames.iter().map(|f| f.data.len() as u64).sum();
+        let chunk_count: usize = frames.iter().map(|f| f.chunks.len()).sum();
+        Stats::add(&self.stats.fetched_bytes, payload);
+        Stats::add(&self.stats.fetched_chunks, chunk_count as u64);
+        let decoded: Vec<(Frame, Result<Vec<Bytes>, StoreError>)> =
+            tokio::task::spawn_blocking(move || {
+                frames
                     .into_iter()
-                    .map(|c| {
-                        let bytes = c.decode_verified();
-                        (c, bytes)
+                    .map(|f| {
+                        let datas = f.decode_verified();
+                        (f, datas)
                     })
-                    .collect::<Vec<_>>()
+                    .collect()
             })
             .await
             .map_err(|e| FetchError::Store(e.to_string()))?;
-            let mut to_disk = Vec::new();
-            for (chunk, bytes) in decoded {
-                match bytes {
-                    Ok(b) => {
-                        self.memory.insert(chunk.digest, b.clone());
-                        to_disk.push(chunk);
-                        results.push(Ok(b));
+        let mut got: HashMap<B3Digest, Result<Bytes, FetchError>> = HashMap::new();
+        let mut to_disk = Vec::new();
+        for (frame, datas) in decoded {
+            match datas {
+                Ok(datas) => {
+                    for (meta, bytes) in frame.chunks.iter().zip(datas) {
+                        self.memory.insert(meta.digest, bytes.clone());
+                        got.insert(meta.digest, Ok(bytes));
                     }
-                    Err(e) => {
-                        tracing::error!(digest = %chunk.digest, error = %e, "chunk from the server failed verification");
-                        Stats::add(&self.stats.corrupt_chunks, 1);
-                        results.push(Err(FetchError::Corrupt(chunk.digest)));
+                    to_disk.push(frame);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "a frame from the server failed verification");
+                    Stats::add(&self.stats.corrupt_chunks, 1);
+                    for meta in &frame.chunks {
+                        got.entry(meta.digest)
+                            .or_insert(Err(FetchError::Corrupt(meta.digest)));
                     }
                 }
             }
-            // Writing the disk cache must not delay the reader: the chunks
-            // are already in memory.
-            if let Some(disk) = &self.disk {
-                let disk = disk.clone();
-                tokio::task::spawn_blocking(move || {
-                    for chunk in &to_disk {
-                        disk.store(chunk);
-                    }
-                });
-            }
         }
-        Ok(results)
-    }
-}
-
-impl DiskCache {
-    /// Writes one verified chunk (as the server sent it, zstd) and indexes it.
-    fn store(&self, chunk: &Chunk) {
-        let disk = self;
-        let written = match &chunk.payload {
-            ChunkPayload::Zstd(z) => disk
-                .files
-                .insert_verified_chunk(&chunk.digest, chunk.size, z),
-            ChunkPayload::Raw(b) | ChunkPayload::Verified(b) => lazix_castore::chunk::compress(b)
-                .map_err(StoreError::from)
-                .and_then(|z| {
-                    disk.files
-                        .insert_verified_chunk(&chunk.digest, chunk.size, &z)
-                }),
-        };
-        match written {
-            Ok(size) => disk.index.insert(chunk.digest, size),
-            Err(e) => tracing::warn!(error = %e, "cannot write the disk cache"),
+        // Writing the disk cache must not delay the reader: the chunks are
+        // already in memory.
+        if let Some(disk) = &self.disk {
+            let disk = disk.clone();
+            tokio::task::spawn_blocking(move || {
+                for frame in &to_disk {
+                    disk.store(frame);
+                }
+            });
         }
+        Ok(batch
+            .iter()
+            .map(|d| {
+                got.get(d).cloned().unwrap_or_else(|| {
+                    Err(FetchError::Store(format!(
+                        "the server's answer lacks chunk {d}"
+                    )))
+                })
+            })
+            .collect())
     }
 }
 

@@ -4,6 +4,7 @@
 //! on disk, and a program runs after fetching only the bytes it touches.
 #![warn(missing_docs)]
 
+mod disk_cache;
 mod fetcher;
 mod fs;
 mod inodes;

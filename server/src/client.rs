@@ -2,13 +2,15 @@
 //! traits as a local backend, so the CLI, the renderer and later the FUSE
 //! mount work with either.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
-use lazix_castore::chunk::{Chunk, ChunkMeta};
+use lazix_castore::chunk::ChunkMeta;
 use lazix_castore::directory::Directory;
+use lazix_castore::frame::Frame;
 use lazix_castore::services::{BlobChunks, BlobStore, DirectoryStore, PathInfoStore};
 use lazix_castore::{B3Digest, PathInfo, Store, StoreError, StoreResult};
 use lazix_proto::castore::{self as cpb, directory_service_client::DirectoryServiceClient};
@@ -16,13 +18,8 @@ use lazix_proto::ext::{self as lpb, chunk_service_client::ChunkServiceClient};
 use lazix_proto::store::{self as spb, path_info_service_client::PathInfoServiceClient};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::convert::{
-    chunk_from_proto, chunk_to_proto, from_status, group_by_size, meta_from_proto, meta_to_proto,
-};
+use crate::convert::{from_status, group_by_size, MAX_BATCH};
 use crate::MAX_MESSAGE_SIZE;
-
-/// Most digests sent in one batched request (the server's limit).
-const MAX_BATCH: usize = 16 * 1024;
 
 /// A remote store reached over gRPC. Cheap to clone (one HTTP/2
 /// connection, multiplexed).
@@ -108,11 +105,11 @@ impl BlobStore for GrpcStore {
         Ok(missing)
     }
 
-    async fn put_chunks(&self, chunks: Vec<Chunk>) -> StoreResult<()> {
-        let msgs: Vec<lpb::PutChunksRequest> = group_by_size(chunks, |c| c.payload_len())
+    async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
+        let msgs: Vec<lpb::PutChunksRequest> = group_by_size(frames, |f| f.data.len() as u64)
             .into_iter()
             .map(|g| lpb::PutChunksRequest {
-                chunks: g.into_iter().map(chunk_to_proto).collect(),
+                frames: g.iter().map(Frame::to_proto).collect(),
             })
             .collect();
         self.chunks
@@ -123,28 +120,39 @@ impl BlobStore for GrpcStore {
         Ok(())
     }
 
-    async fn get_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<Chunk>> {
-        let mut out = Vec::with_capacity(digests.len());
+    async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
+        let mut out: Vec<Frame> = Vec::new();
+        let mut covered = HashSet::new();
         for batch in digests.chunks(MAX_BATCH) {
+            let wanted: Vec<B3Digest> = batch
+                .iter()
+                .filter(|d| !covered.contains(*d))
+                .copied()
+                .collect();
+            if wanted.is_empty() {
+                continue;
+            }
             let mut stream = self
                 .chunks
                 .clone()
                 .read_chunks(lpb::ReadChunksRequest {
-                    digests: batch.iter().map(|d| (*d).into()).collect(),
+                    digests: wanted.iter().map(|d| (*d).into()).collect(),
                 })
                 .await
                 .map_err(from_status)?
                 .into_inner();
             while let Some(msg) = stream.message().await.map_err(from_status)? {
-                for c in msg.chunks {
-                    out.push(chunk_from_proto(c)?);
+                for f in msg.frames {
+                    let frame = Frame::try_from_proto(f)?;
+                    covered.extend(frame.chunks.iter().map(|c| c.digest));
+                    out.push(frame);
                 }
             }
         }
-        if out.len() != digests.len() || out.iter().zip(digests).any(|(c, d)| c.digest != *d) {
-            return Err(StoreError::Corrupt(
-                "server answered other chunks than asked for".into(),
-            ));
+        if let Some(d) = digests.iter().find(|d| !covered.contains(*d)) {
+            return Err(StoreError::Corrupt(format!(
+                "server answered frames without chunk {d}"
+            )));
         }
         Ok(out)
     }
@@ -158,7 +166,7 @@ impl BlobStore for GrpcStore {
                         .iter()
                         .map(|b| lpb::BlobChunks {
                             blob_digest: b.blob.into(),
-                            chunks: b.chunks.iter().map(meta_to_proto).collect(),
+                            chunks: b.chunks.iter().map(ChunkMeta::to_proto).collect(),
                         })
                         .collect(),
                 })
@@ -191,7 +199,7 @@ impl BlobStore for GrpcStore {
                     Some(
                         a.chunks
                             .iter()
-                            .map(meta_from_proto)
+                            .map(ChunkMeta::try_from_proto)
                             .collect::<StoreResult<Vec<_>>>()?,
                     )
                 } else {

@@ -2,6 +2,7 @@
 //! directory and PathInfo services, plus the batched `lazix.v1` chunk
 //! service.
 
+use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
@@ -9,6 +10,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use lazix_castore::chunk::ChunkMeta;
 use lazix_castore::chunker::{Chunker, DEFAULT_PARAMS};
 use lazix_castore::directory::Directory;
+use lazix_castore::frame::Frame;
 use lazix_castore::ingest::{ingest_contents, ChunkUploader, KnownChunks, TransferStats};
 use lazix_castore::services::BlobChunks;
 use lazix_castore::{B3Digest, Node, PathInfo, Store, StoreError};
@@ -18,15 +20,12 @@ use lazix_proto::store::{self as spb, path_info_service_server};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::convert::{
-    chunk_from_proto, chunk_to_proto, digest, group_by_size, meta_from_proto, meta_to_proto,
-    to_status,
-};
+use crate::convert::{digest, group_by_size, to_status, MAX_BATCH};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// Most digests accepted in one batched request.
-const MAX_BATCH: usize = 16 * 1024;
+/// Frame bytes of one PutChunks call stored as one pack at most.
+const PACK_LIMIT: u64 = 64 * 1024 * 1024;
 
 /// Implements every service over one store.
 #[derive(Clone)]
@@ -63,14 +62,17 @@ async fn blob_chunks(store: &Store, blob: B3Digest) -> Result<Vec<ChunkMeta>, St
         Some(l) => Ok(l),
         None => {
             // No list: the blob is one chunk with its digest, or absent.
-            let c = store.blobs.get_chunks(&[blob]).await.map_err(|e| match e {
+            // Its frame's chunk list knows its size: nothing to decompress.
+            let frames = store.blobs.get_frames(&[blob]).await.map_err(|e| match e {
                 StoreError::NotFound(_) => Status::not_found(format!("blob {blob}")),
                 e => to_status(e),
             })?;
-            Ok(vec![ChunkMeta {
-                digest: blob,
-                size: c[0].size,
-            }])
+            frames
+                .iter()
+                .flat_map(|f| f.chunks.iter())
+                .find(|c| c.digest == blob)
+                .map(|c| vec![*c])
+                .ok_or_else(|| Status::data_loss(format!("blob {blob}: frame lacks it")))
         }
     }
 }
@@ -116,13 +118,9 @@ impl blob_service_server::BlobService for StoreService {
                 let ds: Vec<B3Digest> = group.iter().map(|c| c.digest).collect();
                 let res = async {
                     let got = store.blobs.get_chunks(&ds).await?;
-                    tokio::task::spawn_blocking(move || {
-                        got.iter()
-                            .map(|c| c.decode_verified())
-                            .collect::<Result<Vec<_>, StoreError>>()
-                    })
-                    .await
-                    .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+                    got.iter()
+                        .map(|c| c.decode_verified())
+                        .collect::<Result<Vec<_>, StoreError>>()
                 }
                 .await;
                 match res {
@@ -158,7 +156,7 @@ impl blob_service_server::BlobService for StoreService {
             Arc::new(Mutex::new(TransferStats::default())),
         );
         let mut chunker = Chunker::new(DEFAULT_PARAMS);
-        let (blob, _) = ingest_contents(&mut up, &mut chunker, &mut reader)
+        let (blob, _) = ingest_contents(&mut up, &mut chunker, &mut reader, None)
             .await
             .map_err(to_status)?;
         up.flush().await.map_err(to_status)?;
@@ -321,23 +319,35 @@ impl chunk_service_server::ChunkService for StoreService {
         &self,
         req: Request<Streaming<lpb::PutChunksRequest>>,
     ) -> Result<Response<lpb::PutChunksResponse>, Status> {
+        // The frames of one call become one pack (split only when a call
+        // sends more than PACK_LIMIT bytes).
         let mut stream = req.into_inner();
         let (mut n, mut bytes) = (0u64, 0u64);
+        let mut pending: Vec<Frame> = Vec::new();
+        let mut pending_bytes = 0u64;
         while let Some(msg) = stream.message().await? {
-            let chunks = msg
-                .chunks
-                .into_iter()
-                .map(chunk_from_proto)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(to_status)?;
-            n += chunks.len() as u64;
-            bytes += chunks.iter().map(|c| c.payload_len()).sum::<u64>();
-            self.store
-                .blobs
-                .put_chunks(chunks)
-                .await
-                .map_err(to_status)?;
+            for f in msg.frames {
+                let frame = Frame::try_from_proto(f).map_err(to_status)?;
+                n += frame.chunks.len() as u64;
+                bytes += frame.data.len() as u64;
+                pending_bytes += frame.data.len() as u64;
+                pending.push(frame);
+            }
+            if pending_bytes >= PACK_LIMIT {
+                pending_bytes = 0;
+                let frames = std::mem::take(&mut pending);
+                self.store
+                    .blobs
+                    .put_frames(frames)
+                    .await
+                    .map_err(to_status)?;
+            }
         }
+        self.store
+            .blobs
+            .put_frames(pending)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(lpb::PutChunksResponse {
             chunks_received: n,
             bytes_received: bytes,
@@ -354,13 +364,28 @@ impl chunk_service_server::ChunkService for StoreService {
         let store = self.store.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         tokio::spawn(async move {
-            // Fetch in slices so the first message leaves early.
+            // Fetch in slices so the first message leaves early; a frame
+            // already sent covers its chunks for later slices.
+            let mut covered = HashSet::new();
             for slice in ds.chunks(64) {
-                match store.blobs.get_chunks(slice).await {
-                    Ok(chunks) => {
-                        for group in group_by_size(chunks, |c| c.payload_len()) {
+                let wanted: Vec<B3Digest> = slice
+                    .iter()
+                    .filter(|d| !covered.contains(*d))
+                    .copied()
+                    .collect();
+                if wanted.is_empty() {
+                    continue;
+                }
+                match store.blobs.get_frames(&wanted).await {
+                    Ok(frames) => {
+                        covered.extend(
+                            frames
+                                .iter()
+                                .flat_map(|f| f.chunks.iter().map(|c| c.digest)),
+                        );
+                        for group in group_by_size(frames, |f| f.data.len() as u64) {
                             let msg = lpb::ReadChunksResponse {
-                                chunks: group.into_iter().map(chunk_to_proto).collect(),
+                                frames: group.iter().map(Frame::to_proto).collect(),
                             };
                             if tx.send(Ok(msg)).await.is_err() {
                                 return;
@@ -392,7 +417,7 @@ impl chunk_service_server::ChunkService for StoreService {
                     chunks: b
                         .chunks
                         .iter()
-                        .map(meta_from_proto)
+                        .map(ChunkMeta::try_from_proto)
                         .collect::<Result<_, _>>()?,
                 })
             })
@@ -423,7 +448,7 @@ impl chunk_service_server::ChunkService for StoreService {
                 .map(|l| match l {
                     Some(chunks) => lpb::BlobChunksAnswer {
                         known: true,
-                        chunks: chunks.iter().map(meta_to_proto).collect(),
+                        chunks: chunks.iter().map(ChunkMeta::to_proto).collect(),
                     },
                     None => lpb::BlobChunksAnswer {
                         known: false,

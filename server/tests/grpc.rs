@@ -2,11 +2,13 @@
 //! real clients: our `GrpcStore` and the generated snix-protocol clients.
 
 use bytes::Bytes;
-use lazix_castore::chunk::{Chunk, ChunkMeta, ChunkPayload};
+use lazix_castore::bucket::BucketStore;
+use lazix_castore::chunk::ChunkMeta;
 use lazix_castore::directory::{Directory, DirectoryBuilder};
-use lazix_castore::embedded::EmbeddedStore;
+use lazix_castore::frame::Frame;
 use lazix_castore::nix::store_path::StorePath;
 use lazix_castore::services::BlobChunks;
+use lazix_castore::testutil::frame_of;
 use lazix_castore::{B3Digest, Node, PathInfo, Store, StoreError};
 use lazix_proto::castore as cpb;
 use lazix_proto::castore::blob_service_client::BlobServiceClient;
@@ -31,7 +33,11 @@ impl Drop for TestServer {
 
 async fn start() -> TestServer {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::from_backend(EmbeddedStore::open(dir.path()).unwrap());
+    let store = Store::from_backend(
+        BucketStore::open(dir.path().to_str().unwrap())
+            .await
+            .unwrap(),
+    );
     let listener = lazix_server::bind("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -57,22 +63,17 @@ use lazix_castore::testutil::pseudo_random as random;
 async fn batched_chunks_roundtrip_and_reject_bad_chunks() {
     let srv = start().await;
     let store = GrpcStore::connect(&srv.addr).unwrap().into_store();
-    let a = Chunk::from_raw(Bytes::from(random(100_000, 1)));
-    let b = Chunk::from_raw(Bytes::from(vec![5u8; 70_000]))
-        .compressed()
-        .unwrap();
-    assert!(matches!(b.payload, ChunkPayload::Zstd(_)));
+    let a_bytes = random(100_000, 1);
+    let b_bytes = vec![5u8; 70_000];
+    let (fa, fb) = (frame_of(&[&a_bytes]), frame_of(&[&b_bytes]));
+    let (a, b) = (fa.chunks[0], fb.chunks[0]);
     let missing = store
         .blobs
         .missing_chunks(&[a.digest, b.digest])
         .await
         .unwrap();
     assert_eq!(missing, vec![a.digest, b.digest]);
-    store
-        .blobs
-        .put_chunks(vec![a.clone(), b.clone()])
-        .await
-        .unwrap();
+    store.blobs.put_frames(vec![fa, fb]).await.unwrap();
     assert!(store
         .blobs
         .missing_chunks(&[a.digest, b.digest])
@@ -84,14 +85,28 @@ async fn batched_chunks_roundtrip_and_reject_bad_chunks() {
     assert_eq!(got[0].decode_verified().unwrap(), vec![5u8; 70_000]);
     assert_eq!(got[1].decode_verified().unwrap(), random(100_000, 1));
 
-    // A chunk whose bytes do not match its digest is refused and not stored.
-    let mut bad = Chunk::from_raw(Bytes::from_static(b"honest bytes"));
-    bad.payload = ChunkPayload::Raw(Bytes::from_static(b"forged bytes"));
-    let err = store.blobs.put_chunks(vec![bad.clone()]).await.unwrap_err();
+    // A chunk whose bytes do not match its digest is refused and nothing
+    // of its call is stored (not even the honest frame beside it).
+    let bad = ChunkMeta {
+        digest: B3Digest::of(b"honest bytes"),
+        size: 12,
+    };
+    let forged = Frame::compress(&[(bad, Bytes::from_static(b"forged bytes"))]).unwrap();
+    let honest = frame_of(&[b"an honest neighbour"]);
+    let neighbour = honest.chunks[0].digest;
+    let err = store
+        .blobs
+        .put_frames(vec![honest, forged])
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
     assert_eq!(
-        store.blobs.missing_chunks(&[bad.digest]).await.unwrap(),
-        vec![bad.digest]
+        store
+            .blobs
+            .missing_chunks(&[bad.digest, neighbour])
+            .await
+            .unwrap(),
+        vec![bad.digest, neighbour]
     );
     let err = store.blobs.get_chunks(&[bad.digest]).await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err}");
@@ -99,16 +114,7 @@ async fn batched_chunks_roundtrip_and_reject_bad_chunks() {
     // A chunk list whose chunks do not hash to the blob digest is refused.
     let lie = BlobChunks {
         blob: B3Digest::of(b"something else"),
-        chunks: vec![
-            ChunkMeta {
-                digest: a.digest,
-                size: a.size,
-            },
-            ChunkMeta {
-                digest: b.digest,
-                size: b.size,
-            },
-        ],
+        chunks: vec![a, b],
     };
     assert!(store
         .blobs

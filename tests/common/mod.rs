@@ -115,9 +115,31 @@ impl Server {
         );
     }
 
-    /// Files under one kind of object folder (chunks, directories, …).
-    pub fn count_objects(&self, kind: &str) -> usize {
-        walk_files(&self.data.path().join(kind)).len()
+    /// Flips a byte in every stored frame whose decompressed bytes
+    /// satisfy `hit`; returns how many were damaged.
+    pub fn corrupt_frames(&self, hit: impl Fn(&[u8]) -> bool) -> usize {
+        use prost::Message;
+        let mut damaged = 0;
+        for idx in walk_files(&self.data.path().join("packs")) {
+            if idx.extension().is_none_or(|x| x != "idx") {
+                continue;
+            }
+            let index =
+                lazix_proto::ext::PackIndex::decode(std::fs::read(&idx).unwrap().as_slice())
+                    .unwrap();
+            let pack = idx.with_extension("pack");
+            let mut data = std::fs::read(&pack).unwrap();
+            for f in &index.frames {
+                let range = f.offset as usize..(f.offset + f.length) as usize;
+                let raw = lazix_castore::chunk::decompress(&data[range.clone()], 32 << 20).unwrap();
+                if hit(&raw) {
+                    data[range.start + range.len() / 2] ^= 0x5a;
+                    damaged += 1;
+                }
+            }
+            std::fs::write(&pack, data).unwrap();
+        }
+        damaged
     }
 }
 

@@ -1,13 +1,15 @@
-//! NAR ingest into the embedded store: round trips, malformed input that
-//! leaves nothing visible, corruption detected on read, crash leftovers
-//! cleaned.
+//! NAR ingest into the embedded store (packs in a local folder): round
+//! trips, malformed input that leaves nothing visible, corruption detected
+//! on read, what a killed writer leaves behind is invisible.
 
 use std::sync::{Arc, Mutex};
 
-use lazix_castore::embedded::EmbeddedStore;
+use lazix_castore::bucket::BucketStore;
 use lazix_castore::ingest::{ingest_nar, ChunkUploader, IngestError, KnownChunks, TransferStats};
 use lazix_castore::nix::nar::NarEncoder;
 use lazix_castore::render::render_nar;
+use lazix_castore::services::BlobStore;
+use lazix_castore::testutil::frame_of;
 use lazix_castore::{Node, Store, StoreError};
 
 use lazix_castore::testutil::pseudo_random as random;
@@ -38,9 +40,13 @@ fn sample_nar(big: &[u8]) -> Vec<u8> {
     e.take()
 }
 
-fn open() -> (tempfile::TempDir, Arc<EmbeddedStore>, Store) {
+async fn open_at(dir: &std::path::Path) -> Arc<BucketStore> {
+    BucketStore::open(dir.to_str().unwrap()).await.unwrap()
+}
+
+async fn open() -> (tempfile::TempDir, Arc<BucketStore>, Store) {
     let dir = tempfile::tempdir().unwrap();
-    let backend = EmbeddedStore::open(dir.path()).unwrap();
+    let backend = open_at(dir.path()).await;
     let store = Store::from_backend(backend.clone());
     (dir, backend, store)
 }
@@ -62,7 +68,10 @@ fn count(dir: &std::path::Path) -> usize {
     let mut n = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(d).unwrap().flatten() {
+        let Ok(entries) = std::fs::read_dir(d) else {
+            continue;
+        };
+        for e in entries.flatten() {
             if e.file_type().unwrap().is_dir() {
                 stack.push(e.path());
             } else {
@@ -75,7 +84,7 @@ fn count(dir: &std::path::Path) -> usize {
 
 #[tokio::test]
 async fn roundtrip_is_byte_identical() {
-    let (_d, _b, store) = open();
+    let (_d, _b, store) = open().await;
     let nar = sample_nar(&random(2_000_000, 5));
     let node = ingest(&store, &nar).await.unwrap();
     let mut out = Vec::new();
@@ -86,7 +95,7 @@ async fn roundtrip_is_byte_identical() {
 
 #[tokio::test]
 async fn malformed_nars_are_rejected_and_store_no_directories_or_paths() {
-    let (dir, _b, store) = open();
+    let (dir, _b, store) = open().await;
     let nar = sample_nar(&random(600_000, 9));
     let mut cases: Vec<(&str, Vec<u8>)> = vec![
         ("truncated in a file", nar[..nar.len() / 2].to_vec()),
@@ -136,56 +145,101 @@ async fn malformed_nars_are_rejected_and_store_no_directories_or_paths() {
 
 #[tokio::test]
 async fn corrupt_chunk_on_disk_is_detected_not_served() {
-    let (dir, _b, store) = open();
+    let (dir, _b, store) = open().await;
     let nar = sample_nar(&random(700_000, 11));
     let node = ingest(&store, &nar).await.unwrap();
-    // Flip bytes in every stored chunk's payload.
-    let mut stack = vec![dir.path().join("chunks")];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(d).unwrap().flatten() {
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else {
-                let mut data = std::fs::read(e.path()).unwrap();
-                let last = data.len() - 1;
-                data[last] ^= 0x55;
-                std::fs::write(e.path(), data).unwrap();
-            }
+    // Flip a byte in the middle of every stored pack.
+    let mut packs = 0;
+    for e in std::fs::read_dir(dir.path().join("packs"))
+        .unwrap()
+        .flatten()
+    {
+        if e.path().extension().is_some_and(|x| x == "pack") {
+            let mut data = std::fs::read(e.path()).unwrap();
+            let mid = data.len() / 2;
+            data[mid] ^= 0x55;
+            std::fs::write(e.path(), data).unwrap();
+            packs += 1;
         }
     }
+    assert!(packs > 0);
     let mut out = Vec::new();
     let err = render_nar(&store, &node, &mut out).await.unwrap_err();
     assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
 }
 
 #[tokio::test]
-async fn leftover_temp_files_are_removed_on_open() {
+async fn what_a_killed_writer_leaves_is_invisible() {
     let dir = tempfile::tempdir().unwrap();
-    drop(EmbeddedStore::open(dir.path()).unwrap());
-    let leftover = dir.path().join("chunks/ab/.tmp-HALF");
-    std::fs::write(&leftover, b"half-written").unwrap();
-    // As if left by a process killed a while ago.
-    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
-    std::fs::File::options()
-        .write(true)
-        .open(&leftover)
+    let store = open_at(dir.path()).await;
+    let kept = frame_of(&[b"a chunk that was stored"]);
+    store.put_frames(vec![kept.clone()]).await.unwrap();
+    let packs = dir.path().join("packs");
+
+    // Killed after the pack, before its index: the pack file is complete
+    // but has no index.
+    let orphan = frame_of(&[b"pack without index"]);
+    std::fs::write(
+        packs.join(format!("{}.pack", "11".repeat(32))),
+        &orphan.data,
+    )
+    .unwrap();
+    // Killed while writing an index: only a staging file exists.
+    let staged = frame_of(&[b"half-written index"]);
+    std::fs::write(
+        packs.join(format!("{}.pack", "22".repeat(32))),
+        &staged.data,
+    )
+    .unwrap();
+    std::fs::write(
+        packs.join(format!("{}.idx#7", "22".repeat(32))),
+        b"
+half",
+    )
+    .unwrap();
+    // An index that is damaged.
+    let damaged = frame_of(&[b"damaged index"]);
+    std::fs::write(
+        packs.join(format!("{}.pack", "33".repeat(32))),
+        &damaged.data,
+    )
+    .unwrap();
+    std::fs::write(
+        packs.join(format!("{}.idx", "33".repeat(32))),
+        b"\xff\xff\xff",
+    )
+    .unwrap();
+
+    // A reopened store (and the store that was running) sees none of them,
+    // and still has everything that completed.
+    let reopened = open_at(dir.path()).await;
+    for s in [&store, &reopened] {
+        s.refresh().await.unwrap();
+        let digests = [
+            orphan.chunks[0].digest,
+            staged.chunks[0].digest,
+            damaged.chunks[0].digest,
+            kept.chunks[0].digest,
+        ];
+        assert_eq!(
+            s.missing_chunks(&digests).await.unwrap(),
+            digests[..3].to_vec()
+        );
+        let got = s.get_chunks(&[kept.chunks[0].digest]).await.unwrap();
+        assert_eq!(
+            got[0].decode_verified().unwrap(),
+            bytes_of(b"a chunk that was stored")
+        );
+        assert!(matches!(
+            s.get_frames(&[orphan.chunks[0].digest]).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+    // A writer completing those chunks later stores them normally.
+    reopened.put_frames(vec![orphan.clone()]).await.unwrap();
+    assert!(reopened
+        .missing_chunks(&[orphan.chunks[0].digest])
+        .await
         .unwrap()
-        .set_modified(old)
-        .unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
-    // Writes right after opening are not mistaken for leftovers.
-    let s = Store::from_backend(store.clone());
-    let fresh = lazix_castore::chunk::Chunk::from_raw(bytes_of(b"written after open"));
-    for _ in 0..50 {
-        s.blobs.put_chunks(vec![fresh.clone()]).await.unwrap();
-    }
-    // A temp file is never an object.
-    let d = lazix_castore::B3Digest::of(b"half-written");
-    assert_eq!(s.blobs.missing_chunks(&[d]).await.unwrap(), vec![d]);
-    // The sweep removes it in the background.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while leftover.exists() {
-        assert!(std::time::Instant::now() < deadline, "temp file not swept");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+        .is_empty());
 }

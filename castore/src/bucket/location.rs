@@ -1,0 +1,50 @@
+//! Where a store lives: a local folder (the embedded default) or an
+//! S3-compatible bucket, both reached through `object_store`.
+
+use std::sync::Arc;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::ObjectStore;
+
+use crate::error::{StoreError, StoreResult};
+
+/// Opens the object store named by `location`:
+/// - `s3://BUCKET?endpoint=URL&region=REGION` — an S3-compatible bucket;
+///   credentials come from the usual AWS environment variables
+///   (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, …);
+/// - `file:///DIR` or a plain path — a local folder, created if needed.
+pub fn open_object_store(location: &str) -> StoreResult<Arc<dyn ObjectStore>> {
+    if let Some(rest) = location.strip_prefix("s3://") {
+        let (bucket, query) = rest.split_once('?').unwrap_or((rest, ""));
+        if bucket.is_empty() || bucket.contains('/') {
+            return Err(StoreError::Invalid(format!(
+                "{location}: expected s3://BUCKET?endpoint=…&region=…"
+            )));
+        }
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            builder = match key {
+                "endpoint" => builder
+                    .with_endpoint(value)
+                    .with_allow_http(value.starts_with("http://")),
+                "region" => builder.with_region(value),
+                _ => {
+                    return Err(StoreError::Invalid(format!(
+                        "{location}: unknown option {key:?} (known: endpoint, region)"
+                    )))
+                }
+            };
+        }
+        let s3 = builder
+            .build()
+            .map_err(|e| StoreError::Invalid(format!("{location}: {e}")))?;
+        return Ok(Arc::new(s3));
+    }
+    let dir = location.strip_prefix("file://").unwrap_or(location);
+    std::fs::create_dir_all(dir)?;
+    let local = LocalFileSystem::new_with_prefix(dir)
+        .map_err(|e| StoreError::Invalid(format!("{location}: {e}")))?;
+    Ok(Arc::new(local))
+}

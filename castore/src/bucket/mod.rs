@@ -1,0 +1,553 @@
+//! The object-store backend: one implementation of the store for a local
+//! folder (the embedded default) and for S3-compatible buckets, so both use
+//! one layout and one code path.
+//!
+//! Key layout (every object is written whole and becomes visible only when
+//! complete: a staged file renamed into place locally, a single PUT on S3):
+//! - `packs/<id>.pack`: zstd frames back to back (see [`crate::frame`]),
+//!   `<id>` the BLAKE3 hex of the pack's bytes;
+//! - `packs/<id>.idx`: protobuf `lazix.v1.PackIndex` (offset, length and
+//!   chunk list of every frame). Written after its pack: a pack without an
+//!   index is invisible, so a killed writer leaves nothing that reads as
+//!   valid;
+//! - `blobs/<2 hex>/<64 hex>`: chunk list of a multi-chunk blob (protobuf
+//!   `lazix.v1.BlobChunks`);
+//! - `directories/<2 hex>/<64 hex>`: protobuf `snix.castore.v1.Directory`;
+//! - `pathinfo/<nixbase32 hash part>`: protobuf `snix.store.v1.PathInfo`.
+//!
+//! The pack indexes are loaded into memory at open; a lookup that misses
+//! re-lists `packs/` (at most every [`REFRESH_INTERVAL`]) so packs written
+//! by another replica become readable.
+
+mod location;
+mod packs;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::{self, BoxStream};
+use futures::{StreamExt, TryStreamExt};
+use lazix_proto::{ext as lpb, store as spb};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, PutPayload};
+use prost::Message;
+
+use crate::chunk::ChunkMeta;
+use crate::digest::B3Digest;
+use crate::directory::{validate_closure, Directory};
+use crate::error::{StoreError, StoreResult};
+use crate::frame::Frame;
+use crate::nix::nixbase32;
+use crate::node::Node;
+use crate::pathinfo::PathInfo;
+use crate::services::{BlobChunks, BlobStore, DirectoryStore, PathInfoStore};
+
+pub use location::open_object_store;
+use packs::{decode_index, FrameLocation, NewPack, PackTable};
+
+/// Objects read or written at once by one call.
+const CONCURRENCY: usize = 16;
+/// Shortest time between two re-listings of `packs/` caused by misses.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(2);
+/// Chunks hashed per step when checking a blob's chunk list (bounds memory).
+const VERIFY_WINDOW: usize = 64;
+
+/// A store in an object store (local folder or bucket). Share it behind an
+/// `Arc`.
+pub struct BucketStore {
+    objects: Arc<dyn ObjectStore>,
+    table: RwLock<PackTable>,
+    last_refresh: Mutex<Option<Instant>>,
+}
+
+fn object_err(e: object_store::Error) -> StoreError {
+    match e {
+        object_store::Error::NotFound { .. } => StoreError::NotFound(e.to_string()),
+        e => StoreError::Io(std::io::Error::other(e)),
+    }
+}
+
+fn sharded(kind: &str, digest: &B3Digest) -> ObjectPath {
+    let hex = digest.to_hex();
+    ObjectPath::from(format!("{kind}/{}/{hex}", &hex[..2]))
+}
+
+fn pack_path(id: &str) -> ObjectPath {
+    ObjectPath::from(format!("packs/{id}.pack"))
+}
+
+fn index_path(id: &str) -> ObjectPath {
+    ObjectPath::from(format!("packs/{id}.idx"))
+}
+
+fn path_info_path(digest: &[u8; 20]) -> ObjectPath {
+    ObjectPath::from(format!("pathinfo/{}", nixbase32::encode(digest)))
+}
+
+impl BucketStore {
+    /// Opens the store at `location` (see [`open_object_store`]) and loads
+    /// its pack indexes. Fails with a clear error when the location cannot
+    /// be read (wrong credentials, no such bucket).
+    pub async fn open(location: &str) -> StoreResult<Arc<Self>> {
+        let objects = open_object_store(location)?;
+        Self::with_objects(objects).await.map_err(|e| match e {
+            StoreError::Io(io) => StoreError::Unavailable(format!("{location}: {io}")),
+            e => e,
+        })
+    }
+
+    /// A store over an already opened object store.
+    pub async fn with_objects(objects: Arc<dyn ObjectStore>) -> StoreResult<Arc<Self>> {
+        let store = Arc::new(Self {
+            objects,
+            table: RwLock::new(PackTable::default()),
+            last_refresh: Mutex::new(None),
+        });
+        store.refresh().await?;
+        Ok(store)
+    }
+
+    /// The object store underneath (for tools and tests).
+    pub fn objects(&self) -> &Arc<dyn ObjectStore> {
+        &self.objects
+    }
+
+    /// Loads the index of every pack not yet known. An index that does not
+    /// parse is logged and its pack stays invisible.
+    pub async fn refresh(&self) -> StoreResult<()> {
+        *self.last_refresh.lock().expect("refresh clock") = Some(Instant::now());
+        let listed: Vec<object_store::ObjectMeta> = self
+            .objects
+            .list(Some(&ObjectPath::from("packs")))
+            .try_collect()
+            .await
+            .map_err(object_err)?;
+        let new_ids: Vec<String> = {
+            let table = self.table.read().expect("pack table");
+            listed
+                .iter()
+                .filter_map(|m| {
+                    m.location
+                        .filename()?
+                        .strip_suffix(".idx")
+                        .map(String::from)
+                })
+                .filter(|id| !table.has_pack(id))
+                .collect()
+        };
+        let loaded: Vec<(String, StoreResult<lpb::PackIndex>)> = stream::iter(new_ids)
+            .map(|id| async move {
+                let got = self.get_optional(&index_path(&id)).await;
+                let parsed = match got {
+                    Ok(Some(data)) => decode_index(&id, &data),
+                    Ok(None) => Err(StoreError::NotFound(format!("pack index {id}"))),
+                    Err(e) => Err(e),
+                };
+                (id, parsed)
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        let mut table = self.table.write().expect("pack table");
+        for (id, parsed) in loaded {
+            match parsed.and_then(|index| table.add_pack(&id, &index)) {
+                Ok(()) => {}
+                Err(StoreError::Io(e)) => return Err(StoreError::Io(e)),
+                Err(e) => tracing::error!(pack = %id, error = %e, "pack left invisible"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-lists packs if the last listing is older than
+    /// [`REFRESH_INTERVAL`]; returns whether it did.
+    async fn refresh_if_due(&self) -> StoreResult<bool> {
+        let due = self
+            .last_refresh
+            .lock()
+            .expect("refresh clock")
+            .is_none_or(|t| t.elapsed() >= REFRESH_INTERVAL);
+        if due {
+            self.refresh().await?;
+        }
+        Ok(due)
+    }
+
+    /// Chunks in the pack index.
+    pub fn chunk_count(&self) -> usize {
+        self.table.read().expect("pack table").chunk_count()
+    }
+
+    async fn get_optional(&self, path: &ObjectPath) -> StoreResult<Option<Bytes>> {
+        match self.objects.get(path).await {
+            Ok(r) => Ok(Some(r.bytes().await.map_err(object_err)?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(object_err(e)),
+        }
+    }
+
+    async fn exists(&self, path: &ObjectPath) -> StoreResult<bool> {
+        match self.objects.head(path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(object_err(e)),
+        }
+    }
+
+    async fn put(&self, path: &ObjectPath, data: Bytes) -> StoreResult<()> {
+        self.objects
+            .put(path, PutPayload::from(data))
+            .await
+            .map_err(object_err)?;
+        Ok(())
+    }
+
+    /// Frame locations of `digests`, re-listing packs once if any is
+    /// unknown; `NotFound` names the first chunk still missing.
+    async fn locate(&self, digests: &[B3Digest]) -> StoreResult<Vec<Arc<FrameLocation>>> {
+        let lookup = |table: &PackTable| -> Result<Vec<Arc<FrameLocation>>, B3Digest> {
+            digests.iter().map(|d| table.locate(d).ok_or(*d)).collect()
+        };
+        let first = lookup(&self.table.read().expect("pack table"));
+        match first {
+            Ok(locs) => Ok(locs),
+            Err(missing) => {
+                if self.refresh_if_due().await? {
+                    if let Ok(locs) = lookup(&self.table.read().expect("pack table")) {
+                        return Ok(locs);
+                    }
+                }
+                Err(StoreError::NotFound(format!("chunk {missing}")))
+            }
+        }
+    }
+
+    async fn read_directory(&self, digest: &B3Digest) -> StoreResult<Option<Directory>> {
+        let Some(data) = self.get_optional(&sharded("directories", digest)).await? else {
+            return Ok(None);
+        };
+        let dir = Directory::decode(&data)
+            .map_err(|e| StoreError::Corrupt(format!("directory {digest}: {e}")))?;
+        if dir.digest() != *digest {
+            return Err(StoreError::Corrupt(format!(
+                "directory {digest}: digest mismatch"
+            )));
+        }
+        Ok(Some(dir))
+    }
+
+    async fn read_blob_chunks(&self, blob: &B3Digest) -> StoreResult<Option<Vec<ChunkMeta>>> {
+        if *blob == B3Digest::of(b"") {
+            return Ok(Some(Vec::new()));
+        }
+        let Some(data) = self.get_optional(&sharded("blobs", blob)).await? else {
+            return Ok(None);
+        };
+        let msg = lpb::BlobChunks::decode(data)
+            .map_err(|e| StoreError::Corrupt(format!("blob {blob}: {e}")))?;
+        msg.chunks
+            .iter()
+            .map(ChunkMeta::try_from_proto)
+            .collect::<StoreResult<Vec<_>>>()
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt(format!("blob {blob}: {e}")))
+    }
+
+    /// Checks a chunk list against the stored chunks: all present with the
+    /// listed sizes, and their concatenation hashes to the blob digest.
+    async fn verify_blob(&self, b: &BlobChunks) -> StoreResult<()> {
+        let mut hasher = blake3::Hasher::new();
+        for window in b.chunks.chunks(VERIFY_WINDOW) {
+            let digests: Vec<B3Digest> = window.iter().map(|c| c.digest).collect();
+            let chunks = self.get_chunks(&digests).await.map_err(|e| match e {
+                StoreError::NotFound(m) => StoreError::Invalid(format!("blob {}: {m}", b.blob)),
+                e => e,
+            })?;
+            for (meta, chunk) in window.iter().zip(&chunks) {
+                if chunk.size != meta.size {
+                    return Err(StoreError::Invalid(format!(
+                        "blob {}: chunk {} has size {}, list says {}",
+                        b.blob, meta.digest, chunk.size, meta.size
+                    )));
+                }
+                hasher.update(&chunk.decode_verified()?);
+            }
+        }
+        if B3Digest::from(hasher.finalize()) != b.blob {
+            return Err(StoreError::Invalid(format!(
+                "blob {}: chunks do not hash to the blob digest",
+                b.blob
+            )));
+        }
+        Ok(())
+    }
+
+    async fn has_chunk(&self, digest: &B3Digest) -> StoreResult<bool> {
+        Ok(self.locate(std::slice::from_ref(digest)).await.is_ok())
+    }
+
+    async fn node_is_stored(&self, node: &Node) -> StoreResult<bool> {
+        Ok(match node {
+            Node::Directory { digest, .. } => self.exists(&sharded("directories", digest)).await?,
+            Node::File { digest, size, .. } => {
+                *size == 0
+                    || self.has_chunk(digest).await?
+                    || self.exists(&sharded("blobs", digest)).await?
+            }
+            Node::Symlink { .. } => true,
+        })
+    }
+
+    async fn read_path_info(&self, path: &ObjectPath) -> StoreResult<Option<PathInfo>> {
+        let Some(data) = self.get_optional(path).await? else {
+            return Ok(None);
+        };
+        let p = spb::PathInfo::decode(data)
+            .map_err(|e| StoreError::Corrupt(format!("pathinfo {path}: {e}")))?;
+        PathInfo::try_from_proto(&p).map(Some)
+    }
+}
+
+#[async_trait]
+impl BlobStore for BucketStore {
+    async fn missing_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<B3Digest>> {
+        let table = self.table.read().expect("pack table");
+        Ok(digests
+            .iter()
+            .filter(|d| !table.contains(d))
+            .copied()
+            .collect())
+    }
+
+    async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        // Verify everything before anything is written.
+        let frames = tokio::task::spawn_blocking(move || {
+            for f in &frames {
+                f.decode_verified()?;
+            }
+            Ok::<_, StoreError>(frames)
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        let fresh: Vec<Frame> = {
+            let table = self.table.read().expect("pack table");
+            frames
+                .into_iter()
+                .filter(|f| !f.chunks.iter().all(|c| table.contains(&c.digest)))
+                .collect()
+        };
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let pack = tokio::task::spawn_blocking(move || NewPack::build(&fresh))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+        // The pack first, its index last: the index makes it visible.
+        self.put(&pack_path(&pack.id), pack.bytes.clone()).await?;
+        self.put(&index_path(&pack.id), pack.encoded_index().into())
+            .await?;
+        self.table
+            .write()
+            .expect("pack table")
+            .add_pack(&pack.id, &pack.index)
+    }
+
+    async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
+        let locations = self.locate(digests).await?;
+        // Each frame once, in order of first request, grouped by pack.
+        let mut seen = HashSet::new();
+        let unique: Vec<Arc<FrameLocation>> = locations
+            .into_iter()
+            .filter(|l| seen.insert((l.pack.clone(), l.offset)))
+            .collect();
+        let mut by_pack: HashMap<Arc<str>, Vec<usize>> = HashMap::new();
+        for (i, l) in unique.iter().enumerate() {
+            by_pack.entry(l.pack.clone()).or_default().push(i);
+        }
+        let unique = &unique;
+        let fetched: Vec<(Vec<usize>, Vec<Bytes>)> = stream::iter(by_pack)
+            .map(|(pack, idxs)| async move {
+                let ranges: Vec<std::ops::Range<u64>> = idxs
+                    .iter()
+                    .map(|&i| unique[i].offset..unique[i].offset + unique[i].length)
+                    .collect();
+                let got = self
+                    .objects
+                    .get_ranges(&pack_path(&pack), &ranges)
+                    .await
+                    .map_err(|e| match e {
+                        object_store::Error::NotFound { .. } => {
+                            StoreError::Corrupt(format!("pack {pack} is indexed but missing"))
+                        }
+                        e => object_err(e),
+                    })?;
+                Ok::<_, StoreError>((idxs, got))
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut slots: Vec<Option<Frame>> = vec![None; unique.len()];
+        for (idxs, datas) in fetched {
+            for (i, data) in idxs.into_iter().zip(datas) {
+                let l = &unique[i];
+                if data.len() as u64 != l.length {
+                    return Err(StoreError::Corrupt(format!(
+                        "pack {}: frame at {} is truncated",
+                        l.pack, l.offset
+                    )));
+                }
+                slots[i] = Some(Frame {
+                    chunks: l.chunks.to_vec(),
+                    data,
+                });
+            }
+        }
+        Ok(slots
+            .into_iter()
+            .map(|f| f.expect("every frame fetched"))
+            .collect())
+    }
+
+    async fn put_blob_chunks(&self, blobs: Vec<BlobChunks>) -> StoreResult<()> {
+        for b in &blobs {
+            self.verify_blob(b).await?;
+        }
+        stream::iter(blobs)
+            .map(|b| async move {
+                let msg = lpb::BlobChunks {
+                    blob_digest: b.blob.into(),
+                    chunks: b.chunks.iter().map(ChunkMeta::to_proto).collect(),
+                };
+                self.put(&sharded("blobs", &b.blob), msg.encode_to_vec().into())
+                    .await
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect::<()>()
+            .await
+    }
+
+    async fn get_blob_chunks(
+        &self,
+        blobs: &[B3Digest],
+    ) -> StoreResult<Vec<Option<Vec<ChunkMeta>>>> {
+        stream::iter(blobs.to_vec())
+            .map(|b| async move { self.read_blob_chunks(&b).await })
+            .buffered(CONCURRENCY)
+            .try_collect()
+            .await
+    }
+}
+
+#[async_trait]
+impl DirectoryStore for BucketStore {
+    async fn get_directory(&self, digest: &B3Digest) -> StoreResult<Option<Directory>> {
+        self.read_directory(digest).await
+    }
+
+    async fn get_closure(&self, root: &B3Digest) -> StoreResult<Vec<Directory>> {
+        // Breadth-first, one level at a time, each level's directories
+        // fetched concurrently: a round trip per directory would dominate
+        // on a bucket.
+        let mut seen = HashSet::from([*root]);
+        let mut level = vec![*root];
+        let mut out = Vec::new();
+        while !level.is_empty() {
+            let dirs: Vec<Directory> = stream::iter(std::mem::take(&mut level))
+                .map(|d| async move {
+                    self.read_directory(&d)
+                        .await?
+                        .ok_or_else(|| StoreError::NotFound(format!("directory {d}")))
+                })
+                .buffered(CONCURRENCY)
+                .try_collect()
+                .await?;
+            level = dirs
+                .iter()
+                .flat_map(|d| d.child_directories().map(|(_, c, _)| c).collect::<Vec<_>>())
+                .filter(|c| seen.insert(*c))
+                .collect();
+            out.extend(dirs);
+        }
+        Ok(out)
+    }
+
+    async fn put_closure(&self, dirs: Vec<Directory>) -> StoreResult<B3Digest> {
+        // Children not in the upload must already be stored: fetch their
+        // sizes first, then validate without I/O.
+        let sent: HashSet<B3Digest> = dirs.iter().map(Directory::digest).collect();
+        let referenced: HashSet<B3Digest> = dirs
+            .iter()
+            .flat_map(|d| d.child_directories().map(|(_, c, _)| c).collect::<Vec<_>>())
+            .filter(|c| !sent.contains(c))
+            .collect();
+        let stored: HashMap<B3Digest, u64> = stream::iter(referenced)
+            .map(|d| async move { Ok::<_, StoreError>((d, self.read_directory(&d).await?)) })
+            .buffer_unordered(CONCURRENCY)
+            .try_filter_map(|(d, dir)| async move { Ok(dir.map(|dir| (d, dir.size()))) })
+            .try_collect()
+            .await?;
+        let (root, dirs) = validate_closure(dirs, |d| Ok(stored.get(d).copied()))?;
+        stream::iter(dirs)
+            .map(|(digest, dir)| async move {
+                let path = sharded("directories", &digest);
+                if self.exists(&path).await? {
+                    return Ok(());
+                }
+                self.put(&path, dir.encode().into()).await
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect::<()>()
+            .await?;
+        Ok(root)
+    }
+}
+
+#[async_trait]
+impl PathInfoStore for BucketStore {
+    async fn get_path_info(&self, digest: &[u8; 20]) -> StoreResult<Option<PathInfo>> {
+        self.read_path_info(&path_info_path(digest)).await
+    }
+
+    async fn put_path_info(&self, info: PathInfo) -> StoreResult<()> {
+        if !self.node_is_stored(&info.node).await? {
+            return Err(StoreError::Invalid(format!(
+                "root of {} is not stored",
+                info.store_path
+            )));
+        }
+        let path = path_info_path(info.store_path.digest());
+        self.put(&path, info.to_proto().encode_to_vec().into())
+            .await
+    }
+
+    fn list_path_infos(&self) -> BoxStream<'static, StoreResult<PathInfo>> {
+        let objects = self.objects.clone();
+        let listing = objects.list(Some(&ObjectPath::from("pathinfo")));
+        listing
+            .map_err(object_err)
+            .map_ok(move |meta| {
+                let objects = objects.clone();
+                async move {
+                    let data = objects
+                        .get(&meta.location)
+                        .await
+                        .map_err(object_err)?
+                        .bytes()
+                        .await
+                        .map_err(object_err)?;
+                    let p = spb::PathInfo::decode(data).map_err(|e| {
+                        StoreError::Corrupt(format!("pathinfo {}: {e}", meta.location))
+                    })?;
+                    PathInfo::try_from_proto(&p)
+                }
+            })
+            .try_buffered(CONCURRENCY)
+            .boxed()
+    }
+}

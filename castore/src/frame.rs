@@ -1,0 +1,267 @@
+//! Frames: one zstd frame over the concatenated bytes of neighbouring
+//! chunks, plus the chunk list that splits it.
+//!
+//! Compressing chunks one by one throws away what zstd gains across
+//! neighbouring files; compressing a whole pack makes a lazy reader fetch
+//! all of it. A frame is the middle: big enough to compress well, small
+//! enough to be the unit a cold reader fetches, and decodable on its own.
+//! Frames are what clients upload, what packs hold, what the server ships
+//! as stored, and what client caches keep.
+
+use bytes::Bytes;
+use lazix_proto::ext as lpb;
+
+use crate::chunk::{decompress, ChunkMeta, MAX_CHUNK_SIZE};
+use crate::digest::B3Digest;
+use crate::error::{StoreError, StoreResult};
+
+/// Raw bytes gathered into one frame before it is closed. Measured with
+/// `bench/layouts.sh` (stored bytes) against what a cold reader fetches:
+/// see the README's "Packs and frames" section.
+pub const FRAME_TARGET: u64 = 1024 * 1024;
+
+/// Largest raw size a frame may claim (a bound on memory per frame; a
+/// frame holds at most one maximal chunk or several small ones).
+pub const MAX_FRAME_RAW: u64 = 2 * MAX_CHUNK_SIZE;
+
+/// A zstd frame and the chunks whose concatenation it decompresses to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// The chunks in the frame, in order.
+    pub chunks: Vec<ChunkMeta>,
+    /// One zstd frame of their concatenated bytes.
+    pub data: Bytes,
+}
+
+impl Frame {
+    /// Compresses chunks (digest, size and bytes already known to match:
+    /// they come from the chunker or a verified decode) into one frame.
+    /// CPU-bound: call from a blocking thread.
+    pub fn compress(chunks: &[(ChunkMeta, Bytes)]) -> StoreResult<Self> {
+        let data = if let [(_, only)] = chunks {
+            crate::chunk::compress(only)?
+        } else {
+            let mut raw = Vec::with_capacity(chunks.iter().map(|(_, b)| b.len()).sum());
+            for (_, b) in chunks {
+                raw.extend_from_slice(b);
+            }
+            crate::chunk::compress(&raw)?
+        };
+        Ok(Self {
+            chunks: chunks.iter().map(|(m, _)| *m).collect(),
+            data: data.into(),
+        })
+    }
+
+    /// Raw bytes the frame decompresses to, by its chunk list.
+    pub fn raw_size(&self) -> u64 {
+        self.chunks.iter().map(|c| c.size).sum()
+    }
+
+    /// Decompresses the frame and checks every chunk's size and BLAKE3
+    /// against its digest; returns the chunks' bytes in order (slices of
+    /// one buffer). Any mismatch is [`StoreError::Corrupt`], never wrong
+    /// bytes. CPU-bound: call from a blocking thread.
+    pub fn decode_verified(&self) -> StoreResult<Vec<Bytes>> {
+        let raw_size = self.raw_size();
+        if raw_size > MAX_FRAME_RAW || self.chunks.iter().any(|c| c.size > MAX_CHUNK_SIZE) {
+            return Err(StoreError::Invalid(format!(
+                "frame claims {raw_size} bytes in {} chunks, over the limits",
+                self.chunks.len()
+            )));
+        }
+        let raw: Bytes = decompress(&self.data, raw_size as usize)
+            .map_err(|e| self.corrupt(format!("undecodable zstd: {e}")))?
+            .into();
+        if raw.len() as u64 != raw_size {
+            return Err(self.corrupt(format!("{} bytes, expected {raw_size}", raw.len())));
+        }
+        let mut out = Vec::with_capacity(self.chunks.len());
+        let mut at = 0usize;
+        for c in &self.chunks {
+            let piece = raw.slice(at..at + c.size as usize);
+            at += c.size as usize;
+            if B3Digest::of(&piece) != c.digest {
+                return Err(StoreError::Corrupt(format!(
+                    "chunk {}: BLAKE3 mismatch",
+                    c.digest
+                )));
+            }
+            out.push(piece);
+        }
+        Ok(out)
+    }
+
+    fn corrupt(&self, what: String) -> StoreError {
+        let first = self
+            .chunks
+            .first()
+            .map(|c| c.digest.to_string())
+            .unwrap_or_default();
+        StoreError::Corrupt(format!("frame starting with chunk {first}: {what}"))
+    }
+
+    /// The wire/index form.
+    pub fn to_proto(&self) -> lpb::Frame {
+        lpb::Frame {
+            chunks: self.chunks.iter().map(ChunkMeta::to_proto).collect(),
+            data: self.data.clone(),
+        }
+    }
+
+    /// Parses the wire form (digests checked for length; contents are
+    /// verified by [`Frame::decode_verified`]).
+    pub fn try_from_proto(p: lpb::Frame) -> StoreResult<Self> {
+        Ok(Self {
+            chunks: p
+                .chunks
+                .iter()
+                .map(ChunkMeta::try_from_proto)
+                .collect::<StoreResult<_>>()?,
+            data: p.data,
+        })
+    }
+}
+
+/// Files up to this size share frames with their neighbours (reading one
+/// fetches a frame of small files that are often read together); a larger
+/// file's chunks get frames of their own, so reading a small file never
+/// drags in the middle of a big one, nor the other way round.
+pub const SMALL_FILE: u64 = FRAME_TARGET / 4;
+
+/// Which frames a chunk may share: [`SHARED_GROUP`] for chunks of small
+/// files, or an id of its own for each large file.
+pub type FrameGroup = u64;
+
+/// The group of chunks of small files.
+pub const SHARED_GROUP: FrameGroup = 0;
+
+/// Groups chunks into frames of at most [`FRAME_TARGET`] raw bytes (a
+/// larger chunk is a frame alone), keeping their order (neighbours in a
+/// store path stay neighbours) and never mixing groups.
+pub fn group_into_frames(
+    chunks: Vec<(ChunkMeta, Bytes, FrameGroup)>,
+) -> Vec<Vec<(ChunkMeta, Bytes)>> {
+    let mut frames = Vec::new();
+    let mut cur = Vec::new();
+    let mut cur_bytes = 0u64;
+    let mut cur_group = SHARED_GROUP;
+    for (meta, bytes, group) in chunks {
+        if !cur.is_empty() && (cur_bytes + meta.size > FRAME_TARGET || group != cur_group) {
+            frames.push(std::mem::take(&mut cur));
+            cur_bytes = 0;
+        }
+        cur_group = group;
+        cur_bytes += meta.size;
+        cur.push((meta, bytes));
+    }
+    if !cur.is_empty() {
+        frames.push(cur);
+    }
+    frames
+}
+
+/// Decodes and verifies frames (on a blocking thread); returns every chunk
+/// they hold with its bytes.
+pub async fn decode_frames(frames: Vec<Frame>) -> StoreResult<Vec<(ChunkMeta, Bytes)>> {
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for f in &frames {
+            out.extend(f.chunks.iter().copied().zip(f.decode_verified()?));
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::pseudo_random;
+
+    fn chunk(data: Vec<u8>) -> (ChunkMeta, Bytes) {
+        let b = Bytes::from(data);
+        (
+            ChunkMeta {
+                digest: B3Digest::of(&b),
+                size: b.len() as u64,
+            },
+            b,
+        )
+    }
+
+    #[test]
+    fn frames_round_trip_and_detect_corruption() {
+        let chunks = vec![
+            chunk(pseudo_random(70_000, 1)),
+            chunk(vec![5u8; 30_000]),
+            chunk(Vec::new()),
+        ];
+        let frame = Frame::compress(&chunks).unwrap();
+        assert_eq!(frame.raw_size(), 100_000);
+        let back = frame.decode_verified().unwrap();
+        assert_eq!(
+            back,
+            chunks.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>()
+        );
+
+        let mut swapped = frame.clone();
+        swapped.chunks.swap(0, 1);
+        assert!(matches!(
+            swapped.decode_verified(),
+            Err(StoreError::Corrupt(_))
+        ));
+        let mut flipped = frame.clone();
+        let mut data = flipped.data.to_vec();
+        let mid = data.len() / 2;
+        data[mid] ^= 0x40;
+        flipped.data = data.into();
+        assert!(flipped.decode_verified().is_err());
+        let mut short = frame.clone();
+        short.chunks[1].size -= 1;
+        assert!(matches!(
+            short.decode_verified(),
+            Err(StoreError::Corrupt(_))
+        ));
+        let mut long = frame;
+        long.chunks[1].size += 1;
+        assert!(matches!(
+            long.decode_verified(),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn grouping_keeps_order_target_and_groups() {
+        // 40 chunks of one large file, then 3 small files, then another
+        // large file of 2 chunks.
+        let mut chunks: Vec<_> = (0..40)
+            .map(|i| {
+                let (m, b) = chunk(pseudo_random(100_000, i));
+                (m, b, 7)
+            })
+            .collect();
+        for i in 0..3 {
+            let (m, b) = chunk(pseudo_random(1_000, 100 + i));
+            chunks.push((m, b, SHARED_GROUP));
+        }
+        for i in 0..2 {
+            let (m, b) = chunk(pseudo_random(100_000, 200 + i));
+            chunks.push((m, b, 8));
+        }
+        let frames = group_into_frames(chunks.clone());
+        for f in &frames {
+            let raw: u64 = f.iter().map(|(m, _)| m.size).sum();
+            assert!(raw <= FRAME_TARGET);
+        }
+        // The large file fills frames of its own; the small files share one;
+        // the second large file has its own.
+        let sizes: Vec<usize> = frames.iter().map(Vec::len).collect();
+        assert_eq!(sizes.iter().sum::<usize>(), 45);
+        assert_eq!(&sizes[sizes.len() - 2..], &[3, 2]);
+        let flat: Vec<_> = frames.into_iter().flatten().collect();
+        let expected: Vec<_> = chunks.into_iter().map(|(m, b, _)| (m, b)).collect();
+        assert_eq!(flat, expected);
+    }
+}

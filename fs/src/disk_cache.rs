@@ -1,0 +1,217 @@
+//! The mount's disk cache: frames exactly as the server sent them, one
+//! file per frame, with an LRU index bounded by bytes, reused after a
+//! remount.
+//!
+//! File `frames/<2 hex>/<64 hex>` (name: BLAKE3 of the frame's zstd bytes)
+//! holds a 4-byte little-endian header length, the header (protobuf
+//! `lazix.v1.Frame` with the chunk list and no data), then the zstd bytes.
+//! Opening reads only headers. Files are written to a temp file beside
+//! their final name and renamed, so a killed mount leaves no half entry
+//! under a final name; entries are verified (BLAKE3 of every chunk) when
+//! read, and a bad one is deleted and reads as a miss.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use lazix_castore::chunk::ChunkMeta;
+use lazix_castore::digest::DigestKeyBuildHasher;
+use lazix_castore::frame::Frame;
+use lazix_castore::{B3Digest, StoreError};
+use lazix_proto::ext as lpb;
+use prost::Message;
+
+/// Prefix of temp files; never a valid entry name.
+const TMP_PREFIX: &str = ".tmp-";
+/// Largest header accepted (a frame's chunk list).
+const MAX_HEADER: usize = 1 << 20;
+
+/// Which frame file holds each chunk.
+type ChunkMap = HashMap<B3Digest, B3Digest, DigestKeyBuildHasher>;
+
+/// One frame file in the LRU index.
+struct Entry {
+    /// Its chunks.
+    members: Box<[B3Digest]>,
+    /// File size (the LRU weight).
+    size: u64,
+}
+
+/// Frames on disk. Cheap to clone (shared index).
+#[derive(Clone)]
+pub struct DiskCache {
+    dir: PathBuf,
+    /// Frame id → entry; weighted by file size, LRU.
+    frames: moka::sync::Cache<B3Digest, Arc<Entry>, DigestKeyBuildHasher>,
+    chunks: Arc<Mutex<ChunkMap>>,
+}
+
+fn frame_path(dir: &Path, id: &B3Digest) -> PathBuf {
+    let hex = id.to_hex();
+    dir.join(&hex[..2]).join(hex)
+}
+
+fn parse_chunks(header: &[u8]) -> Result<Vec<ChunkMeta>, StoreError> {
+    let msg = lpb::Frame::decode(header).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    msg.chunks.iter().map(ChunkMeta::try_from_proto).collect()
+}
+
+/// Reads a frame file's chunk list (the header only).
+fn read_header(path: &Path) -> Result<Vec<ChunkMeta>, StoreError> {
+    let mut file = std::fs::File::open(path)?;
+    let mut len = [0u8; 4];
+    file.read_exact(&mut len)?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_HEADER {
+        return Err(StoreError::Corrupt("header too long".into()));
+    }
+    let mut header = vec![0u8; len];
+    file.read_exact(&mut header)?;
+    parse_chunks(&header)
+}
+
+impl DiskCache {
+    /// Opens (creating) the cache in `dir` with a quota of `quota` bytes,
+    /// indexing the frames already there; temp files are removed.
+    pub fn open(dir: &Path, quota: u64) -> Result<Self, StoreError> {
+        let dir = dir.join("frames");
+        for shard in 0..=255u8 {
+            std::fs::create_dir_all(dir.join(format!("{shard:02x}")))?;
+        }
+        let chunks: Arc<Mutex<ChunkMap>> = Arc::default();
+        let evict_dir = dir.clone();
+        let evict_chunks = chunks.clone();
+        let frames = moka::sync::Cache::builder()
+            .max_capacity(quota)
+            .weigher(|_: &B3Digest, e: &Arc<Entry>| e.size.min(u32::MAX as u64) as u32)
+            .eviction_listener(move |id: Arc<B3Digest>, entry: Arc<Entry>, cause| {
+                if cause.was_evicted() {
+                    let _ = std::fs::remove_file(frame_path(&evict_dir, &id));
+                    let mut map = evict_chunks.lock().expect("chunk map");
+                    for d in entry.members.iter() {
+                        if map.get(d) == Some(&*id) {
+                            map.remove(d);
+                        }
+                    }
+                }
+            })
+            .build_with_hasher(DigestKeyBuildHasher::default());
+        let cache = Self {
+            dir,
+            frames,
+            chunks,
+        };
+        cache.load_existing()?;
+        Ok(cache)
+    }
+
+    /// Indexes the frame files already on disk (a remount reuses them).
+    fn load_existing(&self) -> Result<(), StoreError> {
+        for shard in 0..=255u8 {
+            for entry in std::fs::read_dir(self.dir.join(format!("{shard:02x}")))? {
+                let entry = entry?;
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with(TMP_PREFIX) {
+                    let _ = std::fs::remove_file(entry.path());
+                    continue;
+                }
+                let Some(id) = B3Digest::from_hex(&name) else {
+                    continue;
+                };
+                match read_header(&entry.path()) {
+                    Ok(chunks) => self.index(id, &chunks, entry.metadata()?.len()),
+                    Err(e) => {
+                        tracing::warn!(file = %entry.path().display(), error = %e, "dropping a damaged disk cache entry");
+                        let _ = std::fs::remove_file(entry.path());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn index(&self, id: B3Digest, chunks: &[ChunkMeta], size: u64) {
+        let members: Box<[B3Digest]> = chunks.iter().map(|c| c.digest).collect();
+        {
+            let mut map = self.chunks.lock().expect("chunk map");
+            for d in members.iter() {
+                map.insert(*d, id);
+            }
+        }
+        self.frames.insert(id, Arc::new(Entry { members, size }));
+    }
+
+    /// The frame holding `digest`, as stored (not yet verified), or `None`.
+    /// Counts as a use for the LRU.
+    pub fn frame_of(&self, digest: &B3Digest) -> Option<(B3Digest, Frame)> {
+        let id = *self.chunks.lock().expect("chunk map").get(digest)?;
+        self.frames.get(&id)?;
+        match self.read_frame(&id) {
+            Ok(frame) => Some((id, frame)),
+            Err(e) => {
+                tracing::warn!(frame = %id, error = %e, "dropping a damaged disk cache entry");
+                self.remove(&id);
+                None
+            }
+        }
+    }
+
+    fn read_frame(&self, id: &B3Digest) -> Result<Frame, StoreError> {
+        let data = std::fs::read(frame_path(&self.dir, id))?;
+        let len = data
+            .get(..4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+            .filter(|l| 4 + l <= data.len())
+            .ok_or_else(|| StoreError::Corrupt("truncated".into()))?;
+        let chunks = parse_chunks(&data[4..4 + len])?;
+        let mut data = Bytes::from(data);
+        Ok(Frame {
+            chunks,
+            data: data.split_off(4 + len),
+        })
+    }
+
+    /// Drops an entry (damaged, or failed verification).
+    pub fn remove(&self, id: &B3Digest) {
+        if let Some(entry) = self.frames.remove(id) {
+            let mut map = self.chunks.lock().expect("chunk map");
+            for d in entry.members.iter() {
+                if map.get(d) == Some(id) {
+                    map.remove(d);
+                }
+            }
+        }
+        let _ = std::fs::remove_file(frame_path(&self.dir, id));
+    }
+
+    /// Writes a verified frame (atomically) and indexes it.
+    pub fn store(&self, frame: &Frame) {
+        let id = B3Digest::of(&frame.data);
+        if self.frames.contains_key(&id) {
+            return;
+        }
+        let header = lpb::Frame {
+            chunks: frame.chunks.iter().map(ChunkMeta::to_proto).collect(),
+            data: Bytes::new(),
+        }
+        .encode_to_vec();
+        let path = frame_path(&self.dir, &id);
+        let written = (|| -> std::io::Result<u64> {
+            let mut tmp = tempfile::Builder::new()
+                .prefix(TMP_PREFIX)
+                .tempfile_in(path.parent().expect("sharded"))?;
+            tmp.write_all(&(header.len() as u32).to_le_bytes())?;
+            tmp.write_all(&header)?;
+            tmp.write_all(&frame.data)?;
+            tmp.persist(&path).map_err(|e| e.error)?;
+            Ok((4 + header.len() + frame.data.len()) as u64)
+        })();
+        match written {
+            Ok(size) => self.index(id, &frame.chunks, size),
+            Err(e) => tracing::warn!(error = %e, "cannot write the disk cache"),
+        }
+    }
+}
