@@ -31,5 +31,7 @@ wait_port "$port"
 
 ./target/release/lazix-bench layouts "${paths[@]}"
 "$LAZIX" push --server "grpc://127.0.0.1:$port" "${paths[@]}" 2>/dev/null
-find "$work/data" -type f ! -name '.tmp-*' -printf '%s\n' |
-  awk '{s+=$1; n++} END {printf "| lazix embedded store (one file per chunk, directory, chunk list, path) | %d | %.0f |\n", n, s/1048576}'
+# Every object of the real store (staging files of unfinished writes are
+# named NAME#N and are not objects).
+find "$work/data" -type f ! -name '*#*' -printf '%s\n' |
+  awk '{s+=$1; n++} END {printf "| lazix store after push (packs of zstd frames, directories, chunk lists, paths) | %d | %.0f |\n", n, s/1048576}'

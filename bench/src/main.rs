@@ -125,9 +125,130 @@ fn layouts(paths: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Stored bytes and what a cold reader fetches, for several frame targets,
+/// over per-file chunks deduplicated globally (the lazix layout): the
+/// measurement behind `FRAME_TARGET`.
+fn frame_sizes(files: &[PathBuf]) -> Result<()> {
+    use bytes::Bytes;
+    use lazix_castore::chunk::ChunkMeta;
+    use lazix_castore::frame::{group_into_frames, FrameTargets, SHARED_GROUP};
+    // Unique chunks in path order, with their file's size and index.
+    let mut seen = HashSet::new();
+    let mut chunks: Vec<(ChunkMeta, Bytes, u64, u64)> = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        let data = Bytes::from(std::fs::read(f)?);
+        let mut at = 0;
+        while at < data.len() {
+            let n = lazix_castore::chunker::DEFAULT_PARAMS.cut(&data[at..]);
+            let piece = data.slice(at..at + n);
+            at += n;
+            let digest = lazix_castore::B3Digest::of(&piece);
+            if seen.insert(digest) {
+                let meta = ChunkMeta {
+                    digest,
+                    size: n as u64,
+                };
+                chunks.push((meta, piece, data.len() as u64, i as u64 + 1));
+            }
+        }
+    }
+    let raw_total: u64 = chunks.iter().map(|c| c.0.size).sum();
+    println!(
+        "{} unique chunks, {:.0} MiB raw",
+        chunks.len(),
+        raw_total as f64 / 1048576.0
+    );
+    println!("| frame target | frames | stored MiB | fetched per cold random read, KiB (mean) |");
+    println!("|---|---|---|---|");
+    let level: i32 = std::env::var("LAZIX_BENCH_LEVEL")
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(ZSTD_LEVEL);
+    let targets: Vec<u64> = std::env::var("LAZIX_BENCH_TARGETS")
+        .ok()
+        .map(|t| t.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_else(|| vec![0, 64, 256, 1024, 4096]);
+    println!("zstd level {level}");
+    for target_kib in targets {
+        let target = target_kib * 1024;
+        let started = std::time::Instant::now();
+        let grouped: Vec<_> = chunks
+            .iter()
+            .map(|(m, b, file_size, file)| {
+                let group = if *file_size <= target / 4 {
+                    SHARED_GROUP
+                } else {
+                    *file
+                };
+                (*m, b.clone(), group)
+            })
+            .collect();
+        let shared: u64 = std::env::var("LAZIX_BENCH_SHARED_TARGET")
+            .ok()
+            .and_then(|t| t.parse::<u64>().ok())
+            .map_or(target, |k| k * 1024);
+        let frames = group_into_frames(
+            grouped,
+            FrameTargets {
+                shared,
+                own: target,
+            },
+        );
+        // Compress on both cores.
+        let half = frames.len() / 2;
+        let sizes: Vec<(u64, u64)> = std::thread::scope(|s| {
+            let parts: Vec<_> = [&frames[..half], &frames[half..]]
+                .into_iter()
+                .map(|part| {
+                    s.spawn(move || {
+                        part.iter()
+                            .map(|f| {
+                                let raw: u64 = f.iter().map(|(m, _)| m.size).sum();
+                                let mut raw_bytes = Vec::new();
+                                for (_, b) in f {
+                                    raw_bytes.extend_from_slice(b);
+                                }
+                                let z = zstd::bulk::compress(&raw_bytes, level)
+                                    .expect("compress")
+                                    .len() as u64;
+                                (raw, z)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            parts
+                .into_iter()
+                .flat_map(|h| h.join().expect("worker"))
+                .collect()
+        });
+        let stored: u64 = sizes.iter().map(|(_, z)| z).sum::<u64>()
+            + chunks.len() as u64 * 40
+            + sizes.len() as u64 * 16;
+        let fetch: f64 = sizes
+            .iter()
+            .map(|(raw, z)| *raw as f64 * *z as f64)
+            .sum::<f64>()
+            / raw_total as f64;
+        let name = if target_kib == 0 {
+            "one chunk per frame".to_string()
+        } else {
+            format!("{target_kib} KiB")
+        };
+        println!(
+            "| {name} | {} | {:.0} | {:.0} | {:.0} MB/s on 2 cores",
+            sizes.len(),
+            stored as f64 / 1048576.0,
+            fetch / 1024.0,
+            raw_total as f64 / started.elapsed().as_secs_f64() / 1e6
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     const USAGE: &str =
-        "usage: lazix-bench chunk-params DIR... | lazix-bench layouts STORE_PATH...";
+        "usage: lazix-bench chunk-params DIR... | lazix-bench frame-sizes DIR... | lazix-bench layouts STORE_PATH...";
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, dirs)) = args.split_first() else {
         bail!(USAGE);
@@ -137,7 +258,7 @@ fn main() -> Result<()> {
     }
     match cmd.as_str() {
         "layouts" => return layouts(dirs),
-        "chunk-params" => {}
+        "chunk-params" | "frame-sizes" => {}
         _ => bail!(USAGE),
     }
     let mut files = Vec::new();
@@ -145,6 +266,9 @@ fn main() -> Result<()> {
         files_below(Path::new(d), &mut files)?;
     }
     files.sort();
+    if cmd == "frame-sizes" {
+        return frame_sizes(&files);
+    }
     let total: u64 = files
         .iter()
         .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))

@@ -17,7 +17,7 @@ use crate::chunk::{Chunk, ChunkMeta, ChunkPayload};
 use crate::digest::{B3Digest, DigestKeyBuildHasher};
 use crate::directory::Directory;
 use crate::error::StoreResult;
-use crate::frame::{decode_frames, Frame};
+use crate::frame::Frame;
 use crate::pathinfo::PathInfo;
 use crate::services::{BlobChunks, BlobStore, DirectoryStore, PathInfoStore, Store};
 
@@ -260,7 +260,11 @@ impl BlobStore for DecodedChunks {
         if !misses.is_empty() {
             // Whole frames are decoded: their other chunks are cached too
             // (a NAR renderer usually wants them next).
-            let decoded = decode_frames(self.inner.get_frames(&misses).await?).await?;
+            let decoded =
+                crate::services::get_decoded(self.inner.as_ref(), &misses, |d| async move {
+                    self.chunks.get(&d).await
+                })
+                .await?;
             for (meta, bytes) in &decoded {
                 self.chunks.insert(meta.digest, bytes.clone()).await;
             }

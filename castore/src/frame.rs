@@ -8,6 +8,8 @@
 //! Frames are what clients upload, what packs hold, what the server ships
 //! as stored, and what client caches keep.
 
+use std::collections::HashMap;
+
 use bytes::Bytes;
 use lazix_proto::ext as lpb;
 
@@ -24,6 +26,11 @@ pub const FRAME_TARGET: u64 = 1024 * 1024;
 /// frame holds at most one maximal chunk or several small ones).
 pub const MAX_FRAME_RAW: u64 = 2 * MAX_CHUNK_SIZE;
 
+/// Most raw bytes of base chunks one delta frame may need.
+pub const MAX_BASE_RAW: u64 = 4 * 1024 * 1024;
+/// Largest zstd window a frame may use (base plus contents fit in it).
+const MAX_WINDOW_LOG: u32 = 26;
+
 /// A zstd frame and the chunks whose concatenation it decompresses to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
@@ -31,6 +38,22 @@ pub struct Frame {
     pub chunks: Vec<ChunkMeta>,
     /// One zstd frame of their concatenated bytes.
     pub data: Bytes,
+    /// Empty for a plain frame. For a delta frame: the chunks (stored in
+    /// plain frames) whose concatenated bytes are the zstd prefix needed
+    /// to decompress `data`.
+    pub base: Vec<ChunkMeta>,
+}
+
+fn zstd_err(code: usize) -> StoreError {
+    StoreError::Io(std::io::Error::other(
+        zstd::zstd_safe::get_error_name(code).to_string(),
+    ))
+}
+
+/// zstd window (log2) covering a prefix and the contents.
+fn window_log(prefix: usize, contents: usize) -> u32 {
+    let need = (prefix + contents).max(1 << 10).next_power_of_two();
+    need.trailing_zeros().clamp(10, MAX_WINDOW_LOG)
 }
 
 impl Frame {
@@ -50,7 +73,41 @@ impl Frame {
         Ok(Self {
             chunks: chunks.iter().map(|(m, _)| *m).collect(),
             data: data.into(),
+            base: Vec::new(),
         })
+    }
+
+    /// Compresses chunks against `base` (the concatenated bytes of the
+    /// chunks listed in `base_meta`) as a zstd prefix: a delta frame.
+    /// CPU-bound.
+    pub fn compress_with_base(
+        chunks: &[(ChunkMeta, Bytes)],
+        base_meta: Vec<ChunkMeta>,
+        base: &[u8],
+    ) -> StoreResult<Self> {
+        use zstd::zstd_safe::{CCtx, CParameter};
+        let mut raw = Vec::with_capacity(chunks.iter().map(|(_, b)| b.len()).sum());
+        for (_, b) in chunks {
+            raw.extend_from_slice(b);
+        }
+        let mut cctx = CCtx::create();
+        cctx.set_parameter(CParameter::CompressionLevel(crate::chunk::ZSTD_LEVEL))
+            .map_err(zstd_err)?;
+        cctx.set_parameter(CParameter::WindowLog(window_log(base.len(), raw.len())))
+            .map_err(zstd_err)?;
+        cctx.ref_prefix(base).map_err(zstd_err)?;
+        let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(raw.len()));
+        cctx.compress2(&mut out, &raw).map_err(zstd_err)?;
+        Ok(Self {
+            chunks: chunks.iter().map(|(m, _)| *m).collect(),
+            data: out.into(),
+            base: base_meta,
+        })
+    }
+
+    /// Raw bytes of the base a delta frame needs (0 for a plain frame).
+    pub fn base_size(&self) -> u64 {
+        self.base.iter().map(|c| c.size).sum()
     }
 
     /// Raw bytes the frame decompresses to, by its chunk list.
@@ -63,6 +120,18 @@ impl Frame {
     /// one buffer). Any mismatch is [`StoreError::Corrupt`], never wrong
     /// bytes. CPU-bound: call from a blocking thread.
     pub fn decode_verified(&self) -> StoreResult<Vec<Bytes>> {
+        if !self.base.is_empty() {
+            return Err(StoreError::Invalid(
+                "a delta frame needs its base to be decoded".into(),
+            ));
+        }
+        self.decode_verified_with_base(&[])
+    }
+
+    /// Like [`Frame::decode_verified`], for a frame of either kind: `base`
+    /// is the concatenated bytes of the frame's base chunks (empty for a
+    /// plain frame), already verified by the caller.
+    pub fn decode_verified_with_base(&self, base: &[u8]) -> StoreResult<Vec<Bytes>> {
         let raw_size = self.raw_size();
         if raw_size > MAX_FRAME_RAW || self.chunks.iter().any(|c| c.size > MAX_CHUNK_SIZE) {
             return Err(StoreError::Invalid(format!(
@@ -70,9 +139,32 @@ impl Frame {
                 self.chunks.len()
             )));
         }
-        let raw: Bytes = decompress(&self.data, raw_size as usize)
-            .map_err(|e| self.corrupt(format!("undecodable zstd: {e}")))?
-            .into();
+        if base.len() as u64 != self.base_size() || self.base_size() > MAX_BASE_RAW {
+            return Err(StoreError::Invalid(format!(
+                "frame base of {} bytes, expected {} (at most {MAX_BASE_RAW})",
+                base.len(),
+                self.base_size()
+            )));
+        }
+        let raw: Bytes = if self.base.is_empty() {
+            decompress(&self.data, raw_size as usize)
+                .map_err(|e| self.corrupt(format!("undecodable zstd: {e}")))?
+        } else {
+            use zstd::zstd_safe::{DCtx, DParameter};
+            let mut dctx = DCtx::create();
+            dctx.set_parameter(DParameter::WindowLogMax(MAX_WINDOW_LOG))
+                .map_err(zstd_err)?;
+            dctx.ref_prefix(base).map_err(zstd_err)?;
+            let mut out = Vec::with_capacity(raw_size as usize);
+            dctx.decompress(&mut out, &self.data).map_err(|code| {
+                self.corrupt(format!(
+                    "undecodable zstd: {}",
+                    zstd::zstd_safe::get_error_name(code)
+                ))
+            })?;
+            out
+        }
+        .into();
         if raw.len() as u64 != raw_size {
             return Err(self.corrupt(format!("{} bytes, expected {raw_size}", raw.len())));
         }
@@ -106,6 +198,7 @@ impl Frame {
         lpb::Frame {
             chunks: self.chunks.iter().map(ChunkMeta::to_proto).collect(),
             data: self.data.clone(),
+            base: self.base.iter().map(ChunkMeta::to_proto).collect(),
         }
     }
 
@@ -119,11 +212,17 @@ impl Frame {
                 .map(ChunkMeta::try_from_proto)
                 .collect::<StoreResult<_>>()?,
             data: p.data,
+            base: p
+                .base
+                .iter()
+                .map(ChunkMeta::try_from_proto)
+                .collect::<StoreResult<_>>()?,
         })
     }
 }
 
-/// Files up to this size share frames with their neighbours (reading one
+/// Files up to this size (at the default target; a quarter of the target
+/// in general) share frames with their neighbours (reading one
 /// fetches a frame of small files that are often read together); a larger
 /// file's chunks get frames of their own, so reading a small file never
 /// drags in the middle of a big one, nor the other way round.
@@ -136,18 +235,41 @@ pub type FrameGroup = u64;
 /// The group of chunks of small files.
 pub const SHARED_GROUP: FrameGroup = 0;
 
-/// Groups chunks into frames of at most [`FRAME_TARGET`] raw bytes (a
-/// larger chunk is a frame alone), keeping their order (neighbours in a
-/// store path stay neighbours) and never mixing groups.
+/// Raw bytes per frame: for small files sharing frames, and for a large
+/// file's own frames.
+#[derive(Clone, Copy, Debug)]
+pub struct FrameTargets {
+    /// Frames of small files.
+    pub shared: u64,
+    /// Frames of one large file.
+    pub own: u64,
+}
+
+/// The targets ingest uses.
+pub const DEFAULT_TARGETS: FrameTargets = FrameTargets {
+    shared: FRAME_TARGET,
+    own: FRAME_TARGET,
+};
+
+/// Groups chunks into frames of at most `target` raw bytes (a larger
+/// chunk is a frame alone), keeping their order (neighbours in a store path
+/// stay neighbours) and never mixing groups. Ingest uses [`FRAME_TARGET`];
+/// benchmarks try others.
 pub fn group_into_frames(
     chunks: Vec<(ChunkMeta, Bytes, FrameGroup)>,
+    target: FrameTargets,
 ) -> Vec<Vec<(ChunkMeta, Bytes)>> {
     let mut frames = Vec::new();
     let mut cur = Vec::new();
     let mut cur_bytes = 0u64;
     let mut cur_group = SHARED_GROUP;
     for (meta, bytes, group) in chunks {
-        if !cur.is_empty() && (cur_bytes + meta.size > FRAME_TARGET || group != cur_group) {
+        let limit = if cur_group == SHARED_GROUP {
+            target.shared
+        } else {
+            target.own
+        };
+        if !cur.is_empty() && (cur_bytes + meta.size > limit || group != cur_group) {
             frames.push(std::mem::take(&mut cur));
             cur_bytes = 0;
         }
@@ -161,18 +283,60 @@ pub fn group_into_frames(
     frames
 }
 
-/// Decodes and verifies frames (on a blocking thread); returns every chunk
-/// they hold with its bytes.
-pub async fn decode_frames(frames: Vec<Frame>) -> StoreResult<Vec<(ChunkMeta, Bytes)>> {
+/// Decodes and verifies frames of both kinds (on a blocking thread);
+/// returns every chunk they hold with its bytes. A delta frame's base
+/// chunks come from the plain frames of the same call or from `known`
+/// (verified bytes the caller already has); a base found in neither is
+/// `NotFound`.
+pub async fn decode_frames(
+    frames: Vec<Frame>,
+    known: HashMap<B3Digest, Bytes>,
+) -> StoreResult<Vec<(ChunkMeta, Bytes)>> {
     tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
-        for f in &frames {
-            out.extend(f.chunks.iter().copied().zip(f.decode_verified()?));
+        let mut decoded: HashMap<B3Digest, Bytes> = HashMap::new();
+        for f in frames.iter().filter(|f| f.base.is_empty()) {
+            for (meta, bytes) in f.chunks.iter().zip(f.decode_verified()?) {
+                decoded.insert(meta.digest, bytes.clone());
+                out.push((*meta, bytes));
+            }
+        }
+        for f in frames.iter().filter(|f| !f.base.is_empty()) {
+            let mut base = Vec::with_capacity(f.base_size() as usize);
+            for b in &f.base {
+                let bytes = decoded
+                    .get(&b.digest)
+                    .or_else(|| known.get(&b.digest))
+                    .ok_or_else(|| StoreError::NotFound(format!("base chunk {}", b.digest)))?;
+                base.extend_from_slice(bytes);
+            }
+            out.extend(
+                f.chunks
+                    .iter()
+                    .copied()
+                    .zip(f.decode_verified_with_base(&base)?),
+            );
         }
         Ok(out)
     })
     .await
     .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+}
+
+/// The base chunks that delta frames among `frames` need and that no plain
+/// frame among them holds, each once.
+pub fn missing_bases(frames: &[Frame]) -> Vec<B3Digest> {
+    let held: std::collections::HashSet<B3Digest> = frames
+        .iter()
+        .filter(|f| f.base.is_empty())
+        .flat_map(|f| f.chunks.iter().map(|c| c.digest))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    frames
+        .iter()
+        .flat_map(|f| f.base.iter().map(|b| b.digest))
+        .filter(|d| !held.contains(d) && seen.insert(*d))
+        .collect()
 }
 
 #[cfg(test)]
@@ -233,6 +397,34 @@ mod tests {
     }
 
     #[test]
+    fn delta_frames_need_their_exact_base() {
+        let old = pseudo_random(200_000, 3);
+        let mut new = old.clone();
+        new[5_000..5_010].copy_from_slice(b"1.97.0-nig");
+        let base_meta = vec![chunk(old.clone()).0];
+        let chunks = vec![chunk(new.clone())];
+        let delta = Frame::compress_with_base(&chunks, base_meta, &old).unwrap();
+        let plain = Frame::compress(&chunks).unwrap();
+        assert!(
+            delta.data.len() * 20 < plain.data.len(),
+            "{}",
+            delta.data.len()
+        );
+        assert_eq!(delta.decode_verified_with_base(&old).unwrap()[0], new);
+        // Without its base, or with another one of the same length: never
+        // wrong bytes.
+        assert!(matches!(
+            delta.decode_verified(),
+            Err(StoreError::Invalid(_))
+        ));
+        let other = pseudo_random(200_000, 4);
+        assert!(delta.decode_verified_with_base(&other).is_err());
+        assert!(delta.decode_verified_with_base(&old[1..]).is_err());
+        // The wire form keeps the base list.
+        assert_eq!(Frame::try_from_proto(delta.to_proto()).unwrap(), delta);
+    }
+
+    #[test]
     fn grouping_keeps_order_target_and_groups() {
         // 40 chunks of one large file, then 3 small files, then another
         // large file of 2 chunks.
@@ -250,7 +442,7 @@ mod tests {
             let (m, b) = chunk(pseudo_random(100_000, 200 + i));
             chunks.push((m, b, 8));
         }
-        let frames = group_into_frames(chunks.clone());
+        let frames = group_into_frames(chunks.clone(), DEFAULT_TARGETS);
         for f in &frames {
             let raw: u64 = f.iter().map(|(m, _)| m.size).sum();
             assert!(raw <= FRAME_TARGET);

@@ -21,7 +21,9 @@ use crate::chunker::{Chunker, DEFAULT_PARAMS};
 use crate::digest::B3Digest;
 use crate::directory::{Directory, DirectoryBuilder};
 use crate::error::{StoreError, StoreResult};
-use crate::frame::{group_into_frames, Frame, FrameGroup, SHARED_GROUP, SMALL_FILE};
+use crate::frame::{
+    group_into_frames, Frame, FrameGroup, DEFAULT_TARGETS, SHARED_GROUP, SMALL_FILE,
+};
 use crate::nix::nar::{hashing_reader, read_nar, NarError, NarVisitor};
 use crate::node::Node;
 use crate::services::{BlobChunks, BlobStore, Store};
@@ -180,7 +182,7 @@ impl ChunkUploader {
                 return Ok(());
             }
             let frames = tokio::task::spawn_blocking(move || {
-                group_into_frames(to_send)
+                group_into_frames(to_send, DEFAULT_TARGETS)
                     .iter()
                     .map(|f| Frame::compress(f))
                     .collect::<StoreResult<Vec<_>>>()

@@ -18,6 +18,7 @@ pub mod pathinfo;
 pub mod push;
 pub mod render;
 pub mod services;
+pub mod similarity;
 pub mod testutil;
 
 pub use digest::B3Digest;

@@ -13,7 +13,7 @@ use crate::chunk::{Chunk, ChunkMeta, ChunkPayload};
 use crate::digest::B3Digest;
 use crate::directory::Directory;
 use crate::error::{StoreError, StoreResult};
-use crate::frame::{decode_frames, Frame};
+use crate::frame::{decode_frames, missing_bases, Frame};
 use crate::pathinfo::PathInfo;
 
 /// A blob made of several chunks: its digest and its chunk list in order.
@@ -50,8 +50,8 @@ pub trait BlobStore: Send + Sync {
     /// the bytes here (renderers). Layers with a decoded-chunk cache answer
     /// from it.
     async fn get_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<Chunk>> {
-        let frames = self.get_frames(digests).await?;
-        chunks_in_order(digests, decode_frames(frames).await?)
+        let decoded = get_decoded(self, digests, |_| async { None }).await?;
+        chunks_in_order(digests, decoded)
     }
 
     /// Registers chunk lists of blobs whose chunks are all stored; checks
@@ -62,6 +62,42 @@ pub trait BlobStore: Send + Sync {
     /// is stored: the blob is a single chunk with its own digest, or absent.
     async fn get_blob_chunks(&self, blobs: &[B3Digest])
         -> StoreResult<Vec<Option<Vec<ChunkMeta>>>>;
+}
+
+/// Fetches the frames holding `digests` and decodes them, fetching the
+/// base chunks of delta frames too (one more call) unless `cached` has
+/// them. Returns every chunk decoded (neighbours included).
+pub async fn get_decoded<S, F, Fut>(
+    blobs: &S,
+    digests: &[B3Digest],
+    cached: F,
+) -> StoreResult<Vec<(ChunkMeta, bytes::Bytes)>>
+where
+    S: BlobStore + ?Sized,
+    F: Fn(B3Digest) -> Fut,
+    Fut: std::future::Future<Output = Option<bytes::Bytes>>,
+{
+    let mut frames = blobs.get_frames(digests).await?;
+    let mut known = std::collections::HashMap::new();
+    let mut wanted = Vec::new();
+    for d in missing_bases(&frames) {
+        match cached(d).await {
+            Some(b) => {
+                known.insert(d, b);
+            }
+            None => wanted.push(d),
+        }
+    }
+    if !wanted.is_empty() {
+        let base_frames = blobs.get_frames(&wanted).await?;
+        if base_frames.iter().any(|f| !f.base.is_empty()) {
+            return Err(StoreError::Corrupt(
+                "a delta frame's base is itself a delta".into(),
+            ));
+        }
+        frames.extend(base_frames);
+    }
+    decode_frames(frames, known).await
 }
 
 /// Picks the requested chunks, in request order, out of decoded frames;

@@ -53,9 +53,13 @@ fn frame_path(dir: &Path, id: &B3Digest) -> PathBuf {
     dir.join(&hex[..2]).join(hex)
 }
 
-fn parse_chunks(header: &[u8]) -> Result<Vec<ChunkMeta>, StoreError> {
+/// Parses a header: the frame's chunks and base.
+fn parse_header(header: &[u8]) -> Result<(Vec<ChunkMeta>, Vec<ChunkMeta>), StoreError> {
     let msg = lpb::Frame::decode(header).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    msg.chunks.iter().map(ChunkMeta::try_from_proto).collect()
+    let metas = |l: &[lpb::ChunkMeta]| -> Result<Vec<ChunkMeta>, StoreError> {
+        l.iter().map(ChunkMeta::try_from_proto).collect()
+    };
+    Ok((metas(&msg.chunks)?, metas(&msg.base)?))
 }
 
 /// Reads a frame file's chunk list (the header only).
@@ -69,7 +73,7 @@ fn read_header(path: &Path) -> Result<Vec<ChunkMeta>, StoreError> {
     }
     let mut header = vec![0u8; len];
     file.read_exact(&mut header)?;
-    parse_chunks(&header)
+    Ok(parse_header(&header)?.0)
 }
 
 impl DiskCache {
@@ -166,11 +170,12 @@ impl DiskCache {
             .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
             .filter(|l| 4 + l <= data.len())
             .ok_or_else(|| StoreError::Corrupt("truncated".into()))?;
-        let chunks = parse_chunks(&data[4..4 + len])?;
+        let (chunks, base) = parse_header(&data[4..4 + len])?;
         let mut data = Bytes::from(data);
         Ok(Frame {
             chunks,
             data: data.split_off(4 + len),
+            base,
         })
     }
 
@@ -196,6 +201,7 @@ impl DiskCache {
         let header = lpb::Frame {
             chunks: frame.chunks.iter().map(ChunkMeta::to_proto).collect(),
             data: Bytes::new(),
+            base: frame.base.iter().map(ChunkMeta::to_proto).collect(),
         }
         .encode_to_vec();
         let path = frame_path(&self.dir, &id);

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use lazix_castore::digest::DigestKeyBuildHasher;
-use lazix_castore::frame::Frame;
+use lazix_castore::frame::{missing_bases, Frame};
 use lazix_castore::services::BlobStore;
 use lazix_castore::{B3Digest, StoreError};
 use tokio::sync::watch;
@@ -90,9 +90,25 @@ impl ChunkFetcher {
             Stats::add(&self.stats.memory_hits, 1);
             return Some(b);
         }
+        self.from_disk(digest)
+    }
+
+    /// From the disk cache: decodes the frame holding `digest` (a delta
+    /// frame only if its bases are cached too) and keeps all its chunks in
+    /// memory. A corrupt entry is dropped and reads as a miss.
+    fn from_disk(&self, digest: &B3Digest) -> Option<Bytes> {
         let disk = self.disk.as_ref()?;
         let (id, frame) = disk.frame_of(digest)?;
-        match frame.decode_verified() {
+        let mut base = Vec::with_capacity(frame.base_size() as usize);
+        for b in &frame.base {
+            let bytes = match self.memory.get(&b.digest) {
+                Some(bytes) => bytes,
+                None if b.digest != *digest => self.from_disk(&b.digest)?,
+                None => return None,
+            };
+            base.extend_from_slice(&bytes);
+        }
+        match frame.decode_verified_with_base(&base) {
             Ok(datas) => {
                 Stats::add(&self.stats.disk_hits, 1);
                 let mut wanted = None;
@@ -196,29 +212,25 @@ impl ChunkFetcher {
         batch: &[B3Digest],
     ) -> Result<Vec<Result<Bytes, FetchError>>, FetchError> {
         Stats::add(&self.stats.fetch_requests, 1);
-        let frames = tokio::time::timeout(self.timeout, self.remote.get_frames(batch))
-            .await
-            .map_err(|_| FetchError::Timeout(self.timeout))?
-            .map_err(|e| match e {
-                StoreError::Corrupt(m) => FetchError::Store(format!("corrupt answer: {m}")),
-                e => FetchError::Store(e.to_string()),
-            })?;
-        let payload: u64 = frames.iter().map(|f| f.data.len() as u64).sum();
-        let chunk_count: usize = frames.iter().map(|f| f.chunks.len()).sum();
-        Stats::add(&self.stats.fetched_bytes, payload);
-        Stats::add(&self.stats.fetched_chunks, chunk_count as u64);
+        let mut frames = self.remote_frames(batch).await?;
+        // Delta frames need their bases: from the caches, else one more call.
+        let mut known: HashMap<B3Digest, Bytes> = HashMap::new();
+        let mut wanted = Vec::new();
+        for d in missing_bases(&frames) {
+            match self.memory.get(&d).or_else(|| self.from_disk(&d)) {
+                Some(b) => {
+                    known.insert(d, b);
+                }
+                None => wanted.push(d),
+            }
+        }
+        if !wanted.is_empty() {
+            frames.extend(self.remote_frames(&wanted).await?);
+        }
         let decoded: Vec<(Frame, Result<Vec<Bytes>, StoreError>)> =
-            tokio::task::spawn_blocking(move || {
-                frames
-                    .into_iter()
-                    .map(|f| {
-                        let datas = f.decode_verified();
-                        (f, datas)
-                    })
-                    .collect()
-            })
-            .await
-            .map_err(|e| FetchError::Store(e.to_string()))?;
+            tokio::task::spawn_blocking(move || decode_each(frames, known))
+                .await
+                .map_err(|e| FetchError::Store(e.to_string()))?;
         let mut got: HashMap<B3Digest, Result<Bytes, FetchError>> = HashMap::new();
         let mut to_disk = Vec::new();
         for (frame, datas) in decoded {
@@ -264,6 +276,22 @@ impl ChunkFetcher {
 }
 
 impl ChunkFetcher {
+    /// One batched server call, bounded by the timeout, counted.
+    async fn remote_frames(&self, digests: &[B3Digest]) -> Result<Vec<Frame>, FetchError> {
+        let frames = tokio::time::timeout(self.timeout, self.remote.get_frames(digests))
+            .await
+            .map_err(|_| FetchError::Timeout(self.timeout))?
+            .map_err(|e| match e {
+                StoreError::Corrupt(m) => FetchError::Store(format!("corrupt answer: {m}")),
+                e => FetchError::Store(e.to_string()),
+            })?;
+        let payload: u64 = frames.iter().map(|f| f.data.len() as u64).sum();
+        let chunk_count: usize = frames.iter().map(|f| f.chunks.len()).sum();
+        Stats::add(&self.stats.fetched_bytes, payload);
+        Stats::add(&self.stats.fetched_chunks, chunk_count as u64);
+        Ok(frames)
+    }
+
     /// Starts fetching `digests` in the background (read-ahead); chunks
     /// already cached or in flight are skipped.
     pub fn prefetch(self: &Arc<Self>, digests: Vec<B3Digest>) {
@@ -284,4 +312,38 @@ impl ChunkFetcher {
             }
         });
     }
+}
+
+/// Decodes each frame on its own (plain frames first, so delta frames find
+/// their bases among them or in `known`), keeping each frame's outcome: one
+/// bad frame does not fail its neighbours.
+fn decode_each(
+    frames: Vec<Frame>,
+    known: HashMap<B3Digest, Bytes>,
+) -> Vec<(Frame, Result<Vec<Bytes>, StoreError>)> {
+    let (plain, deltas): (Vec<Frame>, Vec<Frame>) =
+        frames.into_iter().partition(|f| f.base.is_empty());
+    let mut bytes_of = known;
+    let mut out = Vec::new();
+    for f in plain {
+        let res = f.decode_verified();
+        if let Ok(datas) = &res {
+            for (m, b) in f.chunks.iter().zip(datas) {
+                bytes_of.insert(m.digest, b.clone());
+            }
+        }
+        out.push((f, res));
+    }
+    for f in deltas {
+        let base: Result<Vec<u8>, StoreError> = f.base.iter().try_fold(Vec::new(), |mut acc, b| {
+            let bytes = bytes_of
+                .get(&b.digest)
+                .ok_or_else(|| StoreError::NotFound(format!("base chunk {}", b.digest)))?;
+            acc.extend_from_slice(bytes);
+            Ok(acc)
+        });
+        let res = base.and_then(|base| f.decode_verified_with_base(&base));
+        out.push((f, res));
+    }
+    out
 }

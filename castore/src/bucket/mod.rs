@@ -36,14 +36,15 @@ use object_store::{ObjectStore, PutPayload};
 use prost::Message;
 
 use crate::chunk::ChunkMeta;
-use crate::digest::B3Digest;
+use crate::digest::{B3Digest, DigestKeyBuildHasher};
 use crate::directory::{validate_closure, Directory};
 use crate::error::{StoreError, StoreResult};
-use crate::frame::Frame;
+use crate::frame::{decode_frames, Frame, MAX_BASE_RAW};
 use crate::nix::nixbase32;
 use crate::node::Node;
 use crate::pathinfo::PathInfo;
 use crate::services::{BlobChunks, BlobStore, DirectoryStore, PathInfoStore};
+use crate::similarity::{sketch, Sketch};
 
 pub use location::open_object_store;
 use packs::{decode_index, FrameLocation, NewPack, PackTable};
@@ -55,12 +56,23 @@ pub const REFRESH_INTERVAL: Duration = Duration::from_secs(2);
 /// Chunks hashed per step when checking a blob's chunk list (bounds memory).
 const VERIFY_WINDOW: usize = 64;
 
+/// Bytes of decoded chunks kept for delta encoding.
+const BASE_CACHE_BYTES: u64 = 128 * 1024 * 1024;
+
 /// A store in an object store (local folder or bucket). Share it behind an
 /// `Arc`.
 pub struct BucketStore {
     objects: Arc<dyn ObjectStore>,
     table: RwLock<PackTable>,
     last_refresh: Mutex<Option<Instant>>,
+    base_cache: moka::future::Cache<B3Digest, (ChunkMeta, Bytes), DigestKeyBuildHasher>,
+}
+
+/// An uploaded frame after verification: its chunks' bytes and sketches.
+struct Checked {
+    frame: Frame,
+    datas: Vec<Bytes>,
+    sketches: Vec<Option<Sketch>>,
 }
 
 fn object_err(e: object_store::Error) -> StoreError {
@@ -105,6 +117,12 @@ impl BucketStore {
             objects,
             table: RwLock::new(PackTable::default()),
             last_refresh: Mutex::new(None),
+            base_cache: moka::future::Cache::builder()
+                .max_capacity(BASE_CACHE_BYTES)
+                .weigher(|_: &B3Digest, (_, b): &(ChunkMeta, Bytes)| {
+                    (b.len() + 64).min(u32::MAX as usize) as u32
+                })
+                .build_with_hasher(DigestKeyBuildHasher::default()),
         });
         store.refresh().await?;
         Ok(store)
@@ -301,6 +319,84 @@ impl BucketStore {
         })
     }
 
+    /// Re-encodes a verified frame as a delta against near-duplicate
+    /// chunks already stored, when that saves at least a tenth of its
+    /// bytes; otherwise keeps it as uploaded.
+    async fn delta_encode(&self, c: Checked) -> StoreResult<(Frame, Vec<Option<Sketch>>)> {
+        let in_frame: HashSet<B3Digest> = c.frame.chunks.iter().map(|m| m.digest).collect();
+        let bases: Vec<B3Digest> = {
+            let table = self.table.read().expect("pack table");
+            let mut seen = HashSet::new();
+            c.sketches
+                .iter()
+                .flatten()
+                .filter_map(|s| table.most_similar(s))
+                .filter(|d| !in_frame.contains(d) && seen.insert(*d))
+                .collect()
+        };
+        if bases.is_empty() {
+            return Ok((c.frame, c.sketches));
+        }
+        let base_chunks = self.base_chunks(&bases).await?;
+        let mut base_meta = Vec::new();
+        let mut base_bytes = Vec::new();
+        for (meta, bytes) in base_chunks {
+            if (base_bytes.len() + bytes.len()) as u64 > MAX_BASE_RAW {
+                break;
+            }
+            base_bytes.extend_from_slice(&bytes);
+            base_meta.push(meta);
+        }
+        let Checked {
+            frame,
+            datas,
+            sketches,
+        } = c;
+        tokio::task::spawn_blocking(move || {
+            let chunks: Vec<(ChunkMeta, Bytes)> = frame.chunks.iter().copied().zip(datas).collect();
+            let delta = Frame::compress_with_base(&chunks, base_meta, &base_bytes)?;
+            // Keep a delta only if it pays for the base a reader needs.
+            if delta.data.len() * 10 < frame.data.len() * 9 {
+                Ok((delta, sketches))
+            } else {
+                Ok((frame, sketches))
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+    }
+
+    /// Verified bytes of base chunks (all in plain frames), in order, from
+    /// a cache of recently decoded frames (consecutive frames of a new
+    /// version find their bases in the same frames of the old one).
+    async fn base_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<(ChunkMeta, Bytes)>> {
+        let mut missing = Vec::new();
+        for d in digests {
+            if !self.base_cache.contains_key(d) {
+                missing.push(*d);
+            }
+        }
+        if !missing.is_empty() {
+            let frames = self.get_frames(&missing).await?;
+            if frames.iter().any(|f| !f.base.is_empty()) {
+                return Err(StoreError::Corrupt("a delta base is itself a delta".into()));
+            }
+            for (meta, bytes) in decode_frames(frames, HashMap::new()).await? {
+                self.base_cache.insert(meta.digest, (meta, bytes)).await;
+            }
+        }
+        let mut out = Vec::with_capacity(digests.len());
+        for d in digests {
+            let got = self
+                .base_cache
+                .get(d)
+                .await
+                .ok_or_else(|| StoreError::NotFound(format!("base chunk {d}")))?;
+            out.push(got);
+        }
+        Ok(out)
+    }
+
     async fn read_path_info(&self, path: &ObjectPath) -> StoreResult<Option<PathInfo>> {
         let Some(data) = self.get_optional(path).await? else {
             return Ok(None);
@@ -326,26 +422,43 @@ impl BlobStore for BucketStore {
         if frames.is_empty() {
             return Ok(());
         }
-        // Verify everything before anything is written.
-        let frames = tokio::task::spawn_blocking(move || {
-            for f in &frames {
-                f.decode_verified()?;
-            }
-            Ok::<_, StoreError>(frames)
+        if frames.iter().any(|f| !f.base.is_empty()) {
+            return Err(StoreError::Invalid(
+                "uploaded frames must be plain (the server makes deltas)".into(),
+            ));
+        }
+        // Verify everything before anything is written; sketch each chunk.
+        let checked = tokio::task::spawn_blocking(move || {
+            frames
+                .into_iter()
+                .map(|f| {
+                    let datas = f.decode_verified()?;
+                    let sketches = datas.iter().map(|d| sketch(d)).collect();
+                    Ok(Checked {
+                        frame: f,
+                        datas,
+                        sketches,
+                    })
+                })
+                .collect::<StoreResult<Vec<_>>>()
         })
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
-        let fresh: Vec<Frame> = {
+        let fresh: Vec<Checked> = {
             let table = self.table.read().expect("pack table");
-            frames
+            checked
                 .into_iter()
-                .filter(|f| !f.chunks.iter().all(|c| table.contains(&c.digest)))
+                .filter(|c| !c.frame.chunks.iter().all(|m| table.contains(&m.digest)))
                 .collect()
         };
         if fresh.is_empty() {
             return Ok(());
         }
-        let pack = tokio::task::spawn_blocking(move || NewPack::build(&fresh))
+        let mut framed = Vec::with_capacity(fresh.len());
+        for c in fresh {
+            framed.push(self.delta_encode(c).await?);
+        }
+        let pack = tokio::task::spawn_blocking(move || NewPack::build(&framed))
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
         // The pack first, its index last: the index makes it visible.
@@ -405,6 +518,7 @@ impl BlobStore for BucketStore {
                 slots[i] = Some(Frame {
                     chunks: l.chunks.to_vec(),
                     data,
+                    base: l.base.to_vec(),
                 });
             }
         }

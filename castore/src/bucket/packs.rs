@@ -14,6 +14,7 @@ use crate::chunk::ChunkMeta;
 use crate::digest::{B3Digest, DigestKeyBuildHasher};
 use crate::error::{StoreError, StoreResult};
 use crate::frame::Frame;
+use crate::similarity::{Sketch, SUPER_FEATURES};
 
 /// Where one stored frame lives.
 #[derive(Debug)]
@@ -26,6 +27,8 @@ pub struct FrameLocation {
     pub length: u64,
     /// The frame's chunks, in order.
     pub chunks: Arc<[ChunkMeta]>,
+    /// Base chunks of a delta frame (empty for a plain frame).
+    pub base: Arc<[ChunkMeta]>,
 }
 
 /// The chunk → frame map of every visible pack.
@@ -33,6 +36,8 @@ pub struct FrameLocation {
 pub struct PackTable {
     by_chunk: HashMap<B3Digest, Arc<FrameLocation>, DigestKeyBuildHasher>,
     packs: HashSet<Arc<str>>,
+    /// (super-feature index, value) → a chunk in a plain frame with it.
+    similar: HashMap<(u8, u32), B3Digest>,
 }
 
 impl PackTable {
@@ -46,7 +51,19 @@ impl PackTable {
     pub fn add_pack(&mut self, id: &str, index: &lpb::PackIndex) -> StoreResult<()> {
         let pack: Arc<str> = Arc::from(id);
         let frames = parse_index(&pack, index)?;
-        for frame in frames {
+        for (frame, entry) in frames.into_iter().zip(&index.frames) {
+            if frame.base.is_empty() && entry.sketches.len() == frame.chunks.len() * SUPER_FEATURES
+            {
+                for (c, sketch) in frame
+                    .chunks
+                    .iter()
+                    .zip(entry.sketches.chunks(SUPER_FEATURES))
+                {
+                    for (i, sf) in sketch.iter().enumerate().filter(|(_, sf)| **sf != 0) {
+                        self.similar.entry((i as u8, *sf)).or_insert(c.digest);
+                    }
+                }
+            }
             for c in frame.chunks.iter() {
                 self.by_chunk
                     .entry(c.digest)
@@ -65,6 +82,26 @@ impl PackTable {
     /// Whether a chunk is stored.
     pub fn contains(&self, digest: &B3Digest) -> bool {
         self.by_chunk.contains_key(digest)
+    }
+
+    /// The stored chunk most like one with `sketch` (most super-features in
+    /// common), if any shares one; it lives in a plain frame.
+    pub fn most_similar(&self, sketch: &Sketch) -> Option<B3Digest> {
+        let mut best: Option<(B3Digest, usize)> = None;
+        for (i, sf) in sketch.iter().enumerate() {
+            let Some(d) = self.similar.get(&(i as u8, *sf)) else {
+                continue;
+            };
+            let score = sketch
+                .iter()
+                .enumerate()
+                .filter(|(j, v)| self.similar.get(&(*j as u8, **v)) == Some(d))
+                .count();
+            if best.is_none_or(|(_, s)| score > s) {
+                best = Some((*d, score));
+            }
+        }
+        best.map(|(d, _)| d)
     }
 
     /// Chunks indexed.
@@ -86,17 +123,18 @@ fn parse_index(pack: &Arc<str>, index: &lpb::PackIndex) -> StoreResult<Vec<Arc<F
                 )));
             }
             end = f.offset + f.length;
+            let metas = |list: &[lpb::ChunkMeta]| {
+                list.iter()
+                    .map(ChunkMeta::try_from_proto)
+                    .collect::<StoreResult<Vec<_>>>()
+                    .map_err(|e| StoreError::Corrupt(format!("pack {pack}: {e}")))
+            };
             Ok(Arc::new(FrameLocation {
                 pack: pack.clone(),
                 offset: f.offset,
                 length: f.length,
-                chunks: f
-                    .chunks
-                    .iter()
-                    .map(ChunkMeta::try_from_proto)
-                    .collect::<StoreResult<Vec<_>>>()
-                    .map_err(|e| StoreError::Corrupt(format!("pack {pack}: {e}")))?
-                    .into(),
+                chunks: metas(&f.chunks)?.into(),
+                base: metas(&f.base)?.into(),
             }))
         })
         .collect()
@@ -114,15 +152,26 @@ pub struct NewPack {
 }
 
 impl NewPack {
-    /// Lays frames out back to back.
-    pub fn build(frames: &[Frame]) -> Self {
-        let mut bytes = Vec::with_capacity(frames.iter().map(|f| f.data.len()).sum());
+    /// Lays frames out back to back, each with the sketches of its chunks
+    /// (recorded for plain frames only: only they can be delta bases).
+    pub fn build(frames: &[(Frame, Vec<Option<Sketch>>)]) -> Self {
+        let mut bytes = Vec::with_capacity(frames.iter().map(|(f, _)| f.data.len()).sum());
         let mut index = lpb::PackIndex::default();
-        for f in frames {
+        for (f, sketches) in frames {
+            let sketches = if f.base.is_empty() {
+                sketches
+                    .iter()
+                    .flat_map(|s| s.unwrap_or_default())
+                    .collect()
+            } else {
+                Vec::new()
+            };
             index.frames.push(lpb::PackFrame {
                 offset: bytes.len() as u64,
                 length: f.data.len() as u64,
                 chunks: f.chunks.iter().map(ChunkMeta::to_proto).collect(),
+                base: f.base.iter().map(ChunkMeta::to_proto).collect(),
+                sketches,
             });
             bytes.extend_from_slice(&f.data);
         }
