@@ -30,7 +30,7 @@ trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
 wait_port "$port"
 
 ./target/release/lazix-bench layouts "${paths[@]}"
-"$LAZIX" push --server "grpc://127.0.0.1:$port" "${paths[@]}" 2>/dev/null
+"$LAZIX" push --server "grpc://127.0.0.1:$port" "${paths[@]}" >&2
 # Every object of the real store (staging files of unfinished writes are
 # named NAME#N and are not objects).
 find "$work/data" -type f ! -name '*#*' -printf '%s\n' |

@@ -36,6 +36,10 @@ const BATCH_CHUNKS: usize = 2048;
 const MAX_IN_FLIGHT: usize = 4;
 /// Chunk lists registered per call.
 const LIST_BATCH: usize = 256;
+/// Bytes of blobs whose chunk lists are registered together: soon after
+/// their chunks arrive, so the server checks them from the chunks it just
+/// received instead of reading them back.
+const LIST_BATCH_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Why an ingest failed. Nothing is recorded as a PathInfo by ingest; a
 /// failed ingest leaves at most unreferenced chunks behind.
@@ -89,6 +93,7 @@ pub struct ChunkUploader {
     pending_bytes: u64,
     last_group: FrameGroup,
     pending_lists: Vec<BlobChunks>,
+    pending_list_bytes: u64,
     in_flight: FuturesUnordered<JoinHandle<StoreResult<()>>>,
 }
 
@@ -108,6 +113,7 @@ impl ChunkUploader {
             pending_bytes: 0,
             last_group: SHARED_GROUP,
             pending_lists: Vec::new(),
+            pending_list_bytes: 0,
             in_flight: FuturesUnordered::new(),
         }
     }
@@ -145,9 +151,28 @@ impl ChunkUploader {
 
     /// Queues a chunk list, registered once its chunks are stored.
     pub async fn add_blob_list(&mut self, list: BlobChunks) -> StoreResult<()> {
+        self.pending_list_bytes += list.chunks.iter().map(|c| c.size).sum::<u64>();
         self.pending_lists.push(list);
-        if self.pending_lists.len() >= LIST_BATCH {
-            self.flush().await?;
+        if self.pending_lists.len() >= LIST_BATCH || self.pending_list_bytes >= LIST_BATCH_BYTES {
+            self.register_lists().await?;
+        }
+        Ok(())
+    }
+
+    /// Registers the queued chunk lists once their chunks are stored,
+    /// without waiting for the server to check them: chunk uploads go on
+    /// meanwhile ([`ChunkUploader::flush`] waits for everything).
+    async fn register_lists(&mut self) -> StoreResult<()> {
+        self.send_batch().await?;
+        while !self.in_flight.is_empty() {
+            self.next_done().await?;
+        }
+        let lists = std::mem::take(&mut self.pending_lists);
+        self.pending_list_bytes = 0;
+        if !lists.is_empty() {
+            let blobs = self.blobs.clone();
+            self.in_flight
+                .push(tokio::spawn(async move { blobs.put_blob_chunks(lists).await }));
         }
         Ok(())
     }
@@ -222,9 +247,9 @@ impl ChunkUploader {
         while !self.in_flight.is_empty() {
             self.next_done().await?;
         }
-        if !self.pending_lists.is_empty() {
-            let lists = std::mem::take(&mut self.pending_lists);
-            self.blobs.put_blob_chunks(lists).await?;
+        self.register_lists().await?;
+        while !self.in_flight.is_empty() {
+            self.next_done().await?;
         }
         Ok(())
     }

@@ -90,20 +90,20 @@ impl ChunkFetcher {
             Stats::add(&self.stats.memory_hits, 1);
             return Some(b);
         }
-        self.from_disk(digest)
+        self.disk_lookup(digest)
     }
 
     /// From the disk cache: decodes the frame holding `digest` (a delta
     /// frame only if its bases are cached too) and keeps all its chunks in
     /// memory. A corrupt entry is dropped and reads as a miss.
-    fn from_disk(&self, digest: &B3Digest) -> Option<Bytes> {
+    fn disk_lookup(&self, digest: &B3Digest) -> Option<Bytes> {
         let disk = self.disk.as_ref()?;
         let (id, frame) = disk.frame_of(digest)?;
         let mut base = Vec::with_capacity(frame.base_size() as usize);
         for b in &frame.base {
             let bytes = match self.memory.get(&b.digest) {
                 Some(bytes) => bytes,
-                None if b.digest != *digest => self.from_disk(&b.digest)?,
+                None if b.digest != *digest => self.disk_lookup(&b.digest)?,
                 None => return None,
             };
             base.extend_from_slice(&bytes);
@@ -217,7 +217,7 @@ impl ChunkFetcher {
         let mut known: HashMap<B3Digest, Bytes> = HashMap::new();
         let mut wanted = Vec::new();
         for d in missing_bases(&frames) {
-            match self.memory.get(&d).or_else(|| self.from_disk(&d)) {
+            match self.memory.get(&d).or_else(|| self.disk_lookup(&d)) {
                 Some(b) => {
                     known.insert(d, b);
                 }

@@ -21,6 +21,7 @@
 
 mod location;
 mod packs;
+mod recent;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -48,6 +49,7 @@ use crate::similarity::{sketch, Sketch};
 
 pub use location::open_object_store;
 use packs::{decode_index, FrameLocation, NewPack, PackTable};
+use recent::RecentChunks;
 
 /// Objects read or written at once by one call.
 const CONCURRENCY: usize = 16;
@@ -55,9 +57,13 @@ const CONCURRENCY: usize = 16;
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(2);
 /// Chunks hashed per step when checking a blob's chunk list (bounds memory).
 const VERIFY_WINDOW: usize = 64;
+/// Chunk lists checked at once.
+const VERIFY_PARALLEL: usize = 4;
 
 /// Bytes of decoded chunks kept for delta encoding.
 const BASE_CACHE_BYTES: u64 = 128 * 1024 * 1024;
+/// Bytes of just-uploaded chunks kept for checking chunk lists.
+const RECENT_BYTES: u64 = 256 * 1024 * 1024;
 
 /// A store in an object store (local folder or bucket). Share it behind an
 /// `Arc`.
@@ -66,6 +72,7 @@ pub struct BucketStore {
     table: RwLock<PackTable>,
     last_refresh: Mutex<Option<Instant>>,
     base_cache: moka::future::Cache<B3Digest, (ChunkMeta, Bytes), DigestKeyBuildHasher>,
+    recent: Mutex<RecentChunks>,
 }
 
 /// An uploaded frame after verification: its chunks' bytes and sketches.
@@ -117,6 +124,7 @@ impl BucketStore {
             objects,
             table: RwLock::new(PackTable::default()),
             last_refresh: Mutex::new(None),
+            recent: Mutex::new(RecentChunks::new(RECENT_BYTES)),
             base_cache: moka::future::Cache::builder()
                 .max_capacity(BASE_CACHE_BYTES)
                 .weigher(|_: &B3Digest, (_, b): &(ChunkMeta, Bytes)| {
@@ -277,23 +285,63 @@ impl BucketStore {
     /// Checks a chunk list against the stored chunks: all present with the
     /// listed sizes, and their concatenation hashes to the blob digest.
     async fn verify_blob(&self, b: &BlobChunks) -> StoreResult<()> {
-        let mut hasher = blake3::Hasher::new();
+        let mut hasher = Some(blake3::Hasher::new());
         for window in b.chunks.chunks(VERIFY_WINDOW) {
-            let digests: Vec<B3Digest> = window.iter().map(|c| c.digest).collect();
-            let chunks = self.get_chunks(&digests).await.map_err(|e| match e {
-                StoreError::NotFound(m) => StoreError::Invalid(format!("blob {}: {m}", b.blob)),
-                e => e,
-            })?;
-            for (meta, chunk) in window.iter().zip(&chunks) {
-                if chunk.size != meta.size {
+            if let Some(absent) = {
+                let table = self.table.read().expect("pack table");
+                window.iter().find(|c| !table.contains(&c.digest)).copied()
+            } {
+                // Perhaps stored by another replica since the last listing.
+                self.locate(&[absent.digest]).await.map_err(|_| {
+                    StoreError::Invalid(format!("blob {}: chunk {} not stored", b.blob, absent.digest))
+                })?;
+            }
+            // Just-uploaded chunks are at hand; others are read back.
+            let mut datas: Vec<Option<Bytes>> = {
+                let recent = self.recent.lock().expect("recent chunks");
+                window.iter().map(|c| recent.get(&c.digest)).collect()
+            };
+            let misses: Vec<B3Digest> = window
+                .iter()
+                .zip(&datas)
+                .filter(|(_, d)| d.is_none())
+                .map(|(c, _)| c.digest)
+                .collect();
+            if !misses.is_empty() {
+                let read = self.get_chunks(&misses).await.map_err(|e| match e {
+                    StoreError::NotFound(m) => StoreError::Invalid(format!("blob {}: {m}", b.blob)),
+                    e => e,
+                })?;
+                let mut read = read.into_iter();
+                for slot in datas.iter_mut().filter(|d| d.is_none()) {
+                    *slot = Some(read.next().expect("one per miss").decode_verified()?);
+                }
+            }
+            let datas: Vec<Bytes> = datas.into_iter().map(|d| d.expect("filled")).collect();
+            for (meta, data) in window.iter().zip(&datas) {
+                if data.len() as u64 != meta.size {
                     return Err(StoreError::Invalid(format!(
                         "blob {}: chunk {} has size {}, list says {}",
-                        b.blob, meta.digest, chunk.size, meta.size
+                        b.blob,
+                        meta.digest,
+                        data.len(),
+                        meta.size
                     )));
                 }
-                hasher.update(&chunk.decode_verified()?);
             }
+            let mut h = hasher.take().expect("hasher");
+            hasher = Some(
+                tokio::task::spawn_blocking(move || {
+                    for d in &datas {
+                        h.update(d);
+                    }
+                    h
+                })
+                .await
+                .map_err(|e| StoreError::Io(std::io::Error::other(e)))?,
+            );
         }
+        let hasher = hasher.expect("hasher");
         if B3Digest::from(hasher.finalize()) != b.blob {
             return Err(StoreError::Invalid(format!(
                 "blob {}: chunks do not hash to the blob digest",
@@ -335,6 +383,12 @@ impl BucketStore {
                 .collect()
         };
         if bases.is_empty() {
+            tracing::debug!(
+                chunks = c.frame.chunks.len(),
+                sketched = c.sketches.iter().flatten().count(),
+                plain = c.frame.data.len(),
+                "no delta base"
+            );
             return Ok((c.frame, c.sketches));
         }
         let base_chunks = self.base_chunks(&bases).await?;
@@ -355,6 +409,13 @@ impl BucketStore {
         tokio::task::spawn_blocking(move || {
             let chunks: Vec<(ChunkMeta, Bytes)> = frame.chunks.iter().copied().zip(datas).collect();
             let delta = Frame::compress_with_base(&chunks, base_meta, &base_bytes)?;
+            tracing::debug!(
+                chunks = frame.chunks.len(),
+                bases = delta.base.len(),
+                plain = frame.data.len(),
+                delta = delta.data.len(),
+                "delta candidate"
+            );
             // Keep a delta only if it pays for the base a reader needs.
             if delta.data.len() * 10 < frame.data.len() * 9 {
                 Ok((delta, sketches))
@@ -370,10 +431,14 @@ impl BucketStore {
     /// a cache of recently decoded frames (consecutive frames of a new
     /// version find their bases in the same frames of the old one).
     async fn base_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<(ChunkMeta, Bytes)>> {
+        let mut found: HashMap<B3Digest, (ChunkMeta, Bytes)> = HashMap::new();
         let mut missing = Vec::new();
         for d in digests {
-            if !self.base_cache.contains_key(d) {
-                missing.push(*d);
+            match self.base_cache.get(d).await {
+                Some(hit) => {
+                    found.insert(*d, hit);
+                }
+                None => missing.push(*d),
             }
         }
         if !missing.is_empty() {
@@ -381,20 +446,22 @@ impl BucketStore {
             if frames.iter().any(|f| !f.base.is_empty()) {
                 return Err(StoreError::Corrupt("a delta base is itself a delta".into()));
             }
+            // The cache may refuse entries (TinyLFU admission): answer
+            // from what was decoded, not from the cache.
             for (meta, bytes) in decode_frames(frames, HashMap::new()).await? {
-                self.base_cache.insert(meta.digest, (meta, bytes)).await;
+                self.base_cache.insert(meta.digest, (meta, bytes.clone())).await;
+                found.insert(meta.digest, (meta, bytes));
             }
         }
-        let mut out = Vec::with_capacity(digests.len());
-        for d in digests {
-            let got = self
-                .base_cache
-                .get(d)
-                .await
-                .ok_or_else(|| StoreError::NotFound(format!("base chunk {d}")))?;
-            out.push(got);
-        }
-        Ok(out)
+        digests
+            .iter()
+            .map(|d| {
+                found
+                    .get(d)
+                    .cloned()
+                    .ok_or_else(|| StoreError::NotFound(format!("base chunk {d}")))
+            })
+            .collect()
     }
 
     async fn read_path_info(&self, path: &ObjectPath) -> StoreResult<Option<PathInfo>> {
@@ -444,6 +511,14 @@ impl BlobStore for BucketStore {
         })
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        {
+            let mut recent = self.recent.lock().expect("recent chunks");
+            for c in &checked {
+                for (m, d) in c.frame.chunks.iter().zip(&c.datas) {
+                    recent.insert(m.digest, d.clone());
+                }
+            }
+        }
         let fresh: Vec<Checked> = {
             let table = self.table.read().expect("pack table");
             checked
@@ -529,9 +604,13 @@ impl BlobStore for BucketStore {
     }
 
     async fn put_blob_chunks(&self, blobs: Vec<BlobChunks>) -> StoreResult<()> {
-        for b in &blobs {
-            self.verify_blob(b).await?;
-        }
+        // Checked in parallel (decoding and hashing run on blocking
+        // threads), all before any list is written.
+        stream::iter(blobs.clone())
+            .map(|b| async move { self.verify_blob(&b).await })
+            .buffer_unordered(VERIFY_PARALLEL)
+            .try_collect::<()>()
+            .await?;
         stream::iter(blobs)
             .map(|b| async move {
                 let msg = lpb::BlobChunks {
