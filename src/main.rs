@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use lazix_castore::bucket::BucketStore;
+use lazix_castore::bucket::{compact_when_quiet, BucketStore};
 use lazix_castore::cache::{cached, CacheConfig};
 use lazix_castore::nix::signing::SecretKey;
 use lazix_castore::nix::store_path::StorePath;
@@ -36,6 +36,9 @@ enum Command {
     /// Serve a store over gRPC (snix-compatible services plus lazix.v1)
     /// and, with --http, as a Nix binary cache.
     Serve(ServeArgs),
+    /// Recompress packs stored at the ingest level (harder zstd, deltas of
+    /// near-duplicates); safe while a server uses the same store.
+    Compact(StoreLocation),
     /// Mount the server's store read-only over FUSE; file bytes are fetched
     /// on first access. Runs in the foreground; SIGINT/SIGTERM unmount.
     Mount(MountArgs),
@@ -80,8 +83,9 @@ enum Command {
     },
 }
 
+/// Where a store lives (for commands that open it directly).
 #[derive(clap::Args)]
-struct ServeArgs {
+struct StoreLocation {
     /// Data folder of the embedded store.
     #[arg(long, env = "LAZIX_DATA", default_value_os_t = default_data_dir())]
     data: PathBuf,
@@ -90,6 +94,38 @@ struct ServeArgs {
     /// environment variables) or `file:///DIR`.
     #[arg(long, env = "LAZIX_STORE")]
     store: Option<String>,
+}
+
+impl StoreLocation {
+    /// The location string `BucketStore::open` takes.
+    fn location(&self) -> Result<String> {
+        Ok(match &self.store {
+            Some(l) => l.clone(),
+            None => self
+                .data
+                .to_str()
+                .context("the data folder's path is not UTF-8")?
+                .to_string(),
+        })
+    }
+
+    async fn open(&self) -> Result<(String, Arc<BucketStore>)> {
+        let location = self.location()?;
+        let store = BucketStore::open(&location)
+            .await
+            .with_context(|| format!("opening the store at {location}"))?;
+        Ok((location, store))
+    }
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    location: StoreLocation,
+    /// Compact packs (see `lazix compact`) once uploads have been quiet for
+    /// this many seconds; 0 turns background compaction off.
+    #[arg(long, default_value_t = 30)]
+    compact_after: u64,
     /// Address to listen on for gRPC.
     #[arg(long, default_value = DEFAULT_GRPC)]
     grpc: SocketAddr,
@@ -195,6 +231,7 @@ async fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => serve(args).await,
+        Command::Compact(location) => compact(location).await,
         Command::Keygen { name, dir } => keygen(&name, &dir),
         Command::Mount(args) => mount(args).await,
         Command::Push {
@@ -236,18 +273,27 @@ fn read_token(path: &Option<PathBuf>) -> Result<Option<String>> {
         .transpose()
 }
 
-async fn serve(args: ServeArgs) -> Result<()> {
-    let location = match &args.store {
-        Some(l) => l.clone(),
-        None => args
-            .data
-            .to_str()
-            .context("the data folder's path is not UTF-8")?
-            .to_string(),
-    };
-    let backend = BucketStore::open(&location)
+async fn compact(location: StoreLocation) -> Result<()> {
+    let (location, store) = location.open().await?;
+    let r = store
+        .compact()
         .await
-        .with_context(|| format!("opening the store at {location}"))?;
+        .with_context(|| format!("compacting {location}"))?;
+    println!(
+        "lazix compact: rewrote {} packs, {} -> {} bytes ({} delta frames, {} duplicate chunks dropped)",
+        r.packs_rewritten, r.bytes_before, r.bytes_after, r.delta_frames, r.duplicate_chunks
+    );
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let (location, backend) = args.location.open().await?;
+    if args.compact_after > 0 {
+        tokio::spawn(compact_when_quiet(
+            backend.clone(),
+            std::time::Duration::from_secs(args.compact_after),
+        ));
+    }
     let store = cached(Store::from_backend(backend), CacheConfig::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {

@@ -80,10 +80,13 @@ impl Frame {
     /// Compresses chunks against `base` (the concatenated bytes of the
     /// chunks listed in `base_meta`) as a zstd prefix: a delta frame.
     /// CPU-bound.
+    /// `level` is the zstd level. With an empty base this makes a plain
+    /// frame at that level.
     pub fn compress_with_base(
         chunks: &[(ChunkMeta, Bytes)],
         base_meta: Vec<ChunkMeta>,
         base: &[u8],
+        level: i32,
     ) -> StoreResult<Self> {
         use zstd::zstd_safe::{CCtx, CParameter};
         let mut raw = Vec::with_capacity(chunks.iter().map(|(_, b)| b.len()).sum());
@@ -91,11 +94,13 @@ impl Frame {
             raw.extend_from_slice(b);
         }
         let mut cctx = CCtx::create();
-        cctx.set_parameter(CParameter::CompressionLevel(crate::chunk::ZSTD_LEVEL))
+        cctx.set_parameter(CParameter::CompressionLevel(level))
             .map_err(zstd_err)?;
         cctx.set_parameter(CParameter::WindowLog(window_log(base.len(), raw.len())))
             .map_err(zstd_err)?;
-        cctx.ref_prefix(base).map_err(zstd_err)?;
+        if !base.is_empty() {
+            cctx.ref_prefix(base).map_err(zstd_err)?;
+        }
         let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(raw.len()));
         cctx.compress2(&mut out, &raw).map_err(zstd_err)?;
         Ok(Self {
@@ -403,7 +408,7 @@ mod tests {
         new[5_000..5_010].copy_from_slice(b"1.97.0-nig");
         let base_meta = vec![chunk(old.clone()).0];
         let chunks = vec![chunk(new.clone())];
-        let delta = Frame::compress_with_base(&chunks, base_meta, &old).unwrap();
+        let delta = Frame::compress_with_base(&chunks, base_meta, &old, 3).unwrap();
         let plain = Frame::compress(&chunks).unwrap();
         assert!(
             delta.data.len() * 20 < plain.data.len(),

@@ -171,8 +171,9 @@ impl ChunkUploader {
         self.pending_list_bytes = 0;
         if !lists.is_empty() {
             let blobs = self.blobs.clone();
-            self.in_flight
-                .push(tokio::spawn(async move { blobs.put_blob_chunks(lists).await }));
+            self.in_flight.push(tokio::spawn(
+                async move { blobs.put_blob_chunks(lists).await },
+            ));
         }
         Ok(())
     }

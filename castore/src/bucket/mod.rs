@@ -19,6 +19,7 @@
 //! re-lists `packs/` (at most every [`REFRESH_INTERVAL`]) so packs written
 //! by another replica become readable.
 
+mod compact;
 mod location;
 mod packs;
 mod recent;
@@ -40,13 +41,14 @@ use crate::chunk::ChunkMeta;
 use crate::digest::{B3Digest, DigestKeyBuildHasher};
 use crate::directory::{validate_closure, Directory};
 use crate::error::{StoreError, StoreResult};
-use crate::frame::{decode_frames, Frame, MAX_BASE_RAW};
+use crate::frame::{decode_frames, Frame};
 use crate::nix::nixbase32;
 use crate::node::Node;
 use crate::pathinfo::PathInfo;
 use crate::services::{BlobChunks, BlobStore, DirectoryStore, PathInfoStore};
 use crate::similarity::{sketch, Sketch};
 
+pub use compact::{compact_when_quiet, CompactReport, COMPACT_LEVEL};
 pub use location::open_object_store;
 use packs::{decode_index, FrameLocation, NewPack, PackTable};
 use recent::RecentChunks;
@@ -73,6 +75,19 @@ pub struct BucketStore {
     last_refresh: Mutex<Option<Instant>>,
     base_cache: moka::future::Cache<B3Digest, (ChunkMeta, Bytes), DigestKeyBuildHasher>,
     recent: Mutex<RecentChunks>,
+    /// When packs were last written by uploads since the last compaction.
+    uploaded_at: Mutex<Option<Instant>>,
+}
+
+/// Frame slots and the bytes read for them from one pack.
+type PackRanges = (Vec<usize>, Vec<Bytes>);
+
+/// What reading frames found.
+enum ReadOutcome {
+    /// The frames.
+    Frames(Vec<Frame>),
+    /// A pack listed in the table no longer exists.
+    PackGone(Arc<str>),
 }
 
 /// An uploaded frame after verification: its chunks' bytes and sketches.
@@ -125,6 +140,7 @@ impl BucketStore {
             table: RwLock::new(PackTable::default()),
             last_refresh: Mutex::new(None),
             recent: Mutex::new(RecentChunks::new(RECENT_BYTES)),
+            uploaded_at: Mutex::new(None),
             base_cache: moka::future::Cache::builder()
                 .max_capacity(BASE_CACHE_BYTES)
                 .weigher(|_: &B3Digest, (_, b): &(ChunkMeta, Bytes)| {
@@ -151,16 +167,28 @@ impl BucketStore {
             .try_collect()
             .await
             .map_err(object_err)?;
+        let listed_ids: HashSet<String> = listed
+            .iter()
+            .filter_map(|m| {
+                m.location
+                    .filename()?
+                    .strip_suffix(".idx")
+                    .map(String::from)
+            })
+            .collect();
         let new_ids: Vec<String> = {
-            let table = self.table.read().expect("pack table");
-            listed
-                .iter()
-                .filter_map(|m| {
-                    m.location
-                        .filename()?
-                        .strip_suffix(".idx")
-                        .map(String::from)
-                })
+            let mut table = self.table.write().expect("pack table");
+            // Packs deleted elsewhere (compaction, GC) first: their chunks
+            // are in packs listed now, added below.
+            for gone in table
+                .pack_ids()
+                .into_iter()
+                .filter(|id| !listed_ids.contains(id.as_ref()))
+            {
+                table.remove_pack(&gone);
+            }
+            listed_ids
+                .into_iter()
                 .filter(|id| !table.has_pack(id))
                 .collect()
         };
@@ -179,7 +207,7 @@ impl BucketStore {
             .await;
         let mut table = self.table.write().expect("pack table");
         for (id, parsed) in loaded {
-            match parsed.and_then(|index| table.add_pack(&id, &index)) {
+            match parsed.and_then(|index| table.add_pack(&id, &index, false)) {
                 Ok(()) => {}
                 Err(StoreError::Io(e)) => return Err(StoreError::Io(e)),
                 Err(e) => tracing::error!(pack = %id, error = %e, "pack left invisible"),
@@ -200,6 +228,15 @@ impl BucketStore {
             self.refresh().await?;
         }
         Ok(due)
+    }
+
+    /// Whether uploads wrote packs since the last compaction and then
+    /// stopped for at least `quiet`.
+    pub fn uploads_quiet_for(&self, quiet: Duration) -> bool {
+        self.uploaded_at
+            .lock()
+            .expect("upload clock")
+            .is_some_and(|t| t.elapsed() >= quiet)
     }
 
     /// Chunks in the pack index.
@@ -293,7 +330,10 @@ impl BucketStore {
             } {
                 // Perhaps stored by another replica since the last listing.
                 self.locate(&[absent.digest]).await.map_err(|_| {
-                    StoreError::Invalid(format!("blob {}: chunk {} not stored", b.blob, absent.digest))
+                    StoreError::Invalid(format!(
+                        "blob {}: chunk {} not stored",
+                        b.blob, absent.digest
+                    ))
                 })?;
             }
             // Just-uploaded chunks are at hand; others are read back.
@@ -367,70 +407,13 @@ impl BucketStore {
         })
     }
 
-    /// Re-encodes a verified frame as a delta against near-duplicate
-    /// chunks already stored, when that saves at least a tenth of its
-    /// bytes; otherwise keeps it as uploaded.
-    async fn delta_encode(&self, c: Checked) -> StoreResult<(Frame, Vec<Option<Sketch>>)> {
-        let in_frame: HashSet<B3Digest> = c.frame.chunks.iter().map(|m| m.digest).collect();
-        let bases: Vec<B3Digest> = {
-            let table = self.table.read().expect("pack table");
-            let mut seen = HashSet::new();
-            c.sketches
-                .iter()
-                .flatten()
-                .filter_map(|s| table.most_similar(s))
-                .filter(|d| !in_frame.contains(d) && seen.insert(*d))
-                .collect()
-        };
-        if bases.is_empty() {
-            tracing::debug!(
-                chunks = c.frame.chunks.len(),
-                sketched = c.sketches.iter().flatten().count(),
-                plain = c.frame.data.len(),
-                "no delta base"
-            );
-            return Ok((c.frame, c.sketches));
-        }
-        let base_chunks = self.base_chunks(&bases).await?;
-        let mut base_meta = Vec::new();
-        let mut base_bytes = Vec::new();
-        for (meta, bytes) in base_chunks {
-            if (base_bytes.len() + bytes.len()) as u64 > MAX_BASE_RAW {
-                break;
-            }
-            base_bytes.extend_from_slice(&bytes);
-            base_meta.push(meta);
-        }
-        let Checked {
-            frame,
-            datas,
-            sketches,
-        } = c;
-        tokio::task::spawn_blocking(move || {
-            let chunks: Vec<(ChunkMeta, Bytes)> = frame.chunks.iter().copied().zip(datas).collect();
-            let delta = Frame::compress_with_base(&chunks, base_meta, &base_bytes)?;
-            tracing::debug!(
-                chunks = frame.chunks.len(),
-                bases = delta.base.len(),
-                plain = frame.data.len(),
-                delta = delta.data.len(),
-                "delta candidate"
-            );
-            // Keep a delta only if it pays for the base a reader needs.
-            if delta.data.len() * 10 < frame.data.len() * 9 {
-                Ok((delta, sketches))
-            } else {
-                Ok((frame, sketches))
-            }
-        })
-        .await
-        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
-    }
-
     /// Verified bytes of base chunks (all in plain frames), in order, from
     /// a cache of recently decoded frames (consecutive frames of a new
     /// version find their bases in the same frames of the old one).
-    async fn base_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<(ChunkMeta, Bytes)>> {
+    pub(crate) async fn base_chunks(
+        &self,
+        digests: &[B3Digest],
+    ) -> StoreResult<Vec<(ChunkMeta, Bytes)>> {
         let mut found: HashMap<B3Digest, (ChunkMeta, Bytes)> = HashMap::new();
         let mut missing = Vec::new();
         for d in digests {
@@ -449,7 +432,9 @@ impl BucketStore {
             // The cache may refuse entries (TinyLFU admission): answer
             // from what was decoded, not from the cache.
             for (meta, bytes) in decode_frames(frames, HashMap::new()).await? {
-                self.base_cache.insert(meta.digest, (meta, bytes.clone())).await;
+                self.base_cache
+                    .insert(meta.digest, (meta, bytes.clone()))
+                    .await;
                 found.insert(meta.digest, (meta, bytes));
             }
         }
@@ -462,6 +447,101 @@ impl BucketStore {
                     .ok_or_else(|| StoreError::NotFound(format!("base chunk {d}")))
             })
             .collect()
+    }
+
+    /// The frames holding `digests` as the table says now; `PackGone` if
+    /// a pack vanished underneath (compacted or collected meanwhile).
+    async fn read_frames(&self, digests: &[B3Digest]) -> StoreResult<ReadOutcome> {
+        let locations = self.locate(digests).await?;
+        // Each frame once, in order of first request, grouped by pack.
+        let mut seen = HashSet::new();
+        let unique: Vec<Arc<FrameLocation>> = locations
+            .into_iter()
+            .filter(|l| seen.insert((l.pack.clone(), l.offset)))
+            .collect();
+        let mut by_pack: HashMap<Arc<str>, Vec<usize>> = HashMap::new();
+        for (i, l) in unique.iter().enumerate() {
+            by_pack.entry(l.pack.clone()).or_default().push(i);
+        }
+        let unique = &unique;
+        let fetched: Result<Vec<PackRanges>, Result<StoreError, Arc<str>>> = stream::iter(by_pack)
+            .map(|(pack, idxs)| async move {
+                let ranges: Vec<std::ops::Range<u64>> = idxs
+                    .iter()
+                    .map(|&i| unique[i].offset..unique[i].offset + unique[i].length)
+                    .collect();
+                match self.objects.get_ranges(&pack_path(&pack), &ranges).await {
+                    Ok(got) => Ok((idxs, got)),
+                    Err(object_store::Error::NotFound { .. }) => Err(Err(pack)),
+                    Err(e) => Err(Ok(object_err(e))),
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect()
+            .await;
+        let fetched = match fetched {
+            Ok(f) => f,
+            Err(Ok(e)) => return Err(e),
+            Err(Err(pack)) => return Ok(ReadOutcome::PackGone(pack)),
+        };
+        let mut slots: Vec<Option<Frame>> = vec![None; unique.len()];
+        for (idxs, datas) in fetched {
+            for (i, data) in idxs.into_iter().zip(datas) {
+                let l = &unique[i];
+                if data.len() as u64 != l.length {
+                    return Err(StoreError::Corrupt(format!(
+                        "pack {}: frame at {} is truncated",
+                        l.pack, l.offset
+                    )));
+                }
+                slots[i] = Some(Frame {
+                    chunks: l.chunks.to_vec(),
+                    data,
+                    base: l.base.to_vec(),
+                });
+            }
+        }
+        Ok(ReadOutcome::Frames(
+            slots
+                .into_iter()
+                .map(|f| f.expect("every frame fetched"))
+                .collect(),
+        ))
+    }
+
+    /// Writes a pack of frames (its index last, which makes it visible) and
+    /// adds it to the table; `replace` lets it take over chunks held by
+    /// other packs (compaction). Returns the pack's id and size.
+    pub(crate) async fn write_pack(
+        &self,
+        frames: Vec<(Frame, Vec<Option<Sketch>>)>,
+        level: u32,
+        replace: bool,
+    ) -> StoreResult<(String, u64)> {
+        let pack = tokio::task::spawn_blocking(move || NewPack::build(&frames, level))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+        self.put(&pack_path(&pack.id), pack.bytes.clone()).await?;
+        self.put(&index_path(&pack.id), pack.encoded_index().into())
+            .await?;
+        self.table
+            .write()
+            .expect("pack table")
+            .add_pack(&pack.id, &pack.index, replace)?;
+        Ok((pack.id, pack.bytes.len() as u64))
+    }
+
+    /// Deletes a pack whose chunks are all held elsewhere: its index first
+    /// (so it is never visible without its frames), then its frames.
+    pub(crate) async fn delete_pack(&self, id: &str) -> StoreResult<()> {
+        self.table.write().expect("pack table").remove_pack(id);
+        for path in [index_path(id), pack_path(id)] {
+            match self.objects.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(object_err(e)),
+            }
+        }
+        Ok(())
     }
 
     async fn read_path_info(&self, path: &ObjectPath) -> StoreResult<Option<PathInfo>> {
@@ -529,78 +609,30 @@ impl BlobStore for BucketStore {
         if fresh.is_empty() {
             return Ok(());
         }
-        let mut framed = Vec::with_capacity(fresh.len());
-        for c in fresh {
-            framed.push(self.delta_encode(c).await?);
-        }
-        let pack = tokio::task::spawn_blocking(move || NewPack::build(&framed))
-            .await
-            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
-        // The pack first, its index last: the index makes it visible.
-        self.put(&pack_path(&pack.id), pack.bytes.clone()).await?;
-        self.put(&index_path(&pack.id), pack.encoded_index().into())
-            .await?;
-        self.table
-            .write()
-            .expect("pack table")
-            .add_pack(&pack.id, &pack.index)
+        // Stored as uploaded: ingest stays fast; compaction later
+        // recompresses harder and finds deltas.
+        let framed: Vec<(Frame, Vec<Option<Sketch>>)> =
+            fresh.into_iter().map(|c| (c.frame, c.sketches)).collect();
+        self.write_pack(framed, 0, false).await?;
+        *self.uploaded_at.lock().expect("upload clock") = Some(Instant::now());
+        Ok(())
     }
 
     async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
-        let locations = self.locate(digests).await?;
-        // Each frame once, in order of first request, grouped by pack.
-        let mut seen = HashSet::new();
-        let unique: Vec<Arc<FrameLocation>> = locations
-            .into_iter()
-            .filter(|l| seen.insert((l.pack.clone(), l.offset)))
-            .collect();
-        let mut by_pack: HashMap<Arc<str>, Vec<usize>> = HashMap::new();
-        for (i, l) in unique.iter().enumerate() {
-            by_pack.entry(l.pack.clone()).or_default().push(i);
-        }
-        let unique = &unique;
-        let fetched: Vec<(Vec<usize>, Vec<Bytes>)> = stream::iter(by_pack)
-            .map(|(pack, idxs)| async move {
-                let ranges: Vec<std::ops::Range<u64>> = idxs
-                    .iter()
-                    .map(|&i| unique[i].offset..unique[i].offset + unique[i].length)
-                    .collect();
-                let got = self
-                    .objects
-                    .get_ranges(&pack_path(&pack), &ranges)
-                    .await
-                    .map_err(|e| match e {
-                        object_store::Error::NotFound { .. } => {
-                            StoreError::Corrupt(format!("pack {pack} is indexed but missing"))
-                        }
-                        e => object_err(e),
-                    })?;
-                Ok::<_, StoreError>((idxs, got))
-            })
-            .buffer_unordered(CONCURRENCY)
-            .try_collect()
-            .await?;
-        let mut slots: Vec<Option<Frame>> = vec![None; unique.len()];
-        for (idxs, datas) in fetched {
-            for (i, data) in idxs.into_iter().zip(datas) {
-                let l = &unique[i];
-                if data.len() as u64 != l.length {
-                    return Err(StoreError::Corrupt(format!(
-                        "pack {}: frame at {} is truncated",
-                        l.pack, l.offset
-                    )));
+        match self.read_frames(digests).await? {
+            ReadOutcome::Frames(f) => Ok(f),
+            // A pack compacted or collected meanwhile (here or by another
+            // process): its chunks are in packs a fresh listing shows.
+            ReadOutcome::PackGone(_) => {
+                self.refresh().await?;
+                match self.read_frames(digests).await? {
+                    ReadOutcome::Frames(f) => Ok(f),
+                    ReadOutcome::PackGone(pack) => Err(StoreError::Corrupt(format!(
+                        "pack {pack} is indexed but missing"
+                    ))),
                 }
-                slots[i] = Some(Frame {
-                    chunks: l.chunks.to_vec(),
-                    data,
-                    base: l.base.to_vec(),
-                });
             }
         }
-        Ok(slots
-            .into_iter()
-            .map(|f| f.expect("every frame fetched"))
-            .collect())
     }
 
     async fn put_blob_chunks(&self, blobs: Vec<BlobChunks>) -> StoreResult<()> {

@@ -31,27 +31,106 @@ pub struct FrameLocation {
     pub base: Arc<[ChunkMeta]>,
 }
 
+/// One visible pack.
+pub struct PackInfo {
+    /// zstd level of its frames (0: the ingest level).
+    pub level: u32,
+    /// Its frames, in order.
+    pub frames: Vec<Arc<FrameLocation>>,
+}
+
 /// The chunk → frame map of every visible pack.
 #[derive(Default)]
 pub struct PackTable {
     by_chunk: HashMap<B3Digest, Arc<FrameLocation>, DigestKeyBuildHasher>,
-    packs: HashSet<Arc<str>>,
-    /// (super-feature index, value) → a chunk in a plain frame with it.
+    packs: HashMap<Arc<str>, PackInfo>,
+    /// (super-feature index, value) → a chunk with it (it may since have
+    /// moved into a delta frame: checked on lookup).
     similar: HashMap<(u8, u32), B3Digest>,
+    /// Chunks some delta frame uses as base: they must stay in plain
+    /// frames (deltas are one level deep).
+    base_refs: HashSet<B3Digest, DigestKeyBuildHasher>,
+    /// Chunks a compaction may be turning into deltas right now: not to be
+    /// picked as bases meanwhile.
+    delta_pending: HashSet<B3Digest, DigestKeyBuildHasher>,
 }
 
 impl PackTable {
     /// Whether a pack's index is loaded.
     pub fn has_pack(&self, id: &str) -> bool {
-        self.packs.contains(id)
+        self.packs.contains_key(id)
+    }
+
+    /// Every visible pack's id.
+    pub fn pack_ids(&self) -> Vec<Arc<str>> {
+        self.packs.keys().cloned().collect()
+    }
+
+    /// A visible pack.
+    pub fn pack(&self, id: &str) -> Option<&PackInfo> {
+        self.packs.get(id)
+    }
+
+    /// Claims bases for a frame about to be delta-encoded, atomically with
+    /// respect to other frames: none if one of the frame's own chunks is a
+    /// base (it must stay plain); else the most similar plain chunks that
+    /// are not themselves being delta-encoded, marked as bases, and the
+    /// frame's chunks are marked pending until [`PackTable::settle`].
+    pub fn claim_bases(&mut self, own: &[B3Digest], sketches: &[Option<Sketch>]) -> Vec<B3Digest> {
+        if own.iter().any(|d| self.base_refs.contains(d)) {
+            return Vec::new();
+        }
+        let mut seen = HashSet::new();
+        let picked: Vec<B3Digest> = sketches
+            .iter()
+            .flatten()
+            .filter_map(|s| self.most_similar(s))
+            .filter(|d| !own.contains(d) && !self.delta_pending.contains(d) && seen.insert(*d))
+            .collect();
+        if !picked.is_empty() {
+            self.base_refs.extend(picked.iter().copied());
+            self.delta_pending.extend(own.iter().copied());
+        }
+        picked
+    }
+
+    /// Ends a claim: the frame's chunks are no longer pending (the table
+    /// now says where they live, plain or delta).
+    pub fn settle(&mut self, own: &[B3Digest]) {
+        for d in own {
+            self.delta_pending.remove(d);
+        }
+    }
+
+    /// Forgets a pack: chunks located in it become unknown (unless held
+    /// elsewhere already). For a pack deleted by compaction or GC after
+    /// its chunks were written elsewhere.
+    pub fn remove_pack(&mut self, id: &str) {
+        if let Some(info) = self.packs.remove(id) {
+            for f in &info.frames {
+                for c in f.chunks.iter() {
+                    if self
+                        .by_chunk
+                        .get(&c.digest)
+                        .is_some_and(|l| l.pack.as_ref() == id)
+                    {
+                        self.by_chunk.remove(&c.digest);
+                    }
+                }
+            }
+        }
     }
 
     /// Adds a pack's frames; a chunk already held by another pack keeps
-    /// its first location.
-    pub fn add_pack(&mut self, id: &str, index: &lpb::PackIndex) -> StoreResult<()> {
+    /// its location unless `replace` (a compacted pack taking over) or the
+    /// new pack is compressed at a higher level.
+    pub fn add_pack(&mut self, id: &str, index: &lpb::PackIndex, replace: bool) -> StoreResult<()> {
         let pack: Arc<str> = Arc::from(id);
         let frames = parse_index(&pack, index)?;
-        for (frame, entry) in frames.into_iter().zip(&index.frames) {
+        for f in &frames {
+            self.base_refs.extend(f.base.iter().map(|b| b.digest));
+        }
+        for (frame, entry) in frames.iter().zip(&index.frames) {
             if frame.base.is_empty() && entry.sketches.len() == frame.chunks.len() * SUPER_FEATURES
             {
                 for (c, sketch) in frame
@@ -65,12 +144,28 @@ impl PackTable {
                 }
             }
             for c in frame.chunks.iter() {
-                self.by_chunk
-                    .entry(c.digest)
-                    .or_insert_with(|| frame.clone());
+                // A compacted pack is the better home for a chunk held
+                // twice (a compaction killed before deleting the old pack).
+                let take = replace
+                    || match self.by_chunk.get(&c.digest) {
+                        None => true,
+                        Some(l) => self
+                            .packs
+                            .get(&l.pack)
+                            .is_some_and(|p| p.level < index.level),
+                    };
+                if take {
+                    self.by_chunk.insert(c.digest, frame.clone());
+                }
             }
         }
-        self.packs.insert(pack);
+        self.packs.insert(
+            pack,
+            PackInfo {
+                level: index.level,
+                frames,
+            },
+        );
         Ok(())
     }
 
@@ -101,7 +196,9 @@ impl PackTable {
                 best = Some((*d, score));
             }
         }
+        // Only a chunk in a plain frame can be a base.
         best.map(|(d, _)| d)
+            .filter(|d| self.by_chunk.get(d).is_some_and(|l| l.base.is_empty()))
     }
 
     /// Chunks indexed.
@@ -153,10 +250,14 @@ pub struct NewPack {
 
 impl NewPack {
     /// Lays frames out back to back, each with the sketches of its chunks
-    /// (recorded for plain frames only: only they can be delta bases).
-    pub fn build(frames: &[(Frame, Vec<Option<Sketch>>)]) -> Self {
+    /// (recorded for plain frames only: only they can be delta bases);
+    /// `level` is the zstd level they were compressed at.
+    pub fn build(frames: &[(Frame, Vec<Option<Sketch>>)], level: u32) -> Self {
         let mut bytes = Vec::with_capacity(frames.iter().map(|(f, _)| f.data.len()).sum());
-        let mut index = lpb::PackIndex::default();
+        let mut index = lpb::PackIndex {
+            level,
+            ..Default::default()
+        };
         for (f, sketches) in frames {
             let sketches = if f.base.is_empty() {
                 sketches

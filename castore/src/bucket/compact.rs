@@ -1,0 +1,259 @@
+//! Compaction: rewrites packs stored at the ingest level into packs
+//! compressed harder, with near-duplicate chunks stored as deltas.
+//!
+//! Ingest stores frames as clients compressed them (zstd level 3: fast),
+//! so a push runs at the speed of the network and the disk. Compaction
+//! runs later (`lazix compact`, or in the background of `lazix serve`),
+//! spending CPU once to shrink what is stored and shipped; zstd decodes
+//! frames of any level equally fast, so readers pay nothing for it.
+//!
+//! Safety: a new pack (and its index) is written before the old one's
+//! index and frames are deleted, so every chunk stays readable throughout;
+//! a reader that located a chunk in a deleted pack re-lists and retries.
+//! A compaction killed midway leaves chunks in both packs: harmless, and
+//! the next run deletes the old pack (its chunks are held elsewhere).
+//! Deltas are one level deep: a chunk some delta frame uses as base stays
+//! in a plain frame.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+
+use super::{pack_path, BucketStore};
+use crate::chunk::ChunkMeta;
+use crate::digest::B3Digest;
+use crate::error::{StoreError, StoreResult};
+use crate::frame::{Frame, MAX_BASE_RAW};
+use crate::similarity::{sketch, Sketch};
+
+/// zstd level of compacted packs: measured with `bench/layouts.sh` and
+/// `lazix-bench frame-sizes` (level 17 stores ~13% less than level 3 at
+/// ~11 MB/s per core; decoding speed does not depend on the level).
+pub const COMPACT_LEVEL: i32 = 17;
+
+/// A delta frame is kept only if it is at most this fraction (in tenths)
+/// of the plain frame: a reader also needs the base.
+const DELTA_KEEP_TENTHS: usize = 9;
+
+/// What a compaction did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CompactReport {
+    /// Packs rewritten (and deleted).
+    pub packs_rewritten: u64,
+    /// Their bytes.
+    pub bytes_before: u64,
+    /// Bytes of the packs written instead.
+    pub bytes_after: u64,
+    /// Frames stored as deltas.
+    pub delta_frames: u64,
+    /// Chunks dropped because another pack already held them.
+    pub duplicate_chunks: u64,
+}
+
+/// One frame of a pack being rewritten: its live chunks' bytes.
+struct LiveFrame {
+    chunks: Vec<(ChunkMeta, Bytes)>,
+}
+
+impl BucketStore {
+    /// Rewrites every pack below [`COMPACT_LEVEL`]. Safe to run while the
+    /// store serves reads and uploads (also from another process).
+    pub async fn compact(&self) -> StoreResult<CompactReport> {
+        *self.uploaded_at.lock().expect("upload clock") = None;
+        self.refresh().await?;
+        let candidates: Vec<Arc<str>> = {
+            let table = self.table.read().expect("pack table");
+            table
+                .pack_ids()
+                .into_iter()
+                .filter(|id| {
+                    table
+                        .pack(id)
+                        .is_some_and(|p| (p.level as i32) < COMPACT_LEVEL)
+                })
+                .collect()
+        };
+        let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let reports: Vec<CompactReport> = futures::stream::iter(candidates)
+            .map(|id| async move {
+                let mut r = CompactReport::default();
+                self.compact_pack(&id, &mut r).await.map(|()| r)
+            })
+            .buffer_unordered(parallel)
+            .try_collect()
+            .await?;
+        let report = reports
+            .iter()
+            .fold(CompactReport::default(), |a, r| CompactReport {
+                packs_rewritten: a.packs_rewritten + r.packs_rewritten,
+                bytes_before: a.bytes_before + r.bytes_before,
+                bytes_after: a.bytes_after + r.bytes_after,
+                delta_frames: a.delta_frames + r.delta_frames,
+                duplicate_chunks: a.duplicate_chunks + r.duplicate_chunks,
+            });
+        tracing::info!(?report, "compaction done");
+        Ok(report)
+    }
+
+    async fn compact_pack(&self, id: &str, report: &mut CompactReport) -> StoreResult<()> {
+        let Some(frames) = ({
+            let table = self.table.read().expect("pack table");
+            table.pack(id).map(|p| p.frames.clone())
+        }) else {
+            return Ok(());
+        };
+        let data = match self.objects.get(&pack_path(id)).await {
+            Ok(r) => r.bytes().await.map_err(super::object_err)?,
+            // Compacted by someone else meanwhile.
+            Err(object_store::Error::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(super::object_err(e)),
+        };
+        report.bytes_before += data.len() as u64;
+        let mut live = Vec::new();
+        for loc in &frames {
+            let range = loc.offset as usize..(loc.offset + loc.length) as usize;
+            let bytes = data.get(range).ok_or_else(|| {
+                StoreError::Corrupt(format!("pack {id}: frame at {} is truncated", loc.offset))
+            })?;
+            let frame = Frame {
+                chunks: loc.chunks.to_vec(),
+                data: data.slice_ref(bytes),
+                base: loc.base.to_vec(),
+            };
+            let base = self.base_bytes(&frame.base).await?;
+            let datas = tokio::task::spawn_blocking(move || frame.decode_verified_with_base(&base))
+                .await
+                .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+            // Only chunks this frame is the table's home for: others are
+            // held by another pack already.
+            let table = self.table.read().expect("pack table");
+            let kept: Vec<(ChunkMeta, Bytes)> = loc
+                .chunks
+                .iter()
+                .copied()
+                .zip(datas)
+                .filter(|(m, _)| {
+                    table
+                        .locate(&m.digest)
+                        .is_some_and(|home| Arc::ptr_eq(&home, loc))
+                })
+                .collect();
+            report.duplicate_chunks += (loc.chunks.len() - kept.len()) as u64;
+            if !kept.is_empty() {
+                live.push(LiveFrame { chunks: kept });
+            }
+        }
+        let claimed: Vec<B3Digest> = live
+            .iter()
+            .flat_map(|f| f.chunks.iter().map(|(m, _)| m.digest))
+            .collect();
+        let result = self.rewrite(live, report).await;
+        self.table.write().expect("pack table").settle(&claimed);
+        // Incompressible frames come out byte-identical: the new pack can
+        // be the old one (same content, same id), which must then stay.
+        if result? != Some(id.to_string()) {
+            self.delete_pack(id).await?;
+        }
+        report.packs_rewritten += 1;
+        Ok(())
+    }
+
+    /// Recompresses a pack's live frames into one new pack; returns its id
+    /// (`None` when nothing was live).
+    async fn rewrite(
+        &self,
+        live: Vec<LiveFrame>,
+        report: &mut CompactReport,
+    ) -> StoreResult<Option<String>> {
+        let mut rewritten = Vec::with_capacity(live.len());
+        for f in live {
+            let (frame, sketches) = self.recompress(f).await?;
+            if !frame.base.is_empty() {
+                report.delta_frames += 1;
+            }
+            rewritten.push((frame, sketches));
+        }
+        if rewritten.is_empty() {
+            return Ok(None);
+        }
+        let (new_id, size) = self
+            .write_pack(rewritten, COMPACT_LEVEL as u32, true)
+            .await?;
+        report.bytes_after += size;
+        Ok(Some(new_id))
+    }
+
+    /// Concatenated verified bytes of base chunks (empty for none).
+    async fn base_bytes(&self, base: &[ChunkMeta]) -> StoreResult<Vec<u8>> {
+        if base.is_empty() {
+            return Ok(Vec::new());
+        }
+        let digests: Vec<B3Digest> = base.iter().map(|b| b.digest).collect();
+        let mut out = Vec::new();
+        for (_, bytes) in self.base_chunks(&digests).await? {
+            out.extend_from_slice(&bytes);
+        }
+        Ok(out)
+    }
+
+    /// Compresses a frame's chunks at [`COMPACT_LEVEL`], as a delta
+    /// against near-duplicates in plain frames when that pays (never when
+    /// one of its chunks is itself a base, nor against a chunk being made a
+    /// delta concurrently). The caller settles the claim once the new pack
+    /// is in the table.
+    async fn recompress(&self, f: LiveFrame) -> StoreResult<(Frame, Vec<Option<Sketch>>)> {
+        let chunks = f.chunks;
+        let (chunks, sketches) = tokio::task::spawn_blocking(move || {
+            let sketches: Vec<Option<Sketch>> = chunks.iter().map(|(_, b)| sketch(b)).collect();
+            (chunks, sketches)
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+        let own: Vec<B3Digest> = chunks.iter().map(|(m, _)| m.digest).collect();
+        let bases = self
+            .table
+            .write()
+            .expect("pack table")
+            .claim_bases(&own, &sketches);
+        let mut base_meta = Vec::new();
+        let mut base = Vec::new();
+        if !bases.is_empty() {
+            for (meta, bytes) in self.base_chunks(&bases).await? {
+                if (base.len() + bytes.len()) as u64 > MAX_BASE_RAW {
+                    break;
+                }
+                base.extend_from_slice(&bytes);
+                base_meta.push(meta);
+            }
+        }
+        tokio::task::spawn_blocking(move || {
+            let plain = Frame::compress_with_base(&chunks, Vec::new(), &[], COMPACT_LEVEL)?;
+            if base_meta.is_empty() {
+                return Ok((plain, sketches));
+            }
+            let delta = Frame::compress_with_base(&chunks, base_meta, &base, COMPACT_LEVEL)?;
+            if delta.data.len() * 10 <= plain.data.len() * DELTA_KEEP_TENTHS {
+                Ok((delta, sketches))
+            } else {
+                Ok((plain, sketches))
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+    }
+}
+
+/// Runs [`BucketStore::compact`] when uploads have been quiet for `quiet`
+/// after some happened, forever; for `lazix serve`.
+pub async fn compact_when_quiet(store: Arc<BucketStore>, quiet: std::time::Duration) {
+    loop {
+        tokio::time::sleep(quiet / 2).await;
+        if !store.uploads_quiet_for(quiet) {
+            continue;
+        }
+        if let Err(e) = store.compact().await {
+            tracing::warn!(error = %e, "compaction failed; will retry");
+        }
+    }
+}
