@@ -47,6 +47,8 @@ start_server() {
 }
 start_server
 "$LAZIX" push --server "grpc://127.0.0.1:$gport" "$path" 2>&1 | tail -1 >&2
+# What `lazix serve` does in the background once uploads are quiet.
+"$LAZIX" compact --data "$work/data" >&2
 
 mksquashfs "$path" "$work/img" -comp zstd -quiet -no-progress >/dev/null
 start_lazix_mount() { # cache dir
@@ -83,11 +85,31 @@ lazix_cold() {
 }
 measure lazix "$mnt_l/$name" "lazix_cold"
 
+fetched() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["fetched_bytes"])' "$mnt_l/.lazix-stats"; }
+
 # Program start from a cold mount.
 lazix_cold
 t=$(now); "$mnt_l/$name/bin/rustc" --version >/dev/null; start_time=$(since "$t")
-start_bytes=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["fetched_bytes"])' "$mnt_l/.lazix-stats")
+start_bytes=$(fetched)
 stop_lazix_mount
+
+# The same with the lazix of before packs (one file per chunk), if given:
+# LAZIX_BEFORE=/path/to/old/lazix bash bench/mount.sh
+if [ -n "${LAZIX_BEFORE:-}" ]; then
+  bport=$(free_port)
+  "$LAZIX_BEFORE" serve --data "$work/data-before" --grpc "127.0.0.1:$bport" 2>>"$work/serve-before.log" &
+  before_server=$!
+  wait_port "$bport"
+  "$LAZIX_BEFORE" push --server "grpc://127.0.0.1:$bport" "$path" 2>&1 | tail -1 >&2
+  drop_caches
+  "$LAZIX_BEFORE" mount --server "grpc://127.0.0.1:$bport" --cache-dir "$work/cache-before" "$mnt_l" 2>>"$work/mount.log" &
+  mounter=$!
+  wait_mount "$mnt_l"
+  t=$(now); "$mnt_l/$name/bin/rustc" --version >/dev/null; before_time=$(since "$t")
+  before_bytes=$(fetched)
+  stop_lazix_mount
+  kill "$before_server"; wait "$before_server" 2>/dev/null || true
+fi
 # Fetching the whole path first, as a substituter would.
 drop_caches
 t=$(now)
@@ -111,4 +133,31 @@ echo "| cold program start | time | bytes fetched |"
 echo "|---|---|---|"
 printf '| `rustc --version` from the cold lazix mount | %s s | %s MiB (%s%% of the path) |\n' \
   "$start_time" "$(mib "$start_bytes")" "$(awk -v a="$start_bytes" -v b="$nar_size" 'BEGIN {printf "%.1f", 100*a/b}')"
+if [ -n "${LAZIX_BEFORE:-}" ]; then
+  printf '| the same, lazix before packs (%s) | %s s | %s MiB (%s%% of the path) |\n' \
+    "$("$LAZIX_BEFORE" --version 2>/dev/null || echo old)" "$before_time" "$(mib "$before_bytes")" \
+    "$(awk -v a="$before_bytes" -v b="$nar_size" 'BEGIN {printf "%.1f", 100*a/b}')"
+fi
 printf '| `nix copy` of the whole path first | %s s | %s MiB (100%%) |\n' "$copy_time" "$(mib "$nar_size")"
+
+# A second version after the first: with stable read through the mount,
+# reading all of nightly fetches only what nightly does not share with it.
+NIGHTLY=${NIGHTLY:-$HOME/.rustup/toolchains/nightly-x86_64-unknown-linux-gnu}
+if [ -d "$NIGHTLY" ]; then
+  npath=$(nix store add-path --name rust-nightly "$NIGHTLY")
+  "$LAZIX" push --server "grpc://127.0.0.1:$gport" "$npath" 2>&1 | tail -1 >&2
+  "$LAZIX" compact --data "$work/data" >&2
+  lazix_cold
+  tar -cf /dev/null -C "$mnt_l/$name" .
+  after_stable=$(fetched)
+  tar -cf /dev/null -C "$mnt_l/$(basename "$npath")" .
+  nightly_bytes=$(( $(fetched) - after_stable ))
+  stop_lazix_mount
+  nightly_zst=$(nix-store --dump "$npath" | zstd -3 -T1 -c | wc -c)
+  echo
+  echo "| reading all of nightly, stable read before | bytes fetched |"
+  echo "|---|---|"
+  printf '| through the lazix mount | %s MiB |\n' "$(mib "$nightly_bytes")"
+  printf '| nightly as one zstd-3 NAR (a classic binary cache download) | %s MiB |\n' "$(mib "$nightly_zst")"
+  printf '| ratio | %s |\n' "$(ratio "$nightly_bytes" "$nightly_zst")"
+fi

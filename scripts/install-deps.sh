@@ -13,6 +13,7 @@ if [ "${LAZIX_BENCH_DEPS:-0}" = 1 ]; then
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
   command -v squashfuse >/dev/null 2>&1 || need+=(squashfuse)
   command -v mksquashfs >/dev/null 2>&1 || need+=(squashfs-tools)
+  command -v zstd >/dev/null 2>&1 || need+=(zstd)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then

@@ -1,0 +1,164 @@
+//! Packs end to end, with a real server process: a server killed in the
+//! middle of an upload leaves only complete, valid packs (and no path), and
+//! a corrupted frame is an error on the binary-cache shim, never wrong
+//! bytes.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use lazix_castore::testutil::pseudo_random;
+use prost::Message;
+
+/// Decodes every frame of every visible pack (one with an index) and
+/// checks each chunk's BLAKE3; returns the number of frames.
+fn check_every_visible_frame(server: &Server) -> usize {
+    let mut frames = 0;
+    for idx in walk_files(&server.data.path().join("packs")) {
+        if idx.extension().is_none_or(|x| x != "idx") {
+            continue;
+        }
+        let index =
+            lazix_proto::ext::PackIndex::decode(std::fs::read(&idx).unwrap().as_slice()).unwrap();
+        let data = std::fs::read(idx.with_extension("pack")).unwrap();
+        for f in index.frames {
+            let frame = lazix_castore::frame::Frame::try_from_proto(lazix_proto::ext::Frame {
+                chunks: f.chunks,
+                data: data[f.offset as usize..(f.offset + f.length) as usize]
+                    .to_vec()
+                    .into(),
+                base: f.base,
+            })
+            .unwrap();
+            assert!(frame.base.is_empty(), "uploads store plain frames");
+            frame.decode_verified().unwrap();
+            frames += 1;
+        }
+    }
+    frames
+}
+
+#[test]
+fn a_server_killed_mid_upload_leaves_only_complete_packs() {
+    let mut server = Server::start_with(&["--compact-after", "0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("packs-killed");
+    std::fs::create_dir_all(&tree).unwrap();
+    for i in 0..6 {
+        std::fs::write(
+            tree.join(format!("part{i}")),
+            pseudo_random(40_000_000, 300 + i),
+        )
+        .unwrap();
+    }
+    let path = add_path(&tree);
+
+    let mut push = lazix()
+        .args(["push", "--server", &server.addr, &path])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill the server (SIGKILL) once some packs are written.
+    let packs = server.data.path().join("packs");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while walk_files(&packs)
+        .iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "idx"))
+        .count()
+        < 3
+    {
+        assert!(Instant::now() < deadline, "no packs written");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.stop();
+    assert!(!push.wait().unwrap().success(), "the push must fail");
+
+    // Every visible pack is whole and verifies; the path is not there.
+    server.restart();
+    assert!(check_every_visible_frame(&server) > 0);
+    let info = lazix()
+        .args(["path-info", "--server", &server.addr, &path])
+        .output()
+        .unwrap();
+    assert!(!info.status.success());
+
+    // Pushing again completes it, byte-identical.
+    lazix_push(&server, &[&path]);
+    assert!(lazix_nar(&server, &path) == nix_dump(&path));
+    check_every_visible_frame(&server);
+}
+
+#[test]
+fn a_corrupt_frame_is_an_error_on_the_shim_never_wrong_bytes() {
+    let mut server = Server::start_with(&["--compact-after", "0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("packs-corrupt");
+    std::fs::create_dir_all(&tree).unwrap();
+    let big = pseudo_random(3_000_000, 77);
+    std::fs::write(tree.join("big"), &big).unwrap();
+    std::fs::write(tree.join("small"), b"fine\n").unwrap();
+    let path = add_path(&tree);
+    lazix_push(&server, &[&path]);
+    let hash = basename(&path)[..32].to_string();
+    let narinfo = Command::new("curl")
+        .args(["-sf", &format!("{}/{hash}.narinfo", server.http)])
+        .output()
+        .unwrap();
+    let narinfo = String::from_utf8(narinfo.stdout).unwrap();
+    let url = narinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .unwrap()
+        .to_string();
+
+    assert!(server.corrupt_frames(|raw| raw.windows(64).any(|w| w == &big[..64])) > 0);
+    server.restart(); // no caches
+    let nar_url = format!("{}/{url}", server.http);
+    let out = Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "%{http_code}", &nar_url])
+        .output()
+        .unwrap();
+    let expected = nix_dump(&path);
+    assert!(
+        out.stdout.len() < expected.len() + 3,
+        "served {} bytes for a NAR of {}",
+        out.stdout.len(),
+        expected.len()
+    );
+    assert!(!out.status.success() || !out.stdout.ends_with(b"200"));
+    // A range inside the damaged file is an error too.
+    let ranged = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-r",
+            "1000-2000",
+            &nar_url,
+        ])
+        .output()
+        .unwrap();
+    let code = String::from_utf8_lossy(&ranged.stdout).to_string();
+    assert!(
+        !ranged.status.success() || code != "206",
+        "range answered {code}"
+    );
+    // And Nix refuses to substitute it.
+    let client = NixClient::new(None);
+    let copy = client
+        .cmd("nix")
+        .args(["--store", &client.store(), "copy", "--from", &server.http])
+        .args(["--option", "require-sigs", "false", &path])
+        .output()
+        .unwrap();
+    assert!(!copy.status.success());
+}
+
+fn basename(p: &str) -> &str {
+    p.rsplit('/').next().unwrap()
+}
