@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use lazix_castore::bucket::{compact_when_quiet, BucketStore};
+use lazix_castore::bucket::{compact_when_quiet, BucketStore, GcOptions};
 use lazix_castore::cache::{cached, CacheConfig};
 use lazix_castore::nix::signing::SecretKey;
 use lazix_castore::nix::store_path::StorePath;
@@ -39,6 +39,29 @@ enum Command {
     /// Recompress packs stored at the ingest level (harder zstd, deltas of
     /// near-duplicates); safe while a server uses the same store.
     Compact(StoreLocation),
+    /// Remove store paths' PathInfos from a store; their data goes at the
+    /// next `lazix gc`.
+    Delete {
+        #[command(flatten)]
+        location: StoreLocation,
+        /// Store paths (absolute or basenames).
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Delete what no PathInfo reaches (directories, chunk lists, chunks;
+    /// packs mostly dead are rewritten); safe beside a serving server and
+    /// uploads in progress. Prints what it freed.
+    Gc {
+        #[command(flatten)]
+        location: StoreLocation,
+        /// Keep anything younger than this many seconds (uploads in
+        /// progress write only young objects).
+        #[arg(long, default_value_t = 3600)]
+        grace: u64,
+        /// Rewrite packs whose live fraction is below this.
+        #[arg(long, default_value_t = 0.5)]
+        repack_below: f64,
+    },
     /// Mount the server's store read-only over FUSE; file bytes are fetched
     /// on first access. Runs in the foreground; SIGINT/SIGTERM unmount.
     Mount(MountArgs),
@@ -232,6 +255,12 @@ async fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(args).await,
         Command::Compact(location) => compact(location).await,
+        Command::Delete { location, paths } => delete(location, &paths).await,
+        Command::Gc {
+            location,
+            grace,
+            repack_below,
+        } => gc(location, grace, repack_below).await,
         Command::Keygen { name, dir } => keygen(&name, &dir),
         Command::Mount(args) => mount(args).await,
         Command::Push {
@@ -271,6 +300,43 @@ fn read_token(path: &Option<PathBuf>) -> Result<Option<String>> {
             Ok(t)
         })
         .transpose()
+}
+
+async fn delete(location: StoreLocation, paths: &[String]) -> Result<()> {
+    let (_, store) = location.open().await?;
+    for p in paths {
+        let path = StorePath::parse(p.trim_end_matches('/'))
+            .with_context(|| format!("invalid store path {p:?}"))?;
+        if store.delete_path_info(path.digest()).await? {
+            println!("deleted {path}");
+        } else {
+            println!("{path} was not in the store");
+        }
+    }
+    Ok(())
+}
+
+async fn gc(location: StoreLocation, grace: u64, repack_below: f64) -> Result<()> {
+    let (location, store) = location.open().await?;
+    let r = store
+        .gc(GcOptions {
+            grace: Duration::from_secs(grace),
+            repack_below,
+        })
+        .await
+        .with_context(|| format!("collecting garbage in {location}"))?;
+    println!(
+        "lazix gc: {} paths live ({} chunks); freed {} bytes: {} chunks, {} directories, {} chunk lists; {} packs deleted, {} rewritten",
+        r.paths,
+        r.live_chunks,
+        r.bytes_freed,
+        r.chunks_freed,
+        r.directories_deleted,
+        r.blob_lists_deleted,
+        r.packs_deleted,
+        r.packs_repacked
+    );
+    Ok(())
 }
 
 async fn compact(location: StoreLocation) -> Result<()> {

@@ -145,15 +145,9 @@ pub fn cached(inner: Store, config: CacheConfig) -> Store {
 #[async_trait]
 impl BlobStore for CachedBlobs {
     async fn missing_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<B3Digest>> {
-        let unknown: Vec<B3Digest> = digests
-            .iter()
-            .filter(|d| !self.frames.contains_key(*d))
-            .copied()
-            .collect();
-        if unknown.is_empty() {
-            return Ok(unknown);
-        }
-        self.inner.missing_chunks(&unknown).await
+        // Always asked of the backend, which records what an upload relies
+        // on (garbage collection must not take it meanwhile).
+        self.inner.missing_chunks(digests).await
     }
 
     async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {

@@ -360,3 +360,64 @@ async fn compaction_keeps_every_chunk_byte_identical_and_survives_a_crash() {
     render_nar(&s, &node2, &mut out).await.unwrap();
     assert!(out == sample_nar(&v2));
 }
+
+#[tokio::test]
+async fn versions_pushed_and_compacted_one_after_another_stay_readable() {
+    let (_dir, backend, store) = open().await;
+    let base: Vec<u8> = (0..300_000u32)
+        .flat_map(|i| format!("entry {} of the index, {}\n", i % 7000, i % 13).into_bytes())
+        .take(2_000_000)
+        .collect();
+    let mut nodes = Vec::new();
+    let mut trees = Vec::new();
+    for v in 0..4u8 {
+        let mut t = base.clone();
+        for k in 0..5usize {
+            let at = (k * 370_000 + v as usize * 1_000) % (t.len() - 16);
+            t[at..at + 11].copy_from_slice(format!("version {v:03}").as_bytes());
+        }
+        nodes.push(ingest(&store, &sample_nar(&t)).await.unwrap());
+        trees.push(t);
+        backend.compact().await.unwrap();
+        for (node, tree) in nodes.iter().zip(&trees) {
+            let mut out = Vec::new();
+            render_nar(&store, node, &mut out).await.unwrap();
+            assert!(out == sample_nar(tree));
+        }
+        // And from a fresh process.
+        let fresh = Store::from_backend(open_at(_dir.path()).await);
+        let mut out = Vec::new();
+        render_nar(&fresh, nodes.last().unwrap(), &mut out)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn one_maintenance_run_at_a_time_and_stale_locks_are_broken() {
+    let (dir, backend, store) = open().await;
+    ingest(&store, &sample_nar(&random(500_000, 41)))
+        .await
+        .unwrap();
+    let lock = dir.path().join("locks/maintenance");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    std::fs::write(&lock, b"pid 1 (another compactor)").unwrap();
+    let err = backend.compact().await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    assert!(err.to_string().contains("another compactor"), "{err}");
+    let err = backend
+        .gc(lazix_castore::bucket::GcOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    // A lock left by a holder that died long ago is broken.
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&lock)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    assert!(backend.compact().await.unwrap().packs_rewritten > 0);
+    assert!(!lock.exists(), "released after the run");
+}

@@ -58,8 +58,17 @@ struct LiveFrame {
 
 impl BucketStore {
     /// Rewrites every pack below [`COMPACT_LEVEL`]. Safe to run while the
-    /// store serves reads and uploads (also from another process).
+    /// store serves reads and uploads (also from another process); one
+    /// compaction or collection runs at a time per store (`Unavailable`
+    /// while another holds the maintenance lock).
     pub async fn compact(&self) -> StoreResult<CompactReport> {
+        let lock = self.lock_maintenance().await?;
+        let result = self.compact_locked().await;
+        lock.release().await;
+        result
+    }
+
+    async fn compact_locked(&self) -> StoreResult<CompactReport> {
         *self.uploaded_at.lock().expect("upload clock") = None;
         self.refresh().await?;
         let candidates: Vec<Arc<str>> = {
@@ -78,7 +87,7 @@ impl BucketStore {
         let reports: Vec<CompactReport> = futures::stream::iter(candidates)
             .map(|id| async move {
                 let mut r = CompactReport::default();
-                self.compact_pack(&id, &mut r).await.map(|()| r)
+                self.compact_pack(&id, &mut r, &|_| true).await.map(|()| r)
             })
             .buffer_unordered(parallel)
             .try_collect()
@@ -96,7 +105,25 @@ impl BucketStore {
         Ok(report)
     }
 
-    async fn compact_pack(&self, id: &str, report: &mut CompactReport) -> StoreResult<()> {
+    /// Rewrites a pack with only its live chunks (garbage collection);
+    /// returns the bytes of the pack written instead.
+    pub(crate) async fn repack_live(
+        &self,
+        id: &str,
+        live: &std::collections::HashSet<B3Digest>,
+    ) -> StoreResult<u64> {
+        let mut r = CompactReport::default();
+        self.compact_pack(id, &mut r, &|d| live.contains(d)).await?;
+        Ok(r.bytes_after)
+    }
+
+    /// Rewrites one pack with the chunks it is home for and `keep` wants.
+    async fn compact_pack(
+        &self,
+        id: &str,
+        report: &mut CompactReport,
+        keep: &(dyn Fn(&B3Digest) -> bool + Sync),
+    ) -> StoreResult<()> {
         let Some(frames) = ({
             let table = self.table.read().expect("pack table");
             table.pack(id).map(|p| p.frames.clone())
@@ -134,9 +161,10 @@ impl BucketStore {
                 .copied()
                 .zip(datas)
                 .filter(|(m, _)| {
-                    table
-                        .locate(&m.digest)
-                        .is_some_and(|home| Arc::ptr_eq(&home, loc))
+                    keep(&m.digest)
+                        && table
+                            .locate(&m.digest)
+                            .is_some_and(|home| Arc::ptr_eq(&home, loc))
                 })
                 .collect();
             report.duplicate_chunks += (loc.chunks.len() - kept.len()) as u64;
@@ -252,8 +280,10 @@ pub async fn compact_when_quiet(store: Arc<BucketStore>, quiet: std::time::Durat
         if !store.uploads_quiet_for(quiet) {
             continue;
         }
-        if let Err(e) = store.compact().await {
-            tracing::warn!(error = %e, "compaction failed; will retry");
+        match store.compact().await {
+            Ok(_) => {}
+            Err(StoreError::Unavailable(why)) => tracing::debug!(%why, "compaction skipped"),
+            Err(e) => tracing::warn!(error = %e, "compaction failed; will retry"),
         }
     }
 }

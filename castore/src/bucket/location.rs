@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
 use object_store::local::LocalFileSystem;
 use object_store::ObjectStore;
 
@@ -22,7 +22,10 @@ pub fn open_object_store(location: &str) -> StoreResult<Arc<dyn ObjectStore>> {
                 "{location}: expected s3://BUCKET?endpoint=…&region=…"
             )));
         }
-        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        // Create-only PUTs (If-None-Match) for the maintenance lock.
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_conditional_put(S3ConditionalPut::ETagMatch);
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             builder = match key {

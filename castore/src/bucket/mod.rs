@@ -20,7 +20,9 @@
 //! by another replica become readable.
 
 mod compact;
+mod gc;
 mod location;
+mod lock;
 mod packs;
 mod recent;
 
@@ -49,6 +51,7 @@ use crate::services::{BlobChunks, BlobStore, DirectoryStore, PathInfoStore};
 use crate::similarity::{sketch, Sketch};
 
 pub use compact::{compact_when_quiet, CompactReport, COMPACT_LEVEL};
+pub use gc::{GcOptions, GcReport};
 pub use location::open_object_store;
 use packs::{decode_index, FrameLocation, NewPack, PackTable};
 use recent::RecentChunks;
@@ -391,20 +394,73 @@ impl BucketStore {
         Ok(())
     }
 
-    async fn has_chunk(&self, digest: &B3Digest) -> StoreResult<bool> {
-        Ok(self.locate(std::slice::from_ref(digest)).await.is_ok())
+    /// Re-lists packs if a pack the table holds any of `digests` in no
+    /// longer exists (deleted by a garbage collection in another process or
+    /// replica): one existence check per distinct pack.
+    async fn recheck_packs(&self, digests: &[B3Digest]) -> StoreResult<()> {
+        let packs: HashSet<Arc<str>> = {
+            let table = self.table.read().expect("pack table");
+            digests
+                .iter()
+                .filter_map(|d| table.locate(d))
+                .map(|l| l.pack.clone())
+                .collect()
+        };
+        let gone: Vec<bool> = stream::iter(packs)
+            .map(|p| async move { self.exists(&index_path(&p)).await.map(|e| !e) })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect()
+            .await?;
+        if gone.contains(&true) {
+            self.refresh().await?;
+        }
+        Ok(())
     }
 
+    /// Whether everything below `node` is stored: every directory, chunk
+    /// list and chunk. Checked before a PathInfo is accepted, so no path
+    /// ever refers to missing data (an upload that raced a garbage
+    /// collection fails here and is retried, instead of being lost).
     async fn node_is_stored(&self, node: &Node) -> StoreResult<bool> {
-        Ok(match node {
-            Node::Directory { digest, .. } => self.exists(&sharded("directories", digest)).await?,
-            Node::File { digest, size, .. } => {
-                *size == 0
-                    || self.has_chunk(digest).await?
-                    || self.exists(&sharded("blobs", digest)).await?
+        let mut files: Vec<B3Digest> = Vec::new();
+        match node {
+            Node::Directory { digest, .. } => {
+                let closure = match self.get_closure(digest).await {
+                    Ok(c) => c,
+                    Err(StoreError::NotFound(_)) => return Ok(false),
+                    Err(e) => return Err(e),
+                };
+                for dir in &closure {
+                    for f in &dir.proto().files {
+                        if f.size > 0 {
+                            files.push(B3Digest::try_from(&f.digest).map_err(|e| {
+                                StoreError::Corrupt(format!("directory {}: {e}", dir.digest()))
+                            })?);
+                        }
+                    }
+                }
             }
-            Node::Symlink { .. } => true,
-        })
+            Node::File { digest, size, .. } if *size > 0 => files.push(*digest),
+            _ => {}
+        }
+        files.sort_unstable();
+        files.dedup();
+        let mut chunks = Vec::new();
+        for batch in files.chunks(1024) {
+            for (blob, list) in batch.iter().zip(self.get_blob_chunks(batch).await?) {
+                match list {
+                    Some(list) => chunks.extend(list.iter().map(|c| c.digest)),
+                    None => chunks.push(*blob),
+                }
+            }
+        }
+        for batch in chunks.chunks(4096) {
+            self.recheck_packs(batch).await?;
+            if self.locate(batch).await.is_err() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Verified bytes of base chunks (all in plain frames), in order, from
@@ -557,12 +613,17 @@ impl BucketStore {
 #[async_trait]
 impl BlobStore for BucketStore {
     async fn missing_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<B3Digest>> {
-        let table = self.table.read().expect("pack table");
-        Ok(digests
-            .iter()
-            .filter(|d| !table.contains(d))
-            .copied()
-            .collect())
+        // A garbage collection in another process may have deleted packs
+        // this table still lists: never answer "present" from them.
+        self.recheck_packs(digests).await?;
+        let (missing, present): (Vec<B3Digest>, Vec<B3Digest>) = {
+            let table = self.table.read().expect("pack table");
+            digests.iter().partition(|d| !table.contains(d))
+        };
+        // The uploader will rely on these without sending them: keep them
+        // safe from a collection running meanwhile.
+        self.touch(&present).await?;
+        Ok(missing)
     }
 
     async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
@@ -718,17 +779,25 @@ impl DirectoryStore for BucketStore {
             .try_collect()
             .await?;
         let (root, dirs) = validate_closure(dirs, |d| Ok(stored.get(d).copied()))?;
-        stream::iter(dirs)
+        let kept: Vec<Option<B3Digest>> = stream::iter(dirs)
             .map(|(digest, dir)| async move {
                 let path = sharded("directories", &digest);
                 if self.exists(&path).await? {
-                    return Ok(());
+                    return Ok(Some(digest));
                 }
-                self.put(&path, dir.encode().into()).await
+                self.put(&path, dir.encode().into()).await.map(|()| None)
             })
             .buffer_unordered(CONCURRENCY)
-            .try_collect::<()>()
+            .try_collect()
             .await?;
+        // Directories stored before (and children referenced by digest):
+        // this upload relies on them.
+        let relied: Vec<B3Digest> = kept
+            .into_iter()
+            .flatten()
+            .chain(stored.into_keys())
+            .collect();
+        self.touch(&relied).await?;
         Ok(root)
     }
 }
@@ -742,7 +811,7 @@ impl PathInfoStore for BucketStore {
     async fn put_path_info(&self, info: PathInfo) -> StoreResult<()> {
         if !self.node_is_stored(&info.node).await? {
             return Err(StoreError::Invalid(format!(
-                "root of {} is not stored",
+                "{} refers to data that is not stored",
                 info.store_path
             )));
         }

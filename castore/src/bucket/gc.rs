@@ -1,0 +1,341 @@
+//! Garbage collection: removes what no PathInfo reaches.
+//!
+//! Mark: every PathInfo's directory closure, the chunk lists of its files,
+//! their chunks, and the bases of delta frames holding them. Sweep, among
+//! objects older than the grace period only: directories and chunk lists
+//! nobody reaches are deleted; a pack with no live chunk is deleted, and a
+//! pack whose live bytes fell below the repack threshold is rewritten with
+//! only its live chunks (the compaction path).
+//!
+//! Uploads in progress: everything they write is younger than the grace
+//! period; what they rely on without writing (chunks and directories the
+//! server said it already had) is recorded in `touched/` marks when the
+//! server says so, and marks younger than the grace period count as live.
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as ObjectPath;
+use object_store::PutPayload;
+
+use super::{object_err, BucketStore};
+use crate::digest::B3Digest;
+use crate::error::{StoreError, StoreResult};
+use crate::node::Node;
+use crate::services::{BlobStore, DirectoryStore, PathInfoStore};
+
+/// How a collection runs.
+#[derive(Clone, Copy, Debug)]
+pub struct GcOptions {
+    /// Objects (and touch marks) younger than this are kept regardless.
+    pub grace: Duration,
+    /// Packs whose live fraction of raw bytes is below this are rewritten.
+    pub repack_below: f64,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(3600),
+            repack_below: 0.5,
+        }
+    }
+}
+
+/// What a collection did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// PathInfos found (all live).
+    pub paths: u64,
+    /// Live chunks.
+    pub live_chunks: u64,
+    /// Directories deleted.
+    pub directories_deleted: u64,
+    /// Chunk lists deleted.
+    pub blob_lists_deleted: u64,
+    /// Chunks no longer stored.
+    pub chunks_freed: u64,
+    /// Packs deleted outright.
+    pub packs_deleted: u64,
+    /// Packs rewritten with their live chunks only.
+    pub packs_repacked: u64,
+    /// Bytes of objects deleted, less bytes of packs written.
+    pub bytes_freed: u64,
+}
+
+/// What marking found live.
+#[derive(Default)]
+struct Live {
+    directories: HashSet<B3Digest>,
+    blobs: HashSet<B3Digest>,
+    chunks: HashSet<B3Digest>,
+}
+
+fn touch_path() -> ObjectPath {
+    let ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    ObjectPath::from(format!("touched/{ms:016}-{:016x}", rand::random::<u64>()))
+}
+
+impl BucketStore {
+    /// Records that an upload relies on these stored objects (chunks or
+    /// directories it did not send because the server had them), so a
+    /// collection within the grace period keeps them.
+    pub(crate) async fn touch(&self, digests: &[B3Digest]) -> StoreResult<()> {
+        if digests.is_empty() {
+            return Ok(());
+        }
+        let mut data = Vec::with_capacity(digests.len() * 32);
+        for d in digests {
+            data.extend_from_slice(d.as_bytes());
+        }
+        self.objects
+            .put(&touch_path(), PutPayload::from(Bytes::from(data)))
+            .await
+            .map_err(object_err)?;
+        Ok(())
+    }
+
+    /// Deletes a store path's PathInfo (its data goes at the next
+    /// collection); returns whether it existed.
+    pub async fn delete_path_info(&self, digest: &[u8; 20]) -> StoreResult<bool> {
+        let existed = self.get_path_info(digest).await?.is_some();
+        match self.objects.delete(&super::path_info_path(digest)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(existed),
+            Err(e) => Err(object_err(e)),
+        }
+    }
+
+    /// Collects garbage (see the module documentation); one compaction or
+    /// collection runs at a time per store.
+    pub async fn gc(&self, opts: GcOptions) -> StoreResult<GcReport> {
+        let lock = self.lock_maintenance().await?;
+        let result = self.gc_locked(opts).await;
+        lock.release().await;
+        result
+    }
+
+    async fn gc_locked(&self, opts: GcOptions) -> StoreResult<GcReport> {
+        let started = SystemTime::now();
+        let cutoff = started - opts.grace;
+        self.refresh().await?;
+        let mut report = GcReport::default();
+        let live = self.mark(cutoff, &mut report).await?;
+        report.live_chunks = live.chunks.len() as u64;
+        for (kind, keep) in [("directories", &live.directories), ("blobs", &live.blobs)] {
+            let (n, bytes) = self.sweep_digests(kind, keep, cutoff).await?;
+            report.bytes_freed += bytes;
+            if kind == "directories" {
+                report.directories_deleted = n;
+            } else {
+                report.blob_lists_deleted = n;
+            }
+        }
+        // Uploads that started relying on old chunks while we marked.
+        let mut live_chunks = live.chunks;
+        live_chunks.extend(self.touched_since(started).await?);
+        self.sweep_packs(&live_chunks, cutoff, opts.repack_below, &mut report)
+            .await?;
+        // Old touch marks have done their job.
+        self.sweep_prefix("touched", cutoff, |_| true).await?;
+        tracing::info!(?report, "garbage collection done");
+        Ok(report)
+    }
+
+    async fn mark(&self, cutoff: SystemTime, report: &mut GcReport) -> StoreResult<Live> {
+        let mut live = Live::default();
+        let mut files: HashSet<B3Digest> = HashSet::new();
+        let mut infos = self.list_path_infos();
+        while let Some(info) = infos.next().await {
+            let info = info?;
+            report.paths += 1;
+            match info.node {
+                Node::Directory { digest, .. } => {
+                    for dir in self.get_closure(&digest).await? {
+                        live.directories.insert(dir.digest());
+                        for f in &dir.proto().files {
+                            if f.size > 0 {
+                                files.insert(B3Digest::try_from(&f.digest).map_err(|e| {
+                                    StoreError::Corrupt(format!("directory {}: {e}", dir.digest()))
+                                })?);
+                            }
+                        }
+                    }
+                }
+                Node::File { digest, size, .. } if size > 0 => {
+                    files.insert(digest);
+                }
+                _ => {}
+            }
+        }
+        let files: Vec<B3Digest> = files.into_iter().collect();
+        for batch in files.chunks(1024) {
+            let lists = self.get_blob_chunks(batch).await?;
+            for (blob, list) in batch.iter().zip(lists) {
+                match list {
+                    Some(chunks) => {
+                        live.blobs.insert(*blob);
+                        live.chunks.extend(chunks.iter().map(|c| c.digest));
+                    }
+                    None => {
+                        live.chunks.insert(*blob);
+                    }
+                }
+            }
+        }
+        // What uploads in progress rely on.
+        for d in self.touched_since(cutoff).await? {
+            live.chunks.insert(d);
+            live.directories.insert(d);
+        }
+        // Bases of live delta frames stay.
+        let table = self.table.read().expect("pack table");
+        let bases: Vec<B3Digest> = live
+            .chunks
+            .iter()
+            .filter_map(|d| table.locate(d))
+            .flat_map(|l| l.base.iter().map(|b| b.digest).collect::<Vec<_>>())
+            .collect();
+        drop(table);
+        live.chunks.extend(bases);
+        Ok(live)
+    }
+
+    /// Digests in touch marks written since `since`.
+    async fn touched_since(&self, since: SystemTime) -> StoreResult<Vec<B3Digest>> {
+        let marks: Vec<object_store::ObjectMeta> = self
+            .objects
+            .list(Some(&ObjectPath::from("touched")))
+            .try_collect()
+            .await
+            .map_err(object_err)?;
+        let mut out = Vec::new();
+        for m in marks
+            .iter()
+            .filter(|m| SystemTime::from(m.last_modified) >= since)
+        {
+            let data = match self.objects.get(&m.location).await {
+                Ok(r) => r.bytes().await.map_err(object_err)?,
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(object_err(e)),
+            };
+            for d in data.chunks_exact(32) {
+                out.push(B3Digest::try_from(d).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes `kind/<2 hex>/<64 hex>` objects older than `cutoff` whose
+    /// digest is not in `keep`; returns how many and their bytes.
+    async fn sweep_digests(
+        &self,
+        kind: &str,
+        keep: &HashSet<B3Digest>,
+        cutoff: SystemTime,
+    ) -> StoreResult<(u64, u64)> {
+        self.sweep_prefix(kind, cutoff, |name| {
+            B3Digest::from_hex(name).is_some_and(|d| !keep.contains(&d))
+        })
+        .await
+    }
+
+    /// Deletes objects under `prefix` older than `cutoff` whose file name
+    /// `dead` says so; returns how many and their bytes.
+    async fn sweep_prefix(
+        &self,
+        prefix: &str,
+        cutoff: SystemTime,
+        dead: impl Fn(&str) -> bool,
+    ) -> StoreResult<(u64, u64)> {
+        let listed: Vec<object_store::ObjectMeta> = self
+            .objects
+            .list(Some(&ObjectPath::from(prefix)))
+            .try_collect()
+            .await
+            .map_err(object_err)?;
+        let doomed: Vec<object_store::ObjectMeta> = listed
+            .into_iter()
+            .filter(|m| SystemTime::from(m.last_modified) < cutoff)
+            .filter(|m| m.location.filename().is_some_and(&dead))
+            .collect();
+        let n = doomed.len() as u64;
+        let bytes = doomed.iter().map(|m| m.size).sum();
+        futures::stream::iter(doomed)
+            .map(|m| async move {
+                match self.objects.delete(&m.location).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(object_err(e)),
+                }
+            })
+            .buffer_unordered(super::CONCURRENCY)
+            .try_collect::<()>()
+            .await?;
+        Ok((n, bytes))
+    }
+
+    async fn sweep_packs(
+        &self,
+        live: &HashSet<B3Digest>,
+        cutoff: SystemTime,
+        repack_below: f64,
+        report: &mut GcReport,
+    ) -> StoreResult<()> {
+        let listed: Vec<object_store::ObjectMeta> = self
+            .objects
+            .list(Some(&ObjectPath::from("packs")))
+            .try_collect()
+            .await
+            .map_err(object_err)?;
+        let old_packs: Vec<(String, u64)> = listed
+            .iter()
+            .filter(|m| SystemTime::from(m.last_modified) < cutoff)
+            .filter_map(|m| {
+                let id = m.location.filename()?.strip_suffix(".pack")?;
+                Some((id.to_string(), m.size))
+            })
+            .collect();
+        for (id, size) in old_packs {
+            // Live raw bytes whose home is this pack, against all of it.
+            let (live_raw, all_raw, dead_chunks) = {
+                let table = self.table.read().expect("pack table");
+                let Some(pack) = table.pack(&id) else {
+                    continue;
+                };
+                let mut live_raw = 0u64;
+                let mut all_raw = 0u64;
+                let mut dead = 0u64;
+                for f in &pack.frames {
+                    for c in f.chunks.iter() {
+                        all_raw += c.size;
+                        let home = table
+                            .locate(&c.digest)
+                            .is_some_and(|l| std::sync::Arc::ptr_eq(&l, f));
+                        if home && live.contains(&c.digest) {
+                            live_raw += c.size;
+                        } else if home {
+                            dead += 1;
+                        }
+                    }
+                }
+                (live_raw, all_raw, dead)
+            };
+            if live_raw == 0 {
+                self.delete_pack(&id).await?;
+                report.packs_deleted += 1;
+                report.chunks_freed += dead_chunks;
+                report.bytes_freed += size;
+            } else if (live_raw as f64) < repack_below * all_raw as f64 {
+                let written = self.repack_live(&id, live).await?;
+                report.packs_repacked += 1;
+                report.chunks_freed += dead_chunks;
+                report.bytes_freed += size.saturating_sub(written);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,145 @@
+//! Garbage collection against a real server process and the embedded
+//! store: it frees exactly what no path reaches, and a push running while
+//! it runs loses nothing.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use lazix_castore::testutil::pseudo_random;
+
+fn store_cmd(server: &Server, cmd: &str) -> std::process::Command {
+    let mut c = lazix();
+    c.args([cmd, "--data"]).arg(server.data.path());
+    c
+}
+
+/// Runs `lazix gc` on the server's data folder; returns its summary line.
+fn gc(server: &Server, grace: u64) -> String {
+    let out = run(store_cmd(server, "gc").args(["--grace", &grace.to_string()]));
+    stdout(&out)
+}
+
+/// A number printed just before `what` in a gc summary.
+fn count(summary: &str, what: &str) -> u64 {
+    let at = summary
+        .find(what)
+        .unwrap_or_else(|| panic!("{what} in {summary}"));
+    summary[..at]
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn tree(dir: &std::path::Path, name: &str, files: &[(&str, Vec<u8>)]) -> String {
+    let t = dir.join(name);
+    std::fs::create_dir_all(&t).unwrap();
+    for (f, data) in files {
+        std::fs::write(t.join(f), data).unwrap();
+    }
+    add_path(&t)
+}
+
+#[test]
+fn gc_frees_exactly_the_unshared_chunks() {
+    let server = Server::start_with(&["--compact-after", "0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let shared = pseudo_random(2_000_000, 501);
+    let b = tree(
+        dir.path(),
+        "gc-keep",
+        &[
+            ("shared", shared.clone()),
+            ("only-b", pseudo_random(1_500_000, 502)),
+        ],
+    );
+    let a = tree(
+        dir.path(),
+        "gc-drop",
+        &[
+            ("shared", shared),
+            ("only-a", pseudo_random(1_700_000, 503)),
+        ],
+    );
+    lazix_push(&server, &[&b]);
+    let sent_a = lazix_push(&server, &[&a]);
+    let a_unique_chunks = sent_a["chunks_sent"].as_u64().unwrap();
+    assert!(a_unique_chunks > 5);
+
+    // Nothing is garbage yet.
+    let first = gc(&server, 0);
+    assert_eq!(count(&first, "chunks,"), 0, "{first}");
+
+    run(store_cmd(&server, "delete").arg(&a));
+    let summary = gc(&server, 0);
+    assert_eq!(count(&summary, "paths live"), 1, "{summary}");
+    assert_eq!(count(&summary, "chunks,"), a_unique_chunks, "{summary}");
+    assert_eq!(count(&summary, "chunk lists"), 1, "{summary}");
+    assert!(count(&summary, "directories") >= 1, "{summary}");
+    assert!(count(&summary, "packs deleted") >= 1, "{summary}");
+
+    // The other path is whole and byte-identical, through the running
+    // server; the deleted one is gone.
+    assert!(lazix_nar(&server, &b) == nix_dump(&b));
+    let gone = lazix()
+        .args(["path-info", "--server", &server.addr, &a])
+        .output()
+        .unwrap();
+    assert!(!gone.status.success());
+    // A second collection finds nothing more.
+    assert_eq!(count(&gc(&server, 0), "chunks,"), 0);
+    // Pushing the deleted path again works.
+    lazix_push(&server, &[&a]);
+    assert!(lazix_nar(&server, &a) == nix_dump(&a));
+}
+
+#[test]
+fn a_push_running_while_gc_runs_loses_nothing() {
+    let server = Server::start_with(&["--compact-after", "0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let shared = pseudo_random(3_000_000, 601);
+    // Old garbage: a deleted path, whose shared file the new push reuses.
+    let old = tree(
+        dir.path(),
+        "gc-old",
+        &[
+            ("shared", shared.clone()),
+            ("only-old", pseudo_random(2_000_000, 602)),
+        ],
+    );
+    lazix_push(&server, &[&old]);
+    run(store_cmd(&server, "delete").arg(&old));
+    let new = tree(
+        dir.path(),
+        "gc-new",
+        &[("shared", shared), ("big", pseudo_random(60_000_000, 603))],
+    );
+    std::thread::sleep(Duration::from_secs(6));
+
+    // Collect with a grace of 5 s over and over while the push runs: the
+    // old path's data (6 s old) goes, the push's own data (younger) and the
+    // old chunks it relies on stay.
+    let mut push = lazix()
+        .args(["push", "--server", &server.addr, &new])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut runs = 0;
+    let mut freed = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while push.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "push hangs");
+        let s = gc(&server, 5);
+        freed += count(&s, "chunks,");
+        runs += 1;
+    }
+    assert!(push.wait().unwrap().success());
+    assert!(runs >= 1);
+    let s = gc(&server, 5);
+    freed += count(&s, "chunks,");
+    assert!(freed > 0, "the old path's own chunks were collected");
+    assert!(lazix_nar(&server, &new) == nix_dump(&new));
+}
