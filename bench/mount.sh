@@ -140,24 +140,3 @@ if [ -n "${LAZIX_BEFORE:-}" ]; then
 fi
 printf '| `nix copy` of the whole path first | %s s | %s MiB (100%%) |\n' "$copy_time" "$(mib "$nar_size")"
 
-# A second version after the first: with stable read through the mount,
-# reading all of nightly fetches only what nightly does not share with it.
-NIGHTLY=${NIGHTLY:-$HOME/.rustup/toolchains/nightly-x86_64-unknown-linux-gnu}
-if [ -d "$NIGHTLY" ]; then
-  npath=$(nix store add-path --name rust-nightly "$NIGHTLY")
-  "$LAZIX" push --server "grpc://127.0.0.1:$gport" "$npath" 2>&1 | tail -1 >&2
-  "$LAZIX" compact --data "$work/data" >&2
-  lazix_cold
-  tar -cf /dev/null -C "$mnt_l/$name" .
-  after_stable=$(fetched)
-  tar -cf /dev/null -C "$mnt_l/$(basename "$npath")" .
-  nightly_bytes=$(( $(fetched) - after_stable ))
-  stop_lazix_mount
-  nightly_zst=$(nix-store --dump "$npath" | zstd -3 -T1 -c | wc -c)
-  echo
-  echo "| reading all of nightly, stable read before | bytes fetched |"
-  echo "|---|---|"
-  printf '| through the lazix mount | %s MiB |\n' "$(mib "$nightly_bytes")"
-  printf '| nightly as one zstd-3 NAR (a classic binary cache download) | %s MiB |\n' "$(mib "$nightly_zst")"
-  printf '| ratio | %s |\n' "$(ratio "$nightly_bytes" "$nightly_zst")"
-fi

@@ -172,8 +172,13 @@ impl BucketStore {
                 _ => {}
             }
         }
-        let files: Vec<B3Digest> = files.into_iter().collect();
-        for batch in files.chunks(1024) {
+        // A file whose digest is a stored chunk is that one chunk.
+        let (single, multi): (Vec<B3Digest>, Vec<B3Digest>) = {
+            let table = self.table.read().expect("pack table");
+            files.into_iter().partition(|f| table.contains(f))
+        };
+        live.chunks.extend(single);
+        for batch in multi.chunks(1024) {
             let lists = self.get_blob_chunks(batch).await?;
             for (blob, list) in batch.iter().zip(lists) {
                 match list {

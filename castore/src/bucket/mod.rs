@@ -445,8 +445,14 @@ impl BucketStore {
         }
         files.sort_unstable();
         files.dedup();
-        let mut chunks = Vec::new();
-        for batch in files.chunks(1024) {
+        // A file whose digest is a stored chunk is that one chunk; only the
+        // others need their chunk lists read.
+        let (single, multi): (Vec<B3Digest>, Vec<B3Digest>) = {
+            let table = self.table.read().expect("pack table");
+            files.into_iter().partition(|f| table.contains(f))
+        };
+        let mut chunks = single;
+        for batch in multi.chunks(1024) {
             for (blob, list) in batch.iter().zip(self.get_blob_chunks(batch).await?) {
                 match list {
                     Some(list) => chunks.extend(list.iter().map(|c| c.digest)),
