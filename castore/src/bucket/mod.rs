@@ -16,8 +16,9 @@
 //! - `pathinfo/<nixbase32 hash part>`: protobuf `snix.store.v1.PathInfo`.
 //!
 //! The pack indexes are loaded into memory at open; a lookup that misses
-//! re-lists `packs/` (at most every [`REFRESH_INTERVAL`]) so packs written
-//! by another replica become readable.
+//! re-lists `packs/` (at most every [`REFRESH_INTERVAL`], waiting for the
+//! next listing rather than failing) so packs written by another replica
+//! become readable.
 
 mod compact;
 mod gc;
@@ -59,7 +60,7 @@ use recent::RecentChunks;
 /// Objects read or written at once by one call.
 const CONCURRENCY: usize = 16;
 /// Shortest time between two re-listings of `packs/` caused by misses.
-pub const REFRESH_INTERVAL: Duration = Duration::from_secs(2);
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 /// Chunks hashed per step when checking a blob's chunk list (bounds memory).
 const VERIFY_WINDOW: usize = 64;
 /// Chunk lists checked at once.
@@ -76,6 +77,8 @@ pub struct BucketStore {
     objects: Arc<dyn ObjectStore>,
     table: RwLock<PackTable>,
     last_refresh: Mutex<Option<Instant>>,
+    /// Serialises listings caused by misses.
+    refresh_gate: tokio::sync::Mutex<()>,
     base_cache: moka::future::Cache<B3Digest, (ChunkMeta, Bytes), DigestKeyBuildHasher>,
     recent: Mutex<RecentChunks>,
     /// When packs were last written by uploads since the last compaction.
@@ -142,6 +145,7 @@ impl BucketStore {
             objects,
             table: RwLock::new(PackTable::default()),
             last_refresh: Mutex::new(None),
+            refresh_gate: tokio::sync::Mutex::new(()),
             recent: Mutex::new(RecentChunks::new(RECENT_BYTES)),
             uploaded_at: Mutex::new(None),
             base_cache: moka::future::Cache::builder()
@@ -219,18 +223,27 @@ impl BucketStore {
         Ok(())
     }
 
-    /// Re-lists packs if the last listing is older than
-    /// [`REFRESH_INTERVAL`]; returns whether it did.
-    async fn refresh_if_due(&self) -> StoreResult<bool> {
-        let due = self
-            .last_refresh
-            .lock()
-            .expect("refresh clock")
-            .is_none_or(|t| t.elapsed() >= REFRESH_INTERVAL);
-        if due {
-            self.refresh().await?;
+    /// Re-lists packs for a lookup that missed: at most once per
+    /// [`REFRESH_INTERVAL`] (a reader asking for chunks nobody has cannot
+    /// make the server list the bucket in a loop), waiting for the next
+    /// allowed listing rather than failing (a chunk another replica just
+    /// stored is found within that interval). Concurrent misses share one
+    /// listing.
+    async fn refresh_for_miss(&self) -> StoreResult<()> {
+        let asked = Instant::now();
+        let _one_at_a_time = self.refresh_gate.lock().await;
+        let last = *self.last_refresh.lock().expect("refresh clock");
+        if last.is_some_and(|t| t > asked) {
+            // Another miss listed while this one waited.
+            return Ok(());
         }
-        Ok(due)
+        let since = last.map(|t| t.elapsed());
+        if let Some(since) = since {
+            if since < REFRESH_INTERVAL {
+                tokio::time::sleep(REFRESH_INTERVAL - since).await;
+            }
+        }
+        self.refresh().await
     }
 
     /// Whether uploads wrote packs since the last compaction and then
@@ -280,13 +293,10 @@ impl BucketStore {
         let first = lookup(&self.table.read().expect("pack table"));
         match first {
             Ok(locs) => Ok(locs),
-            Err(missing) => {
-                if self.refresh_if_due().await? {
-                    if let Ok(locs) = lookup(&self.table.read().expect("pack table")) {
-                        return Ok(locs);
-                    }
-                }
-                Err(StoreError::NotFound(format!("chunk {missing}")))
+            Err(_) => {
+                self.refresh_for_miss().await?;
+                lookup(&self.table.read().expect("pack table"))
+                    .map_err(|missing| StoreError::NotFound(format!("chunk {missing}")))
             }
         }
     }
