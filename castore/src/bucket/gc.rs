@@ -104,10 +104,8 @@ impl BucketStore {
     /// collection); returns whether it existed.
     pub async fn delete_path_info(&self, digest: &[u8; 20]) -> StoreResult<bool> {
         let existed = self.get_path_info(digest).await?.is_some();
-        match self.objects.delete(&super::path_info_path(digest)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(existed),
-            Err(e) => Err(object_err(e)),
-        }
+        self.delete_object(&super::path_info_path(digest)).await?;
+        Ok(existed)
     }
 
     /// Collects garbage (see the module documentation); one compaction or
@@ -212,21 +210,14 @@ impl BucketStore {
 
     /// Digests in touch marks written since `since`.
     async fn touched_since(&self, since: SystemTime) -> StoreResult<Vec<B3Digest>> {
-        let marks: Vec<object_store::ObjectMeta> = self
-            .objects
-            .list(Some(&ObjectPath::from("touched")))
-            .try_collect()
-            .await
-            .map_err(object_err)?;
+        let marks = self.list_prefix("touched").await?;
         let mut out = Vec::new();
         for m in marks
             .iter()
             .filter(|m| SystemTime::from(m.last_modified) >= since)
         {
-            let data = match self.objects.get(&m.location).await {
-                Ok(r) => r.bytes().await.map_err(object_err)?,
-                Err(object_store::Error::NotFound { .. }) => continue,
-                Err(e) => return Err(object_err(e)),
+            let Some(data) = self.get_optional(&m.location).await? else {
+                continue;
             };
             for d in data.chunks_exact(32) {
                 out.push(B3Digest::try_from(d).map_err(|e| StoreError::Corrupt(e.to_string()))?);
@@ -257,12 +248,7 @@ impl BucketStore {
         cutoff: SystemTime,
         dead: impl Fn(&str) -> bool,
     ) -> StoreResult<(u64, u64)> {
-        let listed: Vec<object_store::ObjectMeta> = self
-            .objects
-            .list(Some(&ObjectPath::from(prefix)))
-            .try_collect()
-            .await
-            .map_err(object_err)?;
+        let listed = self.list_prefix(prefix).await?;
         let doomed: Vec<object_store::ObjectMeta> = listed
             .into_iter()
             .filter(|m| SystemTime::from(m.last_modified) < cutoff)
@@ -271,12 +257,7 @@ impl BucketStore {
         let n = doomed.len() as u64;
         let bytes = doomed.iter().map(|m| m.size).sum();
         futures::stream::iter(doomed)
-            .map(|m| async move {
-                match self.objects.delete(&m.location).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                    Err(e) => Err(object_err(e)),
-                }
-            })
+            .map(|m| async move { self.delete_object(&m.location).await })
             .buffer_unordered(super::CONCURRENCY)
             .try_collect::<()>()
             .await?;
@@ -290,12 +271,7 @@ impl BucketStore {
         repack_below: f64,
         report: &mut GcReport,
     ) -> StoreResult<()> {
-        let listed: Vec<object_store::ObjectMeta> = self
-            .objects
-            .list(Some(&ObjectPath::from("packs")))
-            .try_collect()
-            .await
-            .map_err(object_err)?;
+        let listed = self.list_prefix("packs").await?;
         let old_packs: Vec<(String, u64)> = listed
             .iter()
             .filter(|m| SystemTime::from(m.last_modified) < cutoff)

@@ -168,12 +168,7 @@ impl BucketStore {
     /// parse is logged and its pack stays invisible.
     pub async fn refresh(&self) -> StoreResult<()> {
         *self.last_refresh.lock().expect("refresh clock") = Some(Instant::now());
-        let listed: Vec<object_store::ObjectMeta> = self
-            .objects
-            .list(Some(&ObjectPath::from("packs")))
-            .try_collect()
-            .await
-            .map_err(object_err)?;
+        let listed = self.list_prefix("packs").await?;
         let listed_ids: HashSet<String> = listed
             .iter()
             .filter_map(|m| {
@@ -258,6 +253,23 @@ impl BucketStore {
     /// Chunks in the pack index.
     pub fn chunk_count(&self) -> usize {
         self.table.read().expect("pack table").chunk_count()
+    }
+
+    /// Every object under `prefix`, with its size and time.
+    async fn list_prefix(&self, prefix: &str) -> StoreResult<Vec<object_store::ObjectMeta>> {
+        self.objects
+            .list(Some(&ObjectPath::from(prefix)))
+            .try_collect()
+            .await
+            .map_err(object_err)
+    }
+
+    /// Deletes an object; one already gone is fine.
+    async fn delete_object(&self, path: &ObjectPath) -> StoreResult<()> {
+        match self.objects.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(object_err(e)),
+        }
     }
 
     async fn get_optional(&self, path: &ObjectPath) -> StoreResult<Option<Bytes>> {
@@ -608,10 +620,7 @@ impl BucketStore {
     pub(crate) async fn delete_pack(&self, id: &str) -> StoreResult<()> {
         self.table.write().expect("pack table").remove_pack(id);
         for path in [index_path(id), pack_path(id)] {
-            match self.objects.delete(&path).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(object_err(e)),
-            }
+            self.delete_object(&path).await?;
         }
         Ok(())
     }
