@@ -46,6 +46,14 @@ pub fn open_object_store(location: &str) -> StoreResult<Arc<dyn ObjectStore>> {
         return Ok(Arc::new(s3));
     }
     let dir = location.strip_prefix("file://").unwrap_or(location);
+    // Stores written before packs kept one file per chunk in `chunks/`;
+    // this layout cannot read them, so say so instead of "not found" later.
+    if std::path::Path::new(dir).join("chunks").is_dir() {
+        return Err(StoreError::Invalid(format!(
+            "{dir} holds a store in the layout of lazix before packs (a chunks/ folder); \
+             move it away and push the paths again"
+        )));
+    }
     std::fs::create_dir_all(dir)?;
     let local = LocalFileSystem::new_with_prefix(dir)
         .map_err(|e| StoreError::Invalid(format!("{location}: {e}")))?;
