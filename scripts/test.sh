@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 source scripts/nix-env.sh
+export LAZIX_WEED="${LAZIX_WEED:-$HOME/.cache/lazix/seaweedfs/bin/weed}"
 
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings

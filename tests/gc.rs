@@ -1,24 +1,53 @@
-//! Garbage collection against a real server process and the embedded
-//! store: it frees exactly what no path reaches, and a push running while
-//! it runs loses nothing.
+//! Garbage collection against a real server process, on both backends
+//! (the embedded folder and a bucket on a real SeaweedFS): it frees exactly
+//! what no path reaches, and a push running while it runs loses nothing.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
+use common::weed::Weed;
 use common::*;
 use lazix_castore::testutil::pseudo_random;
 
-fn store_cmd(server: &Server, cmd: &str) -> std::process::Command {
-    let mut c = lazix();
-    c.args([cmd, "--data"]).arg(server.data.path());
-    c
+/// A server and the store it serves: its data folder, or a bucket.
+struct Store {
+    server: Server,
+    bucket: Option<Weed>,
 }
 
-/// Runs `lazix gc` on the server's data folder; returns its summary line.
-fn gc(server: &Server, grace: u64) -> String {
-    let out = run(store_cmd(server, "gc").args(["--grace", &grace.to_string()]));
-    stdout(&out)
+impl Store {
+    fn folder() -> Self {
+        Store {
+            server: Server::start_with(&["--compact-after", "0"]),
+            bucket: None,
+        }
+    }
+
+    fn bucket() -> Self {
+        let weed = Weed::start();
+        Store {
+            server: weed.server(&["--compact-after", "0"]),
+            bucket: Some(weed),
+        }
+    }
+
+    /// A `lazix` subcommand that opens the same store directly.
+    fn cmd(&self, subcommand: &str) -> std::process::Command {
+        match &self.bucket {
+            Some(weed) => weed.lazix(subcommand),
+            None => {
+                let mut c = lazix();
+                c.args([subcommand, "--data"]).arg(self.server.data.path());
+                c
+            }
+        }
+    }
+
+    /// Runs `lazix gc`; returns its summary line.
+    fn gc(&self, grace: u64) -> String {
+        stdout(&run(self.cmd("gc").args(["--grace", &grace.to_string()])))
+    }
 }
 
 /// A number printed just before `what` in a gc summary.
@@ -44,8 +73,17 @@ fn tree(dir: &std::path::Path, name: &str, files: &[(&str, Vec<u8>)]) -> String 
 }
 
 #[test]
-fn gc_frees_exactly_the_unshared_chunks() {
-    let server = Server::start_with(&["--compact-after", "0"]);
+fn gc_frees_exactly_the_unshared_chunks_in_a_folder() {
+    gc_frees_exactly_the_unshared_chunks(Store::folder());
+}
+
+#[test]
+fn gc_frees_exactly_the_unshared_chunks_in_a_bucket() {
+    gc_frees_exactly_the_unshared_chunks(Store::bucket());
+}
+
+fn gc_frees_exactly_the_unshared_chunks(store: Store) {
+    let server = &store.server;
     let dir = tempfile::tempdir().unwrap();
     let shared = pseudo_random(2_000_000, 501);
     let b = tree(
@@ -64,17 +102,17 @@ fn gc_frees_exactly_the_unshared_chunks() {
             ("only-a", pseudo_random(1_700_000, 503)),
         ],
     );
-    lazix_push(&server, &[&b]);
-    let sent_a = lazix_push(&server, &[&a]);
+    lazix_push(server, &[&b]);
+    let sent_a = lazix_push(server, &[&a]);
     let a_unique_chunks = sent_a["chunks_sent"].as_u64().unwrap();
     assert!(a_unique_chunks > 5);
 
     // Nothing is garbage yet.
-    let first = gc(&server, 0);
+    let first = store.gc(0);
     assert_eq!(count(&first, "chunks,"), 0, "{first}");
 
-    run(store_cmd(&server, "delete").arg(&a));
-    let summary = gc(&server, 0);
+    run(store.cmd("delete").arg(&a));
+    let summary = store.gc(0);
     assert_eq!(count(&summary, "paths live"), 1, "{summary}");
     assert_eq!(count(&summary, "chunks,"), a_unique_chunks, "{summary}");
     assert_eq!(count(&summary, "chunk lists"), 1, "{summary}");
@@ -83,22 +121,31 @@ fn gc_frees_exactly_the_unshared_chunks() {
 
     // The other path is whole and byte-identical, through the running
     // server; the deleted one is gone.
-    assert!(lazix_nar(&server, &b) == nix_dump(&b));
+    assert!(lazix_nar(server, &b) == nix_dump(&b));
     let gone = lazix()
         .args(["path-info", "--server", &server.addr, &a])
         .output()
         .unwrap();
     assert!(!gone.status.success());
     // A second collection finds nothing more.
-    assert_eq!(count(&gc(&server, 0), "chunks,"), 0);
+    assert_eq!(count(&store.gc(0), "chunks,"), 0);
     // Pushing the deleted path again works.
-    lazix_push(&server, &[&a]);
-    assert!(lazix_nar(&server, &a) == nix_dump(&a));
+    lazix_push(server, &[&a]);
+    assert!(lazix_nar(server, &a) == nix_dump(&a));
 }
 
 #[test]
-fn a_push_running_while_gc_runs_loses_nothing() {
-    let server = Server::start_with(&["--compact-after", "0"]);
+fn a_push_running_while_gc_runs_loses_nothing_in_a_folder() {
+    a_push_running_while_gc_runs_loses_nothing(Store::folder());
+}
+
+#[test]
+fn a_push_running_while_gc_runs_loses_nothing_in_a_bucket() {
+    a_push_running_while_gc_runs_loses_nothing(Store::bucket());
+}
+
+fn a_push_running_while_gc_runs_loses_nothing(store: Store) {
+    let server = &store.server;
     let dir = tempfile::tempdir().unwrap();
     let shared = pseudo_random(3_000_000, 601);
     // Old garbage: a deleted path, whose shared file the new push reuses.
@@ -110,8 +157,8 @@ fn a_push_running_while_gc_runs_loses_nothing() {
             ("only-old", pseudo_random(2_000_000, 602)),
         ],
     );
-    lazix_push(&server, &[&old]);
-    run(store_cmd(&server, "delete").arg(&old));
+    lazix_push(server, &[&old]);
+    run(store.cmd("delete").arg(&old));
     let new = tree(
         dir.path(),
         "gc-new",
@@ -132,14 +179,14 @@ fn a_push_running_while_gc_runs_loses_nothing() {
     let deadline = Instant::now() + Duration::from_secs(120);
     while push.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "push hangs");
-        let s = gc(&server, 5);
+        let s = store.gc(5);
         freed += count(&s, "chunks,");
         runs += 1;
     }
     assert!(push.wait().unwrap().success());
     assert!(runs >= 1);
-    let s = gc(&server, 5);
+    let s = store.gc(5);
     freed += count(&s, "chunks,");
     assert!(freed > 0, "the old path's own chunks were collected");
-    assert!(lazix_nar(&server, &new) == nix_dump(&new));
+    assert!(lazix_nar(server, &new) == nix_dump(&new));
 }

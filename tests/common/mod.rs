@@ -2,6 +2,8 @@
 //! process on a free loopback port, and fixture trees.
 #![allow(dead_code)]
 
+pub mod weed;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -49,6 +51,7 @@ pub struct Server {
     grpc_port: u16,
     http_port: u16,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
     pub addr: String,
     /// `http://127.0.0.1:PORT` of the binary-cache shim.
     pub http: String,
@@ -73,14 +76,25 @@ impl Server {
 
     /// Starts a server with extra `lazix serve` arguments.
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// Starts a server with extra arguments and environment variables
+    /// (e.g. S3 credentials); a restart keeps both.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
         let data = tempfile::tempdir().unwrap();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         // A free port can be taken by another test between our probe and
         // the server's bind: then try other ports.
         let (child, port, http_port) = (0..5)
             .find_map(|_| {
                 let (port, http_port) = (free_port(), free_port());
-                try_spawn_server(data.path(), port, http_port, &extra).map(|c| (c, port, http_port))
+                try_spawn_server(data.path(), port, http_port, &extra, &env)
+                    .map(|c| (c, port, http_port))
             })
             .expect("lazix serve did not start");
         Self {
@@ -88,6 +102,7 @@ impl Server {
             grpc_port: port,
             http_port,
             extra,
+            env,
             addr: format!("grpc://127.0.0.1:{port}"),
             http: format!("http://127.0.0.1:{http_port}"),
             data,
@@ -113,6 +128,7 @@ impl Server {
             self.grpc_port,
             self.http_port,
             &self.extra,
+            &self.env,
         );
     }
 
@@ -150,18 +166,31 @@ impl Drop for Server {
     }
 }
 
-fn spawn_server(data: &Path, port: u16, http_port: u16, extra: &[String]) -> Child {
-    try_spawn_server(data, port, http_port, extra).expect("lazix serve did not start")
+fn spawn_server(
+    data: &Path,
+    port: u16,
+    http_port: u16,
+    extra: &[String],
+    env: &[(String, String)],
+) -> Child {
+    try_spawn_server(data, port, http_port, extra, env).expect("lazix serve did not start")
 }
 
 /// Starts `lazix serve`; `None` if it exited (e.g. its port was taken).
-fn try_spawn_server(data: &Path, port: u16, http_port: u16, extra: &[String]) -> Option<Child> {
+fn try_spawn_server(
+    data: &Path,
+    port: u16,
+    http_port: u16,
+    extra: &[String],
+    env: &[(String, String)],
+) -> Option<Child> {
     let mut child = lazix()
         .args(["serve", "--data"])
         .arg(data)
         .args(["--grpc", &format!("127.0.0.1:{port}")])
         .args(["--http", &format!("127.0.0.1:{http_port}")])
         .args(extra)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .spawn()
         .expect("spawning lazix serve");
