@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use lazix_castore::bucket::{compact_when_quiet, BucketStore, GcOptions};
+use lazix_castore::bucket::{compact_when_quiet, BucketStore, GcOptions, GcReport};
 use lazix_castore::cache::{cached, CacheConfig};
 use lazix_castore::nix::signing::SecretKey;
 use lazix_castore::nix::store_path::StorePath;
@@ -54,13 +54,17 @@ enum Command {
     Gc {
         #[command(flatten)]
         location: StoreLocation,
-        /// Keep anything younger than this many seconds (uploads in
-        /// progress write only young objects).
-        #[arg(long, default_value_t = 3600)]
-        grace: u64,
-        /// Rewrite packs whose live fraction is below this.
-        #[arg(long, default_value_t = 0.5)]
-        repack_below: f64,
+        #[command(flatten)]
+        policy: GcPolicy,
+    },
+    /// Print what a store holds: paths, their NAR bytes (logical), distinct
+    /// chunk bytes, stored bytes and objects, and the dedup ratio.
+    Stats {
+        #[command(flatten)]
+        location: StoreLocation,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Mount the server's store read-only over FUSE; file bytes are fetched
     /// on first access. Runs in the foreground; SIGINT/SIGTERM unmount.
@@ -104,6 +108,53 @@ enum Command {
         /// The store path (absolute or basename).
         store_path: String,
     },
+}
+
+/// How garbage is collected (by `lazix gc`, and by `serve --gc-every`).
+#[derive(clap::Args, Clone, Copy)]
+struct GcPolicy {
+    /// Keep anything younger than this many seconds (uploads in
+    /// progress write only young objects).
+    #[arg(long, default_value_t = 3600)]
+    grace: u64,
+    /// Rewrite packs whose live fraction is below this.
+    #[arg(long, default_value_t = 0.5)]
+    repack_below: f64,
+    /// First delete the paths nobody pushed or asked for (narinfo, NAR,
+    /// mount lookup) in this many days (fractions allowed). Off without it.
+    #[arg(long)]
+    not_accessed_days: Option<f64>,
+}
+
+impl GcPolicy {
+    fn options(&self) -> Result<GcOptions> {
+        let expire_unused_for = self
+            .not_accessed_days
+            .map(|d| Duration::try_from_secs_f64(d * 86_400.0))
+            .transpose()
+            .context("--not-accessed-days must be a positive number")?;
+        Ok(GcOptions {
+            grace: Duration::from_secs(self.grace),
+            repack_below: self.repack_below,
+            expire_unused_for,
+        })
+    }
+}
+
+/// The line `lazix gc` prints (and `serve --gc-every` logs).
+fn gc_summary(r: &GcReport) -> String {
+    format!(
+        "lazix gc: {} paths expired, {} paths live ({} chunks); freed {} bytes: {} chunks, {} directories, {} chunk lists; {} packs deleted, {} rewritten",
+        r.paths_expired,
+        r.paths,
+        r.live_chunks,
+        r.bytes_freed,
+        r.chunks_freed,
+        r.directories_deleted,
+        r.blob_lists_deleted,
+        r.packs_deleted,
+        r.packs_repacked
+    )
 }
 
 /// Where a store lives (for commands that open it directly).
@@ -176,6 +227,13 @@ struct ServeArgs {
     /// render hot NARs without decompressing again.
     #[arg(long, default_value_t = 1024)]
     decoded_cache_mib: u64,
+    /// Collect garbage every this many seconds (see `lazix gc`; the policy
+    /// flags below apply); 0 turns it off. Replicas of one store take turns
+    /// by the maintenance lock.
+    #[arg(long, default_value_t = 0)]
+    gc_every: u64,
+    #[command(flatten)]
+    gc: GcPolicy,
 }
 
 #[derive(clap::Args)]
@@ -256,11 +314,8 @@ async fn main() -> Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Compact(location) => compact(location).await,
         Command::Delete { location, paths } => delete(location, &paths).await,
-        Command::Gc {
-            location,
-            grace,
-            repack_below,
-        } => gc(location, grace, repack_below).await,
+        Command::Gc { location, policy } => gc(location, policy).await,
+        Command::Stats { location, json } => stats(location, json).await,
         Command::Keygen { name, dir } => keygen(&name, &dir),
         Command::Mount(args) => mount(args).await,
         Command::Push {
@@ -316,26 +371,62 @@ async fn delete(location: StoreLocation, paths: &[String]) -> Result<()> {
     Ok(())
 }
 
-async fn gc(location: StoreLocation, grace: u64, repack_below: f64) -> Result<()> {
+async fn gc(location: StoreLocation, policy: GcPolicy) -> Result<()> {
+    let options = policy.options()?;
     let (location, store) = location.open().await?;
     let r = store
-        .gc(GcOptions {
-            grace: Duration::from_secs(grace),
-            repack_below,
-        })
+        .gc(options)
         .await
         .with_context(|| format!("collecting garbage in {location}"))?;
+    println!("{}", gc_summary(&r));
+    Ok(())
+}
+
+/// Collects garbage every `every`, for as long as the server runs; a
+/// failed run (e.g. another replica holds the maintenance lock) is logged
+/// and retried at the next tick.
+async fn gc_periodically(store: Arc<BucketStore>, every: Duration, options: GcOptions) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match store.gc(options).await {
+            Ok(r) => tracing::info!("{}", gc_summary(&r)),
+            Err(e) => tracing::warn!(error = %e, "periodic garbage collection failed"),
+        }
+    }
+}
+
+async fn stats(location: StoreLocation, json: bool) -> Result<()> {
+    let (location, store) = location.open().await?;
+    let s = store
+        .stats()
+        .await
+        .with_context(|| format!("counting {location}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!("store:         {location}");
+    println!("paths:         {}", s.paths);
     println!(
-        "lazix gc: {} paths live ({} chunks); freed {} bytes: {} chunks, {} directories, {} chunk lists; {} packs deleted, {} rewritten",
-        r.paths,
-        r.live_chunks,
-        r.bytes_freed,
-        r.chunks_freed,
-        r.directories_deleted,
-        r.blob_lists_deleted,
-        r.packs_deleted,
-        r.packs_repacked
+        "logical bytes: {} ({:.1} MiB of NAR)",
+        s.logical_bytes,
+        mib(s.logical_bytes)
     );
+    println!(
+        "chunks:        {} ({:.1} MiB after dedup)",
+        s.chunks,
+        mib(s.chunk_bytes)
+    );
+    println!(
+        "stored bytes:  {} ({:.1} MiB in {} objects)",
+        s.stored_bytes,
+        mib(s.stored_bytes),
+        s.objects
+    );
+    println!("dedup ratio:   {:.2}x (logical / stored)", s.dedup_ratio);
     Ok(())
 }
 
@@ -354,6 +445,13 @@ async fn compact(location: StoreLocation) -> Result<()> {
 
 async fn serve(args: ServeArgs) -> Result<()> {
     let (location, backend) = args.location.open().await?;
+    if args.gc_every > 0 {
+        tokio::spawn(gc_periodically(
+            backend.clone(),
+            Duration::from_secs(args.gc_every),
+            args.gc.options()?,
+        ));
+    }
     if args.compact_after > 0 {
         tokio::spawn(compact_when_quiet(
             backend.clone(),

@@ -18,18 +18,37 @@ struct Store {
 
 impl Store {
     fn folder() -> Self {
+        Self::folder_with(&[])
+    }
+
+    fn bucket() -> Self {
+        Self::bucket_with(&[])
+    }
+
+    /// A server on a data folder, with extra `serve` arguments.
+    fn folder_with(extra: &[&str]) -> Self {
+        let mut args = vec!["--compact-after", "0"];
+        args.extend_from_slice(extra);
         Store {
-            server: Server::start_with(&["--compact-after", "0"]),
+            server: Server::start_with(&args),
             bucket: None,
         }
     }
 
-    fn bucket() -> Self {
+    /// A server on a bucket of a fresh SeaweedFS, with extra arguments.
+    fn bucket_with(extra: &[&str]) -> Self {
         let weed = Weed::start();
+        let mut args = vec!["--compact-after", "0"];
+        args.extend_from_slice(extra);
         Store {
-            server: weed.server(&["--compact-after", "0"]),
+            server: weed.server(&args),
             bucket: Some(weed),
         }
+    }
+
+    /// `lazix stats --json`.
+    fn stats(&self) -> serde_json::Value {
+        serde_json::from_slice(&run(self.cmd("stats").arg("--json")).stdout).unwrap()
     }
 
     /// A `lazix` subcommand that opens the same store directly.
@@ -189,4 +208,89 @@ fn a_push_running_while_gc_runs_loses_nothing(store: Store) {
     freed += count(&s, "chunks,");
     assert!(freed > 0, "the old path's own chunks were collected");
     assert!(lazix_nar(server, &new) == nix_dump(&new));
+}
+
+#[test]
+fn paths_not_accessed_lately_expire_in_a_folder() {
+    paths_not_accessed_lately_expire(Store::folder());
+}
+
+#[test]
+fn paths_not_accessed_lately_expire_in_a_bucket() {
+    paths_not_accessed_lately_expire(Store::bucket());
+}
+
+/// `--not-accessed-days`: a path nobody asked for since it was pushed goes,
+/// one asked for (here its narinfo) stays.
+fn paths_not_accessed_lately_expire(store: Store) {
+    let server = &store.server;
+    let dir = tempfile::tempdir().unwrap();
+    let idle = tree(dir.path(), "idle", &[("f", pseudo_random(400_000, 701))]);
+    let used = tree(dir.path(), "used", &[("f", pseudo_random(400_000, 702))]);
+    lazix_push(server, &[&idle, &used]);
+    std::thread::sleep(Duration::from_secs(6));
+    let hash = used.rsplit('/').next().unwrap().split('-').next().unwrap();
+    let narinfo = run(std::process::Command::new("curl")
+        .args(["-sf", &format!("{}/{hash}.narinfo", server.http)]))
+    .stdout;
+    assert!(String::from_utf8_lossy(&narinfo).contains("NarHash"));
+    // The access mark is written in the background.
+    std::thread::sleep(Duration::from_millis(1500));
+    // 4 s: the idle path is 7.5 s old, the used one was asked for 1.5 s
+    // ago (S3 keeps whole seconds: up to 2.5 s).
+    let days = format!("{}", 4.0 / 86_400.0);
+    let summary = stdout(&run(store.cmd("gc").args([
+        "--grace",
+        "0",
+        "--not-accessed-days",
+        &days,
+    ])));
+    assert_eq!(count(&summary, "paths expired"), 1, "{summary}");
+    assert_eq!(count(&summary, "paths live"), 1, "{summary}");
+    assert!(count(&summary, "chunks,") > 0, "{summary}");
+    assert!(lazix_nar(server, &used) == nix_dump(&used));
+    let gone = lazix()
+        .args(["path-info", "--server", &server.addr, &idle])
+        .output()
+        .unwrap();
+    assert!(!gone.status.success());
+}
+
+/// `serve --gc-every`: a deleted path's data goes without anyone running
+/// `lazix gc`, as `lazix stats` shows.
+#[test]
+fn serve_collects_garbage_periodically() {
+    let store = Store::folder_with(&["--gc-every", "1", "--grace", "0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let data = pseudo_random(1_000_000, 801);
+    let a = tree(dir.path(), "periodic-a", &[("f", data.clone())]);
+    let b = tree(
+        dir.path(),
+        "periodic-b",
+        &[("f", data), ("g", b"g\n".to_vec())],
+    );
+    lazix_push(&store.server, &[&a, &b]);
+    let before = store.stats();
+    assert_eq!(before["paths"], 2, "{before}");
+    let nar_sizes: u64 = [&a, &b]
+        .iter()
+        .map(|p| nix_path_info(p)["narSize"].as_u64().unwrap())
+        .sum();
+    assert_eq!(before["logical_bytes"].as_u64().unwrap(), nar_sizes);
+    // The two paths share their big file: stored once.
+    let chunk_bytes = before["chunk_bytes"].as_u64().unwrap();
+    assert!((1_000_000..1_100_000).contains(&chunk_bytes), "{before}");
+    assert!(before["dedup_ratio"].as_f64().unwrap() > 1.5, "{before}");
+
+    run(store.cmd("delete").arg(&a).arg(&b));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = store.stats();
+        if now["chunks"] == 0 {
+            assert_eq!(now["paths"], 0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "not collected: {now}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }

@@ -2,12 +2,15 @@
 //! entries), so hot chunks, directories, chunk lists and PathInfos are read
 //! from the backend once. Content-addressed objects never change, so they
 //! are cached until evicted; PathInfos are cached briefly (another replica
-//! or a GC may change them) and misses are never cached.
+//! or a GC may change them) and misses are never cached. Concurrent
+//! requests for one uncached object share one backend read.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::stream::BoxStream;
 use moka::future::Cache;
 
@@ -85,10 +88,17 @@ where
     (found, misses)
 }
 
+/// One backend read of frames that several requests may wait for: each
+/// requested chunk's frame.
+type FrameFetch = Shared<BoxFuture<'static, Result<Arc<FramesByChunk>, Arc<crate::StoreError>>>>;
+type FramesByChunk = HashMap<B3Digest, Arc<Frame>>;
+
 struct CachedBlobs {
     inner: Arc<dyn BlobStore>,
     /// Each chunk's frame (a frame is shared by the keys of its chunks).
     frames: Cache<B3Digest, Arc<Frame>, DigestKeyBuildHasher>,
+    /// Chunks being read from the backend right now, and the read.
+    in_flight: Arc<Mutex<HashMap<B3Digest, FrameFetch>>>,
     lists: Cache<B3Digest, Arc<Vec<ChunkMeta>>, DigestKeyBuildHasher>,
 }
 
@@ -115,6 +125,7 @@ pub fn cached(inner: Store, config: CacheConfig) -> Store {
                     (f.data.len() / f.chunks.len().max(1)).min(u32::MAX as usize) as u32 + 64
                 })
                 .build_with_hasher(DigestKeyBuildHasher::default()),
+            in_flight: Arc::default(),
             lists: Cache::builder()
                 .max_capacity(config.metadata_bytes / 2)
                 .weigher(meta_weight)
@@ -157,29 +168,26 @@ impl BlobStore for CachedBlobs {
     async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
         let (found, misses) =
             hits_and_misses(digests, |d| async move { self.frames.get(&d).await }).await;
-        let mut fetched = Vec::new();
-        if !misses.is_empty() {
-            fetched = self.inner.get_frames(&misses).await?;
-            for f in &fetched {
-                let f = Arc::new(f.clone());
-                for c in &f.chunks {
-                    self.frames.insert(c.digest, f.clone()).await;
+        let mut frames: Vec<Arc<Frame>> = found.into_iter().flatten().collect();
+        for fetch in self.join_fetches(&misses) {
+            let by_chunk = fetch.await.map_err(crate::StoreError::from_shared)?;
+            for d in &misses {
+                if let Some(f) = by_chunk.get(d) {
+                    frames.push(f.clone());
                 }
             }
         }
         // Each frame once, in order of first request.
-        let mut hits: Vec<Arc<Frame>> = Vec::new();
-        for f in found.into_iter().flatten() {
-            if !hits.iter().any(|h| Arc::ptr_eq(h, &f)) {
-                hits.push(f);
-            }
-        }
-        let out: Vec<Frame> = hits
+        let mut seen = std::collections::HashSet::new();
+        Ok(frames
             .into_iter()
+            .filter(|f| {
+                f.chunks
+                    .first()
+                    .is_none_or(|c| seen.insert((c.digest, f.chunks.len())))
+            })
             .map(|f| f.as_ref().clone())
-            .chain(fetched)
-            .collect();
-        Ok(out)
+            .collect())
     }
 
     async fn put_blob_chunks(&self, blobs: Vec<BlobChunks>) -> StoreResult<()> {
@@ -205,6 +213,69 @@ impl BlobStore for CachedBlobs {
             }
         }
         fill_misses(found, answers)
+    }
+}
+
+impl CachedBlobs {
+    /// The backend reads that will answer `misses`: reads already under way
+    /// for some of them, and one new read for the rest.
+    fn join_fetches(&self, misses: &[B3Digest]) -> Vec<FrameFetch> {
+        if misses.is_empty() {
+            return Vec::new();
+        }
+        let mut in_flight = self.in_flight.lock().expect("in-flight reads");
+        let mut fetches: Vec<FrameFetch> = Vec::new();
+        let mut mine = Vec::new();
+        for d in misses {
+            match in_flight.get(d) {
+                Some(f) => {
+                    if !fetches.iter().any(|g| g.ptr_eq(f)) {
+                        fetches.push(f.clone());
+                    }
+                }
+                None => mine.push(*d),
+            }
+        }
+        if !mine.is_empty() {
+            let fetch = self.fetch(mine.clone());
+            for d in mine {
+                in_flight.insert(d, fetch.clone());
+            }
+            fetches.push(fetch);
+        }
+        fetches
+    }
+
+    /// One backend read of `digests`' frames; when done (by whichever
+    /// waiter polls it) they are cached and the read is forgotten.
+    fn fetch(&self, digests: Vec<B3Digest>) -> FrameFetch {
+        let inner = self.inner.clone();
+        let cache = self.frames.clone();
+        let in_flight = self.in_flight.clone();
+        async move {
+            let result = inner.get_frames(&digests).await;
+            let result = match result {
+                Ok(frames) => {
+                    let mut by_chunk = FramesByChunk::new();
+                    for f in frames {
+                        let f = Arc::new(f);
+                        for c in &f.chunks {
+                            cache.insert(c.digest, f.clone()).await;
+                            by_chunk.insert(c.digest, f.clone());
+                        }
+                    }
+                    Ok(Arc::new(by_chunk))
+                }
+                Err(e) => Err(Arc::new(e)),
+            };
+            let mut in_flight = in_flight.lock().expect("in-flight reads");
+            for d in &digests {
+                in_flight.remove(d);
+            }
+            result
+        }
+        .boxed()
+        .shared()
     }
 }
 
@@ -298,10 +369,7 @@ impl DirectoryStore for CachedDirectories {
                 async move { inner.get_closure(&root).await.map(Arc::new) },
             )
             .await
-            .map_err(|e| match Arc::try_unwrap(e) {
-                Ok(e) => e,
-                Err(shared) => crate::StoreError::Unavailable(shared.to_string()),
-            })?;
+            .map_err(crate::StoreError::from_shared)?;
         Ok(closure.as_ref().clone())
     }
 
@@ -313,14 +381,26 @@ impl DirectoryStore for CachedDirectories {
 #[async_trait]
 impl PathInfoStore for CachedPathInfos {
     async fn get_path_info(&self, digest: &[u8; 20]) -> StoreResult<Option<PathInfo>> {
-        if let Some(info) = self.infos.get(digest).await {
-            return Ok(Some(info.as_ref().clone()));
+        // Concurrent askers share one read; a miss is shared but not kept.
+        let inner = self.inner.clone();
+        let key = *digest;
+        let answer = self
+            .infos
+            .try_get_with(key, async move {
+                match inner.get_path_info(&key).await {
+                    Ok(Some(info)) => Ok(Arc::new(info)),
+                    Ok(None) => Err(None),
+                    Err(e) => Err(Some(e)),
+                }
+            })
+            .await;
+        match answer {
+            Ok(info) => Ok(Some(info.as_ref().clone())),
+            Err(e) => match e.as_ref() {
+                None => Ok(None),
+                Some(e) => Err(e.duplicate()),
+            },
         }
-        let info = self.inner.get_path_info(digest).await?;
-        if let Some(i) = &info {
-            self.infos.insert(*digest, Arc::new(i.clone())).await;
-        }
-        Ok(info)
     }
 
     async fn put_path_info(&self, info: PathInfo) -> StoreResult<()> {
@@ -340,6 +420,146 @@ mod tests {
     use super::*;
     use crate::bucket::BucketStore;
     use crate::testutil::frame_of;
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use crate::nix::store_path::StorePath;
+    use crate::node::Node;
+
+    /// The real store, slowed down, counting the reads that reach it.
+    struct Counting {
+        inner: Arc<BucketStore>,
+        frame_reads: AtomicUsize,
+        path_info_reads: AtomicUsize,
+    }
+
+    const SLOW: Duration = Duration::from_millis(200);
+
+    #[async_trait]
+    impl BlobStore for Counting {
+        async fn missing_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<B3Digest>> {
+            self.inner.missing_chunks(digests).await
+        }
+        async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
+            self.inner.put_frames(frames).await
+        }
+        async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
+            self.frame_reads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(SLOW).await;
+            self.inner.get_frames(digests).await
+        }
+        async fn put_blob_chunks(&self, blobs: Vec<BlobChunks>) -> StoreResult<()> {
+            self.inner.put_blob_chunks(blobs).await
+        }
+        async fn get_blob_chunks(
+            &self,
+            blobs: &[B3Digest],
+        ) -> StoreResult<Vec<Option<Vec<ChunkMeta>>>> {
+            self.inner.get_blob_chunks(blobs).await
+        }
+    }
+
+    #[async_trait]
+    impl PathInfoStore for Counting {
+        async fn get_path_info(&self, digest: &[u8; 20]) -> StoreResult<Option<PathInfo>> {
+            self.path_info_reads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(SLOW).await;
+            self.inner.get_path_info(digest).await
+        }
+        async fn put_path_info(&self, info: PathInfo) -> StoreResult<()> {
+            self.inner.put_path_info(info).await
+        }
+        fn list_path_infos(&self) -> BoxStream<'static, StoreResult<PathInfo>> {
+            self.inner.list_path_infos()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_for_one_object_read_the_backend_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = BucketStore::open(dir.path().to_str().unwrap())
+            .await
+            .unwrap();
+        let counting = Arc::new(Counting {
+            inner: backend.clone(),
+            frame_reads: AtomicUsize::new(0),
+            path_info_reads: AtomicUsize::new(0),
+        });
+        let store = cached(
+            Store {
+                blobs: counting.clone(),
+                directories: backend.clone(),
+                path_infos: counting.clone(),
+            },
+            CacheConfig::default(),
+        );
+        store
+            .blobs
+            .put_frames(vec![frame_of(&[b"chunk a", b"chunk b"])])
+            .await
+            .unwrap();
+        let a = B3Digest::of(b"chunk a");
+        let b = B3Digest::of(b"chunk b");
+        let path = StorePath::parse("xbnh8n8j0jl1ws9l2aqqm0qs4bi41l82-pkg").unwrap();
+        store
+            .path_infos
+            .put_path_info(PathInfo {
+                store_path: path.clone(),
+                node: Node::File {
+                    digest: a,
+                    size: 7,
+                    executable: false,
+                },
+                references: vec![],
+                nar_size: 128,
+                nar_sha256: [1; 32],
+                signatures: vec![],
+                deriver: None,
+                ca: None,
+            })
+            .await
+            .unwrap();
+
+        // Sixteen readers of one chunk, at once: one read.
+        let readers: Vec<_> = (0..16)
+            .map(|_| {
+                let blobs = store.blobs.clone();
+                tokio::spawn(async move { blobs.get_chunks(&[a]).await })
+            })
+            .collect();
+        for r in readers {
+            let chunks = r.await.unwrap().unwrap();
+            assert_eq!(chunks[0].decode_verified().unwrap(), &b"chunk a"[..]);
+        }
+        assert_eq!(counting.frame_reads.load(Ordering::SeqCst), 1);
+        // Its neighbour came in the same frame.
+        let chunks = store.blobs.get_chunks(&[b, a]).await.unwrap();
+        assert_eq!(chunks[0].decode_verified().unwrap(), &b"chunk b"[..]);
+        assert_eq!(counting.frame_reads.load(Ordering::SeqCst), 1);
+
+        // Sixteen askers of one PathInfo: one read; a missing one is
+        // asked again each time (a miss is never kept).
+        let askers: Vec<_> = (0..16)
+            .map(|_| {
+                let infos = store.path_infos.clone();
+                let d = *path.digest();
+                tokio::spawn(async move { infos.get_path_info(&d).await })
+            })
+            .collect();
+        for a in askers {
+            assert!(a.await.unwrap().unwrap().is_some());
+        }
+        assert_eq!(counting.path_info_reads.load(Ordering::SeqCst), 1);
+        for _ in 0..2 {
+            assert!(store
+                .path_infos
+                .get_path_info(&[7; 20])
+                .await
+                .unwrap()
+                .is_none());
+        }
+        assert_eq!(counting.path_info_reads.load(Ordering::SeqCst), 3);
+    }
 
     #[test]
     fn fill_misses_keeps_order_and_checks_counts() {

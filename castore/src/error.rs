@@ -24,3 +24,22 @@ pub enum StoreError {
 
 /// Shorthand for results of store operations.
 pub type StoreResult<T> = Result<T, StoreError>;
+
+impl StoreError {
+    /// A copy (same variant, same message) for one more waiter on a shared
+    /// result; I/O errors keep their kind.
+    pub fn duplicate(&self) -> StoreError {
+        match self {
+            StoreError::NotFound(m) => StoreError::NotFound(m.clone()),
+            StoreError::Invalid(m) => StoreError::Invalid(m.clone()),
+            StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
+            StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+            StoreError::Io(io) => StoreError::Io(std::io::Error::new(io.kind(), io.to_string())),
+        }
+    }
+
+    /// The error of a result shared by several waiters (a coalesced read).
+    pub fn from_shared(e: std::sync::Arc<StoreError>) -> StoreError {
+        std::sync::Arc::try_unwrap(e).unwrap_or_else(|shared| shared.duplicate())
+    }
+}

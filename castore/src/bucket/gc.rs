@@ -33,6 +33,9 @@ pub struct GcOptions {
     pub grace: Duration,
     /// Packs whose live fraction of raw bytes is below this are rewritten.
     pub repack_below: f64,
+    /// Delete first the PathInfos neither written nor asked for within
+    /// this long (none: keep every path).
+    pub expire_unused_for: Option<Duration>,
 }
 
 impl Default for GcOptions {
@@ -40,6 +43,7 @@ impl Default for GcOptions {
         Self {
             grace: Duration::from_secs(3600),
             repack_below: 0.5,
+            expire_unused_for: None,
         }
     }
 }
@@ -47,6 +51,8 @@ impl Default for GcOptions {
 /// What a collection did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GcReport {
+    /// PathInfos deleted because nobody asked for them lately.
+    pub paths_expired: u64,
     /// PathInfos found (all live).
     pub paths: u64,
     /// Live chunks.
@@ -103,8 +109,10 @@ impl BucketStore {
     /// Deletes a store path's PathInfo (its data goes at the next
     /// collection); returns whether it existed.
     pub async fn delete_path_info(&self, digest: &[u8; 20]) -> StoreResult<bool> {
-        let existed = self.get_path_info(digest).await?.is_some();
-        self.delete_object(&super::path_info_path(digest)).await?;
+        let path = super::path_info_path(digest);
+        let existed = self.read_path_info(&path).await?.is_some();
+        self.delete_object(&path).await?;
+        self.delete_access_mark(digest).await?;
         Ok(existed)
     }
 
@@ -122,6 +130,9 @@ impl BucketStore {
         let cutoff = started - opts.grace;
         self.refresh().await?;
         let mut report = GcReport::default();
+        if let Some(unused) = opts.expire_unused_for {
+            report.paths_expired = self.expire_unused(started - unused).await?;
+        }
         let live = self.mark(cutoff, &mut report).await?;
         report.live_chunks = live.chunks.len() as u64;
         for (kind, keep) in [("directories", &live.directories), ("blobs", &live.blobs)] {
@@ -140,6 +151,7 @@ impl BucketStore {
             .await?;
         // Old touch marks have done their job.
         self.sweep_prefix("touched", cutoff, |_| true).await?;
+        self.sweep_orphan_marks(cutoff).await?;
         tracing::info!(?report, "garbage collection done");
         Ok(report)
     }
@@ -242,7 +254,7 @@ impl BucketStore {
 
     /// Deletes objects under `prefix` older than `cutoff` whose file name
     /// `dead` says so; returns how many and their bytes.
-    async fn sweep_prefix(
+    pub(super) async fn sweep_prefix(
         &self,
         prefix: &str,
         cutoff: SystemTime,

@@ -13,19 +13,25 @@
 //! - `blobs/<2 hex>/<64 hex>`: chunk list of a multi-chunk blob (protobuf
 //!   `lazix.v1.BlobChunks`);
 //! - `directories/<2 hex>/<64 hex>`: protobuf `snix.castore.v1.Directory`;
-//! - `pathinfo/<nixbase32 hash part>`: protobuf `snix.store.v1.PathInfo`.
+//! - `pathinfo/<nixbase32 hash part>`: protobuf `snix.store.v1.PathInfo`;
+//! - `accessed/<nixbase32 hash part>`: empty; when the path was last asked
+//!   for (see [`access`]);
+//! - `touched/<ms>-<random>`: digests an upload relies on (see [`gc`]);
+//! - `locks/maintenance`: held by the one compaction or collection running.
 //!
 //! The pack indexes are loaded into memory at open; a lookup that misses
 //! re-lists `packs/` (at most every [`REFRESH_INTERVAL`], waiting for the
 //! next listing rather than failing) so packs written by another replica
 //! become readable.
 
+mod access;
 mod compact;
 mod gc;
 mod location;
 mod lock;
 mod packs;
 mod recent;
+mod stats;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -51,11 +57,13 @@ use crate::pathinfo::PathInfo;
 use crate::services::{BlobChunks, BlobStore, DirectoryStore, PathInfoStore};
 use crate::similarity::{sketch, Sketch};
 
+pub use access::ACCESS_MARK_EVERY;
 pub use compact::{compact_when_quiet, CompactReport, COMPACT_LEVEL};
 pub use gc::{GcOptions, GcReport};
 pub use location::open_object_store;
 use packs::{decode_index, FrameLocation, NewPack, PackTable};
 use recent::RecentChunks;
+pub use stats::StoreStats;
 
 /// Objects read or written at once by one call.
 const CONCURRENCY: usize = 16;
@@ -83,6 +91,8 @@ pub struct BucketStore {
     recent: Mutex<RecentChunks>,
     /// When packs were last written by uploads since the last compaction.
     uploaded_at: Mutex<Option<Instant>>,
+    /// Paths whose access mark this process wrote lately.
+    marked: moka::sync::Cache<[u8; 20], ()>,
 }
 
 /// Frame slots and the bytes read for them from one pack.
@@ -148,6 +158,7 @@ impl BucketStore {
             refresh_gate: tokio::sync::Mutex::new(()),
             recent: Mutex::new(RecentChunks::new(RECENT_BYTES)),
             uploaded_at: Mutex::new(None),
+            marked: access::recent_marks(),
             base_cache: moka::future::Cache::builder()
                 .max_capacity(BASE_CACHE_BYTES)
                 .weigher(|_: &B3Digest, (_, b): &(ChunkMeta, Bytes)| {
@@ -830,7 +841,11 @@ impl DirectoryStore for BucketStore {
 #[async_trait]
 impl PathInfoStore for BucketStore {
     async fn get_path_info(&self, digest: &[u8; 20]) -> StoreResult<Option<PathInfo>> {
-        self.read_path_info(&path_info_path(digest)).await
+        let info = self.read_path_info(&path_info_path(digest)).await?;
+        if info.is_some() {
+            self.note_access(digest);
+        }
+        Ok(info)
     }
 
     async fn put_path_info(&self, info: PathInfo) -> StoreResult<()> {

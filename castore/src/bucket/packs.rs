@@ -205,6 +205,25 @@ impl PackTable {
     pub fn chunk_count(&self) -> usize {
         self.by_chunk.len()
     }
+
+    /// Distinct chunks and their raw bytes (each counted in its home frame
+    /// only).
+    pub fn chunk_totals(&self) -> (u64, u64) {
+        let (mut count, mut bytes) = (0, 0);
+        for frame in self.packs.values().flat_map(|p| p.frames.iter()) {
+            for c in frame.chunks.iter() {
+                if self
+                    .by_chunk
+                    .get(&c.digest)
+                    .is_some_and(|home| Arc::ptr_eq(home, frame))
+                {
+                    count += 1;
+                    bytes += c.size;
+                }
+            }
+        }
+        (count, bytes)
+    }
 }
 
 fn parse_index(pack: &Arc<str>, index: &lpb::PackIndex) -> StoreResult<Vec<Arc<FrameLocation>>> {

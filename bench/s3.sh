@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# The S3 backend beside the embedded store, in one run: push throughput
+# (`lazix push` over gRPC), serving throughput (every NAR over HTTP, 16
+# connections, first with the server's caches empty, then warm), and how
+# serving grows from one to two replicas on one bucket behind a round-robin
+# of clients (each replica gets every other NAR). S3 is a real SeaweedFS
+# (`weed mini`) on loopback with credentials.
+#
+#   bash bench/s3.sh
+#
+# The trees: every folder of /usr/share as a store path plus the stable
+# Rust toolchain (as in bench/http.sh). Everything runs on one machine
+# (2 cores here): SeaweedFS, the replicas and curl share them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LAZIX_BENCH_DEPS=1 bash scripts/install-deps.sh
+source scripts/nix-env.sh
+source bench/lib.sh
+cargo build --release --locked --bin lazix >&2
+LAZIX=$PWD/target/release/lazix
+WEED=${LAZIX_WEED:-$HOME/.cache/lazix/seaweedfs/bin/weed}
+STABLE=${STABLE:-$HOME/.rustup/toolchains/stable-x86_64-unknown-linux-gnu}
+export AWS_ACCESS_KEY_ID=lazix-bench AWS_SECRET_ACCESS_KEY=lazix-bench-secret
+
+work=$(mktemp -d /var/tmp/lazix-s3-bench.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "adding the trees as store paths (once)" >&2
+paths=()
+for d in /usr/share/*/; do
+  name=share-$(basename "$d" | tr -c 'A-Za-z0-9+._?=\n-' '_')
+  p=$(nix store add-path --name "$name" "$d" 2>/dev/null) && paths+=("$p") || true
+done
+paths+=("$(nix store add-path --name rust-stable "$STABLE")")
+printf '%s\n' "${paths[@]}" >"$work/paths"
+nar_bytes=$(nix path-info --json "${paths[@]}" | python3 -c 'import json,sys; print(sum(p["narSize"] for p in json.load(sys.stdin)))')
+echo "${#paths[@]} paths, $((nar_bytes / 1048576)) MiB of NAR" >&2
+
+# SeaweedFS with every port chosen free and its extras off.
+s3port=$(free_port)
+weed_ports=()
+for flag in master.port master.port.grpc filer.port filer.port.grpc volume.port volume.port.grpc admin.port admin.port.grpc; do
+  weed_ports+=("-$flag=$(free_port)")
+done
+mkdir -p "$work/weed"
+"$WEED" mini -dir="$work/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 -webdav=false -admin.ui=false \
+  -master.telemetry=false -s3.port.iceberg=0 -s3.port.lance=0 -s3.port="$s3port" "${weed_ports[@]}" \
+  >"$work/weed.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 200); do
+  code=$(curl -s -o /dev/null -w '%{http_code}' --aws-sigv4 aws:amz:us-east-1:s3 \
+    --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" -X PUT "http://127.0.0.1:$s3port/lazix") || true
+  [ "$code" = 200 ] && break
+  sleep 0.3
+done
+[ "$code" = 200 ] || { echo "SeaweedFS did not start" >&2; exit 1; }
+BUCKET="s3://lazix?endpoint=http://127.0.0.1:$s3port&region=us-east-1"
+
+# serve STORE_ARGS... ; sets srv_pid, srv_grpc, srv_http
+serve() {
+  srv_grpc=$(free_port); srv_http=$(free_port)
+  "$LAZIX" serve "$@" --compact-after 0 --grpc "127.0.0.1:$srv_grpc" --http "127.0.0.1:$srv_http" \
+    2>>"$work/serve.log" &
+  srv_pid=$!
+  pids+=($srv_pid)
+  wait_port "$srv_grpc"; wait_port "$srv_http"
+}
+stop() { kill "$1"; wait "$1" 2>/dev/null || true; }
+
+# push STORE_ARGS... ; sets secs
+push() {
+  serve "$@"
+  local t0; t0=$(now)
+  "$LAZIX" push --server "grpc://127.0.0.1:$srv_grpc" "${paths[@]}" 2>&1 | tail -1 >&2
+  secs=$(since "$t0")
+  stop "$srv_pid"
+}
+
+# nar_list BASE_URL FILE: a curl config downloading every NAR.
+nar_list() {
+  : >"$2"
+  while read -r p; do
+    h=$(basename "$p" | cut -c1-32)
+    url=$(curl -sf "$1/$h.narinfo" | sed -n 's/^URL: //p')
+    printf 'url = "%s/%s"\noutput = /dev/null\n' "$1" "$url" >>"$2"
+  done <"$work/paths"
+}
+timed() { local t0; t0=$(now); "$@" >/dev/null; since "$t0"; }
+median3() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
+fetch_all() { curl -sf -K "$1" --parallel --parallel-max "$2"; }
+
+# serve_rounds STORE_ARGS... ; sets cold and warm: seconds to fetch every
+# NAR over 16 connections from a fresh server (no chunk cached; the URL
+# list is made first, from narinfos only), then warm (median of 3).
+serve_rounds() {
+  serve "$@"
+  nar_list "http://127.0.0.1:$srv_http" "$work/nars"
+  local a b c
+  cold=$(timed fetch_all "$work/nars" 16)
+  a=$(timed fetch_all "$work/nars" 16); b=$(timed fetch_all "$work/nars" 16); c=$(timed fetch_all "$work/nars" 16)
+  warm=$(median3 "$a" "$b" "$c")
+  stop "$srv_pid"
+}
+
+# Two replicas on the bucket; clients alternate between them.
+two_replicas() {
+  serve --store "$BUCKET"; local a_pid=$srv_pid a_http=$srv_http
+  serve --store "$BUCKET"; local b_pid=$srv_pid b_http=$srv_http
+  nar_list "http://127.0.0.1:$a_http" "$work/a.all"
+  sed "s#127.0.0.1:$a_http#127.0.0.1:$b_http#" "$work/a.all" >"$work/b.all"
+  # Every other NAR to each replica (two config lines per NAR).
+  awk 'NR % 4 == 1 || NR % 4 == 2' "$work/a.all" >"$work/a.half"
+  awk 'NR % 4 == 3 || NR % 4 == 0' "$work/b.all" >"$work/b.half"
+  both() { fetch_all "$work/a.half" 8 & local p=$!; fetch_all "$work/b.half" 8; wait $p; }
+  local a b c
+  cold=$(timed both)
+  a=$(timed both); b=$(timed both); c=$(timed both)
+  warm=$(median3 "$a" "$b" "$c")
+  stop "$a_pid"; stop "$b_pid"
+}
+
+echo "push to the embedded store" >&2
+push --data "$work/local"; push_local=$secs
+echo "push to S3" >&2
+push --store "$BUCKET"; push_s3=$secs
+echo "serve from the embedded store" >&2
+serve_rounds --data "$work/local"; local_cold=$cold local_warm=$warm
+echo "serve from S3, one replica" >&2
+serve_rounds --store "$BUCKET"; s3_cold=$cold s3_warm=$warm
+echo "serve from S3, two replicas" >&2
+two_replicas; two_cold=$cold two_warm=$warm
+stored=$("$LAZIX" stats --store "$BUCKET" --json | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["stored_bytes"], s["objects"])')
+
+mibs() { awk -v b="$nar_bytes" -v t="$1" 'BEGIN {printf "%.0f", b/1048576/t}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
+echo
+echo "${#paths[@]} paths, $((nar_bytes / 1048576)) MiB of NAR; bucket: $((${stored% *} / 1048576)) MiB in ${stored#* } objects; loopback, 2 cores, SeaweedFS on the same disk"
+echo
+echo "| measure | embedded folder | S3, 1 replica | S3/embedded | S3, 2 replicas | 2 / 1 replica |"
+echo "|---|---|---|---|---|---|"
+printf '| push (lazix push, gRPC) | %.1f s (%s MiB/s) | %.1f s (%s MiB/s) | %s | | |\n' \
+  "$push_local" "$(mibs "$push_local")" "$push_s3" "$(mibs "$push_s3")" "$(ratio "$(mibs "$push_s3")" "$(mibs "$push_local")")"
+printf '| serve every NAR, caches empty | %.1f s (%s MiB/s) | %.1f s (%s MiB/s) | %s | %.1f s (%s MiB/s) | %s |\n' \
+  "$local_cold" "$(mibs "$local_cold")" "$s3_cold" "$(mibs "$s3_cold")" "$(ratio "$(mibs "$s3_cold")" "$(mibs "$local_cold")")" \
+  "$two_cold" "$(mibs "$two_cold")" "$(ratio "$(mibs "$two_cold")" "$(mibs "$s3_cold")")"
+printf '| serve every NAR, warm (median of 3) | %.1f s (%s MiB/s) | %.1f s (%s MiB/s) | %s | %.1f s (%s MiB/s) | %s |\n' \
+  "$local_warm" "$(mibs "$local_warm")" "$s3_warm" "$(mibs "$s3_warm")" "$(ratio "$(mibs "$s3_warm")" "$(mibs "$local_warm")")" \
+  "$two_warm" "$(mibs "$two_warm")" "$(ratio "$(mibs "$two_warm")" "$(mibs "$s3_warm")")"

@@ -1,0 +1,104 @@
+//! Access marks, for garbage collection's "not accessed for N days"
+//! policy: `accessed/<nixbase32 hash part>` is an empty object whose
+//! modification time says when the path was last asked for. A server
+//! rewrites a path's mark at most every [`ACCESS_MARK_EVERY`], in the
+//! background, so reads never wait for it and a hot path costs one small
+//! PUT an hour.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use object_store::path::Path as ObjectPath;
+use object_store::PutPayload;
+
+use super::{path_info_path, BucketStore};
+use crate::error::StoreResult;
+use crate::nix::nixbase32;
+
+/// How often one process rewrites the mark of a path it keeps serving.
+pub const ACCESS_MARK_EVERY: Duration = Duration::from_secs(3600);
+/// Paths one process remembers having marked.
+const REMEMBERED: u64 = 1_000_000;
+
+/// Where a path's access mark lives.
+fn access_path(digest: &[u8; 20]) -> ObjectPath {
+    ObjectPath::from(format!("accessed/{}", nixbase32::encode(digest)))
+}
+
+/// The paths this process marked lately.
+pub(crate) fn recent_marks() -> moka::sync::Cache<[u8; 20], ()> {
+    moka::sync::Cache::builder()
+        .max_capacity(REMEMBERED)
+        .time_to_live(ACCESS_MARK_EVERY)
+        .build()
+}
+
+impl BucketStore {
+    /// Records that a path was asked for (in the background; a failure is
+    /// logged, the read goes on).
+    pub(crate) fn note_access(&self, digest: &[u8; 20]) {
+        if self.marked.contains_key(digest) {
+            return;
+        }
+        self.marked.insert(*digest, ());
+        let objects = self.objects.clone();
+        let path = access_path(digest);
+        tokio::spawn(async move {
+            if let Err(e) = objects.put(&path, PutPayload::default()).await {
+                tracing::warn!(%path, error = %e, "could not record an access");
+            }
+        });
+    }
+
+    /// Deletes a path's access mark.
+    pub(crate) async fn delete_access_mark(&self, digest: &[u8; 20]) -> StoreResult<()> {
+        self.delete_object(&access_path(digest)).await
+    }
+
+    /// Deletes the PathInfos neither written nor asked for since `cutoff`
+    /// (and their marks); returns how many.
+    pub(crate) async fn expire_unused(&self, cutoff: SystemTime) -> StoreResult<u64> {
+        let marks: HashMap<String, SystemTime> = self
+            .list_prefix("accessed")
+            .await?
+            .into_iter()
+            .filter_map(|m| Some((m.location.filename()?.to_string(), m.last_modified.into())))
+            .collect();
+        let mut expired = 0;
+        for info in self.list_prefix("pathinfo").await? {
+            let Some(name) = info.location.filename() else {
+                continue;
+            };
+            let written: SystemTime = info.last_modified.into();
+            let last_used = marks.get(name).map_or(written, |&m| m.max(written));
+            if last_used >= cutoff {
+                continue;
+            }
+            let Some(digest) = nixbase32::decode(name, 20)
+                .ok()
+                .and_then(|d| <[u8; 20]>::try_from(d).ok())
+            else {
+                continue;
+            };
+            tracing::info!(path = name, "expiring a path not accessed lately");
+            self.delete_object(&path_info_path(&digest)).await?;
+            self.delete_access_mark(&digest).await?;
+            self.marked.invalidate(&digest);
+            expired += 1;
+        }
+        Ok(expired)
+    }
+
+    /// Deletes access marks older than `cutoff` whose path is gone.
+    pub(crate) async fn sweep_orphan_marks(&self, cutoff: SystemTime) -> StoreResult<()> {
+        let live: std::collections::HashSet<String> = self
+            .list_prefix("pathinfo")
+            .await?
+            .into_iter()
+            .filter_map(|m| Some(m.location.filename()?.to_string()))
+            .collect();
+        self.sweep_prefix("accessed", cutoff, |name| !live.contains(name))
+            .await?;
+        Ok(())
+    }
+}
