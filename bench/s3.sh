@@ -93,7 +93,7 @@ nar_list() {
 }
 timed() { local t0; t0=$(now); "$@" >/dev/null; since "$t0"; }
 median3() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
-fetch_all() { curl -sf -K "$1" --parallel --parallel-max "$2"; }
+fetch_all() { curl -sf --no-progress-meter -K "$1" --parallel --parallel-max "$2"; }
 
 # serve_rounds STORE_ARGS... ; sets cold and warm: seconds to fetch every
 # NAR over 16 connections from a fresh server (no chunk cached; the URL
@@ -135,6 +135,7 @@ echo "serve from S3, one replica" >&2
 serve_rounds --store "$BUCKET"; s3_cold=$cold s3_warm=$warm
 echo "serve from S3, two replicas" >&2
 two_replicas; two_cold=$cold two_warm=$warm
+"$LAZIX" stats --store "$BUCKET" >&2
 stored=$("$LAZIX" stats --store "$BUCKET" --json | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["stored_bytes"], s["objects"])')
 
 mibs() { awk -v b="$nar_bytes" -v t="$1" 'BEGIN {printf "%.0f", b/1048576/t}'; }
