@@ -53,6 +53,7 @@ mkdir -p "$work/weed"
   -master.telemetry=false -s3.port.iceberg=0 -s3.port.lance=0 -s3.port="$s3port" "${weed_ports[@]}" \
   >"$work/weed.log" 2>&1 &
 pids+=($!)
+weed_pid=$!
 for _ in $(seq 200); do
   code=$(curl -s -o /dev/null -w '%{http_code}' --aws-sigv4 aws:amz:us-east-1:s3 \
     --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" -X PUT "http://127.0.0.1:$s3port/lazix") || true
@@ -91,6 +92,9 @@ nar_list() {
     printf 'url = "%s/%s"\noutput = /dev/null\n' "$1" "$url" >>"$2"
   done <"$work/paths"
 }
+# CPU seconds (user + system) a process has used so far.
+cpu() { awk -v t="$(getconf CLK_TCK)" '{printf "%.1f", ($14 + $15) / t}' "/proc/$1/stat"; }
+minus() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", a - b}'; }
 timed() { local t0; t0=$(now); "$@" >/dev/null; since "$t0"; }
 median3() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
 fetch_all() { curl -sf --no-progress-meter -K "$1" --parallel --parallel-max "$2"; }
@@ -101,10 +105,12 @@ fetch_all() { curl -sf --no-progress-meter -K "$1" --parallel --parallel-max "$2
 serve_rounds() {
   serve "$@"
   nar_list "http://127.0.0.1:$srv_http" "$work/nars"
-  local a b c
+  local a b c w0 s0 t0
+  w0=$(cpu "$weed_pid"); s0=$(cpu "$srv_pid"); t0=$(now)
   cold=$(timed fetch_all "$work/nars" 16)
   a=$(timed fetch_all "$work/nars" 16); b=$(timed fetch_all "$work/nars" 16); c=$(timed fetch_all "$work/nars" 16)
   warm=$(median3 "$a" "$b" "$c")
+  cpu_note="4 passes in $(since "$t0") s: lazix $(minus "$(cpu "$srv_pid")" "$s0") CPU s, SeaweedFS $(minus "$(cpu "$weed_pid")" "$w0") CPU s"
   stop "$srv_pid"
 }
 
@@ -118,10 +124,13 @@ two_replicas() {
   awk 'NR % 4 == 1 || NR % 4 == 2' "$work/a.all" >"$work/a.half"
   awk 'NR % 4 == 3 || NR % 4 == 0' "$work/b.all" >"$work/b.half"
   both() { fetch_all "$work/a.half" 8 & local p=$!; fetch_all "$work/b.half" 8; wait $p; }
-  local a b c
+  local a b c w0 s0 t0
+  w0=$(cpu "$weed_pid"); s0=$(awk -v a="$(cpu "$a_pid")" -v b="$(cpu "$b_pid")" 'BEGIN {print a + b}'); t0=$(now)
   cold=$(timed both)
   a=$(timed both); b=$(timed both); c=$(timed both)
   warm=$(median3 "$a" "$b" "$c")
+  local s1; s1=$(awk -v a="$(cpu "$a_pid")" -v b="$(cpu "$b_pid")" 'BEGIN {print a + b}')
+  cpu_note="4 passes in $(since "$t0") s: lazix $(minus "$s1" "$s0") CPU s, SeaweedFS $(minus "$(cpu "$weed_pid")" "$w0") CPU s"
   stop "$a_pid"; stop "$b_pid"
 }
 
@@ -130,11 +139,11 @@ push --data "$work/local"; push_local=$secs
 echo "push to S3" >&2
 push --store "$BUCKET"; push_s3=$secs
 echo "serve from the embedded store" >&2
-serve_rounds --data "$work/local"; local_cold=$cold local_warm=$warm
+serve_rounds --data "$work/local"; local_cold=$cold local_warm=$warm local_cpu=$cpu_note
 echo "serve from S3, one replica" >&2
-serve_rounds --store "$BUCKET"; s3_cold=$cold s3_warm=$warm
+serve_rounds --store "$BUCKET"; s3_cold=$cold s3_warm=$warm s3_cpu=$cpu_note
 echo "serve from S3, two replicas" >&2
-two_replicas; two_cold=$cold two_warm=$warm
+two_replicas; two_cold=$cold two_warm=$warm two_cpu=$cpu_note
 "$LAZIX" stats --store "$BUCKET" >&2
 stored=$("$LAZIX" stats --store "$BUCKET" --json | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["stored_bytes"], s["objects"])')
 
@@ -153,3 +162,8 @@ printf '| serve every NAR, caches empty | %.1f s (%s MiB/s) | %.1f s (%s MiB/s) 
 printf '| serve every NAR, warm (median of 3) | %.1f s (%s MiB/s) | %.1f s (%s MiB/s) | %s | %.1f s (%s MiB/s) | %s |\n' \
   "$local_warm" "$(mibs "$local_warm")" "$s3_warm" "$(mibs "$s3_warm")" "$(ratio "$(mibs "$s3_warm")" "$(mibs "$local_warm")")" \
   "$two_warm" "$(mibs "$two_warm")" "$(ratio "$(mibs "$two_warm")" "$(mibs "$s3_warm")")"
+echo
+echo "CPU while serving (2 cores = 2 CPU s per second):"
+echo "- embedded: $local_cpu"
+echo "- S3, 1 replica: $s3_cpu"
+echo "- S3, 2 replicas: $two_cpu"
