@@ -139,6 +139,15 @@ fn mounted_paths_are_byte_exact_and_usable() {
         std::fs::read(mount.path(&format!("{}/f", basename(&later)))).unwrap(),
         b"pushed later\n"
     );
+    // And the root's listing shows it soon (the kernel keeps it ≤ 5 s).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !std::fs::read_dir(mount.dir.path())
+        .unwrap()
+        .any(|e| e.unwrap().file_name().to_string_lossy() == basename(&later))
+    {
+        assert!(Instant::now() < deadline, "not listed");
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let printed = mount.stop();
     assert!(printed.contains("lazix mount: fetched"), "{printed}");
     server.stop();

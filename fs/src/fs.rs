@@ -29,6 +29,12 @@ use crate::inodes::{Inodes, ROOT_INO, STATS_INO};
 pub const STATS_NAME: &str = ".lazix-stats";
 /// Store contents never change: the kernel may cache them for good.
 const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The root's listing (the set of store paths) may change: the kernel
+/// keeps it at most this long. The root's mtime moves on every such step,
+/// which makes the kernel drop its cached root listing.
+const ROOT_LISTING_STEP: Duration = Duration::from_secs(5);
+/// How long a listing computed for readdir is reused for the next offsets.
+const LISTING_TTL: Duration = Duration::from_secs(10);
 /// Files up to this size are fetched whole when opened, in one request.
 const SMALL_FILE: u64 = 1024 * 1024;
 /// Read-ahead starts at this window and doubles with each sequential read.
@@ -65,7 +71,7 @@ struct ReadState {
 /// How far from the frontier a read still counts as sequential.
 const SEQUENTIAL_SLACK: u64 = 4 * 1024 * 1024;
 
-/// Open directory listings: (name, node) per entry, stable for offsets.
+/// A directory's listing: (name, node) per entry, stable for offsets.
 type Listing = Arc<Vec<(Bytes, Node)>>;
 
 /// The file system. See the module docs.
@@ -78,7 +84,8 @@ pub struct LazyFs {
     directories: moka::sync::Cache<B3Digest, Arc<Directory>, DigestKeyBuildHasher>,
     chunk_lists: moka::sync::Cache<B3Digest, Arc<Vec<ChunkMeta>>, DigestKeyBuildHasher>,
     reads: Mutex<HashMap<u64, ReadState>>,
-    listings: Mutex<HashMap<u64, Listing>>,
+    /// Listings by directory inode, for the readdir calls of one pass.
+    listings: moka::sync::Cache<u64, Listing>,
     next_fh: AtomicU64,
 }
 
@@ -117,7 +124,11 @@ impl LazyFs {
                 })
                 .build_with_hasher(DigestKeyBuildHasher::default()),
             reads: Mutex::new(HashMap::new()),
-            listings: Mutex::new(HashMap::new()),
+            listings: moka::sync::Cache::builder()
+                .max_capacity(4_000_000)
+                .weigher(|_: &u64, l: &Listing| l.len().min(u32::MAX as usize) as u32 + 1)
+                .time_to_live(LISTING_TTL)
+                .build(),
             next_fh: AtomicU64::new(1),
         }
     }
@@ -329,6 +340,33 @@ impl LazyFs {
         Ok(out)
     }
 
+    /// The listing readdir at `offset` continues: computed afresh at the
+    /// start of a pass, reused for its further offsets.
+    fn listing_at(&self, ino: u64, offset: u64) -> Result<Listing, Errno> {
+        if offset > 0 {
+            if let Some(l) = self.listings.get(&ino) {
+                return Ok(l);
+            }
+        }
+        let listing = self.listing(ino)?;
+        self.listings.insert(ino, listing.clone());
+        Ok(listing)
+    }
+
+    /// The root's attributes: its mtime steps every [`ROOT_LISTING_STEP`],
+    /// so the kernel's cached listing of store paths never grows older.
+    fn root_attr(&self) -> FileAttr {
+        let mut attr = self.make_attr(ROOT_INO, FileType::Directory, 0o555, 0);
+        let now = std::time::SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let step = ROOT_LISTING_STEP.as_secs();
+        attr.mtime = UNIX_EPOCH + Duration::from_secs(now / step * step);
+        attr.ctime = attr.mtime;
+        attr
+    }
+
     fn listing(&self, ino: u64) -> Result<Listing, Errno> {
         if ino == ROOT_INO {
             if !self.cfg.list_root {
@@ -378,7 +416,11 @@ impl Filesystem for LazyFs {
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_MAX_PAGES;
+            | InitFlags::FUSE_MAX_PAGES
+            // Attributes are checked before a cached listing is used, so
+            // the root's stepping mtime refreshes it (store contents have
+            // unlimited TTLs: no cost there).
+            | InitFlags::FUSE_AUTO_INVAL_DATA;
         let supported = config.capabilities() & wanted;
         let _ = config.add_capabilities(supported);
         let _ = config.set_max_readahead(1024 * 1024);
@@ -420,10 +462,7 @@ impl Filesystem for LazyFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match ino.0 {
-            ROOT_INO => reply.attr(
-                &FOREVER,
-                &self.make_attr(ROOT_INO, FileType::Directory, 0o555, 0),
-            ),
+            ROOT_INO => reply.attr(&Duration::from_secs(1), &self.root_attr()),
             STATS_INO => reply.attr(
                 &Duration::ZERO,
                 &self.make_attr(
@@ -522,32 +561,25 @@ impl Filesystem for LazyFs {
         reply.ok();
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.listing(ino.0) {
-            Ok(listing) => {
-                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                self.listings.lock().expect("listings").insert(fh, listing);
-                let flags = if ino.0 == ROOT_INO {
-                    FopenFlags::empty()
-                } else {
-                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR
-                };
-                reply.opened(FileHandle(fh), flags)
-            }
-            Err(e) => reply.error(e),
-        }
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // No per-open state: after ENOSYS the kernel stops sending opendir
+        // and releasedir (two round trips per directory a walk visits) and
+        // caches every listing itself (keep-cache and cache-dir are its
+        // defaults then); readdir finds listings by inode.
+        reply.error(Errno::ENOSYS)
     }
 
     fn readdir(
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(listing) = self.listings.lock().expect("listings").get(&fh.0).cloned() else {
-            return reply.error(Errno::EINVAL);
+        let listing = match self.listing_at(ino.0, offset) {
+            Ok(l) => l,
+            Err(e) => return reply.error(e),
         };
         // Offsets: 1 is ".", 2 is "..", 3 + i is entry i.
         let mut next = offset;
@@ -582,12 +614,13 @@ impl Filesystem for LazyFs {
         &self,
         _req: &Request,
         dir_ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let Some(listing) = self.listings.lock().expect("listings").get(&fh.0).cloned() else {
-            return reply.error(Errno::EINVAL);
+        let listing = match self.listing_at(dir_ino.0, offset) {
+            Ok(l) => l,
+            Err(e) => return reply.error(e),
         };
         // Same offsets as readdir: 1 is ".", 2 is "..", 3 + i is entry i.
         // The kernel takes no lookups for "." and "..".
@@ -600,7 +633,7 @@ impl Filesystem for LazyFs {
             next = 1;
         }
         if next == 1 {
-            let root_attr = self.make_attr(ROOT_INO, FileType::Directory, 0o555, 0);
+            let root_attr = self.root_attr();
             if reply.add(
                 INodeNo(ROOT_INO),
                 2,
@@ -640,11 +673,10 @@ impl Filesystem for LazyFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.listings.lock().expect("listings").remove(&fh.0);
         reply.ok();
     }
 
