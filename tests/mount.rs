@@ -297,3 +297,59 @@ fn faults_end_in_eio_not_hangs_or_wrong_bytes() {
 fn libc_eio() -> i32 {
     5
 }
+
+/// A file read whole through the mount is kept as a plain file in the cache
+/// folder, and later opens (also after a remount) hand it to the kernel to
+/// read itself (FUSE passthrough): no read reaches the mount. A damaged
+/// copy is dropped and the file read through the mount again.
+#[test]
+fn files_read_whole_are_then_read_by_the_kernel_directly() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("mount-whole");
+    std::fs::create_dir_all(&tree).unwrap();
+    let data = pseudo_random(6_000_000, 300);
+    std::fs::write(tree.join("big.bin"), &data).unwrap();
+    let path = add_path(&tree);
+    lazix_push(&server, &[&path]);
+    let cache = dir.path().join("cache");
+    let cache_arg = cache.display().to_string();
+    let file = format!("{}/big.bin", basename(&path));
+
+    let mount = Mount::new(&server, &["--cache-dir", &cache_arg]);
+    assert!(std::fs::read(mount.path(&file)).unwrap() == data);
+    let first = mount.stats();
+    assert_eq!(n(&first, "whole_files_kept"), 1, "{first}");
+    // The first reader's handle is released asynchronously: until then a
+    // new open reads through the mount like it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(std::fs::read(mount.path(&file)).unwrap() == data);
+        if n(&mount.stats(), "passthrough_opens") > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never read directly");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    mount.stop();
+
+    let mount = Mount::new(&server, &["--cache-dir", &cache_arg]);
+    assert!(std::fs::read(mount.path(&file)).unwrap() == data);
+    let s = mount.stats();
+    assert_eq!(n(&s, "passthrough_opens"), 1, "{s}");
+    assert_eq!(n(&s, "reads"), 0, "{s}");
+    assert_eq!(n(&s, "fetched_bytes"), 0, "{s}");
+    mount.stop();
+
+    let copies = walk_files(&cache.join("files"));
+    assert_eq!(copies.len(), 1);
+    let mut bytes = std::fs::read(&copies[0]).unwrap();
+    bytes[3_000_000] ^= 0x40;
+    std::fs::write(&copies[0], bytes).unwrap();
+    let mount = Mount::new(&server, &["--cache-dir", &cache_arg]);
+    assert!(std::fs::read(mount.path(&file)).unwrap() == data);
+    let s = mount.stats();
+    assert_eq!(n(&s, "passthrough_opens"), 0, "{s}");
+    assert!(n(&s, "reads") > 0, "{s}");
+    mount.stop();
+}

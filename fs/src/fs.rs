@@ -10,9 +10,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
 };
 use futures::TryStreamExt;
 use lazix_castore::chunk::ChunkMeta;
@@ -23,6 +23,7 @@ use lazix_castore::{B3Digest, Node, Store, StoreError};
 
 use crate::fetcher::ChunkFetcher;
 use crate::inodes::{Inodes, ROOT_INO, STATS_INO};
+use crate::whole_files::{WholeFileWriter, WholeFiles, MIN_WHOLE_FILE};
 
 /// Name of the synthetic stats file in the root (never a store path name:
 /// those cannot start with a dot).
@@ -71,6 +72,16 @@ struct ReadState {
 /// How far from the frontier a read still counts as sequential.
 const SEQUENTIAL_SLACK: u64 = 4 * 1024 * 1024;
 
+/// A file's open handles. The kernel reads an inode either through the
+/// mount (its page cache) or from a backing file (passthrough), never both
+/// at once: while handles are open, new ones follow the same way.
+#[derive(Default)]
+struct OpenInode {
+    handles: u32,
+    /// The backing file every handle uses, in passthrough mode.
+    backing: Option<Arc<BackingId>>,
+}
+
 /// A directory's listing: (name, node) per entry, stable for offsets.
 type Listing = Arc<Vec<(Bytes, Node)>>;
 
@@ -86,6 +97,14 @@ pub struct LazyFs {
     reads: Mutex<HashMap<u64, ReadState>>,
     /// Listings by directory inode, for the readdir calls of one pass.
     listings: moka::sync::Cache<u64, Listing>,
+    /// Whole-file copies (with a cache folder).
+    whole: Option<Arc<WholeFiles>>,
+    /// Whether the kernel takes backing files (passthrough).
+    passthrough: bool,
+    /// Copies being filled by reads, by inode.
+    writers: Mutex<HashMap<u64, Arc<Mutex<WholeFileWriter>>>>,
+    /// Open files, by inode.
+    open_files: Mutex<HashMap<u64, OpenInode>>,
     next_fh: AtomicU64,
 }
 
@@ -98,11 +117,13 @@ fn eio<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> Errno + '_ {
 
 impl LazyFs {
     /// A file system over `store` (the server), reading chunks through
-    /// `fetcher`, running async work on `rt`.
+    /// `fetcher`, keeping files read whole in `whole`, running async work
+    /// on `rt`.
     pub fn new(
         rt: tokio::runtime::Handle,
         store: Store,
         fetcher: Arc<ChunkFetcher>,
+        whole: Option<Arc<WholeFiles>>,
         cfg: MountConfig,
     ) -> Self {
         Self {
@@ -129,6 +150,10 @@ impl LazyFs {
                 .weigher(|_: &u64, l: &Listing| l.len().min(u32::MAX as usize) as u32 + 1)
                 .time_to_live(LISTING_TTL)
                 .build(),
+            whole,
+            passthrough: false,
+            writers: Mutex::default(),
+            open_files: Mutex::default(),
             next_fh: AtomicU64::new(1),
         }
     }
@@ -278,8 +303,73 @@ impl LazyFs {
         out
     }
 
+    /// Hands bytes just read to the inode's whole-file copy (started on
+    /// the first read); a complete copy is put in place.
+    fn keep_whole(&self, ino: u64, digest: &B3Digest, file_size: u64, offset: u64, data: &[u8]) {
+        let Some(whole) = &self.whole else {
+            return;
+        };
+        if file_size < MIN_WHOLE_FILE {
+            return;
+        }
+        let writer = {
+            let mut writers = self.writers.lock().expect("writers");
+            match writers.get(&ino) {
+                Some(w) => w.clone(),
+                None => match whole.writer(*digest, file_size) {
+                    Some(w) => {
+                        let w = Arc::new(Mutex::new(w));
+                        writers.insert(ino, w.clone());
+                        w
+                    }
+                    None => return,
+                },
+            }
+        };
+        let written = writer.lock().expect("writer").write_at(offset, data);
+        match written {
+            Ok(false) => {}
+            Ok(true) => {
+                self.writers.lock().expect("writers").remove(&ino);
+                crate::stats::Stats::add(&self.fetcher.stats.whole_files_kept, 1);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "not keeping a whole file");
+                self.writers.lock().expect("writers").remove(&ino);
+            }
+        }
+    }
+
+    /// The backing file for a new open of `ino`, if the kernel should read
+    /// a kept copy itself: only when no handle reads it through the mount.
+    fn backing_for(
+        &self,
+        reply: &ReplyOpen,
+        ino: u64,
+        digest: &B3Digest,
+        size: u64,
+    ) -> Option<Arc<BackingId>> {
+        if !self.passthrough || size < MIN_WHOLE_FILE {
+            return None;
+        }
+        if let Some(open) = self.open_files.lock().expect("open files").get(&ino) {
+            if open.handles > 0 {
+                return open.backing.clone();
+            }
+        }
+        let copy = self.whole.as_ref()?.lookup(digest, size)?;
+        match reply.open_backing(&copy) {
+            Ok(id) => Some(Arc::new(id)),
+            Err(e) => {
+                tracing::debug!(error = %e, "passthrough refused");
+                None
+            }
+        }
+    }
+
     fn read_file(
         &self,
+        ino: u64,
         fh: u64,
         digest: &B3Digest,
         file_size: u64,
@@ -337,6 +427,7 @@ impl LazyFs {
         }
         crate::stats::Stats::add(&self.fetcher.stats.served_bytes, out.len() as u64);
         crate::stats::Stats::add(&self.fetcher.stats.reads, 1);
+        self.keep_whole(ino, digest, file_size, offset, &out);
         Ok(out)
     }
 
@@ -423,6 +514,14 @@ impl Filesystem for LazyFs {
             | InitFlags::FUSE_AUTO_INVAL_DATA;
         let supported = config.capabilities() & wanted;
         let _ = config.add_capabilities(supported);
+        // Kept whole files are handed to the kernel to read itself.
+        if self.whole.is_some()
+            && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.passthrough = true;
+        }
         let _ = config.set_max_readahead(1024 * 1024);
         let _ = config.set_max_write(1024 * 1024);
         Ok(())
@@ -495,7 +594,8 @@ impl Filesystem for LazyFs {
         let node = self.inodes.lock().expect("inodes").get(ino.0);
         match node {
             Some(Node::File { digest, size, .. }) => {
-                if size > 0 && size <= SMALL_FILE {
+                let backing = self.backing_for(&reply, ino.0, &digest, size);
+                if backing.is_none() && size > 0 && size <= SMALL_FILE {
                     // Small files come whole, in one request.
                     let list = match self.chunk_list(&digest, size) {
                         Ok(l) => l,
@@ -508,7 +608,19 @@ impl Filesystem for LazyFs {
                         return reply.error(Errno::EIO);
                     }
                 }
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+                let mut open = self.open_files.lock().expect("open files");
+                let entry = open.entry(ino.0).or_default();
+                if entry.handles == 0 {
+                    entry.backing = backing;
+                }
+                entry.handles += 1;
+                match &entry.backing {
+                    Some(b) => {
+                        crate::stats::Stats::add(&self.fetcher.stats.passthrough_opens, 1);
+                        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), b)
+                    }
+                    None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                }
             }
             Some(_) => reply.error(Errno::EISDIR),
             None => reply.error(Errno::ENOENT),
@@ -538,7 +650,7 @@ impl Filesystem for LazyFs {
                 digest,
                 size: file_size,
                 ..
-            }) => match self.read_file(fh.0, &digest, file_size, offset, size) {
+            }) => match self.read_file(ino.0, fh.0, &digest, file_size, offset, size) {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(e),
             },
@@ -550,7 +662,7 @@ impl Filesystem for LazyFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
@@ -558,6 +670,15 @@ impl Filesystem for LazyFs {
         reply: ReplyEmpty,
     ) {
         self.reads.lock().expect("reads").remove(&fh.0);
+        let mut open = self.open_files.lock().expect("open files");
+        if let Some(entry) = open.get_mut(&ino.0) {
+            entry.handles -= 1;
+            if entry.handles == 0 {
+                // Its backing file closes; an unfinished copy is dropped.
+                open.remove(&ino.0);
+                self.writers.lock().expect("writers").remove(&ino.0);
+            }
+        }
         reply.ok();
     }
 

@@ -9,6 +9,7 @@ mod fetcher;
 mod fs;
 mod inodes;
 mod stats;
+mod whole_files;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use lazix_castore::{Store, StoreError};
 pub use fetcher::{ChunkFetcher, FetchError};
 pub use fs::{LazyFs, MountConfig, STATS_NAME};
 pub use stats::{Stats, StatsSnapshot};
+pub use whole_files::{WholeFiles, MIN_WHOLE_FILE};
 
 /// Everything `lazix mount` can be told.
 #[derive(Clone, Debug)]
@@ -41,6 +43,9 @@ pub enum MountError {
     /// The disk cache could not be opened.
     #[error("opening the disk cache: {0}")]
     Cache(#[from] StoreError),
+    /// The whole-file cache could not be opened.
+    #[error("opening the whole-file cache: {0}")]
+    WholeFiles(std::io::Error),
     /// The kernel refused the mount.
     #[error("mounting {0}: {1}")]
     Mount(PathBuf, std::io::Error),
@@ -115,14 +120,24 @@ pub fn mount(
     mountpoint: &Path,
     opts: MountOptions,
 ) -> Result<Mounted, MountError> {
+    // The disk quota: three quarters for frames, one for whole files.
+    let whole_bytes = opts.cache_bytes / 4;
     let fetcher = Arc::new(ChunkFetcher::new(
         store.blobs.clone(),
         opts.memory_bytes,
-        opts.cache_dir.as_deref().map(|d| (d, opts.cache_bytes)),
+        opts.cache_dir
+            .as_deref()
+            .map(|d| (d, opts.cache_bytes - whole_bytes)),
         opts.fs.timeout,
     )?);
+    let whole = opts
+        .cache_dir
+        .as_deref()
+        .map(|d| WholeFiles::open(d, whole_bytes))
+        .transpose()
+        .map_err(MountError::WholeFiles)?;
     let stats = fetcher.stats.clone();
-    let fs = LazyFs::new(rt, store, fetcher, opts.fs);
+    let fs = LazyFs::new(rt, store, fetcher, whole, opts.fs);
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::RO,

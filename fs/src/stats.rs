@@ -24,6 +24,10 @@ pub struct Stats {
     pub corrupt_chunks: AtomicU64,
     /// Reads answered with EIO.
     pub read_errors: AtomicU64,
+    /// Files read whole and kept as plain files in the cache folder.
+    pub whole_files_kept: AtomicU64,
+    /// Opens handed to the kernel to read a kept copy itself (passthrough).
+    pub passthrough_opens: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`], as JSON.
@@ -47,6 +51,10 @@ pub struct StatsSnapshot {
     pub corrupt_chunks: u64,
     /// See [`Stats::read_errors`].
     pub read_errors: u64,
+    /// See [`Stats::whole_files_kept`].
+    pub whole_files_kept: u64,
+    /// See [`Stats::passthrough_opens`].
+    pub passthrough_opens: u64,
 }
 
 impl Stats {
@@ -68,6 +76,8 @@ impl Stats {
             disk_hits: g(&self.disk_hits),
             corrupt_chunks: g(&self.corrupt_chunks),
             read_errors: g(&self.read_errors),
+            whole_files_kept: g(&self.whole_files_kept),
+            passthrough_opens: g(&self.passthrough_opens),
         }
     }
 }

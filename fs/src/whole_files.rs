@@ -1,0 +1,251 @@
+//! Whole files, kept as plain files in the cache folder so the kernel can
+//! read them itself (FUSE passthrough): once a file has been read whole
+//! through the mount, later opens hand the kernel this copy and reads run
+//! at the speed of the local disk's page cache, with no round trip through
+//! the mount.
+//!
+//! A file is written while it is read (each read's bytes at their offset,
+//! in a sparse staging file) and moved into place once every byte has been
+//! written; its bytes came from chunks already verified by BLAKE3. A copy
+//! found on disk at a later mount is hashed once before its first use, so
+//! a damaged one is dropped, never served. Bounded by a quota (LRU).
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use lazix_castore::digest::DigestKeyBuildHasher;
+use lazix_castore::B3Digest;
+
+/// Files smaller than this are not kept whole (the kernel's page cache of
+/// the mount serves them well enough, and each costs an inode).
+pub const MIN_WHOLE_FILE: u64 = 256 * 1024;
+/// Prefix of staging files.
+const STAGING: &str = "staging-";
+
+/// The whole-file copies in one cache folder. Share it behind an `Arc`.
+pub struct WholeFiles {
+    dir: PathBuf,
+    /// File digest → size; LRU by bytes; an eviction deletes the copy.
+    index: moka::sync::Cache<B3Digest, u64, DigestKeyBuildHasher>,
+    /// Copies known good in this process (written here, or hashed).
+    verified: Mutex<HashSet<B3Digest, DigestKeyBuildHasher>>,
+}
+
+fn copy_path(dir: &Path, digest: &B3Digest) -> PathBuf {
+    let hex = digest.to_hex();
+    dir.join(&hex[..2]).join(hex)
+}
+
+impl WholeFiles {
+    /// Opens (creating) `cache_dir/files` with a quota of `quota` bytes,
+    /// indexing the copies already there; staging leftovers are removed.
+    pub fn open(cache_dir: &Path, quota: u64) -> std::io::Result<Arc<Self>> {
+        let dir = cache_dir.join("files");
+        for shard in 0..=255u8 {
+            std::fs::create_dir_all(dir.join(format!("{shard:02x}")))?;
+        }
+        let evict_dir = dir.clone();
+        let index = moka::sync::Cache::builder()
+            .max_capacity(quota)
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
+            .weigher(|_: &B3Digest, size: &u64| (*size).min(u32::MAX as u64) as u32)
+            .eviction_listener(move |digest: Arc<B3Digest>, _, cause| {
+                if cause.was_evicted() {
+                    let _ = std::fs::remove_file(copy_path(&evict_dir, &digest));
+                }
+            })
+            .build_with_hasher(DigestKeyBuildHasher::default());
+        let files = Arc::new(Self {
+            dir,
+            index,
+            verified: Mutex::default(),
+        });
+        for entry in std::fs::read_dir(&files.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with(STAGING) {
+                let _ = std::fs::remove_file(entry.path());
+                continue;
+            }
+            if !entry.file_type()?.is_dir() {
+                continue;
+            }
+            for copy in std::fs::read_dir(entry.path())? {
+                let copy = copy?;
+                if let Some(d) = B3Digest::from_hex(&copy.file_name().to_string_lossy()) {
+                    files.index.insert(d, copy.metadata()?.len());
+                }
+            }
+        }
+        Ok(files)
+    }
+
+    /// The copy of a file, opened for reading, if there is a good one.
+    pub fn lookup(&self, digest: &B3Digest, size: u64) -> Option<File> {
+        self.index.get(digest)?;
+        let path = copy_path(&self.dir, digest);
+        let drop_copy = || {
+            self.index.invalidate(digest);
+            let _ = std::fs::remove_file(&path);
+        };
+        let file = File::open(&path).ok()?;
+        if file.metadata().ok()?.len() != size {
+            tracing::warn!(%digest, "dropping a whole-file copy of the wrong size");
+            drop_copy();
+            return None;
+        }
+        if !self.verified.lock().expect("verified").contains(digest) {
+            if hash_file(&file).ok()? != *digest {
+                tracing::warn!(%digest, "dropping a damaged whole-file copy");
+                drop_copy();
+                return None;
+            }
+            self.verified.lock().expect("verified").insert(*digest);
+        }
+        Some(file)
+    }
+
+    /// A staging copy to fill while the file is read, unless a copy exists
+    /// or the file is too small to keep.
+    pub fn writer(self: &Arc<Self>, digest: B3Digest, size: u64) -> Option<WholeFileWriter> {
+        if size < MIN_WHOLE_FILE || self.index.contains_key(&digest) {
+            return None;
+        }
+        let staging = self.dir.join(format!(
+            "{STAGING}{}-{:016x}",
+            digest.to_hex(),
+            rand::random::<u64>()
+        ));
+        let file = File::create_new(&staging).ok()?;
+        file.set_len(size).ok()?;
+        Some(WholeFileWriter {
+            files: self.clone(),
+            file,
+            staging,
+            digest,
+            size,
+            covered: Vec::new(),
+            done: false,
+        })
+    }
+}
+
+/// BLAKE3 of a file's bytes.
+fn hash_file(mut file: &File) -> std::io::Result<B3Digest> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(B3Digest::from(*hasher.finalize().as_bytes()))
+}
+
+/// A copy being filled by reads, in any order; moved into place when every
+/// byte is there, deleted if dropped before.
+pub struct WholeFileWriter {
+    files: Arc<WholeFiles>,
+    file: File,
+    staging: PathBuf,
+    digest: B3Digest,
+    size: u64,
+    /// Written ranges, sorted and merged.
+    covered: Vec<(u64, u64)>,
+    done: bool,
+}
+
+impl WholeFileWriter {
+    /// Writes verified bytes read at `offset`; returns true once the copy
+    /// is complete and in place (the writer is then spent).
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> std::io::Result<bool> {
+        if self.done || data.is_empty() {
+            return Ok(self.done);
+        }
+        self.file.write_all_at(data, offset)?;
+        self.cover(offset, offset + data.len() as u64);
+        if self.covered == [(0, self.size)] {
+            std::fs::rename(&self.staging, copy_path(&self.files.dir, &self.digest))?;
+            self.done = true;
+            self.files
+                .verified
+                .lock()
+                .expect("verified")
+                .insert(self.digest);
+            self.files.index.insert(self.digest, self.size);
+        }
+        Ok(self.done)
+    }
+
+    fn cover(&mut self, start: u64, end: u64) {
+        let (mut start, mut end) = (start, end.min(self.size));
+        let mut merged = Vec::with_capacity(self.covered.len() + 1);
+        for &(s, e) in &self.covered {
+            if e < start || s > end {
+                merged.push((s, e));
+            } else {
+                start = start.min(s);
+                end = end.max(e);
+            }
+        }
+        merged.push((start, end));
+        merged.sort_unstable();
+        self.covered = merged;
+    }
+}
+
+impl Drop for WholeFileWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.staging);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_filled_out_of_order_is_kept_and_a_damaged_one_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..MIN_WHOLE_FILE as usize * 2)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let digest = B3Digest::of(&data);
+        let files = WholeFiles::open(dir.path(), 1 << 30).unwrap();
+        let mut w = files.writer(digest, data.len() as u64).unwrap();
+        let half = data.len() / 2;
+        assert!(!w.write_at(half as u64, &data[half..]).unwrap());
+        assert!(files.lookup(&digest, data.len() as u64).is_none());
+        assert!(w.write_at(0, &data[..half]).unwrap());
+        let mut copy = Vec::new();
+        let mut f = files.lookup(&digest, data.len() as u64).unwrap();
+        f.read_to_end(&mut copy).unwrap();
+        assert!(copy == data);
+        // Another mount finds it, checks it once, and drops it if damaged.
+        drop(files);
+        let path = copy_path(&dir.path().join("files"), &digest);
+        let files = WholeFiles::open(dir.path(), 1 << 30).unwrap();
+        assert!(files.lookup(&digest, data.len() as u64).is_some());
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[100] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let files = WholeFiles::open(dir.path(), 1 << 30).unwrap();
+        assert!(files.lookup(&digest, data.len() as u64).is_none());
+        assert!(!path.exists());
+        // An abandoned staging copy leaves nothing.
+        let w = files.writer(digest, data.len() as u64).unwrap();
+        drop(w);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("files")).unwrap().count(),
+            256
+        );
+    }
+}
