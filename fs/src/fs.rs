@@ -105,6 +105,8 @@ pub struct LazyFs {
     writers: Mutex<HashMap<u64, Arc<Mutex<WholeFileWriter>>>>,
     /// Open files, by inode.
     open_files: Mutex<HashMap<u64, OpenInode>>,
+    /// Tells the kernel to drop pages (set once mounted).
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
     next_fh: AtomicU64,
 }
 
@@ -124,6 +126,7 @@ impl LazyFs {
         store: Store,
         fetcher: Arc<ChunkFetcher>,
         whole: Option<Arc<WholeFiles>>,
+        notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
         cfg: MountConfig,
     ) -> Self {
         Self {
@@ -154,6 +157,7 @@ impl LazyFs {
             passthrough: false,
             writers: Mutex::default(),
             open_files: Mutex::default(),
+            notifier,
             next_fh: AtomicU64::new(1),
         }
     }
@@ -332,6 +336,15 @@ impl LazyFs {
             Ok(true) => {
                 self.writers.lock().expect("writers").remove(&ino);
                 crate::stats::Stats::add(&self.fetcher.stats.whole_files_kept, 1);
+                // The kernel reads the copy from now on: the pages it cached
+                // from the mount are dropped now, in the background, not at
+                // the next open (which would wait for it). Not from this
+                // thread: the read being answered holds some of them locked.
+                if let Some(notifier) = self.notifier.get().cloned() {
+                    std::thread::spawn(move || {
+                        let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
+                    });
+                }
             }
             Err(e) => {
                 tracing::debug!(error = %e, "not keeping a whole file");

@@ -137,7 +137,8 @@ pub fn mount(
         .transpose()
         .map_err(MountError::WholeFiles)?;
     let stats = fetcher.stats.clone();
-    let fs = LazyFs::new(rt, store, fetcher, whole, opts.fs);
+    let notifier = Arc::new(std::sync::OnceLock::new());
+    let fs = LazyFs::new(rt, store, fetcher, whole, notifier.clone(), opts.fs);
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::RO,
@@ -157,6 +158,7 @@ pub fn mount(
     config.clone_fd = true;
     let session = fuser::spawn_mount(fs, mountpoint, &config)
         .map_err(|e| MountError::Mount(mountpoint.to_path_buf(), e))?;
+    let _ = notifier.set(session.notifier());
     Ok(Mounted {
         session: Some(session),
         mountpoint: mountpoint.to_path_buf(),
