@@ -307,8 +307,8 @@ impl LazyFs {
         out
     }
 
-    /// Hands bytes just read to the inode's whole-file copy (started on
-    /// the first read); a complete copy is put in place.
+    /// Hands bytes just read to the inode's whole-file copy (started by a
+    /// read at offset 0); a complete copy is put in place.
     fn keep_whole(&self, ino: u64, digest: &B3Digest, file_size: u64, offset: u64, data: &[u8]) {
         let Some(whole) = &self.whole else {
             return;
@@ -320,6 +320,7 @@ impl LazyFs {
             let mut writers = self.writers.lock().expect("writers");
             match writers.get(&ino) {
                 Some(w) => w.clone(),
+                None if offset > 0 => return,
                 None => match whole.writer(*digest, file_size) {
                     Some(w) => {
                         let w = Arc::new(Mutex::new(w));

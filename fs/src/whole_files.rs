@@ -4,8 +4,10 @@
 //! at the speed of the local disk's page cache, with no round trip through
 //! the mount.
 //!
-//! A file is written while it is read (each read's bytes at their offset,
-//! in a sparse staging file) and moved into place once every byte has been
+//! A file is copied while it is read from its start to its end (each
+//! read's bytes at their offset, in a sparse staging file, so the kernel's
+//! slightly out-of-order read-ahead is fine; a read far ahead means random
+//! access and ends the copy) and moved into place once every byte has been
 //! written; its bytes came from chunks already verified by BLAKE3. A copy
 //! found on disk at a later mount is hashed once before its first use, so
 //! a damaged one is dropped, never served. Bounded by a quota (LRU).
@@ -25,6 +27,9 @@ use lazix_castore::B3Digest;
 pub const MIN_WHOLE_FILE: u64 = 256 * 1024;
 /// Prefix of staging files.
 const STAGING: &str = "staging-";
+/// A read starting this far past the bytes copied so far means random
+/// access (a mapped library, a seek): the copy is given up.
+const SEQUENTIAL_SLACK: u64 = 8 * 1024 * 1024;
 
 /// The whole-file copies in one cache folder. Share it behind an `Arc`.
 pub struct WholeFiles {
@@ -163,10 +168,18 @@ pub struct WholeFileWriter {
 
 impl WholeFileWriter {
     /// Writes verified bytes read at `offset`; returns true once the copy
-    /// is complete and in place (the writer is then spent).
+    /// is complete and in place (the writer is then spent), an error when
+    /// the reads are not sequential (or the disk refuses).
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> std::io::Result<bool> {
         if self.done || data.is_empty() {
             return Ok(self.done);
+        }
+        let copied = self
+            .covered
+            .first()
+            .map_or(0, |&(s, e)| if s == 0 { e } else { 0 });
+        if offset > copied + SEQUENTIAL_SLACK {
+            return Err(std::io::Error::other("random access: not copied whole"));
         }
         self.file.write_all_at(data, offset)?;
         self.cover(offset, offset + data.len() as u64);
@@ -242,6 +255,11 @@ mod tests {
         assert!(!path.exists());
         // An abandoned staging copy leaves nothing.
         let w = files.writer(digest, data.len() as u64).unwrap();
+        drop(w);
+        // Random access (a read far past what was copied) ends the copy.
+        let mut w = files.writer(B3Digest::of(b"big"), 64 << 20).unwrap();
+        assert!(!w.write_at(0, &[1; 4096]).unwrap());
+        assert!(w.write_at(32 << 20, &[1; 4096]).is_err());
         drop(w);
         assert_eq!(
             std::fs::read_dir(dir.path().join("files")).unwrap().count(),
