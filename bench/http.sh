@@ -27,16 +27,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-echo "adding the closure as store paths (once)" >&2
-paths=()
-for d in /usr/share/*/; do
-  name=share-$(basename "$d" | tr -c 'A-Za-z0-9+._?=\n-' '_')
-  p=$(nix store add-path --name "$name" "$d" 2>/dev/null) && paths+=("$p") || true
-done
-paths+=("$(nix store add-path --name rust-stable "$STABLE")")
-printf '%s\n' "${paths[@]}" >"$work/paths"
-nar_bytes=$(nix path-info --json "${paths[@]}" | python3 -c 'import json,sys; print(sum(p["narSize"] for p in json.load(sys.stdin)))')
-echo "${#paths[@]} paths, $((nar_bytes / 1048576)) MiB of NAR" >&2
+add_share_and_stable "$work/paths"
 
 # lazix: push over gRPC, then serve over HTTP (restarted per setting).
 gport=$(free_port); hport=$(free_port)
