@@ -3,8 +3,8 @@
 # `lazix mount` (server on loopback) beside the native folder and
 # `squashfuse` of a zstd squashfs image of the same tree, in one run:
 # - sequential read of the 5 largest files, cold (page cache dropped, empty
-#   lazix cache) and warm;
-# - a metadata walk (find + stat of every file), cold and warm;
+#   lazix cache) and warm (median of the next 3 reads);
+# - a metadata walk (find + stat of every file), cold and warm (median of 3);
 # - running `rustc --version` from the cold mount: time and bytes fetched,
 #   against fetching the whole path first (`nix copy` from lazix's cache).
 #
@@ -65,12 +65,14 @@ read_largest() { (cd "$1" && for f in $largest; do cat "$f" >/dev/null; done); }
 walk() { find "$1" -printf '%s %m %y\n' >/dev/null; }
 
 declare -A T
+# Median of three timed runs of a command.
+median3_of() { local a b c t; for v in a b c; do t=$(now); "$@"; printf -v "$v" '%s' "$(since "$t")"; done; printf '%s\n' "$a" "$b" "$c" | sort -g | sed -n 2p; }
 measure() { # label dir-of-the-tree prepare-cold-cmd
   local label=$1 dir=$2 cold=$3 t
   eval "$cold"; t=$(now); read_largest "$dir"; T[$label,read_cold]=$(since "$t")
-  t=$(now); read_largest "$dir"; T[$label,read_warm]=$(since "$t")
+  T[$label,read_warm]=$(median3_of read_largest "$dir")
   eval "$cold"; t=$(now); walk "$dir"; T[$label,walk_cold]=$(since "$t")
-  t=$(now); walk "$dir"; T[$label,walk_warm]=$(since "$t")
+  T[$label,walk_warm]=$(median3_of walk "$dir")
 }
 
 measure native "$path" "drop_caches"
