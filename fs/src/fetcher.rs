@@ -133,11 +133,31 @@ impl ChunkFetcher {
     /// in batched calls; chunks another request is already fetching are
     /// awaited, not fetched again.
     pub async fn get(&self, digests: &[B3Digest]) -> Result<Vec<Bytes>, FetchError> {
+        self.get_after_neighbours(digests, &[]).await
+    }
+
+    /// Like [`ChunkFetcher::get`], but before fetching, waits for fetches
+    /// already under way of `neighbours` (chunks near these in the same
+    /// file): a frame holds neighbouring chunks, so a neighbour's fetch
+    /// usually brings these too, and fetching them at the same time would
+    /// move that frame twice (the kernel splits one read-around into
+    /// concurrent reads). Waits only on fetches registered before this
+    /// one's, so waits never form a cycle.
+    pub async fn get_after_neighbours(
+        &self,
+        digests: &[B3Digest],
+        neighbours: &[B3Digest],
+    ) -> Result<Vec<Bytes>, FetchError> {
         let mut out: Vec<Option<Bytes>> = digests.iter().map(|d| self.local(d)).collect();
         let mut mine: Vec<Publisher> = Vec::new();
         let mut waits: Vec<(usize, InFlight)> = Vec::new();
+        let earlier: Vec<InFlight>;
         {
             let mut in_flight = self.in_flight.lock().expect("in-flight map");
+            earlier = neighbours
+                .iter()
+                .filter_map(|d| in_flight.get(d).cloned())
+                .collect();
             for (i, d) in digests.iter().enumerate() {
                 if out[i].is_some() {
                     continue;
@@ -155,6 +175,14 @@ impl ChunkFetcher {
                 }
             }
         }
+        if !mine.is_empty() && !earlier.is_empty() {
+            for mut rx in earlier {
+                // Their outcome is theirs to report: a failure or a timeout
+                // here only means fetching ours ourselves.
+                let _ = tokio::time::timeout(self.timeout, rx.wait_for(|v| v.is_some())).await;
+            }
+            mine = self.publish_arrived(mine);
+        }
         if !mine.is_empty() {
             self.fetch_remote(mine).await;
         }
@@ -166,6 +194,23 @@ impl ChunkFetcher {
             out[i] = Some(res.clone().expect("is_some")?);
         }
         Ok(out.into_iter().map(|b| b.expect("filled")).collect())
+    }
+
+    /// Publishes the chunks of `mine` that arrived meanwhile (in a
+    /// neighbour's frame); returns the others.
+    fn publish_arrived(&self, mine: Vec<Publisher>) -> Vec<Publisher> {
+        let mut rest = Vec::new();
+        let mut in_flight = self.in_flight.lock().expect("in-flight map");
+        for (digest, tx) in mine {
+            match self.memory.get(&digest) {
+                Some(bytes) => {
+                    in_flight.remove(&digest);
+                    let _ = tx.send(Some(Ok(bytes)));
+                }
+                None => rest.push((digest, tx)),
+            }
+        }
+        rest
     }
 
     /// Fetches `mine` from the server in calls of a few MiB, several in
@@ -294,7 +339,7 @@ impl ChunkFetcher {
 
     /// Starts fetching `digests` in the background (read-ahead); chunks
     /// already cached or in flight are skipped.
-    pub fn prefetch(self: &Arc<Self>, digests: Vec<B3Digest>) {
+    pub fn prefetch(self: &Arc<Self>, digests: Vec<B3Digest>, neighbours: Vec<B3Digest>) {
         let wanted: Vec<B3Digest> = {
             let in_flight = self.in_flight.lock().expect("in-flight map");
             digests
@@ -307,7 +352,7 @@ impl ChunkFetcher {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = this.get(&wanted).await {
+            if let Err(e) = this.get_after_neighbours(&wanted, &neighbours).await {
                 tracing::debug!(error = %e, "read-ahead failed");
             }
         });
@@ -346,4 +391,79 @@ fn decode_each(
         out.push((f, res));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use lazix_castore::bucket::BucketStore;
+    use lazix_castore::chunk::ChunkMeta;
+    use lazix_castore::services::{BlobChunks, BlobStore};
+    use lazix_castore::testutil::frame_of;
+    use lazix_castore::StoreResult;
+
+    use super::*;
+
+    /// The real store, slowed down, counting frame reads.
+    struct Counting {
+        inner: Arc<BucketStore>,
+        frame_reads: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl BlobStore for Counting {
+        async fn missing_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<B3Digest>> {
+            self.inner.missing_chunks(digests).await
+        }
+        async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
+            self.inner.put_frames(frames).await
+        }
+        async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
+            self.frame_reads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            self.inner.get_frames(digests).await
+        }
+        async fn put_blob_chunks(&self, blobs: Vec<BlobChunks>) -> StoreResult<()> {
+            self.inner.put_blob_chunks(blobs).await
+        }
+        async fn get_blob_chunks(
+            &self,
+            blobs: &[B3Digest],
+        ) -> StoreResult<Vec<Option<Vec<ChunkMeta>>>> {
+            self.inner.get_blob_chunks(blobs).await
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_waits_for_its_neighbours_fetch_instead_of_moving_the_frame_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = BucketStore::open(dir.path().to_str().unwrap())
+            .await
+            .unwrap();
+        inner
+            .put_frames(vec![frame_of(&[b"first chunk", b"second chunk"])])
+            .await
+            .unwrap();
+        let remote = Arc::new(Counting {
+            inner,
+            frame_reads: AtomicUsize::new(0),
+        });
+        let fetcher = Arc::new(
+            ChunkFetcher::new(remote.clone(), 1 << 20, None, Duration::from_secs(10)).unwrap(),
+        );
+        let (a, b) = (B3Digest::of(b"first chunk"), B3Digest::of(b"second chunk"));
+        let first = {
+            let f = fetcher.clone();
+            tokio::spawn(async move { f.get(&[a]).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let second = fetcher.get_after_neighbours(&[b], &[a]).await.unwrap();
+        assert_eq!(second, vec![Bytes::from_static(b"second chunk")]);
+        let first = first.await.unwrap().unwrap();
+        assert_eq!(first, vec![Bytes::from_static(b"first chunk")]);
+        assert_eq!(remote.frame_reads.load(Ordering::SeqCst), 1);
+        assert_eq!(fetcher.stats.snapshot().fetch_requests, 1);
+    }
 }

@@ -42,6 +42,9 @@ const SMALL_FILE: u64 = 1024 * 1024;
 const READAHEAD_START: u64 = 512 * 1024;
 /// Largest read-ahead window.
 const READAHEAD_MAX: u64 = 32 * 1024 * 1024;
+/// How far around a read its chunks' frame may reach (a frame holds about
+/// 1 MiB of neighbouring chunks): fetches under way there are awaited.
+const NEIGHBOURHOOD: u64 = 1024 * 1024;
 
 /// How the mount behaves.
 #[derive(Clone, Debug)]
@@ -381,6 +384,20 @@ impl LazyFs {
         }
     }
 
+    /// Chunks of `list` within [`NEIGHBOURHOOD`] of `start..end`, other
+    /// than `these`: where the frames of `these` may also reach.
+    fn neighbours(list: &[ChunkMeta], start: u64, end: u64, these: &[B3Digest]) -> Vec<B3Digest> {
+        Self::covering(
+            list,
+            start.saturating_sub(NEIGHBOURHOOD),
+            end + NEIGHBOURHOOD,
+        )
+        .into_iter()
+        .map(|(_, c)| c.digest)
+        .filter(|d| !these.contains(d))
+        .collect()
+    }
+
     fn read_file(
         &self,
         ino: u64,
@@ -423,12 +440,17 @@ impl LazyFs {
                 .into_iter()
                 .map(|(_, c)| c.digest)
                 .collect();
+            let neighbours = Self::neighbours(&list, from, to, &ahead);
             let _guard = self.rt.enter();
-            self.fetcher.prefetch(ahead);
+            self.fetcher.prefetch(ahead, neighbours);
         }
         let needed = Self::covering(&list, offset, end);
         let digests: Vec<B3Digest> = needed.iter().map(|(_, c)| c.digest).collect();
-        let datas = self.rt.block_on(self.fetcher.get(&digests)).map_err(|e| {
+        let neighbours = Self::neighbours(&list, offset, end, &digests);
+        let fetched = self
+            .rt
+            .block_on(self.fetcher.get_after_neighbours(&digests, &neighbours));
+        let datas = fetched.map_err(|e| {
             tracing::warn!(error = %e, "read failed");
             count_read_error(&self.fetcher);
             Errno::EIO
