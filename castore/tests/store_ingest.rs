@@ -421,3 +421,44 @@ async fn one_maintenance_run_at_a_time_and_stale_locks_are_broken() {
     assert!(backend.compact().await.unwrap().packs_rewritten > 0);
     assert!(!lock.exists(), "released after the run");
 }
+
+/// A writer killed mid-write leaves a staging file (`NAME#N`) that no
+/// listing shows, or a pack without its index; garbage collection removes
+/// them once older than the grace period, and leaves a young staging file
+/// (a write may be under way) alone.
+#[tokio::test]
+async fn gc_removes_old_staging_files_of_killed_writers() {
+    let (dir, backend, _store) = open().await;
+    backend
+        .put_frames(vec![frame_of(&[b"a stored chunk"])])
+        .await
+        .unwrap();
+    let packs = dir.path().join("packs");
+    let old = packs.join("0123.pack#4");
+    let young = packs.join("4567.pack#9");
+    // And a pack whose writer died before writing its index.
+    let orphan = packs.join(format!("{}.pack", "ab".repeat(32)));
+    std::fs::write(&old, vec![7u8; 1000]).unwrap();
+    std::fs::write(&young, vec![7u8; 1000]).unwrap();
+    std::fs::write(&orphan, vec![7u8; 1000]).unwrap();
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    for f in [&old, &orphan] {
+        std::fs::File::options()
+            .write(true)
+            .open(f)
+            .unwrap()
+            .set_modified(two_hours_ago)
+            .unwrap();
+    }
+    let report = backend
+        .gc(lazix_castore::bucket::GcOptions::default())
+        .await
+        .unwrap();
+    assert!(!old.exists());
+    assert!(!orphan.exists());
+    assert!(young.exists());
+    assert!(report.bytes_freed >= 2000, "{report:?}");
+    // The stored chunk is untouched (it is young, and nothing else moved).
+    let chunk = lazix_castore::B3Digest::of(b"a stored chunk");
+    assert!(backend.missing_chunks(&[chunk]).await.unwrap().is_empty());
+}

@@ -152,6 +152,7 @@ impl BucketStore {
         // Old touch marks have done their job.
         self.sweep_prefix("touched", cutoff, |_| true).await?;
         self.sweep_orphan_marks(cutoff).await?;
+        report.bytes_freed += self.sweep_staging(cutoff).await?;
         tracing::info!(?report, "garbage collection done");
         Ok(report)
     }
@@ -218,6 +219,19 @@ impl BucketStore {
         drop(table);
         live.chunks.extend(bases);
         Ok(live)
+    }
+
+    /// Deletes, in a local store, the staging files (`NAME#N`) of writers
+    /// killed mid-write that are older than `cutoff` (object listings never
+    /// show them); returns their bytes.
+    async fn sweep_staging(&self, cutoff: SystemTime) -> StoreResult<u64> {
+        let Some(root) = self.local_root.clone() else {
+            return Ok(0);
+        };
+        let swept = tokio::task::spawn_blocking(move || sweep_staging_files(&root, cutoff))
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+        Ok(swept)
     }
 
     /// Digests in touch marks written since `since`.
@@ -293,6 +307,15 @@ impl BucketStore {
             })
             .collect();
         for (id, size) in old_packs {
+            // A pack without an index, older than the grace period: left by
+            // a writer killed between the two (the index follows at once).
+            let indexed = self.table.read().expect("pack table").has_pack(&id);
+            if !indexed && !self.exists(&super::index_path(&id)).await? {
+                tracing::info!(pack = %id, "removing a pack whose writer died before its index");
+                self.delete_object(&super::pack_path(&id)).await?;
+                report.bytes_freed += size;
+                continue;
+            }
             // Live raw bytes whose home is this pack, against all of it.
             let (live_raw, all_raw, dead_chunks) = {
                 let table = self.table.read().expect("pack table");
@@ -331,4 +354,30 @@ impl BucketStore {
         }
         Ok(())
     }
+}
+
+/// Whether a file name is a staging name of the local object store
+/// (`NAME#DIGITS`).
+fn is_staging_name(name: &str) -> bool {
+    name.rsplit_once('#')
+        .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Deletes staging files older than `cutoff` below `dir`; returns their
+/// bytes.
+fn sweep_staging_files(dir: &std::path::Path, cutoff: SystemTime) -> std::io::Result<u64> {
+    let mut bytes = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            bytes += sweep_staging_files(&entry.path(), cutoff)?;
+        } else if is_staging_name(&entry.file_name().to_string_lossy()) && meta.modified()? < cutoff
+        {
+            tracing::info!(file = %entry.path().display(), "removing a killed writer's staging file");
+            std::fs::remove_file(entry.path())?;
+            bytes += meta.len();
+        }
+    }
+    Ok(bytes)
 }

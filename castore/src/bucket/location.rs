@@ -9,6 +9,14 @@ use object_store::ObjectStore;
 
 use crate::error::{StoreError, StoreResult};
 
+/// The folder of a local `location` (none for a bucket).
+pub fn local_folder(location: &str) -> Option<std::path::PathBuf> {
+    if location.starts_with("s3://") {
+        return None;
+    }
+    Some(location.strip_prefix("file://").unwrap_or(location).into())
+}
+
 /// Opens the object store named by `location`:
 /// - `s3://BUCKET?endpoint=URL&region=REGION` — an S3-compatible bucket;
 ///   credentials come from the usual AWS environment variables

@@ -60,7 +60,7 @@ use crate::similarity::{sketch, Sketch};
 pub use access::ACCESS_MARK_EVERY;
 pub use compact::{compact_when_quiet, CompactReport, COMPACT_LEVEL};
 pub use gc::{GcOptions, GcReport};
-pub use location::open_object_store;
+pub use location::{local_folder, open_object_store};
 use packs::{decode_index, FrameLocation, NewPack, PackTable};
 use recent::RecentChunks;
 pub use stats::StoreStats;
@@ -93,6 +93,9 @@ pub struct BucketStore {
     uploaded_at: Mutex<Option<Instant>>,
     /// Paths whose access mark this process wrote lately.
     marked: moka::sync::Cache<[u8; 20], ()>,
+    /// The folder of a local store: where killed writers' staging files
+    /// (`NAME#N`, invisible to listings) are swept.
+    local_root: Option<std::path::PathBuf>,
 }
 
 /// Frame slots and the bytes read for them from one pack.
@@ -143,15 +146,25 @@ impl BucketStore {
     /// be read (wrong credentials, no such bucket).
     pub async fn open(location: &str) -> StoreResult<Arc<Self>> {
         let objects = open_object_store(location)?;
-        Self::with_objects(objects).await.map_err(|e| match e {
-            StoreError::Io(io) => StoreError::Unavailable(format!("{location}: {io}")),
-            e => e,
-        })
+        Self::with_objects_at(objects, local_folder(location))
+            .await
+            .map_err(|e| match e {
+                StoreError::Io(io) => StoreError::Unavailable(format!("{location}: {io}")),
+                e => e,
+            })
     }
 
     /// A store over an already opened object store.
     pub async fn with_objects(objects: Arc<dyn ObjectStore>) -> StoreResult<Arc<Self>> {
+        Self::with_objects_at(objects, None).await
+    }
+
+    async fn with_objects_at(
+        objects: Arc<dyn ObjectStore>,
+        local_root: Option<std::path::PathBuf>,
+    ) -> StoreResult<Arc<Self>> {
         let store = Arc::new(Self {
+            local_root,
             objects,
             table: RwLock::new(PackTable::default()),
             last_refresh: Mutex::new(None),
