@@ -421,58 +421,9 @@ mod tests {
     use crate::bucket::BucketStore;
     use crate::testutil::frame_of;
 
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
     use crate::nix::store_path::StorePath;
     use crate::node::Node;
-
-    /// The real store, slowed down, counting the reads that reach it.
-    struct Counting {
-        inner: Arc<BucketStore>,
-        frame_reads: AtomicUsize,
-        path_info_reads: AtomicUsize,
-    }
-
-    const SLOW: Duration = Duration::from_millis(200);
-
-    #[async_trait]
-    impl BlobStore for Counting {
-        async fn missing_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<B3Digest>> {
-            self.inner.missing_chunks(digests).await
-        }
-        async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
-            self.inner.put_frames(frames).await
-        }
-        async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
-            self.frame_reads.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(SLOW).await;
-            self.inner.get_frames(digests).await
-        }
-        async fn put_blob_chunks(&self, blobs: Vec<BlobChunks>) -> StoreResult<()> {
-            self.inner.put_blob_chunks(blobs).await
-        }
-        async fn get_blob_chunks(
-            &self,
-            blobs: &[B3Digest],
-        ) -> StoreResult<Vec<Option<Vec<ChunkMeta>>>> {
-            self.inner.get_blob_chunks(blobs).await
-        }
-    }
-
-    #[async_trait]
-    impl PathInfoStore for Counting {
-        async fn get_path_info(&self, digest: &[u8; 20]) -> StoreResult<Option<PathInfo>> {
-            self.path_info_reads.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(SLOW).await;
-            self.inner.get_path_info(digest).await
-        }
-        async fn put_path_info(&self, info: PathInfo) -> StoreResult<()> {
-            self.inner.put_path_info(info).await
-        }
-        fn list_path_infos(&self) -> BoxStream<'static, StoreResult<PathInfo>> {
-            self.inner.list_path_infos()
-        }
-    }
+    use crate::testutil::SlowStore;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_requests_for_one_object_read_the_backend_once() {
@@ -480,11 +431,7 @@ mod tests {
         let backend = BucketStore::open(dir.path().to_str().unwrap())
             .await
             .unwrap();
-        let counting = Arc::new(Counting {
-            inner: backend.clone(),
-            frame_reads: AtomicUsize::new(0),
-            path_info_reads: AtomicUsize::new(0),
-        });
+        let counting = SlowStore::new(backend.clone(), Duration::from_millis(200));
         let store = cached(
             Store {
                 blobs: counting.clone(),
@@ -531,11 +478,11 @@ mod tests {
             let chunks = r.await.unwrap().unwrap();
             assert_eq!(chunks[0].decode_verified().unwrap(), &b"chunk a"[..]);
         }
-        assert_eq!(counting.frame_reads.load(Ordering::SeqCst), 1);
+        assert_eq!(counting.frames_read(), 1);
         // Its neighbour came in the same frame.
         let chunks = store.blobs.get_chunks(&[b, a]).await.unwrap();
         assert_eq!(chunks[0].decode_verified().unwrap(), &b"chunk b"[..]);
-        assert_eq!(counting.frame_reads.load(Ordering::SeqCst), 1);
+        assert_eq!(counting.frames_read(), 1);
 
         // Sixteen askers of one PathInfo: one read; a missing one is
         // asked again each time (a miss is never kept).
@@ -549,7 +496,7 @@ mod tests {
         for a in askers {
             assert!(a.await.unwrap().unwrap().is_some());
         }
-        assert_eq!(counting.path_info_reads.load(Ordering::SeqCst), 1);
+        assert_eq!(counting.path_infos_read(), 1);
         for _ in 0..2 {
             assert!(store
                 .path_infos
@@ -558,7 +505,7 @@ mod tests {
                 .unwrap()
                 .is_none());
         }
-        assert_eq!(counting.path_info_reads.load(Ordering::SeqCst), 3);
+        assert_eq!(counting.path_infos_read(), 3);
     }
 
     #[test]

@@ -30,3 +30,94 @@ pub fn frame_of(chunks: &[&[u8]]) -> crate::frame::Frame {
         .collect();
     crate::frame::Frame::compress(&chunks).expect("compress")
 }
+
+/// A real store made slow (each read waits `delay`), counting the reads
+/// that reach it: for tests that check concurrent readers share one read.
+pub struct SlowStore {
+    /// The store underneath.
+    pub inner: std::sync::Arc<crate::bucket::BucketStore>,
+    /// Frame reads so far.
+    pub frame_reads: std::sync::atomic::AtomicUsize,
+    /// PathInfo reads so far.
+    pub path_info_reads: std::sync::atomic::AtomicUsize,
+    delay: std::time::Duration,
+}
+
+impl SlowStore {
+    /// Wraps `inner`; every frame or PathInfo read waits `delay`.
+    pub fn new(
+        inner: std::sync::Arc<crate::bucket::BucketStore>,
+        delay: std::time::Duration,
+    ) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            inner,
+            frame_reads: Default::default(),
+            path_info_reads: Default::default(),
+            delay,
+        })
+    }
+
+    /// Frame reads so far.
+    pub fn frames_read(&self) -> usize {
+        self.frame_reads.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// PathInfo reads so far.
+    pub fn path_infos_read(&self) -> usize {
+        self.path_info_reads
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+mod slow_store {
+    use async_trait::async_trait;
+    use futures::stream::BoxStream;
+    use std::sync::atomic::Ordering;
+
+    use super::SlowStore;
+    use crate::chunk::ChunkMeta;
+    use crate::error::StoreResult;
+    use crate::frame::Frame;
+    use crate::pathinfo::PathInfo;
+    use crate::services::{BlobChunks, BlobStore, PathInfoStore};
+    use crate::B3Digest;
+
+    #[async_trait]
+    impl BlobStore for SlowStore {
+        async fn missing_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<B3Digest>> {
+            self.inner.missing_chunks(digests).await
+        }
+        async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
+            self.inner.put_frames(frames).await
+        }
+        async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
+            self.frame_reads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            self.inner.get_frames(digests).await
+        }
+        async fn put_blob_chunks(&self, blobs: Vec<BlobChunks>) -> StoreResult<()> {
+            self.inner.put_blob_chunks(blobs).await
+        }
+        async fn get_blob_chunks(
+            &self,
+            blobs: &[B3Digest],
+        ) -> StoreResult<Vec<Option<Vec<ChunkMeta>>>> {
+            self.inner.get_blob_chunks(blobs).await
+        }
+    }
+
+    #[async_trait]
+    impl PathInfoStore for SlowStore {
+        async fn get_path_info(&self, digest: &[u8; 20]) -> StoreResult<Option<PathInfo>> {
+            self.path_info_reads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            self.inner.get_path_info(digest).await
+        }
+        async fn put_path_info(&self, info: PathInfo) -> StoreResult<()> {
+            self.inner.put_path_info(info).await
+        }
+        fn list_path_infos(&self) -> BoxStream<'static, StoreResult<PathInfo>> {
+            self.inner.list_path_infos()
+        }
+    }
+}

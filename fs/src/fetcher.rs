@@ -395,46 +395,11 @@ fn decode_each(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use async_trait::async_trait;
     use lazix_castore::bucket::BucketStore;
-    use lazix_castore::chunk::ChunkMeta;
-    use lazix_castore::services::{BlobChunks, BlobStore};
-    use lazix_castore::testutil::frame_of;
-    use lazix_castore::StoreResult;
+    use lazix_castore::services::BlobStore;
+    use lazix_castore::testutil::{frame_of, SlowStore};
 
     use super::*;
-
-    /// The real store, slowed down, counting frame reads.
-    struct Counting {
-        inner: Arc<BucketStore>,
-        frame_reads: AtomicUsize,
-    }
-
-    #[async_trait]
-    impl BlobStore for Counting {
-        async fn missing_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<B3Digest>> {
-            self.inner.missing_chunks(digests).await
-        }
-        async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
-            self.inner.put_frames(frames).await
-        }
-        async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
-            self.frame_reads.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            self.inner.get_frames(digests).await
-        }
-        async fn put_blob_chunks(&self, blobs: Vec<BlobChunks>) -> StoreResult<()> {
-            self.inner.put_blob_chunks(blobs).await
-        }
-        async fn get_blob_chunks(
-            &self,
-            blobs: &[B3Digest],
-        ) -> StoreResult<Vec<Option<Vec<ChunkMeta>>>> {
-            self.inner.get_blob_chunks(blobs).await
-        }
-    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_read_waits_for_its_neighbours_fetch_instead_of_moving_the_frame_twice() {
@@ -446,10 +411,7 @@ mod tests {
             .put_frames(vec![frame_of(&[b"first chunk", b"second chunk"])])
             .await
             .unwrap();
-        let remote = Arc::new(Counting {
-            inner,
-            frame_reads: AtomicUsize::new(0),
-        });
+        let remote = SlowStore::new(inner, Duration::from_millis(200));
         let fetcher = Arc::new(
             ChunkFetcher::new(remote.clone(), 1 << 20, None, Duration::from_secs(10)).unwrap(),
         );
@@ -463,7 +425,7 @@ mod tests {
         assert_eq!(second, vec![Bytes::from_static(b"second chunk")]);
         let first = first.await.unwrap().unwrap();
         assert_eq!(first, vec![Bytes::from_static(b"first chunk")]);
-        assert_eq!(remote.frame_reads.load(Ordering::SeqCst), 1);
+        assert_eq!(remote.frames_read(), 1);
         assert_eq!(fetcher.stats.snapshot().fetch_requests, 1);
     }
 }
