@@ -360,8 +360,7 @@ fn read_token(path: &Option<PathBuf>) -> Result<Option<String>> {
 async fn delete(location: StoreLocation, paths: &[String]) -> Result<()> {
     let (_, store) = location.open().await?;
     for p in paths {
-        let path = StorePath::parse(p.trim_end_matches('/'))
-            .with_context(|| format!("invalid store path {p:?}"))?;
+        let path = store_path_arg(p)?;
         if store.delete_path_info(path.digest()).await? {
             println!("deleted {path}");
         } else {
@@ -653,9 +652,15 @@ async fn push(server: &str, json: bool, paths: Vec<String>) -> Result<()> {
     Ok(())
 }
 
+/// A store path given on the command line: absolute (a trailing slash is
+/// fine) or a basename.
+fn store_path_arg(arg: &str) -> Result<StorePath> {
+    StorePath::parse(arg.trim_end_matches('/'))
+        .with_context(|| format!("invalid store path {arg:?}"))
+}
+
 async fn fetch_path_info(store: &Store, store_path: &str) -> Result<PathInfo> {
-    let path = StorePath::parse(store_path.trim_end_matches('/'))
-        .with_context(|| format!("invalid store path {store_path:?}"))?;
+    let path = store_path_arg(store_path)?;
     store
         .path_infos
         .get_path_info(path.digest())

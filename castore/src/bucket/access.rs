@@ -89,14 +89,13 @@ impl BucketStore {
         Ok(expired)
     }
 
-    /// Deletes access marks older than `cutoff` whose path is gone.
-    pub(crate) async fn sweep_orphan_marks(&self, cutoff: SystemTime) -> StoreResult<()> {
-        let live: std::collections::HashSet<String> = self
-            .list_prefix("pathinfo")
-            .await?
-            .into_iter()
-            .filter_map(|m| Some(m.location.filename()?.to_string()))
-            .collect();
+    /// Deletes access marks older than `cutoff` whose path is not in
+    /// `live` (hash parts).
+    pub(crate) async fn sweep_orphan_marks(
+        &self,
+        cutoff: SystemTime,
+        live: &std::collections::HashSet<String>,
+    ) -> StoreResult<()> {
         self.sweep_prefix("accessed", cutoff, |name| !live.contains(name))
             .await?;
         Ok(())

@@ -24,7 +24,7 @@ use super::{object_err, BucketStore};
 use crate::digest::B3Digest;
 use crate::error::{StoreError, StoreResult};
 use crate::node::Node;
-use crate::services::{BlobStore, DirectoryStore, PathInfoStore};
+use crate::services::{DirectoryStore, PathInfoStore};
 
 /// How a collection runs.
 #[derive(Clone, Copy, Debug)]
@@ -74,6 +74,8 @@ pub struct GcReport {
 /// What marking found live.
 #[derive(Default)]
 struct Live {
+    /// Hash parts (nixbase32) of the PathInfos found.
+    paths: HashSet<String>,
     directories: HashSet<B3Digest>,
     blobs: HashSet<B3Digest>,
     chunks: HashSet<B3Digest>,
@@ -151,7 +153,7 @@ impl BucketStore {
             .await?;
         // Old touch marks have done their job.
         self.sweep_prefix("touched", cutoff, |_| true).await?;
-        self.sweep_orphan_marks(cutoff).await?;
+        self.sweep_orphan_marks(cutoff, &live.paths).await?;
         report.bytes_freed += self.sweep_staging(cutoff).await?;
         tracing::info!(?report, "garbage collection done");
         Ok(report)
@@ -164,18 +166,12 @@ impl BucketStore {
         while let Some(info) = infos.next().await {
             let info = info?;
             report.paths += 1;
+            live.paths.insert(info.store_path.hash_part());
             match info.node {
                 Node::Directory { digest, .. } => {
-                    for dir in self.get_closure(&digest).await? {
-                        live.directories.insert(dir.digest());
-                        for f in &dir.proto().files {
-                            if f.size > 0 {
-                                files.insert(B3Digest::try_from(&f.digest).map_err(|e| {
-                                    StoreError::Corrupt(format!("directory {}: {e}", dir.digest()))
-                                })?);
-                            }
-                        }
-                    }
+                    let closure = self.get_closure(&digest).await?;
+                    live.directories.extend(closure.iter().map(|d| d.digest()));
+                    super::nonempty_files(&closure, &mut files)?;
                 }
                 Node::File { digest, size, .. } if size > 0 => {
                     files.insert(digest);
@@ -183,26 +179,9 @@ impl BucketStore {
                 _ => {}
             }
         }
-        // A file whose digest is a stored chunk is that one chunk.
-        let (single, multi): (Vec<B3Digest>, Vec<B3Digest>) = {
-            let table = self.table.read().expect("pack table");
-            files.into_iter().partition(|f| table.contains(f))
-        };
-        live.chunks.extend(single);
-        for batch in multi.chunks(1024) {
-            let lists = self.get_blob_chunks(batch).await?;
-            for (blob, list) in batch.iter().zip(lists) {
-                match list {
-                    Some(chunks) => {
-                        live.blobs.insert(*blob);
-                        live.chunks.extend(chunks.iter().map(|c| c.digest));
-                    }
-                    None => {
-                        live.chunks.insert(*blob);
-                    }
-                }
-            }
-        }
+        let made_of = self.file_chunks(files).await?;
+        live.chunks.extend(made_of.chunks);
+        live.blobs.extend(made_of.listed);
         // What uploads in progress rely on.
         for d in self.touched_since(cutoff).await? {
             live.chunks.insert(d);

@@ -109,6 +109,27 @@ enum ReadOutcome {
     PackGone(Arc<str>),
 }
 
+/// What a set of files is made of (see [`BucketStore::file_chunks`]).
+struct FileChunks {
+    /// Every chunk, once.
+    chunks: HashSet<B3Digest>,
+    /// The files that have a stored chunk list.
+    listed: Vec<B3Digest>,
+}
+
+/// Adds the digests of the non-empty files of `dirs` to `files`.
+fn nonempty_files(dirs: &[Directory], files: &mut HashSet<B3Digest>) -> StoreResult<()> {
+    for dir in dirs {
+        for f in dir.proto().files.iter().filter(|f| f.size > 0) {
+            files
+                .insert(B3Digest::try_from(&f.digest).map_err(|e| {
+                    StoreError::Corrupt(format!("directory {}: {e}", dir.digest()))
+                })?);
+        }
+    }
+    Ok(())
+}
+
 /// An uploaded frame after verification: its chunks' bytes and sketches.
 struct Checked {
     frame: Frame,
@@ -468,7 +489,7 @@ impl BucketStore {
     /// ever refers to missing data (an upload that raced a garbage
     /// collection fails here and is retried, instead of being lost).
     async fn node_is_stored(&self, node: &Node) -> StoreResult<bool> {
-        let mut files: Vec<B3Digest> = Vec::new();
+        let mut files = HashSet::new();
         match node {
             Node::Directory { digest, .. } => {
                 let closure = match self.get_closure(digest).await {
@@ -476,36 +497,14 @@ impl BucketStore {
                     Err(StoreError::NotFound(_)) => return Ok(false),
                     Err(e) => return Err(e),
                 };
-                for dir in &closure {
-                    for f in &dir.proto().files {
-                        if f.size > 0 {
-                            files.push(B3Digest::try_from(&f.digest).map_err(|e| {
-                                StoreError::Corrupt(format!("directory {}: {e}", dir.digest()))
-                            })?);
-                        }
-                    }
-                }
+                nonempty_files(&closure, &mut files)?;
             }
-            Node::File { digest, size, .. } if *size > 0 => files.push(*digest),
+            Node::File { digest, size, .. } if *size > 0 => {
+                files.insert(*digest);
+            }
             _ => {}
         }
-        files.sort_unstable();
-        files.dedup();
-        // A file whose digest is a stored chunk is that one chunk; only the
-        // others need their chunk lists read.
-        let (single, multi): (Vec<B3Digest>, Vec<B3Digest>) = {
-            let table = self.table.read().expect("pack table");
-            files.into_iter().partition(|f| table.contains(f))
-        };
-        let mut chunks = single;
-        for batch in multi.chunks(1024) {
-            for (blob, list) in batch.iter().zip(self.get_blob_chunks(batch).await?) {
-                match list {
-                    Some(list) => chunks.extend(list.iter().map(|c| c.digest)),
-                    None => chunks.push(*blob),
-                }
-            }
-        }
+        let chunks: Vec<B3Digest> = self.file_chunks(files).await?.chunks.into_iter().collect();
         for batch in chunks.chunks(4096) {
             self.recheck_packs(batch).await?;
             if self.locate(batch).await.is_err() {
@@ -513,6 +512,34 @@ impl BucketStore {
             }
         }
         Ok(true)
+    }
+
+    /// What these non-empty files are made of: a file whose digest is a
+    /// stored chunk is that one chunk; the others' chunk lists are read (in
+    /// batches), and a file with no list is taken as one chunk.
+    async fn file_chunks(&self, files: HashSet<B3Digest>) -> StoreResult<FileChunks> {
+        let (single, multi): (Vec<B3Digest>, Vec<B3Digest>) = {
+            let table = self.table.read().expect("pack table");
+            files.into_iter().partition(|f| table.contains(f))
+        };
+        let mut out = FileChunks {
+            chunks: single.into_iter().collect(),
+            listed: Vec::new(),
+        };
+        for batch in multi.chunks(1024) {
+            for (blob, list) in batch.iter().zip(self.get_blob_chunks(batch).await?) {
+                match list {
+                    Some(list) => {
+                        out.listed.push(*blob);
+                        out.chunks.extend(list.iter().map(|c| c.digest));
+                    }
+                    None => {
+                        out.chunks.insert(*blob);
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Verified bytes of base chunks (all in plain frames), in order, from
