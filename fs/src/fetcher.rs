@@ -41,6 +41,17 @@ const CALL_CHUNKS: usize = 64;
 /// Server calls in flight per fetch.
 const CALLS_IN_FLIGHT: usize = 4;
 
+/// Whether the frames a fetch receives go to the disk cache too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskCopy {
+    /// Keep them on disk (reused after a remount).
+    Keep,
+    /// Memory only: the file is being copied whole into the cache folder
+    /// (see [`crate::whole_files`]), so its frames on disk would be the
+    /// same bytes written twice, and writing them slows a cold read.
+    Skip,
+}
+
 /// The outcome of one chunk fetch, once known.
 type Outcome = Option<Result<Bytes, FetchError>>;
 /// Waits for a fetch another request started.
@@ -72,6 +83,11 @@ impl ChunkFetcher {
             remote,
             memory: moka::sync::Cache::builder()
                 .max_capacity(memory_bytes)
+                // Plain LRU: TinyLFU's admission test turns away freshly
+                // read-ahead chunks (seen once) once the cache is full,
+                // so a long sequential read decoded its frames again from
+                // the disk cache.
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .weigher(|_: &B3Digest, b: &Bytes| (b.len() + 64).min(u32::MAX as usize) as u32)
                 .build_with_hasher(DigestKeyBuildHasher::default()),
             disk: disk
@@ -133,7 +149,8 @@ impl ChunkFetcher {
     /// in batched calls; chunks another request is already fetching are
     /// awaited, not fetched again.
     pub async fn get(&self, digests: &[B3Digest]) -> Result<Vec<Bytes>, FetchError> {
-        self.get_after_neighbours(digests, &[]).await
+        self.get_after_neighbours(digests, &[], DiskCopy::Keep)
+            .await
     }
 
     /// Like [`ChunkFetcher::get`], but before fetching, waits for fetches
@@ -142,11 +159,13 @@ impl ChunkFetcher {
     /// usually brings these too, and fetching them at the same time would
     /// move that frame twice (the kernel splits one read-around into
     /// concurrent reads). Waits only on fetches registered before this
-    /// one's, so waits never form a cycle.
+    /// one's, so waits never form a cycle. `disk` says whether what
+    /// arrives is written to the disk cache.
     pub async fn get_after_neighbours(
         &self,
         digests: &[B3Digest],
         neighbours: &[B3Digest],
+        disk: DiskCopy,
     ) -> Result<Vec<Bytes>, FetchError> {
         let mut out: Vec<Option<Bytes>> = digests.iter().map(|d| self.local(d)).collect();
         let mut mine: Vec<Publisher> = Vec::new();
@@ -184,7 +203,7 @@ impl ChunkFetcher {
             mine = self.publish_arrived(mine);
         }
         if !mine.is_empty() {
-            self.fetch_remote(mine).await;
+            self.fetch_remote(mine, disk).await;
         }
         for (i, mut rx) in waits {
             let res = tokio::time::timeout(self.timeout, rx.wait_for(|v| v.is_some()))
@@ -217,22 +236,22 @@ impl ChunkFetcher {
     /// flight, publishing each call's chunks as soon as it completes (a
     /// reader waiting for the first chunk of a large read-ahead window does
     /// not wait for the whole window).
-    async fn fetch_remote(&self, mine: Vec<Publisher>) {
+    async fn fetch_remote(&self, mine: Vec<Publisher>, disk: DiskCopy) {
         let mut groups: Vec<Vec<Publisher>> = Vec::new();
         let mut mine = mine.into_iter().peekable();
         while mine.peek().is_some() {
             groups.push(mine.by_ref().take(CALL_CHUNKS).collect());
         }
         futures::stream::iter(groups)
-            .map(|g| self.fetch_group(g))
+            .map(|g| self.fetch_group(g, disk))
             .buffer_unordered(CALLS_IN_FLIGHT)
             .collect::<()>()
             .await;
     }
 
-    async fn fetch_group(&self, group: Vec<Publisher>) {
+    async fn fetch_group(&self, group: Vec<Publisher>, disk: DiskCopy) {
         let digests: Vec<B3Digest> = group.iter().map(|(d, _)| *d).collect();
-        let result = self.fetch_call(&digests).await;
+        let result = self.fetch_call(&digests, disk).await;
         let mut in_flight = self.in_flight.lock().expect("in-flight map");
         match result {
             Ok(chunks) => {
@@ -255,6 +274,7 @@ impl ChunkFetcher {
     async fn fetch_call(
         &self,
         batch: &[B3Digest],
+        disk_copy: DiskCopy,
     ) -> Result<Vec<Result<Bytes, FetchError>>, FetchError> {
         Stats::add(&self.stats.fetch_requests, 1);
         let mut frames = self.remote_frames(batch).await?;
@@ -299,7 +319,7 @@ impl ChunkFetcher {
         }
         // Writing the disk cache must not delay the reader: the chunks are
         // already in memory.
-        if let Some(disk) = &self.disk {
+        if let Some(disk) = self.disk.as_ref().filter(|_| disk_copy == DiskCopy::Keep) {
             let disk = disk.clone();
             tokio::task::spawn_blocking(move || {
                 for frame in &to_disk {
@@ -339,7 +359,12 @@ impl ChunkFetcher {
 
     /// Starts fetching `digests` in the background (read-ahead); chunks
     /// already cached or in flight are skipped.
-    pub fn prefetch(self: &Arc<Self>, digests: Vec<B3Digest>, neighbours: Vec<B3Digest>) {
+    pub fn prefetch(
+        self: &Arc<Self>,
+        digests: Vec<B3Digest>,
+        neighbours: Vec<B3Digest>,
+        disk: DiskCopy,
+    ) {
         let wanted: Vec<B3Digest> = {
             let in_flight = self.in_flight.lock().expect("in-flight map");
             digests
@@ -352,7 +377,7 @@ impl ChunkFetcher {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = this.get_after_neighbours(&wanted, &neighbours).await {
+            if let Err(e) = this.get_after_neighbours(&wanted, &neighbours, disk).await {
                 tracing::debug!(error = %e, "read-ahead failed");
             }
         });
@@ -421,11 +446,55 @@ mod tests {
             tokio::spawn(async move { f.get(&[a]).await })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let second = fetcher.get_after_neighbours(&[b], &[a]).await.unwrap();
+        let second = fetcher
+            .get_after_neighbours(&[b], &[a], DiskCopy::Keep)
+            .await
+            .unwrap();
         assert_eq!(second, vec![Bytes::from_static(b"second chunk")]);
         let first = first.await.unwrap().unwrap();
         assert_eq!(first, vec![Bytes::from_static(b"first chunk")]);
         assert_eq!(remote.frames_read(), 1);
         assert_eq!(fetcher.stats.snapshot().fetch_requests, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frames_fetched_for_a_whole_file_copy_stay_off_the_disk_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let remote = BucketStore::open(dir.path().join("store").to_str().unwrap())
+            .await
+            .unwrap();
+        remote
+            .put_frames(vec![
+                frame_of(&[b"copied whole"]),
+                frame_of(&[b"read in part"]),
+            ])
+            .await
+            .unwrap();
+        let cache = dir.path().join("cache");
+        let fetcher = ChunkFetcher::new(
+            remote,
+            1 << 20,
+            Some((&cache, 1 << 30)),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let (whole, part) = (B3Digest::of(b"copied whole"), B3Digest::of(b"read in part"));
+        fetcher
+            .get_after_neighbours(&[whole], &[], DiskCopy::Skip)
+            .await
+            .unwrap();
+        fetcher.get(&[part]).await.unwrap();
+        let disk = fetcher.disk.as_ref().unwrap();
+        // Disk writes run in the background, in the order of the fetches.
+        for _ in 0..100 {
+            if disk.frame_of(&part).is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(disk.frame_of(&part).is_some(), "a normal fetch is cached on disk");
+        assert!(disk.frame_of(&whole).is_none(), "a skipped fetch is not");
+        // Both stay in memory for readers.
+        assert!(fetcher.local(&whole).is_some());
     }
 }

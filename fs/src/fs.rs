@@ -21,7 +21,7 @@ use lazix_castore::directory::Directory;
 use lazix_castore::nix::store_path::StorePath;
 use lazix_castore::{B3Digest, Node, Store, StoreError};
 
-use crate::fetcher::ChunkFetcher;
+use crate::fetcher::{ChunkFetcher, DiskCopy};
 use crate::inodes::{Inodes, ROOT_INO, STATS_INO};
 use crate::whole_files::{WholeFileWriter, WholeFiles, MIN_WHOLE_FILE};
 
@@ -38,6 +38,9 @@ const ROOT_LISTING_STEP: Duration = Duration::from_secs(5);
 const LISTING_TTL: Duration = Duration::from_secs(10);
 /// Files up to this size are fetched whole when opened, in one request.
 const SMALL_FILE: u64 = 1024 * 1024;
+/// How far a whole-file copy must have come before the frames of its
+/// file stop going to the disk cache (see [`DiskCopy::Skip`]).
+const FRAMES_KEPT_BEFORE_COPY: u64 = 4 * 1024 * 1024;
 /// Read-ahead starts at this window and doubles with each sequential read.
 const READAHEAD_START: u64 = 512 * 1024;
 /// Largest read-ahead window.
@@ -310,30 +313,34 @@ impl LazyFs {
         out
     }
 
-    /// Hands bytes just read to the inode's whole-file copy (started by a
-    /// read at offset 0); a complete copy is put in place.
-    fn keep_whole(&self, ino: u64, digest: &B3Digest, file_size: u64, offset: u64, data: &[u8]) {
-        let Some(whole) = &self.whole else {
-            return;
-        };
+    /// The inode's whole-file copy under way, started by a read at offset
+    /// 0 of a large enough file; `None` when the file is not being copied.
+    fn whole_writer(
+        &self,
+        ino: u64,
+        digest: &B3Digest,
+        file_size: u64,
+        offset: u64,
+    ) -> Option<Arc<Mutex<WholeFileWriter>>> {
+        let whole = self.whole.as_ref()?;
         if file_size < MIN_WHOLE_FILE {
-            return;
+            return None;
         }
-        let writer = {
-            let mut writers = self.writers.lock().expect("writers");
-            match writers.get(&ino) {
-                Some(w) => w.clone(),
-                None if offset > 0 => return,
-                None => match whole.writer(*digest, file_size) {
-                    Some(w) => {
-                        let w = Arc::new(Mutex::new(w));
-                        writers.insert(ino, w.clone());
-                        w
-                    }
-                    None => return,
-                },
+        let mut writers = self.writers.lock().expect("writers");
+        match writers.get(&ino) {
+            Some(w) => Some(w.clone()),
+            None if offset > 0 => None,
+            None => {
+                let w = Arc::new(Mutex::new(whole.writer(*digest, file_size)?));
+                writers.insert(ino, w.clone());
+                Some(w)
             }
-        };
+        }
+    }
+
+    /// Hands bytes just read to the inode's whole-file copy; a complete
+    /// copy is put in place.
+    fn keep_whole(&self, ino: u64, writer: &Mutex<WholeFileWriter>, offset: u64, data: &[u8]) {
         let written = writer.lock().expect("writer").write_at(offset, data);
         match written {
             Ok(false) => {}
@@ -412,6 +419,16 @@ impl LazyFs {
             return Ok(Vec::new());
         }
         let list = self.chunk_list(digest, file_size)?;
+        let writer = self.whole_writer(ino, digest, file_size, offset);
+        // A file being copied whole needs no frames on disk, except near
+        // its start: a reader that only looks at the header (a mapped
+        // library) ends the copy soon, and those frames must stay cached.
+        let disk = match &writer {
+            Some(w) if w.lock().expect("writer").copied() >= FRAMES_KEPT_BEFORE_COPY => {
+                DiskCopy::Skip
+            }
+            _ => DiskCopy::Keep,
+        };
         // Read-ahead: a window that grows while reads stay sequential.
         let ahead = {
             let mut reads = self.reads.lock().expect("reads");
@@ -442,14 +459,16 @@ impl LazyFs {
                 .collect();
             let neighbours = Self::neighbours(&list, from, to, &ahead);
             let _guard = self.rt.enter();
-            self.fetcher.prefetch(ahead, neighbours);
+            self.fetcher.prefetch(ahead, neighbours, disk);
         }
         let needed = Self::covering(&list, offset, end);
         let digests: Vec<B3Digest> = needed.iter().map(|(_, c)| c.digest).collect();
         let neighbours = Self::neighbours(&list, offset, end, &digests);
-        let fetched = self
-            .rt
-            .block_on(self.fetcher.get_after_neighbours(&digests, &neighbours));
+        let fetched = self.rt.block_on(self.fetcher.get_after_neighbours(
+            &digests,
+            &neighbours,
+            disk,
+        ));
         let datas = fetched.map_err(|e| {
             tracing::warn!(error = %e, "read failed");
             count_read_error(&self.fetcher);
@@ -463,7 +482,9 @@ impl LazyFs {
         }
         crate::stats::Stats::add(&self.fetcher.stats.served_bytes, out.len() as u64);
         crate::stats::Stats::add(&self.fetcher.stats.reads, 1);
-        self.keep_whole(ino, digest, file_size, offset, &out);
+        if let Some(writer) = writer {
+            self.keep_whole(ino, &writer, offset, &out);
+        }
         Ok(out)
     }
 

@@ -174,11 +174,7 @@ impl WholeFileWriter {
         if self.done || data.is_empty() {
             return Ok(self.done);
         }
-        let copied = self
-            .covered
-            .first()
-            .map_or(0, |&(s, e)| if s == 0 { e } else { 0 });
-        if offset > copied + SEQUENTIAL_SLACK {
+        if offset > self.copied() + SEQUENTIAL_SLACK {
             return Err(std::io::Error::other("random access: not copied whole"));
         }
         self.file.write_all_at(data, offset)?;
@@ -194,6 +190,14 @@ impl WholeFileWriter {
             self.files.index.insert(self.digest, self.size);
         }
         Ok(self.done)
+    }
+
+    /// Bytes copied from the start of the file without a gap: how far a
+    /// sequential reader has come.
+    pub fn copied(&self) -> u64 {
+        self.covered
+            .first()
+            .map_or(0, |&(s, e)| if s == 0 { e } else { 0 })
     }
 
     fn cover(&mut self, start: u64, end: u64) {
