@@ -3,8 +3,8 @@
 # `lazix mount` (server on loopback) beside the native folder and
 # `squashfuse` of a zstd squashfs image of the same tree, in one run:
 # - sequential read of the 5 largest files, cold (page cache dropped, empty
-#   lazix cache) and warm (median of the next 3 reads);
-# - a metadata walk (find + stat of every file), cold and warm (median of 3);
+#   lazix cache) and warm (after the cold ones); each the median of 3 runs;
+# - a metadata walk (find + stat of every file), cold and warm, the same;
 # - running `rustc --version` from the cold mount: time and bytes fetched,
 #   against fetching the whole path first (`nix copy` from lazix's cache).
 #
@@ -67,11 +67,15 @@ walk() { find "$1" -printf '%s %m %y\n' >/dev/null; }
 declare -A T
 # Median of three timed runs of a command.
 median3_of() { local a b c t; for v in a b c; do t=$(now); "$@"; printf -v "$v" '%s' "$(since "$t")"; done; printf '%s\n' "$a" "$b" "$c" | sort -g | sed -n 2p; }
+# Median of three timed runs of a command, each after a preparing command
+# (which makes it cold) that is not timed; into the variable named first.
+# Not in a subshell: the preparing command restarts processes.
+median3_after() { local out=$1 prep=$2 a b c t; shift 2; for v in a b c; do eval "$prep"; t=$(now); "$@"; printf -v "$v" '%s' "$(since "$t")"; done; printf -v "$out" '%s' "$(printf '%s\n' "$a" "$b" "$c" | sort -g | sed -n 2p)"; }
 measure() { # label dir-of-the-tree prepare-cold-cmd
-  local label=$1 dir=$2 cold=$3 t
-  eval "$cold"; t=$(now); read_largest "$dir"; T[$label,read_cold]=$(since "$t")
+  local label=$1 dir=$2 cold=$3
+  median3_after "T[$label,read_cold]" "$cold" read_largest "$dir"
   T[$label,read_warm]=$(median3_of read_largest "$dir")
-  eval "$cold"; t=$(now); walk "$dir"; T[$label,walk_cold]=$(since "$t")
+  median3_after "T[$label,walk_cold]" "$cold" walk "$dir"
   T[$label,walk_warm]=$(median3_of walk "$dir")
 }
 

@@ -436,8 +436,13 @@ async fn compact(location: StoreLocation) -> Result<()> {
         .await
         .with_context(|| format!("compacting {location}"))?;
     println!(
-        "lazix compact: rewrote {} packs, {} -> {} bytes ({} delta frames, {} duplicate chunks dropped)",
-        r.packs_rewritten, r.bytes_before, r.bytes_after, r.delta_frames, r.duplicate_chunks
+        "lazix compact: rewrote {} packs, {} -> {} bytes ({} delta frames, {} frames of gzip contents, {} duplicate chunks dropped)",
+        r.packs_rewritten,
+        r.bytes_before,
+        r.bytes_after,
+        r.delta_frames,
+        r.regzip_frames,
+        r.duplicate_chunks
     );
     Ok(())
 }

@@ -159,6 +159,87 @@ fn a_corrupt_frame_is_an_error_on_the_shim_never_wrong_bytes() {
     assert!(!copy.status.success());
 }
 
+/// Words that compress about as well as a man page's text.
+fn manual_text(words: usize, seed: u64) -> String {
+    let mut x = seed;
+    (0..words)
+        .map(|i| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let sep = if i % 12 == 11 { "\n" } else { " " };
+            format!(".B option{}{sep}", x >> 54)
+        })
+        .collect()
+}
+
+/// Man pages as Debian and nixpkgs ship them (compressed by the real
+/// `gzip -9n`), beside gzip files compaction must leave alone: compaction
+/// stores the pages' contents, and every way of reading the path still
+/// gives the bytes Nix recorded.
+#[test]
+fn gzip_files_are_stored_as_their_contents_and_read_back_exactly() {
+    let mut server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("packs-gzip");
+    let man = tree.join("share/man/man1");
+    std::fs::create_dir_all(&man).unwrap();
+    for i in 0..40u64 {
+        std::fs::write(
+            man.join(format!("tool{i}.1")),
+            manual_text(300 + 50 * i as usize, i),
+        )
+        .unwrap();
+    }
+    std::fs::write(tree.join("fast.txt"), manual_text(2000, 99)).unwrap();
+    std::fs::write(tree.join("named.txt"), manual_text(2000, 98)).unwrap();
+    std::fs::write(tree.join("README"), "not compressed\n").unwrap();
+    let gzip = |args: &[&str], file: &std::path::Path| {
+        run(Command::new("gzip").args(args).arg(file));
+    };
+    for i in 0..40 {
+        gzip(&["-9n"], &man.join(format!("tool{i}.1")));
+    }
+    gzip(&["-1n"], &tree.join("fast.txt")); // level 1
+    gzip(&["-9"], &tree.join("named.txt")); // a file name in the header
+    let truncated = std::fs::read(man.join("tool3.1.gz")).unwrap();
+    std::fs::write(tree.join("truncated.gz"), &truncated[..truncated.len() - 5]).unwrap();
+    let path = add_path(&tree);
+    lazix_push(&server, &[&path]);
+
+    let data = server.data.path().to_str().unwrap().to_string();
+    let report = stdout(&run(lazix().args(["compact", "--data", &data])));
+    let regzip: u64 = report
+        .split(" frames of gzip contents")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of gzip frames in {report:?}"));
+    assert!(regzip > 0, "{report}");
+    let tree_bytes: u64 = walk_files(&tree)
+        .iter()
+        .map(|p| p.metadata().unwrap().len())
+        .sum();
+    let stored: u64 = walk_files(&server.data.path().join("packs"))
+        .iter()
+        .map(|p| p.metadata().unwrap().len())
+        .sum();
+    assert!(
+        stored < tree_bytes,
+        "stored {stored} bytes for a tree of {tree_bytes}"
+    );
+
+    server.restart(); // no caches
+    assert!(lazix_nar(&server, &path) == nix_dump(&path));
+    let mount = Mount::new(&server, &[]);
+    for file in walk_files(&tree) {
+        let rel = file.strip_prefix(&tree).unwrap();
+        let read = std::fs::read(mount.path(basename(&path)).join(rel)).unwrap();
+        assert!(read == std::fs::read(&file).unwrap(), "{rel:?} differs");
+    }
+    mount.stop();
+}
+
 fn basename(p: &str) -> &str {
     p.rsplit('/').next().unwrap()
 }

@@ -44,6 +44,31 @@ pub struct Frame {
     pub base: Vec<ChunkMeta>,
 }
 
+/// The chunks' bytes, one after another.
+fn concat(chunks: &[(ChunkMeta, Bytes)]) -> Vec<u8> {
+    let mut raw = Vec::with_capacity(chunks.iter().map(|(_, b)| b.len()).sum());
+    for (_, b) in chunks {
+        raw.extend_from_slice(b);
+    }
+    raw
+}
+
+/// One zstd frame of `raw` at `level`, against `prefix` (may be empty).
+fn zstd_with_prefix(raw: &[u8], prefix: &[u8], level: i32) -> StoreResult<Vec<u8>> {
+    use zstd::zstd_safe::{CCtx, CParameter};
+    let mut cctx = CCtx::create();
+    cctx.set_parameter(CParameter::CompressionLevel(level))
+        .map_err(zstd_err)?;
+    cctx.set_parameter(CParameter::WindowLog(window_log(prefix.len(), raw.len())))
+        .map_err(zstd_err)?;
+    if !prefix.is_empty() {
+        cctx.ref_prefix(prefix).map_err(zstd_err)?;
+    }
+    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(raw.len()));
+    cctx.compress2(&mut out, raw).map_err(zstd_err)?;
+    Ok(out)
+}
+
 fn zstd_err(code: usize) -> StoreError {
     StoreError::Io(std::io::Error::other(
         zstd::zstd_safe::get_error_name(code).to_string(),
@@ -88,26 +113,36 @@ impl Frame {
         base: &[u8],
         level: i32,
     ) -> StoreResult<Self> {
-        use zstd::zstd_safe::{CCtx, CParameter};
-        let mut raw = Vec::with_capacity(chunks.iter().map(|(_, b)| b.len()).sum());
-        for (_, b) in chunks {
-            raw.extend_from_slice(b);
-        }
-        let mut cctx = CCtx::create();
-        cctx.set_parameter(CParameter::CompressionLevel(level))
-            .map_err(zstd_err)?;
-        cctx.set_parameter(CParameter::WindowLog(window_log(base.len(), raw.len())))
-            .map_err(zstd_err)?;
-        if !base.is_empty() {
-            cctx.ref_prefix(base).map_err(zstd_err)?;
-        }
-        let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(raw.len()));
-        cctx.compress2(&mut out, &raw).map_err(zstd_err)?;
+        let raw = concat(chunks);
         Ok(Self {
             chunks: chunks.iter().map(|(m, _)| *m).collect(),
-            data: out.into(),
+            data: zstd_with_prefix(&raw, base, level)?.into(),
             base: base_meta,
         })
+    }
+
+    /// Compresses chunks holding gzip members as the members' contents
+    /// (see [`crate::regzip`]), at zstd `level`; `None` when no member
+    /// deflates back exactly. CPU-bound.
+    pub fn compress_regzip(chunks: &[(ChunkMeta, Bytes)], level: i32) -> StoreResult<Option<Self>> {
+        let raw = concat(chunks);
+        let starts: Vec<usize> = chunks
+            .iter()
+            .scan(0usize, |at, (_, b)| {
+                let start = *at;
+                *at += b.len();
+                Some(start)
+            })
+            .collect();
+        let Some((mut data, payload)) = crate::regzip::encode(&raw, &starts) else {
+            return Ok(None);
+        };
+        data.extend_from_slice(&zstd_with_prefix(&payload, &[], level)?);
+        Ok(Some(Self {
+            chunks: chunks.iter().map(|(m, _)| *m).collect(),
+            data: data.into(),
+            base: Vec::new(),
+        }))
     }
 
     /// Raw bytes of the base a delta frame needs (0 for a plain frame).
@@ -151,7 +186,13 @@ impl Frame {
                 self.base_size()
             )));
         }
-        let raw: Bytes = if self.base.is_empty() {
+        let raw: Bytes = if crate::regzip::is_regzip(&self.data) {
+            if !self.base.is_empty() {
+                return Err(self.corrupt("a delta frame cannot re-encode gzip".into()));
+            }
+            crate::regzip::decode(&self.data, raw_size as usize, decompress)
+                .map_err(|e| self.corrupt(format!("undecodable gzip re-encoding: {e}")))?
+        } else if self.base.is_empty() {
             decompress(&self.data, raw_size as usize)
                 .map_err(|e| self.corrupt(format!("undecodable zstd: {e}")))?
         } else {

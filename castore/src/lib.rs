@@ -16,6 +16,7 @@ pub mod nix;
 pub mod node;
 pub mod pathinfo;
 pub mod push;
+pub mod regzip;
 pub mod render;
 pub mod services;
 pub mod similarity;

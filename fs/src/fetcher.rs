@@ -492,7 +492,10 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(disk.frame_of(&part).is_some(), "a normal fetch is cached on disk");
+        assert!(
+            disk.frame_of(&part).is_some(),
+            "a normal fetch is cached on disk"
+        );
         assert!(disk.frame_of(&whole).is_none(), "a skipped fetch is not");
         // Both stay in memory for readers.
         assert!(fetcher.local(&whole).is_some());

@@ -13,7 +13,9 @@
 //! A compaction killed midway leaves chunks in both packs: harmless, and
 //! the next run deletes the old pack (its chunks are held elsewhere).
 //! Deltas are one level deep: a chunk some delta frame uses as base stays
-//! in a plain frame.
+//! in a plain frame. Frames holding gzip members (man pages, changelogs)
+//! may instead store the members' contents (see [`crate::regzip`]),
+//! whichever is smallest.
 
 use std::sync::Arc;
 
@@ -47,6 +49,8 @@ pub struct CompactReport {
     pub bytes_after: u64,
     /// Frames stored as deltas.
     pub delta_frames: u64,
+    /// Frames holding gzip members stored as their contents.
+    pub regzip_frames: u64,
     /// Chunks dropped because another pack already held them.
     pub duplicate_chunks: u64,
 }
@@ -99,6 +103,7 @@ impl BucketStore {
                 bytes_before: a.bytes_before + r.bytes_before,
                 bytes_after: a.bytes_after + r.bytes_after,
                 delta_frames: a.delta_frames + r.delta_frames,
+                regzip_frames: a.regzip_frames + r.regzip_frames,
                 duplicate_chunks: a.duplicate_chunks + r.duplicate_chunks,
             });
         tracing::info!(?report, "compaction done");
@@ -200,6 +205,9 @@ impl BucketStore {
             if !frame.base.is_empty() {
                 report.delta_frames += 1;
             }
+            if crate::regzip::is_regzip(&frame.data) {
+                report.regzip_frames += 1;
+            }
             rewritten.push((frame, sketches));
         }
         if rewritten.is_empty() {
@@ -256,16 +264,19 @@ impl BucketStore {
             }
         }
         tokio::task::spawn_blocking(move || {
-            let plain = Frame::compress_with_base(&chunks, Vec::new(), &[], COMPACT_LEVEL)?;
-            if base_meta.is_empty() {
-                return Ok((plain, sketches));
+            let mut best = Frame::compress_with_base(&chunks, Vec::new(), &[], COMPACT_LEVEL)?;
+            if let Some(regzip) = Frame::compress_regzip(&chunks, COMPACT_LEVEL)? {
+                if regzip.data.len() < best.data.len() {
+                    best = regzip;
+                }
             }
-            let delta = Frame::compress_with_base(&chunks, base_meta, &base, COMPACT_LEVEL)?;
-            if delta.data.len() * 10 <= plain.data.len() * DELTA_KEEP_TENTHS {
-                Ok((delta, sketches))
-            } else {
-                Ok((plain, sketches))
+            if !base_meta.is_empty() {
+                let delta = Frame::compress_with_base(&chunks, base_meta, &base, COMPACT_LEVEL)?;
+                if delta.data.len() * 10 <= best.data.len() * DELTA_KEEP_TENTHS {
+                    best = delta;
+                }
             }
+            Ok((best, sketches))
         })
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
