@@ -45,9 +45,10 @@ const FRAMES_KEPT_BEFORE_COPY: u64 = 4 * 1024 * 1024;
 const READAHEAD_START: u64 = 512 * 1024;
 /// Largest read-ahead window.
 const READAHEAD_MAX: u64 = 32 * 1024 * 1024;
-/// How far around a read its chunks' frame may reach (a frame holds about
-/// 1 MiB of neighbouring chunks): fetches under way there are awaited.
-const NEIGHBOURHOOD: u64 = 1024 * 1024;
+/// How far around a read its chunks' frame may reach: fetches under way
+/// there are awaited. Frames never span files, a small file is at most
+/// this big, and a large file's frames hold at most this much of it.
+const NEIGHBOURHOOD: u64 = lazix_castore::frame::OWN_FRAME_TARGET;
 
 /// How the mount behaves.
 #[derive(Clone, Debug)]
