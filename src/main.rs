@@ -168,6 +168,11 @@ struct StoreLocation {
     /// environment variables) or `file:///DIR`.
     #[arg(long, env = "LAZIX_STORE")]
     store: Option<String>,
+    /// Compaction keeps gzip files (man pages, changelogs) as they are
+    /// instead of storing their contents: more bytes stored and fetched,
+    /// but the HTTP shim and mounts never deflate them again.
+    #[arg(long, env = "LAZIX_KEEP_GZIP")]
+    keep_gzip: bool,
 }
 
 impl StoreLocation {
@@ -188,6 +193,9 @@ impl StoreLocation {
         let store = BucketStore::open(&location)
             .await
             .with_context(|| format!("opening the store at {location}"))?;
+        if self.keep_gzip {
+            store.keep_gzip_as_is();
+        }
         Ok((location, store))
     }
 }

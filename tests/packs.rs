@@ -205,17 +205,25 @@ fn gzip_files_are_stored_as_their_contents_and_read_back_exactly() {
     let truncated = std::fs::read(man.join("tool3.1.gz")).unwrap();
     std::fs::write(tree.join("truncated.gz"), &truncated[..truncated.len() - 5]).unwrap();
     let path = add_path(&tree);
-    lazix_push(&server, &[&path]);
+    let gzip_frames = |server: &Server, extra: &[&str]| -> u64 {
+        let data = server.data.path().to_str().unwrap().to_string();
+        let report = stdout(&run(lazix().args(["compact", "--data", &data]).args(extra)));
+        report
+            .split(" frames of gzip contents")
+            .next()
+            .and_then(|s| s.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no count of gzip frames in {report:?}"))
+    };
+    // Asked to keep gzip files as they are, compaction does.
+    let keeping = Server::start();
+    lazix_push(&keeping, &[&path]);
+    assert_eq!(gzip_frames(&keeping, &["--keep-gzip"]), 0);
+    assert!(lazix_nar(&keeping, &path) == nix_dump(&path));
+    drop(keeping);
 
-    let data = server.data.path().to_str().unwrap().to_string();
-    let report = stdout(&run(lazix().args(["compact", "--data", &data])));
-    let regzip: u64 = report
-        .split(" frames of gzip contents")
-        .next()
-        .and_then(|s| s.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no count of gzip frames in {report:?}"));
-    assert!(regzip > 0, "{report}");
+    lazix_push(&server, &[&path]);
+    assert!(gzip_frames(&server, &[]) > 0);
     let tree_bytes: u64 = walk_files(&tree)
         .iter()
         .map(|p| p.metadata().unwrap().len())

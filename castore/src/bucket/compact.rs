@@ -263,9 +263,15 @@ impl BucketStore {
                 base_meta.push(meta);
             }
         }
+        let regzip = self.regzip.load(std::sync::atomic::Ordering::Relaxed);
         tokio::task::spawn_blocking(move || {
             let mut best = Frame::compress_with_base(&chunks, Vec::new(), &[], COMPACT_LEVEL)?;
-            if let Some(regzip) = Frame::compress_regzip(&chunks, COMPACT_LEVEL)? {
+            let regzip = if regzip {
+                Frame::compress_regzip(&chunks, COMPACT_LEVEL)?
+            } else {
+                None
+            };
+            if let Some(regzip) = regzip {
                 if regzip.data.len() < best.data.len() {
                     best = regzip;
                 }

@@ -96,6 +96,9 @@ pub struct BucketStore {
     /// The folder of a local store: where killed writers' staging files
     /// (`NAME#N`, invisible to listings) are swept.
     local_root: Option<std::path::PathBuf>,
+    /// Whether compaction may store gzip members as their contents (see
+    /// [`crate::regzip`]); on unless [`BucketStore::keep_gzip_as_is`].
+    regzip: std::sync::atomic::AtomicBool,
 }
 
 /// Frame slots and the bytes read for them from one pack.
@@ -186,6 +189,7 @@ impl BucketStore {
     ) -> StoreResult<Arc<Self>> {
         let store = Arc::new(Self {
             local_root,
+            regzip: std::sync::atomic::AtomicBool::new(true),
             objects,
             table: RwLock::new(PackTable::default()),
             last_refresh: Mutex::new(None),
@@ -202,6 +206,14 @@ impl BucketStore {
         });
         store.refresh().await?;
         Ok(store)
+    }
+
+    /// From now on, compaction (and GC's repacking) in this process stores
+    /// gzip files as they are: more bytes stored and shipped, but readers
+    /// and the HTTP shim never deflate them again.
+    pub fn keep_gzip_as_is(&self) {
+        self.regzip
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The object store underneath (for tools and tests).
