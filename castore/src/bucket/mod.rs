@@ -26,6 +26,7 @@
 
 mod access;
 mod compact;
+mod durable;
 mod gc;
 mod location;
 mod lock;
@@ -353,6 +354,35 @@ impl BucketStore {
         Ok(())
     }
 
+    /// Writes an object that later objects will point at (a pack before
+    /// its index, an index before PathInfos need its chunks) and, in a
+    /// local folder, makes it durable before returning: S3 acknowledges
+    /// only durable writes, object_store's local backend never syncs.
+    async fn put_durable(&self, path: &ObjectPath, data: Bytes) -> StoreResult<()> {
+        self.put(path, data).await?;
+        let Some(root) = self.local_root.clone() else {
+            return Ok(());
+        };
+        let file = root.join(path.as_ref());
+        tokio::task::spawn_blocking(move || durable::sync_file_and_folder(&file))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        Ok(())
+    }
+
+    /// In a local folder, makes everything written so far durable (one
+    /// `syncfs`): what a PathInfo written next refers to (directories,
+    /// chunk lists, packs) then survives a power cut whenever it does.
+    async fn sync_written(&self) -> StoreResult<()> {
+        let Some(root) = self.local_root.clone() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || durable::sync_filesystem(&root))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        Ok(())
+    }
+
     /// Frame locations of `digests`, re-listing packs once if any is
     /// unknown; `NotFound` names the first chunk still missing.
     async fn locate(&self, digests: &[B3Digest]) -> StoreResult<Vec<Arc<FrameLocation>>> {
@@ -668,8 +698,9 @@ impl BucketStore {
         let pack = tokio::task::spawn_blocking(move || NewPack::build(&frames, level))
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
-        self.put(&pack_path(&pack.id), pack.bytes.clone()).await?;
-        self.put(&index_path(&pack.id), pack.encoded_index().into())
+        self.put_durable(&pack_path(&pack.id), pack.bytes.clone())
+            .await?;
+        self.put_durable(&index_path(&pack.id), pack.encoded_index().into())
             .await?;
         self.table
             .write()
@@ -907,8 +938,9 @@ impl PathInfoStore for BucketStore {
                 info.store_path
             )));
         }
+        self.sync_written().await?;
         let path = path_info_path(info.store_path.digest());
-        self.put(&path, info.to_proto().encode_to_vec().into())
+        self.put_durable(&path, info.to_proto().encode_to_vec().into())
             .await
     }
 
