@@ -45,6 +45,25 @@ enum Segment {
     },
 }
 
+impl Segment {
+    /// Its bytes in the payload.
+    fn len(&self) -> usize {
+        match self {
+            Segment::Literal { len } | Segment::Gzip { len, .. } => *len,
+        }
+    }
+}
+
+/// A gzip member's trailer for `contents`: CRC-32, then the length.
+fn trailer(contents: &[u8]) -> [u8; 8] {
+    let mut crc = Crc::new();
+    crc.update(contents);
+    let mut out = [0u8; 8];
+    out[..4].copy_from_slice(&crc.sum().to_le_bytes());
+    out[4..].copy_from_slice(&(contents.len() as u32).to_le_bytes());
+    out
+}
+
 /// True when `data` is a frame in this layout.
 pub fn is_regzip(data: &[u8]) -> bool {
     data.len() >= 8 && u32::from_le_bytes(data[..4].try_into().expect("4 bytes")) == TABLE_MAGIC
@@ -73,7 +92,7 @@ pub fn encode(raw: &[u8], starts: &[usize]) -> Option<(Vec<u8>, Vec<u8>)> {
             payload.extend_from_slice(&raw[at..start]);
         }
         segments.push(Segment::Gzip {
-            header: raw[start..start + member.header_len].to_vec(),
+            header: raw[start..start + GZIP_HEADER].to_vec(),
             level: member.level,
             len: member.contents.len(),
         });
@@ -125,9 +144,7 @@ fn parse(data: &[u8]) -> Result<(Vec<Segment>, &[u8], usize), String> {
             }
             k => return Err(format!("unknown segment kind {k}")),
         };
-        payload += match &segment {
-            Segment::Literal { len } | Segment::Gzip { len, .. } => *len,
-        };
+        payload += segment.len();
         if payload > MAX_PAYLOAD {
             return Err(format!("payload over {MAX_PAYLOAD} bytes"));
         }
@@ -162,15 +179,10 @@ pub fn decode(
                 let contents = &payload[at..at + len];
                 out.extend_from_slice(header);
                 deflate_into(contents, *level, &mut out, out_size)?;
-                let mut crc = Crc::new();
-                crc.update(contents);
-                out.extend_from_slice(&crc.sum().to_le_bytes());
-                out.extend_from_slice(&(*len as u32).to_le_bytes());
+                out.extend_from_slice(&trailer(contents));
             }
         }
-        at += match s {
-            Segment::Literal { len } | Segment::Gzip { len, .. } => *len,
-        };
+        at += s.len();
         if out.len() > out_size {
             return Err(format!("decodes to more than {out_size} bytes"));
         }
@@ -180,7 +192,6 @@ pub fn decode(
 
 /// A gzip member at the start of some bytes that deflates back exactly.
 struct Member {
-    header_len: usize,
     level: u8,
     contents: Vec<u8>,
     /// Bytes of the whole member (header, deflate stream, trailer).
@@ -220,19 +231,13 @@ fn reproducible_member(bytes: &[u8]) -> Option<Member> {
         }
     }
     let deflated = inflater.total_in() as usize;
-    let trailer = stream.get(deflated..deflated + 8)?;
-    let mut crc = Crc::new();
-    crc.update(&contents);
-    if trailer[..4] != crc.sum().to_le_bytes()
-        || trailer[4..] != (contents.len() as u32).to_le_bytes()
-    {
+    if stream.get(deflated..deflated + 8)? != trailer(&contents) {
         return None;
     }
     if !deflates_to(&contents, level, &stream[..deflated]) {
         return None;
     }
     Some(Member {
-        header_len: GZIP_HEADER,
         level,
         contents,
         size: GZIP_HEADER + deflated + 8,
@@ -345,10 +350,7 @@ mod tests {
         c.compress_vec(contents, &mut body, FlushCompress::Finish)
             .unwrap();
         out.extend_from_slice(&body);
-        let mut crc = Crc::new();
-        crc.update(contents);
-        out.extend_from_slice(&crc.sum().to_le_bytes());
-        out.extend_from_slice(&(contents.len() as u32).to_le_bytes());
+        out.extend_from_slice(&trailer(contents));
         out
     }
 

@@ -34,12 +34,9 @@ pub fn frame_of(chunks: &[&[u8]]) -> crate::frame::Frame {
 /// A real store made slow (each read waits `delay`), counting the reads
 /// that reach it: for tests that check concurrent readers share one read.
 pub struct SlowStore {
-    /// The store underneath.
-    pub inner: std::sync::Arc<crate::bucket::BucketStore>,
-    /// Frame reads so far.
-    pub frame_reads: std::sync::atomic::AtomicUsize,
-    /// PathInfo reads so far.
-    pub path_info_reads: std::sync::atomic::AtomicUsize,
+    inner: std::sync::Arc<crate::bucket::BucketStore>,
+    frame_reads: std::sync::atomic::AtomicUsize,
+    path_info_reads: std::sync::atomic::AtomicUsize,
     delay: std::time::Duration,
 }
 

@@ -23,6 +23,8 @@ use lazix_castore::{B3Digest, StoreError};
 use lazix_proto::ext as lpb;
 use prost::Message;
 
+use crate::sharded::{create_shards, shard_dirs, shard_path};
+
 /// Prefix of temp files; never a valid entry name.
 const TMP_PREFIX: &str = ".tmp-";
 /// Largest header accepted (a frame's chunk list).
@@ -46,11 +48,6 @@ pub struct DiskCache {
     /// Frame id → entry; weighted by file size, LRU.
     frames: moka::sync::Cache<B3Digest, Arc<Entry>, DigestKeyBuildHasher>,
     chunks: Arc<Mutex<ChunkMap>>,
-}
-
-fn frame_path(dir: &Path, id: &B3Digest) -> PathBuf {
-    let hex = id.to_hex();
-    dir.join(&hex[..2]).join(hex)
 }
 
 /// Parses a header: the frame's chunks and base.
@@ -81,9 +78,7 @@ impl DiskCache {
     /// indexing the frames already there; temp files are removed.
     pub fn open(dir: &Path, quota: u64) -> Result<Self, StoreError> {
         let dir = dir.join("frames");
-        for shard in 0..=255u8 {
-            std::fs::create_dir_all(dir.join(format!("{shard:02x}")))?;
-        }
+        create_shards(&dir)?;
         let chunks: Arc<Mutex<ChunkMap>> = Arc::default();
         let evict_dir = dir.clone();
         let evict_chunks = chunks.clone();
@@ -92,7 +87,7 @@ impl DiskCache {
             .weigher(|_: &B3Digest, e: &Arc<Entry>| e.size.min(u32::MAX as u64) as u32)
             .eviction_listener(move |id: Arc<B3Digest>, entry: Arc<Entry>, cause| {
                 if cause.was_evicted() {
-                    let _ = std::fs::remove_file(frame_path(&evict_dir, &id));
+                    let _ = std::fs::remove_file(shard_path(&evict_dir, &id));
                     let mut map = evict_chunks.lock().expect("chunk map");
                     for d in entry.members.iter() {
                         if map.get(d) == Some(&*id) {
@@ -113,8 +108,8 @@ impl DiskCache {
 
     /// Indexes the frame files already on disk (a remount reuses them).
     fn load_existing(&self) -> Result<(), StoreError> {
-        for shard in 0..=255u8 {
-            for entry in std::fs::read_dir(self.dir.join(format!("{shard:02x}")))? {
+        for shard in shard_dirs(&self.dir) {
+            for entry in std::fs::read_dir(shard)? {
                 let entry = entry?;
                 let name = entry.file_name();
                 let name = name.to_string_lossy();
@@ -164,7 +159,7 @@ impl DiskCache {
     }
 
     fn read_frame(&self, id: &B3Digest) -> Result<Frame, StoreError> {
-        let data = std::fs::read(frame_path(&self.dir, id))?;
+        let data = std::fs::read(shard_path(&self.dir, id))?;
         let len = data
             .get(..4)
             .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
@@ -189,7 +184,7 @@ impl DiskCache {
                 }
             }
         }
-        let _ = std::fs::remove_file(frame_path(&self.dir, id));
+        let _ = std::fs::remove_file(shard_path(&self.dir, id));
     }
 
     /// Writes a verified frame (atomically) and indexes it.
@@ -204,7 +199,7 @@ impl DiskCache {
             base: frame.base.iter().map(ChunkMeta::to_proto).collect(),
         }
         .encode_to_vec();
-        let path = frame_path(&self.dir, &id);
+        let path = shard_path(&self.dir, &id);
         let written = (|| -> std::io::Result<u64> {
             let mut tmp = tempfile::Builder::new()
                 .prefix(TMP_PREFIX)

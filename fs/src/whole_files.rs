@@ -22,6 +22,8 @@ use std::sync::{Arc, Mutex};
 use lazix_castore::digest::DigestKeyBuildHasher;
 use lazix_castore::B3Digest;
 
+use crate::sharded::{create_shards, shard_path};
+
 /// Files smaller than this are not kept whole (the kernel's page cache of
 /// the mount serves them well enough, and each costs an inode).
 pub const MIN_WHOLE_FILE: u64 = 256 * 1024;
@@ -40,19 +42,12 @@ pub struct WholeFiles {
     verified: Mutex<HashSet<B3Digest, DigestKeyBuildHasher>>,
 }
 
-fn copy_path(dir: &Path, digest: &B3Digest) -> PathBuf {
-    let hex = digest.to_hex();
-    dir.join(&hex[..2]).join(hex)
-}
-
 impl WholeFiles {
     /// Opens (creating) `cache_dir/files` with a quota of `quota` bytes,
     /// indexing the copies already there; staging leftovers are removed.
     pub fn open(cache_dir: &Path, quota: u64) -> std::io::Result<Arc<Self>> {
         let dir = cache_dir.join("files");
-        for shard in 0..=255u8 {
-            std::fs::create_dir_all(dir.join(format!("{shard:02x}")))?;
-        }
+        create_shards(&dir)?;
         let evict_dir = dir.clone();
         let index = moka::sync::Cache::builder()
             .max_capacity(quota)
@@ -60,7 +55,7 @@ impl WholeFiles {
             .weigher(|_: &B3Digest, size: &u64| (*size).min(u32::MAX as u64) as u32)
             .eviction_listener(move |digest: Arc<B3Digest>, _, cause| {
                 if cause.was_evicted() {
-                    let _ = std::fs::remove_file(copy_path(&evict_dir, &digest));
+                    let _ = std::fs::remove_file(shard_path(&evict_dir, &digest));
                 }
             })
             .build_with_hasher(DigestKeyBuildHasher::default());
@@ -92,7 +87,7 @@ impl WholeFiles {
     /// The copy of a file, opened for reading, if there is a good one.
     pub fn lookup(&self, digest: &B3Digest, size: u64) -> Option<File> {
         self.index.get(digest)?;
-        let path = copy_path(&self.dir, digest);
+        let path = shard_path(&self.dir, digest);
         let drop_copy = || {
             self.index.invalidate(digest);
             let _ = std::fs::remove_file(&path);
@@ -180,7 +175,7 @@ impl WholeFileWriter {
         self.file.write_all_at(data, offset)?;
         self.cover(offset, offset + data.len() as u64);
         if self.covered == [(0, self.size)] {
-            std::fs::rename(&self.staging, copy_path(&self.files.dir, &self.digest))?;
+            std::fs::rename(&self.staging, shard_path(&self.files.dir, &self.digest))?;
             self.done = true;
             self.files
                 .verified
@@ -248,7 +243,7 @@ mod tests {
         assert!(copy == data);
         // Another mount finds it, checks it once, and drops it if damaged.
         drop(files);
-        let path = copy_path(&dir.path().join("files"), &digest);
+        let path = shard_path(&dir.path().join("files"), &digest);
         let files = WholeFiles::open(dir.path(), 1 << 30).unwrap();
         assert!(files.lookup(&digest, data.len() as u64).is_some());
         let mut bytes = std::fs::read(&path).unwrap();

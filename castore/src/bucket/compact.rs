@@ -266,14 +266,11 @@ impl BucketStore {
         let regzip = self.regzip.load(std::sync::atomic::Ordering::Relaxed);
         tokio::task::spawn_blocking(move || {
             let mut best = Frame::compress_with_base(&chunks, Vec::new(), &[], COMPACT_LEVEL)?;
-            let regzip = if regzip {
-                Frame::compress_regzip(&chunks, COMPACT_LEVEL)?
-            } else {
-                None
-            };
-            if let Some(regzip) = regzip {
-                if regzip.data.len() < best.data.len() {
-                    best = regzip;
+            if regzip {
+                if let Some(f) = Frame::compress_regzip(&chunks, COMPACT_LEVEL)? {
+                    if f.data.len() < best.data.len() {
+                        best = f;
+                    }
                 }
             }
             if !base_meta.is_empty() {

@@ -204,13 +204,10 @@ impl BucketStore {
     /// killed mid-write that are older than `cutoff` (object listings never
     /// show them); returns their bytes.
     async fn sweep_staging(&self, cutoff: SystemTime) -> StoreResult<u64> {
-        let Some(root) = self.local_root.clone() else {
-            return Ok(0);
-        };
-        let swept = tokio::task::spawn_blocking(move || sweep_staging_files(&root, cutoff))
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))??;
-        Ok(swept)
+        let swept = self
+            .on_local_folder(move |root| sweep_staging_files(root, cutoff))
+            .await?;
+        Ok(swept.unwrap_or(0))
     }
 
     /// Digests in touch marks written since `since`.

@@ -23,43 +23,54 @@ pub fn local_folder(location: &str) -> Option<std::path::PathBuf> {
 ///   (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, …);
 /// - `file:///DIR` or a plain path — a local folder, created if needed.
 pub fn open_object_store(location: &str) -> StoreResult<Arc<dyn ObjectStore>> {
-    if let Some(rest) = location.strip_prefix("s3://") {
-        let (bucket, query) = rest.split_once('?').unwrap_or((rest, ""));
-        if bucket.is_empty() || bucket.contains('/') {
-            return Err(StoreError::Invalid(format!(
-                "{location}: expected s3://BUCKET?endpoint=…&region=…"
-            )));
-        }
-        // Create-only PUTs (If-None-Match) for the maintenance lock.
-        let mut builder = AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .with_conditional_put(S3ConditionalPut::ETagMatch);
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            builder = match key {
-                "endpoint" => builder
-                    .with_endpoint(value)
-                    .with_allow_http(value.starts_with("http://")),
-                "region" => builder.with_region(value),
-                _ => {
-                    return Err(StoreError::Invalid(format!(
-                        "{location}: unknown option {key:?} (known: endpoint, region)"
-                    )))
-                }
-            };
-        }
-        let s3 = builder
-            .build()
-            .map_err(|e| StoreError::Invalid(format!("{location}: {e}")))?;
-        return Ok(Arc::new(s3));
+    match local_folder(location) {
+        Some(dir) => open_local(location, &dir),
+        None => open_s3(location),
     }
-    let dir = location.strip_prefix("file://").unwrap_or(location);
+}
+
+/// An S3-compatible bucket: `s3://BUCKET?endpoint=URL&region=REGION`.
+fn open_s3(location: &str) -> StoreResult<Arc<dyn ObjectStore>> {
+    let rest = location.strip_prefix("s3://").unwrap_or(location);
+    let (bucket, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if bucket.is_empty() || bucket.contains('/') {
+        return Err(StoreError::Invalid(format!(
+            "{location}: expected s3://BUCKET?endpoint=…&region=…"
+        )));
+    }
+    // Create-only PUTs (If-None-Match) for the maintenance lock.
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_conditional_put(S3ConditionalPut::ETagMatch);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        builder = match key {
+            "endpoint" => builder
+                .with_endpoint(value)
+                .with_allow_http(value.starts_with("http://")),
+            "region" => builder.with_region(value),
+            _ => {
+                return Err(StoreError::Invalid(format!(
+                    "{location}: unknown option {key:?} (known: endpoint, region)"
+                )))
+            }
+        };
+    }
+    let s3 = builder
+        .build()
+        .map_err(|e| StoreError::Invalid(format!("{location}: {e}")))?;
+    Ok(Arc::new(s3))
+}
+
+/// A local folder, created if needed.
+fn open_local(location: &str, dir: &std::path::Path) -> StoreResult<Arc<dyn ObjectStore>> {
     // Stores written before packs kept one file per chunk in `chunks/`;
     // this layout cannot read them, so say so instead of "not found" later.
-    if std::path::Path::new(dir).join("chunks").is_dir() {
+    if dir.join("chunks").is_dir() {
         return Err(StoreError::Invalid(format!(
-            "{dir} holds a store in the layout of lazix before packs (a chunks/ folder); \
-             move it away and push the paths again"
+            "{} holds a store in the layout of lazix before packs (a chunks/ folder); \
+             move it away and push the paths again",
+            dir.display()
         )));
     }
     std::fs::create_dir_all(dir)?;

@@ -360,13 +360,9 @@ impl BucketStore {
     /// only durable writes, object_store's local backend never syncs.
     async fn put_durable(&self, path: &ObjectPath, data: Bytes) -> StoreResult<()> {
         self.put(path, data).await?;
-        let Some(root) = self.local_root.clone() else {
-            return Ok(());
-        };
-        let file = root.join(path.as_ref());
-        tokio::task::spawn_blocking(move || durable::sync_file_and_folder(&file))
-            .await
-            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        let name = path.to_string();
+        self.on_local_folder(move |root| durable::sync_file_and_folder(&root.join(name)))
+            .await?;
         Ok(())
     }
 
@@ -374,13 +370,23 @@ impl BucketStore {
     /// `syncfs`): what a PathInfo written next refers to (directories,
     /// chunk lists, packs) then survives a power cut whenever it does.
     async fn sync_written(&self) -> StoreResult<()> {
+        self.on_local_folder(durable::sync_filesystem).await?;
+        Ok(())
+    }
+
+    /// Runs file-system work on the folder of a local store, on a blocking
+    /// thread; `None` (nothing run) for a bucket.
+    async fn on_local_folder<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&std::path::Path) -> std::io::Result<T> + Send + 'static,
+    ) -> StoreResult<Option<T>> {
         let Some(root) = self.local_root.clone() else {
-            return Ok(());
+            return Ok(None);
         };
-        tokio::task::spawn_blocking(move || durable::sync_filesystem(&root))
+        let out = tokio::task::spawn_blocking(move || work(&root))
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
-        Ok(())
+        Ok(Some(out))
     }
 
     /// Frame locations of `digests`, re-listing packs once if any is

@@ -1,0 +1,26 @@
+//! Folders of files named by digest, spread over 256 sub-folders by the
+//! digest's first byte (no folder grows to millions of entries): the
+//! layout of both client caches, frames and whole files.
+
+use std::path::{Path, PathBuf};
+
+use lazix_castore::B3Digest;
+
+/// Creates `dir` and its 256 shard folders.
+pub(crate) fn create_shards(dir: &Path) -> std::io::Result<()> {
+    for shard in shard_dirs(dir) {
+        std::fs::create_dir_all(shard)?;
+    }
+    Ok(())
+}
+
+/// The 256 shard folders of `dir`.
+pub(crate) fn shard_dirs(dir: &Path) -> impl Iterator<Item = PathBuf> + '_ {
+    (0..=255u8).map(move |shard| dir.join(format!("{shard:02x}")))
+}
+
+/// Where the file named by `digest` lives in `dir`.
+pub(crate) fn shard_path(dir: &Path, digest: &B3Digest) -> PathBuf {
+    let hex = digest.to_hex();
+    dir.join(&hex[..2]).join(hex)
+}
