@@ -30,7 +30,7 @@ impl Weed {
     pub fn start() -> Self {
         let weed = std::env::var("LAZIX_WEED")
             .expect("LAZIX_WEED: run the tests through scripts/test.sh (it installs SeaweedFS)");
-        let dir = tempfile::tempdir().unwrap();
+        let dir = data_dir();
         let s3 = free_port();
         let mut cmd = Command::new(&weed);
         cmd.arg("mini")
@@ -72,12 +72,49 @@ impl Weed {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !weed.create_bucket() {
             if Instant::now() > deadline || weed.child.try_wait().ok().flatten().is_some() {
-                let log = std::fs::read_to_string(weed.dir.path().join("weed.log"));
-                panic!("SeaweedFS did not start: {}", log.unwrap_or_default());
+                panic!("SeaweedFS did not start: {}", weed.log());
             }
             std::thread::sleep(Duration::from_millis(300));
         }
+        // A bucket is created in the filer alone; the first object needs a
+        // writable volume, which SeaweedFS refuses on a nearly full disk
+        // (every PUT then fails after 30 s). Say so here, not as a lazix
+        // timeout minutes later.
+        if !weed.put_probe() {
+            panic!(
+                "SeaweedFS created the bucket but cannot store an object \
+                 (no writable volume: is {} nearly full?): {}",
+                weed.dir.path().display(),
+                weed.log()
+            );
+        }
         weed
+    }
+
+    /// What SeaweedFS has logged so far.
+    fn log(&self) -> String {
+        let log = std::fs::read(self.dir.path().join("weed.log")).unwrap_or_default();
+        String::from_utf8_lossy(&log).into_owned()
+    }
+
+    /// Stores and deletes one small object; true if both worked.
+    fn put_probe(&self) -> bool {
+        let url = format!("{}/{BUCKET}/lazix-test-probe", self.endpoint);
+        let probe = self.dir.path().join("probe");
+        std::fs::write(&probe, b"probe").unwrap();
+        let probe = probe.to_str().unwrap();
+        let requests: [&[&str]; 2] = [&["-T", probe], &["-X", "DELETE"]];
+        requests.iter().all(|request| {
+            let out = Command::new("curl")
+                .args(["-s", "-m", "45", "-o", "/dev/null", "-w", "%{http_code}"])
+                .args(["--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
+                .arg(format!("{KEY}:{SECRET}"))
+                .args(*request)
+                .arg(&url)
+                .output()
+                .unwrap();
+            out.stdout.starts_with(b"20")
+        })
     }
 
     /// Creates the bucket; true once the engine said yes.
@@ -121,6 +158,23 @@ impl Weed {
             .env("AWS_SECRET_ACCESS_KEY", SECRET);
         c
     }
+}
+
+/// A fresh folder for SeaweedFS's data, in memory (`/dev/shm`) where there
+/// is one: the tests store little, and SeaweedFS sizes its volumes by the
+/// free space of this folder's file system, turning writes away when under
+/// 1% is free, which a disk shared with build output can be.
+fn data_dir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::Builder::new()
+            .prefix("lazix-weed")
+            .tempdir_in(shm)
+        {
+            return dir;
+        }
+    }
+    tempfile::tempdir().unwrap()
 }
 
 impl Drop for Weed {

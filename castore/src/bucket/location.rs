@@ -2,10 +2,11 @@
 //! S3-compatible bucket, both reached through `object_store`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
 use object_store::local::LocalFileSystem;
-use object_store::ObjectStore;
+use object_store::{ObjectStore, RetryConfig};
 
 use crate::error::{StoreError, StoreResult};
 
@@ -57,9 +58,21 @@ fn open_s3(location: &str) -> StoreResult<Arc<dyn ObjectStore>> {
         };
     }
     let s3 = builder
+        .with_retry(retry_within_a_client_timeout())
         .build()
         .map_err(|e| StoreError::Invalid(format!("{location}: {e}")))?;
     Ok(Arc::new(s3))
+}
+
+/// How long a bucket request is retried: object_store's default (3 min)
+/// outlasts the 120 s a lazix client waits for an answer, so a bucket that
+/// keeps failing (full, down) would reach the client as a bare timeout;
+/// within 60 s the client gets the bucket's own error instead.
+fn retry_within_a_client_timeout() -> RetryConfig {
+    RetryConfig {
+        retry_timeout: Duration::from_secs(60),
+        ..RetryConfig::default()
+    }
 }
 
 /// A local folder, created if needed.
