@@ -82,8 +82,12 @@ impl DiskCache {
         let chunks: Arc<Mutex<ChunkMap>> = Arc::default();
         let evict_dir = dir.clone();
         let evict_chunks = chunks.clone();
+        // Plain LRU: moka's default admission (TinyLFU) turns a new frame
+        // away once the quota is full, deleting the file just written, so
+        // a full cache would keep old frames and refetch every new one.
         let frames = moka::sync::Cache::builder()
             .max_capacity(quota)
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .weigher(|_: &B3Digest, e: &Arc<Entry>| e.size.min(u32::MAX as u64) as u32)
             .eviction_listener(move |id: Arc<B3Digest>, entry: Arc<Entry>, cause| {
                 if cause.was_evicted() {
@@ -214,5 +218,50 @@ impl DiskCache {
             Ok(size) => self.index(id, &frame.chunks, size),
             Err(e) => tracing::warn!(error = %e, "cannot write the disk cache"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lazix_castore::testutil::frame_of;
+
+    use super::*;
+
+    /// A frame of one incompressible 16 KiB chunk seeded by `seed`.
+    fn frame(seed: u8) -> (B3Digest, Frame) {
+        let mut chunk = vec![0u8; 16 << 10];
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&[seed]);
+        hasher.finalize_xof().fill(&mut chunk);
+        (B3Digest::of(&chunk), frame_of(&[&chunk]))
+    }
+
+    /// Bytes of every frame file on disk.
+    fn bytes_on_disk(cache: &DiskCache) -> u64 {
+        shard_dirs(&cache.dir)
+            .flat_map(|shard| std::fs::read_dir(shard).unwrap())
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    }
+
+    #[test]
+    fn a_full_cache_keeps_the_newest_frames_and_drops_the_least_recently_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path(), 3 * (17 << 10)).unwrap();
+        let frames: Vec<_> = (0..4).map(frame).collect();
+        for (_, f) in &frames[..3] {
+            cache.store(f);
+        }
+        cache.frames.run_pending_tasks();
+        // The first frame is read again, so the second is now the oldest.
+        assert!(cache.frame_of(&frames[0].0).is_some());
+        cache.store(&frames[3].1);
+        cache.frames.run_pending_tasks();
+
+        let kept = |i: usize| cache.frame_of(&frames[i].0).is_some();
+        assert!(kept(3), "the frame stored last was turned away");
+        assert!(kept(0), "a frame just read was evicted");
+        assert!(!kept(1), "the least recently used frame is still there");
+        assert!(bytes_on_disk(&cache) <= 3 * (17 << 10));
     }
 }
