@@ -9,7 +9,7 @@
 #
 # The closure: every folder of /usr/share as a store path (107 paths,
 # thousands of small files) plus the stable Rust toolchain (one path with
-# large files). Each measurement is the median of 3 rounds after a warm-up.
+# large files), pushed and compacted. Each measurement is the median of 3 rounds after a warm-up.
 # lazix runs twice: with its default decoded-chunk cache (1 GiB, smaller
 # than the closure) and with one that holds the whole closure (4 GiB; nginx
 # likewise serves from the page cache).
@@ -29,13 +29,16 @@ trap cleanup EXIT
 
 add_share_and_stable "$work/paths"
 
-# lazix: push over gRPC, then serve over HTTP (restarted per setting).
+# lazix: push over gRPC, compact (what a server does once uploads are
+# quiet, so this is the store a cache serves from most of its life), then
+# serve over HTTP (restarted per setting).
 gport=$(free_port); hport=$(free_port)
-"$LAZIX" serve --data "$work/lazix" --grpc "127.0.0.1:$gport" 2>"$work/push-serve.log" &
+"$LAZIX" serve --data "$work/lazix" --grpc "127.0.0.1:$gport" --compact-after 0 2>"$work/push-serve.log" &
 push_server=$!
 wait_port "$gport"
 "$LAZIX" push --server "grpc://127.0.0.1:$gport" "${paths[@]}" 2>&1 | tail -1 >&2
 kill "$push_server"; wait "$push_server" 2>/dev/null || true
+"$LAZIX" compact --data "$work/lazix" >&2
 start_lazix() { # extra serve args...
   "$LAZIX" serve --data "$work/lazix" --grpc "127.0.0.1:$gport" --http "127.0.0.1:$hport" "$@" 2>"$work/serve.log" &
   lazix_pid=$!

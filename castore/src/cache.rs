@@ -100,7 +100,19 @@ struct CachedBlobs {
     /// Chunks being read from the backend right now, and the read.
     in_flight: Arc<Mutex<HashMap<B3Digest, FrameFetch>>>,
     lists: Cache<B3Digest, Arc<Vec<ChunkMeta>>, DigestKeyBuildHasher>,
+    /// Blobs the backend said have no chunk list (one chunk under their
+    /// own digest): most files are that small, and a renderer would
+    /// otherwise ask the backend again for each one on every NAR it
+    /// renders. Kept for a while only: another replica may store a list
+    /// for a blob that was absent when asked.
+    single_chunk: Cache<B3Digest, (), DigestKeyBuildHasher>,
 }
+
+/// How long a "no chunk list" answer is trusted.
+const SINGLE_CHUNK_TTL: Duration = Duration::from_secs(600);
+/// What one remembered "no chunk list" answer weighs against the metadata
+/// budget (key, entry and bookkeeping).
+const SINGLE_CHUNK_WEIGHT: u64 = 64;
 
 struct CachedDirectories {
     inner: Arc<dyn DirectoryStore>,
@@ -129,6 +141,10 @@ pub fn cached(inner: Store, config: CacheConfig) -> Store {
             lists: Cache::builder()
                 .max_capacity(config.metadata_bytes / 2)
                 .weigher(meta_weight)
+                .build_with_hasher(DigestKeyBuildHasher::default()),
+            single_chunk: Cache::builder()
+                .max_capacity(config.metadata_bytes / 4 / SINGLE_CHUNK_WEIGHT)
+                .time_to_live(SINGLE_CHUNK_TTL)
                 .build_with_hasher(DigestKeyBuildHasher::default()),
         }),
         directories: Arc::new(CachedDirectories {
@@ -191,24 +207,34 @@ impl BlobStore for CachedBlobs {
     }
 
     async fn put_blob_chunks(&self, blobs: Vec<BlobChunks>) -> StoreResult<()> {
-        self.inner.put_blob_chunks(blobs).await
+        let stored: Vec<B3Digest> = blobs.iter().map(|b| b.blob).collect();
+        self.inner.put_blob_chunks(blobs).await?;
+        for blob in &stored {
+            self.single_chunk.invalidate(blob).await;
+        }
+        Ok(())
     }
 
     async fn get_blob_chunks(
         &self,
         blobs: &[B3Digest],
     ) -> StoreResult<Vec<Option<Vec<ChunkMeta>>>> {
-        // A hit is a known list; misses are asked for in one call.
+        // A hit is a known list or a known "none"; misses are asked for in
+        // one call.
         let (found, misses) = hits_and_misses(blobs, |d| async move {
-            self.lists.get(&d).await.map(|l| Some(l.as_ref().clone()))
+            if let Some(list) = self.lists.get(&d).await {
+                return Some(Some(list.as_ref().clone()));
+            }
+            self.single_chunk.get(&d).await.map(|()| None)
         })
         .await;
         let mut answers = Vec::new();
         if !misses.is_empty() {
             answers = self.inner.get_blob_chunks(&misses).await?;
             for (digest, answer) in misses.iter().zip(&answers) {
-                if let Some(list) = answer {
-                    self.lists.insert(*digest, Arc::new(list.clone())).await;
+                match answer {
+                    Some(list) => self.lists.insert(*digest, Arc::new(list.clone())).await,
+                    None => self.single_chunk.insert(*digest, ()).await,
                 }
             }
         }
@@ -508,6 +534,80 @@ mod tests {
         assert_eq!(counting.path_infos_read(), 3);
     }
 
+    #[tokio::test]
+    async fn blobs_without_a_chunk_list_are_asked_of_the_backend_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = BucketStore::open(dir.path().to_str().unwrap())
+            .await
+            .unwrap();
+        inner
+            .put_frames(vec![frame_of(&[b"chunk a", b"chunk b"])])
+            .await
+            .unwrap();
+        let counting = SlowStore::new(inner.clone(), Duration::ZERO);
+        let store = cached(
+            Store {
+                blobs: counting.clone(),
+                directories: inner.clone(),
+                path_infos: inner,
+            },
+            CacheConfig::default(),
+        );
+        let single = B3Digest::of(b"chunk a");
+        let listed = B3Digest::of(b"chunk achunk b");
+        // Asked before its list is stored (another upload under way).
+        assert_eq!(
+            store
+                .blobs
+                .get_blob_chunks(&[single, listed])
+                .await
+                .unwrap(),
+            vec![None, None]
+        );
+        assert_eq!(
+            store
+                .blobs
+                .get_blob_chunks(&[single, listed])
+                .await
+                .unwrap(),
+            vec![None, None]
+        );
+        assert_eq!(
+            counting.blob_lists_read(),
+            1,
+            "a known 'none' was asked again"
+        );
+
+        // Storing a list through the cache replaces the remembered "none".
+        let chunks = vec![
+            ChunkMeta {
+                digest: single,
+                size: 7,
+            },
+            ChunkMeta {
+                digest: B3Digest::of(b"chunk b"),
+                size: 7,
+            },
+        ];
+        store
+            .blobs
+            .put_blob_chunks(vec![BlobChunks {
+                blob: listed,
+                chunks: chunks.clone(),
+            }])
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .blobs
+                .get_blob_chunks(&[listed, single])
+                .await
+                .unwrap(),
+            vec![Some(chunks), None]
+        );
+        assert_eq!(counting.blob_lists_read(), 2);
+    }
+
     #[test]
     fn fill_misses_keeps_order_and_checks_counts() {
         assert_eq!(
@@ -545,7 +645,7 @@ mod tests {
             assert_eq!(bytes, vec!["chunk b", "chunk a", "chunk b"]);
             assert!(matches!(got[0].payload, ChunkPayload::Verified(_)));
         }
-        // A chunk list of one chunk: no list stored, answered None, not cached.
+        // A blob of one chunk: no list stored, answered None.
         assert_eq!(
             store.blobs.get_blob_chunks(&[a.digest]).await.unwrap(),
             vec![None]

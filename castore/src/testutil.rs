@@ -37,6 +37,7 @@ pub struct SlowStore {
     inner: std::sync::Arc<crate::bucket::BucketStore>,
     frame_reads: std::sync::atomic::AtomicUsize,
     path_info_reads: std::sync::atomic::AtomicUsize,
+    blob_list_reads: std::sync::atomic::AtomicUsize,
     delay: std::time::Duration,
 }
 
@@ -50,6 +51,7 @@ impl SlowStore {
             inner,
             frame_reads: Default::default(),
             path_info_reads: Default::default(),
+            blob_list_reads: Default::default(),
             delay,
         })
     }
@@ -57,6 +59,12 @@ impl SlowStore {
     /// Frame reads so far.
     pub fn frames_read(&self) -> usize {
         self.frame_reads.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Chunk-list reads (calls, whatever their batch) so far.
+    pub fn blob_lists_read(&self) -> usize {
+        self.blob_list_reads
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// PathInfo reads so far.
@@ -99,6 +107,7 @@ mod slow_store {
             &self,
             blobs: &[B3Digest],
         ) -> StoreResult<Vec<Option<Vec<ChunkMeta>>>> {
+            self.blob_list_reads.fetch_add(1, Ordering::SeqCst);
             self.inner.get_blob_chunks(blobs).await
         }
     }
