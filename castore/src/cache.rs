@@ -540,10 +540,9 @@ mod tests {
         let inner = BucketStore::open(dir.path().to_str().unwrap())
             .await
             .unwrap();
-        inner
-            .put_frames(vec![frame_of(&[b"chunk a", b"chunk b"])])
-            .await
-            .unwrap();
+        // Two chunks together larger than a blob of one chunk can be.
+        let (a, b) = (vec![b'a'; 10_000], vec![b'b'; 10_000]);
+        inner.put_frames(vec![frame_of(&[&a, &b])]).await.unwrap();
         let counting = SlowStore::new(inner.clone(), Duration::ZERO);
         let store = cached(
             Store {
@@ -553,8 +552,8 @@ mod tests {
             },
             CacheConfig::default(),
         );
-        let single = B3Digest::of(b"chunk a");
-        let listed = B3Digest::of(b"chunk achunk b");
+        let single = B3Digest::of(&a);
+        let listed = B3Digest::of(&[a.as_slice(), &b].concat());
         // Asked before its list is stored (another upload under way).
         assert_eq!(
             store
@@ -582,11 +581,11 @@ mod tests {
         let chunks = vec![
             ChunkMeta {
                 digest: single,
-                size: 7,
+                size: 10_000,
             },
             ChunkMeta {
-                digest: B3Digest::of(b"chunk b"),
-                size: 7,
+                digest: B3Digest::of(&b),
+                size: 10_000,
             },
         ];
         store

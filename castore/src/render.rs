@@ -27,7 +27,7 @@ use crate::directory::Directory;
 use crate::error::{StoreError, StoreResult};
 use crate::nix::nar::NarEncoder;
 use crate::node::Node;
-use crate::services::{BlobStore, Store};
+use crate::services::{may_have_chunk_list, BlobStore, Store};
 
 /// Blobs whose chunk lists are resolved per call.
 const BLOBS_PER_LOOKUP: usize = 512;
@@ -326,11 +326,12 @@ impl NarPlan {
 
 /// Resolves the blobs of a plan segment into (parts of) chunks.
 async fn expand(blobs: Arc<dyn BlobStore>, segment: Vec<Planned>) -> StoreResult<Vec<Out>> {
+    // Only blobs large enough to be several chunks are looked up.
     let digests: Vec<B3Digest> = segment
         .iter()
         .filter_map(|p| match p {
-            Planned::Blob { digest, .. } => Some(*digest),
-            Planned::Literal(_) => None,
+            Planned::Blob { digest, size, .. } if may_have_chunk_list(*size) => Some(*digest),
+            _ => None,
         })
         .collect();
     let lists = if digests.is_empty() {
@@ -352,7 +353,12 @@ async fn expand(blobs: Arc<dyn BlobStore>, segment: Vec<Planned>) -> StoreResult
                 skip,
                 take,
             } => {
-                let chunks = match lists.next().expect("counted") {
+                let list = if may_have_chunk_list(size) {
+                    lists.next().expect("counted")
+                } else {
+                    None
+                };
+                let chunks = match list {
                     None => vec![ChunkMeta { digest, size }],
                     Some(chunks) => {
                         let total: u64 = chunks.iter().map(|c| c.size).sum();

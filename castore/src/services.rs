@@ -16,6 +16,18 @@ use crate::error::{StoreError, StoreResult};
 use crate::frame::{decode_frames, missing_bases, Frame};
 use crate::pathinfo::PathInfo;
 
+/// Blobs of at most this many bytes are always one chunk under their own
+/// digest: the chunker never cuts below its minimum, and stores refuse
+/// chunk lists for them. Readers skip the chunk-list lookup for such files
+/// (most files of a store), a round trip per file saved.
+pub const SINGLE_CHUNK_MAX: u64 = crate::chunker::DEFAULT_PARAMS.min as u64;
+
+/// Whether a blob of `size` bytes may be stored as several chunks, so that
+/// a reader must look its chunk list up (else it is one chunk).
+pub fn may_have_chunk_list(size: u64) -> bool {
+    size > SINGLE_CHUNK_MAX
+}
+
 /// A blob made of several chunks: its digest and its chunk list in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlobChunks {

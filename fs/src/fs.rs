@@ -19,6 +19,7 @@ use lazix_castore::chunk::ChunkMeta;
 use lazix_castore::digest::DigestKeyBuildHasher;
 use lazix_castore::directory::Directory;
 use lazix_castore::nix::store_path::StorePath;
+use lazix_castore::services::may_have_chunk_list;
 use lazix_castore::{B3Digest, Node, Store, StoreError};
 
 use crate::fetcher::{ChunkFetcher, DiskCopy};
@@ -278,7 +279,12 @@ impl LazyFs {
         if let Some(l) = self.chunk_lists.get(digest) {
             return Ok(l);
         }
-        let answer = self.remote(self.store.blobs.get_blob_chunks(&[*digest]))?;
+        // A small file is one chunk: no round trip to ask.
+        let answer = if may_have_chunk_list(size) {
+            self.remote(self.store.blobs.get_blob_chunks(&[*digest]))?
+        } else {
+            Vec::new()
+        };
         let list = match answer.into_iter().next().flatten() {
             Some(l) => l,
             None if size == 0 => Vec::new(),

@@ -123,6 +123,28 @@ async fn batched_chunks_roundtrip_and_reject_bad_chunks() {
         .is_err());
     let lists = store.blobs.get_blob_chunks(&[lie.blob]).await.unwrap();
     assert_eq!(lists, vec![None]);
+    // A blob small enough to be one chunk gets no list (readers do not
+    // look one up), even a true one.
+    let (small_a, small_b) = (frame_of(&[b"small a"]), frame_of(&[b"small b"]));
+    let small = BlobChunks {
+        blob: B3Digest::of(b"small asmall b"),
+        chunks: vec![small_a.chunks[0], small_b.chunks[0]],
+    };
+    store
+        .blobs
+        .put_frames(vec![small_a, small_b])
+        .await
+        .unwrap();
+    let err = store
+        .blobs
+        .put_blob_chunks(vec![small.clone()])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("stored as one chunk"), "{err}");
+    assert_eq!(
+        store.blobs.get_blob_chunks(&[small.blob]).await.unwrap(),
+        vec![None]
+    );
     // The true one is accepted.
     let mut whole = random(100_000, 1);
     whole.extend(vec![5u8; 70_000]);

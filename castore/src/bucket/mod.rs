@@ -55,7 +55,9 @@ use crate::frame::{decode_frames, Frame};
 use crate::nix::nixbase32;
 use crate::node::Node;
 use crate::pathinfo::PathInfo;
-use crate::services::{BlobChunks, BlobStore, DirectoryStore, PathInfoStore};
+use crate::services::{
+    may_have_chunk_list, BlobChunks, BlobStore, DirectoryStore, PathInfoStore, SINGLE_CHUNK_MAX,
+};
 use crate::similarity::{sketch, Sketch};
 
 pub use access::ACCESS_MARK_EVERY;
@@ -440,6 +442,15 @@ impl BucketStore {
     /// Checks a chunk list against the stored chunks: all present with the
     /// listed sizes, and their concatenation hashes to the blob digest.
     async fn verify_blob(&self, b: &BlobChunks) -> StoreResult<()> {
+        let size: u64 = b.chunks.iter().map(|c| c.size).sum();
+        if b.chunks.len() > 1 && !may_have_chunk_list(size) {
+            return Err(StoreError::Invalid(format!(
+                "blob {}: {size} bytes in {} chunks; a blob of at most {SINGLE_CHUNK_MAX} \
+                 bytes is stored as one chunk",
+                b.blob,
+                b.chunks.len()
+            )));
+        }
         let mut hasher = Some(blake3::Hasher::new());
         for window in b.chunks.chunks(VERIFY_WINDOW) {
             if let Some(absent) = {
