@@ -341,31 +341,7 @@ mod tests {
 
     use super::*;
 
-    /// What `gzip -9n` makes of `contents` (zlib at level 9 deflates the
-    /// same way for inputs like these).
-    fn gzip9(contents: &[u8]) -> Vec<u8> {
-        let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3];
-        let mut c = Compress::new(Compression::new(9), false);
-        let mut body = Vec::with_capacity(contents.len() + 64);
-        c.compress_vec(contents, &mut body, FlushCompress::Finish)
-            .unwrap();
-        out.extend_from_slice(&body);
-        out.extend_from_slice(&trailer(contents));
-        out
-    }
-
-    /// Text that deflates about as well as a man page.
-    fn text(words: usize) -> Vec<u8> {
-        let mut x = 7u64;
-        (0..words)
-            .flat_map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                format!("word{} ", x >> 52).into_bytes()
-            })
-            .collect()
-    }
+    use crate::testutil::{gzip9, wordy_text as text};
 
     fn zstd_roundtrip(data: &[u8], size: usize) -> std::io::Result<Vec<u8>> {
         zstd::bulk::decompress(data, size)

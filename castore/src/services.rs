@@ -89,6 +89,27 @@ where
     F: Fn(B3Digest) -> Fut,
     Fut: std::future::Future<Output = Option<bytes::Bytes>>,
 {
+    let (frames, known) = get_frames_with_bases(blobs, digests, cached).await?;
+    decode_frames(frames, known).await
+}
+
+/// The frames holding `digests`, plus what their delta frames need: the
+/// frames of base chunks `cached` does not have (one more call), and the
+/// bytes of those it has. Not yet decoded: for callers that look at the
+/// frames first.
+pub async fn get_frames_with_bases<S, F, Fut>(
+    blobs: &S,
+    digests: &[B3Digest],
+    cached: F,
+) -> StoreResult<(
+    Vec<Frame>,
+    std::collections::HashMap<B3Digest, bytes::Bytes>,
+)>
+where
+    S: BlobStore + ?Sized,
+    F: Fn(B3Digest) -> Fut,
+    Fut: std::future::Future<Output = Option<bytes::Bytes>>,
+{
     let mut frames = blobs.get_frames(digests).await?;
     let mut known = std::collections::HashMap::new();
     let mut wanted = Vec::new();
@@ -109,7 +130,7 @@ where
         }
         frames.extend(base_frames);
     }
-    decode_frames(frames, known).await
+    Ok((frames, known))
 }
 
 /// Picks the requested chunks, in request order, out of decoded frames;
