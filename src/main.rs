@@ -232,7 +232,8 @@ struct ServeArgs {
     #[arg(long, default_value = "none", value_parser = ["none", "zstd"])]
     nar_compression: String,
     /// MiB of decoded, verified chunks the HTTP server keeps in memory to
-    /// render hot NARs without decompressing again.
+    /// render hot NARs without decompressing again (an eighth of it is kept
+    /// for gzip files stored as their contents, the costliest to rebuild).
     #[arg(long, default_value_t = 1024)]
     decoded_cache_mib: u64,
     /// Collect garbage every this many seconds (see `lazix gc`; the policy
