@@ -172,6 +172,25 @@ impl Frame {
     /// is the concatenated bytes of the frame's base chunks (empty for a
     /// plain frame), already verified by the caller.
     pub fn decode_verified_with_base(&self, base: &[u8]) -> StoreResult<Vec<Bytes>> {
+        self.decode_verified_some(base, &|_| true)?
+            .into_iter()
+            .zip(&self.chunks)
+            .map(|(bytes, c)| {
+                bytes.ok_or_else(|| self.corrupt(format!("chunk {} was not decoded", c.digest)))
+            })
+            .collect()
+    }
+
+    /// Like [`Frame::decode_verified_with_base`], but where leaving chunks
+    /// out saves work — the gzip members of a gzip-contents frame
+    /// ([`crate::regzip`]) are deflated again only for the chunks `wanted`
+    /// names — the others come back `None`. Every chunk returned is
+    /// verified. For a reader that wants one file of a frame.
+    pub fn decode_verified_some(
+        &self,
+        base: &[u8],
+        wanted: &dyn Fn(&B3Digest) -> bool,
+    ) -> StoreResult<Vec<Option<Bytes>>> {
         let raw_size = self.raw_size();
         if raw_size > MAX_FRAME_RAW || self.chunks.iter().any(|c| c.size > MAX_CHUNK_SIZE) {
             return Err(StoreError::Invalid(format!(
@@ -186,12 +205,31 @@ impl Frame {
                 self.base_size()
             )));
         }
+        // Each chunk's place in the frame's bytes.
+        let places: Vec<std::ops::Range<usize>> = self
+            .chunks
+            .iter()
+            .scan(0usize, |at, c| {
+                let start = *at;
+                *at += c.size as usize;
+                Some(start..*at)
+            })
+            .collect();
+        let mut skipped = Vec::new();
         let raw: Bytes = if crate::regzip::is_regzip(&self.data) {
             if !self.base.is_empty() {
                 return Err(self.corrupt("a delta frame cannot re-encode gzip".into()));
             }
-            crate::regzip::decode(&self.data, raw_size as usize, decompress)
-                .map_err(|e| self.corrupt(format!("undecodable gzip re-encoding: {e}")))?
+            let needed = |r: std::ops::Range<usize>| {
+                self.chunks
+                    .iter()
+                    .zip(&places)
+                    .any(|(c, p)| p.start < r.end && r.start < p.end && wanted(&c.digest))
+            };
+            let decoded = crate::regzip::decode(&self.data, raw_size as usize, decompress, &needed)
+                .map_err(|e| self.corrupt(format!("undecodable gzip re-encoding: {e}")))?;
+            skipped = decoded.skipped;
+            decoded.bytes
         } else if self.base.is_empty() {
             decompress(&self.data, raw_size as usize)
                 .map_err(|e| self.corrupt(format!("undecodable zstd: {e}")))?
@@ -215,17 +253,22 @@ impl Frame {
             return Err(self.corrupt(format!("{} bytes, expected {raw_size}", raw.len())));
         }
         let mut out = Vec::with_capacity(self.chunks.len());
-        let mut at = 0usize;
-        for c in &self.chunks {
-            let piece = raw.slice(at..at + c.size as usize);
-            at += c.size as usize;
+        for (c, place) in self.chunks.iter().zip(places) {
+            if skipped
+                .iter()
+                .any(|s| s.start < place.end && place.start < s.end)
+            {
+                out.push(None);
+                continue;
+            }
+            let piece = raw.slice(place);
             if B3Digest::of(&piece) != c.digest {
                 return Err(StoreError::Corrupt(format!(
                     "chunk {}: BLAKE3 mismatch",
                     c.digest
                 )));
             }
-            out.push(piece);
+            out.push(Some(piece));
         }
         Ok(out)
     }
@@ -410,6 +453,44 @@ mod tests {
         )
     }
 
+    #[test]
+    fn a_gzip_contents_frame_rebuilds_only_the_members_wanted() {
+        use crate::testutil::{gzip9, wordy_text};
+        let chunks = vec![
+            chunk(gzip9(&wordy_text(3000))),
+            chunk(gzip9(&wordy_text(200))),
+            chunk(b"a plain neighbour".to_vec()),
+        ];
+        let frame = Frame::compress_regzip(&chunks, 3).unwrap().unwrap();
+        let second = chunks[1].0.digest;
+        let got = frame.decode_verified_some(&[], &|d| *d == second).unwrap();
+        assert_eq!(got[0], None, "an unwanted member was deflated");
+        assert_eq!(got[1].as_ref(), Some(&chunks[1].1));
+        assert_eq!(
+            got[2].as_ref(),
+            Some(&chunks[2].1),
+            "plain bytes cost nothing"
+        );
+        let all = frame.decode_verified().unwrap();
+        assert_eq!(
+            all,
+            chunks.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>()
+        );
+
+        // A table lying about the first member's stream length shifts what
+        // follows: the wanted chunk fails its BLAKE3 check, never wrong bytes.
+        let mut data = frame.data.to_vec();
+        let stream_len_at = 8 + 4 + 4 + 1 + 1 + 4; // magic, size, version, count, kind, level, len
+        let lie =
+            u32::from_le_bytes(data[stream_len_at..stream_len_at + 4].try_into().unwrap()) - 1;
+        data[stream_len_at..stream_len_at + 4].copy_from_slice(&lie.to_le_bytes());
+        let lying = Frame {
+            data: data.into(),
+            ..frame
+        };
+        assert!(lying.decode_verified_some(&[], &|d| *d == second).is_err());
+        assert!(lying.decode_verified().is_err());
+    }
     #[test]
     fn frames_round_trip_and_detect_corruption() {
         let chunks = vec![

@@ -20,8 +20,12 @@ use flate2::{Compress, Compression, Crc, Decompress, FlushCompress, FlushDecompr
 /// Magic of the skippable frame holding the segment table (zstd reserves
 /// 0x184D2A50..=0x184D2A5F for skippable frames).
 const TABLE_MAGIC: u32 = 0x184D_2A5E;
-/// Version tag at the start of the table.
-const TABLE_VERSION: &[u8; 4] = b"LZG1";
+/// Version tag at the start of the table written now: gzip segments carry
+/// the length of their deflate stream, so a reader can skip the members of
+/// chunks it does not want without deflating them.
+const TABLE_VERSION: &[u8; 4] = b"LZG2";
+/// The first version (no stream lengths: every member is deflated).
+const TABLE_VERSION_1: &[u8; 4] = b"LZG1";
 /// Most bytes the inflated payload of one frame may have: bounds a
 /// reader's memory and work whatever a frame claims.
 pub const MAX_PAYLOAD: usize = 32 * 1024 * 1024;
@@ -37,11 +41,14 @@ enum Segment {
     /// Bytes stored as they are.
     Literal { len: usize },
     /// A gzip member: `header`, then the deflate (zlib, `level`, window
-    /// 15, memLevel 8) of `len` content bytes, then CRC-32 and length.
+    /// 15, memLevel 8) of `len` content bytes — `stream_len` bytes of
+    /// deflate stream, unknown in version 1 tables —, then CRC-32 and
+    /// length.
     Gzip {
         header: Vec<u8>,
         level: u8,
         len: usize,
+        stream_len: Option<usize>,
     },
 }
 
@@ -95,6 +102,7 @@ pub fn encode(raw: &[u8], starts: &[usize]) -> Option<(Vec<u8>, Vec<u8>)> {
             header: raw[start..start + GZIP_HEADER].to_vec(),
             level: member.level,
             len: member.contents.len(),
+            stream_len: Some(member.size - GZIP_HEADER - 8),
         });
         payload.extend_from_slice(&member.contents);
         at = start + member.size;
@@ -121,9 +129,11 @@ fn parse(data: &[u8]) -> Result<(Vec<Segment>, &[u8], usize), String> {
     let table = data.get(8..8 + size).ok_or("segment table is truncated")?;
     let rest = &data[8 + size..];
     let mut r = Reader(table);
-    if r.take(4)? != TABLE_VERSION {
-        return Err("unknown segment table version".into());
-    }
+    let with_stream_lens = match r.take(4)? {
+        v if v == TABLE_VERSION => true,
+        v if v == TABLE_VERSION_1 => false,
+        _ => return Err("unknown segment table version".into()),
+    };
     let count = r.u32()? as usize;
     let mut segments = Vec::with_capacity(count.min(table.len()));
     let mut payload = 0usize;
@@ -135,11 +145,16 @@ fn parse(data: &[u8]) -> Result<(Vec<Segment>, &[u8], usize), String> {
             1 => {
                 let level = r.take(1)?[0];
                 let len = r.u32()? as usize;
+                let stream_len = match with_stream_lens {
+                    true => Some(r.u32()? as usize),
+                    false => None,
+                };
                 let header_len = r.u32()? as usize;
                 Segment::Gzip {
                     header: r.take(header_len)?.to_vec(),
                     level,
                     len,
+                    stream_len,
                 }
             }
             k => return Err(format!("unknown segment kind {k}")),
@@ -153,15 +168,26 @@ fn parse(data: &[u8]) -> Result<(Vec<Segment>, &[u8], usize), String> {
     Ok((segments, rest, payload))
 }
 
+/// A frame's bytes as [`decode`] rebuilt them.
+pub struct Decoded {
+    /// All `out_size` bytes; those of skipped members are zeros.
+    pub bytes: Vec<u8>,
+    /// Where the gzip members left out lie in `bytes`, in order.
+    pub skipped: Vec<std::ops::Range<usize>>,
+}
+
 /// The frame's bytes: the payload decompressed (by `decompress`, given
-/// the zstd frame and the payload size), gzip segments deflated again.
+/// the zstd frame and the payload size), gzip segments deflated again —
+/// except members whose place in the output `needed` says no to, when
+/// the table knows their length (they are left as zeros and listed).
 /// `out_size` is what the frame's chunks add up to; more is an error.
 /// CPU-bound.
 pub fn decode(
     data: &[u8],
     out_size: usize,
     decompress: impl FnOnce(&[u8], usize) -> std::io::Result<Vec<u8>>,
-) -> Result<Vec<u8>, String> {
+    needed: &dyn Fn(std::ops::Range<usize>) -> bool,
+) -> Result<Decoded, String> {
     let (segments, zstd_frame, payload_size) = parse(data)?;
     let payload = decompress(zstd_frame, payload_size).map_err(|e| format!("payload: {e}"))?;
     if payload.len() != payload_size {
@@ -171,15 +197,34 @@ pub fn decode(
         ));
     }
     let mut out = Vec::with_capacity(out_size);
+    let mut skipped = Vec::new();
     let mut at = 0;
     for s in &segments {
         match s {
             Segment::Literal { len } => out.extend_from_slice(&payload[at..at + len]),
-            Segment::Gzip { header, level, len } => {
-                let contents = &payload[at..at + len];
-                out.extend_from_slice(header);
-                deflate_into(contents, *level, &mut out, out_size)?;
-                out.extend_from_slice(&trailer(contents));
+            Segment::Gzip {
+                header,
+                level,
+                len,
+                stream_len,
+            } => {
+                let start = out.len();
+                let known_end = stream_len.map(|n| start + header.len() + n + 8);
+                match known_end {
+                    Some(end) if end <= out_size && !needed(start..end) => {
+                        out.resize(end, 0);
+                        skipped.push(start..end);
+                    }
+                    _ => {
+                        let contents = &payload[at..at + len];
+                        out.extend_from_slice(header);
+                        deflate_into(contents, *level, &mut out, out_size)?;
+                        out.extend_from_slice(&trailer(contents));
+                        if known_end.is_some_and(|end| end != out.len()) {
+                            return Err("a gzip member's stream length is wrong".into());
+                        }
+                    }
+                }
             }
         }
         at += s.len();
@@ -187,7 +232,10 @@ pub fn decode(
             return Err(format!("decodes to more than {out_size} bytes"));
         }
     }
-    Ok(out)
+    Ok(Decoded {
+        bytes: out,
+        skipped,
+    })
 }
 
 /// A gzip member at the start of some bytes that deflates back exactly.
@@ -299,10 +347,17 @@ fn table_frame(segments: &[Segment]) -> Vec<u8> {
                 table.push(0);
                 table.extend_from_slice(&(*len as u32).to_le_bytes());
             }
-            Segment::Gzip { header, level, len } => {
+            Segment::Gzip {
+                header,
+                level,
+                len,
+                stream_len,
+            } => {
                 table.push(1);
                 table.push(*level);
                 table.extend_from_slice(&(*len as u32).to_le_bytes());
+                let stream_len = stream_len.expect("written tables know stream lengths");
+                table.extend_from_slice(&(stream_len as u32).to_le_bytes());
                 table.extend_from_slice(&(header.len() as u32).to_le_bytes());
                 table.extend_from_slice(header);
             }
@@ -370,7 +425,61 @@ mod tests {
         raw.extend_from_slice(b"and after");
         let data = frame_data(&raw, &starts).expect("re-encoded");
         assert!(is_regzip(&data));
-        assert_eq!(decode(&data, raw.len(), zstd_roundtrip).unwrap(), raw);
+        assert_eq!(
+            decode(&data, raw.len(), zstd_roundtrip, &|_| true)
+                .unwrap()
+                .bytes,
+            raw
+        );
+    }
+
+    /// The same frame with a version 1 table (no stream lengths).
+    fn as_version_1(data: &[u8]) -> Vec<u8> {
+        let (segments, zstd_frame, _) = parse(data).unwrap();
+        let mut table = TABLE_VERSION_1.to_vec();
+        table.extend_from_slice(&(segments.len() as u32).to_le_bytes());
+        for s in &segments {
+            match s {
+                Segment::Literal { len } => {
+                    table.push(0);
+                    table.extend_from_slice(&(*len as u32).to_le_bytes());
+                }
+                Segment::Gzip {
+                    header, level, len, ..
+                } => {
+                    table.push(1);
+                    table.push(*level);
+                    table.extend_from_slice(&(*len as u32).to_le_bytes());
+                    table.extend_from_slice(&(header.len() as u32).to_le_bytes());
+                    table.extend_from_slice(header);
+                }
+            }
+        }
+        let mut out = TABLE_MAGIC.to_le_bytes().to_vec();
+        out.extend_from_slice(&(table.len() as u32).to_le_bytes());
+        out.extend_from_slice(&table);
+        out.extend_from_slice(zstd_frame);
+        out
+    }
+
+    #[test]
+    fn members_nobody_wants_are_skipped_and_the_rest_comes_back_exactly() {
+        let (a, b) = (gzip9(&text(2000)), gzip9(&text(300)));
+        let mut raw = a.clone();
+        raw.extend_from_slice(b"between");
+        let b_at = raw.len();
+        raw.extend_from_slice(&b);
+        let data = frame_data(&raw, &[0, a.len(), b_at]).expect("re-encoded");
+        let wants_b = |r: std::ops::Range<usize>| r.end > b_at;
+        let got = decode(&data, raw.len(), zstd_roundtrip, &wants_b).unwrap();
+        assert_eq!(got.skipped, vec![0..a.len()]);
+        assert_eq!(got.bytes.len(), raw.len());
+        assert_eq!(got.bytes[a.len()..], raw[a.len()..]);
+        // A version 1 table cannot skip: every member is deflated.
+        let old = as_version_1(&data);
+        let got = decode(&old, raw.len(), zstd_roundtrip, &wants_b).unwrap();
+        assert!(got.skipped.is_empty());
+        assert_eq!(got.bytes, raw);
     }
 
     #[test]
@@ -396,13 +505,13 @@ mod tests {
         let raw = gzip9(&text(1000));
         let data = frame_data(&raw, &[0]).unwrap();
         // Claims fewer bytes than it decodes to.
-        assert!(decode(&data, raw.len() - 1, zstd_roundtrip).is_err());
+        assert!(decode(&data, raw.len() - 1, zstd_roundtrip, &|_| true).is_err());
         // A table cut short.
-        assert!(decode(&data[..12], raw.len(), zstd_roundtrip).is_err());
+        assert!(decode(&data[..12], raw.len(), zstd_roundtrip, &|_| true).is_err());
         // A table claiming a huge payload is refused before any work.
         let mut huge = data.clone();
         let len_at = 8 + 4 + 4 + 2; // magic, size, version, count, kind, level
         huge[len_at..len_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(decode(&huge, raw.len(), zstd_roundtrip).is_err());
+        assert!(decode(&huge, raw.len(), zstd_roundtrip, &|_| true).is_err());
     }
 }

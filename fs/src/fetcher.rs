@@ -5,7 +5,7 @@
 //! frame is cached, so neighbours read next cost nothing. Concurrent
 //! requests for one chunk cause one fetch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -110,8 +110,9 @@ impl ChunkFetcher {
     }
 
     /// From the disk cache: decodes the frame holding `digest` (a delta
-    /// frame only if its bases are cached too) and keeps all its chunks in
-    /// memory. A corrupt entry is dropped and reads as a miss.
+    /// frame only if its bases are cached too) and keeps its chunks in
+    /// memory (those decoded: a gzip-contents frame rebuilds only the
+    /// members wanted). A corrupt entry is dropped and reads as a miss.
     fn disk_lookup(&self, digest: &B3Digest) -> Option<Bytes> {
         let disk = self.disk.as_ref()?;
         let (id, frame) = disk.frame_of(digest)?;
@@ -124,15 +125,23 @@ impl ChunkFetcher {
             };
             base.extend_from_slice(&bytes);
         }
-        match frame.decode_verified_with_base(&base) {
+        match frame.decode_verified_some(&base, &|d| d == digest) {
             Ok(datas) => {
                 Stats::add(&self.stats.disk_hits, 1);
                 let mut wanted = None;
+                let mut partial = false;
                 for (meta, bytes) in frame.chunks.iter().zip(datas) {
+                    let Some(bytes) = bytes else {
+                        partial = true;
+                        continue;
+                    };
                     if meta.digest == *digest {
                         wanted = Some(bytes.clone());
                     }
                     self.memory.insert(meta.digest, bytes);
+                }
+                if partial {
+                    self.complete_in_background(vec![frame]);
                 }
                 wanted
             }
@@ -292,18 +301,31 @@ impl ChunkFetcher {
         if !wanted.is_empty() {
             frames.extend(self.remote_frames(&wanted).await?);
         }
-        let decoded: Vec<(Frame, Result<Vec<Bytes>, StoreError>)> =
-            tokio::task::spawn_blocking(move || decode_each(frames, known))
+        // What must be decoded: the chunks asked for and the bases of the
+        // delta frames (neighbours come along where that costs nothing).
+        let mut needed: HashSet<B3Digest> = batch.iter().copied().collect();
+        needed.extend(frames.iter().flat_map(|f| f.base.iter().map(|b| b.digest)));
+        let decoded: Vec<(Frame, DecodeResult)> =
+            tokio::task::spawn_blocking(move || decode_each(frames, known, &needed))
                 .await
                 .map_err(|e| FetchError::Store(e.to_string()))?;
         let mut got: HashMap<B3Digest, Result<Bytes, FetchError>> = HashMap::new();
         let mut to_disk = Vec::new();
+        let mut partial = Vec::new();
         for (frame, datas) in decoded {
             match datas {
                 Ok(datas) => {
+                    let mut complete = true;
                     for (meta, bytes) in frame.chunks.iter().zip(datas) {
+                        let Some(bytes) = bytes else {
+                            complete = false;
+                            continue;
+                        };
                         self.memory.insert(meta.digest, bytes.clone());
                         got.insert(meta.digest, Ok(bytes));
+                    }
+                    if !complete {
+                        partial.push(frame.clone());
                     }
                     to_disk.push(frame);
                 }
@@ -316,6 +338,9 @@ impl ChunkFetcher {
                     }
                 }
             }
+        }
+        if !partial.is_empty() {
+            self.complete_in_background(partial);
         }
         // Writing the disk cache must not delay the reader: the chunks are
         // already in memory.
@@ -341,6 +366,30 @@ impl ChunkFetcher {
 }
 
 impl ChunkFetcher {
+    /// Decodes the chunks left out of `frames` (gzip members nobody asked
+    /// for yet, see [`Frame::decode_verified_some`]) off the reader's path,
+    /// into the memory cache: the reader got its chunk without waiting for
+    /// them, and its neighbours (the next man page of a directory) are
+    /// ready by the time they are opened. Without a runtime, nothing.
+    fn complete_in_background(&self, frames: Vec<Frame>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let memory = self.memory.clone();
+        runtime.spawn_blocking(move || {
+            for frame in frames {
+                let Ok(datas) = frame.decode_verified() else {
+                    continue; // the chunks asked for were verified; these wait
+                };
+                for (meta, bytes) in frame.chunks.iter().zip(datas) {
+                    if !memory.contains_key(&meta.digest) {
+                        memory.insert(meta.digest, bytes);
+                    }
+                }
+            }
+        });
+    }
+
     /// One batched server call, bounded by the timeout, counted.
     async fn remote_frames(&self, digests: &[B3Digest]) -> Result<Vec<Frame>, FetchError> {
         let frames = tokio::time::timeout(self.timeout, self.remote.get_frames(digests))
@@ -384,22 +433,31 @@ impl ChunkFetcher {
     }
 }
 
+/// A frame's chunks decoded (`None`: left out, see
+/// [`Frame::decode_verified_some`]), or why not.
+type DecodeResult = Result<Vec<Option<Bytes>>, StoreError>;
+
 /// Decodes each frame on its own (plain frames first, so delta frames find
-/// their bases among them or in `known`), keeping each frame's outcome: one
-/// bad frame does not fail its neighbours.
+/// their bases among them or in `known`), at least the chunks in `needed`,
+/// keeping each frame's outcome: one bad frame does not fail its
+/// neighbours.
 fn decode_each(
     frames: Vec<Frame>,
     known: HashMap<B3Digest, Bytes>,
-) -> Vec<(Frame, Result<Vec<Bytes>, StoreError>)> {
+    needed: &HashSet<B3Digest>,
+) -> Vec<(Frame, DecodeResult)> {
     let (plain, deltas): (Vec<Frame>, Vec<Frame>) =
         frames.into_iter().partition(|f| f.base.is_empty());
     let mut bytes_of = known;
     let mut out = Vec::new();
+    let wanted = |d: &B3Digest| needed.contains(d);
     for f in plain {
-        let res = f.decode_verified();
+        let res = f.decode_verified_some(&[], &wanted);
         if let Ok(datas) = &res {
             for (m, b) in f.chunks.iter().zip(datas) {
-                bytes_of.insert(m.digest, b.clone());
+                if let Some(b) = b {
+                    bytes_of.insert(m.digest, b.clone());
+                }
             }
         }
         out.push((f, res));
@@ -412,7 +470,7 @@ fn decode_each(
             acc.extend_from_slice(bytes);
             Ok(acc)
         });
-        let res = base.and_then(|base| f.decode_verified_with_base(&base));
+        let res = base.and_then(|base| f.decode_verified_some(&base, &wanted));
         out.push((f, res));
     }
     out
