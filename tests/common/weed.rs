@@ -160,13 +160,17 @@ impl Weed {
     }
 }
 
-/// A fresh folder for SeaweedFS's data, in memory (`/dev/shm`) where there
-/// is one: the tests store little, and SeaweedFS sizes its volumes by the
-/// free space of this folder's file system, turning writes away when under
-/// 1% is free, which a disk shared with build output can be.
+/// A fresh folder for SeaweedFS's data: in memory (`/dev/shm`) when it has
+/// a GiB free, else on the roomier of it and the temporary folder's file
+/// system. SeaweedFS creates buckets on any disk but turns every object
+/// away (each PUT failing after 30 s) when under 1% of its file system is
+/// free, which a disk shared with build output can be (a CI run failed so);
+/// the tests store little.
 fn data_dir() -> tempfile::TempDir {
     let shm = std::path::Path::new("/dev/shm");
-    if shm.is_dir() {
+    let tmp = std::env::temp_dir();
+    let shm_free = free_bytes(shm);
+    if shm_free >= 1 << 30 || shm_free > free_bytes(&tmp) {
         if let Ok(dir) = tempfile::Builder::new()
             .prefix("lazix-weed")
             .tempdir_in(shm)
@@ -175,6 +179,24 @@ fn data_dir() -> tempfile::TempDir {
         }
     }
     tempfile::tempdir().unwrap()
+}
+
+/// Bytes an unprivileged writer may still use on `path`'s file system (0
+/// when it cannot be asked).
+fn free_bytes(path: &std::path::Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return 0;
+    };
+    // SAFETY: statvfs writes into the zeroed struct we own and reads the
+    // NUL-terminated path.
+    unsafe {
+        let mut stat: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c_path.as_ptr(), &mut stat) != 0 {
+            return 0;
+        }
+        stat.f_bavail as u64 * stat.f_frsize as u64
+    }
 }
 
 impl Drop for Weed {
