@@ -154,6 +154,71 @@ fn gc_frees_exactly_the_unshared_chunks(store: Store) {
 }
 
 #[test]
+fn packs_mostly_dead_are_rewritten_with_their_live_chunks_in_a_folder() {
+    packs_mostly_dead_are_rewritten_with_their_live_chunks(Store::folder());
+}
+
+#[test]
+fn packs_mostly_dead_are_rewritten_with_their_live_chunks_in_a_bucket() {
+    packs_mostly_dead_are_rewritten_with_their_live_chunks(Store::bucket());
+}
+
+/// A pack whose live fraction falls under `--repack-below` is rewritten
+/// with only its live chunks: they read back byte-identical, through the
+/// running server (which located them in the old pack) and a restarted one.
+fn packs_mostly_dead_are_rewritten_with_their_live_chunks(mut store: Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = pseudo_random(300_000, 801);
+    // The first push writes the shared file into the dropped path's pack,
+    // beside 2 MB only that path has; the kept path reuses the shared one.
+    let dropped = tree(
+        dir.path(),
+        "repack-drop",
+        &[
+            ("shared", shared.clone()),
+            ("only-dropped", pseudo_random(2_000_000, 802)),
+        ],
+    );
+    let kept = tree(
+        dir.path(),
+        "repack-keep",
+        &[
+            ("shared", shared),
+            ("only-kept", pseudo_random(200_000, 803)),
+        ],
+    );
+    let sent_dropped = lazix_push(&store.server, &[&dropped]);
+    lazix_push(&store.server, &[&kept]);
+    assert!(lazix_nar(&store.server, &kept) == nix_dump(&kept));
+
+    run(store.cmd("delete").arg(&dropped));
+    let before = store.stats();
+    let summary = store.gc(0);
+    assert_eq!(count(&summary, "packs deleted"), 0, "{summary}");
+    assert_eq!(count(&summary, "rewritten"), 1, "{summary}");
+    let shared_chunks = sent_dropped["chunks_sent"].as_u64().unwrap() - count(&summary, "chunks,");
+    assert!(shared_chunks >= 2, "the shared file stayed: {summary}");
+    let after = store.stats();
+    assert!(
+        n(&after, "stored_bytes") + 1_500_000 < n(&before, "stored_bytes"),
+        "the dead 2 MB left the store: {before} -> {after}"
+    );
+
+    assert!(lazix_nar(&store.server, &kept) == nix_dump(&kept));
+    store.server.restart();
+    assert!(lazix_nar(&store.server, &kept) == nix_dump(&kept));
+    // Nothing else is garbage.
+    let again = store.gc(0);
+    assert_eq!(count(&again, "chunks,"), 0, "{again}");
+    assert_eq!(count(&again, "rewritten"), 0, "{again}");
+}
+
+/// A number in a JSON object.
+fn n(v: &serde_json::Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or_else(|| panic!("{key} in {v}"))
+}
+
+#[test]
 fn a_push_running_while_gc_runs_loses_nothing_in_a_folder() {
     a_push_running_while_gc_runs_loses_nothing(Store::folder());
 }
