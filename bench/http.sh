@@ -15,11 +15,8 @@
 # likewise serves from the page cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LAZIX_BENCH_DEPS=1 bash scripts/install-deps.sh
-source scripts/nix-env.sh
 source bench/lib.sh
-cargo build --release --locked --bin lazix >&2
-LAZIX=$PWD/target/release/lazix
+bench_setup --peers
 STABLE=${STABLE:-$HOME/.rustup/toolchains/stable-x86_64-unknown-linux-gnu}
 
 work=$(mktemp -d /var/tmp/lazix-http-bench.XXXXXX)
@@ -83,7 +80,6 @@ make_lists() { # base name
 make_lists "http://127.0.0.1:$nport" nginx
 
 timed() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null; t1=$(date +%s.%N); awk -v a="$t0" -v b="$t1" 'BEGIN {print b-a}'; }
-median3() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
 measure() { # name -> "t1 t16 narinfo_us"
   local name=$1 a b c
   curl -s -K "$work/$name.nars" --parallel --parallel-max 16 >/dev/null # warm-up

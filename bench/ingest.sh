@@ -10,15 +10,11 @@
 # store path with a warm page cache (it is read once before measuring).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh
-source scripts/nix-env.sh
 source bench/lib.sh
+bench_setup
 
 STABLE=${1:-$HOME/.rustup/toolchains/stable-x86_64-unknown-linux-gnu}
 NIGHTLY=${2:-$HOME/.rustup/toolchains/nightly-x86_64-unknown-linux-gnu}
-
-cargo build --release --locked --bin lazix >&2
-LAZIX=$PWD/target/release/lazix
 
 echo "adding the trees as store paths (once)" >&2
 sp=$(nix store add-path --name rust-stable "$STABLE")

@@ -10,12 +10,9 @@
 #   bash bench/layouts.sh DIR...     (one data set of your own)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh
-source scripts/nix-env.sh
 source bench/lib.sh
-cargo build --release --locked --bin lazix >&2
+bench_setup
 cargo build --release --locked -p lazix-bench >&2
-LAZIX=$PWD/target/release/lazix
 
 store_size() { # objects and MiB of a store folder (staging files NAME#N are not objects)
   find "$1" -type f ! -name '*#*' -printf '%s\n' | awk '{s+=$1; n++} END {printf "%d %.0f\n", n, s/1048576}'

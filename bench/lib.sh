@@ -1,4 +1,40 @@
-# Sourced by the benchmark scripts: shared helpers.
+# Sourced by the benchmark scripts (from the repository's root): shared
+# helpers.
+
+# Installs what the benchmarks use (with --peers also the peers: nginx, wrk,
+# squashfuse, mksquashfs, zstd), sets real Nix's environment and builds
+# lazix in release mode into $LAZIX.
+bench_setup() {
+  if [ "${1:-}" = --peers ]; then export LAZIX_BENCH_DEPS=1; fi
+  bash scripts/install-deps.sh
+  source scripts/nix-env.sh
+  cargo build --release --locked --bin lazix >&2
+  LAZIX=$PWD/target/release/lazix
+}
+
+# Makes the scratch folder $work (/var/tmp/lazix-$1.XXXXXX), removed on
+# exit after the script's background processes are stopped and every FUSE
+# mount below it is detached.
+bench_workdir() {
+  work=$(mktemp -d "/var/tmp/lazix-$1.XXXXXX")
+  trap bench_cleanup EXIT
+}
+bench_cleanup() {
+  local pid m
+  for pid in $(jobs -p); do kill "$pid" 2>/dev/null || true; done
+  for m in $(awk -v w="$work/" 'index($2, w) == 1 {print $2}' /proc/mounts); do
+    fusermount3 -u -z "$m" 2>/dev/null || true
+  done
+  rm -rf "$work"
+}
+
+# Waits (up to 10 s) until a FUSE file system is mounted at $1.
+wait_mount() {
+  for _ in $(seq 200); do mountpoint -q "$1" && return; sleep 0.05; done
+  echo "no mount at $1" >&2; exit 1
+}
+# The median of three numbers.
+median3() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
 
 # A free TCP port on loopback.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

@@ -8,24 +8,12 @@
 #   bash bench/mount-gzip.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh
-source scripts/nix-env.sh
 source bench/lib.sh
-cargo build --release --locked --bin lazix >&2
-LAZIX=$PWD/target/release/lazix
+bench_setup
 
-work=$(mktemp -d /var/tmp/lazix-gzip-bench.XXXXXX)
+bench_workdir gzip-bench
 mnt=$work/mnt; mkdir -p "$mnt"
 server=""; mounter=""
-cleanup() {
-  [ -n "$mounter" ] && kill "$mounter" 2>/dev/null || true
-  fusermount3 -u -z "$mnt" 2>/dev/null || true
-  [ -n "$server" ] && kill "$server" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-wait_mount() { for _ in $(seq 200); do mountpoint -q "$1" && return; sleep 0.05; done; echo "no mount at $1" >&2; exit 1; }
-median3() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
 
 path=$(nix store add-path --name share-man /usr/share/man)
 name=$(basename "$path")

@@ -11,27 +11,15 @@
 #   bash bench/mount-latency.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh
-source scripts/nix-env.sh
 source bench/lib.sh
-cargo build --release --locked --bin lazix >&2
-LAZIX=$PWD/target/release/lazix
+bench_setup
 N=${N:-200}; DELAY_MS=${DELAY_MS:-5}
 mounts=("$LAZIX")
 [ -n "${LAZIX_BEFORE:-}" ] && mounts=("$LAZIX_BEFORE" "$LAZIX")
 
-work=$(mktemp -d /var/tmp/lazix-latency-bench.XXXXXX)
+bench_workdir latency-bench
 mnt=$work/mnt; mkdir -p "$mnt"
 server=""; mounter=""; proxy=""
-cleanup() {
-  [ -n "$mounter" ] && kill "$mounter" 2>/dev/null || true
-  fusermount3 -u -z "$mnt" 2>/dev/null || true
-  [ -n "$proxy" ] && kill "$proxy" 2>/dev/null || true
-  [ -n "$server" ] && kill "$server" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-wait_mount() { for _ in $(seq 200); do mountpoint -q "$1" && return; sleep 0.05; done; echo "no mount at $1" >&2; exit 1; }
 
 path=$(nix store add-path --name share-doc /usr/share/doc)
 name=$(basename "$path")

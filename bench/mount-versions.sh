@@ -8,25 +8,15 @@
 #   bash bench/mount-versions.sh    (as root: mounts FUSE)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LAZIX_BENCH_DEPS=1 bash scripts/install-deps.sh
-source scripts/nix-env.sh
 source bench/lib.sh
-cargo build --release --locked --bin lazix >&2
-LAZIX=$PWD/target/release/lazix
+bench_setup --peers
 STABLE=${STABLE:-$HOME/.rustup/toolchains/stable-x86_64-unknown-linux-gnu}
 NIGHTLY=${NIGHTLY:-$HOME/.rustup/toolchains/nightly-x86_64-unknown-linux-gnu}
 
-work=$(mktemp -d /var/tmp/lazix-versions-bench.XXXXXX)
+bench_workdir versions-bench
 mnt=$work/mnt
 mkdir -p "$mnt"
 server=""; mounter=""
-cleanup() {
-  [ -n "$mounter" ] && kill "$mounter" 2>/dev/null || true
-  fusermount3 -u -z "$mnt" 2>/dev/null || true
-  [ -n "$server" ] && kill "$server" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
 
 spath=$(nix store add-path --name rust-stable "$STABLE")
 npath=$(nix store add-path --name rust-nightly "$NIGHTLY")

@@ -11,26 +11,14 @@
 #   bash bench/mount.sh        (root: drops the page cache between runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LAZIX_BENCH_DEPS=1 bash scripts/install-deps.sh
-source scripts/nix-env.sh
 source bench/lib.sh
-cargo build --release --locked --bin lazix >&2
-LAZIX=$PWD/target/release/lazix
+bench_setup --peers
 STABLE=${STABLE:-$HOME/.rustup/toolchains/stable-x86_64-unknown-linux-gnu}
 
-work=$(mktemp -d /var/tmp/lazix-mount-bench.XXXXXX)
+bench_workdir mount-bench
 mnt_l=$work/mnt-lazix; mnt_s=$work/mnt-squash
 mkdir -p "$mnt_l" "$mnt_s"
 server=""; mounter=""
-cleanup() {
-  [ -n "$mounter" ] && kill "$mounter" 2>/dev/null || true
-  fusermount3 -u -z "$mnt_l" 2>/dev/null || true
-  fusermount3 -u -z "$mnt_s" 2>/dev/null || true
-  [ -n "$server" ] && kill "$server" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-wait_mount() { for _ in $(seq 200); do mountpoint -q "$1" && return; sleep 0.05; done; echo "no mount at $1" >&2; exit 1; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
 path=$(nix store add-path --name rust-stable "$STABLE")

@@ -13,11 +13,8 @@
 # (2 cores here): SeaweedFS, the replicas and curl share them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LAZIX_BENCH_DEPS=1 bash scripts/install-deps.sh
-source scripts/nix-env.sh
 source bench/lib.sh
-cargo build --release --locked --bin lazix >&2
-LAZIX=$PWD/target/release/lazix
+bench_setup --peers
 WEED=${LAZIX_WEED:-$HOME/.cache/lazix/seaweedfs/bin/weed}
 STABLE=${STABLE:-$HOME/.rustup/toolchains/stable-x86_64-unknown-linux-gnu}
 export AWS_ACCESS_KEY_ID=lazix-bench AWS_SECRET_ACCESS_KEY=lazix-bench-secret
@@ -87,7 +84,6 @@ nar_list() {
 cpu() { awk -v t="$(getconf CLK_TCK)" '{printf "%.1f", ($14 + $15) / t}' "/proc/$1/stat"; }
 minus() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", a - b}'; }
 timed() { local t0; t0=$(now); "$@" >/dev/null; since "$t0"; }
-median3() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
 fetch_all() { curl -sf --no-progress-meter -K "$1" --parallel --parallel-max "$2"; }
 
 # serve_rounds STORE_ARGS... ; sets cold and warm: seconds to fetch every

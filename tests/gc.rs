@@ -91,6 +91,22 @@ fn tree(dir: &std::path::Path, name: &str, files: &[(&str, Vec<u8>)]) -> String 
     add_path(&t)
 }
 
+/// Two store paths named `names` with one file in common (`shared` bytes)
+/// and one of their own each (`own` bytes), all pseudo-random from `seed`.
+fn two_paths_sharing_a_file(
+    dir: &std::path::Path,
+    names: [&str; 2],
+    shared: usize,
+    own: [usize; 2],
+    seed: u64,
+) -> [String; 2] {
+    let shared = pseudo_random(shared, seed);
+    [0, 1].map(|i| {
+        let own = pseudo_random(own[i], seed + 1 + i as u64);
+        tree(dir, names[i], &[("shared", shared.clone()), ("own", own)])
+    })
+}
+
 #[test]
 fn gc_frees_exactly_the_unshared_chunks_in_a_folder() {
     gc_frees_exactly_the_unshared_chunks(Store::folder());
@@ -104,22 +120,12 @@ fn gc_frees_exactly_the_unshared_chunks_in_a_bucket() {
 fn gc_frees_exactly_the_unshared_chunks(store: Store) {
     let server = &store.server;
     let dir = tempfile::tempdir().unwrap();
-    let shared = pseudo_random(2_000_000, 501);
-    let b = tree(
+    let [b, a] = two_paths_sharing_a_file(
         dir.path(),
-        "gc-keep",
-        &[
-            ("shared", shared.clone()),
-            ("only-b", pseudo_random(1_500_000, 502)),
-        ],
-    );
-    let a = tree(
-        dir.path(),
-        "gc-drop",
-        &[
-            ("shared", shared),
-            ("only-a", pseudo_random(1_700_000, 503)),
-        ],
+        ["gc-keep", "gc-drop"],
+        2_000_000,
+        [1_500_000, 1_700_000],
+        501,
     );
     lazix_push(server, &[&b]);
     let sent_a = lazix_push(server, &[&a]);
@@ -168,24 +174,14 @@ fn packs_mostly_dead_are_rewritten_with_their_live_chunks_in_a_bucket() {
 /// running server (which located them in the old pack) and a restarted one.
 fn packs_mostly_dead_are_rewritten_with_their_live_chunks(mut store: Store) {
     let dir = tempfile::tempdir().unwrap();
-    let shared = pseudo_random(300_000, 801);
     // The first push writes the shared file into the dropped path's pack,
     // beside 2 MB only that path has; the kept path reuses the shared one.
-    let dropped = tree(
+    let [dropped, kept] = two_paths_sharing_a_file(
         dir.path(),
-        "repack-drop",
-        &[
-            ("shared", shared.clone()),
-            ("only-dropped", pseudo_random(2_000_000, 802)),
-        ],
-    );
-    let kept = tree(
-        dir.path(),
-        "repack-keep",
-        &[
-            ("shared", shared),
-            ("only-kept", pseudo_random(200_000, 803)),
-        ],
+        ["repack-drop", "repack-keep"],
+        300_000,
+        [2_000_000, 200_000],
+        801,
     );
     let sent_dropped = lazix_push(&store.server, &[&dropped]);
     lazix_push(&store.server, &[&kept]);
