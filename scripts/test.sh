@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
+# Free space where the tests write (a nearly full disk once failed CI).
+df -h . "${TMPDIR:-/tmp}" /dev/shm 2>/dev/null || true
 source scripts/nix-env.sh
 export LAZIX_WEED="${LAZIX_WEED:-$HOME/.cache/lazix/seaweedfs/bin/weed}"
 
