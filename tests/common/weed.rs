@@ -184,19 +184,7 @@ fn data_dir() -> tempfile::TempDir {
 /// Bytes an unprivileged writer may still use on `path`'s file system (0
 /// when it cannot be asked).
 fn free_bytes(path: &std::path::Path) -> u64 {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return 0;
-    };
-    // SAFETY: statvfs writes into the zeroed struct we own and reads the
-    // NUL-terminated path.
-    unsafe {
-        let mut stat: libc::statvfs = std::mem::zeroed();
-        if libc::statvfs(c_path.as_ptr(), &mut stat) != 0 {
-            return 0;
-        }
-        stat.f_bavail as u64 * stat.f_frsize as u64
-    }
+    rustix::fs::statvfs(path).map_or(0, |s| s.f_bavail * s.f_frsize)
 }
 
 impl Drop for Weed {
