@@ -192,7 +192,7 @@ fn packs_mostly_dead_are_rewritten_with_their_live_chunks(mut store: Store) {
     let summary = store.gc(0);
     assert_eq!(count(&summary, "packs deleted"), 0, "{summary}");
     assert_eq!(count(&summary, "rewritten"), 1, "{summary}");
-    let shared_chunks = sent_dropped["chunks_sent"].as_u64().unwrap() - count(&summary, "chunks,");
+    let shared_chunks = n(&sent_dropped, "chunks_sent") - count(&summary, "chunks,");
     assert!(shared_chunks >= 2, "the shared file stayed: {summary}");
     let after = store.stats();
     assert!(
@@ -207,11 +207,6 @@ fn packs_mostly_dead_are_rewritten_with_their_live_chunks(mut store: Store) {
     let again = store.gc(0);
     assert_eq!(count(&again, "chunks,"), 0, "{again}");
     assert_eq!(count(&again, "rewritten"), 0, "{again}");
-}
-
-/// A number in a JSON object.
-fn n(v: &serde_json::Value, key: &str) -> u64 {
-    v[key].as_u64().unwrap_or_else(|| panic!("{key} in {v}"))
 }
 
 #[test]

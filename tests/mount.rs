@@ -17,11 +17,6 @@ fn basename(p: &str) -> &str {
     p.trim_start_matches("/nix/store/")
 }
 
-fn n(v: &serde_json::Value, k: &str) -> u64 {
-    v[k].as_u64()
-        .unwrap_or_else(|| panic!("{k} missing in {v}"))
-}
-
 /// `nix-store --dump` of a path inside the mount, hashed like NarHash.
 fn dump_hash(path: &Path) -> String {
     nar_hash(&run(nix_cmd("nix-store").arg("--dump").arg(path)).stdout)

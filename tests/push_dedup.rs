@@ -25,11 +25,6 @@ fn tree(root: &Path, big: &[u8], extra: Option<&str>) {
     }
 }
 
-fn n(v: &serde_json::Value, k: &str) -> u64 {
-    v[k].as_u64()
-        .unwrap_or_else(|| panic!("{k} missing in {v}"))
-}
-
 #[test]
 fn pushes_send_each_chunk_once() {
     let server = Server::start();

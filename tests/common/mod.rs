@@ -259,6 +259,13 @@ pub fn lazix_nar(server: &Server, path: &str) -> Vec<u8> {
     run(lazix().args(["nar", "--server", &server.addr, path])).stdout
 }
 
+/// The counter `key` of a JSON report (push, stats, mount counters).
+pub fn n(v: &serde_json::Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
 /// `lazix push --json`, returning the parsed report.
 pub fn lazix_push(server: &Server, paths: &[&str]) -> serde_json::Value {
     let out = run(lazix()
