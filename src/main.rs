@@ -236,6 +236,10 @@ struct ServeArgs {
     /// for gzip files stored as their contents, the costliest to rebuild).
     #[arg(long, default_value_t = 1024)]
     decoded_cache_mib: u64,
+    /// HTTP connections served at once; more wait in the accept queue (a
+    /// bound on the server's memory under any load).
+    #[arg(long, default_value_t = lazix_server::http::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
     /// Collect garbage every this many seconds (see `lazix gc`; the policy
     /// flags below apply); 0 turns it off. Replicas of one store take turns
     /// by the maintenance lock.
@@ -510,6 +514,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
                     NarCompression::None
                 },
                 decoded_cache_bytes: args.decoded_cache_mib * 1024 * 1024,
+                max_connections: args.max_connections,
             };
             let listener = tokio::net::TcpListener::bind(addr)
                 .await

@@ -9,6 +9,7 @@ use prost::Message;
 
 use crate::digest::B3Digest;
 use crate::error::StoreError;
+use crate::limits::{over_limit, MAX_DEPTH, MAX_DIRECTORY_ENTRIES, MAX_DIRECTORY_SIZE, MAX_NODES};
 use crate::nix::nar::valid_entry_name;
 use crate::node::Node;
 
@@ -48,8 +49,23 @@ impl Directory {
     }
 
     /// Validates a received message: names valid, each list sorted, names
-    /// unique across lists, digests 32 bytes, symlink targets non-empty.
+    /// unique across lists, digests 32 bytes, symlink targets non-empty,
+    /// entries and `size` within [`crate::limits`].
     pub fn try_from_proto(p: pb::Directory) -> Result<Self, StoreError> {
+        let entries = p.directories.len() + p.files.len() + p.symlinks.len();
+        if entries > MAX_DIRECTORY_ENTRIES {
+            return Err(over_limit(
+                &format!("a directory of {entries} entries"),
+                format!("{MAX_DIRECTORY_ENTRIES} entries per directory"),
+            ));
+        }
+        // Child sizes bounded first: the sum below cannot overflow.
+        if let Some(d) = p.directories.iter().find(|d| d.size > MAX_DIRECTORY_SIZE) {
+            return Err(over_limit(
+                &format!("directory entry of size {}", d.size),
+                format!("size {MAX_DIRECTORY_SIZE} ({MAX_NODES} nodes) below one root"),
+            ));
+        }
         check_sorted(p.directories.iter().map(|e| &e.name), "directories")?;
         check_sorted(p.files.iter().map(|e| &e.name), "files")?;
         check_sorted(p.symlinks.iter().map(|e| &e.name), "symlinks")?;
@@ -79,7 +95,15 @@ impl Directory {
                 return Err(invalid("symlink with an empty or NUL target".into()));
             }
         }
-        Ok(Self(p))
+        let dir = Self(p);
+        let size = dir.size();
+        if size > MAX_DIRECTORY_SIZE {
+            return Err(over_limit(
+                &format!("a directory of size {size}"),
+                format!("size {MAX_DIRECTORY_SIZE} ({MAX_NODES} nodes) below one root"),
+            ));
+        }
+        Ok(dir)
     }
 
     /// Decodes and validates protobuf bytes.
@@ -105,8 +129,16 @@ impl Directory {
     pub fn size(&self) -> u64 {
         let entries =
             (self.0.directories.len() + self.0.files.len() + self.0.symlinks.len()) as u64;
-        let children: u64 = self.0.directories.iter().map(|d| 1 + d.size).sum();
-        entries + children + (self.0.files.len() + self.0.symlinks.len()) as u64
+        // Saturating: a validated directory is far below u64::MAX, and an
+        // unvalidated one must not overflow.
+        let children = self
+            .0
+            .directories
+            .iter()
+            .fold(0u64, |acc, d| acc.saturating_add(d.size.saturating_add(1)));
+        entries
+            .saturating_add(children)
+            .saturating_add((self.0.files.len() + self.0.symlinks.len()) as u64)
     }
 
     /// The protobuf message.
@@ -240,8 +272,106 @@ pub fn walk_closure(
             }
         }
         out.push(dir);
+        check_closure_len(out.len())?;
     }
     Ok(out)
+}
+
+/// A closure holds at most [`MAX_NODES`] distinct directories (a stored
+/// tree has no more nodes than that): a reader stops fetching past it.
+pub fn check_closure_len(directories: usize) -> Result<(), StoreError> {
+    if directories as u64 > MAX_NODES {
+        return Err(over_limit(
+            "a directory closure",
+            format!("{MAX_NODES} directories"),
+        ));
+    }
+    Ok(())
+}
+
+/// The shape of a stored tree: what the limits are checked against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TreeShape {
+    /// Nodes below the root, each shared subtree counted once per place.
+    pub nodes: u64,
+    /// Deepest directory nesting below the root (0: no subdirectories).
+    pub depth: usize,
+}
+
+/// Checks the tree below `root` against [`MAX_NODES`] and [`MAX_DEPTH`],
+/// from its closure (any order; every directory must be there), without
+/// expanding shared subtrees: each directory is measured once, in an
+/// iterative post-order walk (no recursion, whatever the depth). The root
+/// entry's `size` must match its directory.
+pub fn check_tree(root: &Node, closure: &[Directory]) -> Result<TreeShape, StoreError> {
+    let Node::Directory { digest, size } = root else {
+        return Ok(TreeShape { nodes: 0, depth: 0 });
+    };
+    let by_digest: HashMap<B3Digest, &Directory> =
+        closure.iter().map(|d| (d.digest(), d)).collect();
+    let get = |d: &B3Digest| {
+        by_digest
+            .get(d)
+            .copied()
+            .ok_or_else(|| StoreError::NotFound(format!("directory {d}")))
+    };
+    let root_dir = get(digest)?;
+    if root_dir.size() != *size {
+        return Err(StoreError::Invalid(format!(
+            "root directory {digest} has size {}, its entry says {size}",
+            root_dir.size()
+        )));
+    }
+    // Measured directories: (nodes, depth) below each.
+    let mut shape: HashMap<B3Digest, TreeShape> = HashMap::new();
+    // Post-order: a directory is measured once all its children are.
+    let mut stack: Vec<(B3Digest, bool)> = vec![(*digest, false)];
+    while let Some((d, children_done)) = stack.pop() {
+        if shape.contains_key(&d) {
+            continue;
+        }
+        let dir = get(&d)?;
+        if !children_done {
+            if stack.len() > MAX_NODES as usize {
+                return Err(over_limit("a tree", format!("{MAX_NODES} nodes")));
+            }
+            stack.push((d, true));
+            for (_, child, _) in dir.child_directories() {
+                if !shape.contains_key(&child) {
+                    stack.push((child, false));
+                }
+            }
+            continue;
+        }
+        let entries = (dir.0.directories.len() + dir.0.files.len() + dir.0.symlinks.len()) as u64;
+        let mut s = TreeShape {
+            nodes: entries,
+            depth: 0,
+        };
+        for (_, child, _) in dir.child_directories() {
+            // Children were pushed after their parent, so they are
+            // measured by now (digests are of the contents: no cycles).
+            let c = shape
+                .get(&child)
+                .ok_or_else(|| StoreError::Corrupt(format!("directory {child} unmeasured")))?;
+            s.nodes = s.nodes.saturating_add(c.nodes);
+            s.depth = s.depth.max(c.depth + 1);
+        }
+        if s.nodes > MAX_NODES {
+            return Err(over_limit(
+                &format!("a tree of {} nodes", s.nodes),
+                format!("{MAX_NODES} nodes below one root"),
+            ));
+        }
+        if s.depth > MAX_DEPTH {
+            return Err(over_limit(
+                &format!("a tree {} directories deep", s.depth),
+                format!("{MAX_DEPTH} levels"),
+            ));
+        }
+        shape.insert(d, s);
+    }
+    Ok(shape[digest])
 }
 
 /// Checks an uploaded closure, sent leaves first and root last, as snix

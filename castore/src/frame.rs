@@ -147,12 +147,18 @@ impl Frame {
 
     /// Raw bytes of the base a delta frame needs (0 for a plain frame).
     pub fn base_size(&self) -> u64 {
-        self.base.iter().map(|c| c.size).sum()
+        self.base
+            .iter()
+            .fold(0, |acc, c| acc.saturating_add(c.size))
     }
 
     /// Raw bytes the frame decompresses to, by its chunk list.
+    /// Saturating: sizes come from the wire, and a sum past `u64::MAX` is
+    /// over every limit anyway.
     pub fn raw_size(&self) -> u64 {
-        self.chunks.iter().map(|c| c.size).sum()
+        self.chunks
+            .iter()
+            .fold(0, |acc, c| acc.saturating_add(c.size))
     }
 
     /// Decompresses the frame and checks every chunk's size and BLAKE3

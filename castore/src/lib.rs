@@ -12,6 +12,7 @@ pub mod directory;
 pub mod error;
 pub mod frame;
 pub mod ingest;
+pub mod limits;
 pub mod nix;
 pub mod node;
 pub mod pathinfo;

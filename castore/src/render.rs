@@ -25,9 +25,10 @@ use crate::chunk::{Chunk, ChunkMeta};
 use crate::digest::B3Digest;
 use crate::directory::Directory;
 use crate::error::{StoreError, StoreResult};
+use crate::limits::{over_limit, MAX_DEPTH, MAX_NAR_SIZE, MAX_NODES};
 use crate::nix::nar::NarEncoder;
 use crate::node::Node;
-use crate::services::{may_have_chunk_list, BlobStore, Store};
+use crate::services::{check_chunk_list, may_have_chunk_list, BlobStore, Store};
 
 /// Blobs whose chunk lists are resolved per call.
 const BLOBS_PER_LOOKUP: usize = 512;
@@ -69,15 +70,92 @@ enum Out {
         meta: ChunkMeta,
         skip: usize,
         take: usize,
+        /// Set on the chunks of a file streamed whole from a chunk list
+        /// not yet seen to hash to the file's digest.
+        whole: Option<WholeFile>,
     },
 }
 
+/// Where a chunk stands in a file whose chunk list is being proved: the
+/// file's bytes are hashed as they stream and compared with its digest
+/// after the last chunk, so a reordered list of genuine chunks (which
+/// passes every per-chunk check) breaks the stream instead of yielding a
+/// wrong file.
+#[derive(Clone, Copy)]
+struct WholeFile {
+    digest: B3Digest,
+    /// BLAKE3 of the list itself: remembered once proved.
+    list: B3Digest,
+    first: bool,
+    last: bool,
+}
+
+/// Chunk lists (by their own BLAKE3) this process has seen hash to their
+/// file: streamed again without hashing. Bounded by count.
+fn proved_lists() -> &'static moka::sync::Cache<B3Digest, ()> {
+    static PROVED: std::sync::OnceLock<moka::sync::Cache<B3Digest, ()>> =
+        std::sync::OnceLock::new();
+    PROVED.get_or_init(|| moka::sync::Cache::new(256 * 1024))
+}
+
+/// BLAKE3 over a chunk list's (digest, size) pairs.
+fn list_digest(list: &[ChunkMeta]) -> B3Digest {
+    let mut h = blake3::Hasher::new();
+    for c in list {
+        h.update(c.digest.as_bytes());
+        h.update(&c.size.to_le_bytes());
+    }
+    B3Digest::from(*h.finalize().as_bytes())
+}
+
+/// The proof in progress of one output stream (files come one at a time).
+#[derive(Default)]
+struct Proof {
+    hasher: Option<blake3::Hasher>,
+}
+
+impl Proof {
+    fn piece(&mut self, bytes: &Bytes, whole: Option<WholeFile>) -> StoreResult<()> {
+        let Some(w) = whole else {
+            return Ok(());
+        };
+        if w.first {
+            self.hasher = Some(blake3::Hasher::new());
+        }
+        let Some(h) = self.hasher.as_mut() else {
+            return Err(StoreError::Corrupt(format!(
+                "blob {}: proof out of order",
+                w.digest
+            )));
+        };
+        h.update(bytes);
+        if w.last {
+            let got = B3Digest::from(*h.finalize().as_bytes());
+            self.hasher = None;
+            if got != w.digest {
+                return Err(StoreError::Corrupt(format!(
+                    "blob {}: its chunks hash to {got}: the chunk list is wrong",
+                    w.digest
+                )));
+            }
+            proved_lists().insert(w.list, ());
+        }
+        Ok(())
+    }
+}
+
 /// A file, symlink or directory of a NAR with its place: what the `.ls`
-/// listing of a binary cache describes.
+/// listing of a binary cache describes. Nodes name their parent (an index
+/// into the listing) instead of carrying their whole path, so a listing
+/// costs the same per node at any depth.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListedNode {
-    /// Path components below the root.
-    pub path: Vec<Bytes>,
+    /// Index of the parent directory in the listing; `None` for the root.
+    pub parent: Option<usize>,
+    /// Name in the parent directory (empty for the root).
+    pub name: Bytes,
+    /// Nesting below the root (0 for the root).
+    pub depth: usize,
     /// The node.
     pub node: Node,
     /// For files: offset of the contents in the NAR.
@@ -93,6 +171,23 @@ pub struct NarPlan {
 
 /// Fetches the directories below `root` (one call) and plans its NAR.
 pub async fn plan(store: &Store, root: &Node) -> StoreResult<NarPlan> {
+    // Plans (with their closures) are built a bounded number of nodes at a time (a plan costs
+    // memory by its nodes, and the root's size tells how many up front),
+    // on a blocking thread (planning a large tree is CPU work).
+    let nodes = match root {
+        Node::Directory { size, .. } if *size > crate::limits::MAX_DIRECTORY_SIZE => {
+            return Err(over_limit(
+                &format!("a tree of size {size}"),
+                format!("{MAX_NODES} nodes"),
+            ))
+        }
+        Node::Directory { size, .. } => (size / 2).clamp(1, MAX_NODES),
+        _ => 1,
+    };
+    let _permit = planning_slots()
+        .acquire_many(nodes as u32)
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
     let dirs: HashMap<B3Digest, Directory> = match root {
         Node::Directory { digest, .. } => store
             .directories
@@ -103,11 +198,23 @@ pub async fn plan(store: &Store, root: &Node) -> StoreResult<NarPlan> {
             .collect(),
         _ => HashMap::new(),
     };
-    plan_nar(root, &dirs)
+    let root = root.clone();
+    tokio::task::spawn_blocking(move || plan_nar(&root, &dirs))
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
 }
 
-/// An open directory while planning: its path, entries, next index.
-type OpenDir = (Vec<Bytes>, Vec<(Bytes, Node)>, usize);
+/// Nodes of NAR plans being built at once in this process: two plans of
+/// the largest tree allowed, or many small ones.
+fn planning_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: tokio::sync::Semaphore =
+        tokio::sync::Semaphore::const_new(2 * MAX_NODES as usize);
+    &SLOTS
+}
+
+/// An open directory while planning: its listing index, entries, next
+/// index.
+type OpenDir = (usize, Vec<(Bytes, Node)>, usize);
 
 struct Planner<'a> {
     dirs: &'a HashMap<B3Digest, Directory>,
@@ -130,17 +237,38 @@ impl Planner<'_> {
         }
     }
 
-    /// Emits a node; a directory's entries are pushed on `stack`.
-    fn node(&mut self, path: Vec<Bytes>, node: &Node, stack: &mut Vec<OpenDir>) -> StoreResult<()> {
+    /// Emits a node below `parent`; a directory's entries are pushed on
+    /// `stack`. Every limit of [`crate::limits`] is checked here, so a tree
+    /// stored before the limits (or damaged) is refused, never expanded.
+    fn node(
+        &mut self,
+        parent: Option<usize>,
+        name: Bytes,
+        node: &Node,
+        stack: &mut Vec<OpenDir>,
+    ) -> StoreResult<()> {
+        if self.listing.len() as u64 > MAX_NODES {
+            return Err(over_limit("a tree", format!("{MAX_NODES} nodes")));
+        }
+        let depth = parent.map_or(0, |p| self.listing[p].depth + 1);
+        if depth > MAX_DEPTH {
+            return Err(over_limit("a tree", format!("{MAX_DEPTH} levels")));
+        }
+        let me = self.listing.len();
         match node {
             Node::File {
                 digest,
                 size,
                 executable,
             } => {
+                if self.offset().saturating_add(*size) > MAX_NAR_SIZE {
+                    return Err(over_limit("a NAR", format!("{MAX_NAR_SIZE} bytes")));
+                }
                 self.enc.file_header(*executable, *size);
                 self.listing.push(ListedNode {
-                    path,
+                    parent,
+                    name,
+                    depth,
                     node: node.clone(),
                     nar_offset: self.offset(),
                 });
@@ -159,7 +287,9 @@ impl Planner<'_> {
             Node::Symlink { target } => {
                 self.enc.symlink(target);
                 self.listing.push(ListedNode {
-                    path,
+                    parent,
+                    name,
+                    depth,
                     node: node.clone(),
                     nar_offset: 0,
                 });
@@ -177,11 +307,13 @@ impl Planner<'_> {
                 }
                 self.enc.directory_open();
                 self.listing.push(ListedNode {
-                    path: path.clone(),
+                    parent,
+                    name,
+                    depth,
                     node: node.clone(),
                     nar_offset: 0,
                 });
-                stack.push((path, dir.entries_sorted(), 0));
+                stack.push((me, dir.entries_sorted(), 0));
             }
         }
         Ok(())
@@ -197,10 +329,10 @@ fn plan_nar(root: &Node, dirs: &HashMap<B3Digest, Directory>) -> StoreResult<Nar
         listing: Vec::new(),
     };
     p.enc.magic();
-    // Explicit stack of open directories: (path, entries, next index).
+    // Explicit stack of open directories: (listing index, entries, next).
     let mut stack: Vec<OpenDir> = Vec::new();
-    p.node(Vec::new(), root, &mut stack)?;
-    while let Some((path, entries, idx)) = stack.last_mut() {
+    p.node(None, Bytes::new(), root, &mut stack)?;
+    while let Some((me, entries, idx)) = stack.last_mut() {
         if *idx == entries.len() {
             stack.pop();
             p.enc.close(); // directory
@@ -209,13 +341,12 @@ fn plan_nar(root: &Node, dirs: &HashMap<B3Digest, Directory>) -> StoreResult<Nar
             }
             continue;
         }
+        let parent = Some(*me);
         let (name, node) = entries[*idx].clone();
         *idx += 1;
-        let mut child = path.clone();
-        child.push(name.clone());
         p.enc.entry_open(&name);
         let depth = stack.len();
-        p.node(child, &node, &mut stack)?;
+        p.node(parent, name, &node, &mut stack)?;
         if stack.len() == depth {
             p.enc.close(); // entry of a file or symlink
         }
@@ -246,12 +377,25 @@ impl NarPlan {
             .sum();
         literals
             + (self.items.len() * std::mem::size_of::<Planned>()) as u64
-            + (self.listing.len() * 96) as u64
+            + (self.listing.len() * std::mem::size_of::<ListedNode>()) as u64
     }
 
-    /// Every node with its NAR offset, in NAR order.
+    /// Every node with its NAR offset, in NAR order (a parent before its
+    /// entries, entries in name order).
     pub fn listing(&self) -> &[ListedNode] {
         &self.listing
+    }
+
+    /// The path components of the listing's node `index` below the root.
+    pub fn path_of(&self, index: usize) -> Vec<Bytes> {
+        let mut path = Vec::new();
+        let mut at = index;
+        while let Some(parent) = self.listing[at].parent {
+            path.push(self.listing[at].name.clone());
+            at = parent;
+        }
+        path.reverse();
+        path
     }
 
     /// The pieces covering `range` of the NAR, trimmed.
@@ -321,6 +465,17 @@ impl NarPlan {
             .try_buffered(WINDOWS_AHEAD)
             .map_ok(|pieces| stream::iter(pieces.into_iter().map(Ok::<_, StoreError>)))
             .try_flatten()
+            .scan((Proof::default(), false), |state, piece| {
+                let (proof, failed) = state;
+                // Nothing follows an error.
+                if *failed {
+                    return futures::future::ready(None);
+                }
+                let out =
+                    piece.and_then(|(bytes, whole)| proof.piece(&bytes, whole).map(|()| bytes));
+                *failed = out.is_err();
+                futures::future::ready(Some(out))
+            })
     }
 }
 
@@ -358,21 +513,26 @@ async fn expand(blobs: Arc<dyn BlobStore>, segment: Vec<Planned>) -> StoreResult
                 } else {
                     None
                 };
-                let chunks = match list {
-                    None => vec![ChunkMeta { digest, size }],
+                let (chunks, list) = match list {
+                    None => (vec![ChunkMeta { digest, size }], None),
                     Some(chunks) => {
-                        let total: u64 = chunks.iter().map(|c| c.size).sum();
-                        if total != size {
-                            return Err(StoreError::Corrupt(format!(
-                                "blob {digest}: chunks sum to {total} bytes, file has {size}"
-                            )));
-                        }
-                        chunks
+                        check_chunk_list(&digest, size, &chunks)?;
+                        let list = (chunks.len() > 1 && skip == 0 && take == size)
+                            .then(|| list_digest(&chunks))
+                            .filter(|l| !proved_lists().contains_key(l));
+                        (chunks, list)
                     }
                 };
+                let count = chunks.len();
                 let (from, to) = (skip, skip + take);
                 let mut offset = 0u64;
-                for meta in chunks {
+                for (i, meta) in chunks.into_iter().enumerate() {
+                    let whole = list.map(|list| WholeFile {
+                        digest,
+                        list,
+                        first: i == 0,
+                        last: i + 1 == count,
+                    });
                     let (start, end) = (offset, offset + meta.size);
                     offset = end;
                     if end <= from {
@@ -387,6 +547,7 @@ async fn expand(blobs: Arc<dyn BlobStore>, segment: Vec<Planned>) -> StoreResult
                         meta,
                         skip: s as usize,
                         take: (e - s) as usize,
+                        whole,
                     });
                 }
             }
@@ -418,8 +579,12 @@ fn windows(outs: Vec<Out>) -> Vec<Vec<Out>> {
     all
 }
 
-/// Fetches and verifies a window's chunks; returns the bytes in order.
-async fn fetch_window(blobs: Arc<dyn BlobStore>, window: Vec<Out>) -> StoreResult<Vec<Bytes>> {
+/// Fetches and verifies a window's chunks; returns the bytes in order,
+/// each with its place in a file being proved.
+async fn fetch_window(
+    blobs: Arc<dyn BlobStore>,
+    window: Vec<Out>,
+) -> StoreResult<Vec<(Bytes, Option<WholeFile>)>> {
     let digests: Vec<B3Digest> = window
         .iter()
         .filter_map(|o| match o {
@@ -440,8 +605,13 @@ async fn fetch_window(blobs: Arc<dyn BlobStore>, window: Vec<Out>) -> StoreResul
         window
             .into_iter()
             .map(|o| match o {
-                Out::Literal(b) => Ok(b),
-                Out::Chunk { meta, skip, take } => {
+                Out::Literal(b) => Ok((b, None)),
+                Out::Chunk {
+                    meta,
+                    skip,
+                    take,
+                    whole,
+                } => {
                     let c = chunks.next().expect("counted");
                     if c.digest != meta.digest || c.size != meta.size {
                         return Err(StoreError::Corrupt(format!(
@@ -449,7 +619,16 @@ async fn fetch_window(blobs: Arc<dyn BlobStore>, window: Vec<Out>) -> StoreResul
                             meta.digest, c.digest
                         )));
                     }
-                    Ok(c.decode_verified()?.slice(skip..skip + take))
+                    let bytes = c.decode_verified()?;
+                    if bytes.len() < skip + take {
+                        return Err(StoreError::Corrupt(format!(
+                            "chunk {} has {} bytes, its list says {}",
+                            meta.digest,
+                            bytes.len(),
+                            meta.size
+                        )));
+                    }
+                    Ok((bytes.slice(skip..skip + take), whole))
                 }
             })
             .collect()

@@ -19,7 +19,7 @@ use lazix_castore::chunk::ChunkMeta;
 use lazix_castore::digest::DigestKeyBuildHasher;
 use lazix_castore::directory::Directory;
 use lazix_castore::nix::store_path::StorePath;
-use lazix_castore::services::may_have_chunk_list;
+use lazix_castore::services::{check_chunk_list, may_have_chunk_list};
 use lazix_castore::{B3Digest, Node, Store, StoreError};
 
 use crate::fetcher::{ChunkFetcher, DiskCopy};
@@ -293,8 +293,9 @@ impl LazyFs {
                 size,
             }],
         };
-        if list.iter().map(|c| c.size).sum::<u64>() != size {
-            tracing::error!(%digest, "chunk list does not add up to the file size");
+        if let Err(e) = check_chunk_list(digest, size, &list) {
+            tracing::error!(error = %e, "refusing a chunk list");
+            count_read_error(&self.fetcher);
             return Err(Errno::EIO);
         }
         let list = Arc::new(list);
@@ -347,7 +348,15 @@ impl LazyFs {
 
     /// Hands bytes just read to the inode's whole-file copy; a complete
     /// copy is put in place.
-    fn keep_whole(&self, ino: u64, writer: &Mutex<WholeFileWriter>, offset: u64, data: &[u8]) {
+    /// A whole copy that does not hash to the file's digest (a wrong chunk
+    /// list) is EIO for the read that completed it.
+    fn keep_whole(
+        &self,
+        ino: u64,
+        writer: &Mutex<WholeFileWriter>,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), Errno> {
         let written = writer.lock().expect("writer").write_at(offset, data);
         match written {
             Ok(false) => {}
@@ -364,11 +373,18 @@ impl LazyFs {
                     });
                 }
             }
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                tracing::error!(error = %e, "a file read whole does not match its digest");
+                self.writers.lock().expect("writers").remove(&ino);
+                count_read_error(&self.fetcher);
+                return Err(Errno::EIO);
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "not keeping a whole file");
                 self.writers.lock().expect("writers").remove(&ino);
             }
         }
+        Ok(())
     }
 
     /// The backing file for a new open of `ino`, if the kernel should read
@@ -481,8 +497,26 @@ impl LazyFs {
             count_read_error(&self.fetcher);
             Errno::EIO
         })?;
+        if datas.len() != needed.len() {
+            tracing::error!(%digest, "the fetcher answered {} chunks for {}", datas.len(), needed.len());
+            count_read_error(&self.fetcher);
+            return Err(Errno::EIO);
+        }
         let mut out = Vec::with_capacity((end - offset) as usize);
         for ((chunk_start, meta), data) in needed.iter().zip(datas) {
+            // Verified bytes of the chunk named, but of another length than
+            // the list says: the list lies (a reader never slices past).
+            if data.len() as u64 != meta.size {
+                tracing::error!(
+                    %digest,
+                    chunk = %meta.digest,
+                    "chunk has {} bytes, its list says {}",
+                    data.len(),
+                    meta.size
+                );
+                count_read_error(&self.fetcher);
+                return Err(Errno::EIO);
+            }
             let from = offset.saturating_sub(*chunk_start) as usize;
             let to = ((end - chunk_start).min(meta.size)) as usize;
             out.extend_from_slice(&data[from..to]);
@@ -490,7 +524,7 @@ impl LazyFs {
         crate::stats::Stats::add(&self.fetcher.stats.served_bytes, out.len() as u64);
         crate::stats::Stats::add(&self.fetcher.stats.reads, 1);
         if let Some(writer) = writer {
-            self.keep_whole(ino, &writer, offset, &out);
+            self.keep_whole(ino, &writer, offset, &out)?;
         }
         Ok(out)
     }

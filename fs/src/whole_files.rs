@@ -175,6 +175,22 @@ impl WholeFileWriter {
         self.file.write_all_at(data, offset)?;
         self.cover(offset, offset + data.len() as u64);
         if self.covered == [(0, self.size)] {
+            // Each chunk was verified, but only the whole file's digest
+            // proves they came in the right order (a reordered chunk list
+            // passes every per-chunk check): a copy is kept only if it
+            // hashes to its digest.
+            let got = hash_file(&File::open(&self.staging)?)?;
+            if got != self.digest {
+                self.done = true;
+                let _ = std::fs::remove_file(&self.staging);
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "file {} read back as {got}: its chunk list is wrong",
+                        self.digest
+                    ),
+                ));
+            }
             std::fs::rename(&self.staging, shard_path(&self.files.dir, &self.digest))?;
             self.done = true;
             self.files

@@ -12,6 +12,7 @@ use lazix_castore::chunker::{Chunker, DEFAULT_PARAMS};
 use lazix_castore::directory::Directory;
 use lazix_castore::frame::Frame;
 use lazix_castore::ingest::{ingest_contents, ChunkUploader, KnownChunks, TransferStats};
+use lazix_castore::limits::{over_limit, MAX_CLOSURE_BYTES, MAX_NODES};
 use lazix_castore::services::BlobChunks;
 use lazix_castore::{B3Digest, Node, PathInfo, Store, StoreError};
 use lazix_proto::castore::{self as cpb, blob_service_server, directory_service_server};
@@ -26,6 +27,11 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 
 /// Frame bytes of one PutChunks call stored as one pack at most.
 const PACK_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// Raw bytes the frames of one PutChunks call may claim in all (clients
+/// send batches of a few MiB). Together with frames decoded one at a time,
+/// it bounds what one call costs however well its frames compress.
+pub const PUT_CHUNKS_RAW_BUDGET: u64 = 256 * 1024 * 1024;
 
 /// Implements every service over one store.
 #[derive(Clone)]
@@ -214,9 +220,19 @@ impl directory_service_server::DirectoryService for StoreService {
         &self,
         req: Request<Streaming<cpb::Directory>>,
     ) -> Result<Response<cpb::PutDirectoryResponse>, Status> {
+        // Each directory is validated as it arrives, and the closure held
+        // until it is checked whole is bounded (nothing is stored before).
         let mut stream = req.into_inner();
         let mut dirs = Vec::new();
+        let mut bytes = 0u64;
         while let Some(d) = stream.message().await? {
+            bytes += prost::Message::encoded_len(&d) as u64;
+            if bytes > MAX_CLOSURE_BYTES || dirs.len() as u64 >= MAX_NODES {
+                return Err(to_status(over_limit(
+                    "a directory upload",
+                    format!("{MAX_CLOSURE_BYTES} bytes or {MAX_NODES} directories"),
+                )));
+            }
             dirs.push(Directory::try_from_proto(d).map_err(to_status)?);
         }
         let root = self
@@ -322,12 +338,18 @@ impl chunk_service_server::ChunkService for StoreService {
         // The frames of one call become one pack (split only when a call
         // sends more than PACK_LIMIT bytes).
         let mut stream = req.into_inner();
-        let (mut n, mut bytes) = (0u64, 0u64);
+        let (mut n, mut bytes, mut raw) = (0u64, 0u64, 0u64);
         let mut pending: Vec<Frame> = Vec::new();
         let mut pending_bytes = 0u64;
         while let Some(msg) = stream.message().await? {
             for f in msg.frames {
                 let frame = Frame::try_from_proto(f).map_err(to_status)?;
+                raw = raw.saturating_add(frame.raw_size());
+                if raw > PUT_CHUNKS_RAW_BUDGET {
+                    return Err(Status::resource_exhausted(format!(
+                        "frames of one PutChunks call claim over {PUT_CHUNKS_RAW_BUDGET} raw bytes: send them in several calls"
+                    )));
+                }
                 n += frame.chunks.len() as u64;
                 bytes += frame.data.len() as u64;
                 pending_bytes += frame.data.len() as u64;

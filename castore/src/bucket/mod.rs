@@ -80,7 +80,7 @@ const VERIFY_PARALLEL: usize = 4;
 /// Bytes of decoded chunks kept for delta encoding.
 const BASE_CACHE_BYTES: u64 = 128 * 1024 * 1024;
 /// Bytes of just-uploaded chunks kept for checking chunk lists.
-const RECENT_BYTES: u64 = 256 * 1024 * 1024;
+const RECENT_BYTES: u64 = 128 * 1024 * 1024;
 
 /// A store in an object store (local folder or bucket). Share it behind an
 /// `Arc`.
@@ -134,13 +134,6 @@ fn nonempty_files(dirs: &[Directory], files: &mut HashSet<B3Digest>) -> StoreRes
         }
     }
     Ok(())
-}
-
-/// An uploaded frame after verification: its chunks' bytes and sketches.
-struct Checked {
-    frame: Frame,
-    datas: Vec<Bytes>,
-    sketches: Vec<Option<Sketch>>,
 }
 
 fn object_err(e: object_store::Error) -> StoreError {
@@ -442,7 +435,13 @@ impl BucketStore {
     /// Checks a chunk list against the stored chunks: all present with the
     /// listed sizes, and their concatenation hashes to the blob digest.
     async fn verify_blob(&self, b: &BlobChunks) -> StoreResult<()> {
-        let size: u64 = b.chunks.iter().map(|c| c.size).sum();
+        let size = b
+            .chunks
+            .iter()
+            .try_fold(0u64, |acc, c| acc.checked_add(c.size))
+            .ok_or_else(|| StoreError::Invalid(format!("blob {}: chunk sizes overflow", b.blob)))?;
+        crate::services::check_chunk_list(&b.blob, size, &b.chunks)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
         if b.chunks.len() > 1 && !may_have_chunk_list(size) {
             return Err(StoreError::Invalid(format!(
                 "blob {}: {size} bytes in {} chunks; a blob of at most {SINGLE_CHUNK_MAX} \
@@ -556,6 +555,8 @@ impl BucketStore {
                     Err(StoreError::NotFound(_)) => return Ok(false),
                     Err(e) => return Err(e),
                 };
+                // Only trees every reader can serve within the limits.
+                crate::directory::check_tree(node, &closure)?;
                 nonempty_files(&closure, &mut files)?;
             }
             Node::File { digest, size, .. } if *size > 0 => {
@@ -771,45 +772,50 @@ impl BlobStore for BucketStore {
                 "uploaded frames must be plain (the server makes deltas)".into(),
             ));
         }
-        // Verify everything before anything is written; sketch each chunk.
-        let checked = tokio::task::spawn_blocking(move || {
+        // Frames whose chunks are all stored, or all in an earlier frame of
+        // this call, add nothing: skipped before they cost a decode.
+        let fresh: Vec<Frame> = {
+            let table = self.table.read().expect("pack table");
+            let mut seen: HashSet<B3Digest> = HashSet::new();
             frames
                 .into_iter()
-                .map(|f| {
-                    let datas = f.decode_verified()?;
-                    let sketches = datas.iter().map(|d| sketch(d)).collect();
-                    Ok(Checked {
-                        frame: f,
-                        datas,
-                        sketches,
-                    })
+                .filter(|f| {
+                    let new = !f
+                        .chunks
+                        .iter()
+                        .all(|m| table.contains(&m.digest) || seen.contains(&m.digest));
+                    if new {
+                        seen.extend(f.chunks.iter().map(|m| m.digest));
+                    }
+                    new
                 })
-                .collect::<StoreResult<Vec<_>>>()
-        })
-        .await
-        .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
-        {
-            let mut recent = self.recent.lock().expect("recent chunks");
-            for c in &checked {
-                for (m, d) in c.frame.chunks.iter().zip(&c.datas) {
-                    recent.insert(m.digest, d.clone());
-                }
-            }
-        }
-        let fresh: Vec<Checked> = {
-            let table = self.table.read().expect("pack table");
-            checked
-                .into_iter()
-                .filter(|c| !c.frame.chunks.iter().all(|m| table.contains(&m.digest)))
                 .collect()
         };
-        if fresh.is_empty() {
+        // Verify everything before anything is written, one frame at a
+        // time: a frame's decoded bytes (at most MAX_FRAME_RAW) are dropped
+        // once its chunks are checked and sketched, whatever the frames
+        // inflate to in all.
+        let mut framed: Vec<(Frame, Vec<Option<Sketch>>)> = Vec::with_capacity(fresh.len());
+        for f in fresh {
+            let (f, datas, sketches) = tokio::task::spawn_blocking(move || {
+                let datas = f.decode_verified()?;
+                let sketches: Vec<Option<Sketch>> = datas.iter().map(|d| sketch(d)).collect();
+                Ok::<_, StoreError>((f, datas, sketches))
+            })
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+            let mut recent = self.recent.lock().expect("recent chunks");
+            for (m, d) in f.chunks.iter().zip(datas) {
+                recent.insert(m.digest, d);
+            }
+            drop(recent);
+            framed.push((f, sketches));
+        }
+        if framed.is_empty() {
             return Ok(());
         }
         // Stored as uploaded: ingest stays fast; compaction later
         // recompresses harder and finds deltas.
-        let framed: Vec<(Frame, Vec<Option<Sketch>>)> =
-            fresh.into_iter().map(|c| (c.frame, c.sketches)).collect();
         self.write_pack(framed, 0, false).await?;
         *self.uploaded_at.lock().expect("upload clock") = Some(Instant::now());
         Ok(())
@@ -895,6 +901,7 @@ impl DirectoryStore for BucketStore {
                 .filter(|c| seen.insert(*c))
                 .collect();
             out.extend(dirs);
+            crate::directory::check_closure_len(out.len() + level.len())?;
         }
         Ok(out)
     }
@@ -949,6 +956,12 @@ impl PathInfoStore for BucketStore {
     }
 
     async fn put_path_info(&self, info: PathInfo) -> StoreResult<()> {
+        if info.nar_size > crate::limits::MAX_NAR_SIZE {
+            return Err(crate::limits::over_limit(
+                &format!("NarSize {}", info.nar_size),
+                format!("{} bytes", crate::limits::MAX_NAR_SIZE),
+            ));
+        }
         if !self.node_is_stored(&info.node).await? {
             return Err(StoreError::Invalid(format!(
                 "{} refers to data that is not stored",

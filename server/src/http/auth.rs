@@ -6,9 +6,11 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use data_encoding::BASE64;
 
-/// Compares without an early exit, so timing does not leak the token.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Whether a presented token is the configured one, in time that depends
+/// on neither's contents nor length: both are hashed (BLAKE3), and
+/// `blake3::Hash` compares in constant time.
+pub fn same_token(presented: &[u8], configured: &[u8]) -> bool {
+    blake3::hash(presented) == blake3::hash(configured)
 }
 
 fn presented(headers: &HeaderMap) -> Option<Vec<u8>> {
@@ -59,7 +61,7 @@ pub fn check(headers: &HeaderMap, required: Option<&str>) -> Result<(), Denied> 
         return Ok(());
     };
     match presented(headers) {
-        Some(p) if same(&p, token.as_bytes()) => Ok(()),
+        Some(p) if same_token(&p, token.as_bytes()) => Ok(()),
         _ => Err(Denied::Unauthorized),
     }
 }
@@ -69,5 +71,18 @@ pub fn check_write(headers: &HeaderMap, token: Option<&str>) -> Result<(), Denie
     match token {
         None => Err(Denied::UploadsDisabled),
         Some(t) => check(headers, Some(t)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_match_only_exactly() {
+        assert!(same_token(b"secret", b"secret"));
+        for other in [&b""[..], b"secre", b"secret ", b"Secret", b"secretsecret"] {
+            assert!(!same_token(other, b"secret"), "{other:?}");
+        }
     }
 }

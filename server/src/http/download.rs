@@ -141,52 +141,80 @@ pub async fn top_level(
             Ok(p) => p,
             Err(e) => return store_error(e),
         };
-        let body = serde_json::json!({"version": 1, "root": listing_json(plan.listing())});
+        let body = listing_json(plan.listing());
         return (
             [
                 (header::CONTENT_TYPE, "application/json"),
                 (header::CACHE_CONTROL, IMMUTABLE),
             ],
-            body.to_string(),
+            body,
         )
             .into_response();
     }
     text(StatusCode::NOT_FOUND, "not found\n")
 }
 
-/// Nix's `.ls` JSON tree from the flat listing (NAR order: parents first).
-fn listing_json(listing: &[ListedNode]) -> serde_json::Value {
-    fn node_json(n: &ListedNode) -> serde_json::Value {
+/// Nix's `.ls` JSON document from the flat listing (NAR order: a parent
+/// before its entries). Written as text with an explicit stack of open
+/// directories: no recursion and no nested JSON values, whatever the
+/// tree's depth (serde_json serializes and drops nested values
+/// recursively, which a deep enough tree turns into a stack overflow).
+fn listing_json(listing: &[ListedNode]) -> String {
+    use std::fmt::Write;
+    let quoted =
+        |b: &[u8]| serde_json::to_string(String::from_utf8_lossy(b).as_ref()).expect("a string");
+    let mut out = String::from("{\"version\":1,\"root\":");
+    if listing.is_empty() {
+        out.push_str("null}");
+        return out;
+    }
+    // Depth of every open directory, and whether it has an entry yet.
+    let mut open: Vec<(usize, bool)> = Vec::new();
+    for n in listing {
+        while open.last().is_some_and(|(d, _)| *d >= n.depth) {
+            open.pop();
+            out.push_str("}}");
+        }
+        if let Some((_, has_entries)) = open.last_mut() {
+            if *has_entries {
+                out.push(',');
+            }
+            *has_entries = true;
+            out.push_str(&quoted(&n.name));
+            out.push(':');
+        }
         match &n.node {
-            Node::Directory { .. } => serde_json::json!({"type": "directory", "entries": {}}),
+            Node::Directory { .. } => {
+                out.push_str("{\"type\":\"directory\",\"entries\":{");
+                open.push((n.depth, false));
+            }
             Node::File {
                 size, executable, ..
             } => {
-                let mut v =
-                    serde_json::json!({"type": "regular", "size": size, "narOffset": n.nar_offset});
+                let _ = write!(
+                    out,
+                    "{{\"type\":\"regular\",\"size\":{size},\"narOffset\":{}",
+                    n.nar_offset
+                );
                 if *executable {
-                    v["executable"] = serde_json::Value::Bool(true);
+                    out.push_str(",\"executable\":true");
                 }
-                v
+                out.push('}');
             }
             Node::Symlink { target } => {
-                serde_json::json!({"type": "symlink", "target": String::from_utf8_lossy(target)})
+                let _ = write!(
+                    out,
+                    "{{\"type\":\"symlink\",\"target\":{}}}",
+                    quoted(target)
+                );
             }
         }
     }
-    let Some(first) = listing.first() else {
-        return serde_json::Value::Null;
-    };
-    let mut root = node_json(first);
-    for n in &listing[1..] {
-        let mut cur = &mut root;
-        let (last, parents) = n.path.split_last().expect("below the root");
-        for p in parents {
-            cur = &mut cur["entries"][String::from_utf8_lossy(p).as_ref()];
-        }
-        cur["entries"][String::from_utf8_lossy(last).as_ref()] = node_json(n);
+    for _ in open {
+        out.push_str("}}");
     }
-    root
+    out.push('}');
+    out
 }
 
 /// `GET|HEAD /nar/<hash>-<narhash>.nar[.zst]`: the NAR rendered from
@@ -245,28 +273,25 @@ pub async fn nar(
     builder = builder.header(header::ACCEPT_RANGES, "bytes");
     let mut range = 0..size;
     let mut status = StatusCode::OK;
-    if let Some(value) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        match http_range_header::parse_range_header(value).and_then(|r| r.validate(size)) {
-            Ok(ranges) if ranges.len() == 1 => {
-                let r = &ranges[0];
-                range = *r.start()..*r.end() + 1;
-                status = StatusCode::PARTIAL_CONTENT;
-                builder = builder.header(
+    match requested_range(&headers, size) {
+        RangeAnswer::Whole => {}
+        RangeAnswer::Part(r) => {
+            range = r.clone();
+            status = StatusCode::PARTIAL_CONTENT;
+            builder = builder.header(
+                header::CONTENT_RANGE,
+                format!("bytes {}-{}/{size}", r.start, r.end - 1),
+            );
+        }
+        RangeAnswer::Unsatisfiable => {
+            return (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(
                     header::CONTENT_RANGE,
-                    format!("bytes {}-{}/{size}", r.start(), r.end()),
-                );
-            }
-            Ok(_) => {} // several ranges: answer the whole NAR
-            Err(_) => {
-                return (
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    [(
-                        header::CONTENT_RANGE,
-                        HeaderValue::from_str(&format!("bytes */{size}")).expect("ascii"),
-                    )],
-                )
-                    .into_response();
-            }
+                    HeaderValue::from_str(&format!("bytes */{size}")).expect("ascii"),
+                )],
+            )
+                .into_response();
         }
     }
     builder = builder
@@ -284,4 +309,45 @@ pub async fn nar(
     builder
         .body(Body::from_stream(stream))
         .expect("valid response")
+}
+
+/// What a `Range` header asks of a body of `size` bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RangeAnswer {
+    /// No header, a malformed one (RFC 9110 §14.2: ignored) or several
+    /// ranges (answered with the whole body).
+    Whole,
+    /// One satisfiable range.
+    Part(std::ops::Range<u64>),
+    /// A well-formed range wholly outside the body: 416.
+    Unsatisfiable,
+}
+
+/// Reads the `Range` header against a body of `size` bytes.
+pub fn requested_range(headers: &HeaderMap, size: u64) -> RangeAnswer {
+    let Some(value) = headers.get(header::RANGE) else {
+        return RangeAnswer::Whole;
+    };
+    range_answer(value.as_bytes(), size)
+}
+
+/// [`requested_range`] on the header's raw bytes (fuzzed on its own).
+pub fn range_answer(value: &[u8], size: u64) -> RangeAnswer {
+    let Ok(value) = std::str::from_utf8(value) else {
+        return RangeAnswer::Whole;
+    };
+    let Ok(parsed) = http_range_header::parse_range_header(value) else {
+        return RangeAnswer::Whole;
+    };
+    match parsed.validate(size) {
+        Ok(ranges) if ranges.len() == 1 => {
+            let r = &ranges[0];
+            if r.start() > r.end() || *r.end() >= size {
+                return RangeAnswer::Unsatisfiable;
+            }
+            RangeAnswer::Part(*r.start()..*r.end() + 1)
+        }
+        Ok(_) => RangeAnswer::Whole,
+        Err(_) => RangeAnswer::Unsatisfiable,
+    }
 }

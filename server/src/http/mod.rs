@@ -7,6 +7,9 @@ mod auth;
 mod download;
 mod upload;
 
+pub use auth::same_token;
+pub use download::{range_answer, RangeAnswer};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,7 +61,24 @@ pub struct HttpConfig {
     pub nar_compression: NarCompression,
     /// Bytes of decoded, verified chunks kept in memory for rendering.
     pub decoded_cache_bytes: u64,
+    /// Connections served at once; further ones wait in the kernel's
+    /// accept queue.
+    pub max_connections: usize,
 }
+
+/// Default of [`HttpConfig::max_connections`]: each connection costs a
+/// task and its buffers (a NAR stream holds a few MiB of windows in
+/// flight), so the cap bounds the server's memory under any load.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+
+/// A request's headers must arrive within this time (also the longest a
+/// kept-alive connection may sit idle): a client that never finishes its
+/// headers cannot hold a connection.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest pause between two pieces of a request body (an upload that
+/// stalls is cut off; a slow but moving one is not).
+pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Shared state of the handlers.
 #[derive(Clone)]
@@ -109,22 +129,71 @@ pub fn router(mut store: Store, cfg: HttpConfig) -> Router {
         .with_state(state)
 }
 
-/// Serves the shim on a bound listener until `shutdown` resolves.
+/// Serves the shim on a bound listener until `shutdown` resolves. Each
+/// connection is served by hyper with the limits above: at most
+/// `max_connections` at once, headers within [`HEADER_TIMEOUT`]; bodies
+/// are bounded per route by the handlers.
 pub async fn serve_http(
     store: Store,
     cfg: HttpConfig,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // No Nagle: headers and small bodies leave at once instead of waiting
-    // for the client's delayed ACK (40 ms per small response otherwise).
-    let listener = listener.tap_io(|tcp| {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+
+    let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections.max(1)));
+    let app = router(store, cfg);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(HEADER_TIMEOUT))
+        .keep_alive_timeout(HEADER_TIMEOUT);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        // A free slot first, then the next connection: past the cap,
+        // connections wait in the accept queue instead of costing memory.
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => s.expect("never closed"),
+            () = &mut shutdown => break,
+        };
+        let tcp = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // EMFILE and the like: pause instead of spinning.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // No Nagle: headers and small bodies leave at once instead of
+        // waiting for the client's delayed ACK (40 ms per small response).
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::warn!(error = %e, "cannot set TCP_NODELAY");
         }
-    });
-    axum::serve(listener, router(store, cfg))
-        .with_graceful_shutdown(shutdown)
-        .await
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "HTTP connection ended");
+            }
+            drop(slot);
+        });
+    }
+    // Requests under way may finish (a NAR stream for a while): wait a
+    // bounded time, then let the runtime drop the rest.
+    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+    Ok(())
 }

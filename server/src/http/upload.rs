@@ -9,7 +9,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use lazix_castore::ingest::{ingest_nar, ChunkUploader, IngestError, KnownChunks, TransferStats};
 use lazix_castore::nix::hash::format_sha256;
 use lazix_castore::nix::nar::hashing_reader;
@@ -77,8 +77,7 @@ pub async fn put_nar(
     if let Err(r) = auth::check_write(&headers, st.cfg.upload_token.as_deref()) {
         return r.into_response();
     }
-    let raw =
-        tokio_util::io::StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
+    let raw = tokio_util::io::StreamReader::new(idle_limited(body));
     let (counted, file_hash) = hashing_reader(raw);
     let Some(nar) = decoder(&file, counted) else {
         return (
@@ -121,12 +120,49 @@ pub async fn put_nar(
     StatusCode::CREATED.into_response()
 }
 
+/// A request body as a stream of I/O results that fails once the client
+/// pauses longer than [`super::BODY_IDLE_TIMEOUT`] between two pieces.
+fn idle_limited(
+    body: Body,
+) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + Unpin + 'static {
+    let pieces = body.into_data_stream().map_err(std::io::Error::other);
+    let timed = tokio_stream::StreamExt::timeout(pieces, super::BODY_IDLE_TIMEOUT);
+    Box::pin(timed.map(|r| {
+        r.unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the request body stalled",
+            ))
+        })
+    }))
+}
+
+/// Reads a whole small body: at most `limit` bytes, each piece within the
+/// idle timeout. `Err` is the response to send.
+async fn small_body(body: Body, limit: usize) -> Result<Vec<u8>, Response> {
+    let mut stream = idle_limited(body);
+    let mut out = Vec::new();
+    while let Some(piece) = stream.next().await {
+        let piece = piece.map_err(|e| bad(format!("reading the body: {e}")))?;
+        if out.len() + piece.len() > limit {
+            return Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body over the limit of {limit} bytes\n"),
+            )
+                .into_response());
+        }
+        out.extend_from_slice(&piece);
+    }
+    Ok(out)
+}
+
 /// `PUT /<hash>.narinfo`: makes the path visible if it matches its NAR.
+/// The token is checked before a byte of the body is read.
 pub async fn put_top_level(
     State(st): State<AppState>,
     Path(file): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     if let Err(r) = auth::check_write(&headers, st.cfg.upload_token.as_deref()) {
         return r.into_response();
@@ -138,9 +174,10 @@ pub async fn put_top_level(
         )
             .into_response();
     };
-    if body.len() > MAX_NARINFO {
-        return bad("narinfo too large");
-    }
+    let body = match small_body(body, MAX_NARINFO).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let Ok(text) = std::str::from_utf8(&body) else {
         return bad("narinfo is not UTF-8");
     };

@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 
 use super::{padding_len, valid_entry_name, NAR_MAGIC};
+use crate::limits::{MAX_DEPTH, MAX_NAR_SIZE, MAX_NODES};
 
 /// Longest entry name accepted (Linux's NAME_MAX).
 pub const MAX_NAME_LEN: usize = 255;
@@ -53,6 +54,15 @@ pub enum NarError {
     /// Bytes after the root node.
     #[error("malformed NAR: trailing data after the root node")]
     TrailingData,
+    /// A tree deeper, larger or with more nodes than the store keeps (see
+    /// [`crate::limits`]).
+    #[error("NAR refused: {what} is over the limit of {limit}")]
+    OverLimit {
+        /// what was over
+        what: &'static str,
+        /// the limit
+        limit: u64,
+    },
     /// The visitor did not take all bytes of a file's contents.
     #[error("NAR visitor left {0} bytes of a file unread")]
     ContentsNotConsumed(u64),
@@ -204,8 +214,16 @@ where
     // Previous entry name of every open directory, innermost last.
     let mut open_dirs: Vec<Option<Vec<u8>>> = Vec::new();
     let mut name: Vec<u8> = Vec::new();
+    // Nodes below the root, and file bytes, so far (see crate::limits).
+    let (mut nodes, mut contents) = (0u64, 0u64);
     'node: loop {
         // A node's "(" has been read.
+        if open_dirs.len() > MAX_DEPTH {
+            return Err(NarError::OverLimit {
+                what: "directory depth",
+                limit: MAX_DEPTH as u64,
+            });
+        }
         t.expect("type").await?;
         let kind = t.token("regular, symlink or directory").await?;
         match kind.as_slice() {
@@ -220,6 +238,13 @@ where
                     return Err(unexpected("contents", &tok));
                 }
                 let size = t.u64().await?;
+                contents = contents.saturating_add(size);
+                if contents > MAX_NAR_SIZE {
+                    return Err(NarError::OverLimit {
+                        what: "NAR size",
+                        limit: MAX_NAR_SIZE,
+                    });
+                }
                 let mut contents = ExactReader((&mut t.r).take(size));
                 visitor.file(&name, executable, size, &mut contents).await?;
                 if contents.0.limit() != 0 {
@@ -263,6 +288,13 @@ where
                     }
                 }
                 b"entry" => {
+                    nodes += 1;
+                    if nodes > MAX_NODES {
+                        return Err(NarError::OverLimit {
+                            what: "nodes in one tree",
+                            limit: MAX_NODES,
+                        });
+                    }
                     t.expect("(").await?;
                     t.expect("name").await?;
                     let entry = t.bytes("entry name", MAX_NAME_LEN).await?;
