@@ -240,6 +240,10 @@ struct ServeArgs {
     /// bound on the server's memory under any load).
     #[arg(long, default_value_t = lazix_server::http::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+    /// Seconds a client may take to send a request's headers (and keep an
+    /// idle connection open) before the HTTP server closes it.
+    #[arg(long, default_value_t = lazix_server::http::HEADER_TIMEOUT.as_secs())]
+    http_header_timeout: u64,
     /// Collect garbage every this many seconds (see `lazix gc`; the policy
     /// flags below apply); 0 turns it off. Replicas of one store take turns
     /// by the maintenance lock.
@@ -515,6 +519,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 },
                 decoded_cache_bytes: args.decoded_cache_mib * 1024 * 1024,
                 max_connections: args.max_connections,
+                header_timeout: std::time::Duration::from_secs(args.http_header_timeout.max(1)),
             };
             let listener = tokio::net::TcpListener::bind(addr)
                 .await

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 
 const TOKEN: &str = "s3cret-upload-token";
@@ -113,24 +111,6 @@ fn uploader_signatures_survive_and_keys_rotate() {
     assert_substituted(&srv, &p2, &top);
     let (_x, nobody) = nix_keygen(dir.path(), "lazix-nobody");
     assert_refused(&srv, &nobody, &top);
-}
-
-fn curl(args: &[&str]) -> (u16, Vec<u8>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let headers = dir.path().join("h");
-    let out = Command::new("curl")
-        .args(["-s", "-o", "-", "-D"])
-        .arg(&headers)
-        .args(args)
-        .output()
-        .expect("curl");
-    let head = std::fs::read_to_string(&headers).unwrap_or_default();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, out.stdout, head.to_lowercase())
 }
 
 fn narinfo_field(text: &str, key: &str) -> String {

@@ -116,6 +116,10 @@ pub struct LazyFs {
     /// Tells the kernel to drop pages (set once mounted).
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
     next_fh: AtomicU64,
+    /// Files whose bytes, read whole, did not hash to their digest (a wrong
+    /// chunk list): every later read of them is EIO, also the kernel's
+    /// retry of a failed readahead.
+    disproved: moka::sync::Cache<B3Digest, (), DigestKeyBuildHasher>,
 }
 
 fn eio<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> Errno + '_ {
@@ -167,6 +171,9 @@ impl LazyFs {
             open_files: Mutex::default(),
             notifier,
             next_fh: AtomicU64::new(1),
+            disproved: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .build_with_hasher(DigestKeyBuildHasher::default()),
         }
     }
 
@@ -376,7 +383,15 @@ impl LazyFs {
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                 tracing::error!(error = %e, "a file read whole does not match its digest");
                 self.writers.lock().expect("writers").remove(&ino);
+                self.disproved
+                    .insert(*writer.lock().expect("writer").digest(), ());
                 count_read_error(&self.fetcher);
+                // The pages the kernel cached from it are wrong too.
+                if let Some(notifier) = self.notifier.get().cloned() {
+                    std::thread::spawn(move || {
+                        let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
+                    });
+                }
                 return Err(Errno::EIO);
             }
             Err(e) => {
@@ -440,6 +455,10 @@ impl LazyFs {
         let end = (offset + size as u64).min(file_size);
         if offset >= end {
             return Ok(Vec::new());
+        }
+        if self.disproved.contains_key(digest) {
+            count_read_error(&self.fetcher);
+            return Err(Errno::EIO);
         }
         let list = self.chunk_list(digest, file_size)?;
         let writer = self.whole_writer(ino, digest, file_size, offset);

@@ -203,6 +203,11 @@ impl WholeFileWriter {
         Ok(self.done)
     }
 
+    /// The digest of the file being copied.
+    pub fn digest(&self) -> &B3Digest {
+        &self.digest
+    }
+
     /// Bytes copied from the start of the file without a gap: how far a
     /// sequential reader has come.
     pub fn copied(&self) -> u64 {

@@ -341,17 +341,24 @@ impl chunk_service_server::ChunkService for StoreService {
         let (mut n, mut bytes, mut raw) = (0u64, 0u64, 0u64);
         let mut pending: Vec<Frame> = Vec::new();
         let mut pending_bytes = 0u64;
+        // Chunks of this call so far: a frame that adds none is dropped
+        // here, neither counted nor decoded.
+        let mut seen: HashSet<B3Digest> = HashSet::new();
         while let Some(msg) = stream.message().await? {
             for f in msg.frames {
                 let frame = Frame::try_from_proto(f).map_err(to_status)?;
+                n += frame.chunks.len() as u64;
+                bytes += frame.data.len() as u64;
+                if frame.chunks.iter().all(|c| seen.contains(&c.digest)) {
+                    continue;
+                }
+                seen.extend(frame.chunks.iter().map(|c| c.digest));
                 raw = raw.saturating_add(frame.raw_size());
                 if raw > PUT_CHUNKS_RAW_BUDGET {
                     return Err(Status::resource_exhausted(format!(
                         "frames of one PutChunks call claim over {PUT_CHUNKS_RAW_BUDGET} raw bytes: send them in several calls"
                     )));
                 }
-                n += frame.chunks.len() as u64;
-                bytes += frame.data.len() as u64;
                 pending_bytes += frame.data.len() as u64;
                 pending.push(frame);
             }

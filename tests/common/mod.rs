@@ -109,6 +109,33 @@ impl Server {
         }
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's peak resident memory so far (VmHWM), in bytes.
+    pub fn peak_memory(&self) -> u64 {
+        peak_memory(self.pid())
+    }
+
+    /// Panics unless the server is alive and its peak memory stayed under
+    /// `bound` bytes.
+    pub fn assert_memory_under(&mut self, bound: u64, case: &str) {
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "{case}: the server died"
+        );
+        let peak = self.peak_memory();
+        eprintln!("{case}: server peak memory {} MiB", peak >> 20);
+        assert!(
+            peak < bound,
+            "{case}: server peak memory {} MiB, bound {} MiB",
+            peak >> 20,
+            bound >> 20
+        );
+    }
+
     /// Stops the server process (SIGKILL), leaving its data.
     pub fn stop(&mut self) {
         let _ = self.child.kill();
@@ -210,6 +237,41 @@ fn try_spawn_server(
         return None;
     }
     Some(child)
+}
+
+/// Peak resident memory (VmHWM from /proc) of a process, in bytes.
+pub fn peak_memory(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kib * 1024
+}
+
+/// `curl -s` with extra arguments: (status, body, lower-cased headers).
+pub fn curl(args: &[&str]) -> (u16, Vec<u8>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let headers = dir.path().join("h");
+    let out = Command::new("curl")
+        .args(["-s", "-o", "-", "-D"])
+        .arg(&headers)
+        .args(args)
+        .output()
+        .expect("curl");
+    // The last response's headers (an upload may get `100 Continue` first).
+    let all = std::fs::read_to_string(&headers).unwrap_or_default();
+    let head = all
+        .rfind("HTTP/")
+        .map_or(all.as_str(), |at| &all[at..])
+        .to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, out.stdout, head.to_lowercase())
 }
 
 /// Every regular file below `dir`.

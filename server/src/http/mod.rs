@@ -64,6 +64,9 @@ pub struct HttpConfig {
     /// Connections served at once; further ones wait in the kernel's
     /// accept queue.
     pub max_connections: usize,
+    /// How long a request's headers may take to arrive (and a kept-alive
+    /// connection may stay idle); [`HEADER_TIMEOUT`] by default.
+    pub header_timeout: Duration,
 }
 
 /// Default of [`HttpConfig::max_connections`]: each connection costs a
@@ -131,7 +134,7 @@ pub fn router(mut store: Store, cfg: HttpConfig) -> Router {
 
 /// Serves the shim on a bound listener until `shutdown` resolves. Each
 /// connection is served by hyper with the limits above: at most
-/// `max_connections` at once, headers within [`HEADER_TIMEOUT`]; bodies
+/// `max_connections` at once, headers within `header_timeout`; bodies
 /// are bounded per route by the handlers.
 pub async fn serve_http(
     store: Store,
@@ -143,18 +146,19 @@ pub async fn serve_http(
     use hyper_util::server::conn::auto;
 
     let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections.max(1)));
+    let header_timeout = cfg.header_timeout;
     let app = router(store, cfg);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
+        .header_read_timeout(header_timeout);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(Some(HEADER_TIMEOUT))
-        .keep_alive_timeout(HEADER_TIMEOUT);
+        .keep_alive_interval(Some(header_timeout))
+        .keep_alive_timeout(header_timeout);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         // A free slot first, then the next connection: past the cap,
