@@ -38,7 +38,9 @@ impl NarVisitor for Drain {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let _ = read_nar(data, &mut Drain(0)).await;
     });

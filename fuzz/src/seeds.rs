@@ -149,18 +149,29 @@ CA: fixed:r:sha256:1b6fbb4sjn4c9ls0gyjqjzgj0wsqb9hkfvhl3xz91rz4yzcmd5r8\n",
         write(&out, "frame", "regzip", &f.to_proto().encode_to_vec());
     }
     let base = vec![0u8; 1024];
-    let delta = Frame::compress_with_base(&[chunk(vec![0u8; 2048])], vec![chunk(base.clone()).0], &base, 3)
-        .unwrap();
+    let delta = Frame::compress_with_base(
+        &[chunk(vec![0u8; 2048])],
+        vec![chunk(base.clone()).0],
+        &base,
+        3,
+    )
+    .unwrap();
     write(&out, "frame", "delta", &delta.to_proto().encode_to_vec());
 
     // Range headers (the first 8 bytes are the body size).
-    for (i, h) in ["bytes=0-99", "bytes=100-", "bytes=-50", "bytes=0-1,5-9", "bytes=9-1", "junk"]
-        .iter()
-        .enumerate()
+    for (i, h) in [
+        "bytes=0-99",
+        "bytes=100-",
+        "bytes=-50",
+        "bytes=0-1,5-9",
+        "bytes=9-1",
+        "junk",
+    ]
+    .iter()
+    .enumerate()
     {
         let mut v = 1000u64.to_le_bytes().to_vec();
         v.extend_from_slice(h.as_bytes());
         write(&out, "range", &format!("r{i}"), &v);
     }
 }
-

@@ -244,24 +244,23 @@ impl DirectoryStore for GrpcStore {
             by_what: Some(cpb::get_directory_request::ByWhat::Digest((*root).into())),
             recursive: true,
         };
-        let dirs: Vec<cpb::Directory> = self
+        let mut stream = self
             .directories
             .clone()
             .get(req)
             .await
             .map_err(from_status)?
-            .into_inner()
-            .try_collect()
-            .await
-            .map_err(from_status)?;
-        // Verify: each directory must be the root or referenced by one
-        // received earlier, with the digest it was referenced by.
+            .into_inner();
+        // Verified as it streams: each directory must be the root or
+        // referenced by one received earlier, with the digest it was
+        // referenced by, and arrive once; at most a closure's worth.
         let mut expected = std::collections::HashSet::from([*root]);
-        let mut out = Vec::with_capacity(dirs.len());
-        for d in dirs {
+        let mut received = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        while let Some(d) = stream.message().await.map_err(from_status)? {
             let dir = Directory::try_from_proto(d)?;
             let digest = dir.digest();
-            if !expected.contains(&digest) {
+            if !expected.contains(&digest) || !received.insert(digest) {
                 return Err(StoreError::Corrupt(format!(
                     "server sent unexpected directory {digest}"
                 )));
@@ -270,6 +269,7 @@ impl DirectoryStore for GrpcStore {
                 expected.insert(child);
             }
             out.push(dir);
+            lazix_castore::directory::check_closure_len(out.len())?;
         }
         if out.is_empty() {
             return Err(StoreError::NotFound(format!("directory {root}")));
