@@ -3,13 +3,18 @@
 
 # Installs what the benchmarks use (with --peers also the peers: nginx, wrk,
 # squashfuse, mksquashfs, zstd), sets real Nix's environment and builds
-# lazix in release mode into $LAZIX.
+# lazix in release mode into $LAZIX (LAZIX_BIN=PATH measures that binary
+# instead, e.g. an older build side by side with this one).
 bench_setup() {
   if [ "${1:-}" = --peers ]; then export LAZIX_BENCH_DEPS=1; fi
   bash scripts/install-deps.sh
   source scripts/nix-env.sh
-  cargo build --release --locked --bin lazix >&2
-  LAZIX=$PWD/target/release/lazix
+  if [ -n "${LAZIX_BIN:-}" ]; then
+    LAZIX=$LAZIX_BIN
+  else
+    cargo build --release --locked --bin lazix >&2
+    LAZIX=$PWD/target/release/lazix
+  fi
 }
 
 # Makes the scratch folder $work (/var/tmp/lazix-$1.XXXXXX), removed on
