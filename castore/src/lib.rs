@@ -17,6 +17,7 @@ pub mod nix;
 pub mod node;
 pub mod pathinfo;
 pub mod push;
+pub mod read;
 pub mod regzip;
 pub mod render;
 pub mod services;

@@ -28,7 +28,8 @@ use crate::error::{StoreError, StoreResult};
 use crate::limits::{over_limit, MAX_DEPTH, MAX_NAR_SIZE, MAX_NODES};
 use crate::nix::nar::NarEncoder;
 use crate::node::Node;
-use crate::services::{check_chunk_list, may_have_chunk_list, BlobStore, Store};
+use crate::read::BlobLayout;
+use crate::services::{BlobStore, Store};
 
 /// Blobs whose chunk lists are resolved per call.
 const BLOBS_PER_LOOKUP: usize = 512;
@@ -485,7 +486,7 @@ async fn expand(blobs: Arc<dyn BlobStore>, segment: Vec<Planned>) -> StoreResult
     let digests: Vec<B3Digest> = segment
         .iter()
         .filter_map(|p| match p {
-            Planned::Blob { digest, size, .. } if may_have_chunk_list(*size) => Some(*digest),
+            Planned::Blob { digest, size, .. } if BlobLayout::needs_lookup(*size) => Some(*digest),
             _ => None,
         })
         .collect();
@@ -508,46 +509,29 @@ async fn expand(blobs: Arc<dyn BlobStore>, segment: Vec<Planned>) -> StoreResult
                 skip,
                 take,
             } => {
-                let list = if may_have_chunk_list(size) {
-                    lists.next().expect("counted")
+                let answer = if BlobLayout::needs_lookup(size) {
+                    lists.next().flatten()
                 } else {
                     None
                 };
-                let (chunks, list) = match list {
-                    None => (vec![ChunkMeta { digest, size }], None),
-                    Some(chunks) => {
-                        check_chunk_list(&digest, size, &chunks)?;
-                        let list = (chunks.len() > 1 && skip == 0 && take == size)
-                            .then(|| list_digest(&chunks))
-                            .filter(|l| !proved_lists().contains_key(l));
-                        (chunks, list)
-                    }
-                };
-                let count = chunks.len();
-                let (from, to) = (skip, skip + take);
-                let mut offset = 0u64;
-                for (i, meta) in chunks.into_iter().enumerate() {
-                    let whole = list.map(|list| WholeFile {
-                        digest,
-                        list,
-                        first: i == 0,
-                        last: i + 1 == count,
-                    });
-                    let (start, end) = (offset, offset + meta.size);
-                    offset = end;
-                    if end <= from {
-                        continue;
-                    }
-                    if start >= to {
-                        break;
-                    }
-                    let s = from.saturating_sub(start);
-                    let e = (to - start).min(meta.size);
+                let layout = BlobLayout::from_answer(digest, size, answer)?;
+                // A file streamed whole from a list not yet proved is
+                // hashed on its way out.
+                let proving = (layout.chunks().len() > 1 && skip == 0 && take == size)
+                    .then(|| list_digest(layout.chunks()))
+                    .filter(|l| !proved_lists().contains_key(l));
+                let count = layout.chunks().len();
+                for (i, piece) in layout.pieces(skip, skip + take).into_iter().enumerate() {
                     out.push(Out::Chunk {
-                        meta,
-                        skip: s as usize,
-                        take: (e - s) as usize,
-                        whole,
+                        meta: piece.chunk,
+                        skip: piece.skip,
+                        take: piece.take,
+                        whole: proving.map(|list| WholeFile {
+                            digest,
+                            list,
+                            first: i == 0,
+                            last: i + 1 == count,
+                        }),
                     });
                 }
             }

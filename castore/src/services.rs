@@ -28,35 +28,6 @@ pub fn may_have_chunk_list(size: u64) -> bool {
     size > SINGLE_CHUNK_MAX
 }
 
-/// Checks a blob's chunk list against the file it is read for, before any
-/// reader slices bytes by it: every chunk non-empty and at most
-/// [`crate::chunk::MAX_CHUNK_SIZE`], the sizes adding up (without
-/// overflow) to the file's `size`. With this every offset a reader derives
-/// from the list is in range. What it cannot see is a reordered list of
-/// genuine chunks: each chunk still passes its own BLAKE3 check, so only
-/// hashing the whole file against its digest (as the NAR renderer and
-/// whole-file copies do) catches that.
-pub fn check_chunk_list(blob: &B3Digest, size: u64, list: &[ChunkMeta]) -> StoreResult<()> {
-    let mut total = 0u64;
-    for c in list {
-        if c.size == 0 || c.size > crate::chunk::MAX_CHUNK_SIZE {
-            return Err(StoreError::Corrupt(format!(
-                "blob {blob}: chunk list names chunk {} of {} bytes",
-                c.digest, c.size
-            )));
-        }
-        total = total
-            .checked_add(c.size)
-            .ok_or_else(|| StoreError::Corrupt(format!("blob {blob}: chunk sizes overflow")))?;
-    }
-    if total != size {
-        return Err(StoreError::Corrupt(format!(
-            "blob {blob}: chunks add up to {total} bytes, the file has {size}"
-        )));
-    }
-    Ok(())
-}
-
 /// A blob made of several chunks: its digest and its chunk list in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlobChunks {

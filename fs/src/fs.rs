@@ -15,11 +15,10 @@ use fuser::{
     ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
 };
 use futures::TryStreamExt;
-use lazix_castore::chunk::ChunkMeta;
 use lazix_castore::digest::DigestKeyBuildHasher;
 use lazix_castore::directory::Directory;
 use lazix_castore::nix::store_path::StorePath;
-use lazix_castore::services::{check_chunk_list, may_have_chunk_list};
+use lazix_castore::read::BlobLayout;
 use lazix_castore::{B3Digest, Node, Store, StoreError};
 
 use crate::fetcher::{ChunkFetcher, DiskCopy};
@@ -101,7 +100,7 @@ pub struct LazyFs {
     cfg: MountConfig,
     inodes: Mutex<Inodes>,
     directories: moka::sync::Cache<B3Digest, Arc<Directory>, DigestKeyBuildHasher>,
-    chunk_lists: moka::sync::Cache<B3Digest, Arc<Vec<ChunkMeta>>, DigestKeyBuildHasher>,
+    chunk_lists: moka::sync::Cache<B3Digest, Arc<BlobLayout>, DigestKeyBuildHasher>,
     reads: Mutex<HashMap<u64, ReadState>>,
     /// Listings by directory inode, for the readdir calls of one pass.
     listings: moka::sync::Cache<u64, Listing>,
@@ -155,9 +154,7 @@ impl LazyFs {
                 .build_with_hasher(DigestKeyBuildHasher::default()),
             chunk_lists: moka::sync::Cache::builder()
                 .max_capacity(32 * 1024 * 1024)
-                .weigher(|_: &B3Digest, l: &Arc<Vec<ChunkMeta>>| {
-                    (l.len() * 48 + 64).min(u32::MAX as usize) as u32
-                })
+                .weigher(|_: &B3Digest, l: &Arc<BlobLayout>| l.weight().min(u32::MAX as u64) as u32)
                 .build_with_hasher(DigestKeyBuildHasher::default()),
             reads: Mutex::new(HashMap::new()),
             listings: moka::sync::Cache::builder()
@@ -282,50 +279,38 @@ impl LazyFs {
         dir.entry(name.as_bytes()).ok_or(Errno::ENOENT)
     }
 
-    fn chunk_list(&self, digest: &B3Digest, size: u64) -> Result<Arc<Vec<ChunkMeta>>, Errno> {
+    /// The file's chunks, checked against it (see
+    /// [`lazix_castore::read::layout`]); a list that does not fit is EIO.
+    fn layout(&self, digest: &B3Digest, size: u64) -> Result<Arc<BlobLayout>, Errno> {
         if let Some(l) = self.chunk_lists.get(digest) {
             return Ok(l);
         }
         // A small file is one chunk: no round trip to ask.
-        let answer = if may_have_chunk_list(size) {
+        let answer = if BlobLayout::needs_lookup(size) {
             self.remote(self.store.blobs.get_blob_chunks(&[*digest]))?
+                .into_iter()
+                .next()
+                .flatten()
         } else {
-            Vec::new()
+            None
         };
-        let list = match answer.into_iter().next().flatten() {
-            Some(l) => l,
-            None if size == 0 => Vec::new(),
-            None => vec![ChunkMeta {
-                digest: *digest,
-                size,
-            }],
-        };
-        if let Err(e) = check_chunk_list(digest, size, &list) {
+        let layout = BlobLayout::from_answer(*digest, size, answer).map_err(|e| {
             tracing::error!(error = %e, "refusing a chunk list");
             count_read_error(&self.fetcher);
-            return Err(Errno::EIO);
-        }
-        let list = Arc::new(list);
-        self.chunk_lists.insert(*digest, list.clone());
-        Ok(list)
+            Errno::EIO
+        })?;
+        let layout = Arc::new(layout);
+        self.chunk_lists.insert(*digest, layout.clone());
+        Ok(layout)
     }
 
-    /// Chunks of `list` overlapping `range`, with each chunk's file offset.
-    fn covering(list: &[ChunkMeta], start: u64, end: u64) -> Vec<(u64, ChunkMeta)> {
-        let mut out = Vec::new();
-        let mut off = 0u64;
-        for c in list {
-            let (s, e) = (off, off + c.size);
-            off = e;
-            if e <= start {
-                continue;
-            }
-            if s >= end {
-                break;
-            }
-            out.push((s, *c));
-        }
-        out
+    /// Digests of the chunks covering `start..end`.
+    fn covering(layout: &BlobLayout, start: u64, end: u64) -> Vec<B3Digest> {
+        layout
+            .pieces(start, end)
+            .into_iter()
+            .map(|p| p.chunk.digest)
+            .collect()
     }
 
     /// The inode's whole-file copy under way, started by a read at offset
@@ -429,16 +414,15 @@ impl LazyFs {
         }
     }
 
-    /// Chunks of `list` within [`NEIGHBOURHOOD`] of `start..end`, other
+    /// Chunks of `layout` within [`NEIGHBOURHOOD`] of `start..end`, other
     /// than `these`: where the frames of `these` may also reach.
-    fn neighbours(list: &[ChunkMeta], start: u64, end: u64, these: &[B3Digest]) -> Vec<B3Digest> {
+    fn neighbours(layout: &BlobLayout, start: u64, end: u64, these: &[B3Digest]) -> Vec<B3Digest> {
         Self::covering(
-            list,
+            layout,
             start.saturating_sub(NEIGHBOURHOOD),
-            end + NEIGHBOURHOOD,
+            end.saturating_add(NEIGHBOURHOOD),
         )
         .into_iter()
-        .map(|(_, c)| c.digest)
         .filter(|d| !these.contains(d))
         .collect()
     }
@@ -460,7 +444,7 @@ impl LazyFs {
             count_read_error(&self.fetcher);
             return Err(Errno::EIO);
         }
-        let list = self.chunk_list(digest, file_size)?;
+        let layout = self.layout(digest, file_size)?;
         let writer = self.whole_writer(ino, digest, file_size, offset);
         // A file being copied whole needs no frames on disk, except near
         // its start: a reader that only looks at the header (a mapped
@@ -495,17 +479,14 @@ impl LazyFs {
             }
         };
         if let Some((from, to)) = ahead {
-            let ahead: Vec<B3Digest> = Self::covering(&list, from, to)
-                .into_iter()
-                .map(|(_, c)| c.digest)
-                .collect();
-            let neighbours = Self::neighbours(&list, from, to, &ahead);
+            let ahead = Self::covering(&layout, from, to);
+            let neighbours = Self::neighbours(&layout, from, to, &ahead);
             let _guard = self.rt.enter();
             self.fetcher.prefetch(ahead, neighbours, disk);
         }
-        let needed = Self::covering(&list, offset, end);
-        let digests: Vec<B3Digest> = needed.iter().map(|(_, c)| c.digest).collect();
-        let neighbours = Self::neighbours(&list, offset, end, &digests);
+        let needed = layout.pieces(offset, end);
+        let digests: Vec<B3Digest> = needed.iter().map(|p| p.chunk.digest).collect();
+        let neighbours = Self::neighbours(&layout, offset, end, &digests);
         let fetched = self.rt.block_on(self.fetcher.get_after_neighbours(
             &digests,
             &neighbours,
@@ -522,23 +503,21 @@ impl LazyFs {
             return Err(Errno::EIO);
         }
         let mut out = Vec::with_capacity((end - offset) as usize);
-        for ((chunk_start, meta), data) in needed.iter().zip(datas) {
+        for (piece, data) in needed.iter().zip(datas) {
             // Verified bytes of the chunk named, but of another length than
             // the list says: the list lies (a reader never slices past).
-            if data.len() as u64 != meta.size {
+            if data.len() as u64 != piece.chunk.size {
                 tracing::error!(
                     %digest,
-                    chunk = %meta.digest,
+                    chunk = %piece.chunk.digest,
                     "chunk has {} bytes, its list says {}",
                     data.len(),
-                    meta.size
+                    piece.chunk.size
                 );
                 count_read_error(&self.fetcher);
                 return Err(Errno::EIO);
             }
-            let from = offset.saturating_sub(*chunk_start) as usize;
-            let to = ((end - chunk_start).min(meta.size)) as usize;
-            out.extend_from_slice(&data[from..to]);
+            out.extend_from_slice(&data[piece.skip..piece.skip + piece.take]);
         }
         crate::stats::Stats::add(&self.fetcher.stats.served_bytes, out.len() as u64);
         crate::stats::Stats::add(&self.fetcher.stats.reads, 1);
@@ -714,11 +693,11 @@ impl Filesystem for LazyFs {
                 let backing = self.backing_for(&reply, ino.0, &digest, size);
                 if backing.is_none() && size > 0 && size <= SMALL_FILE {
                     // Small files come whole, in one request.
-                    let list = match self.chunk_list(&digest, size) {
+                    let layout = match self.layout(&digest, size) {
                         Ok(l) => l,
                         Err(e) => return reply.error(e),
                     };
-                    let digests: Vec<B3Digest> = list.iter().map(|c| c.digest).collect();
+                    let digests: Vec<B3Digest> = layout.chunks().iter().map(|c| c.digest).collect();
                     if let Err(e) = self.rt.block_on(self.fetcher.get(&digests)) {
                         tracing::warn!(error = %e, "open failed");
                         count_read_error(&self.fetcher);

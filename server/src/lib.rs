@@ -24,6 +24,10 @@ pub use service::StoreService;
 /// 2 MiB; the margin admits large directories and big batches.
 pub const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 
+/// Concurrent gRPC calls one connection may have open (the mount and the
+/// renderer keep a few windows in flight; 256 leaves room for many).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
 /// Serves `store` over gRPC on an already bound listener until `shutdown`
 /// resolves.
 pub async fn serve_grpc(
@@ -43,6 +47,12 @@ pub async fn serve_grpc(
     });
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        // A peer that vanished (or never answers) is dropped instead of
+        // holding its streams; one connection cannot open streams without
+        // bound.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .initial_stream_window_size(Some(8 * 1024 * 1024))
         .initial_connection_window_size(Some(32 * 1024 * 1024))
         .add_service(

@@ -440,7 +440,7 @@ impl BucketStore {
             .iter()
             .try_fold(0u64, |acc, c| acc.checked_add(c.size))
             .ok_or_else(|| StoreError::Invalid(format!("blob {}: chunk sizes overflow", b.blob)))?;
-        crate::services::check_chunk_list(&b.blob, size, &b.chunks)
+        crate::read::layout::check_chunk_list(&b.blob, size, &b.chunks)
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
         if b.chunks.len() > 1 && !may_have_chunk_list(size) {
             return Err(StoreError::Invalid(format!(
