@@ -412,6 +412,23 @@ fn shared_subtrees_and_deep_chains_cannot_explode() {
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+
+        // Entry sizes whose sum overflows u64: refused by the limit, not
+        // wrapped (or a panic).
+        let mut overflowing = cpb::Directory::default();
+        for name in ["a", "b"] {
+            overflowing.directories.push(cpb::DirectoryEntry {
+                name: name.into(),
+                digest: vec![1u8; 32].into(),
+                size: u64::MAX,
+            });
+        }
+        let err = dirs_c
+            .put(futures::stream::iter(vec![overflowing]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+        assert!(err.message().contains("limit"), "{}", err.message());
     });
     srv.assert_memory_under(MEMORY_BOUND, "shared subtrees");
     good.assert_served(&srv);

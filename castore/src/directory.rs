@@ -294,7 +294,9 @@ pub fn check_closure_len(directories: usize) -> Result<(), StoreError> {
 pub struct TreeShape {
     /// Nodes below the root, each shared subtree counted once per place.
     pub nodes: u64,
-    /// Deepest directory nesting below the root (0: no subdirectories).
+    /// How many directories the deepest node is below, counting the root
+    /// (its entries are at 1): the depth a NAR plan and the NAR reader
+    /// check against [`MAX_DEPTH`].
     pub depth: usize,
 }
 
@@ -346,7 +348,7 @@ pub fn check_tree(root: &Node, closure: &[Directory]) -> Result<TreeShape, Store
         let entries = (dir.0.directories.len() + dir.0.files.len() + dir.0.symlinks.len()) as u64;
         let mut s = TreeShape {
             nodes: entries,
-            depth: 0,
+            depth: usize::from(entries > 0),
         };
         for (_, child, _) in dir.child_directories() {
             // Children were pushed after their parent, so they are
@@ -546,6 +548,50 @@ mod tests {
             target: "".into(),
         });
         assert!(Directory::try_from_proto(link).is_err(), "empty target");
+    }
+
+    #[test]
+    fn trees_are_measured_once_per_directory_against_the_limits() {
+        // A chain one level deeper than allowed.
+        let mut chain = vec![Directory::empty()];
+        for _ in 0..=MAX_DEPTH {
+            let mut b = DirectoryBuilder::default();
+            b.add("d".into(), dir_node(chain.last().unwrap()));
+            chain.push(b.build().unwrap());
+        }
+        let top = dir_node(chain.last().unwrap());
+        let err = check_tree(&top, &chain).unwrap_err();
+        assert!(err.to_string().contains("levels"), "{err}");
+        let below = dir_node(&chain[chain.len() - 2]);
+        assert_eq!(
+            check_tree(&below, &chain).unwrap(),
+            TreeShape {
+                nodes: MAX_DEPTH as u64,
+                depth: MAX_DEPTH
+            }
+        );
+        // Shared subtrees: 2^16 leaves from 17 directories, counted per
+        // place without expanding them.
+        let mut shared = vec![{
+            let mut b = DirectoryBuilder::default();
+            b.add("f".into(), file(b"", false));
+            b.build().unwrap()
+        }];
+        for _ in 0..16 {
+            let mut b = DirectoryBuilder::default();
+            b.add("a".into(), dir_node(shared.last().unwrap()));
+            b.add("b".into(), dir_node(shared.last().unwrap()));
+            shared.push(b.build().unwrap());
+        }
+        let shape = check_tree(&dir_node(shared.last().unwrap()), &shared).unwrap();
+        assert_eq!(shape.nodes, (1u64 << 17) - 2 + (1 << 16));
+        assert_eq!(shape.depth, 17, "the file is 17 directories down");
+        // A root whose entry lies about its size.
+        let liar = Node::Directory {
+            digest: shared[3].digest(),
+            size: 1,
+        };
+        assert!(check_tree(&liar, &shared).is_err());
     }
 
     #[test]

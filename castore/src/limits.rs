@@ -11,8 +11,10 @@
 
 use crate::error::StoreError;
 
-/// Deepest nesting of directories below a store path's root. Real paths
-/// stay near 50; `PATH_MAX` (4096) caps what a program can open anyway.
+/// Deepest nesting below a store path's root: no node (file, symlink or
+/// directory) lies inside more than this many directories, the root
+/// counted. Real paths stay near 50; `PATH_MAX` (4096) caps what a program
+/// can open anyway.
 pub const MAX_DEPTH: usize = 1024;
 
 /// Most nodes (files, symlinks, directories, counted where they appear in
