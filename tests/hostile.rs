@@ -147,6 +147,22 @@ fn inflating_frames_cost_one_frame_and_identical_ones_are_stored_once() {
             .into_inner()
             .missing;
         assert_eq!(missing.len(), digests.len(), "a refused call stored chunks");
+
+        // 327,680 distinct 4-byte chunks in one call (1.3 MiB raw,
+        // 12 MB of chunk lists): refused by the chunk count.
+        let tiny: Vec<lpb::PutChunksRequest> = (0..5u32)
+            .map(|f| {
+                let chunks: Vec<Vec<u8>> = (0..65_536u32)
+                    .map(|i| (f * 65_536 + i).to_le_bytes().to_vec())
+                    .collect();
+                let refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+                lpb::PutChunksRequest {
+                    frames: vec![lazix_castore::testutil::frame_of(&refs).to_proto()],
+                }
+            })
+            .collect();
+        let err = c.put_chunks(futures::stream::iter(tiny)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
     });
     assert_eq!(
         stored_frames(&srv),

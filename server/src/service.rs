@@ -33,6 +33,10 @@ const PACK_LIMIT: u64 = 64 * 1024 * 1024;
 /// it bounds what one call costs however well its frames compress.
 pub const PUT_CHUNKS_RAW_BUDGET: u64 = 256 * 1024 * 1024;
 
+/// Distinct chunks one PutChunks call may carry (clients send at most 2048
+/// per batch): bounds the chunk lists held, however small the chunks.
+pub const PUT_CHUNKS_MAX_CHUNKS: usize = 1 << 18;
+
 /// Implements every service over one store.
 #[derive(Clone)]
 pub struct StoreService {
@@ -354,9 +358,10 @@ impl chunk_service_server::ChunkService for StoreService {
                 }
                 seen.extend(frame.chunks.iter().map(|c| c.digest));
                 raw = raw.saturating_add(frame.raw_size());
-                if raw > PUT_CHUNKS_RAW_BUDGET {
+                if raw > PUT_CHUNKS_RAW_BUDGET || seen.len() > PUT_CHUNKS_MAX_CHUNKS {
                     return Err(Status::resource_exhausted(format!(
-                        "frames of one PutChunks call claim over {PUT_CHUNKS_RAW_BUDGET} raw bytes: send them in several calls"
+                        "frames of one PutChunks call claim over {PUT_CHUNKS_RAW_BUDGET} raw bytes \
+                         or {PUT_CHUNKS_MAX_CHUNKS} chunks: send them in several calls"
                     )));
                 }
                 pending_bytes += frame.data.len() as u64;
