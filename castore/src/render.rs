@@ -387,18 +387,6 @@ impl NarPlan {
         &self.listing
     }
 
-    /// The path components of the listing's node `index` below the root.
-    pub fn path_of(&self, index: usize) -> Vec<Bytes> {
-        let mut path = Vec::new();
-        let mut at = index;
-        while let Some(parent) = self.listing[at].parent {
-            path.push(self.listing[at].name.clone());
-            at = parent;
-        }
-        path.reverse();
-        path
-    }
-
     /// The pieces covering `range` of the NAR, trimmed.
     fn slice(&self, range: Range<u64>) -> Vec<Planned> {
         let mut out = Vec::new();
