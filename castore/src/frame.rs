@@ -8,8 +8,6 @@
 //! Frames are what clients upload, what packs hold, what the server ships
 //! as stored, and what client caches keep.
 
-use std::collections::HashMap;
-
 use bytes::Bytes;
 use lazix_proto::ext as lpb;
 
@@ -385,62 +383,6 @@ pub fn group_into_frames(
         frames.push(cur);
     }
     frames
-}
-
-/// Decodes and verifies frames of both kinds (on a blocking thread);
-/// returns every chunk they hold with its bytes. A delta frame's base
-/// chunks come from the plain frames of the same call or from `known`
-/// (verified bytes the caller already has); a base found in neither is
-/// `NotFound`.
-pub async fn decode_frames(
-    frames: Vec<Frame>,
-    known: HashMap<B3Digest, Bytes>,
-) -> StoreResult<Vec<(ChunkMeta, Bytes)>> {
-    tokio::task::spawn_blocking(move || {
-        let mut out = Vec::new();
-        let mut decoded: HashMap<B3Digest, Bytes> = HashMap::new();
-        for f in frames.iter().filter(|f| f.base.is_empty()) {
-            for (meta, bytes) in f.chunks.iter().zip(f.decode_verified()?) {
-                decoded.insert(meta.digest, bytes.clone());
-                out.push((*meta, bytes));
-            }
-        }
-        for f in frames.iter().filter(|f| !f.base.is_empty()) {
-            let mut base = Vec::with_capacity(f.base_size() as usize);
-            for b in &f.base {
-                let bytes = decoded
-                    .get(&b.digest)
-                    .or_else(|| known.get(&b.digest))
-                    .ok_or_else(|| StoreError::NotFound(format!("base chunk {}", b.digest)))?;
-                base.extend_from_slice(bytes);
-            }
-            out.extend(
-                f.chunks
-                    .iter()
-                    .copied()
-                    .zip(f.decode_verified_with_base(&base)?),
-            );
-        }
-        Ok(out)
-    })
-    .await
-    .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
-}
-
-/// The base chunks that delta frames among `frames` need and that no plain
-/// frame among them holds, each once.
-pub fn missing_bases(frames: &[Frame]) -> Vec<B3Digest> {
-    let held: std::collections::HashSet<B3Digest> = frames
-        .iter()
-        .filter(|f| f.base.is_empty())
-        .flat_map(|f| f.chunks.iter().map(|c| c.digest))
-        .collect();
-    let mut seen = std::collections::HashSet::new();
-    frames
-        .iter()
-        .flat_map(|f| f.base.iter().map(|b| b.digest))
-        .filter(|d| !held.contains(d) && seen.insert(*d))
-        .collect()
 }
 
 #[cfg(test)]

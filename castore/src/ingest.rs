@@ -26,7 +26,7 @@ use crate::frame::{
 };
 use crate::nix::nar::{hashing_reader, read_nar, NarError, NarVisitor};
 use crate::node::Node;
-use crate::services::{BlobChunks, BlobStore, Store};
+use crate::store::{BlobChunks, BlobStore, Store};
 
 /// Raw bytes gathered before a batch is checked and uploaded (one pack).
 const BATCH_BYTES: u64 = 8 * 1024 * 1024;

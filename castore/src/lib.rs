@@ -4,7 +4,6 @@
 #![warn(missing_docs)]
 
 pub mod bucket;
-pub mod cache;
 pub mod chunk;
 pub mod chunker;
 pub mod digest;
@@ -20,12 +19,13 @@ pub mod push;
 pub mod read;
 pub mod regzip;
 pub mod render;
-pub mod services;
 pub mod similarity;
+pub mod store;
+#[cfg(any(test, feature = "testutil"))]
 pub mod testutil;
 
 pub use digest::B3Digest;
 pub use error::{StoreError, StoreResult};
 pub use node::Node;
 pub use pathinfo::PathInfo;
-pub use services::Store;
+pub use store::Store;

@@ -16,7 +16,7 @@ use crate::nix::hash::format_sha256;
 use crate::nix::local::{LocalNixError, LocalPathInfo};
 use crate::nix::nar::{dump_reader, InspectReader};
 use crate::pathinfo::PathInfo;
-use crate::services::Store;
+use crate::store::Store;
 use crate::StoreError;
 
 /// Why a push failed.

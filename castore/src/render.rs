@@ -29,7 +29,7 @@ use crate::limits::{over_limit, MAX_DEPTH, MAX_NAR_SIZE, MAX_NODES};
 use crate::nix::nar::NarEncoder;
 use crate::node::Node;
 use crate::read::BlobLayout;
-use crate::services::{BlobStore, Store};
+use crate::store::{BlobStore, Store};
 
 /// Blobs whose chunk lists are resolved per call.
 const BLOBS_PER_LOOKUP: usize = 512;

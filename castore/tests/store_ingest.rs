@@ -8,7 +8,7 @@ use lazix_castore::bucket::BucketStore;
 use lazix_castore::ingest::{ingest_nar, ChunkUploader, IngestError, KnownChunks, TransferStats};
 use lazix_castore::nix::nar::NarEncoder;
 use lazix_castore::render::render_nar;
-use lazix_castore::services::BlobStore;
+use lazix_castore::store::BlobStore;
 use lazix_castore::testutil::frame_of;
 use lazix_castore::{Node, Store, StoreError};
 

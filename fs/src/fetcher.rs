@@ -6,16 +6,18 @@
 //! requests for one chunk cause one fetch.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use lazix_castore::digest::DigestKeyBuildHasher;
-use lazix_castore::frame::{missing_bases, Frame};
-use lazix_castore::services::BlobStore;
+use lazix_castore::frame::Frame;
+use lazix_castore::read::bases::{frames_with_bases, FramesWithBases};
+use lazix_castore::read::decode::decode_each;
+use lazix_castore::read::single_flight::{Claim, SingleFlight, Turn, Waiter};
+use lazix_castore::store::BlobStore;
 use lazix_castore::{B3Digest, StoreError};
-use tokio::sync::watch;
 
 use crate::disk_cache::DiskCache;
 use crate::stats::Stats;
@@ -52,19 +54,26 @@ pub enum DiskCopy {
     Skip,
 }
 
-/// The outcome of one chunk fetch, once known.
-type Outcome = Option<Result<Bytes, FetchError>>;
-/// Waits for a fetch another request started.
-type InFlight = watch::Receiver<Outcome>;
-/// Publishes the outcome of a fetch this request started.
-type Publisher = (B3Digest, watch::Sender<Outcome>);
+impl From<StoreError> for FetchError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Corrupt(m) => FetchError::Store(format!("corrupt answer: {m}")),
+            e => FetchError::Store(e.to_string()),
+        }
+    }
+}
+
+/// The outcome of one chunk fetch.
+type Outcome = Result<Bytes, FetchError>;
+/// The duty to fetch one chunk and publish its outcome.
+type Publisher = Claim<B3Digest, Outcome, DigestKeyBuildHasher>;
 
 /// Serves verified chunk bytes to the file system.
 pub struct ChunkFetcher {
     remote: Arc<dyn BlobStore>,
     memory: moka::sync::Cache<B3Digest, Bytes, DigestKeyBuildHasher>,
     disk: Option<DiskCache>,
-    in_flight: Mutex<HashMap<B3Digest, InFlight>>,
+    in_flight: SingleFlight<B3Digest, Outcome, DigestKeyBuildHasher>,
     timeout: Duration,
     /// Counters.
     pub stats: Arc<Stats>,
@@ -93,7 +102,7 @@ impl ChunkFetcher {
             disk: disk
                 .map(|(dir, quota)| DiskCache::open(dir, quota))
                 .transpose()?,
-            in_flight: Mutex::new(HashMap::new()),
+            in_flight: SingleFlight::default(),
             timeout,
             stats: Arc::new(Stats::default()),
         })
@@ -116,16 +125,17 @@ impl ChunkFetcher {
     fn disk_lookup(&self, digest: &B3Digest) -> Option<Bytes> {
         let disk = self.disk.as_ref()?;
         let (id, frame) = disk.frame_of(digest)?;
-        let mut base = Vec::with_capacity(frame.base_size() as usize);
+        let mut known = HashMap::new();
         for b in &frame.base {
             let bytes = match self.memory.get(&b.digest) {
                 Some(bytes) => bytes,
                 None if b.digest != *digest => self.disk_lookup(&b.digest)?,
                 None => return None,
             };
-            base.extend_from_slice(&bytes);
+            known.insert(b.digest, bytes);
         }
-        match frame.decode_verified_some(&base, &|d| d == digest) {
+        let (frame, outcome) = decode_each(vec![frame], known, &|d| d == digest).pop()?;
+        match outcome {
             Ok(datas) => {
                 Stats::add(&self.stats.disk_hits, 1);
                 let mut wanted = None;
@@ -177,49 +187,53 @@ impl ChunkFetcher {
         disk: DiskCopy,
     ) -> Result<Vec<Bytes>, FetchError> {
         let mut out: Vec<Option<Bytes>> = digests.iter().map(|d| self.local(d)).collect();
-        let mut mine: Vec<Publisher> = Vec::new();
-        let mut waits: Vec<(usize, InFlight)> = Vec::new();
-        let earlier: Vec<InFlight>;
-        {
-            let mut in_flight = self.in_flight.lock().expect("in-flight map");
-            earlier = neighbours
+        let misses: Vec<(usize, B3Digest)> = digests
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| out[*i].is_none())
+            .map(|(i, d)| (i, *d))
+            .collect();
+        // Joined before this call claims anything: only fetches registered
+        // earlier are awaited, so waits never form a cycle.
+        let earlier: Vec<Waiter<Outcome>> = if misses.is_empty() {
+            Vec::new()
+        } else {
+            neighbours
                 .iter()
-                .filter_map(|d| in_flight.get(d).cloned())
-                .collect();
-            for (i, d) in digests.iter().enumerate() {
-                if out[i].is_some() {
-                    continue;
+                .filter_map(|d| self.in_flight.join(d))
+                .collect()
+        };
+        let mut mine: Vec<Publisher> = Vec::new();
+        let mut waits: Vec<(usize, Waiter<Outcome>)> = Vec::new();
+        let turns = self.in_flight.claim_or_join(misses.iter().map(|(_, d)| d));
+        for ((i, _), turn) in misses.iter().zip(turns) {
+            match turn {
+                Turn::Claimed(claim) => {
+                    waits.push((*i, claim.waiter()));
+                    mine.push(claim);
                 }
-                if let Some(rx) = in_flight.get(d) {
-                    waits.push((i, rx.clone()));
-                } else if !mine.iter().any(|(m, _)| m == d) {
-                    let (tx, rx) = watch::channel(None);
-                    in_flight.insert(*d, rx.clone());
-                    mine.push((*d, tx));
-                    waits.push((i, rx));
-                } else {
-                    let rx = in_flight.get(d).expect("just inserted").clone();
-                    waits.push((i, rx));
-                }
+                Turn::Joined(waiter) => waits.push((*i, waiter)),
             }
         }
         if !mine.is_empty() && !earlier.is_empty() {
-            for mut rx in earlier {
-                // Their outcome is theirs to report: a failure or a timeout
-                // here only means fetching ours ourselves.
-                let _ = tokio::time::timeout(self.timeout, rx.wait_for(|v| v.is_some())).await;
+            for waiter in earlier {
+                // Their outcome is theirs to report: a failure here only
+                // means fetching ours ourselves.
+                let _ = waiter.outcome().await;
             }
             mine = self.publish_arrived(mine);
         }
         if !mine.is_empty() {
             self.fetch_remote(mine, disk).await;
         }
-        for (i, mut rx) in waits {
-            let res = tokio::time::timeout(self.timeout, rx.wait_for(|v| v.is_some()))
+        // Every fetch waited on is bounded by the server timeout of its
+        // calls; a fetch abandoned by its reader (cancelled) fails this read.
+        for (i, waiter) in waits {
+            let outcome = waiter
+                .outcome()
                 .await
-                .map_err(|_| FetchError::Timeout(self.timeout))?
                 .map_err(|_| FetchError::Store("fetch abandoned".into()))?;
-            out[i] = Some(res.clone().expect("is_some")?);
+            out[i] = Some(outcome?);
         }
         Ok(out.into_iter().map(|b| b.expect("filled")).collect())
     }
@@ -228,14 +242,10 @@ impl ChunkFetcher {
     /// neighbour's frame); returns the others.
     fn publish_arrived(&self, mine: Vec<Publisher>) -> Vec<Publisher> {
         let mut rest = Vec::new();
-        let mut in_flight = self.in_flight.lock().expect("in-flight map");
-        for (digest, tx) in mine {
-            match self.memory.get(&digest) {
-                Some(bytes) => {
-                    in_flight.remove(&digest);
-                    let _ = tx.send(Some(Ok(bytes)));
-                }
-                None => rest.push((digest, tx)),
+        for claim in mine {
+            match self.memory.get(claim.key()) {
+                Some(bytes) => claim.publish(Ok(bytes)),
+                None => rest.push(claim),
             }
         }
         rest
@@ -259,20 +269,16 @@ impl ChunkFetcher {
     }
 
     async fn fetch_group(&self, group: Vec<Publisher>, disk: DiskCopy) {
-        let digests: Vec<B3Digest> = group.iter().map(|(d, _)| *d).collect();
-        let result = self.fetch_call(&digests, disk).await;
-        let mut in_flight = self.in_flight.lock().expect("in-flight map");
-        match result {
+        let digests: Vec<B3Digest> = group.iter().map(|c| *c.key()).collect();
+        match self.fetch_call(&digests, disk).await {
             Ok(chunks) => {
-                for ((digest, tx), res) in group.into_iter().zip(chunks) {
-                    in_flight.remove(&digest);
-                    let _ = tx.send(Some(res));
+                for (claim, outcome) in group.into_iter().zip(chunks) {
+                    claim.publish(outcome);
                 }
             }
             Err(e) => {
-                for (digest, tx) in group {
-                    in_flight.remove(&digest);
-                    let _ = tx.send(Some(Err(e.clone())));
+                for claim in group {
+                    claim.publish(Err(e.clone()));
                 }
             }
         }
@@ -286,29 +292,24 @@ impl ChunkFetcher {
         disk_copy: DiskCopy,
     ) -> Result<Vec<Result<Bytes, FetchError>>, FetchError> {
         Stats::add(&self.stats.fetch_requests, 1);
-        let mut frames = self.remote_frames(batch).await?;
         // Delta frames need their bases: from the caches, else one more call.
-        let mut known: HashMap<B3Digest, Bytes> = HashMap::new();
-        let mut wanted = Vec::new();
-        for d in missing_bases(&frames) {
-            match self.memory.get(&d).or_else(|| self.disk_lookup(&d)) {
-                Some(b) => {
-                    known.insert(d, b);
-                }
-                None => wanted.push(d),
-            }
-        }
-        if !wanted.is_empty() {
-            frames.extend(self.remote_frames(&wanted).await?);
-        }
-        // What must be decoded: the chunks asked for and the bases of the
-        // delta frames (neighbours come along where that costs nothing).
-        let mut needed: HashSet<B3Digest> = batch.iter().copied().collect();
-        needed.extend(frames.iter().flat_map(|f| f.base.iter().map(|b| b.digest)));
-        let decoded: Vec<(Frame, DecodeResult)> =
-            tokio::task::spawn_blocking(move || decode_each(frames, known, &needed))
-                .await
-                .map_err(|e| FetchError::Store(e.to_string()))?;
+        let FramesWithBases { frames, known } = frames_with_bases(
+            batch.to_vec(),
+            |digests| async move { self.remote_frames(&digests).await },
+            |d| {
+                let hit = self.memory.get(&d).or_else(|| self.disk_lookup(&d));
+                async move { hit }
+            },
+        )
+        .await?;
+        // What must be decoded: the chunks asked for (and the bases of the
+        // delta frames); neighbours come along where that costs nothing.
+        let needed: HashSet<B3Digest> = batch.iter().copied().collect();
+        let decoded = tokio::task::spawn_blocking(move || {
+            decode_each(frames, known, &|d| needed.contains(d))
+        })
+        .await
+        .map_err(|e| FetchError::Store(e.to_string()))?;
         let mut got: HashMap<B3Digest, Result<Bytes, FetchError>> = HashMap::new();
         let mut to_disk = Vec::new();
         let mut partial = Vec::new();
@@ -394,11 +395,7 @@ impl ChunkFetcher {
     async fn remote_frames(&self, digests: &[B3Digest]) -> Result<Vec<Frame>, FetchError> {
         let frames = tokio::time::timeout(self.timeout, self.remote.get_frames(digests))
             .await
-            .map_err(|_| FetchError::Timeout(self.timeout))?
-            .map_err(|e| match e {
-                StoreError::Corrupt(m) => FetchError::Store(format!("corrupt answer: {m}")),
-                e => FetchError::Store(e.to_string()),
-            })?;
+            .map_err(|_| FetchError::Timeout(self.timeout))??;
         let payload: u64 = frames.iter().map(|f| f.data.len() as u64).sum();
         let chunk_count: usize = frames.iter().map(|f| f.chunks.len()).sum();
         Stats::add(&self.stats.fetched_bytes, payload);
@@ -414,13 +411,10 @@ impl ChunkFetcher {
         neighbours: Vec<B3Digest>,
         disk: DiskCopy,
     ) {
-        let wanted: Vec<B3Digest> = {
-            let in_flight = self.in_flight.lock().expect("in-flight map");
-            digests
-                .into_iter()
-                .filter(|d| !in_flight.contains_key(d) && !self.memory.contains_key(d))
-                .collect()
-        };
+        let wanted: Vec<B3Digest> = digests
+            .into_iter()
+            .filter(|d| !self.in_flight.is_open(d) && !self.memory.contains_key(d))
+            .collect();
         if wanted.is_empty() {
             return;
         }
@@ -433,53 +427,10 @@ impl ChunkFetcher {
     }
 }
 
-/// A frame's chunks decoded (`None`: left out, see
-/// [`Frame::decode_verified_some`]), or why not.
-type DecodeResult = Result<Vec<Option<Bytes>>, StoreError>;
-
-/// Decodes each frame on its own (plain frames first, so delta frames find
-/// their bases among them or in `known`), at least the chunks in `needed`,
-/// keeping each frame's outcome: one bad frame does not fail its
-/// neighbours.
-fn decode_each(
-    frames: Vec<Frame>,
-    known: HashMap<B3Digest, Bytes>,
-    needed: &HashSet<B3Digest>,
-) -> Vec<(Frame, DecodeResult)> {
-    let (plain, deltas): (Vec<Frame>, Vec<Frame>) =
-        frames.into_iter().partition(|f| f.base.is_empty());
-    let mut bytes_of = known;
-    let mut out = Vec::new();
-    let wanted = |d: &B3Digest| needed.contains(d);
-    for f in plain {
-        let res = f.decode_verified_some(&[], &wanted);
-        if let Ok(datas) = &res {
-            for (m, b) in f.chunks.iter().zip(datas) {
-                if let Some(b) = b {
-                    bytes_of.insert(m.digest, b.clone());
-                }
-            }
-        }
-        out.push((f, res));
-    }
-    for f in deltas {
-        let base: Result<Vec<u8>, StoreError> = f.base.iter().try_fold(Vec::new(), |mut acc, b| {
-            let bytes = bytes_of
-                .get(&b.digest)
-                .ok_or_else(|| StoreError::NotFound(format!("base chunk {}", b.digest)))?;
-            acc.extend_from_slice(bytes);
-            Ok(acc)
-        });
-        let res = base.and_then(|base| f.decode_verified_some(&base, &wanted));
-        out.push((f, res));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use lazix_castore::bucket::BucketStore;
-    use lazix_castore::services::BlobStore;
+    use lazix_castore::store::BlobStore;
     use lazix_castore::testutil::{frame_of, SlowStore};
 
     use super::*;

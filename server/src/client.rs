@@ -2,7 +2,6 @@
 //! traits as a local backend, so the CLI, the renderer and later the FUSE
 //! mount work with either.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,7 +10,8 @@ use futures::{StreamExt, TryStreamExt};
 use lazix_castore::chunk::ChunkMeta;
 use lazix_castore::directory::Directory;
 use lazix_castore::frame::Frame;
-use lazix_castore::services::{BlobChunks, BlobStore, DirectoryStore, PathInfoStore};
+use lazix_castore::read::slices::CoveredSlices;
+use lazix_castore::store::{BlobChunks, BlobStore, DirectoryStore, PathInfoStore};
 use lazix_castore::{B3Digest, PathInfo, Store, StoreError, StoreResult};
 use lazix_proto::castore::{self as cpb, directory_service_client::DirectoryServiceClient};
 use lazix_proto::ext::{self as lpb, chunk_service_client::ChunkServiceClient};
@@ -122,16 +122,8 @@ impl BlobStore for GrpcStore {
 
     async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
         let mut out: Vec<Frame> = Vec::new();
-        let mut covered = HashSet::new();
-        for batch in digests.chunks(MAX_BATCH) {
-            let wanted: Vec<B3Digest> = batch
-                .iter()
-                .filter(|d| !covered.contains(*d))
-                .copied()
-                .collect();
-            if wanted.is_empty() {
-                continue;
-            }
+        let mut slices = CoveredSlices::new(digests, MAX_BATCH);
+        while let Some(wanted) = slices.next_wanted() {
             let mut stream = self
                 .chunks
                 .clone()
@@ -144,12 +136,12 @@ impl BlobStore for GrpcStore {
             while let Some(msg) = stream.message().await.map_err(from_status)? {
                 for f in msg.frames {
                     let frame = Frame::try_from_proto(f)?;
-                    covered.extend(frame.chunks.iter().map(|c| c.digest));
+                    slices.cover(&frame);
                     out.push(frame);
                 }
             }
         }
-        if let Some(d) = digests.iter().find(|d| !covered.contains(*d)) {
+        if let Some(d) = digests.iter().find(|d| !slices.is_covered(d)) {
             return Err(StoreError::Corrupt(format!(
                 "server answered frames without chunk {d}"
             )));

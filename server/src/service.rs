@@ -13,7 +13,9 @@ use lazix_castore::directory::Directory;
 use lazix_castore::frame::Frame;
 use lazix_castore::ingest::{ingest_contents, ChunkUploader, KnownChunks, TransferStats};
 use lazix_castore::limits::{over_limit, MAX_CLOSURE_BYTES, MAX_NODES};
-use lazix_castore::services::BlobChunks;
+use lazix_castore::read::slices::CoveredSlices;
+use lazix_castore::read::BlobLayout;
+use lazix_castore::store::BlobChunks;
 use lazix_castore::{B3Digest, Node, PathInfo, Store, StoreError};
 use lazix_proto::castore::{self as cpb, blob_service_server, directory_service_server};
 use lazix_proto::ext::{self as lpb, chunk_service_server};
@@ -27,6 +29,10 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 
 /// Frame bytes of one PutChunks call stored as one pack at most.
 const PACK_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// ReadChunks fetches this many chunks at a time, so the first message
+/// leaves early.
+const READ_CHUNKS_SLICE: usize = 64;
 
 /// Raw bytes the frames of one PutChunks call may claim in all (clients
 /// send batches of a few MiB). Together with frames decoded one at a time,
@@ -59,8 +65,10 @@ fn digests(list: &[bytes::Bytes]) -> Result<Vec<B3Digest>, Status> {
     list.iter().map(digest).collect()
 }
 
-/// The chunks of a blob: its list, or itself as a single chunk.
-async fn blob_chunks(store: &Store, blob: B3Digest) -> Result<Vec<ChunkMeta>, Status> {
+/// A blob's layout, asked by digest alone (snix's blob service names no
+/// size): its chunk list, or itself as one chunk whose size its frame
+/// knows (nothing to decompress); checked like every reader checks it.
+async fn blob_layout(store: &Store, blob: B3Digest) -> Result<BlobLayout, Status> {
     let list = store
         .blobs
         .get_blob_chunks(&[blob])
@@ -68,11 +76,9 @@ async fn blob_chunks(store: &Store, blob: B3Digest) -> Result<Vec<ChunkMeta>, St
         .map_err(to_status)?
         .pop()
         .flatten();
-    match list {
-        Some(l) => Ok(l),
+    let size = match &list {
+        Some(l) => l.iter().fold(0u64, |sum, c| sum.saturating_add(c.size)),
         None => {
-            // No list: the blob is one chunk with its digest, or absent.
-            // Its frame's chunk list knows its size: nothing to decompress.
             let frames = store.blobs.get_frames(&[blob]).await.map_err(|e| match e {
                 StoreError::NotFound(_) => Status::not_found(format!("blob {blob}")),
                 e => to_status(e),
@@ -81,10 +87,11 @@ async fn blob_chunks(store: &Store, blob: B3Digest) -> Result<Vec<ChunkMeta>, St
                 .iter()
                 .flat_map(|f| f.chunks.iter())
                 .find(|c| c.digest == blob)
-                .map(|c| vec![*c])
-                .ok_or_else(|| Status::data_loss(format!("blob {blob}: frame lacks it")))
+                .map(|c| c.size)
+                .ok_or_else(|| Status::data_loss(format!("blob {blob}: frame lacks it")))?
         }
-    }
+    };
+    BlobLayout::from_answer(blob, size, list).map_err(to_status)
 }
 
 #[tonic::async_trait]
@@ -95,9 +102,10 @@ impl blob_service_server::BlobService for StoreService {
     ) -> Result<Response<cpb::StatBlobResponse>, Status> {
         let req = req.into_inner();
         let blob = digest(&req.digest)?;
-        let chunks = blob_chunks(&self.store, blob).await?;
-        let chunks = if req.send_chunks && chunks.len() > 1 {
-            chunks
+        let layout = blob_layout(&self.store, blob).await?;
+        let chunks = if req.send_chunks && layout.chunks().len() > 1 {
+            layout
+                .chunks()
                 .iter()
                 .map(|c| cpb::stat_blob_response::ChunkMeta {
                     digest: c.digest.into(),
@@ -120,7 +128,7 @@ impl blob_service_server::BlobService for StoreService {
         req: Request<cpb::ReadBlobRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
         let blob = digest(&req.into_inner().digest)?;
-        let chunks = blob_chunks(&self.store, blob).await?;
+        let chunks = blob_layout(&self.store, blob).await?.chunks().to_vec();
         let store = self.store.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
@@ -400,23 +408,11 @@ impl chunk_service_server::ChunkService for StoreService {
         tokio::spawn(async move {
             // Fetch in slices so the first message leaves early; a frame
             // already sent covers its chunks for later slices.
-            let mut covered = HashSet::new();
-            for slice in ds.chunks(64) {
-                let wanted: Vec<B3Digest> = slice
-                    .iter()
-                    .filter(|d| !covered.contains(*d))
-                    .copied()
-                    .collect();
-                if wanted.is_empty() {
-                    continue;
-                }
+            let mut slices = CoveredSlices::new(&ds, READ_CHUNKS_SLICE);
+            while let Some(wanted) = slices.next_wanted() {
                 match store.blobs.get_frames(&wanted).await {
                     Ok(frames) => {
-                        covered.extend(
-                            frames
-                                .iter()
-                                .flat_map(|f| f.chunks.iter().map(|c| c.digest)),
-                        );
+                        frames.iter().for_each(|f| slices.cover(f));
                         for group in group_by_size(frames, |f| f.data.len() as u64) {
                             let msg = lpb::ReadChunksResponse {
                                 frames: group.iter().map(Frame::to_proto).collect(),

@@ -7,7 +7,7 @@ use lazix_castore::chunk::ChunkMeta;
 use lazix_castore::directory::{Directory, DirectoryBuilder};
 use lazix_castore::frame::Frame;
 use lazix_castore::nix::store_path::StorePath;
-use lazix_castore::services::BlobChunks;
+use lazix_castore::store::BlobChunks;
 use lazix_castore::testutil::frame_of;
 use lazix_castore::{B3Digest, Node, PathInfo, Store, StoreError};
 use lazix_proto::castore as cpb;

@@ -24,7 +24,7 @@ use super::{object_err, BucketStore};
 use crate::digest::B3Digest;
 use crate::error::{StoreError, StoreResult};
 use crate::node::Node;
-use crate::services::{DirectoryStore, PathInfoStore};
+use crate::store::{DirectoryStore, PathInfoStore};
 
 /// How a collection runs.
 #[derive(Clone, Copy, Debug)]

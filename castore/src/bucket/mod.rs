@@ -51,14 +51,15 @@ use crate::chunk::ChunkMeta;
 use crate::digest::{B3Digest, DigestKeyBuildHasher};
 use crate::directory::{validate_closure, Directory};
 use crate::error::{StoreError, StoreResult};
-use crate::frame::{decode_frames, Frame};
+use crate::frame::Frame;
 use crate::nix::nixbase32;
 use crate::node::Node;
 use crate::pathinfo::PathInfo;
-use crate::services::{
-    may_have_chunk_list, BlobChunks, BlobStore, DirectoryStore, PathInfoStore, SINGLE_CHUNK_MAX,
-};
+use crate::read::bases::check_plain;
+use crate::read::decode::decode_frames;
+use crate::read::{BlobLayout, SINGLE_CHUNK_MAX};
 use crate::similarity::{sketch, Sketch};
+use crate::store::{BlobChunks, BlobStore, DirectoryStore, PathInfoStore};
 
 pub use access::ACCESS_MARK_EVERY;
 pub use compact::{compact_when_quiet, CompactReport, COMPACT_LEVEL};
@@ -442,7 +443,7 @@ impl BucketStore {
             .ok_or_else(|| StoreError::Invalid(format!("blob {}: chunk sizes overflow", b.blob)))?;
         crate::read::layout::check_chunk_list(&b.blob, size, &b.chunks)
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        if b.chunks.len() > 1 && !may_have_chunk_list(size) {
+        if b.chunks.len() > 1 && !BlobLayout::needs_lookup(size) {
             return Err(StoreError::Invalid(format!(
                 "blob {}: {size} bytes in {} chunks; a blob of at most {SINGLE_CHUNK_MAX} \
                  bytes is stored as one chunk",
@@ -621,9 +622,7 @@ impl BucketStore {
         }
         if !missing.is_empty() {
             let frames = self.get_frames(&missing).await?;
-            if frames.iter().any(|f| !f.base.is_empty()) {
-                return Err(StoreError::Corrupt("a delta base is itself a delta".into()));
-            }
+            check_plain(&frames)?;
             // The cache may refuse entries (TinyLFU admission): answer
             // from what was decoded, not from the cache.
             for (meta, bytes) in decode_frames(frames, HashMap::new()).await? {

@@ -7,7 +7,7 @@ use futures::StreamExt;
 
 use super::BucketStore;
 use crate::error::StoreResult;
-use crate::services::PathInfoStore;
+use crate::store::PathInfoStore;
 
 /// A store's size, logical against stored.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
@@ -55,7 +55,7 @@ impl BucketStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::services::BlobStore;
+    use crate::store::BlobStore;
     use crate::testutil::frame_of;
 
     #[tokio::test]

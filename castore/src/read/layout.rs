@@ -11,7 +11,12 @@
 use crate::chunk::{ChunkMeta, MAX_CHUNK_SIZE};
 use crate::digest::B3Digest;
 use crate::error::{StoreError, StoreResult};
-use crate::services::may_have_chunk_list;
+
+/// Blobs of at most this many bytes are always one chunk under their own
+/// digest: the chunker never cuts below its minimum, and stores refuse
+/// chunk lists for them. Readers skip the chunk-list lookup for such files
+/// (most files of a store), a round trip per file saved.
+pub const SINGLE_CHUNK_MAX: u64 = crate::chunker::DEFAULT_PARAMS.min as u64;
 
 /// The chunks of one blob, in order, known to add up to its size.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,7 +43,7 @@ impl BlobLayout {
     /// Whether a reader must look a blob of `size` bytes up to learn its
     /// chunks; if not, it is one chunk under its own digest (or empty).
     pub fn needs_lookup(size: u64) -> bool {
-        may_have_chunk_list(size)
+        size > SINGLE_CHUNK_MAX
     }
 
     /// The layout from a store's answer to a chunk-list lookup (`None`: the

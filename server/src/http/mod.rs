@@ -104,7 +104,7 @@ const PENDING_TTL: Duration = Duration::from_secs(3600);
 
 /// The shim's routes over `store`.
 pub fn router(mut store: Store, cfg: HttpConfig) -> Router {
-    store.blobs = lazix_castore::cache::decoded_chunks(store.blobs, cfg.decoded_cache_bytes);
+    store.blobs = lazix_castore::store::decoded_chunks(store.blobs, cfg.decoded_cache_bytes);
     let state = AppState {
         store,
         cfg: Arc::new(cfg),

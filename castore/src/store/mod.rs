@@ -1,32 +1,41 @@
-//! The service traits every backend implements (embedded folder now; S3,
-//! caches and the gRPC client too), so they are interchangeable behind one
-//! interface. All calls are batched: no caller needs a round trip per chunk
-//! or per file. How chunks are laid out physically is the backend's
-//! business: nothing here assumes one object per chunk.
+//! The store: the service traits every backend implements (the bucket on
+//! a folder or S3, the caches layered over any store, the gRPC client), so
+//! they are interchangeable behind one interface, and the layers that are
+//! stores themselves.
+//!
+//! - this file: the traits alone, and [`Store`], the three together;
+//! - [`cached`]: memory caches of frames, chunk lists, directory closures
+//!   and PathInfos in front of any store;
+//! - [`decoded`]: a cache of decoded, verified chunks for renderers;
+//! - `conformance` (tests and the `testutil` feature): one suite every
+//!   implementation passes.
+//!
+//! All calls are batched: no caller needs a round trip per chunk or per
+//! file. How chunks are laid out physically is the backend's business:
+//! nothing here assumes one object per chunk. How a reader turns a store's
+//! answers into verified bytes is [`crate::read`]'s.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
-use crate::chunk::{Chunk, ChunkMeta, ChunkPayload};
+use crate::chunk::{Chunk, ChunkMeta};
 use crate::digest::B3Digest;
 use crate::directory::Directory;
-use crate::error::{StoreError, StoreResult};
-use crate::frame::{decode_frames, missing_bases, Frame};
+use crate::error::StoreResult;
+use crate::frame::Frame;
 use crate::pathinfo::PathInfo;
+use crate::read::bases::frames_with_bases;
+use crate::read::decode::{chunks_in_order, decode_frames};
 
-/// Blobs of at most this many bytes are always one chunk under their own
-/// digest: the chunker never cuts below its minimum, and stores refuse
-/// chunk lists for them. Readers skip the chunk-list lookup for such files
-/// (most files of a store), a round trip per file saved.
-pub const SINGLE_CHUNK_MAX: u64 = crate::chunker::DEFAULT_PARAMS.min as u64;
+mod cached;
+#[cfg(any(test, feature = "testutil"))]
+pub mod conformance;
+mod decoded;
 
-/// Whether a blob of `size` bytes may be stored as several chunks, so that
-/// a reader must look its chunk list up (else it is one chunk).
-pub fn may_have_chunk_list(size: u64) -> bool {
-    size > SINGLE_CHUNK_MAX
-}
+pub use cached::{cached, CacheConfig};
+pub use decoded::decoded_chunks;
 
 /// A blob made of several chunks: its digest and its chunk list in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,8 +71,16 @@ pub trait BlobStore: Send + Sync {
     /// the bytes here (renderers). Layers with a decoded-chunk cache answer
     /// from it.
     async fn get_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<Chunk>> {
-        let decoded = get_decoded(self, digests, |_| async { None }).await?;
-        chunks_in_order(digests, decoded)
+        let with_bases = frames_with_bases(
+            digests.to_vec(),
+            |ds| async move { self.get_frames(&ds).await },
+            |_| async { None },
+        )
+        .await?;
+        chunks_in_order(
+            digests,
+            decode_frames(with_bases.frames, with_bases.known).await?,
+        )
     }
 
     /// Registers chunk lists of blobs whose chunks are all stored; checks
@@ -74,88 +91,6 @@ pub trait BlobStore: Send + Sync {
     /// is stored: the blob is a single chunk with its own digest, or absent.
     async fn get_blob_chunks(&self, blobs: &[B3Digest])
         -> StoreResult<Vec<Option<Vec<ChunkMeta>>>>;
-}
-
-/// Fetches the frames holding `digests` and decodes them, fetching the
-/// base chunks of delta frames too (one more call) unless `cached` has
-/// them. Returns every chunk decoded (neighbours included).
-pub async fn get_decoded<S, F, Fut>(
-    blobs: &S,
-    digests: &[B3Digest],
-    cached: F,
-) -> StoreResult<Vec<(ChunkMeta, bytes::Bytes)>>
-where
-    S: BlobStore + ?Sized,
-    F: Fn(B3Digest) -> Fut,
-    Fut: std::future::Future<Output = Option<bytes::Bytes>>,
-{
-    let (frames, known) = get_frames_with_bases(blobs, digests, cached).await?;
-    decode_frames(frames, known).await
-}
-
-/// The frames holding `digests`, plus what their delta frames need: the
-/// frames of base chunks `cached` does not have (one more call), and the
-/// bytes of those it has. Not yet decoded: for callers that look at the
-/// frames first.
-pub async fn get_frames_with_bases<S, F, Fut>(
-    blobs: &S,
-    digests: &[B3Digest],
-    cached: F,
-) -> StoreResult<(
-    Vec<Frame>,
-    std::collections::HashMap<B3Digest, bytes::Bytes>,
-)>
-where
-    S: BlobStore + ?Sized,
-    F: Fn(B3Digest) -> Fut,
-    Fut: std::future::Future<Output = Option<bytes::Bytes>>,
-{
-    let mut frames = blobs.get_frames(digests).await?;
-    let mut known = std::collections::HashMap::new();
-    let mut wanted = Vec::new();
-    for d in missing_bases(&frames) {
-        match cached(d).await {
-            Some(b) => {
-                known.insert(d, b);
-            }
-            None => wanted.push(d),
-        }
-    }
-    if !wanted.is_empty() {
-        let base_frames = blobs.get_frames(&wanted).await?;
-        if base_frames.iter().any(|f| !f.base.is_empty()) {
-            return Err(StoreError::Corrupt(
-                "a delta frame's base is itself a delta".into(),
-            ));
-        }
-        frames.extend(base_frames);
-    }
-    Ok((frames, known))
-}
-
-/// Picks the requested chunks, in request order, out of decoded frames;
-/// `NotFound` for a digest no frame held.
-pub fn chunks_in_order(
-    digests: &[B3Digest],
-    decoded: Vec<(ChunkMeta, bytes::Bytes)>,
-) -> StoreResult<Vec<Chunk>> {
-    let by_digest: std::collections::HashMap<B3Digest, (ChunkMeta, bytes::Bytes)> = decoded
-        .into_iter()
-        .map(|(m, b)| (m.digest, (m, b)))
-        .collect();
-    digests
-        .iter()
-        .map(|d| {
-            let (meta, bytes) = by_digest
-                .get(d)
-                .ok_or_else(|| StoreError::NotFound(format!("chunk {d}")))?;
-            Ok(Chunk {
-                digest: *d,
-                size: meta.size,
-                payload: ChunkPayload::Verified(bytes.clone()),
-            })
-        })
-        .collect()
 }
 
 /// Directories (Merkle nodes).

@@ -5,24 +5,22 @@
 //! or a GC may change them) and misses are never cached. Concurrent
 //! requests for one uncached object share one backend read.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::stream::BoxStream;
 use moka::future::Cache;
 
-use bytes::Bytes;
-
-use crate::chunk::{Chunk, ChunkMeta, ChunkPayload};
+use super::{BlobChunks, BlobStore, DirectoryStore, PathInfoStore, Store};
+use crate::chunk::ChunkMeta;
 use crate::digest::{B3Digest, DigestKeyBuildHasher};
 use crate::directory::Directory;
-use crate::error::StoreResult;
+use crate::error::{StoreError, StoreResult};
 use crate::frame::Frame;
 use crate::pathinfo::PathInfo;
-use crate::services::{BlobChunks, BlobStore, DirectoryStore, PathInfoStore, Store};
+use crate::read::single_flight::{Abandoned, SingleFlight, Turn};
 
 /// Cache sizes.
 #[derive(Clone, Copy, Debug)]
@@ -50,7 +48,7 @@ impl Default for CacheConfig {
 
 /// Fills the empty slots of `found`, in order, with `fetched` (the answer
 /// for exactly the misses); every slot is then filled.
-fn fill_misses<T>(found: Vec<Option<T>>, fetched: Vec<T>) -> StoreResult<Vec<T>> {
+pub(super) fn fill_misses<T>(found: Vec<Option<T>>, fetched: Vec<T>) -> StoreResult<Vec<T>> {
     let mut fetched = fetched.into_iter();
     let filled = found
         .into_iter()
@@ -71,7 +69,10 @@ fn fill_misses<T>(found: Vec<Option<T>>, fetched: Vec<T>) -> StoreResult<Vec<T>>
 
 /// Looks every digest up with `get`; returns the answers (None for a miss)
 /// and the missed digests, in order.
-async fn hits_and_misses<T, F, Fut>(digests: &[B3Digest], get: F) -> (Vec<Option<T>>, Vec<B3Digest>)
+pub(super) async fn hits_and_misses<T, F, Fut>(
+    digests: &[B3Digest],
+    get: F,
+) -> (Vec<Option<T>>, Vec<B3Digest>)
 where
     F: Fn(B3Digest) -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -88,17 +89,16 @@ where
     (found, misses)
 }
 
-/// One backend read of frames that several requests may wait for: each
-/// requested chunk's frame.
-type FrameFetch = Shared<BoxFuture<'static, Result<Arc<FramesByChunk>, Arc<crate::StoreError>>>>;
-type FramesByChunk = HashMap<B3Digest, Arc<Frame>>;
+/// What a backend read told about one chunk: the frame holding it (`None`
+/// if the answer lacked it), or the read's error.
+type FrameOutcome = Result<Option<Arc<Frame>>, Arc<StoreError>>;
 
 struct CachedBlobs {
     inner: Arc<dyn BlobStore>,
     /// Each chunk's frame (a frame is shared by the keys of its chunks).
     frames: Cache<B3Digest, Arc<Frame>, DigestKeyBuildHasher>,
-    /// Chunks being read from the backend right now, and the read.
-    in_flight: Arc<Mutex<HashMap<B3Digest, FrameFetch>>>,
+    /// Chunks being read from the backend right now.
+    in_flight: SingleFlight<B3Digest, FrameOutcome, DigestKeyBuildHasher>,
     lists: Cache<B3Digest, Arc<Vec<ChunkMeta>>, DigestKeyBuildHasher>,
     /// Blobs the backend said have no chunk list (one chunk under their
     /// own digest): most files are that small, and a renderer would
@@ -137,7 +137,7 @@ pub fn cached(inner: Store, config: CacheConfig) -> Store {
                     (f.data.len() / f.chunks.len().max(1)).min(u32::MAX as usize) as u32 + 64
                 })
                 .build_with_hasher(DigestKeyBuildHasher::default()),
-            in_flight: Arc::default(),
+            in_flight: SingleFlight::default(),
             lists: Cache::builder()
                 .max_capacity(config.metadata_bytes / 2)
                 .weigher(meta_weight)
@@ -185,14 +185,7 @@ impl BlobStore for CachedBlobs {
         let (found, misses) =
             hits_and_misses(digests, |d| async move { self.frames.get(&d).await }).await;
         let mut frames: Vec<Arc<Frame>> = found.into_iter().flatten().collect();
-        for fetch in self.join_fetches(&misses) {
-            let by_chunk = fetch.await.map_err(crate::StoreError::from_shared)?;
-            for d in &misses {
-                if let Some(f) = by_chunk.get(d) {
-                    frames.push(f.clone());
-                }
-            }
-        }
+        frames.extend(self.read_shared(&misses).await?);
         // Each frame once, in order of first request.
         let mut seen = std::collections::HashSet::new();
         Ok(frames
@@ -243,177 +236,67 @@ impl BlobStore for CachedBlobs {
 }
 
 impl CachedBlobs {
-    /// The backend reads that will answer `misses`: reads already under way
-    /// for some of them, and one new read for the rest.
-    fn join_fetches(&self, misses: &[B3Digest]) -> Vec<FrameFetch> {
-        if misses.is_empty() {
-            return Vec::new();
+    /// The frames of `misses` from the backend: one read for those nobody
+    /// is reading, the reads under way for the others (a read abandoned by
+    /// its caller is done again here).
+    async fn read_shared(&self, misses: &[B3Digest]) -> StoreResult<Vec<Arc<Frame>>> {
+        let mut claims = Vec::new();
+        let mut waits = Vec::new();
+        for (turn, digest) in self.in_flight.claim_or_join(misses).into_iter().zip(misses) {
+            match turn {
+                Turn::Claimed(claim) => claims.push(claim),
+                Turn::Joined(waiter) => waits.push((*digest, waiter)),
+            }
         }
-        let mut in_flight = self.in_flight.lock().expect("in-flight reads");
-        let mut fetches: Vec<FrameFetch> = Vec::new();
-        let mut mine = Vec::new();
-        for d in misses {
-            match in_flight.get(d) {
-                Some(f) => {
-                    if !fetches.iter().any(|g| g.ptr_eq(f)) {
-                        fetches.push(f.clone());
+        let mut frames = Vec::new();
+        if !claims.is_empty() {
+            let digests: Vec<B3Digest> = claims.iter().map(|c| *c.key()).collect();
+            match self.read_and_keep(&digests).await {
+                Ok(by_chunk) => {
+                    for claim in claims {
+                        let frame = by_chunk.get(claim.key()).cloned();
+                        frames.extend(frame.clone());
+                        claim.publish(Ok(frame));
                     }
                 }
-                None => mine.push(*d),
-            }
-        }
-        if !mine.is_empty() {
-            let fetch = self.fetch(mine.clone());
-            for d in mine {
-                in_flight.insert(d, fetch.clone());
-            }
-            fetches.push(fetch);
-        }
-        fetches
-    }
-
-    /// One backend read of `digests`' frames; when done (by whichever
-    /// waiter polls it) they are cached and the read is forgotten.
-    fn fetch(&self, digests: Vec<B3Digest>) -> FrameFetch {
-        let inner = self.inner.clone();
-        let cache = self.frames.clone();
-        let in_flight = self.in_flight.clone();
-        async move {
-            let result = inner.get_frames(&digests).await;
-            let result = match result {
-                Ok(frames) => {
-                    let mut by_chunk = FramesByChunk::new();
-                    for f in frames {
-                        let f = Arc::new(f);
-                        for c in &f.chunks {
-                            cache.insert(c.digest, f.clone()).await;
-                            by_chunk.insert(c.digest, f.clone());
-                        }
+                Err(e) => {
+                    let e = Arc::new(e);
+                    for claim in claims {
+                        claim.publish(Err(e.clone()));
                     }
-                    Ok(Arc::new(by_chunk))
+                    return Err(StoreError::from_shared(e));
                 }
-                Err(e) => Err(Arc::new(e)),
-            };
-            let mut in_flight = in_flight.lock().expect("in-flight reads");
-            for d in &digests {
-                in_flight.remove(d);
             }
-            result
         }
-        .boxed()
-        .shared()
-    }
-}
-
-/// Keeps chunks decoded and verified, for servers that render NARs: a hit
-/// costs a copy instead of a decompression and a hash. Bounded by raw bytes.
-struct DecodedChunks {
-    inner: Arc<dyn BlobStore>,
-    chunks: Cache<B3Digest, Bytes, DigestKeyBuildHasher>,
-    /// Chunks of gzip-contents frames ([`crate::regzip`]), kept apart: each
-    /// cost a deflate at zlib's level to rebuild, many times a plain
-    /// chunk's zstd decoding, yet they are few bytes (all the man pages
-    /// and changelogs of /usr/share: 34 MiB). In the main cache a stream
-    /// of cheap chunks larger than it would evict them on every pass.
-    redeflated: Cache<B3Digest, Bytes, DigestKeyBuildHasher>,
-}
-
-/// The share of a decoded-chunk cache's bytes kept for re-deflated chunks.
-const REDEFLATED_SHARE: u64 = 8;
-
-/// Wraps `blobs` with a cache of up to `bytes` of decoded, verified chunks.
-/// `get_chunks` then answers [`ChunkPayload::Verified`] chunks.
-pub fn decoded_chunks(blobs: Arc<dyn BlobStore>, bytes: u64) -> Arc<dyn BlobStore> {
-    Arc::new(DecodedChunks::new(blobs, bytes))
-}
-
-impl DecodedChunks {
-    fn new(blobs: Arc<dyn BlobStore>, bytes: u64) -> Self {
-        let weigh = |_: &B3Digest, b: &Bytes| (b.len() + 64).min(u32::MAX as usize) as u32;
-        let redeflated_bytes = bytes / REDEFLATED_SHARE;
-        Self {
-            inner: blobs,
-            chunks: Cache::builder()
-                .max_capacity(bytes - redeflated_bytes)
-                .weigher(weigh)
-                .build_with_hasher(DigestKeyBuildHasher::default()),
-            redeflated: Cache::builder()
-                .max_capacity(redeflated_bytes)
-                .weigher(weigh)
-                .build_with_hasher(DigestKeyBuildHasher::default()),
-        }
-    }
-
-    /// A decoded chunk from either cache.
-    async fn cached(&self, digest: &B3Digest) -> Option<Bytes> {
-        match self.chunks.get(digest).await {
-            Some(b) => Some(b),
-            None => self.redeflated.get(digest).await,
-        }
-    }
-}
-
-#[async_trait]
-impl BlobStore for DecodedChunks {
-    async fn missing_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<B3Digest>> {
-        self.inner.missing_chunks(digests).await
-    }
-
-    async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
-        self.inner.put_frames(frames).await
-    }
-
-    async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
-        self.inner.get_frames(digests).await
-    }
-
-    async fn get_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<Chunk>> {
-        let (found, misses) = hits_and_misses(digests, |d| async move {
-            self.cached(&d).await.map(|b| Chunk {
-                digest: d,
-                size: b.len() as u64,
-                payload: ChunkPayload::Verified(b),
-            })
-        })
-        .await;
-        let mut fetched = Vec::new();
-        if !misses.is_empty() {
-            // Whole frames are decoded: their other chunks are cached too
-            // (a NAR renderer usually wants them next).
-            let (frames, known) = crate::services::get_frames_with_bases(
-                self.inner.as_ref(),
-                &misses,
-                |d| async move { self.cached(&d).await },
-            )
-            .await?;
-            let redeflated: HashSet<B3Digest> = frames
-                .iter()
-                .filter(|f| crate::regzip::is_regzip(&f.data))
-                .flat_map(|f| f.chunks.iter().map(|c| c.digest))
-                .collect();
-            let decoded = crate::frame::decode_frames(frames, known).await?;
-            for (meta, bytes) in &decoded {
-                let cache = if redeflated.contains(&meta.digest) {
-                    &self.redeflated
-                } else {
-                    &self.chunks
-                };
-                cache.insert(meta.digest, bytes.clone()).await;
+        let mut abandoned = Vec::new();
+        for (digest, waiter) in waits {
+            match waiter.outcome().await {
+                Ok(outcome) => frames.extend(outcome.map_err(StoreError::from_shared)?),
+                Err(Abandoned) => abandoned.push(digest),
             }
-            fetched = crate::services::chunks_in_order(&misses, decoded)?;
         }
-        fill_misses(found, fetched)
+        if !abandoned.is_empty() {
+            let by_chunk = self.read_and_keep(&abandoned).await?;
+            frames.extend(abandoned.iter().filter_map(|d| by_chunk.get(d).cloned()));
+        }
+        Ok(frames)
     }
 
-    async fn put_blob_chunks(&self, blobs: Vec<BlobChunks>) -> StoreResult<()> {
-        self.inner.put_blob_chunks(blobs).await
-    }
-
-    async fn get_blob_chunks(
+    /// One backend read of `digests`' frames, each cached under every
+    /// chunk it holds.
+    async fn read_and_keep(
         &self,
-        blobs: &[B3Digest],
-    ) -> StoreResult<Vec<Option<Vec<ChunkMeta>>>> {
-        self.inner.get_blob_chunks(blobs).await
+        digests: &[B3Digest],
+    ) -> StoreResult<HashMap<B3Digest, Arc<Frame>>> {
+        let mut by_chunk = HashMap::new();
+        for f in self.inner.get_frames(digests).await? {
+            let f = Arc::new(f);
+            for c in &f.chunks {
+                self.frames.insert(c.digest, f.clone()).await;
+                by_chunk.insert(c.digest, f.clone());
+            }
+        }
+        Ok(by_chunk)
     }
 }
 
@@ -484,8 +367,12 @@ impl PathInfoStore for CachedPathInfos {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
     use crate::bucket::BucketStore;
+    use crate::chunk::{Chunk, ChunkPayload};
+    use crate::store::decoded_chunks;
     use crate::testutil::frame_of;
 
     use crate::nix::store_path::StorePath;
@@ -640,50 +527,6 @@ mod tests {
             vec![Some(chunks), None]
         );
         assert_eq!(counting.blob_lists_read(), 2);
-    }
-
-    #[tokio::test]
-    async fn re_deflated_chunks_outlive_a_stream_of_plain_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let inner = BucketStore::open(dir.path().to_str().unwrap())
-            .await
-            .unwrap();
-        let gz = Bytes::from(crate::testutil::gzip9(&crate::testutil::wordy_text(2000)));
-        let gz_meta = ChunkMeta {
-            digest: B3Digest::of(&gz),
-            size: gz.len() as u64,
-        };
-        let regzip = Frame::compress_regzip(&[(gz_meta, gz.clone())], 3)
-            .unwrap()
-            .expect("zlib deflates it back exactly");
-        let plain: Vec<Vec<u8>> = (0..32)
-            .map(|i| crate::testutil::pseudo_random(64 << 10, i))
-            .collect();
-        let mut frames = vec![regzip];
-        frames.extend(plain.iter().map(|p| frame_of(&[p])));
-        inner.put_frames(frames).await.unwrap();
-        let counting = SlowStore::new(inner, Duration::ZERO);
-        // 1 MiB in all, 2 MiB of plain chunks streamed through it.
-        let decoded = DecodedChunks::new(counting.clone(), 1 << 20);
-
-        let got = decoded.get_chunks(&[gz_meta.digest]).await.unwrap();
-        assert_eq!(got[0].decode_verified().unwrap(), gz);
-        decoded.redeflated.run_pending_tasks().await;
-        assert!(decoded.redeflated.contains_key(&gz_meta.digest));
-        assert!(!decoded.chunks.contains_key(&gz_meta.digest));
-        for p in &plain {
-            decoded.get_chunks(&[B3Digest::of(p)]).await.unwrap();
-        }
-        decoded.chunks.run_pending_tasks().await;
-        assert!(decoded.chunks.weighted_size() <= (1 << 20) - (1 << 20) / REDEFLATED_SHARE);
-        let reads = counting.frames_read();
-        let again = decoded.get_chunks(&[gz_meta.digest]).await.unwrap();
-        assert_eq!(again[0].decode_verified().unwrap(), gz);
-        assert_eq!(
-            counting.frames_read(),
-            reads,
-            "the re-deflated chunk was decoded again"
-        );
     }
 
     #[test]

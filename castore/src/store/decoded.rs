@@ -1,0 +1,185 @@
+//! A cache of decoded, verified chunks in front of any store, for servers
+//! that render NARs: a hit costs a copy instead of a decompression and a
+//! hash. Bounded by raw bytes; gzip-contents chunks, costly to rebuild,
+//! kept apart so a stream of cheap chunks does not evict them.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use moka::future::Cache;
+
+use super::cached::{fill_misses, hits_and_misses};
+use super::{BlobChunks, BlobStore};
+use crate::chunk::{Chunk, ChunkMeta, ChunkPayload};
+use crate::digest::{B3Digest, DigestKeyBuildHasher};
+use crate::error::StoreResult;
+use crate::frame::Frame;
+use crate::read::bases::{frames_with_bases, FramesWithBases};
+use crate::read::decode::{chunks_in_order, decode_frames};
+
+/// Keeps chunks decoded and verified, for servers that render NARs: a hit
+/// costs a copy instead of a decompression and a hash. Bounded by raw bytes.
+struct DecodedChunks {
+    inner: Arc<dyn BlobStore>,
+    chunks: Cache<B3Digest, Bytes, DigestKeyBuildHasher>,
+    /// Chunks of gzip-contents frames ([`crate::regzip`]), kept apart: each
+    /// cost a deflate at zlib's level to rebuild, many times a plain
+    /// chunk's zstd decoding, yet they are few bytes (all the man pages
+    /// and changelogs of /usr/share: 34 MiB). In the main cache a stream
+    /// of cheap chunks larger than it would evict them on every pass.
+    redeflated: Cache<B3Digest, Bytes, DigestKeyBuildHasher>,
+}
+
+/// The share of a decoded-chunk cache's bytes kept for re-deflated chunks.
+const REDEFLATED_SHARE: u64 = 8;
+
+/// Wraps `blobs` with a cache of up to `bytes` of decoded, verified chunks.
+/// `get_chunks` then answers [`ChunkPayload::Verified`] chunks.
+pub fn decoded_chunks(blobs: Arc<dyn BlobStore>, bytes: u64) -> Arc<dyn BlobStore> {
+    Arc::new(DecodedChunks::new(blobs, bytes))
+}
+
+impl DecodedChunks {
+    fn new(blobs: Arc<dyn BlobStore>, bytes: u64) -> Self {
+        let weigh = |_: &B3Digest, b: &Bytes| (b.len() + 64).min(u32::MAX as usize) as u32;
+        let redeflated_bytes = bytes / REDEFLATED_SHARE;
+        Self {
+            inner: blobs,
+            chunks: Cache::builder()
+                .max_capacity(bytes - redeflated_bytes)
+                .weigher(weigh)
+                .build_with_hasher(DigestKeyBuildHasher::default()),
+            redeflated: Cache::builder()
+                .max_capacity(redeflated_bytes)
+                .weigher(weigh)
+                .build_with_hasher(DigestKeyBuildHasher::default()),
+        }
+    }
+
+    /// A decoded chunk from either cache.
+    async fn cached(&self, digest: &B3Digest) -> Option<Bytes> {
+        match self.chunks.get(digest).await {
+            Some(b) => Some(b),
+            None => self.redeflated.get(digest).await,
+        }
+    }
+}
+
+#[async_trait]
+impl BlobStore for DecodedChunks {
+    async fn missing_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<B3Digest>> {
+        self.inner.missing_chunks(digests).await
+    }
+
+    async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
+        self.inner.put_frames(frames).await
+    }
+
+    async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
+        self.inner.get_frames(digests).await
+    }
+
+    async fn get_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<Chunk>> {
+        let (found, misses) = hits_and_misses(digests, |d| async move {
+            self.cached(&d).await.map(|b| Chunk {
+                digest: d,
+                size: b.len() as u64,
+                payload: ChunkPayload::Verified(b),
+            })
+        })
+        .await;
+        let mut fetched = Vec::new();
+        if !misses.is_empty() {
+            // Whole frames are decoded: their other chunks are cached too
+            // (a NAR renderer usually wants them next).
+            let FramesWithBases { frames, known } = frames_with_bases(
+                misses.clone(),
+                |ds| async move { self.inner.get_frames(&ds).await },
+                |d| async move { self.cached(&d).await },
+            )
+            .await?;
+            let redeflated: HashSet<B3Digest> = frames
+                .iter()
+                .filter(|f| crate::regzip::is_regzip(&f.data))
+                .flat_map(|f| f.chunks.iter().map(|c| c.digest))
+                .collect();
+            let decoded = decode_frames(frames, known).await?;
+            for (meta, bytes) in &decoded {
+                let cache = if redeflated.contains(&meta.digest) {
+                    &self.redeflated
+                } else {
+                    &self.chunks
+                };
+                cache.insert(meta.digest, bytes.clone()).await;
+            }
+            fetched = chunks_in_order(&misses, decoded)?;
+        }
+        fill_misses(found, fetched)
+    }
+
+    async fn put_blob_chunks(&self, blobs: Vec<BlobChunks>) -> StoreResult<()> {
+        self.inner.put_blob_chunks(blobs).await
+    }
+
+    async fn get_blob_chunks(
+        &self,
+        blobs: &[B3Digest],
+    ) -> StoreResult<Vec<Option<Vec<ChunkMeta>>>> {
+        self.inner.get_blob_chunks(blobs).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::bucket::BucketStore;
+    use crate::testutil::{frame_of, SlowStore};
+
+    #[tokio::test]
+    async fn re_deflated_chunks_outlive_a_stream_of_plain_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = BucketStore::open(dir.path().to_str().unwrap())
+            .await
+            .unwrap();
+        let gz = Bytes::from(crate::testutil::gzip9(&crate::testutil::wordy_text(2000)));
+        let gz_meta = ChunkMeta {
+            digest: B3Digest::of(&gz),
+            size: gz.len() as u64,
+        };
+        let regzip = Frame::compress_regzip(&[(gz_meta, gz.clone())], 3)
+            .unwrap()
+            .expect("zlib deflates it back exactly");
+        let plain: Vec<Vec<u8>> = (0..32)
+            .map(|i| crate::testutil::pseudo_random(64 << 10, i))
+            .collect();
+        let mut frames = vec![regzip];
+        frames.extend(plain.iter().map(|p| frame_of(&[p])));
+        inner.put_frames(frames).await.unwrap();
+        let counting = SlowStore::new(inner, Duration::ZERO);
+        // 1 MiB in all, 2 MiB of plain chunks streamed through it.
+        let decoded = DecodedChunks::new(counting.clone(), 1 << 20);
+
+        let got = decoded.get_chunks(&[gz_meta.digest]).await.unwrap();
+        assert_eq!(got[0].decode_verified().unwrap(), gz);
+        decoded.redeflated.run_pending_tasks().await;
+        assert!(decoded.redeflated.contains_key(&gz_meta.digest));
+        assert!(!decoded.chunks.contains_key(&gz_meta.digest));
+        for p in &plain {
+            decoded.get_chunks(&[B3Digest::of(p)]).await.unwrap();
+        }
+        decoded.chunks.run_pending_tasks().await;
+        assert!(decoded.chunks.weighted_size() <= (1 << 20) - (1 << 20) / REDEFLATED_SHARE);
+        let reads = counting.frames_read();
+        let again = decoded.get_chunks(&[gz_meta.digest]).await.unwrap();
+        assert_eq!(again[0].decode_verified().unwrap(), gz);
+        assert_eq!(
+            counting.frames_read(),
+            reads,
+            "the re-deflated chunk was decoded again"
+        );
+    }
+}

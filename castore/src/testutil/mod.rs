@@ -1,0 +1,69 @@
+//! Test data and test doubles shared by the test suites of every crate,
+//! compiled only for tests and under the `testutil` feature (which other
+//! crates' dev-dependencies turn on), never into a release build.
+
+/// Pseudo-random bytes (xorshift): incompressible like binaries, the same
+/// for the same seed, so tests can rebuild identical or altered trees.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// What `gzip -9n` makes of `contents` (zlib at level 9 deflates the same
+/// way for inputs like these): a gzip member compaction can store as its
+/// contents.
+pub fn gzip9(contents: &[u8]) -> Vec<u8> {
+    use flate2::{Compress, Compression, Crc, FlushCompress};
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3];
+    let mut c = Compress::new(Compression::new(9), false);
+    let mut body = Vec::with_capacity(contents.len() + 64);
+    c.compress_vec(contents, &mut body, FlushCompress::Finish)
+        .expect("deflate");
+    out.extend_from_slice(&body);
+    let mut crc = Crc::new();
+    crc.update(contents);
+    out.extend_from_slice(&crc.sum().to_le_bytes());
+    out.extend_from_slice(&(contents.len() as u32).to_le_bytes());
+    out
+}
+
+/// Text that deflates about as well as a man page.
+pub fn wordy_text(words: usize) -> Vec<u8> {
+    let mut x = 7u64;
+    (0..words)
+        .flat_map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            format!("word{} ", x >> 52).into_bytes()
+        })
+        .collect()
+}
+
+/// One frame holding chunks with the given bytes, in order.
+pub fn frame_of(chunks: &[&[u8]]) -> crate::frame::Frame {
+    let chunks: Vec<_> = chunks
+        .iter()
+        .map(|c| {
+            (
+                crate::chunk::ChunkMeta {
+                    digest: crate::B3Digest::of(c),
+                    size: c.len() as u64,
+                },
+                bytes::Bytes::copy_from_slice(c),
+            )
+        })
+        .collect();
+    crate::frame::Frame::compress(&chunks).expect("compress")
+}
+
+mod slow_store;
+
+pub use slow_store::SlowStore;
