@@ -8,10 +8,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use object_store::path::Path as ObjectPath;
 use object_store::PutPayload;
 
-use super::{path_info_path, BucketStore};
+use super::keys::{access_path, path_info_path, ACCESSED, PATH_INFOS};
+use super::BucketStore;
 use crate::error::StoreResult;
 use crate::nix::nixbase32;
 
@@ -19,11 +19,6 @@ use crate::nix::nixbase32;
 pub const ACCESS_MARK_EVERY: Duration = Duration::from_secs(3600);
 /// Paths one process remembers having marked.
 const REMEMBERED: u64 = 1_000_000;
-
-/// Where a path's access mark lives.
-fn access_path(digest: &[u8; 20]) -> ObjectPath {
-    ObjectPath::from(format!("accessed/{}", nixbase32::encode(digest)))
-}
 
 /// The paths this process marked lately.
 pub(crate) fn recent_marks() -> moka::sync::Cache<[u8; 20], ()> {
@@ -59,13 +54,13 @@ impl BucketStore {
     /// (and their marks); returns how many.
     pub(crate) async fn expire_unused(&self, cutoff: SystemTime) -> StoreResult<u64> {
         let marks: HashMap<String, SystemTime> = self
-            .list_prefix("accessed")
+            .list_prefix(ACCESSED)
             .await?
             .into_iter()
             .filter_map(|m| Some((m.location.filename()?.to_string(), m.last_modified.into())))
             .collect();
         let mut expired = 0;
-        for info in self.list_prefix("pathinfo").await? {
+        for info in self.list_prefix(PATH_INFOS).await? {
             let Some(name) = info.location.filename() else {
                 continue;
             };
@@ -96,7 +91,7 @@ impl BucketStore {
         cutoff: SystemTime,
         live: &std::collections::HashSet<String>,
     ) -> StoreResult<()> {
-        self.sweep_prefix("accessed", cutoff, |name| !live.contains(name))
+        self.sweep_prefix(ACCESSED, cutoff, |name| !live.contains(name))
             .await?;
         Ok(())
     }

@@ -22,7 +22,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
-use super::{pack_path, BucketStore};
+use super::keys::pack_path;
+use super::BucketStore;
 use crate::chunk::ChunkMeta;
 use crate::digest::B3Digest;
 use crate::error::{StoreError, StoreResult};

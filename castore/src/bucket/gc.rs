@@ -17,9 +17,9 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use object_store::path::Path as ObjectPath;
 use object_store::PutPayload;
 
+use super::keys::{index_path, pack_path, path_info_path, touch_path, PACKS, TOUCHED};
 use super::{object_err, BucketStore};
 use crate::digest::B3Digest;
 use crate::error::{StoreError, StoreResult};
@@ -81,14 +81,6 @@ struct Live {
     chunks: HashSet<B3Digest>,
 }
 
-fn touch_path() -> ObjectPath {
-    let ms = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis();
-    ObjectPath::from(format!("touched/{ms:016}-{:016x}", rand::random::<u64>()))
-}
-
 impl BucketStore {
     /// Records that an upload relies on these stored objects (chunks or
     /// directories it did not send because the server had them), so a
@@ -111,7 +103,7 @@ impl BucketStore {
     /// Deletes a store path's PathInfo (its data goes at the next
     /// collection); returns whether it existed.
     pub async fn delete_path_info(&self, digest: &[u8; 20]) -> StoreResult<bool> {
-        let path = super::path_info_path(digest);
+        let path = path_info_path(digest);
         let existed = self.read_path_info(&path).await?.is_some();
         self.delete_object(&path).await?;
         self.delete_access_mark(digest).await?;
@@ -152,7 +144,7 @@ impl BucketStore {
         self.sweep_packs(&live_chunks, cutoff, opts.repack_below, &mut report)
             .await?;
         // Old touch marks have done their job.
-        self.sweep_prefix("touched", cutoff, |_| true).await?;
+        self.sweep_prefix(TOUCHED, cutoff, |_| true).await?;
         self.sweep_orphan_marks(cutoff, &live.paths).await?;
         report.bytes_freed += self.sweep_staging(cutoff).await?;
         tracing::info!(?report, "garbage collection done");
@@ -212,7 +204,7 @@ impl BucketStore {
 
     /// Digests in touch marks written since `since`.
     async fn touched_since(&self, since: SystemTime) -> StoreResult<Vec<B3Digest>> {
-        let marks = self.list_prefix("touched").await?;
+        let marks = self.list_prefix(TOUCHED).await?;
         let mut out = Vec::new();
         for m in marks
             .iter()
@@ -273,7 +265,7 @@ impl BucketStore {
         repack_below: f64,
         report: &mut GcReport,
     ) -> StoreResult<()> {
-        let listed = self.list_prefix("packs").await?;
+        let listed = self.list_prefix(PACKS).await?;
         let old_packs: Vec<(String, u64)> = listed
             .iter()
             .filter(|m| SystemTime::from(m.last_modified) < cutoff)
@@ -286,9 +278,9 @@ impl BucketStore {
             // A pack without an index, older than the grace period: left by
             // a writer killed between the two (the index follows at once).
             let indexed = self.table.read().expect("pack table").has_pack(&id);
-            if !indexed && !self.exists(&super::index_path(&id)).await? {
+            if !indexed && !self.exists(&index_path(&id)).await? {
                 tracing::info!(pack = %id, "removing a pack whose writer died before its index");
-                self.delete_object(&super::pack_path(&id)).await?;
+                self.delete_object(&pack_path(&id)).await?;
                 report.bytes_freed += size;
                 continue;
             }

@@ -10,18 +10,14 @@
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use object_store::path::Path as ObjectPath;
 use object_store::{PutMode, PutOptions, PutPayload};
 
+use super::keys::lock_path;
 use super::{object_err, BucketStore};
 use crate::error::{StoreError, StoreResult};
 
 /// Age after which a lock is taken to be left by a dead holder.
 pub const STALE_AFTER: Duration = Duration::from_secs(6 * 3600);
-
-fn lock_path() -> ObjectPath {
-    ObjectPath::from("locks/maintenance")
-}
 
 /// Held while maintenance runs; [`MaintenanceLock::release`] deletes it.
 pub struct MaintenanceLock<'a> {

@@ -1,0 +1,143 @@
+//! The pack table: which pack and frame hold each chunk. Loaded from the
+//! pack indexes at open, re-listed when a lookup misses (another replica
+//! wrote) or a pack vanished (compaction or GC elsewhere).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::stream::{self, StreamExt, TryStreamExt};
+use lazix_proto::ext as lpb;
+
+use super::keys::{index_path, PACKS};
+use super::packs::{decode_index, FrameLocation, PackTable};
+use super::{BucketStore, CONCURRENCY, REFRESH_INTERVAL};
+use crate::digest::B3Digest;
+use crate::error::{StoreError, StoreResult};
+
+impl BucketStore {
+    /// Loads the index of every pack not yet known. An index that does not
+    /// parse is logged and its pack stays invisible.
+    pub async fn refresh(&self) -> StoreResult<()> {
+        *self.last_refresh.lock().expect("refresh clock") = Some(Instant::now());
+        let listed = self.list_prefix(PACKS).await?;
+        let listed_ids: HashSet<String> = listed
+            .iter()
+            .filter_map(|m| {
+                m.location
+                    .filename()?
+                    .strip_suffix(".idx")
+                    .map(String::from)
+            })
+            .collect();
+        let new_ids: Vec<String> = {
+            let mut table = self.table.write().expect("pack table");
+            // Packs deleted elsewhere (compaction, GC) first: their chunks
+            // are in packs listed now, added below.
+            for gone in table
+                .pack_ids()
+                .into_iter()
+                .filter(|id| !listed_ids.contains(id.as_ref()))
+            {
+                table.remove_pack(&gone);
+            }
+            listed_ids
+                .into_iter()
+                .filter(|id| !table.has_pack(id))
+                .collect()
+        };
+        let loaded: Vec<(String, StoreResult<lpb::PackIndex>)> = stream::iter(new_ids)
+            .map(|id| async move {
+                let got = self.get_optional(&index_path(&id)).await;
+                let parsed = match got {
+                    Ok(Some(data)) => decode_index(&id, &data),
+                    Ok(None) => Err(StoreError::NotFound(format!("pack index {id}"))),
+                    Err(e) => Err(e),
+                };
+                (id, parsed)
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        let mut table = self.table.write().expect("pack table");
+        for (id, parsed) in loaded {
+            match parsed.and_then(|index| table.add_pack(&id, &index, false)) {
+                Ok(()) => {}
+                Err(StoreError::Io(e)) => return Err(StoreError::Io(e)),
+                Err(e) => tracing::error!(pack = %id, error = %e, "pack left invisible"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-lists packs for a lookup that missed: at most once per
+    /// [`REFRESH_INTERVAL`] (a reader asking for chunks nobody has cannot
+    /// make the server list the bucket in a loop), waiting for the next
+    /// allowed listing rather than failing (a chunk another replica just
+    /// stored is found within that interval). Concurrent misses share one
+    /// listing.
+    pub(super) async fn refresh_for_miss(&self) -> StoreResult<()> {
+        let asked = Instant::now();
+        let _one_at_a_time = self.refresh_gate.lock().await;
+        let last = *self.last_refresh.lock().expect("refresh clock");
+        if last.is_some_and(|t| t > asked) {
+            // Another miss listed while this one waited.
+            return Ok(());
+        }
+        let since = last.map(|t| t.elapsed());
+        if let Some(since) = since {
+            if since < REFRESH_INTERVAL {
+                tokio::time::sleep(REFRESH_INTERVAL - since).await;
+            }
+        }
+        self.refresh().await
+    }
+
+    /// Frame locations of `digests`, re-listing packs once if any is
+    /// unknown; `NotFound` names the first chunk still missing.
+    pub(super) async fn locate(
+        &self,
+        digests: &[B3Digest],
+    ) -> StoreResult<Vec<Arc<FrameLocation>>> {
+        let lookup = |table: &PackTable| -> Result<Vec<Arc<FrameLocation>>, B3Digest> {
+            digests.iter().map(|d| table.locate(d).ok_or(*d)).collect()
+        };
+        let first = lookup(&self.table.read().expect("pack table"));
+        match first {
+            Ok(locs) => Ok(locs),
+            Err(_) => {
+                self.refresh_for_miss().await?;
+                lookup(&self.table.read().expect("pack table"))
+                    .map_err(|missing| StoreError::NotFound(format!("chunk {missing}")))
+            }
+        }
+    }
+
+    /// Re-lists packs if a pack the table holds any of `digests` in no
+    /// longer exists (deleted by a garbage collection in another process or
+    /// replica): one existence check per distinct pack.
+    pub(super) async fn recheck_packs(&self, digests: &[B3Digest]) -> StoreResult<()> {
+        let packs: HashSet<Arc<str>> = {
+            let table = self.table.read().expect("pack table");
+            digests
+                .iter()
+                .filter_map(|d| table.locate(d))
+                .map(|l| l.pack.clone())
+                .collect()
+        };
+        let gone: Vec<bool> = stream::iter(packs)
+            .map(|p| async move { self.exists(&index_path(&p)).await.map(|e| !e) })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect()
+            .await?;
+        if gone.contains(&true) {
+            self.refresh().await?;
+        }
+        Ok(())
+    }
+
+    /// Chunks in the pack index.
+    pub fn chunk_count(&self) -> usize {
+        self.table.read().expect("pack table").chunk_count()
+    }
+}

@@ -1,0 +1,79 @@
+//! The bucket's key layout, in one place: every other module names
+//! objects through these functions and prefixes.
+//!
+//! Every object is written whole and becomes visible only when complete (a
+//! staged file renamed into place locally, a single PUT on S3):
+//! - `packs/<id>.pack`: zstd frames back to back (see [`crate::frame`]),
+//!   `<id>` the BLAKE3 hex of the pack's bytes;
+//! - `packs/<id>.idx`: protobuf `lazix.v1.PackIndex` (offset, length and
+//!   chunk list of every frame). Written after its pack: a pack without an
+//!   index is invisible, so a killed writer leaves nothing that reads as
+//!   valid;
+//! - `blobs/<2 hex>/<64 hex>`: chunk list of a multi-chunk blob (protobuf
+//!   `lazix.v1.BlobChunks`);
+//! - `directories/<2 hex>/<64 hex>`: protobuf `snix.castore.v1.Directory`;
+//! - `pathinfo/<nixbase32 hash part>`: protobuf `snix.store.v1.PathInfo`;
+//! - `accessed/<nixbase32 hash part>`: empty; when the path was last asked
+//!   for (see [`super::access`]);
+//! - `touched/<ms>-<random>`: digests an upload relies on (see [`super::gc`]);
+//! - `locks/maintenance`: held by the one compaction or collection running.
+
+use std::time::SystemTime;
+
+use object_store::path::Path as ObjectPath;
+
+use crate::digest::B3Digest;
+use crate::nix::nixbase32;
+
+/// Packs and their indexes.
+pub(super) const PACKS: &str = "packs";
+/// PathInfos.
+pub(super) const PATH_INFOS: &str = "pathinfo";
+/// Access marks.
+pub(super) const ACCESSED: &str = "accessed";
+/// Upload marks.
+pub(super) const TOUCHED: &str = "touched";
+/// Chunk lists, sharded.
+pub(super) const BLOBS: &str = "blobs";
+/// Directories, sharded.
+pub(super) const DIRECTORIES: &str = "directories";
+
+/// `kind/<2 hex>/<64 hex>`: objects kept per digest.
+pub(super) fn sharded(kind: &str, digest: &B3Digest) -> ObjectPath {
+    let hex = digest.to_hex();
+    ObjectPath::from(format!("{kind}/{}/{hex}", &hex[..2]))
+}
+
+/// A pack's frames.
+pub(super) fn pack_path(id: &str) -> ObjectPath {
+    ObjectPath::from(format!("{PACKS}/{id}.pack"))
+}
+
+/// A pack's index.
+pub(super) fn index_path(id: &str) -> ObjectPath {
+    ObjectPath::from(format!("{PACKS}/{id}.idx"))
+}
+
+/// A store path's PathInfo.
+pub(super) fn path_info_path(digest: &[u8; 20]) -> ObjectPath {
+    ObjectPath::from(format!("{PATH_INFOS}/{}", nixbase32::encode(digest)))
+}
+
+/// Where a path's access mark lives.
+pub(super) fn access_path(digest: &[u8; 20]) -> ObjectPath {
+    ObjectPath::from(format!("{ACCESSED}/{}", nixbase32::encode(digest)))
+}
+
+/// A new mark of the digests an upload relies on.
+pub(super) fn touch_path() -> ObjectPath {
+    let ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    ObjectPath::from(format!("{TOUCHED}/{ms:016}-{:016x}", rand::random::<u64>()))
+}
+
+/// The one maintenance lock.
+pub(super) fn lock_path() -> ObjectPath {
+    ObjectPath::from("locks/maintenance")
+}

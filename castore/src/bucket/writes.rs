@@ -1,0 +1,370 @@
+//! Writes: every upload checked before anything becomes visible (frames
+//! decoded and verified one at a time, chunk lists hashed against their
+//! blob, closures validated, PathInfos only over stored trees), and packs
+//! written (index last) and deleted (index first).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use lazix_proto::ext as lpb;
+use prost::Message;
+
+use super::keys::{index_path, pack_path, path_info_path, sharded, BLOBS, DIRECTORIES};
+use super::packs::NewPack;
+use super::{BucketStore, CONCURRENCY, VERIFY_PARALLEL, VERIFY_WINDOW};
+use crate::chunk::ChunkMeta;
+use crate::digest::B3Digest;
+use crate::directory::{validate_closure, Directory};
+use crate::error::{StoreError, StoreResult};
+use crate::frame::Frame;
+use crate::node::Node;
+use crate::pathinfo::PathInfo;
+use crate::read::{BlobLayout, SINGLE_CHUNK_MAX};
+use crate::similarity::{sketch, Sketch};
+use crate::store::{BlobChunks, BlobStore, DirectoryStore};
+
+/// Adds the digests of the non-empty files of `dirs` to `files`.
+pub(super) fn nonempty_files(dirs: &[Directory], files: &mut HashSet<B3Digest>) -> StoreResult<()> {
+    for dir in dirs {
+        for f in dir.proto().files.iter().filter(|f| f.size > 0) {
+            files
+                .insert(B3Digest::try_from(&f.digest).map_err(|e| {
+                    StoreError::Corrupt(format!("directory {}: {e}", dir.digest()))
+                })?);
+        }
+    }
+    Ok(())
+}
+
+/// What a set of files is made of (see [`BucketStore::file_chunks`]).
+pub(super) struct FileChunks {
+    /// Every chunk, once.
+    pub(super) chunks: HashSet<B3Digest>,
+    /// The files that have a stored chunk list.
+    pub(super) listed: Vec<B3Digest>,
+}
+
+impl BucketStore {
+    /// Checks a chunk list against the stored chunks: all present with the
+    /// listed sizes, and their concatenation hashes to the blob digest.
+    pub(super) async fn verify_blob(&self, b: &BlobChunks) -> StoreResult<()> {
+        let size = b
+            .chunks
+            .iter()
+            .try_fold(0u64, |acc, c| acc.checked_add(c.size))
+            .ok_or_else(|| StoreError::Invalid(format!("blob {}: chunk sizes overflow", b.blob)))?;
+        crate::read::layout::check_chunk_list(&b.blob, size, &b.chunks)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        if b.chunks.len() > 1 && !BlobLayout::needs_lookup(size) {
+            return Err(StoreError::Invalid(format!(
+                "blob {}: {size} bytes in {} chunks; a blob of at most {SINGLE_CHUNK_MAX} \
+                 bytes is stored as one chunk",
+                b.blob,
+                b.chunks.len()
+            )));
+        }
+        let mut hasher = Some(blake3::Hasher::new());
+        for window in b.chunks.chunks(VERIFY_WINDOW) {
+            if let Some(absent) = {
+                let table = self.table.read().expect("pack table");
+                window.iter().find(|c| !table.contains(&c.digest)).copied()
+            } {
+                // Perhaps stored by another replica since the last listing.
+                self.locate(&[absent.digest]).await.map_err(|_| {
+                    StoreError::Invalid(format!(
+                        "blob {}: chunk {} not stored",
+                        b.blob, absent.digest
+                    ))
+                })?;
+            }
+            // Just-uploaded chunks are at hand; others are read back.
+            let mut datas: Vec<Option<Bytes>> = {
+                let recent = self.recent.lock().expect("recent chunks");
+                window.iter().map(|c| recent.get(&c.digest)).collect()
+            };
+            let misses: Vec<B3Digest> = window
+                .iter()
+                .zip(&datas)
+                .filter(|(_, d)| d.is_none())
+                .map(|(c, _)| c.digest)
+                .collect();
+            if !misses.is_empty() {
+                let read = self.get_chunks(&misses).await.map_err(|e| match e {
+                    StoreError::NotFound(m) => StoreError::Invalid(format!("blob {}: {m}", b.blob)),
+                    e => e,
+                })?;
+                let mut read = read.into_iter();
+                for slot in datas.iter_mut().filter(|d| d.is_none()) {
+                    *slot = Some(read.next().expect("one per miss").decode_verified()?);
+                }
+            }
+            let datas: Vec<Bytes> = datas.into_iter().map(|d| d.expect("filled")).collect();
+            for (meta, data) in window.iter().zip(&datas) {
+                if data.len() as u64 != meta.size {
+                    return Err(StoreError::Invalid(format!(
+                        "blob {}: chunk {} has size {}, list says {}",
+                        b.blob,
+                        meta.digest,
+                        data.len(),
+                        meta.size
+                    )));
+                }
+            }
+            let mut h = hasher.take().expect("hasher");
+            hasher = Some(
+                tokio::task::spawn_blocking(move || {
+                    for d in &datas {
+                        h.update(d);
+                    }
+                    h
+                })
+                .await
+                .map_err(|e| StoreError::Io(std::io::Error::other(e)))?,
+            );
+        }
+        let hasher = hasher.expect("hasher");
+        if B3Digest::from(hasher.finalize()) != b.blob {
+            return Err(StoreError::Invalid(format!(
+                "blob {}: chunks do not hash to the blob digest",
+                b.blob
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether everything below `node` is stored: every directory, chunk
+    /// list and chunk. Checked before a PathInfo is accepted, so no path
+    /// ever refers to missing data (an upload that raced a garbage
+    /// collection fails here and is retried, instead of being lost).
+    pub(super) async fn node_is_stored(&self, node: &Node) -> StoreResult<bool> {
+        let mut files = HashSet::new();
+        match node {
+            Node::Directory { digest, .. } => {
+                let closure = match self.get_closure(digest).await {
+                    Ok(c) => c,
+                    Err(StoreError::NotFound(_)) => return Ok(false),
+                    Err(e) => return Err(e),
+                };
+                // Only trees every reader can serve within the limits.
+                crate::directory::check_tree(node, &closure)?;
+                nonempty_files(&closure, &mut files)?;
+            }
+            Node::File { digest, size, .. } if *size > 0 => {
+                files.insert(*digest);
+            }
+            _ => {}
+        }
+        let chunks: Vec<B3Digest> = self.file_chunks(files).await?.chunks.into_iter().collect();
+        for batch in chunks.chunks(4096) {
+            self.recheck_packs(batch).await?;
+            if self.locate(batch).await.is_err() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// What these non-empty files are made of: a file whose digest is a
+    /// stored chunk is that one chunk; the others' chunk lists are read (in
+    /// batches), and a file with no list is taken as one chunk.
+    pub(super) async fn file_chunks(&self, files: HashSet<B3Digest>) -> StoreResult<FileChunks> {
+        let (single, multi): (Vec<B3Digest>, Vec<B3Digest>) = {
+            let table = self.table.read().expect("pack table");
+            files.into_iter().partition(|f| table.contains(f))
+        };
+        let mut out = FileChunks {
+            chunks: single.into_iter().collect(),
+            listed: Vec::new(),
+        };
+        for batch in multi.chunks(1024) {
+            for (blob, list) in batch.iter().zip(self.get_blob_chunks(batch).await?) {
+                match list {
+                    Some(list) => {
+                        out.listed.push(*blob);
+                        out.chunks.extend(list.iter().map(|c| c.digest));
+                    }
+                    None => {
+                        out.chunks.insert(*blob);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes a pack of frames (its index last, which makes it visible) and
+    /// adds it to the table; `replace` lets it take over chunks held by
+    /// other packs (compaction). Returns the pack's id and size.
+    pub(crate) async fn write_pack(
+        &self,
+        frames: Vec<(Frame, Vec<Option<Sketch>>)>,
+        level: u32,
+        replace: bool,
+    ) -> StoreResult<(String, u64)> {
+        let pack = tokio::task::spawn_blocking(move || NewPack::build(&frames, level))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+        self.put_durable(&pack_path(&pack.id), pack.bytes.clone())
+            .await?;
+        self.put_durable(&index_path(&pack.id), pack.encoded_index().into())
+            .await?;
+        self.table
+            .write()
+            .expect("pack table")
+            .add_pack(&pack.id, &pack.index, replace)?;
+        Ok((pack.id, pack.bytes.len() as u64))
+    }
+
+    /// Deletes a pack whose chunks are all held elsewhere: its index first
+    /// (so it is never visible without its frames), then its frames.
+    pub(crate) async fn delete_pack(&self, id: &str) -> StoreResult<()> {
+        self.table.write().expect("pack table").remove_pack(id);
+        for path in [index_path(id), pack_path(id)] {
+            self.delete_object(&path).await?;
+        }
+        Ok(())
+    }
+
+    /// [`crate::store::BlobStore::put_frames`].
+    pub(super) async fn store_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        if frames.iter().any(|f| !f.base.is_empty()) {
+            return Err(StoreError::Invalid(
+                "uploaded frames must be plain (the server makes deltas)".into(),
+            ));
+        }
+        // Frames whose chunks are all stored, or all in an earlier frame of
+        // this call, add nothing: skipped before they cost a decode.
+        let fresh: Vec<Frame> = {
+            let table = self.table.read().expect("pack table");
+            let mut seen: HashSet<B3Digest> = HashSet::new();
+            frames
+                .into_iter()
+                .filter(|f| {
+                    let new = !f
+                        .chunks
+                        .iter()
+                        .all(|m| table.contains(&m.digest) || seen.contains(&m.digest));
+                    if new {
+                        seen.extend(f.chunks.iter().map(|m| m.digest));
+                    }
+                    new
+                })
+                .collect()
+        };
+        // Verify everything before anything is written, one frame at a
+        // time: a frame's decoded bytes (at most MAX_FRAME_RAW) are dropped
+        // once its chunks are checked and sketched, whatever the frames
+        // inflate to in all.
+        let mut framed: Vec<(Frame, Vec<Option<Sketch>>)> = Vec::with_capacity(fresh.len());
+        for f in fresh {
+            let (f, datas, sketches) = tokio::task::spawn_blocking(move || {
+                let datas = f.decode_verified()?;
+                let sketches: Vec<Option<Sketch>> = datas.iter().map(|d| sketch(d)).collect();
+                Ok::<_, StoreError>((f, datas, sketches))
+            })
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+            let mut recent = self.recent.lock().expect("recent chunks");
+            for (m, d) in f.chunks.iter().zip(datas) {
+                recent.insert(m.digest, d);
+            }
+            drop(recent);
+            framed.push((f, sketches));
+        }
+        if framed.is_empty() {
+            return Ok(());
+        }
+        // Stored as uploaded: ingest stays fast; compaction later
+        // recompresses harder and finds deltas.
+        self.write_pack(framed, 0, false).await?;
+        *self.uploaded_at.lock().expect("upload clock") = Some(Instant::now());
+        Ok(())
+    }
+
+    /// [`crate::store::BlobStore::put_blob_chunks`].
+    pub(super) async fn store_blob_chunks(&self, blobs: Vec<BlobChunks>) -> StoreResult<()> {
+        // Checked in parallel (decoding and hashing run on blocking
+        // threads), all before any list is written.
+        stream::iter(blobs.clone())
+            .map(|b| async move { self.verify_blob(&b).await })
+            .buffer_unordered(VERIFY_PARALLEL)
+            .try_collect::<()>()
+            .await?;
+        stream::iter(blobs)
+            .map(|b| async move {
+                let msg = lpb::BlobChunks {
+                    blob_digest: b.blob.into(),
+                    chunks: b.chunks.iter().map(ChunkMeta::to_proto).collect(),
+                };
+                self.put(&sharded(BLOBS, &b.blob), msg.encode_to_vec().into())
+                    .await
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect::<()>()
+            .await
+    }
+
+    /// [`crate::store::DirectoryStore::put_closure`].
+    pub(super) async fn store_closure(&self, dirs: Vec<Directory>) -> StoreResult<B3Digest> {
+        // Children not in the upload must already be stored: fetch their
+        // sizes first, then validate without I/O.
+        let sent: HashSet<B3Digest> = dirs.iter().map(Directory::digest).collect();
+        let referenced: HashSet<B3Digest> = dirs
+            .iter()
+            .flat_map(|d| d.child_directories().map(|(_, c, _)| c).collect::<Vec<_>>())
+            .filter(|c| !sent.contains(c))
+            .collect();
+        let stored: HashMap<B3Digest, u64> = stream::iter(referenced)
+            .map(|d| async move { Ok::<_, StoreError>((d, self.read_directory(&d).await?)) })
+            .buffer_unordered(CONCURRENCY)
+            .try_filter_map(|(d, dir)| async move { Ok(dir.map(|dir| (d, dir.size()))) })
+            .try_collect()
+            .await?;
+        let (root, dirs) = validate_closure(dirs, |d| Ok(stored.get(d).copied()))?;
+        let kept: Vec<Option<B3Digest>> = stream::iter(dirs)
+            .map(|(digest, dir)| async move {
+                let path = sharded(DIRECTORIES, &digest);
+                if self.exists(&path).await? {
+                    return Ok(Some(digest));
+                }
+                self.put(&path, dir.encode().into()).await.map(|()| None)
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect()
+            .await?;
+        // Directories stored before (and children referenced by digest):
+        // this upload relies on them.
+        let relied: Vec<B3Digest> = kept
+            .into_iter()
+            .flatten()
+            .chain(stored.into_keys())
+            .collect();
+        self.touch(&relied).await?;
+        Ok(root)
+    }
+
+    /// [`crate::store::PathInfoStore::put_path_info`].
+    pub(super) async fn store_path_info(&self, info: PathInfo) -> StoreResult<()> {
+        if info.nar_size > crate::limits::MAX_NAR_SIZE {
+            return Err(crate::limits::over_limit(
+                &format!("NarSize {}", info.nar_size),
+                format!("{} bytes", crate::limits::MAX_NAR_SIZE),
+            ));
+        }
+        if !self.node_is_stored(&info.node).await? {
+            return Err(StoreError::Invalid(format!(
+                "{} refers to data that is not stored",
+                info.store_path
+            )));
+        }
+        self.sync_written().await?;
+        let path = path_info_path(info.store_path.digest());
+        self.put_durable(&path, info.to_proto().encode_to_vec().into())
+            .await
+    }
+}
