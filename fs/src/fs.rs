@@ -23,6 +23,7 @@ use lazix_castore::{B3Digest, Node, Store, StoreError};
 
 use crate::fetcher::{ChunkFetcher, DiskCopy};
 use crate::inodes::{Inodes, ROOT_INO, STATS_INO};
+use crate::readahead::ReadAhead;
 use crate::whole_files::{WholeFileWriter, WholeFiles, MIN_WHOLE_FILE};
 
 /// Name of the synthetic stats file in the root (never a store path name:
@@ -41,10 +42,6 @@ const SMALL_FILE: u64 = 1024 * 1024;
 /// How far a whole-file copy must have come before the frames of its
 /// file stop going to the disk cache (see [`DiskCopy::Skip`]).
 const FRAMES_KEPT_BEFORE_COPY: u64 = 4 * 1024 * 1024;
-/// Read-ahead starts at this window and doubles with each sequential read.
-const READAHEAD_START: u64 = 512 * 1024;
-/// Largest read-ahead window.
-const READAHEAD_MAX: u64 = 32 * 1024 * 1024;
 /// How far around a read its chunks' frame may reach: fetches under way
 /// there are awaited. Frames never span files, a small file is at most
 /// this big, and a large file's frames hold at most this much of it.
@@ -62,22 +59,6 @@ pub struct MountConfig {
     /// Bound on every server request; a read fails with EIO after it.
     pub timeout: Duration,
 }
-
-/// Sequential-read detection of one open file. The kernel sends readahead
-/// reads concurrently and slightly out of order, so "sequential" means
-/// "near the furthest offset read so far".
-#[derive(Default)]
-struct ReadState {
-    /// Furthest end offset read.
-    frontier: u64,
-    /// Current read-ahead window.
-    window: u64,
-    /// Up to where read-ahead has been requested.
-    prefetched_to: u64,
-}
-
-/// How far from the frontier a read still counts as sequential.
-const SEQUENTIAL_SLACK: u64 = 4 * 1024 * 1024;
 
 /// A file's open handles. The kernel reads an inode either through the
 /// mount (its page cache) or from a backing file (passthrough), never both
@@ -101,7 +82,8 @@ pub struct LazyFs {
     inodes: Mutex<Inodes>,
     directories: moka::sync::Cache<B3Digest, Arc<Directory>, DigestKeyBuildHasher>,
     chunk_lists: moka::sync::Cache<B3Digest, Arc<BlobLayout>, DigestKeyBuildHasher>,
-    reads: Mutex<HashMap<u64, ReadState>>,
+    /// Read-ahead state, by file handle.
+    reads: Mutex<HashMap<u64, ReadAhead>>,
     /// Listings by directory inode, for the readdir calls of one pass.
     listings: moka::sync::Cache<u64, Listing>,
     /// Whole-file copies (with a cache folder).
@@ -456,31 +438,16 @@ impl LazyFs {
             _ => DiskCopy::Keep,
         };
         // Read-ahead: a window that grows while reads stay sequential.
-        let ahead = {
-            let mut reads = self.reads.lock().expect("reads");
-            let st = reads.entry(fh).or_default();
-            let sequential = offset > 0
-                && offset <= st.frontier + SEQUENTIAL_SLACK
-                && end + SEQUENTIAL_SLACK >= st.frontier;
-            st.window = if sequential {
-                (st.window.max(READAHEAD_START / 2) * 2).min(READAHEAD_MAX)
-            } else {
-                0
-            };
-            st.frontier = st.frontier.max(end);
-            // Ask in big steps: only once less than half a window is left.
-            let from = st.prefetched_to.max(end);
-            let to = (end + st.window).min(file_size);
-            if st.window > 0 && from < to && from - end < st.window / 2 {
-                st.prefetched_to = to;
-                Some((from, to))
-            } else {
-                None
-            }
-        };
-        if let Some((from, to)) = ahead {
-            let ahead = Self::covering(&layout, from, to);
-            let neighbours = Self::neighbours(&layout, from, to, &ahead);
+        let ahead = self
+            .reads
+            .lock()
+            .expect("reads")
+            .entry(fh)
+            .or_default()
+            .record_read(offset..end, file_size);
+        if let Some(range) = ahead {
+            let ahead = Self::covering(&layout, range.start, range.end);
+            let neighbours = Self::neighbours(&layout, range.start, range.end, &ahead);
             let _guard = self.rt.enter();
             self.fetcher.prefetch(ahead, neighbours, disk);
         }

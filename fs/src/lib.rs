@@ -8,6 +8,7 @@ mod disk_cache;
 mod fetcher;
 mod fs;
 mod inodes;
+mod readahead;
 mod sharded;
 mod stats;
 mod whole_files;
