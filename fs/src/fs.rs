@@ -963,3 +963,6 @@ fn pseudo_ino(name: &[u8]) -> u64 {
     prefix.copy_from_slice(&h.as_bytes()[..8]);
     u64::from_le_bytes(prefix) | (1 << 63)
 }
+
+#[cfg(test)]
+mod tests;
