@@ -21,11 +21,12 @@ use std::time::{Duration, UNIX_EPOCH};
 use bytes::Bytes;
 use fuser::{BackingId, FileAttr, FileType, INodeNo};
 use futures::TryStreamExt;
+use lazix_castore::cache::CacheConfig;
 use lazix_castore::digest::DigestKeyBuildHasher;
 use lazix_castore::directory::Directory;
 use lazix_castore::nix::store_path::StorePath;
 use lazix_castore::read::BlobLayout;
-use lazix_castore::{B3Digest, Node, Store, StoreError};
+use lazix_castore::{B3Digest, Node, PathInfo, Store, StoreError};
 
 use crate::error::FsError;
 use crate::fetcher::{ChunkFetcher, DiskCopy};
@@ -183,12 +184,20 @@ struct OpenInode {
 type Listing = Arc<Vec<(Bytes, Node)>>;
 
 /// The file system. See the module docs.
+///
+/// It is the mount's one cache of each kind of metadata: PathInfos (kept
+/// briefly), directories and chunk lists (kept until evicted: content
+/// addressed); the store under it is the server itself.
 pub struct LazyFs {
     rt: tokio::runtime::Handle,
     store: Store,
     fetcher: Arc<ChunkFetcher>,
     cfg: MountConfig,
     inodes: Mutex<Inodes>,
+    /// PathInfos by store path digest, trusted as long as
+    /// [`CacheConfig::path_info_ttl`] (another replica or a GC may change
+    /// them); a path the server lacks is asked again every time.
+    path_infos: moka::sync::Cache<[u8; 20], Arc<PathInfo>, DigestKeyBuildHasher>,
     directories: moka::sync::Cache<B3Digest, Arc<Directory>, DigestKeyBuildHasher>,
     chunk_lists: moka::sync::Cache<B3Digest, Arc<BlobLayout>, DigestKeyBuildHasher>,
     /// Read-ahead state, by file handle.
@@ -230,6 +239,13 @@ impl LazyFs {
             fetcher,
             cfg,
             inodes: Mutex::new(Inodes::new()),
+            path_infos: {
+                let config = CacheConfig::default();
+                moka::sync::Cache::builder()
+                    .max_capacity(config.path_infos)
+                    .time_to_live(config.path_info_ttl)
+                    .build_with_hasher(DigestKeyBuildHasher::default())
+            },
             directories: moka::sync::Cache::builder()
                 .max_capacity(64 * 1024 * 1024)
                 .weigher(|_: &B3Digest, d: &Arc<Directory>| {
@@ -605,13 +621,24 @@ impl LazyFs {
     fn store_path_node(&self, name: &OsStr) -> Result<Node, FsError> {
         let name = name.to_str().ok_or(FsError::NotFound)?;
         let path = StorePath::from_basename(name).map_err(|_| FsError::NotFound)?;
-        let info = self
-            .remote(self.store.path_infos.get_path_info(path.digest()))?
-            .ok_or(FsError::NotFound)?;
+        let info = self.path_info(&path)?;
         if info.store_path.basename() != name {
             return Err(FsError::NotFound);
         }
-        Ok(info.node)
+        Ok(info.node.clone())
+    }
+
+    /// The PathInfo of `path`, from the cache or the server; concurrent
+    /// askers of one path share one request, a miss is not kept.
+    fn path_info(&self, path: &StorePath) -> Result<Arc<PathInfo>, FsError> {
+        let digest = *path.digest();
+        self.path_infos
+            .try_get_with(digest, || {
+                self.remote(self.store.path_infos.get_path_info(&digest))?
+                    .map(Arc::new)
+                    .ok_or(FsError::NotFound)
+            })
+            .map_err(|e| e.as_ref().clone())
     }
 
     fn child(&self, parent: u64, name: &OsStr) -> Result<Node, FsError> {

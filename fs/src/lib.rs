@@ -121,7 +121,8 @@ impl Drop for Mounted {
 }
 
 /// Mounts `store` at `mountpoint` in the background; async work runs on
-/// `rt` (which must outlive the mount).
+/// `rt` (which must outlive the mount). `store` needs no cache in front:
+/// the mount keeps its own of every kind of metadata (see [`LazyFs`]).
 pub fn mount(
     rt: tokio::runtime::Handle,
     store: Store,

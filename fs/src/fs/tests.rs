@@ -748,3 +748,38 @@ fn the_stats_file_reads_as_json_of_the_counters() {
     assert_eq!(v["reads"], 1);
     assert_eq!(v["served_bytes"], server.contents.run.len() as u64);
 }
+
+#[test]
+fn a_path_info_is_asked_once_and_a_missing_one_every_time() {
+    let server = Server::new();
+    let counting = SlowStore::new(server.backend.clone(), Duration::from_millis(100));
+    let store = Store {
+        path_infos: counting.clone(),
+        ..server.store()
+    };
+    let mount = Mount::new(&server, store);
+    for _ in 0..3 {
+        mount.lookup(PKG).unwrap();
+        mount.lookup(&path("sub/note")).unwrap();
+    }
+    assert_eq!(counting.path_infos_read(), 1);
+    // Concurrent lookups of an uncached path (each read takes 100 ms)
+    // share one request.
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| mount.lookup(TWIN).unwrap());
+        }
+    });
+    assert_eq!(counting.path_infos_read(), 2);
+    let absent = "00000000000000000000000000000000-absent";
+    for _ in 0..3 {
+        assert_eq!(mount.lookup(absent).unwrap_err().errno(), Errno::ENOENT);
+    }
+    let after_twin = counting.path_infos_read();
+    mount.lookup(absent).unwrap_err();
+    assert_eq!(
+        counting.path_infos_read(),
+        after_twin + 1,
+        "a miss is not kept"
+    );
+}
