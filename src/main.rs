@@ -544,15 +544,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
 }
 
 async fn mount(args: MountArgs) -> Result<()> {
-    // PathInfos and directories cached in memory; chunks are cached by the
-    // mount itself (decoded, in memory and on disk).
-    let store = cached(
-        client(&args.server)?,
-        CacheConfig {
-            chunk_bytes: 0,
-            ..CacheConfig::default()
-        },
-    );
+    // No cache in front of the server: the mount keeps one of each kind
+    // itself (PathInfos briefly, directories and chunk lists, and chunks
+    // decoded, in memory and on disk).
+    let store = client(&args.server)?;
     let opts = lazix_fs::MountOptions {
         fs: lazix_fs::MountConfig {
             uid: args.uid,

@@ -1,28 +1,38 @@
-//! The FUSE file system: a read-only view of every store path the server
+//! The file system's core: a read-only view of every store path the server
 //! knows, whose file bytes are fetched chunk by chunk on first access.
+//!
+//! Every operation the kernel asks for (lookup, getattr, readlink, open,
+//! read, release, readdir, readdirplus, xattrs, statfs) is a method here
+//! that answers plain values or an [`FsError`]; it needs no FUSE request or
+//! reply, so it can be driven by tests without a kernel. The FUSE adapter
+//! ([`crate::fuse`]) only turns those answers into replies. The two things
+//! only the kernel provides sit behind seams: [`KernelCache`] (dropping the
+//! kernel's cached pages of an inode) and [`BackingOpener`] (handing the
+//! kernel a file to read itself, passthrough).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
-use fuser::{
-    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
-};
+use fuser::{BackingId, FileAttr, FileType, INodeNo};
 use futures::TryStreamExt;
 use lazix_castore::digest::DigestKeyBuildHasher;
 use lazix_castore::directory::Directory;
 use lazix_castore::nix::store_path::StorePath;
 use lazix_castore::read::BlobLayout;
-use lazix_castore::{B3Digest, Node, Store, StoreError};
+use lazix_castore::store::CacheConfig;
+use lazix_castore::{B3Digest, Node, PathInfo, Store, StoreError};
 
+use crate::error::FsError;
 use crate::fetcher::{ChunkFetcher, DiskCopy};
 use crate::inodes::{Inodes, ROOT_INO, STATS_INO};
+use crate::readahead::ReadAhead;
+use crate::stats::Stats;
 use crate::whole_files::{WholeFileWriter, WholeFiles, MIN_WHOLE_FILE};
 
 /// Name of the synthetic stats file in the root (never a store path name:
@@ -30,6 +40,8 @@ use crate::whole_files::{WholeFileWriter, WholeFiles, MIN_WHOLE_FILE};
 pub const STATS_NAME: &str = ".lazix-stats";
 /// Store contents never change: the kernel may cache them for good.
 const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How long the kernel keeps the root's attributes.
+const ROOT_ATTR_TTL: Duration = Duration::from_secs(1);
 /// The root's listing (the set of store paths) may change: the kernel
 /// keeps it at most this long. The root's mtime moves on every such step,
 /// which makes the kernel drop its cached root listing.
@@ -41,14 +53,14 @@ const SMALL_FILE: u64 = 1024 * 1024;
 /// How far a whole-file copy must have come before the frames of its
 /// file stop going to the disk cache (see [`DiskCopy::Skip`]).
 const FRAMES_KEPT_BEFORE_COPY: u64 = 4 * 1024 * 1024;
-/// Read-ahead starts at this window and doubles with each sequential read.
-const READAHEAD_START: u64 = 512 * 1024;
-/// Largest read-ahead window.
-const READAHEAD_MAX: u64 = 32 * 1024 * 1024;
 /// How far around a read its chunks' frame may reach: fetches under way
 /// there are awaited. Frames never span files, a small file is at most
 /// this big, and a large file's frames hold at most this much of it.
 const NEIGHBOURHOOD: u64 = lazix_castore::frame::OWN_FRAME_TARGET;
+/// Block size reported to the kernel (attributes and statfs).
+const BLOCK_SIZE: u32 = 64 * 1024;
+/// Longest name statfs reports.
+const NAME_MAX: u32 = 255;
 
 /// How the mount behaves.
 #[derive(Clone, Debug)]
@@ -63,21 +75,100 @@ pub struct MountConfig {
     pub timeout: Duration,
 }
 
-/// Sequential-read detection of one open file. The kernel sends readahead
-/// reads concurrently and slightly out of order, so "sequential" means
-/// "near the furthest offset read so far".
-#[derive(Default)]
-struct ReadState {
-    /// Furthest end offset read.
-    frontier: u64,
-    /// Current read-ahead window.
-    window: u64,
-    /// Up to where read-ahead has been requested.
-    prefetched_to: u64,
+/// What the core asks of the kernel outside a reply: to drop the pages it
+/// cached of an inode (a file now read from its kept copy, or whose pages
+/// turned out wrong). Without a kernel (tests) nothing needs dropping.
+pub trait KernelCache: Send + Sync {
+    /// Drops the kernel's cached pages of `ino`, without waiting for it.
+    fn drop_pages(&self, ino: u64);
 }
 
-/// How far from the frontier a read still counts as sequential.
-const SEQUENTIAL_SLACK: u64 = 4 * 1024 * 1024;
+/// Hands a file to the kernel to read itself (passthrough); only the reply
+/// to an open can.
+pub trait BackingOpener {
+    /// Registers `file` with the kernel as a backing file.
+    fn open_backing(&self, file: &std::fs::File) -> std::io::Result<BackingId>;
+}
+
+/// Attributes and how long the kernel may keep them.
+#[derive(Clone, Debug)]
+pub struct TimedAttr {
+    /// The attributes.
+    pub attr: FileAttr,
+    /// How long they hold.
+    pub ttl: Duration,
+}
+
+/// How an opened file is read.
+#[derive(Clone, Debug)]
+pub enum OpenMode {
+    /// Every read comes to the mount, uncached (the stats file).
+    DirectIo,
+    /// Reads come to the mount; the kernel keeps the pages.
+    KeepCache,
+    /// The kernel reads this backing file itself.
+    Passthrough(Arc<BackingId>),
+}
+
+/// An opened file.
+#[derive(Clone, Debug)]
+pub struct Opened {
+    /// The new file handle.
+    pub fh: u64,
+    /// How it is read.
+    pub mode: OpenMode,
+}
+
+/// One readdir entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Its inode (a stable pseudo inode: plain readdir hands out no
+    /// lookups).
+    pub ino: u64,
+    /// The offset of the entry after it.
+    pub offset: u64,
+    /// What it is.
+    pub kind: FileType,
+    /// Its name.
+    pub name: Bytes,
+}
+
+/// One readdirplus entry.
+#[derive(Clone, Debug)]
+pub struct DirEntryPlus {
+    /// Its inode.
+    pub ino: u64,
+    /// The offset of the entry after it.
+    pub offset: u64,
+    /// Its name.
+    pub name: Bytes,
+    /// Its attributes.
+    pub attr: TimedAttr,
+    /// Whether it counted a kernel lookup (every entry but "." and ".."):
+    /// an entry not sent must give it back ([`LazyFs::unsent`]).
+    pub counts_lookup: bool,
+}
+
+/// What statfs reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FsStatistics {
+    /// Total blocks.
+    pub blocks: u64,
+    /// Free blocks.
+    pub bfree: u64,
+    /// Blocks free for unprivileged users.
+    pub bavail: u64,
+    /// Inodes in use.
+    pub files: u64,
+    /// Free inodes.
+    pub ffree: u64,
+    /// Block size.
+    pub bsize: u32,
+    /// Longest name.
+    pub namelen: u32,
+    /// Fragment size.
+    pub frsize: u32,
+}
 
 /// A file's open handles. The kernel reads an inode either through the
 /// mount (its page cache) or from a backing file (passthrough), never both
@@ -93,15 +184,24 @@ struct OpenInode {
 type Listing = Arc<Vec<(Bytes, Node)>>;
 
 /// The file system. See the module docs.
+///
+/// It is the mount's one cache of each kind of metadata: PathInfos (kept
+/// briefly), directories and chunk lists (kept until evicted: content
+/// addressed); the store under it is the server itself.
 pub struct LazyFs {
     rt: tokio::runtime::Handle,
     store: Store,
     fetcher: Arc<ChunkFetcher>,
     cfg: MountConfig,
     inodes: Mutex<Inodes>,
+    /// PathInfos by store path digest, trusted as long as
+    /// [`CacheConfig::path_info_ttl`] (another replica or a GC may change
+    /// them); a path the server lacks is asked again every time.
+    path_infos: moka::sync::Cache<[u8; 20], Arc<PathInfo>, DigestKeyBuildHasher>,
     directories: moka::sync::Cache<B3Digest, Arc<Directory>, DigestKeyBuildHasher>,
     chunk_lists: moka::sync::Cache<B3Digest, Arc<BlobLayout>, DigestKeyBuildHasher>,
-    reads: Mutex<HashMap<u64, ReadState>>,
+    /// Read-ahead state, by file handle.
+    reads: Mutex<HashMap<u64, ReadAhead>>,
     /// Listings by directory inode, for the readdir calls of one pass.
     listings: moka::sync::Cache<u64, Listing>,
     /// Whole-file copies (with a cache folder).
@@ -112,8 +212,8 @@ pub struct LazyFs {
     writers: Mutex<HashMap<u64, Arc<Mutex<WholeFileWriter>>>>,
     /// Open files, by inode.
     open_files: Mutex<HashMap<u64, OpenInode>>,
-    /// Tells the kernel to drop pages (set once mounted).
-    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    /// Drops the kernel's pages of an inode.
+    kernel: Arc<dyn KernelCache>,
     next_fh: AtomicU64,
     /// Files whose bytes, read whole, did not hash to their digest (a wrong
     /// chunk list): every later read of them is EIO, also the kernel's
@@ -121,23 +221,16 @@ pub struct LazyFs {
     disproved: moka::sync::Cache<B3Digest, (), DigestKeyBuildHasher>,
 }
 
-fn eio<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> Errno + '_ {
-    move |e| {
-        tracing::warn!(error = %e, "{what}");
-        Errno::EIO
-    }
-}
-
 impl LazyFs {
     /// A file system over `store` (the server), reading chunks through
     /// `fetcher`, keeping files read whole in `whole`, running async work
-    /// on `rt`.
+    /// on `rt`, dropping the kernel's stale pages through `kernel`.
     pub fn new(
         rt: tokio::runtime::Handle,
         store: Store,
         fetcher: Arc<ChunkFetcher>,
         whole: Option<Arc<WholeFiles>>,
-        notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+        kernel: Arc<dyn KernelCache>,
         cfg: MountConfig,
     ) -> Self {
         Self {
@@ -146,6 +239,13 @@ impl LazyFs {
             fetcher,
             cfg,
             inodes: Mutex::new(Inodes::new()),
+            path_infos: {
+                let config = CacheConfig::default();
+                moka::sync::Cache::builder()
+                    .max_capacity(config.path_infos)
+                    .time_to_live(config.path_info_ttl)
+                    .build_with_hasher(DigestKeyBuildHasher::default())
+            },
             directories: moka::sync::Cache::builder()
                 .max_capacity(64 * 1024 * 1024)
                 .weigher(|_: &B3Digest, d: &Arc<Directory>| {
@@ -166,7 +266,7 @@ impl LazyFs {
             passthrough: false,
             writers: Mutex::default(),
             open_files: Mutex::default(),
-            notifier,
+            kernel,
             next_fh: AtomicU64::new(1),
             disproved: moka::sync::Cache::builder()
                 .max_capacity(10_000)
@@ -174,21 +274,259 @@ impl LazyFs {
         }
     }
 
-    /// Runs a server request with the configured timeout.
+    /// Whether kept whole files could be handed to the kernel (there is a
+    /// cache folder to keep them in).
+    pub fn keeps_whole_files(&self) -> bool {
+        self.whole.is_some()
+    }
+
+    /// Hands kept whole files to the kernel from now on (it said it takes
+    /// backing files).
+    pub fn enable_passthrough(&mut self) {
+        self.passthrough = true;
+    }
+
+    /// The entry `name` in directory `parent`, counting one kernel lookup.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<TimedAttr, FsError> {
+        if parent == ROOT_INO && name == STATS_NAME {
+            return Ok(self.stats_attr());
+        }
+        let node = if parent == ROOT_INO {
+            self.store_path_node(name)?
+        } else {
+            self.child(parent, name)?
+        };
+        let ino = self
+            .inodes
+            .lock()
+            .expect("inodes")
+            .lookup(parent, name.as_bytes(), &node);
+        Ok(TimedAttr {
+            attr: self.attr(ino, &node),
+            ttl: FOREVER,
+        })
+    }
+
+    /// The kernel dropped `nlookup` lookups of `ino`.
+    pub fn forget(&self, ino: u64, nlookup: u64) {
+        self.inodes.lock().expect("inodes").forget(ino, nlookup);
+    }
+
+    /// The attributes of an inode the kernel holds.
+    pub fn getattr(&self, ino: u64) -> Result<TimedAttr, FsError> {
+        match ino {
+            ROOT_INO => Ok(TimedAttr {
+                attr: self.root_attr(),
+                ttl: ROOT_ATTR_TTL,
+            }),
+            STATS_INO => Ok(self.stats_attr()),
+            ino => {
+                let node = self.node(ino)?;
+                Ok(TimedAttr {
+                    attr: self.attr(ino, &node),
+                    ttl: FOREVER,
+                })
+            }
+        }
+    }
+
+    /// A symlink's target.
+    pub fn readlink(&self, ino: u64) -> Result<Bytes, FsError> {
+        match self.node(ino)? {
+            Node::Symlink { target } => Ok(target),
+            _ => Err(FsError::NotASymlink),
+        }
+    }
+
+    /// Opens a file; kept whole copies go to the kernel through `backing`
+    /// (in passthrough mode), small files are fetched whole now.
+    pub fn open(&self, ino: u64, backing: &dyn BackingOpener) -> Result<Opened, FsError> {
+        self.open_file(ino, backing)
+            .inspect_err(|e| self.count_read_error(e))
+    }
+
+    /// `size` bytes of a file from `offset` (fewer at its end), read
+    /// through handle `fh`.
+    pub fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        if ino == STATS_INO {
+            let json = self.stats_json();
+            let start = (offset as usize).min(json.len());
+            let end = (start + size as usize).min(json.len());
+            return Ok(json[start..end].to_vec());
+        }
+        match self.node(ino)? {
+            Node::File {
+                digest,
+                size: file_size,
+                ..
+            } => self
+                .read_file(ino, fh, &digest, file_size, offset..offset + size as u64)
+                .inspect_err(|e| self.count_read_error(e)),
+            _ => Err(FsError::IsADirectory),
+        }
+    }
+
+    /// Handle `fh` of `ino` is closed.
+    pub fn release(&self, ino: u64, fh: u64) {
+        self.reads.lock().expect("reads").remove(&fh);
+        let mut open = self.open_files.lock().expect("open files");
+        if let Some(entry) = open.get_mut(&ino) {
+            entry.handles -= 1;
+            if entry.handles == 0 {
+                // Its backing file closes; an unfinished copy is dropped.
+                open.remove(&ino);
+                self.writers.lock().expect("writers").remove(&ino);
+            }
+        }
+    }
+
+    /// The entries of directory `ino` from `offset` on. Offsets: 1 is ".",
+    /// 2 is "..", 3 + i is entry i.
+    pub fn readdir(
+        &self,
+        ino: u64,
+        offset: u64,
+    ) -> Result<impl Iterator<Item = DirEntry>, FsError> {
+        let listing = self.listing_at(ino, offset)?;
+        let dots =
+            [(ino, "."), (ROOT_INO, "..")]
+                .into_iter()
+                .enumerate()
+                .map(|(i, (ino, name))| DirEntry {
+                    ino,
+                    offset: 1 + i as u64,
+                    kind: FileType::Directory,
+                    name: Bytes::from_static(name.as_bytes()),
+                });
+        let entries = (0..listing.len()).map(move |i| {
+            let (name, node) = &listing[i];
+            DirEntry {
+                ino: pseudo_ino(name),
+                offset: 3 + i as u64,
+                kind: file_type(node),
+                name: name.clone(),
+            }
+        });
+        Ok(dots
+            .skip(offset.min(2) as usize)
+            .chain(entries.skip(offset.saturating_sub(2) as usize)))
+    }
+
+    /// The entries of directory `ino` from `offset` on, with attributes
+    /// (same offsets as [`LazyFs::readdir`]). Each entry but "." and ".."
+    /// counts a kernel lookup as it is produced.
+    pub fn readdirplus(
+        &self,
+        dir_ino: u64,
+        offset: u64,
+    ) -> Result<impl Iterator<Item = DirEntryPlus> + '_, FsError> {
+        let listing = self.listing_at(dir_ino, offset)?;
+        // The kernel takes no lookups for "." and "..".
+        let dot = |ino, offset, name: &'static str, attr| DirEntryPlus {
+            ino,
+            offset,
+            name: Bytes::from_static(name.as_bytes()),
+            attr: TimedAttr { attr, ttl: FOREVER },
+            counts_lookup: false,
+        };
+        let mut dots = Vec::new();
+        if offset < 1 {
+            let attr = self.make_attr(dir_ino, FileType::Directory, 0o555, 0);
+            dots.push(dot(dir_ino, 1, ".", attr));
+        }
+        if offset < 2 {
+            dots.push(dot(ROOT_INO, 2, "..", self.root_attr()));
+        }
+        let entries = (offset.saturating_sub(2) as usize..listing.len()).map(move |i| {
+            let (name, node) = &listing[i];
+            let ino = self
+                .inodes
+                .lock()
+                .expect("inodes")
+                .lookup(dir_ino, name, node);
+            DirEntryPlus {
+                ino,
+                offset: 3 + i as u64,
+                name: name.clone(),
+                attr: TimedAttr {
+                    attr: self.attr(ino, node),
+                    ttl: FOREVER,
+                },
+                counts_lookup: true,
+            }
+        });
+        Ok(dots.into_iter().chain(entries))
+    }
+
+    /// A readdirplus entry that did not fit the reply: its lookup is given
+    /// back.
+    pub fn unsent(&self, entry: &DirEntryPlus) {
+        if entry.counts_lookup {
+            self.forget(entry.ino, 1);
+        }
+    }
+
+    /// An extended attribute's value: the store carries none.
+    pub fn getxattr(&self, _ino: u64, _name: &OsStr) -> Result<Vec<u8>, FsError> {
+        Err(FsError::NoSuchAttribute)
+    }
+
+    /// The names of an inode's extended attributes, NUL-separated: none.
+    pub fn listxattr(&self, _ino: u64) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// File system statistics: nothing to write, the inodes held.
+    pub fn statfs(&self) -> FsStatistics {
+        FsStatistics {
+            blocks: 0,
+            bfree: 0,
+            bavail: 0,
+            files: self.inodes.lock().expect("inodes").count() as u64,
+            ffree: 0,
+            bsize: BLOCK_SIZE,
+            namelen: NAME_MAX,
+            frsize: BLOCK_SIZE,
+        }
+    }
+
+    /// Counts a failed open or read in the stats, if its cause is one
+    /// ([`FsError::counts_as_read_error`]): the one place that does.
+    fn count_read_error(&self, e: &FsError) {
+        if e.counts_as_read_error() {
+            Stats::add(&self.fetcher.stats.read_errors, 1);
+        }
+    }
+
+    /// Runs a server request with the configured timeout: every metadata
+    /// request of the mount goes through here.
     fn remote<T>(
         &self,
         fut: impl std::future::Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, Errno> {
-        self.rt
-            .block_on(async { tokio::time::timeout(self.cfg.timeout, fut).await })
-            .map_err(eio("server did not answer in time"))?
-            .map_err(|e| match e {
-                StoreError::NotFound(_) => Errno::ENOENT,
-                e => {
-                    tracing::warn!(error = %e, "server request failed");
-                    Errno::EIO
-                }
-            })
+    ) -> Result<T, FsError> {
+        let answer = self
+            .rt
+            .block_on(async { tokio::time::timeout(self.cfg.timeout, fut).await });
+        let Ok(answer) = answer else {
+            tracing::warn!(timeout = ?self.cfg.timeout, "server did not answer in time");
+            return Err(FsError::Timeout(self.cfg.timeout));
+        };
+        answer.map_err(|e| {
+            let e = FsError::from_store(e);
+            if !matches!(e, FsError::NotFound) {
+                tracing::warn!(error = %e, "server request failed");
+            }
+            e
+        })
+    }
+
+    /// The node of an inode the kernel holds.
+    fn node(&self, ino: u64) -> Result<Node, FsError> {
+        self.inodes
+            .lock()
+            .expect("inodes")
+            .get(ino)
+            .ok_or(FsError::NotFound)
     }
 
     fn attr(&self, ino: u64, node: &Node) -> FileAttr {
@@ -223,8 +561,35 @@ impl LazyFs {
             uid: self.cfg.uid,
             gid: self.cfg.gid,
             rdev: 0,
-            blksize: 64 * 1024,
+            blksize: BLOCK_SIZE,
             flags: 0,
+        }
+    }
+
+    /// The root's attributes: its mtime steps every [`ROOT_LISTING_STEP`],
+    /// so the kernel's cached listing of store paths never grows older.
+    fn root_attr(&self) -> FileAttr {
+        let mut attr = self.make_attr(ROOT_INO, FileType::Directory, 0o555, 0);
+        let now = std::time::SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let step = ROOT_LISTING_STEP.as_secs();
+        attr.mtime = UNIX_EPOCH + Duration::from_secs(now / step * step);
+        attr.ctime = attr.mtime;
+        attr
+    }
+
+    /// The stats file's attributes, never cached (its size changes).
+    fn stats_attr(&self) -> TimedAttr {
+        TimedAttr {
+            attr: self.make_attr(
+                STATS_INO,
+                FileType::RegularFile,
+                0o444,
+                self.stats_json().len() as u64,
+            ),
+            ttl: Duration::ZERO,
         }
     }
 
@@ -236,7 +601,7 @@ impl LazyFs {
 
     /// A directory, fetched with its whole subtree on a miss (one request
     /// answers every later lookup below it).
-    fn directory(&self, digest: &B3Digest) -> Result<Arc<Directory>, Errno> {
+    fn directory(&self, digest: &B3Digest) -> Result<Arc<Directory>, FsError> {
         if let Some(d) = self.directories.get(digest) {
             return Ok(d);
         }
@@ -250,38 +615,44 @@ impl LazyFs {
             }
             self.directories.insert(d, dir);
         }
-        root.ok_or(Errno::EIO)
+        root.ok_or(FsError::IncompleteClosure(*digest))
     }
 
-    fn store_path_node(&self, name: &OsStr) -> Result<Node, Errno> {
-        let name = name.to_str().ok_or(Errno::ENOENT)?;
-        let path = StorePath::from_basename(name).map_err(|_| Errno::ENOENT)?;
-        let info = self
-            .remote(self.store.path_infos.get_path_info(path.digest()))?
-            .ok_or(Errno::ENOENT)?;
+    fn store_path_node(&self, name: &OsStr) -> Result<Node, FsError> {
+        let name = name.to_str().ok_or(FsError::NotFound)?;
+        let path = StorePath::from_basename(name).map_err(|_| FsError::NotFound)?;
+        let info = self.path_info(&path)?;
         if info.store_path.basename() != name {
-            return Err(Errno::ENOENT);
+            return Err(FsError::NotFound);
         }
-        Ok(info.node)
+        Ok(info.node.clone())
     }
 
-    fn child(&self, parent: u64, name: &OsStr) -> Result<Node, Errno> {
-        let node = self
-            .inodes
-            .lock()
-            .expect("inodes")
-            .get(parent)
-            .ok_or(Errno::ENOENT)?;
-        let Node::Directory { digest, .. } = node else {
-            return Err(Errno::ENOTDIR);
+    /// The PathInfo of `path`, from the cache or the server; concurrent
+    /// askers of one path share one request, a miss is not kept.
+    fn path_info(&self, path: &StorePath) -> Result<Arc<PathInfo>, FsError> {
+        let digest = *path.digest();
+        self.path_infos
+            .try_get_with(digest, || {
+                self.remote(self.store.path_infos.get_path_info(&digest))?
+                    .map(Arc::new)
+                    .ok_or(FsError::NotFound)
+            })
+            .map_err(|e| e.as_ref().clone())
+    }
+
+    fn child(&self, parent: u64, name: &OsStr) -> Result<Node, FsError> {
+        let Node::Directory { digest, .. } = self.node(parent)? else {
+            return Err(FsError::NotADirectory);
         };
         let dir = self.directory(&digest)?;
-        dir.entry(name.as_bytes()).ok_or(Errno::ENOENT)
+        dir.entry(name.as_bytes()).ok_or(FsError::NotFound)
     }
 
     /// The file's chunks, checked against it (see
-    /// [`lazix_castore::read::layout`]); a list that does not fit is EIO.
-    fn layout(&self, digest: &B3Digest, size: u64) -> Result<Arc<BlobLayout>, Errno> {
+    /// [`lazix_castore::read::layout`]); a list that does not fit is
+    /// refused.
+    fn layout(&self, digest: &B3Digest, size: u64) -> Result<Arc<BlobLayout>, FsError> {
         if let Some(l) = self.chunk_lists.get(digest) {
             return Ok(l);
         }
@@ -295,9 +666,9 @@ impl LazyFs {
             None
         };
         let layout = BlobLayout::from_answer(*digest, size, answer).map_err(|e| {
+            let e = FsError::BadChunkList(Arc::new(e));
             tracing::error!(error = %e, "refusing a chunk list");
-            count_read_error(&self.fetcher);
-            Errno::EIO
+            e
         })?;
         let layout = Arc::new(layout);
         self.chunk_lists.insert(*digest, layout.clone());
@@ -311,6 +682,83 @@ impl LazyFs {
             .into_iter()
             .map(|p| p.chunk.digest)
             .collect()
+    }
+
+    /// Chunks of `layout` within [`NEIGHBOURHOOD`] of `start..end`, other
+    /// than `these`: where the frames of `these` may also reach.
+    fn neighbours(layout: &BlobLayout, start: u64, end: u64, these: &[B3Digest]) -> Vec<B3Digest> {
+        Self::covering(
+            layout,
+            start.saturating_sub(NEIGHBOURHOOD),
+            end.saturating_add(NEIGHBOURHOOD),
+        )
+        .into_iter()
+        .filter(|d| !these.contains(d))
+        .collect()
+    }
+
+    fn open_file(&self, ino: u64, backing: &dyn BackingOpener) -> Result<Opened, FsError> {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        if ino == STATS_INO {
+            return Ok(Opened {
+                fh,
+                mode: OpenMode::DirectIo,
+            });
+        }
+        let Node::File { digest, size, .. } = self.node(ino)? else {
+            return Err(FsError::IsADirectory);
+        };
+        let backing = self.backing_for(backing, ino, &digest, size);
+        if backing.is_none() && size > 0 && size <= SMALL_FILE {
+            // Small files come whole, in one request.
+            let layout = self.layout(&digest, size)?;
+            let digests: Vec<B3Digest> = layout.chunks().iter().map(|c| c.digest).collect();
+            self.rt.block_on(self.fetcher.get(&digests)).map_err(|e| {
+                tracing::warn!(error = %e, "open failed");
+                FsError::Fetch(e)
+            })?;
+        }
+        let mut open = self.open_files.lock().expect("open files");
+        let entry = open.entry(ino).or_default();
+        if entry.handles == 0 {
+            entry.backing = backing;
+        }
+        entry.handles += 1;
+        let mode = match &entry.backing {
+            Some(b) => {
+                Stats::add(&self.fetcher.stats.passthrough_opens, 1);
+                OpenMode::Passthrough(b.clone())
+            }
+            None => OpenMode::KeepCache,
+        };
+        Ok(Opened { fh, mode })
+    }
+
+    /// The backing file for a new open of `ino`, if the kernel should read
+    /// a kept copy itself: only when no handle reads it through the mount.
+    fn backing_for(
+        &self,
+        opener: &dyn BackingOpener,
+        ino: u64,
+        digest: &B3Digest,
+        size: u64,
+    ) -> Option<Arc<BackingId>> {
+        if !self.passthrough || size < MIN_WHOLE_FILE {
+            return None;
+        }
+        if let Some(open) = self.open_files.lock().expect("open files").get(&ino) {
+            if open.handles > 0 {
+                return open.backing.clone();
+            }
+        }
+        let copy = self.whole.as_ref()?.lookup(digest, size)?;
+        match opener.open_backing(&copy) {
+            Ok(id) => Some(Arc::new(id)),
+            Err(e) => {
+                tracing::debug!(error = %e, "passthrough refused");
+                None
+            }
+        }
     }
 
     /// The inode's whole-file copy under way, started by a read at offset
@@ -338,46 +786,49 @@ impl LazyFs {
         }
     }
 
+    /// Whether the frames a read fetches go to the disk cache: a file
+    /// being copied whole needs none there, except near its start (a reader
+    /// that only looks at the header, a mapped library, ends the copy soon,
+    /// and those frames must stay cached).
+    fn disk_copy(writer: Option<&Mutex<WholeFileWriter>>) -> DiskCopy {
+        match writer {
+            Some(w) if w.lock().expect("writer").copied() >= FRAMES_KEPT_BEFORE_COPY => {
+                DiskCopy::Skip
+            }
+            _ => DiskCopy::Keep,
+        }
+    }
+
     /// Hands bytes just read to the inode's whole-file copy; a complete
     /// copy is put in place.
     /// A whole copy that does not hash to the file's digest (a wrong chunk
-    /// list) is EIO for the read that completed it.
+    /// list) fails the read that completed it.
     fn keep_whole(
         &self,
         ino: u64,
         writer: &Mutex<WholeFileWriter>,
         offset: u64,
         data: &[u8],
-    ) -> Result<(), Errno> {
+    ) -> Result<(), FsError> {
         let written = writer.lock().expect("writer").write_at(offset, data);
         match written {
             Ok(false) => {}
             Ok(true) => {
                 self.writers.lock().expect("writers").remove(&ino);
-                crate::stats::Stats::add(&self.fetcher.stats.whole_files_kept, 1);
+                Stats::add(&self.fetcher.stats.whole_files_kept, 1);
                 // The kernel reads the copy from now on: the pages it cached
-                // from the mount are dropped now, in the background, not at
-                // the next open (which would wait for it). Not from this
-                // thread: the read being answered holds some of them locked.
-                if let Some(notifier) = self.notifier.get().cloned() {
-                    std::thread::spawn(move || {
-                        let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
-                    });
-                }
+                // from the mount are dropped now, not at the next open
+                // (which would wait for it).
+                self.kernel.drop_pages(ino);
             }
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                 tracing::error!(error = %e, "a file read whole does not match its digest");
                 self.writers.lock().expect("writers").remove(&ino);
-                self.disproved
-                    .insert(*writer.lock().expect("writer").digest(), ());
-                count_read_error(&self.fetcher);
+                let digest = *writer.lock().expect("writer").digest();
+                self.disproved.insert(digest, ());
                 // The pages the kernel cached from it are wrong too.
-                if let Some(notifier) = self.notifier.get().cloned() {
-                    std::thread::spawn(move || {
-                        let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
-                    });
-                }
-                return Err(Errno::EIO);
+                self.kernel.drop_pages(ino);
+                return Err(FsError::Disproved(digest));
             }
             Err(e) => {
                 tracing::debug!(error = %e, "not keeping a whole file");
@@ -387,106 +838,35 @@ impl LazyFs {
         Ok(())
     }
 
-    /// The backing file for a new open of `ino`, if the kernel should read
-    /// a kept copy itself: only when no handle reads it through the mount.
-    fn backing_for(
-        &self,
-        reply: &ReplyOpen,
-        ino: u64,
-        digest: &B3Digest,
-        size: u64,
-    ) -> Option<Arc<BackingId>> {
-        if !self.passthrough || size < MIN_WHOLE_FILE {
-            return None;
-        }
-        if let Some(open) = self.open_files.lock().expect("open files").get(&ino) {
-            if open.handles > 0 {
-                return open.backing.clone();
-            }
-        }
-        let copy = self.whole.as_ref()?.lookup(digest, size)?;
-        match reply.open_backing(&copy) {
-            Ok(id) => Some(Arc::new(id)),
-            Err(e) => {
-                tracing::debug!(error = %e, "passthrough refused");
-                None
-            }
-        }
-    }
-
-    /// Chunks of `layout` within [`NEIGHBOURHOOD`] of `start..end`, other
-    /// than `these`: where the frames of `these` may also reach.
-    fn neighbours(layout: &BlobLayout, start: u64, end: u64, these: &[B3Digest]) -> Vec<B3Digest> {
-        Self::covering(
-            layout,
-            start.saturating_sub(NEIGHBOURHOOD),
-            end.saturating_add(NEIGHBOURHOOD),
-        )
-        .into_iter()
-        .filter(|d| !these.contains(d))
-        .collect()
-    }
-
-    fn read_file(
-        &self,
-        ino: u64,
-        fh: u64,
-        digest: &B3Digest,
-        file_size: u64,
-        offset: u64,
-        size: u32,
-    ) -> Result<Vec<u8>, Errno> {
-        let end = (offset + size as u64).min(file_size);
-        if offset >= end {
-            return Ok(Vec::new());
-        }
-        if self.disproved.contains_key(digest) {
-            count_read_error(&self.fetcher);
-            return Err(Errno::EIO);
-        }
-        let layout = self.layout(digest, file_size)?;
-        let writer = self.whole_writer(ino, digest, file_size, offset);
-        // A file being copied whole needs no frames on disk, except near
-        // its start: a reader that only looks at the header (a mapped
-        // library) ends the copy soon, and those frames must stay cached.
-        let disk = match &writer {
-            Some(w) if w.lock().expect("writer").copied() >= FRAMES_KEPT_BEFORE_COPY => {
-                DiskCopy::Skip
-            }
-            _ => DiskCopy::Keep,
-        };
-        // Read-ahead: a window that grows while reads stay sequential.
-        let ahead = {
-            let mut reads = self.reads.lock().expect("reads");
-            let st = reads.entry(fh).or_default();
-            let sequential = offset > 0
-                && offset <= st.frontier + SEQUENTIAL_SLACK
-                && end + SEQUENTIAL_SLACK >= st.frontier;
-            st.window = if sequential {
-                (st.window.max(READAHEAD_START / 2) * 2).min(READAHEAD_MAX)
-            } else {
-                0
-            };
-            st.frontier = st.frontier.max(end);
-            // Ask in big steps: only once less than half a window is left.
-            let from = st.prefetched_to.max(end);
-            let to = (end + st.window).min(file_size);
-            if st.window > 0 && from < to && from - end < st.window / 2 {
-                st.prefetched_to = to;
-                Some((from, to))
-            } else {
-                None
-            }
-        };
-        if let Some((from, to)) = ahead {
-            let ahead = Self::covering(&layout, from, to);
-            let neighbours = Self::neighbours(&layout, from, to, &ahead);
+    /// Prefetches what the read-ahead window of handle `fh` asks for after
+    /// a read of `read`.
+    fn read_ahead(&self, fh: u64, layout: &BlobLayout, read: Range<u64>, disk: DiskCopy) {
+        let ahead = self
+            .reads
+            .lock()
+            .expect("reads")
+            .entry(fh)
+            .or_default()
+            .record_read(read, layout.size());
+        if let Some(range) = ahead {
+            let ahead = Self::covering(layout, range.start, range.end);
+            let neighbours = Self::neighbours(layout, range.start, range.end, &ahead);
             let _guard = self.rt.enter();
             self.fetcher.prefetch(ahead, neighbours, disk);
         }
-        let needed = layout.pieces(offset, end);
+    }
+
+    /// The bytes of `range` of the file laid out as `layout`, sliced out of
+    /// its chunks; a chunk of another size than its list says fails it.
+    fn read_range(
+        &self,
+        layout: &BlobLayout,
+        range: Range<u64>,
+        disk: DiskCopy,
+    ) -> Result<Vec<u8>, FsError> {
+        let needed = layout.pieces(range.start, range.end);
         let digests: Vec<B3Digest> = needed.iter().map(|p| p.chunk.digest).collect();
-        let neighbours = Self::neighbours(&layout, offset, end, &digests);
+        let neighbours = Self::neighbours(layout, range.start, range.end, &digests);
         let fetched = self.rt.block_on(self.fetcher.get_after_neighbours(
             &digests,
             &neighbours,
@@ -494,42 +874,71 @@ impl LazyFs {
         ));
         let datas = fetched.map_err(|e| {
             tracing::warn!(error = %e, "read failed");
-            count_read_error(&self.fetcher);
-            Errno::EIO
+            FsError::Fetch(e)
         })?;
+        let blob = *layout.blob();
         if datas.len() != needed.len() {
-            tracing::error!(%digest, "the fetcher answered {} chunks for {}", datas.len(), needed.len());
-            count_read_error(&self.fetcher);
-            return Err(Errno::EIO);
+            let e = FsError::WrongChunkCount {
+                blob,
+                wanted: needed.len(),
+                got: datas.len(),
+            };
+            tracing::error!(error = %e, "read failed");
+            return Err(e);
         }
-        let mut out = Vec::with_capacity((end - offset) as usize);
+        let mut out = Vec::with_capacity((range.end - range.start) as usize);
         for (piece, data) in needed.iter().zip(datas) {
             // Verified bytes of the chunk named, but of another length than
             // the list says: the list lies (a reader never slices past).
             if data.len() as u64 != piece.chunk.size {
-                tracing::error!(
-                    %digest,
-                    chunk = %piece.chunk.digest,
-                    "chunk has {} bytes, its list says {}",
-                    data.len(),
-                    piece.chunk.size
-                );
-                count_read_error(&self.fetcher);
-                return Err(Errno::EIO);
+                let e = FsError::ChunkSizeMismatch {
+                    blob,
+                    chunk: piece.chunk.digest,
+                    listed: piece.chunk.size,
+                    got: data.len() as u64,
+                };
+                tracing::error!(error = %e, "read failed");
+                return Err(e);
             }
             out.extend_from_slice(&data[piece.skip..piece.skip + piece.take]);
         }
-        crate::stats::Stats::add(&self.fetcher.stats.served_bytes, out.len() as u64);
-        crate::stats::Stats::add(&self.fetcher.stats.reads, 1);
+        Ok(out)
+    }
+
+    /// A read of `read` (clamped to the file) of the file `digest`: its
+    /// chunks fetched (and read-ahead asked for), the bytes handed to a
+    /// whole-file copy if one is being made.
+    fn read_file(
+        &self,
+        ino: u64,
+        fh: u64,
+        digest: &B3Digest,
+        file_size: u64,
+        read: Range<u64>,
+    ) -> Result<Vec<u8>, FsError> {
+        let read = read.start..read.end.min(file_size);
+        if read.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.disproved.contains_key(digest) {
+            return Err(FsError::Disproved(*digest));
+        }
+        let layout = self.layout(digest, file_size)?;
+        let writer = self.whole_writer(ino, digest, file_size, read.start);
+        let disk = Self::disk_copy(writer.as_deref());
+        self.read_ahead(fh, &layout, read.clone(), disk);
+        let out = self.read_range(&layout, read.clone(), disk)?;
+        Stats::add(&self.fetcher.stats.served_bytes, out.len() as u64);
+        Stats::add(&self.fetcher.stats.reads, 1);
         if let Some(writer) = writer {
-            self.keep_whole(ino, &writer, offset, &out)?;
+            self.keep_whole(ino, &writer, read.start, &out)?;
         }
         Ok(out)
     }
 
     /// The listing readdir at `offset` continues: computed afresh at the
     /// start of a pass, reused for its further offsets.
-    fn listing_at(&self, ino: u64, offset: u64) -> Result<Listing, Errno> {
+    fn listing_at(&self, ino: u64, offset: u64) -> Result<Listing, FsError> {
         if offset > 0 {
             if let Some(l) = self.listings.get(&ino) {
                 return Ok(l);
@@ -540,21 +949,7 @@ impl LazyFs {
         Ok(listing)
     }
 
-    /// The root's attributes: its mtime steps every [`ROOT_LISTING_STEP`],
-    /// so the kernel's cached listing of store paths never grows older.
-    fn root_attr(&self) -> FileAttr {
-        let mut attr = self.make_attr(ROOT_INO, FileType::Directory, 0o555, 0);
-        let now = std::time::SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let step = ROOT_LISTING_STEP.as_secs();
-        attr.mtime = UNIX_EPOCH + Duration::from_secs(now / step * step);
-        attr.ctime = attr.mtime;
-        attr
-    }
-
-    fn listing(&self, ino: u64) -> Result<Listing, Errno> {
+    fn listing(&self, ino: u64) -> Result<Listing, FsError> {
         if ino == ROOT_INO {
             if !self.cfg.list_root {
                 return Ok(Arc::new(Vec::new()));
@@ -572,21 +967,11 @@ impl LazyFs {
                     .collect(),
             ));
         }
-        let node = self
-            .inodes
-            .lock()
-            .expect("inodes")
-            .get(ino)
-            .ok_or(Errno::ENOENT)?;
-        let Node::Directory { digest, .. } = node else {
-            return Err(Errno::ENOTDIR);
+        let Node::Directory { digest, .. } = self.node(ino)? else {
+            return Err(FsError::NotADirectory);
         };
         Ok(Arc::new(self.directory(&digest)?.entries_sorted()))
     }
-}
-
-fn count_read_error(fetcher: &ChunkFetcher) {
-    crate::stats::Stats::add(&fetcher.stats.read_errors, 1);
 }
 
 fn file_type(node: &Node) -> FileType {
@@ -597,336 +982,14 @@ fn file_type(node: &Node) -> FileType {
     }
 }
 
-impl Filesystem for LazyFs {
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let wanted = InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
-            | InitFlags::FUSE_CACHE_SYMLINKS
-            | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_MAX_PAGES
-            // Attributes are checked before a cached listing is used, so
-            // the root's stepping mtime refreshes it (store contents have
-            // unlimited TTLs: no cost there).
-            | InitFlags::FUSE_AUTO_INVAL_DATA;
-        let supported = config.capabilities() & wanted;
-        let _ = config.add_capabilities(supported);
-        // Kept whole files are handed to the kernel to read itself.
-        if self.whole.is_some()
-            && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
-            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
-            && config.set_max_stack_depth(1).is_ok()
-        {
-            self.passthrough = true;
-        }
-        let _ = config.set_max_readahead(1024 * 1024);
-        let _ = config.set_max_write(1024 * 1024);
-        Ok(())
-    }
-
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        if parent.0 == ROOT_INO && name == STATS_NAME {
-            let attr = self.make_attr(
-                STATS_INO,
-                FileType::RegularFile,
-                0o444,
-                self.stats_json().len() as u64,
-            );
-            return reply.entry(&Duration::ZERO, &attr, Generation(0));
-        }
-        let node = if parent.0 == ROOT_INO {
-            self.store_path_node(name)
-        } else {
-            self.child(parent.0, name)
-        };
-        match node {
-            Ok(node) => {
-                let ino =
-                    self.inodes
-                        .lock()
-                        .expect("inodes")
-                        .lookup(parent.0, name.as_bytes(), &node);
-                reply.entry(&FOREVER, &self.attr(ino, &node), Generation(0));
-            }
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.inodes.lock().expect("inodes").forget(ino.0, nlookup);
-    }
-
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match ino.0 {
-            ROOT_INO => reply.attr(&Duration::from_secs(1), &self.root_attr()),
-            STATS_INO => reply.attr(
-                &Duration::ZERO,
-                &self.make_attr(
-                    STATS_INO,
-                    FileType::RegularFile,
-                    0o444,
-                    self.stats_json().len() as u64,
-                ),
-            ),
-            i => match self.inodes.lock().expect("inodes").get(i) {
-                Some(node) => reply.attr(&FOREVER, &self.attr(i, &node)),
-                None => reply.error(Errno::ENOENT),
-            },
-        }
-    }
-
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.inodes.lock().expect("inodes").get(ino.0) {
-            Some(Node::Symlink { target }) => reply.data(&target),
-            Some(_) => reply.error(Errno::EINVAL),
-            None => reply.error(Errno::ENOENT),
-        }
-    }
-
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        if ino.0 == STATS_INO {
-            return reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
-        }
-        let node = self.inodes.lock().expect("inodes").get(ino.0);
-        match node {
-            Some(Node::File { digest, size, .. }) => {
-                let backing = self.backing_for(&reply, ino.0, &digest, size);
-                if backing.is_none() && size > 0 && size <= SMALL_FILE {
-                    // Small files come whole, in one request.
-                    let layout = match self.layout(&digest, size) {
-                        Ok(l) => l,
-                        Err(e) => return reply.error(e),
-                    };
-                    let digests: Vec<B3Digest> = layout.chunks().iter().map(|c| c.digest).collect();
-                    if let Err(e) = self.rt.block_on(self.fetcher.get(&digests)) {
-                        tracing::warn!(error = %e, "open failed");
-                        count_read_error(&self.fetcher);
-                        return reply.error(Errno::EIO);
-                    }
-                }
-                let mut open = self.open_files.lock().expect("open files");
-                let entry = open.entry(ino.0).or_default();
-                if entry.handles == 0 {
-                    entry.backing = backing;
-                }
-                entry.handles += 1;
-                match &entry.backing {
-                    Some(b) => {
-                        crate::stats::Stats::add(&self.fetcher.stats.passthrough_opens, 1);
-                        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), b)
-                    }
-                    None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-                }
-            }
-            Some(_) => reply.error(Errno::EISDIR),
-            None => reply.error(Errno::ENOENT),
-        }
-    }
-
-    fn read(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        size: u32,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyData,
-    ) {
-        if ino.0 == STATS_INO {
-            let json = self.stats_json();
-            let start = (offset as usize).min(json.len());
-            let end = (start + size as usize).min(json.len());
-            return reply.data(&json[start..end]);
-        }
-        let node = self.inodes.lock().expect("inodes").get(ino.0);
-        match node {
-            Some(Node::File {
-                digest,
-                size: file_size,
-                ..
-            }) => match self.read_file(ino.0, fh.0, &digest, file_size, offset, size) {
-                Ok(data) => reply.data(&data),
-                Err(e) => reply.error(e),
-            },
-            Some(_) => reply.error(Errno::EISDIR),
-            None => reply.error(Errno::ENOENT),
-        }
-    }
-
-    fn release(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
-        self.reads.lock().expect("reads").remove(&fh.0);
-        let mut open = self.open_files.lock().expect("open files");
-        if let Some(entry) = open.get_mut(&ino.0) {
-            entry.handles -= 1;
-            if entry.handles == 0 {
-                // Its backing file closes; an unfinished copy is dropped.
-                open.remove(&ino.0);
-                self.writers.lock().expect("writers").remove(&ino.0);
-            }
-        }
-        reply.ok();
-    }
-
-    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // No per-open state: after ENOSYS the kernel stops sending opendir
-        // and releasedir (two round trips per directory a walk visits) and
-        // caches every listing itself (keep-cache and cache-dir are its
-        // defaults then); readdir finds listings by inode.
-        reply.error(Errno::ENOSYS)
-    }
-
-    fn readdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
-        let listing = match self.listing_at(ino.0, offset) {
-            Ok(l) => l,
-            Err(e) => return reply.error(e),
-        };
-        // Offsets: 1 is ".", 2 is "..", 3 + i is entry i.
-        let mut next = offset;
-        if next == 0 {
-            if reply.add(ino, 1, FileType::Directory, ".") {
-                return reply.ok();
-            }
-            next = 1;
-        }
-        if next == 1 {
-            if reply.add(INodeNo(ROOT_INO), 2, FileType::Directory, "..") {
-                return reply.ok();
-            }
-            next = 2;
-        }
-        for (i, (name, node)) in listing.iter().enumerate().skip((next - 2) as usize) {
-            // Plain readdir hands out no lookups: a stable pseudo inode.
-            let pseudo = u64::from_le_bytes(blake_prefix(name)) | (1 << 63);
-            if reply.add(
-                INodeNo(pseudo),
-                3 + i as u64,
-                file_type(node),
-                OsStr::from_bytes(name),
-            ) {
-                break;
-            }
-        }
-        reply.ok();
-    }
-
-    fn readdirplus(
-        &self,
-        _req: &Request,
-        dir_ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectoryPlus,
-    ) {
-        let listing = match self.listing_at(dir_ino.0, offset) {
-            Ok(l) => l,
-            Err(e) => return reply.error(e),
-        };
-        // Same offsets as readdir: 1 is ".", 2 is "..", 3 + i is entry i.
-        // The kernel takes no lookups for "." and "..".
-        let dot_attr = self.make_attr(dir_ino.0, FileType::Directory, 0o555, 0);
-        let mut next = offset;
-        if next == 0 {
-            if reply.add(dir_ino, 1, ".", &FOREVER, &dot_attr, Generation(0)) {
-                return reply.ok();
-            }
-            next = 1;
-        }
-        if next == 1 {
-            let root_attr = self.root_attr();
-            if reply.add(
-                INodeNo(ROOT_INO),
-                2,
-                "..",
-                &FOREVER,
-                &root_attr,
-                Generation(0),
-            ) {
-                return reply.ok();
-            }
-            next = 2;
-        }
-        for (i, (name, node)) in listing.iter().enumerate().skip((next - 2) as usize) {
-            let ino = self
-                .inodes
-                .lock()
-                .expect("inodes")
-                .lookup(dir_ino.0, name, node);
-            let attr = self.attr(ino, node);
-            if reply.add(
-                INodeNo(ino),
-                3 + i as u64,
-                OsStr::from_bytes(name),
-                &FOREVER,
-                &attr,
-                Generation(0),
-            ) {
-                // Not sent: give the lookup back.
-                self.inodes.lock().expect("inodes").forget(ino, 1);
-                break;
-            }
-        }
-        reply.ok();
-    }
-
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
-        reply.ok();
-    }
-
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: fuser::ReplyXattr,
-    ) {
-        // The store carries no extended attributes.
-        reply.error(Errno::ENODATA);
-    }
-
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
-        }
-    }
-
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let files = self.inodes.lock().expect("inodes").count() as u64;
-        reply.statfs(0, 0, 0, files, 0, 64 * 1024, 255, 64 * 1024);
-    }
-}
-
-/// Eight bytes of BLAKE3 of a name, for pseudo inode numbers.
-fn blake_prefix(name: &[u8]) -> [u8; 8] {
+/// A stable pseudo inode number for a plain readdir entry: eight bytes of
+/// BLAKE3 of its name, top bit set.
+fn pseudo_ino(name: &[u8]) -> u64 {
     let h = B3Digest::of(name);
-    let mut out = [0u8; 8];
-    out.copy_from_slice(&h.as_bytes()[..8]);
-    out
+    let mut prefix = [0u8; 8];
+    prefix.copy_from_slice(&h.as_bytes()[..8]);
+    u64::from_le_bytes(prefix) | (1 << 63)
 }
+
+#[cfg(test)]
+mod tests;

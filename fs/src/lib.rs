@@ -5,9 +5,12 @@
 #![warn(missing_docs)]
 
 mod disk_cache;
+mod error;
 mod fetcher;
 mod fs;
+mod fuse;
 mod inodes;
+mod readahead;
 mod sharded;
 mod stats;
 mod whole_files;
@@ -18,8 +21,12 @@ use std::time::Duration;
 
 use lazix_castore::{Store, StoreError};
 
+pub use error::FsError;
 pub use fetcher::{ChunkFetcher, FetchError};
-pub use fs::{LazyFs, MountConfig, STATS_NAME};
+pub use fs::{
+    BackingOpener, DirEntry, DirEntryPlus, FsStatistics, KernelCache, LazyFs, MountConfig,
+    OpenMode, Opened, TimedAttr, STATS_NAME,
+};
 pub use stats::{Stats, StatsSnapshot};
 pub use whole_files::{WholeFiles, MIN_WHOLE_FILE};
 
@@ -114,7 +121,8 @@ impl Drop for Mounted {
 }
 
 /// Mounts `store` at `mountpoint` in the background; async work runs on
-/// `rt` (which must outlive the mount).
+/// `rt` (which must outlive the mount). `store` needs no cache in front:
+/// the mount keeps its own of every kind of metadata (see [`LazyFs`]).
 pub fn mount(
     rt: tokio::runtime::Handle,
     store: Store,
@@ -138,8 +146,8 @@ pub fn mount(
         .transpose()
         .map_err(MountError::WholeFiles)?;
     let stats = fetcher.stats.clone();
-    let notifier = Arc::new(std::sync::OnceLock::new());
-    let fs = LazyFs::new(rt, store, fetcher, whole, notifier.clone(), opts.fs);
+    let kernel = Arc::new(fuse::KernelNotifier::default());
+    let fs = LazyFs::new(rt, store, fetcher, whole, kernel.clone(), opts.fs);
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::RO,
@@ -157,9 +165,9 @@ pub fn mount(
     }
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
-    let session = fuser::spawn_mount(fs, mountpoint, &config)
+    let session = fuser::spawn_mount(fuse::FuseAdapter::new(fs), mountpoint, &config)
         .map_err(|e| MountError::Mount(mountpoint.to_path_buf(), e))?;
-    let _ = notifier.set(session.notifier());
+    kernel.set(session.notifier());
     Ok(Mounted {
         session: Some(session),
         mountpoint: mountpoint.to_path_buf(),
