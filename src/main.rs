@@ -546,8 +546,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
 async fn mount(args: MountArgs) -> Result<()> {
     // No cache in front of the server: the mount keeps one of each kind
     // itself (PathInfos briefly, directories and chunk lists, and chunks
-    // decoded, in memory and on disk).
-    let store = client(&args.server)?;
+    // decoded, in memory and on disk). No call timeout in the client
+    // either: the mount bounds every server call by its own --timeout.
+    let store = GrpcStore::connect_with(&args.server, None)?.into_store();
     let opts = lazix_fs::MountOptions {
         fs: lazix_fs::MountConfig {
             uid: args.uid,

@@ -65,6 +65,16 @@ pub struct ChunkMeta {
     pub size: u64,
 }
 
+impl ChunkMeta {
+    /// The meta of a chunk with these bytes (hashes them).
+    pub fn of(data: &[u8]) -> Self {
+        Self {
+            digest: B3Digest::of(data),
+            size: data.len() as u64,
+        }
+    }
+}
+
 impl Chunk {
     /// A raw chunk from its bytes (computes the digest).
     pub fn from_raw(data: Bytes) -> Self {

@@ -21,6 +21,9 @@ use tonic::transport::{Channel, Endpoint};
 use crate::convert::{from_status, group_by_size, MAX_BATCH};
 use crate::MAX_MESSAGE_SIZE;
 
+/// How long one call may take unless the caller says otherwise.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// A remote store reached over gRPC. Cheap to clone (one HTTP/2
 /// connection, multiplexed).
 #[derive(Clone)]
@@ -43,8 +46,17 @@ pub enum ConnectError {
 
 impl GrpcStore {
     /// Connects lazily to `grpc://HOST:PORT`: the first call dials, and a
-    /// dropped connection is redialled by later calls.
+    /// dropped connection is redialled by later calls. Every call is one
+    /// bounded batch: a server that stops answering fails the call after
+    /// [`DEFAULT_CALL_TIMEOUT`] instead of hanging its caller.
     pub fn connect(addr: &str) -> Result<Self, ConnectError> {
+        Self::connect_with(addr, Some(DEFAULT_CALL_TIMEOUT))
+    }
+
+    /// Like [`GrpcStore::connect`], with `call_timeout` bounding each call
+    /// (`None`: the caller bounds its calls itself, as the mount does with
+    /// its own `--timeout`, so that one timeout governs).
+    pub fn connect_with(addr: &str, call_timeout: Option<Duration>) -> Result<Self, ConnectError> {
         let rest = addr
             .strip_prefix("grpc://")
             .or_else(|| addr.strip_prefix("http://"))
@@ -52,17 +64,17 @@ impl GrpcStore {
         if rest.is_empty() || rest.contains('/') {
             return Err(ConnectError::BadAddress(addr.to_string()));
         }
-        let endpoint = Endpoint::from_shared(format!("http://{rest}"))
+        let mut endpoint = Endpoint::from_shared(format!("http://{rest}"))
             .map_err(|e| ConnectError::Transport(addr.to_string(), e))?
             .connect_timeout(Duration::from_secs(10))
-            // Every call is one bounded batch: a server that stops answering
-            // fails the call instead of hanging its caller.
-            .timeout(Duration::from_secs(120))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(20))
             .initial_stream_window_size(Some(8 * 1024 * 1024))
             .initial_connection_window_size(Some(32 * 1024 * 1024));
+        if let Some(t) = call_timeout {
+            endpoint = endpoint.timeout(t);
+        }
         let channel = endpoint.connect_lazy();
         Ok(Self {
             chunks: ChunkServiceClient::new(channel.clone())

@@ -96,17 +96,10 @@ mod tests {
     use crate::error::StoreResult;
     use crate::testutil::frame_of;
 
-    fn meta(b: &[u8]) -> ChunkMeta {
-        ChunkMeta {
-            digest: B3Digest::of(b),
-            size: b.len() as u64,
-        }
-    }
-
     fn delta(new: &[u8], old: &[u8]) -> Frame {
         Frame::compress_with_base(
-            &[(meta(new), Bytes::copy_from_slice(new))],
-            vec![meta(old)],
+            &[(ChunkMeta::of(new), Bytes::copy_from_slice(new))],
+            vec![ChunkMeta::of(old)],
             old,
             3,
         )

@@ -123,21 +123,14 @@ mod tests {
     use super::*;
     use crate::testutil::{frame_of, pseudo_random};
 
-    fn meta(b: &[u8]) -> ChunkMeta {
-        ChunkMeta {
-            digest: B3Digest::of(b),
-            size: b.len() as u64,
-        }
-    }
-
     /// A delta frame of `new` against `old`, and the plain frame of `old`.
     fn delta_pair() -> (Vec<u8>, Vec<u8>, Frame, Frame) {
         let old = pseudo_random(40_000, 1);
         let mut new = old.clone();
         new[100..110].copy_from_slice(b"0123456789");
         let delta = Frame::compress_with_base(
-            &[(meta(&new), Bytes::from(new.clone()))],
-            vec![meta(&old)],
+            &[(ChunkMeta::of(&new), Bytes::from(new.clone()))],
+            vec![ChunkMeta::of(&old)],
             &old,
             3,
         )
@@ -195,10 +188,17 @@ mod tests {
     #[test]
     fn chunks_come_back_in_request_order_and_a_missing_one_is_not_found() {
         let (a, b) = (Bytes::from_static(b"a"), Bytes::from_static(b"b"));
-        let decoded = vec![(meta(&a), a.clone()), (meta(&b), b.clone())];
-        let got = chunks_in_order(&[meta(&b).digest, meta(&a).digest], decoded.clone()).unwrap();
-        assert_eq!(got[0].digest, meta(&b).digest);
-        assert_eq!(got[1].digest, meta(&a).digest);
+        let decoded = vec![
+            (ChunkMeta::of(&a), a.clone()),
+            (ChunkMeta::of(&b), b.clone()),
+        ];
+        let got = chunks_in_order(
+            &[ChunkMeta::of(&b).digest, ChunkMeta::of(&a).digest],
+            decoded.clone(),
+        )
+        .unwrap();
+        assert_eq!(got[0].digest, ChunkMeta::of(&b).digest);
+        assert_eq!(got[1].digest, ChunkMeta::of(&a).digest);
         assert!(chunks_in_order(&[B3Digest::of(b"c")], decoded).is_err());
     }
 }

@@ -22,13 +22,6 @@ use crate::node::Node;
 use crate::pathinfo::PathInfo;
 use crate::testutil::{frame_of, pseudo_random};
 
-fn meta(b: &[u8]) -> ChunkMeta {
-    ChunkMeta {
-        digest: B3Digest::of(b),
-        size: b.len() as u64,
-    }
-}
-
 /// Runs every check against `store`; panics with what broke.
 pub async fn check_store(store: &Store, seed: u64) {
     chunks(store, seed).await;
@@ -99,8 +92,8 @@ async fn delta_frames(store: &Store, seed: u64) {
         .await
         .unwrap();
     let delta = Frame::compress_with_base(
-        &[(meta(&new), Bytes::from(new.clone()))],
-        vec![meta(&old)],
+        &[(ChunkMeta::of(&new), Bytes::from(new.clone()))],
+        vec![ChunkMeta::of(&old)],
         &old,
         3,
     )
@@ -124,7 +117,7 @@ async fn chunk_lists(store: &Store, seed: u64) {
     let refs: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
     store.blobs.put_frames(vec![frame_of(&refs)]).await.unwrap();
     let blob = B3Digest::of(&parts.concat());
-    let list: Vec<ChunkMeta> = parts.iter().map(|p| meta(p)).collect();
+    let list: Vec<ChunkMeta> = parts.iter().map(|p| ChunkMeta::of(p)).collect();
     assert_eq!(
         store.blobs.get_blob_chunks(&[blob]).await.unwrap(),
         vec![None],
@@ -178,7 +171,7 @@ async fn refused_uploads_store_nothing(store: &Store, seed: u64) {
         .blobs
         .put_blob_chunks(vec![BlobChunks {
             blob: wrong_blob,
-            chunks: parts.iter().map(|p| meta(p)).collect(),
+            chunks: parts.iter().map(|p| ChunkMeta::of(p)).collect(),
         }])
         .await
         .is_err());

@@ -53,10 +53,7 @@ pub fn frame_of(chunks: &[&[u8]]) -> crate::frame::Frame {
         .iter()
         .map(|c| {
             (
-                crate::chunk::ChunkMeta {
-                    digest: crate::B3Digest::of(c),
-                    size: c.len() as u64,
-                },
+                crate::chunk::ChunkMeta::of(c),
                 bytes::Bytes::copy_from_slice(c),
             )
         })
