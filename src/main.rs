@@ -16,7 +16,10 @@ use lazix_castore::nix::store_path::StorePath;
 use lazix_castore::push::{push_closure, PushProgress};
 use lazix_castore::store::{cached, CacheConfig};
 use lazix_castore::{Node, PathInfo, Store};
+use lazix_server::auth::Tokens;
+use lazix_server::client::ClientOptions;
 use lazix_server::http::{HttpConfig, NarCompression};
+use lazix_server::service::GrpcAccess;
 use lazix_server::GrpcStore;
 
 /// Default gRPC listen address (loopback: nothing is exposed unless asked).
@@ -79,9 +82,8 @@ enum Command {
     },
     /// Push local store paths and their closures to a server.
     Push {
-        /// Server address.
-        #[arg(long, env = "LAZIX_SERVER", default_value = DEFAULT_SERVER)]
-        server: String,
+        #[command(flatten)]
+        server: ServerArgs,
         /// Print the summary as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -91,23 +93,61 @@ enum Command {
     },
     /// Write a store path's NAR, rendered from the castore, to stdout.
     Nar {
-        /// Server address.
-        #[arg(long, env = "LAZIX_SERVER", default_value = DEFAULT_SERVER)]
-        server: String,
+        #[command(flatten)]
+        server: ServerArgs,
         /// The store path (absolute or basename).
         store_path: String,
     },
     /// Print a store path's PathInfo as narinfo text (or JSON).
     PathInfo {
-        /// Server address.
-        #[arg(long, env = "LAZIX_SERVER", default_value = DEFAULT_SERVER)]
-        server: String,
+        #[command(flatten)]
+        server: ServerArgs,
         /// Print JSON instead of narinfo text.
         #[arg(long)]
         json: bool,
         /// The store path (absolute or basename).
         store_path: String,
     },
+}
+
+/// Which server a client command talks to, and the token it presents.
+#[derive(clap::Args, Clone)]
+struct ServerArgs {
+    /// Server address.
+    #[arg(long, env = "LAZIX_SERVER", default_value = DEFAULT_SERVER)]
+    server: String,
+    /// File holding the token to present (the server's upload token to
+    /// push, its read token to read); without it, the LAZIX_TOKEN
+    /// environment variable, if set.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    /// The token to present, if any.
+    fn token(&self) -> Result<Option<String>> {
+        if self.token_file.is_some() {
+            return read_token(&self.token_file);
+        }
+        Ok(std::env::var("LAZIX_TOKEN")
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty()))
+    }
+
+    /// The server as a store, each call bounded by `call_timeout`.
+    fn connect(&self, call_timeout: Option<Duration>) -> Result<Store> {
+        let options = ClientOptions {
+            call_timeout,
+            token: self.token()?,
+        };
+        Ok(GrpcStore::connect_with(&self.server, &options)?.into_store())
+    }
+
+    /// The server as a store, calls bounded by the client's default.
+    fn client(&self) -> Result<Store> {
+        self.connect(ClientOptions::default().call_timeout)
+    }
 }
 
 /// How garbage is collected (by `lazix gc`, and by `serve --gc-every`).
@@ -255,9 +295,8 @@ struct ServeArgs {
 
 #[derive(clap::Args)]
 struct MountArgs {
-    /// Server address.
-    #[arg(long, env = "LAZIX_SERVER", default_value = DEFAULT_SERVER)]
-    server: String,
+    #[command(flatten)]
+    server: ServerArgs,
     /// Disk cache folder, reused after a remount (none: memory only).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
@@ -488,11 +527,27 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
     };
 
+    let tokens = Tokens {
+        upload: read_token(&args.upload_token_file)?,
+        read: read_token(&args.read_token_file)?,
+    };
     let listener = lazix_server::bind(args.grpc)
         .await
         .with_context(|| format!("listening on {}", args.grpc))?;
+    let access = GrpcAccess::for_listener(tokens.clone(), listener.local_addr()?);
+    if tokens.upload.is_none() && !access.tokenless_writes {
+        tracing::warn!(
+            grpc = %args.grpc,
+            "gRPC writes are refused: this address is beyond loopback and no --upload-token-file is set"
+        );
+    }
     tracing::info!(grpc = %listener.local_addr()?, store = %location, "lazix serving gRPC");
-    let grpc = tokio::spawn(lazix_server::serve_grpc(store.clone(), listener, stopped()));
+    let grpc = tokio::spawn(lazix_server::serve_grpc(
+        store.clone(),
+        access,
+        listener,
+        stopped(),
+    ));
 
     let http = match args.http {
         None => None,
@@ -509,8 +564,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 .collect::<Result<Vec<_>>>()?;
             let cfg = HttpConfig {
                 signing_keys,
-                upload_token: read_token(&args.upload_token_file)?,
-                read_token: read_token(&args.read_token_file)?,
+                tokens,
                 priority: args.priority,
                 nar_compression: if args.nar_compression == "zstd" {
                     NarCompression::Zstd
@@ -548,7 +602,7 @@ async fn mount(args: MountArgs) -> Result<()> {
     // itself (PathInfos briefly, directories and chunk lists, and chunks
     // decoded, in memory and on disk). No call timeout in the client
     // either: the mount bounds every server call by its own --timeout.
-    let store = GrpcStore::connect_with(&args.server, None)?.into_store();
+    let store = args.server.connect(None)?;
     let opts = lazix_fs::MountOptions {
         fs: lazix_fs::MountConfig {
             uid: args.uid,
@@ -566,7 +620,7 @@ async fn mount(args: MountArgs) -> Result<()> {
     let mounted =
         tokio::task::spawn_blocking(move || lazix_fs::mount(rt, store, &mountpoint, opts))
             .await??;
-    tracing::info!(mountpoint = %args.mountpoint.display(), server = %args.server, "lazix mounted");
+    tracing::info!(mountpoint = %args.mountpoint.display(), server = %args.server.server, "lazix mounted");
     let stats = mounted.stats.clone();
     shutdown_signal().await;
     tokio::task::spawn_blocking(move || mounted.unmount())
@@ -607,10 +661,6 @@ fn keygen(name: &str, dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn client(server: &str) -> Result<Store> {
-    Ok(GrpcStore::connect(server)?.into_store())
-}
-
 /// Resolves `./result`-style links to the store path they point at.
 fn resolve_path(p: &str) -> Result<String> {
     if p.starts_with("/nix/store/") {
@@ -620,8 +670,8 @@ fn resolve_path(p: &str) -> Result<String> {
     Ok(canon.to_string_lossy().into_owned())
 }
 
-async fn push(server: &str, json: bool, paths: Vec<String>) -> Result<()> {
-    let store = client(server)?;
+async fn push(server: &ServerArgs, json: bool, paths: Vec<String>) -> Result<()> {
+    let store = server.client()?;
     let paths = paths
         .iter()
         .map(|p| resolve_path(p))
@@ -651,7 +701,7 @@ async fn push(server: &str, json: bool, paths: Vec<String>) -> Result<()> {
     };
     let report = push_closure(&store, &closure, &progress)
         .await
-        .with_context(|| format!("pushing to {server}"));
+        .with_context(|| format!("pushing to {}", server.server));
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -689,13 +739,13 @@ async fn fetch_path_info(store: &Store, store_path: &str) -> Result<PathInfo> {
         .with_context(|| format!("{path} is not on the server"))
 }
 
-async fn nar(server: &str, store_path: &str) -> Result<()> {
-    let store = client(server)?;
+async fn nar(server: &ServerArgs, store_path: &str) -> Result<()> {
+    let store = server.client()?;
     let info = fetch_path_info(&store, store_path).await?;
     let mut out = tokio::io::stdout();
     let (size, sha) = lazix_castore::render::render_nar(&store, &info.node, &mut out)
         .await
-        .with_context(|| format!("rendering {} from {server}", info.store_path))?;
+        .with_context(|| format!("rendering {} from {}", info.store_path, server.server))?;
     if size != info.nar_size || sha != info.nar_sha256 {
         bail!(
             "rendered NAR of {} does not match its recorded NarHash/NarSize",
@@ -705,8 +755,8 @@ async fn nar(server: &str, store_path: &str) -> Result<()> {
     Ok(())
 }
 
-async fn path_info(server: &str, json: bool, store_path: &str) -> Result<()> {
-    let store = client(server)?;
+async fn path_info(server: &ServerArgs, json: bool, store_path: &str) -> Result<()> {
+    let store = server.client()?;
     let info = fetch_path_info(&store, store_path).await?;
     let narhash = lazix_castore::nix::nixbase32::encode(&info.nar_sha256);
     if json {

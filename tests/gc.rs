@@ -147,10 +147,7 @@ fn gc_frees_exactly_the_unshared_chunks(store: Store) {
     // The other path is whole and byte-identical, through the running
     // server; the deleted one is gone.
     assert!(lazix_nar(server, &b) == nix_dump(&b));
-    let gone = lazix()
-        .args(["path-info", "--server", &server.addr, &a])
-        .output()
-        .unwrap();
+    let gone = server.client("path-info").args([&a]).output().unwrap();
     assert!(!gone.status.success());
     // A second collection finds nothing more.
     assert_eq!(count(&store.gc(0), "chunks,"), 0);
@@ -244,8 +241,9 @@ fn a_push_running_while_gc_runs_loses_nothing(store: Store) {
     // Collect with a grace of 5 s over and over while the push runs: the
     // old path's data (6 s old) goes, the push's own data (younger) and the
     // old chunks it relies on stay.
-    let mut push = lazix()
-        .args(["push", "--server", &server.addr, &new])
+    let mut push = server
+        .client("push")
+        .args([&new])
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -305,10 +303,7 @@ fn paths_not_accessed_lately_expire(store: Store) {
     assert_eq!(count(&summary, "paths live"), 1, "{summary}");
     assert!(count(&summary, "chunks,") > 0, "{summary}");
     assert!(lazix_nar(server, &used) == nix_dump(&used));
-    let gone = lazix()
-        .args(["path-info", "--server", &server.addr, &idle])
-        .output()
-        .unwrap();
+    let gone = server.client("path-info").args([&idle]).output().unwrap();
     assert!(!gone.status.success());
 }
 

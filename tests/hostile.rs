@@ -41,10 +41,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn endpoint(srv: &Server) -> String {
-    srv.addr.replace("grpc://", "http://")
-}
-
 /// A genuine path pushed the ordinary way, to be served byte-identical
 /// after every attack.
 struct Genuine {
@@ -112,10 +108,11 @@ fn inflating_frames_cost_one_frame_and_identical_ones_are_stored_once() {
     let frames_before = stored_frames(&srv);
     let rt = runtime();
     rt.block_on(async {
-        let mut c = lpb::chunk_service_client::ChunkServiceClient::connect(endpoint(&srv))
-            .await
-            .unwrap()
-            .max_encoding_message_size(64 << 20);
+        let mut c = lpb::chunk_service_client::ChunkServiceClient::with_interceptor(
+            grpc_channel(&srv).await,
+            bearer(TOKEN),
+        )
+        .max_encoding_message_size(64 << 20);
         // 100 copies of one frame: 1.6 GB if each were decoded.
         let one = bomb(1);
         assert!(one.encoded_len() < 4096, "{}", one.encoded_len());
@@ -344,14 +341,14 @@ fn shared_subtrees_and_deep_chains_cannot_explode() {
     let good = genuine(&srv, "shared");
     let rt = runtime();
     rt.block_on(async {
-        let mut dirs_c =
-            cpb::directory_service_client::DirectoryServiceClient::connect(endpoint(&srv))
-                .await
-                .unwrap();
-        let mut infos =
-            spb::path_info_service_client::PathInfoServiceClient::connect(endpoint(&srv))
-                .await
-                .unwrap();
+        let mut dirs_c = cpb::directory_service_client::DirectoryServiceClient::with_interceptor(
+            grpc_channel(&srv).await,
+            bearer(TOKEN),
+        );
+        let mut infos = spb::path_info_service_client::PathInfoServiceClient::with_interceptor(
+            grpc_channel(&srv).await,
+            bearer(TOKEN),
+        );
         let uploader = dirs_c.clone();
         let put = |dirs: Vec<cpb::Directory>| {
             let mut c = uploader.clone();
@@ -482,10 +479,7 @@ fn damaged_chunk_lists_are_errors_never_wrong_bytes() {
         std::fs::write(&list_file, damaged.encode_to_vec()).unwrap();
         srv.restart(); // no cached list
                        // gRPC render: an error, not the file.
-        let out = lazix()
-            .args(["nar", "--server", &srv.addr, &path])
-            .output()
-            .unwrap();
+        let out = srv.client("nar").args([&path]).output().unwrap();
         assert!(!out.status.success(), "{case}: lazix nar succeeded");
         // HTTP: the NAR stream breaks (curl sees a short body).
         let out = std::process::Command::new("curl")

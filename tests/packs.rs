@@ -55,8 +55,9 @@ fn a_server_killed_mid_upload_leaves_only_complete_packs() {
     }
     let path = add_path(&tree);
 
-    let mut push = lazix()
-        .args(["push", "--server", &server.addr, &path])
+    let mut push = server
+        .client("push")
+        .args([&path])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -79,10 +80,7 @@ fn a_server_killed_mid_upload_leaves_only_complete_packs() {
     // Every visible pack is whole and verifies; the path is not there.
     server.restart();
     assert!(check_every_visible_frame(&server) > 0);
-    let info = lazix()
-        .args(["path-info", "--server", &server.addr, &path])
-        .output()
-        .unwrap();
+    let info = server.client("path-info").args([&path]).output().unwrap();
     assert!(!info.status.success());
 
     // Pushing again completes it, byte-identical.

@@ -16,6 +16,9 @@ use lazix_castore::{B3Digest, PathInfo, Store, StoreError, StoreResult};
 use lazix_proto::castore::{self as cpb, directory_service_client::DirectoryServiceClient};
 use lazix_proto::ext::{self as lpb, chunk_service_client::ChunkServiceClient};
 use lazix_proto::store::{self as spb, path_info_service_client::PathInfoServiceClient};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::convert::{from_status, group_by_size, MAX_BATCH};
@@ -24,13 +27,48 @@ use crate::MAX_MESSAGE_SIZE;
 /// How long one call may take unless the caller says otherwise.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How a client reaches its server.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Bounds each call; `None`: the caller bounds its calls itself (as the
+    /// mount does with its own `--timeout`, so that one timeout governs).
+    pub call_timeout: Option<Duration>,
+    /// Sent as `authorization: Bearer TOKEN` on every call.
+    pub token: Option<String>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            call_timeout: Some(DEFAULT_CALL_TIMEOUT),
+            token: None,
+        }
+    }
+}
+
+/// Adds the client's token to every call.
+#[derive(Clone)]
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A channel whose calls carry the client's token.
+type Conn = InterceptedService<Channel, BearerToken>;
+
 /// A remote store reached over gRPC. Cheap to clone (one HTTP/2
 /// connection, multiplexed).
 #[derive(Clone)]
 pub struct GrpcStore {
-    chunks: ChunkServiceClient<Channel>,
-    directories: DirectoryServiceClient<Channel>,
-    path_infos: PathInfoServiceClient<Channel>,
+    chunks: ChunkServiceClient<Conn>,
+    directories: DirectoryServiceClient<Conn>,
+    path_infos: PathInfoServiceClient<Conn>,
 }
 
 /// Why a server address cannot be used.
@@ -42,6 +80,9 @@ pub enum ConnectError {
     /// The transport refused the endpoint.
     #[error("cannot connect to {0}: {1}")]
     Transport(String, tonic::transport::Error),
+    /// The token holds characters a header cannot carry.
+    #[error("the token is not printable ASCII")]
+    BadToken,
 }
 
 impl GrpcStore {
@@ -50,13 +91,11 @@ impl GrpcStore {
     /// bounded batch: a server that stops answering fails the call after
     /// [`DEFAULT_CALL_TIMEOUT`] instead of hanging its caller.
     pub fn connect(addr: &str) -> Result<Self, ConnectError> {
-        Self::connect_with(addr, Some(DEFAULT_CALL_TIMEOUT))
+        Self::connect_with(addr, &ClientOptions::default())
     }
 
-    /// Like [`GrpcStore::connect`], with `call_timeout` bounding each call
-    /// (`None`: the caller bounds its calls itself, as the mount does with
-    /// its own `--timeout`, so that one timeout governs).
-    pub fn connect_with(addr: &str, call_timeout: Option<Duration>) -> Result<Self, ConnectError> {
+    /// Like [`GrpcStore::connect`], with `options`.
+    pub fn connect_with(addr: &str, options: &ClientOptions) -> Result<Self, ConnectError> {
         let rest = addr
             .strip_prefix("grpc://")
             .or_else(|| addr.strip_prefix("http://"))
@@ -72,10 +111,18 @@ impl GrpcStore {
             .keep_alive_timeout(Duration::from_secs(20))
             .initial_stream_window_size(Some(8 * 1024 * 1024))
             .initial_connection_window_size(Some(32 * 1024 * 1024));
-        if let Some(t) = call_timeout {
+        if let Some(t) = options.call_timeout {
             endpoint = endpoint.timeout(t);
         }
-        let channel = endpoint.connect_lazy();
+        let token = options
+            .token
+            .as_ref()
+            .map(|t| {
+                MetadataValue::try_from(format!("Bearer {}", t.trim()))
+                    .map_err(|_| ConnectError::BadToken)
+            })
+            .transpose()?;
+        let channel = InterceptedService::new(endpoint.connect_lazy(), BearerToken(token));
         Ok(Self {
             chunks: ChunkServiceClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)

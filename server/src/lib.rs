@@ -2,6 +2,7 @@
 //! client that puts a remote server behind the same store traits.
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod client;
 pub mod convert;
 pub mod http;
@@ -28,14 +29,15 @@ pub const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 /// renderer keep a few windows in flight; 256 leaves room for many).
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
-/// Serves `store` over gRPC on an already bound listener until `shutdown`
-/// resolves.
+/// Serves `store` over gRPC on an already bound listener, to the callers
+/// `access` admits, until `shutdown` resolves.
 pub async fn serve_grpc(
     store: Store,
+    access: service::GrpcAccess,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let svc = StoreService::new(store);
+    let svc = StoreService::with_access(store, access);
     // Our own listener: tonic's tcp_nodelay only applies to sockets it
     // binds, so set it here (Nagle would hold small replies ~40 ms).
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {

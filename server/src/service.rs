@@ -23,6 +23,7 @@ use lazix_proto::store::{self as spb, path_info_service_server};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{bearer, Denied, Tokens};
 use crate::convert::{digest, group_by_size, to_status, MAX_BATCH};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -43,16 +44,90 @@ pub const PUT_CHUNKS_RAW_BUDGET: u64 = 256 * 1024 * 1024;
 /// per batch): bounds the chunk lists held, however small the chunks.
 pub const PUT_CHUNKS_MAX_CHUNKS: usize = 1 << 18;
 
+/// Who may call the services (see [`crate::auth`]).
+#[derive(Clone, Debug)]
+pub struct GrpcAccess {
+    /// The server's tokens.
+    pub tokens: Tokens,
+    /// Whether writes are taken without an upload token (only on a
+    /// loopback listener).
+    pub tokenless_writes: bool,
+}
+
+impl GrpcAccess {
+    /// What a listener on `addr` allows with `tokens`: writes without an
+    /// upload token only on loopback.
+    pub fn for_listener(tokens: Tokens, addr: std::net::SocketAddr) -> Self {
+        Self {
+            tokens,
+            tokenless_writes: addr.ip().is_loopback(),
+        }
+    }
+}
+
 /// Implements every service over one store.
 #[derive(Clone)]
 pub struct StoreService {
     store: Store,
+    access: Arc<GrpcAccess>,
 }
 
 impl StoreService {
-    /// Serves `store`.
+    /// Serves `store` to anyone (as on loopback without tokens).
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self::with_access(
+            store,
+            GrpcAccess {
+                tokens: Tokens::default(),
+                tokenless_writes: true,
+            },
+        )
+    }
+
+    /// Serves `store` to those `access` admits.
+    pub fn with_access(store: Store, access: GrpcAccess) -> Self {
+        Self {
+            store,
+            access: Arc::new(access),
+        }
+    }
+
+    /// `Unauthenticated` unless reads are public or the call presents the
+    /// read (or upload) token.
+    fn allow_read<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        self.access
+            .tokens
+            .check_read(presented(req))
+            .map_err(refusal)
+    }
+
+    /// `Unauthenticated` without the upload token; `PermissionDenied` if
+    /// this listener takes no writes without one. Checked before any of the
+    /// call's messages is read.
+    fn allow_write<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        self.access
+            .tokens
+            .check_write(presented(req), self.access.tokenless_writes)
+            .map_err(refusal)
+    }
+}
+
+/// The token of a call's `authorization: Bearer TOKEN` metadata.
+fn presented<T>(req: &Request<T>) -> Option<&[u8]> {
+    req.metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer)
+}
+
+fn refusal(denied: Denied) -> Status {
+    match denied {
+        Denied::Unauthorized => Status::unauthenticated(
+            "a valid token is required (lazix clients: --token-file FILE or LAZIX_TOKEN)",
+        ),
+        Denied::UploadsDisabled => Status::permission_denied(
+            "writes are disabled: this server listens beyond loopback without --upload-token-file",
+        ),
     }
 }
 
@@ -100,6 +175,7 @@ impl blob_service_server::BlobService for StoreService {
         &self,
         req: Request<cpb::StatBlobRequest>,
     ) -> Result<Response<cpb::StatBlobResponse>, Status> {
+        self.allow_read(&req)?;
         let req = req.into_inner();
         let blob = digest(&req.digest)?;
         let layout = blob_layout(&self.store, blob).await?;
@@ -127,6 +203,7 @@ impl blob_service_server::BlobService for StoreService {
         &self,
         req: Request<cpb::ReadBlobRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
+        self.allow_read(&req)?;
         let blob = digest(&req.into_inner().digest)?;
         let chunks = blob_layout(&self.store, blob).await?.chunks().to_vec();
         let store = self.store.clone();
@@ -163,6 +240,7 @@ impl blob_service_server::BlobService for StoreService {
         &self,
         req: Request<Streaming<cpb::BlobChunk>>,
     ) -> Result<Response<cpb::PutBlobResponse>, Status> {
+        self.allow_write(&req)?;
         let stream = req
             .into_inner()
             .map_ok(|c| c.data)
@@ -200,6 +278,7 @@ impl directory_service_server::DirectoryService for StoreService {
         &self,
         req: Request<cpb::GetDirectoryRequest>,
     ) -> Result<Response<Self::GetStream>, Status> {
+        self.allow_read(&req)?;
         let req = req.into_inner();
         let Some(cpb::get_directory_request::ByWhat::Digest(d)) = req.by_what else {
             return Err(Status::invalid_argument("no digest given"));
@@ -232,6 +311,7 @@ impl directory_service_server::DirectoryService for StoreService {
         &self,
         req: Request<Streaming<cpb::Directory>>,
     ) -> Result<Response<cpb::PutDirectoryResponse>, Status> {
+        self.allow_write(&req)?;
         // Each directory is validated as it arrives, and the closure held
         // until it is checked whole is bounded (nothing is stored before).
         let mut stream = req.into_inner();
@@ -265,6 +345,7 @@ impl path_info_service_server::PathInfoService for StoreService {
         &self,
         req: Request<spb::GetPathInfoRequest>,
     ) -> Result<Response<spb::PathInfo>, Status> {
+        self.allow_read(&req)?;
         let Some(spb::get_path_info_request::ByWhat::ByOutputHash(h)) = req.into_inner().by_what
         else {
             return Err(Status::invalid_argument("no output hash given"));
@@ -286,6 +367,7 @@ impl path_info_service_server::PathInfoService for StoreService {
     }
 
     async fn put(&self, req: Request<spb::PathInfo>) -> Result<Response<spb::PathInfo>, Status> {
+        self.allow_write(&req)?;
         let info = PathInfo::try_from_proto(&req.into_inner()).map_err(to_status)?;
         let reply = info.to_proto();
         self.store
@@ -300,6 +382,7 @@ impl path_info_service_server::PathInfoService for StoreService {
         &self,
         req: Request<cpb::Entry>,
     ) -> Result<Response<spb::CalculateNarResponse>, Status> {
+        self.allow_read(&req)?;
         let (_, node) = Node::from_entry(&req.into_inner()).map_err(to_status)?;
         let (size, sha) = lazix_castore::render::calculate_nar(&self.store, &node)
             .await
@@ -314,8 +397,9 @@ impl path_info_service_server::PathInfoService for StoreService {
 
     async fn list(
         &self,
-        _req: Request<spb::ListPathInfoRequest>,
+        req: Request<spb::ListPathInfoRequest>,
     ) -> Result<Response<Self::ListStream>, Status> {
+        self.allow_read(&req)?;
         let s = self
             .store
             .path_infos
@@ -331,6 +415,7 @@ impl chunk_service_server::ChunkService for StoreService {
         &self,
         req: Request<lpb::FindMissingChunksRequest>,
     ) -> Result<Response<lpb::FindMissingChunksResponse>, Status> {
+        self.allow_write(&req)?;
         let ds = digests(&req.into_inner().digests)?;
         let missing = self
             .store
@@ -347,6 +432,7 @@ impl chunk_service_server::ChunkService for StoreService {
         &self,
         req: Request<Streaming<lpb::PutChunksRequest>>,
     ) -> Result<Response<lpb::PutChunksResponse>, Status> {
+        self.allow_write(&req)?;
         // The frames of one call become one pack (split only when a call
         // sends more than PACK_LIMIT bytes).
         let mut stream = req.into_inner();
@@ -402,6 +488,7 @@ impl chunk_service_server::ChunkService for StoreService {
         &self,
         req: Request<lpb::ReadChunksRequest>,
     ) -> Result<Response<Self::ReadChunksStream>, Status> {
+        self.allow_read(&req)?;
         let ds = digests(&req.into_inner().digests)?;
         let store = self.store.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(2);
@@ -436,6 +523,7 @@ impl chunk_service_server::ChunkService for StoreService {
         &self,
         req: Request<lpb::PutBlobChunksRequest>,
     ) -> Result<Response<lpb::PutBlobChunksResponse>, Status> {
+        self.allow_write(&req)?;
         let blobs = req
             .into_inner()
             .blobs
@@ -465,6 +553,7 @@ impl chunk_service_server::ChunkService for StoreService {
         &self,
         req: Request<lpb::GetBlobChunksRequest>,
     ) -> Result<Response<lpb::GetBlobChunksResponse>, Status> {
+        self.allow_read(&req)?;
         let ds = digests(&req.into_inner().blob_digests)?;
         let lists = self
             .store

@@ -43,7 +43,11 @@ async fn start() -> TestServer {
         .unwrap();
     let addr = format!("grpc://{}", listener.local_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(lazix_server::serve_grpc(store, listener, async {
+    let access = lazix_server::service::GrpcAccess::for_listener(
+        Default::default(),
+        listener.local_addr().unwrap(),
+    );
+    tokio::spawn(lazix_server::serve_grpc(store, access, listener, async {
         let _ = rx.await;
     }));
     TestServer {

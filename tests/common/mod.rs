@@ -56,6 +56,43 @@ pub struct Server {
     /// `http://127.0.0.1:PORT` of the binary-cache shim.
     pub http: String,
     pub data: tempfile::TempDir,
+    /// The upload token it was started with (`--upload-token-file`), which
+    /// [`Server::client`] commands present.
+    pub token: Option<String>,
+    grpc_host: String,
+}
+
+/// A gRPC channel to a server.
+pub async fn grpc_channel(server: &Server) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(server.addr.replace("grpc://", "http://"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// What a raw gRPC client presents: `authorization: Bearer TOKEN` on every
+/// call, or nothing (`XClient::with_interceptor(channel, bearer(token))`).
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// Presents `token`.
+pub fn bearer(token: &str) -> Bearer {
+    Bearer(Some(format!("Bearer {token}").parse().unwrap()))
+}
+
+/// Presents no token at all.
+pub fn no_token() -> Bearer {
+    Bearer(None)
 }
 
 /// A TCP port free on loopback right now.
@@ -82,6 +119,13 @@ impl Server {
     /// Starts a server with extra arguments and environment variables
     /// (e.g. S3 credentials); a restart keeps both.
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_on("127.0.0.1", extra, env)
+    }
+
+    /// Starts a server whose gRPC listener is on `host` (say `0.0.0.0`,
+    /// beyond loopback; it is still reached through loopback).
+    pub fn start_on(host: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let grpc_host = host.to_string();
         let data = tempfile::tempdir().unwrap();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let env: Vec<(String, String)> = env
@@ -93,11 +137,18 @@ impl Server {
         let (child, port, http_port) = (0..5)
             .find_map(|_| {
                 let (port, http_port) = (free_port(), free_port());
-                try_spawn_server(data.path(), port, http_port, &extra, &env)
+                try_spawn_server(data.path(), &grpc_host, port, http_port, &extra, &env)
                     .map(|c| (c, port, http_port))
             })
             .expect("lazix serve did not start");
+        let token = extra
+            .iter()
+            .position(|a| a == "--upload-token-file")
+            .and_then(|i| extra.get(i + 1))
+            .map(|f| std::fs::read_to_string(f).unwrap().trim().to_string());
         Self {
+            token,
+            grpc_host,
             child,
             grpc_port: port,
             http_port,
@@ -107,6 +158,17 @@ impl Server {
             http: format!("http://127.0.0.1:{http_port}"),
             data,
         }
+    }
+
+    /// A `lazix SUBCOMMAND --server ADDR` presenting the server's upload
+    /// token (LAZIX_TOKEN), if it has one.
+    pub fn client(&self, subcommand: &str) -> Command {
+        let mut c = lazix();
+        c.args([subcommand, "--server", &self.addr]);
+        if let Some(t) = &self.token {
+            c.env("LAZIX_TOKEN", t);
+        }
+        c
     }
 
     /// The server's process id.
@@ -152,6 +214,7 @@ impl Server {
         self.stop();
         self.child = spawn_server(
             self.data.path(),
+            &self.grpc_host,
             self.grpc_port,
             self.http_port,
             &self.extra,
@@ -195,17 +258,20 @@ impl Drop for Server {
 
 fn spawn_server(
     data: &Path,
+    grpc_host: &str,
     port: u16,
     http_port: u16,
     extra: &[String],
     env: &[(String, String)],
 ) -> Child {
-    try_spawn_server(data, port, http_port, extra, env).expect("lazix serve did not start")
+    try_spawn_server(data, grpc_host, port, http_port, extra, env)
+        .expect("lazix serve did not start")
 }
 
 /// Starts `lazix serve`; `None` if it exited (e.g. its port was taken).
 fn try_spawn_server(
     data: &Path,
+    grpc_host: &str,
     port: u16,
     http_port: u16,
     extra: &[String],
@@ -214,7 +280,7 @@ fn try_spawn_server(
     let mut child = lazix()
         .args(["serve", "--data"])
         .arg(data)
-        .args(["--grpc", &format!("127.0.0.1:{port}")])
+        .args(["--grpc", &format!("{grpc_host}:{port}")])
         .args(["--http", &format!("127.0.0.1:{http_port}")])
         .args(extra)
         .envs(env.iter().map(|(k, v)| (k, v)))
@@ -318,7 +384,7 @@ pub fn nix_dump(path: &str) -> Vec<u8> {
 
 /// `lazix nar` of a path from a server.
 pub fn lazix_nar(server: &Server, path: &str) -> Vec<u8> {
-    run(lazix().args(["nar", "--server", &server.addr, path])).stdout
+    run(server.client("nar").arg(path)).stdout
 }
 
 /// The counter `key` of a JSON report (push, stats, mount counters).
@@ -330,9 +396,7 @@ pub fn n(v: &serde_json::Value, key: &str) -> u64 {
 
 /// `lazix push --json`, returning the parsed report.
 pub fn lazix_push(server: &Server, paths: &[&str]) -> serde_json::Value {
-    let out = run(lazix()
-        .args(["push", "--json", "--server", &server.addr])
-        .args(paths));
+    let out = run(server.client("push").arg("--json").args(paths));
     serde_json::from_slice(&out.stdout).expect("push --json output")
 }
 
@@ -462,8 +526,8 @@ impl Mount {
     /// mount is live.
     pub fn new(server: &Server, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let child = lazix()
-            .args(["mount", "--server", &server.addr])
+        let child = server
+            .client("mount")
             .args(extra)
             .arg(dir.path())
             .stdout(Stdio::null())

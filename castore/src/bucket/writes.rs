@@ -38,6 +38,37 @@ pub(super) fn nonempty_files(dirs: &[Directory], files: &mut HashSet<B3Digest>) 
     Ok(())
 }
 
+/// A PathInfo put again for a stored path: the same contents (tree, NAR
+/// hash and size, references, deriver, CA) may bring signatures the stored
+/// one lacks (a key added on rotation), which are added (`Some`); nothing
+/// new is `None`; other contents are refused — a stored path is never
+/// silently replaced (Nix's rule: the first upload of a path wins).
+fn merge_signatures(stored: PathInfo, new: PathInfo) -> StoreResult<Option<PathInfo>> {
+    let same = stored.node == new.node
+        && stored.nar_sha256 == new.nar_sha256
+        && stored.nar_size == new.nar_size
+        && stored.references == new.references
+        && stored.deriver == new.deriver
+        && stored.ca == new.ca;
+    if !same {
+        return Err(StoreError::Invalid(format!(
+            "{} is already stored with other contents: delete it first to replace it",
+            stored.store_path
+        )));
+    }
+    let added: Vec<_> = new
+        .signatures
+        .into_iter()
+        .filter(|s| !stored.signatures.contains(s))
+        .collect();
+    if added.is_empty() {
+        return Ok(None);
+    }
+    let mut merged = stored;
+    merged.signatures.extend(added);
+    Ok(Some(merged))
+}
+
 /// What a set of files is made of (see [`BucketStore::file_chunks`]).
 pub(super) struct FileChunks {
     /// Every chunk, once.
@@ -362,8 +393,15 @@ impl BucketStore {
                 info.store_path
             )));
         }
-        self.sync_written().await?;
         let path = path_info_path(info.store_path.digest());
+        let info = match self.read_path_info(&path).await? {
+            None => info,
+            Some(stored) => match merge_signatures(stored, info)? {
+                Some(merged) => merged,
+                None => return Ok(()), // nothing new
+            },
+        };
+        self.sync_written().await?;
         self.put_durable(&path, info.to_proto().encode_to_vec().into())
             .await
     }

@@ -1,22 +1,18 @@
-//! Tokens: writes need the upload token, reads the read token if one is
-//! set. Accepted as `Authorization: Bearer TOKEN` and as the password of
-//! HTTP basic auth (what Nix sends from a netrc file).
+//! The HTTP shim's side of [`crate::auth`]: tokens as HTTP presents them
+//! (`Authorization: Bearer TOKEN`, or the password of HTTP basic auth,
+//! which is what Nix sends from a netrc file) and refusals as HTTP
+//! responses. Uploads over HTTP always need the upload token.
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use data_encoding::BASE64;
 
-/// Whether a presented token is the configured one, in time that depends
-/// on neither's contents nor length: both are hashed (BLAKE3), and
-/// `blake3::Hash` compares in constant time.
-pub fn same_token(presented: &[u8], configured: &[u8]) -> bool {
-    blake3::hash(presented) == blake3::hash(configured)
-}
+use crate::auth::{bearer, Denied, Tokens};
 
 fn presented(headers: &HeaderMap) -> Option<Vec<u8>> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    if let Some(t) = value.strip_prefix("Bearer ") {
-        return Some(t.trim().as_bytes().to_vec());
+    if let Some(t) = bearer(value) {
+        return Some(t.to_vec());
     }
     let b64 = value.strip_prefix("Basic ")?;
     let decoded = BASE64.decode(b64.trim().as_bytes()).ok()?;
@@ -24,19 +20,11 @@ fn presented(headers: &HeaderMap) -> Option<Vec<u8>> {
     Some(decoded[colon + 1..].to_vec())
 }
 
-/// Why a request was turned away.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Denied {
-    /// No or a wrong token: 401, asking for basic auth so curl-based
-    /// clients send their netrc credentials.
-    Unauthorized,
-    /// No upload token is configured: uploads are off (403).
-    UploadsDisabled,
-}
-
 impl IntoResponse for Denied {
     fn into_response(self) -> Response {
         match self {
+            // 401 asks for basic auth, so curl-based clients send their
+            // netrc credentials.
             Denied::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
                 [(
@@ -55,34 +43,13 @@ impl IntoResponse for Denied {
     }
 }
 
-/// `Ok` if `required` is unset or presented.
-pub fn check(headers: &HeaderMap, required: Option<&str>) -> Result<(), Denied> {
-    let Some(token) = required else {
-        return Ok(());
-    };
-    match presented(headers) {
-        Some(p) if same_token(&p, token.as_bytes()) => Ok(()),
-        _ => Err(Denied::Unauthorized),
-    }
+/// `Ok` if reads are public or the request presents the read token.
+pub fn check(headers: &HeaderMap, tokens: &Tokens) -> Result<(), Denied> {
+    tokens.check_read(presented(headers).as_deref())
 }
 
-/// Uploads are refused outright when no upload token is configured.
-pub fn check_write(headers: &HeaderMap, token: Option<&str>) -> Result<(), Denied> {
-    match token {
-        None => Err(Denied::UploadsDisabled),
-        Some(t) => check(headers, Some(t)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_match_only_exactly() {
-        assert!(same_token(b"secret", b"secret"));
-        for other in [&b""[..], b"secre", b"secret ", b"Secret", b"secretsecret"] {
-            assert!(!same_token(other, b"secret"), "{other:?}");
-        }
-    }
+/// `Ok` if the request presents the upload token (none configured: uploads
+/// are refused).
+pub fn check_write(headers: &HeaderMap, tokens: &Tokens) -> Result<(), Denied> {
+    tokens.check_write(presented(headers).as_deref(), false)
 }

@@ -38,7 +38,7 @@ fn store_error(e: StoreError) -> Response {
 
 /// `GET /nix-cache-info`.
 pub async fn cache_info(State(st): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(r) = auth::check(&headers, st.cfg.read_token.as_deref()) {
+    if let Err(r) = auth::check(&headers, &st.cfg.tokens) {
         return r.into_response();
     }
     (
@@ -102,7 +102,7 @@ pub async fn top_level(
     Path(file): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = auth::check(&headers, st.cfg.read_token.as_deref()) {
+    if let Err(r) = auth::check(&headers, &st.cfg.tokens) {
         return r.into_response();
     }
     if let Some(hash) = file.strip_suffix(".narinfo") {
@@ -225,7 +225,7 @@ pub async fn nar(
     method: Method,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = auth::check(&headers, st.cfg.read_token.as_deref()) {
+    if let Err(r) = auth::check(&headers, &st.cfg.tokens) {
         return r.into_response();
     }
     let (stem, compression) = if let Some(s) = file.strip_suffix(".nar.zst") {

@@ -7,7 +7,6 @@ mod auth;
 mod download;
 mod upload;
 
-pub use auth::same_token;
 pub use download::{range_answer, RangeAnswer};
 
 use std::sync::Arc;
@@ -51,10 +50,9 @@ impl NarCompression {
 pub struct HttpConfig {
     /// Keys whose signatures are added to every narinfo served.
     pub signing_keys: Vec<SecretKey>,
-    /// Token required for uploads; uploads are refused without one.
-    pub upload_token: Option<String>,
-    /// Token required for reads, if set.
-    pub read_token: Option<String>,
+    /// Tokens for uploads (refused without one) and reads (public
+    /// without one).
+    pub tokens: crate::auth::Tokens,
     /// `Priority:` in `nix-cache-info`.
     pub priority: u32,
     /// How NARs are served.

@@ -43,7 +43,7 @@ fn bad(msg: impl std::fmt::Display) -> Response {
 
 /// `PUT /nix-cache-info`: accepted (the server's own answer stands).
 pub async fn put_cache_info(State(st): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(r) = auth::check_write(&headers, st.cfg.upload_token.as_deref()) {
+    if let Err(r) = auth::check_write(&headers, &st.cfg.tokens) {
         return r.into_response();
     }
     StatusCode::NO_CONTENT.into_response()
@@ -74,7 +74,7 @@ pub async fn put_nar(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Err(r) = auth::check_write(&headers, st.cfg.upload_token.as_deref()) {
+    if let Err(r) = auth::check_write(&headers, &st.cfg.tokens) {
         return r.into_response();
     }
     let raw = tokio_util::io::StreamReader::new(idle_limited(body));
@@ -164,7 +164,7 @@ pub async fn put_top_level(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Err(r) = auth::check_write(&headers, st.cfg.upload_token.as_deref()) {
+    if let Err(r) = auth::check_write(&headers, &st.cfg.tokens) {
         return r.into_response();
     }
     let Some(hash) = file.strip_suffix(".narinfo") else {
@@ -218,7 +218,13 @@ pub async fn put_top_level(
     let path = info.store_path.to_absolute();
     if let Err(e) = st.store.path_infos.put_path_info(info).await {
         tracing::error!(error = %e, %path, "recording an uploaded path failed");
-        return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response();
+        // Refused contents (a path stored differently, data missing) are
+        // the client's to fix; anything else is ours.
+        let status = match e {
+            lazix_castore::StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        return (status, format!("{e}\n")).into_response();
     }
     tracing::info!(%path, "path uploaded");
     StatusCode::CREATED.into_response()
