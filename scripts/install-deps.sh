@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what lazix's tests, demo and benchmarks use on a fresh Debian
-# machine: real Nix 2.8 (client, uploader, fixture builder), FUSE 3 and
-# SeaweedFS (a real S3 engine).
+# machine: real Nix 2.8 (client, uploader, fixture builder), FUSE 3,
+# SeaweedFS (a real S3 engine), curl and openssl.
 # Idempotent: skips apt when everything is already there.
 set -euo pipefail
 
@@ -9,6 +9,8 @@ need=()
 command -v nix-store >/dev/null 2>&1 || need+=(nix-bin)
 command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# The TLS tests make their own CA and server certificate with openssl.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ "${LAZIX_BENCH_DEPS:-0}" = 1 ]; then
   command -v nginx >/dev/null 2>&1 || need+=(nginx)

@@ -20,6 +20,7 @@ use lazix_server::auth::Tokens;
 use lazix_server::client::ClientOptions;
 use lazix_server::http::{HttpConfig, NarCompression};
 use lazix_server::service::GrpcAccess;
+use lazix_server::tls::ServerTls;
 use lazix_server::GrpcStore;
 
 /// Default gRPC listen address (loopback: nothing is exposed unless asked).
@@ -121,6 +122,10 @@ struct ServerArgs {
     /// environment variable, if set.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// For a grpcs:// server: the CA certificate file (PEM) its
+    /// certificate must chain to; without it, the system's roots.
+    #[arg(long, env = "LAZIX_CA_FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 impl ServerArgs {
@@ -137,9 +142,15 @@ impl ServerArgs {
 
     /// The server as a store, each call bounded by `call_timeout`.
     fn connect(&self, call_timeout: Option<Duration>) -> Result<Store> {
+        let ca_pem = self
+            .ca_file
+            .as_ref()
+            .map(|f| std::fs::read(f).with_context(|| format!("reading CA file {}", f.display())))
+            .transpose()?;
         let options = ClientOptions {
             call_timeout,
             token: self.token()?,
+            ca_pem,
         };
         Ok(GrpcStore::connect_with(&self.server, &options)?.into_store())
     }
@@ -265,6 +276,13 @@ struct ServeArgs {
     /// File holding a token reads must present (reads are public without).
     #[arg(long)]
     read_token_file: Option<PathBuf>,
+    /// Serve gRPC (grpcs://) and HTTP (https://) over TLS with this
+    /// certificate (PEM, chain leaf first); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// `Priority:` announced in nix-cache-info (lower is preferred).
     #[arg(long, default_value_t = 40)]
     priority: u32,
@@ -531,6 +549,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
         upload: read_token(&args.upload_token_file)?,
         read: read_token(&args.read_token_file)?,
     };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(ServerTls::load(cert, key).context("loading the TLS certificate")?)
+        }
+        _ => None,
+    };
     let listener = lazix_server::bind(args.grpc)
         .await
         .with_context(|| format!("listening on {}", args.grpc))?;
@@ -541,13 +565,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
             "gRPC writes are refused: this address is beyond loopback and no --upload-token-file is set"
         );
     }
-    tracing::info!(grpc = %listener.local_addr()?, store = %location, "lazix serving gRPC");
-    let grpc = tokio::spawn(lazix_server::serve_grpc(
-        store.clone(),
-        access,
-        listener,
-        stopped(),
-    ));
+    tracing::info!(grpc = %listener.local_addr()?, store = %location, tls = tls.is_some(), "lazix serving gRPC");
+    let grpc = {
+        let (store, tls) = (store.clone(), tls.clone());
+        let stop = stopped();
+        tokio::spawn(async move {
+            lazix_server::serve_grpc(store, access, tls.as_ref(), listener, stop).await
+        })
+    };
 
     let http = match args.http {
         None => None,
@@ -565,6 +590,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             let cfg = HttpConfig {
                 signing_keys,
                 tokens,
+                tls: tls.as_ref().map(ServerTls::http_acceptor).transpose()?,
                 priority: args.priority,
                 nar_compression: if args.nar_compression == "zstd" {
                     NarCompression::Zstd

@@ -216,10 +216,7 @@ async fn try_reads(server: &Server, auth: Bearer, path: &str) -> Vec<(&'static s
     let some_blob = B3Digest::of(b"any blob");
     let mut lister = infos.clone();
     let list = async move {
-        let mut stream = lister
-            .list(spb::ListPathInfoRequest {})
-            .await?
-            .into_inner();
+        let mut stream = lister.list(spb::ListPathInfoRequest {}).await?.into_inner();
         stream.message().await.map(|_| ())
     };
     vec![

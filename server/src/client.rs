@@ -19,7 +19,7 @@ use lazix_proto::store::{self as spb, path_info_service_client::PathInfoServiceC
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::convert::{from_status, group_by_size, MAX_BATCH};
 use crate::MAX_MESSAGE_SIZE;
@@ -35,6 +35,9 @@ pub struct ClientOptions {
     pub call_timeout: Option<Duration>,
     /// Sent as `authorization: Bearer TOKEN` on every call.
     pub token: Option<String>,
+    /// For `grpcs://`: the CA certificates (PEM) the server's certificate
+    /// must chain to; `None`: the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl Default for ClientOptions {
@@ -42,6 +45,7 @@ impl Default for ClientOptions {
         Self {
             call_timeout: Some(DEFAULT_CALL_TIMEOUT),
             token: None,
+            ca_pem: None,
         }
     }
 }
@@ -74,8 +78,9 @@ pub struct GrpcStore {
 /// Why a server address cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// Not `grpc://HOST:PORT` (or `http://HOST:PORT`).
-    #[error("invalid server address {0:?}: expected grpc://HOST:PORT")]
+    /// Not `grpc://HOST:PORT`, `grpcs://HOST:PORT` (TLS) or
+    /// `http://HOST:PORT`.
+    #[error("invalid server address {0:?}: expected grpc://HOST:PORT or grpcs://HOST:PORT")]
     BadAddress(String),
     /// The transport refused the endpoint.
     #[error("cannot connect to {0}: {1}")]
@@ -96,14 +101,20 @@ impl GrpcStore {
 
     /// Like [`GrpcStore::connect`], with `options`.
     pub fn connect_with(addr: &str, options: &ClientOptions) -> Result<Self, ConnectError> {
-        let rest = addr
-            .strip_prefix("grpc://")
-            .or_else(|| addr.strip_prefix("http://"))
-            .ok_or_else(|| ConnectError::BadAddress(addr.to_string()))?;
+        let (tls, rest) = if let Some(rest) = addr.strip_prefix("grpcs://") {
+            (true, rest)
+        } else {
+            let rest = addr
+                .strip_prefix("grpc://")
+                .or_else(|| addr.strip_prefix("http://"))
+                .ok_or_else(|| ConnectError::BadAddress(addr.to_string()))?;
+            (false, rest)
+        };
         if rest.is_empty() || rest.contains('/') {
             return Err(ConnectError::BadAddress(addr.to_string()));
         }
-        let mut endpoint = Endpoint::from_shared(format!("http://{rest}"))
+        let scheme = if tls { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{rest}"))
             .map_err(|e| ConnectError::Transport(addr.to_string(), e))?
             .connect_timeout(Duration::from_secs(10))
             .tcp_nodelay(true)
@@ -113,6 +124,20 @@ impl GrpcStore {
             .initial_connection_window_size(Some(32 * 1024 * 1024));
         if let Some(t) = options.call_timeout {
             endpoint = endpoint.timeout(t);
+        }
+        if tls {
+            // The server's name as the address gives it (an IP address
+            // is checked against the certificate's IP names).
+            let host = rest.rsplit_once(':').map_or(rest, |(h, _)| h);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let mut config = ClientTlsConfig::new().domain_name(host);
+            config = match &options.ca_pem {
+                Some(pem) => config.ca_certificate(Certificate::from_pem(pem)),
+                None => config.with_native_roots(),
+            };
+            endpoint = endpoint
+                .tls_config(config)
+                .map_err(|e| ConnectError::Transport(addr.to_string(), e))?;
         }
         let token = options
             .token

@@ -7,6 +7,7 @@ pub mod client;
 pub mod convert;
 pub mod http;
 pub mod service;
+pub mod tls;
 
 use std::net::SocketAddr;
 
@@ -29,11 +30,12 @@ pub const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 /// renderer keep a few windows in flight; 256 leaves room for many).
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
-/// Serves `store` over gRPC on an already bound listener, to the callers
-/// `access` admits, until `shutdown` resolves.
+/// Serves `store` over gRPC on an already bound listener (over TLS with
+/// `tls`), to the callers `access` admits, until `shutdown` resolves.
 pub async fn serve_grpc(
     store: Store,
     access: service::GrpcAccess,
+    tls: Option<&tls::ServerTls>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
@@ -47,7 +49,11 @@ pub async fn serve_grpc(
             }
         })
     });
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls.grpc())?;
+    }
+    builder
         .tcp_nodelay(true)
         // A peer that vanished (or never answers) is dropped instead of
         // holding its streams; one connection cannot open streams without

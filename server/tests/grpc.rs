@@ -47,9 +47,15 @@ async fn start() -> TestServer {
         Default::default(),
         listener.local_addr().unwrap(),
     );
-    tokio::spawn(lazix_server::serve_grpc(store, access, listener, async {
-        let _ = rx.await;
-    }));
+    tokio::spawn(lazix_server::serve_grpc(
+        store,
+        access,
+        None,
+        listener,
+        async {
+            let _ = rx.await;
+        },
+    ));
     TestServer {
         addr,
         _dir: dir,

@@ -63,8 +63,11 @@ pub struct HttpConfig {
     /// accept queue.
     pub max_connections: usize,
     /// How long a request's headers may take to arrive (and a kept-alive
-    /// connection may stay idle); [`HEADER_TIMEOUT`] by default.
+    /// connection may stay idle); [`HEADER_TIMEOUT`] by default. A TLS
+    /// handshake must finish within it too.
     pub header_timeout: Duration,
+    /// Serve HTTPS with this acceptor (see [`crate::tls`]).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Default of [`HttpConfig::max_connections`]: each connection costs a
@@ -145,6 +148,7 @@ pub async fn serve_http(
 
     let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections.max(1)));
     let header_timeout = cfg.header_timeout;
+    let tls = cfg.tls.clone();
     let app = router(store, cfg);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -183,13 +187,41 @@ pub async fn serve_http(
             tracing::warn!(error = %e, "cannot set TCP_NODELAY");
         }
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let Some(acceptor) = tls.clone() else {
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "HTTP connection ended");
+                }
+                drop(slot);
+            });
+            continue;
+        };
+        // TLS: the handshake runs in the connection's task (a slow one
+        // holds its slot, not the accept loop) and within the header
+        // timeout.
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "HTTP connection ended");
+            let stream = match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("TLS handshake timed out");
+                    return;
+                }
+            };
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(error = %e, "HTTPS connection ended");
             }
             drop(slot);
         });
