@@ -14,7 +14,9 @@ use lazix_castore::bucket::{compact_when_quiet, BucketStore, GcOptions, GcReport
 use lazix_castore::nix::signing::SecretKey;
 use lazix_castore::nix::store_path::StorePath;
 use lazix_castore::push::{push_closure, PushProgress};
+use lazix_castore::read::trusted::{root_signatures, TrustedReads};
 use lazix_castore::store::{cached, CacheConfig};
+use lazix_castore::trust::TrustedKeys;
 use lazix_castore::{Node, PathInfo, Store};
 use lazix_server::auth::Tokens;
 use lazix_server::client::ClientOptions;
@@ -88,6 +90,11 @@ enum Command {
         /// Print the summary as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Nix secret key file to sign each pushed path's root with, as the
+        /// uploader (repeatable); readers with --trusted-public-keys then
+        /// verify it under this key alone.
+        #[arg(long = "signing-key")]
+        signing_keys: Vec<PathBuf>,
         /// Store paths (or links to them, such as ./result).
         #[arg(required = true)]
         paths: Vec<String>,
@@ -96,6 +103,8 @@ enum Command {
     Nar {
         #[command(flatten)]
         server: ServerArgs,
+        #[command(flatten)]
+        trust: TrustArgs,
         /// The store path (absolute or basename).
         store_path: String,
     },
@@ -159,6 +168,62 @@ impl ServerArgs {
     fn client(&self) -> Result<Store> {
         self.connect(ClientOptions::default().call_timeout)
     }
+}
+
+/// Which keys a reader trusts.
+#[derive(clap::Args, Clone)]
+struct TrustArgs {
+    /// Keys whose root signatures make a path trusted, in Nix's syntax
+    /// (`NAME:KEY …`). With them, a path without a valid root signature by
+    /// one of them is refused (ENOENT in a mount) before any of its bytes
+    /// are fetched, and every chunk list must be the signed one.
+    #[arg(long, env = "LAZIX_TRUSTED_PUBLIC_KEYS")]
+    trusted_public_keys: Option<String>,
+}
+
+impl TrustArgs {
+    /// The reader's trust, if keys were given; without, a warning when
+    /// the server is not on this machine.
+    fn trust(&self, server: &str) -> Result<Option<Arc<TrustedReads>>> {
+        match &self.trusted_public_keys {
+            Some(keys) => {
+                let keys = TrustedKeys::parse(keys).context("--trusted-public-keys")?;
+                Ok(Some(TrustedReads::new(keys)))
+            }
+            None => {
+                if !is_loopback_address(server) {
+                    tracing::warn!(
+                        %server,
+                        "no --trusted-public-keys: whatever this server sends is believed"
+                    );
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Whether a server address names this machine.
+fn is_loopback_address(server: &str) -> bool {
+    let rest = server.split_once("://").map_or(server, |(_, rest)| rest);
+    let host = rest.rsplit_once(':').map_or(rest, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Reads Nix secret key files.
+fn signing_keys(files: &[PathBuf]) -> Result<Vec<SecretKey>> {
+    files
+        .iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading signing key {}", p.display()))?;
+            SecretKey::parse(&text).with_context(|| format!("invalid signing key {}", p.display()))
+        })
+        .collect()
 }
 
 /// How garbage is collected (by `lazix gc`, and by `serve --gc-every`).
@@ -315,6 +380,8 @@ struct ServeArgs {
 struct MountArgs {
     #[command(flatten)]
     server: ServerArgs,
+    #[command(flatten)]
+    trust: TrustArgs,
     /// Disk cache folder, reused after a remount (none: memory only).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
@@ -395,9 +462,14 @@ async fn main() -> Result<()> {
         Command::Push {
             server,
             json,
+            signing_keys: keys,
             paths,
-        } => push(&server, json, paths).await,
-        Command::Nar { server, store_path } => nar(&server, &store_path).await,
+        } => push(&server, json, &signing_keys(&keys)?, paths).await,
+        Command::Nar {
+            server,
+            trust,
+            store_path,
+        } => nar(&server, &trust, &store_path).await,
         Command::PathInfo {
             server,
             json,
@@ -577,16 +649,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let http = match args.http {
         None => None,
         Some(addr) => {
-            let signing_keys = args
-                .signing_keys
-                .iter()
-                .map(|p| {
-                    let text = std::fs::read_to_string(p)
-                        .with_context(|| format!("reading signing key {}", p.display()))?;
-                    SecretKey::parse(&text)
-                        .with_context(|| format!("invalid signing key {}", p.display()))
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let signing_keys = signing_keys(&args.signing_keys)?;
             let cfg = HttpConfig {
                 signing_keys,
                 tokens,
@@ -635,6 +698,7 @@ async fn mount(args: MountArgs) -> Result<()> {
             gid: args.gid,
             list_root: !args.no_list,
             timeout: Duration::from_secs(args.timeout.max(1)),
+            trust: args.trust.trust(&args.server.server)?,
         },
         cache_dir: args.cache_dir.clone(),
         cache_bytes: args.cache_size,
@@ -696,7 +760,12 @@ fn resolve_path(p: &str) -> Result<String> {
     Ok(canon.to_string_lossy().into_owned())
 }
 
-async fn push(server: &ServerArgs, json: bool, paths: Vec<String>) -> Result<()> {
+async fn push(
+    server: &ServerArgs,
+    json: bool,
+    keys: &[SecretKey],
+    paths: Vec<String>,
+) -> Result<()> {
     let store = server.client()?;
     let paths = paths
         .iter()
@@ -732,6 +801,13 @@ async fn push(server: &ServerArgs, json: bool, paths: Vec<String>) -> Result<()>
         b.finish_and_clear();
     }
     let report = report?;
+    if !keys.is_empty() {
+        for info in &closure {
+            sign_root_as_uploader(&store, &info.path, keys)
+                .await
+                .with_context(|| format!("signing the root of {}", info.path))?;
+        }
+    }
     if json {
         println!("{}", serde_json::to_string(&report)?);
     }
@@ -765,9 +841,30 @@ async fn fetch_path_info(store: &Store, store_path: &str) -> Result<PathInfo> {
         .with_context(|| format!("{path} is not on the server"))
 }
 
-async fn nar(server: &ServerArgs, store_path: &str) -> Result<()> {
-    let store = server.client()?;
+/// Adds the uploader's root signatures to a pushed path: the lists the
+/// server stored are read back and signed with the root they belong to
+/// (the server keeps the path's other signatures).
+async fn sign_root_as_uploader(store: &Store, path: &StorePath, keys: &[SecretKey]) -> Result<()> {
+    let mut info = store
+        .path_infos
+        .get_path_info(path.digest())
+        .await?
+        .with_context(|| format!("{path} is not on the server"))?;
+    info.root_signatures = root_signatures(store, &info, keys).await?;
+    store.path_infos.put_path_info(info).await?;
+    Ok(())
+}
+
+async fn nar(server: &ServerArgs, trust: &TrustArgs, store_path: &str) -> Result<()> {
+    let mut store = server.client()?;
     let info = fetch_path_info(&store, store_path).await?;
+    if let Some(trust) = trust.trust(&server.server)? {
+        trust
+            .admit(&store, &info)
+            .await
+            .with_context(|| format!("refusing {}", info.store_path))?;
+        store = trust.guard(store);
+    }
     let mut out = tokio::io::stdout();
     let (size, sha) = lazix_castore::render::render_nar(&store, &info.node, &mut out)
         .await

@@ -109,6 +109,7 @@ fn writes(salt: u64) -> Writes {
         nar_size: 30_128,
         nar_sha256: [7; 32],
         signatures: vec![],
+        root_signatures: vec![],
         deriver: None,
         ca: None,
     }

@@ -332,6 +332,7 @@ fn path_info(store_path: &str, root: Node) -> spb::PathInfo {
             nar_sha256: vec![3u8; 32].into(),
             ..Default::default()
         }),
+        root_signatures: Vec::new(),
     }
 }
 

@@ -23,6 +23,7 @@ pub mod similarity;
 pub mod store;
 #[cfg(any(test, feature = "testutil"))]
 pub mod testutil;
+pub mod trust;
 
 pub use digest::B3Digest;
 pub use error::{StoreError, StoreResult};

@@ -24,8 +24,11 @@ pub struct PathInfo {
     pub nar_size: u64,
     /// sha256 of the NAR.
     pub nar_sha256: [u8; 32],
-    /// Signatures over the fingerprint.
+    /// Signatures over the fingerprint Nix signs (narinfo `Sig:` lines).
     pub signatures: Vec<Signature>,
+    /// Signatures over the root fingerprint (see [`crate::trust`]): what a
+    /// lazy reader verifies, since it never computes the NAR hash.
+    pub root_signatures: Vec<Signature>,
     /// The derivation that produced it.
     pub deriver: Option<StorePath>,
     /// Content address of CA paths.
@@ -79,6 +82,30 @@ fn ca_from_proto(ca: &pb::nar_info::Ca) -> Result<ContentAddress, StoreError> {
     })
 }
 
+fn signatures_to_proto(sigs: &[Signature]) -> Vec<pb::nar_info::Signature> {
+    sigs.iter()
+        .map(|s| pb::nar_info::Signature {
+            name: s.name.clone(),
+            data: Bytes::copy_from_slice(&s.bytes),
+        })
+        .collect()
+}
+
+fn signatures_from_proto(sigs: &[pb::nar_info::Signature]) -> Result<Vec<Signature>, StoreError> {
+    sigs.iter()
+        .map(|s| {
+            Ok(Signature {
+                name: s.name.clone(),
+                bytes: s
+                    .data
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| invalid("signature must be 64 bytes"))?,
+            })
+        })
+        .collect()
+}
+
 impl PathInfo {
     /// Converts to the snix-compatible message.
     pub fn to_proto(&self) -> pb::PathInfo {
@@ -92,14 +119,7 @@ impl PathInfo {
             narinfo: Some(pb::NarInfo {
                 nar_size: self.nar_size,
                 nar_sha256: Bytes::copy_from_slice(&self.nar_sha256),
-                signatures: self
-                    .signatures
-                    .iter()
-                    .map(|s| pb::nar_info::Signature {
-                        name: s.name.clone(),
-                        data: Bytes::copy_from_slice(&s.bytes),
-                    })
-                    .collect(),
+                signatures: signatures_to_proto(&self.signatures),
                 reference_names: self.references.iter().map(|r| r.basename()).collect(),
                 deriver: self.deriver.as_ref().map(|d| pb::StorePath {
                     name: d.name().to_string(),
@@ -107,6 +127,7 @@ impl PathInfo {
                 }),
                 ca: self.ca.as_ref().map(ca_to_proto),
             }),
+            root_signatures: signatures_to_proto(&self.root_signatures),
         }
     }
 
@@ -145,20 +166,8 @@ impl PathInfo {
             .as_ref()
             .try_into()
             .map_err(|_| invalid("nar_sha256 must be 32 bytes"))?;
-        let signatures = ni
-            .signatures
-            .iter()
-            .map(|s| {
-                Ok(Signature {
-                    name: s.name.clone(),
-                    bytes: s
-                        .data
-                        .as_ref()
-                        .try_into()
-                        .map_err(|_| invalid("signature must be 64 bytes"))?,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let signatures = signatures_from_proto(&ni.signatures)?;
+        let root_signatures = signatures_from_proto(&p.root_signatures)?;
         let deriver = ni
             .deriver
             .as_ref()
@@ -179,6 +188,7 @@ impl PathInfo {
             nar_size: ni.nar_size,
             nar_sha256,
             signatures,
+            root_signatures,
             deriver,
             ca,
         })
@@ -232,6 +242,10 @@ mod tests {
             signatures: vec![Signature {
                 name: "k".into(),
                 bytes: [9u8; 64],
+            }],
+            root_signatures: vec![Signature {
+                name: "r".into(),
+                bytes: [7u8; 64],
             }],
             deriver: Some(StorePath::parse("01zcn12dybxfj24kywij7jli2a7f9rf4-pkg.drv").unwrap()),
             ca: Some(

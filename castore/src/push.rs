@@ -163,6 +163,7 @@ async fn push_one(
             nar_size: info.nar_size,
             nar_sha256: info.nar_sha256,
             signatures: info.signatures.clone(),
+            root_signatures: vec![],
             deriver: info.deriver.clone(),
             ca: info.ca.clone(),
         })

@@ -24,6 +24,7 @@ use futures::TryStreamExt;
 use lazix_castore::digest::DigestKeyBuildHasher;
 use lazix_castore::directory::Directory;
 use lazix_castore::nix::store_path::StorePath;
+use lazix_castore::read::trusted::{AdmitError, TrustedReads};
 use lazix_castore::read::BlobLayout;
 use lazix_castore::store::CacheConfig;
 use lazix_castore::{B3Digest, Node, PathInfo, Store, StoreError};
@@ -73,6 +74,10 @@ pub struct MountConfig {
     pub list_root: bool,
     /// Bound on every server request; a read fails with EIO after it.
     pub timeout: Duration,
+    /// With trusted keys: a store path is visible only once its root
+    /// signature verified (else ENOENT), and chunk lists must be the signed
+    /// ones (else EIO). `None`: the server is believed.
+    pub trust: Option<Arc<TrustedReads>>,
 }
 
 /// What the core asks of the kernel outside a reply: to drop the pages it
@@ -193,6 +198,9 @@ pub struct LazyFs {
     store: Store,
     fetcher: Arc<ChunkFetcher>,
     cfg: MountConfig,
+    /// The server without the chunk-list guard: what admitting a path
+    /// checks its signature against.
+    unguarded: Store,
     inodes: Mutex<Inodes>,
     /// PathInfos by store path digest, trusted as long as
     /// [`CacheConfig::path_info_ttl`] (another replica or a GC may change
@@ -233,9 +241,15 @@ impl LazyFs {
         kernel: Arc<dyn KernelCache>,
         cfg: MountConfig,
     ) -> Self {
+        let unguarded = store.clone();
+        let store = match &cfg.trust {
+            Some(trust) => trust.guard(store),
+            None => store,
+        };
         Self {
             rt,
             store,
+            unguarded,
             fetcher,
             cfg,
             inodes: Mutex::new(Inodes::new()),
@@ -629,16 +643,44 @@ impl LazyFs {
     }
 
     /// The PathInfo of `path`, from the cache or the server; concurrent
-    /// askers of one path share one request, a miss is not kept.
+    /// askers of one path share one request, a miss is not kept. With
+    /// trusted keys, only a path whose root signature verifies is kept and
+    /// answered; any other is NotFound, with one log line saying why.
     fn path_info(&self, path: &StorePath) -> Result<Arc<PathInfo>, FsError> {
         let digest = *path.digest();
         self.path_infos
             .try_get_with(digest, || {
-                self.remote(self.store.path_infos.get_path_info(&digest))?
-                    .map(Arc::new)
-                    .ok_or(FsError::NotFound)
+                let info = self
+                    .remote(self.store.path_infos.get_path_info(&digest))?
+                    .ok_or(FsError::NotFound)?;
+                if let Some(trust) = &self.cfg.trust {
+                    self.admit(trust, &info)?;
+                }
+                Ok::<_, FsError>(Arc::new(info))
             })
             .map_err(|e| e.as_ref().clone())
+    }
+
+    /// Admits `info` by its root signature (fetching its closure and chunk
+    /// lists, no file bytes), or NotFound.
+    fn admit(&self, trust: &TrustedReads, info: &PathInfo) -> Result<(), FsError> {
+        let outcome = self.remote(async {
+            match trust.admit(&self.unguarded, info).await {
+                Ok(key) => Ok(Ok(key)),
+                Err(AdmitError::Untrusted(e)) => Ok(Err(e)),
+                Err(AdmitError::Store(e)) => Err(e),
+            }
+        })?;
+        match outcome {
+            Ok(key) => {
+                tracing::debug!(path = %info.store_path, %key, "root signature verified");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(path = %info.store_path, error = %e, "hiding an untrusted store path");
+                Err(FsError::NotFound)
+            }
+        }
     }
 
     fn child(&self, parent: u64, name: &OsStr) -> Result<Node, FsError> {
@@ -658,10 +700,18 @@ impl LazyFs {
         }
         // A small file is one chunk: no round trip to ask.
         let answer = if BlobLayout::needs_lookup(size) {
-            self.remote(self.store.blobs.get_blob_chunks(&[*digest]))?
-                .into_iter()
-                .next()
-                .flatten()
+            // A list the store refuses as corrupt (with trusted keys: not
+            // the signed one) is a bad chunk list, like one that does not
+            // fit.
+            let answer = self.remote(self.store.blobs.get_blob_chunks(&[*digest]));
+            let answer = match answer {
+                Err(FsError::Store(e)) if matches!(*e, StoreError::Corrupt(_)) => {
+                    tracing::error!(error = %e, "refusing a chunk list");
+                    return Err(FsError::BadChunkList(e));
+                }
+                a => a?,
+            };
+            answer.into_iter().next().flatten()
         } else {
             None
         };
@@ -960,9 +1010,13 @@ impl LazyFs {
                     .list_path_infos()
                     .try_collect::<Vec<_>>(),
             )?;
+            // With trusted keys, only paths admitted so far (a lookup by
+            // name admits one): listing never shows what was not verified.
+            let admitted = |i: &PathInfo| self.cfg.trust.as_ref().is_none_or(|t| t.was_admitted(i));
             return Ok(Arc::new(
                 infos
                     .into_iter()
+                    .filter(admitted)
                     .map(|i| (Bytes::from(i.store_path.basename()), i.node))
                     .collect(),
             ));

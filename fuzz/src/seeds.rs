@@ -134,6 +134,7 @@ CA: fixed:r:sha256:1b6fbb4sjn4c9ls0gyjqjzgj0wsqb9hkfvhl3xz91rz4yzcmd5r8\n",
             reference_names: vec!["9v5d40jyvmwgnq1nj8f19ji2rcc5dksd-src".into()],
             ..Default::default()
         }),
+        root_signatures: Vec::new(),
     };
     write(&out, "pathinfo", "dir", &info.encode_to_vec());
 

@@ -469,6 +469,7 @@ async fn path_info_service_put_get_list_calculate() {
         nar_size: 0,
         nar_sha256: [0; 32],
         signatures: vec![],
+        root_signatures: vec![],
         deriver: None,
         ca: None,
     };

@@ -39,8 +39,9 @@ pub(super) fn nonempty_files(dirs: &[Directory], files: &mut HashSet<B3Digest>) 
 }
 
 /// A PathInfo put again for a stored path: the same contents (tree, NAR
-/// hash and size, references, deriver, CA) may bring signatures the stored
-/// one lacks (a key added on rotation), which are added (`Some`); nothing
+/// hash and size, references, deriver, CA) may bring signatures (narinfo
+/// or root) the stored one lacks (a key added on rotation, the uploader's
+/// root signature), which are added (`Some`); nothing
 /// new is `None`; other contents are refused — a stored path is never
 /// silently replaced (Nix's rule: the first upload of a path wins).
 fn merge_signatures(stored: PathInfo, new: PathInfo) -> StoreResult<Option<PathInfo>> {
@@ -61,11 +62,17 @@ fn merge_signatures(stored: PathInfo, new: PathInfo) -> StoreResult<Option<PathI
         .into_iter()
         .filter(|s| !stored.signatures.contains(s))
         .collect();
-    if added.is_empty() {
+    let added_roots: Vec<_> = new
+        .root_signatures
+        .into_iter()
+        .filter(|s| !stored.root_signatures.contains(s))
+        .collect();
+    if added.is_empty() && added_roots.is_empty() {
         return Ok(None);
     }
     let mut merged = stored;
     merged.signatures.extend(added);
+    merged.root_signatures.extend(added_roots);
     Ok(Some(merged))
 }
 

@@ -11,12 +11,15 @@
 //! - [`decode`]: frames to verified chunks, plain frames first;
 //! - [`single_flight`]: one fetch per digest, shared by its waiters;
 //! - [`slices`]: many digests asked for in slices, minus what earlier
-//!   frames brought.
+//!   frames brought;
+//! - [`trusted`]: paths admitted by their root signature, and chunk lists
+//!   checked against what it covers.
 
 pub mod bases;
 pub mod decode;
 pub mod layout;
 pub mod single_flight;
 pub mod slices;
+pub mod trusted;
 
 pub use layout::{BlobLayout, Piece, SINGLE_CHUNK_MAX};

@@ -415,6 +415,7 @@ mod tests {
                 nar_size: 128,
                 nar_sha256: [1; 32],
                 signatures: vec![],
+                root_signatures: vec![],
                 deriver: None,
                 ca: None,
             })

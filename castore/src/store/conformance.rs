@@ -288,6 +288,7 @@ async fn path_infos(store: &Store, seed: u64, root: Directory) {
         nar_size: 4096,
         nar_sha256: [seed as u8; 32],
         signatures: vec![],
+        root_signatures: vec![],
         deriver: None,
         ca: None,
     };

@@ -185,6 +185,7 @@ impl Server {
                         nar_size: ingested.nar_size,
                         nar_sha256: ingested.nar_sha256,
                         signatures: vec![],
+                        root_signatures: vec![],
                         deriver: None,
                         ca: None,
                     })
@@ -275,6 +276,7 @@ impl Mount {
                 gid: 5678,
                 list_root: true,
                 timeout: setup.timeout,
+                trust: None,
             },
         );
         Self { fs, pages, stats }

@@ -14,6 +14,7 @@ use lazix_castore::ingest::{ingest_nar, ChunkUploader, IngestError, KnownChunks,
 use lazix_castore::nix::hash::format_sha256;
 use lazix_castore::nix::nar::hashing_reader;
 use lazix_castore::nix::narinfo::NarInfo;
+use lazix_castore::read::trusted::root_signatures;
 use lazix_castore::{Node, PathInfo};
 use tokio::io::AsyncRead;
 
@@ -212,10 +213,12 @@ pub async fn put_top_level(
         nar_size: ni.nar_size,
         nar_sha256: ni.nar_hash,
         signatures: ni.signatures,
+        root_signatures: vec![],
         deriver: ni.deriver,
         ca: ni.ca,
     };
     let path = info.store_path.to_absolute();
+    let stored = info.clone();
     if let Err(e) = st.store.path_infos.put_path_info(info).await {
         tracing::error!(error = %e, %path, "recording an uploaded path failed");
         // Refused contents (a path stored differently, data missing) are
@@ -225,6 +228,19 @@ pub async fn put_top_level(
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         return (status, format!("{e}\n")).into_response();
+    }
+    // The server computed this NAR's hash and its root from the same bytes
+    // (the NAR it ingested): it signs the root with its keys.
+    if !st.cfg.signing_keys.is_empty() {
+        let signed = async {
+            let mut info = stored;
+            info.root_signatures = root_signatures(&st.store, &info, &st.cfg.signing_keys).await?;
+            st.store.path_infos.put_path_info(info).await
+        };
+        if let Err(e) = signed.await {
+            tracing::error!(error = %e, %path, "signing an uploaded path's root failed");
+            return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response();
+        }
     }
     tracing::info!(%path, "path uploaded");
     StatusCode::CREATED.into_response()

@@ -1,0 +1,217 @@
+//! Verified reads: a path is read only after its root signature verified
+//! under a trusted key ([`crate::trust`]), and every chunk list read for it
+//! afterwards is checked against the list digest that signature covers.
+//!
+//! [`TrustedReads::admit`] fetches what the signature needs — the root's
+//! directory closure (Merkle-verified by digest as it arrives) and the
+//! chunk lists of its multi-chunk files, in batched calls — and no file
+//! bytes at all; it remembers each listed file's list digest. The layer
+//! [`TrustedReads::guard`] wraps a reader's blob store so that a chunk list
+//! answered later (after a cache eviction, by another call) must be the one
+//! signed, else `Corrupt`: a reordered list of genuine chunks fails before
+//! a byte of it is returned. Signers use [`chunk_lists`] too, so both sides
+//! gather a root's lists one way.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+
+use crate::chunk::{Chunk, ChunkMeta};
+use crate::digest::B3Digest;
+use crate::error::{StoreError, StoreResult};
+use crate::frame::Frame;
+use crate::nix::signing::{SecretKey, Signature};
+use crate::node::Node;
+use crate::pathinfo::PathInfo;
+use crate::read::BlobLayout;
+use crate::store::{BlobChunks, BlobStore, Store};
+use crate::trust::{
+    chunk_list_digest, sign_root, verify_root, ChunkListsDigest, TrustError, TrustedKeys,
+};
+
+/// Files whose chunk lists are asked for per call.
+const LISTS_PER_CALL: usize = 512;
+
+/// The chunk lists of every multi-chunk file below `root`, by file
+/// digest (files without a stored list are one chunk and absent here).
+pub async fn chunk_lists(
+    store: &Store,
+    root: &Node,
+) -> StoreResult<BTreeMap<B3Digest, Vec<ChunkMeta>>> {
+    let mut files: HashSet<B3Digest> = HashSet::new();
+    match root {
+        Node::Directory { digest, .. } => {
+            for dir in store.directories.get_closure(digest).await? {
+                for (_, node) in dir.entries_sorted() {
+                    if let Node::File { digest, size, .. } = node {
+                        if BlobLayout::needs_lookup(size) {
+                            files.insert(digest);
+                        }
+                    }
+                }
+            }
+        }
+        Node::File { digest, size, .. } if BlobLayout::needs_lookup(*size) => {
+            files.insert(*digest);
+        }
+        _ => {}
+    }
+    let files: Vec<B3Digest> = files.into_iter().collect();
+    let mut out = BTreeMap::new();
+    for batch in files.chunks(LISTS_PER_CALL) {
+        for (blob, list) in batch.iter().zip(store.blobs.get_blob_chunks(batch).await?) {
+            if let Some(list) = list {
+                out.insert(*blob, list);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Root signatures of `info` by `keys`, over the chunk lists `store`
+/// holds for it: what a signer (the server on upload, `push
+/// --signing-key`) adds to a stored path.
+pub async fn root_signatures(
+    store: &Store,
+    info: &PathInfo,
+    keys: &[SecretKey],
+) -> StoreResult<Vec<Signature>> {
+    let lists = chunk_lists(store, &info.node).await?;
+    let digests = ChunkListsDigest::of(&lists);
+    Ok(keys.iter().map(|k| sign_root(info, &digests, k)).collect())
+}
+
+/// Why a path was not admitted.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmitError {
+    /// Its signatures do not hold.
+    #[error(transparent)]
+    Untrusted(#[from] TrustError),
+    /// What the check needs could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The trusted keys of a reader and what their signatures admitted.
+#[derive(Debug)]
+pub struct TrustedReads {
+    keys: TrustedKeys,
+    /// Each admitted multi-chunk file's signed list digest.
+    lists: Mutex<HashMap<B3Digest, B3Digest>>,
+    /// Each admitted path's root, by store path digest.
+    roots: Mutex<HashMap<[u8; 20], Node>>,
+}
+
+impl TrustedReads {
+    /// A reader trusting `keys`.
+    pub fn new(keys: TrustedKeys) -> Arc<Self> {
+        Arc::new(Self {
+            keys,
+            lists: Mutex::new(HashMap::new()),
+            roots: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Checks `info`'s root signature against the lists stored for it in
+    /// `store` (the unguarded store) and, if it holds, remembers its list
+    /// digests. Returns the signing key's name.
+    pub async fn admit(&self, store: &Store, info: &PathInfo) -> Result<String, AdmitError> {
+        if info.root_signatures.is_empty() {
+            return Err(TrustError::Unsigned(info.store_path.to_absolute()).into());
+        }
+        let lists = chunk_lists(store, &info.node).await?;
+        let digests = ChunkListsDigest::of(&lists);
+        let key = verify_root(info, &digests, &self.keys)?;
+        self.lists
+            .lock()
+            .expect("admitted lists")
+            .extend(digests.lists);
+        self.roots
+            .lock()
+            .expect("admitted roots")
+            .insert(*info.store_path.digest(), info.node.clone());
+        Ok(key)
+    }
+
+    /// Whether `info` names the root of a path admitted before.
+    pub fn was_admitted(&self, info: &PathInfo) -> bool {
+        self.roots
+            .lock()
+            .expect("admitted roots")
+            .get(info.store_path.digest())
+            == Some(&info.node)
+    }
+
+    /// `store` with its blob lists checked against what was admitted.
+    pub fn guard(self: &Arc<Self>, store: Store) -> Store {
+        Store {
+            blobs: Arc::new(GuardedLists {
+                inner: store.blobs,
+                trust: self.clone(),
+            }),
+            ..store
+        }
+    }
+
+    /// `Ok` if `list` for `blob` is the one an admitted signature covers
+    /// (`None`: no list, only right if none was signed).
+    fn check(&self, blob: &B3Digest, list: Option<&[ChunkMeta]>) -> StoreResult<()> {
+        let signed = self
+            .lists
+            .lock()
+            .expect("admitted lists")
+            .get(blob)
+            .copied();
+        match (signed, list) {
+            (Some(want), Some(list)) if chunk_list_digest(list) == want => Ok(()),
+            (None, None) => Ok(()),
+            (Some(_), None) => Err(StoreError::Corrupt(format!(
+                "blob {blob}: the server withheld its signed chunk list"
+            ))),
+            (_, Some(_)) => Err(StoreError::Corrupt(format!(
+                "blob {blob}: chunk list is not the one its path's root signature covers"
+            ))),
+        }
+    }
+}
+
+/// A blob store whose chunk lists must be the signed ones.
+struct GuardedLists {
+    inner: Arc<dyn BlobStore>,
+    trust: Arc<TrustedReads>,
+}
+
+#[async_trait]
+impl BlobStore for GuardedLists {
+    async fn missing_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<B3Digest>> {
+        self.inner.missing_chunks(digests).await
+    }
+
+    async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
+        self.inner.put_frames(frames).await
+    }
+
+    async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
+        self.inner.get_frames(digests).await
+    }
+
+    async fn get_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<Chunk>> {
+        self.inner.get_chunks(digests).await
+    }
+
+    async fn put_blob_chunks(&self, blobs: Vec<BlobChunks>) -> StoreResult<()> {
+        self.inner.put_blob_chunks(blobs).await
+    }
+
+    async fn get_blob_chunks(
+        &self,
+        blobs: &[B3Digest],
+    ) -> StoreResult<Vec<Option<Vec<ChunkMeta>>>> {
+        let answers = self.inner.get_blob_chunks(blobs).await?;
+        for (blob, list) in blobs.iter().zip(&answers) {
+            self.trust.check(blob, list.as_deref())?;
+        }
+        Ok(answers)
+    }
+}

@@ -1,0 +1,267 @@
+//! Trust end to end against a real `lazix serve`, a real FUSE mount and
+//! `lazix nar`: paths are verified back to a key the reader trusts by
+//! their root signature. A root swapped for another tree (signatures kept),
+//! a forged signature and a path signed only by an untrusted key are
+//! invisible in the mount (ENOENT, nothing fetched) and refused by `lazix
+//! nar`; a chunk list reordered after a path was admitted is EIO; old and
+//! new keys of a rotation both work; `push --signing-key` signs as the
+//! uploader, and the server signs what it ingested over HTTP.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use lazix_proto::ext as lpb;
+use lazix_proto::store as spb;
+use prost::Message;
+
+const TOKEN: &str = "trust-upload-token";
+
+fn server(dir: &Path, signing_key: &Path) -> Server {
+    let token = dir.join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    Server::start_with(&[
+        "--compact-after",
+        "0",
+        "--upload-token-file",
+        token.to_str().unwrap(),
+        "--signing-key",
+        signing_key.to_str().unwrap(),
+    ])
+}
+
+/// A path with a multi-chunk file, a small file and a link.
+fn tree(dir: &Path, salt: u64) -> String {
+    let t = dir.join(format!("trust-{salt}"));
+    std::fs::create_dir_all(t.join("bin")).unwrap();
+    std::fs::write(t.join("bin/big"), pseudo_random(1_500_000, salt)).unwrap();
+    std::fs::write(t.join("small"), format!("small {salt}\n")).unwrap();
+    std::os::unix::fs::symlink("bin/big", t.join("link")).unwrap();
+    add_path(&t)
+}
+
+/// `lazix push` signing roots with `keys` (secret key files).
+fn push_signed(server: &Server, path: &str, keys: &[&Path]) {
+    let mut cmd = server.client("push");
+    for k in keys {
+        cmd.arg("--signing-key").arg(k);
+    }
+    run(cmd.arg(path));
+}
+
+fn base(path: &str) -> &str {
+    path.trim_start_matches("/nix/store/")
+}
+
+/// The stored PathInfo object of `path` in the server's folder.
+fn path_info_file(server: &Server, path: &str) -> std::path::PathBuf {
+    server.data.path().join("pathinfo").join(&base(path)[..32])
+}
+
+fn edit_path_info(server: &Server, path: &str, edit: impl FnOnce(&mut spb::PathInfo)) {
+    let file = path_info_file(server, path);
+    let mut info = spb::PathInfo::decode(&*std::fs::read(&file).unwrap()).unwrap();
+    edit(&mut info);
+    std::fs::write(&file, info.encode_to_vec()).unwrap();
+}
+
+fn nar_trusting(server: &Server, keys: &str, path: &str) -> std::process::Output {
+    server
+        .client("nar")
+        .args(["--trusted-public-keys", keys, path])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn swapped_forged_and_untrusted_roots_are_refused_before_any_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server_key, server_pk) = nix_keygen(dir.path(), "cache-1");
+    let (stranger_key, _) = nix_keygen(dir.path(), "stranger-1");
+    let mut server = server(dir.path(), &server_key);
+    let (genuine, swapped, forged, untrusted) = (
+        tree(dir.path(), 1),
+        tree(dir.path(), 2),
+        tree(dir.path(), 3),
+        tree(dir.path(), 4),
+    );
+    for p in [&genuine, &swapped, &forged] {
+        push_signed(&server, p, &[&server_key]);
+    }
+    push_signed(&server, &untrusted, &[&stranger_key]);
+
+    // What an attacker with the bucket does: point `swapped` at the
+    // genuine path's tree (its signatures kept), and forge the bytes of
+    // `forged`'s signature.
+    let genuine_entry =
+        spb::PathInfo::decode(&*std::fs::read(path_info_file(&server, &genuine)).unwrap())
+            .unwrap()
+            .entry
+            .unwrap();
+    edit_path_info(&server, &swapped, |info| {
+        let name = info.entry.as_ref().unwrap().clone();
+        let mut entry = genuine_entry.clone();
+        // The genuine root under the swapped path's own name.
+        match (&mut entry.entry, name.entry) {
+            (
+                Some(lazix_proto::castore::entry::Entry::Directory(d)),
+                Some(lazix_proto::castore::entry::Entry::Directory(n)),
+            ) => {
+                d.name = n.name;
+            }
+            _ => panic!("both roots are directories"),
+        }
+        info.entry = Some(entry);
+        assert!(!info.root_signatures.is_empty());
+    });
+    edit_path_info(&server, &forged, |info| {
+        let sig = &mut info.root_signatures[0];
+        let mut data = sig.data.to_vec();
+        data[0] ^= 1;
+        sig.data = data.into();
+    });
+    server.restart(); // nothing cached
+
+    let mount = Mount::new(&server, &["--trusted-public-keys", &server_pk]);
+    // The genuine path reads, and its bytes are the source's.
+    let big = std::fs::read(mount.path(&format!("{}/bin/big", base(&genuine)))).unwrap();
+    assert!(big == pseudo_random(1_500_000, 1));
+    let fetched_genuine = n(&mount.stats(), "fetched_bytes");
+    for (what, p) in [
+        ("swapped root", &swapped),
+        ("forged signature", &forged),
+        ("untrusted key", &untrusted),
+    ] {
+        let err = std::fs::metadata(mount.path(base(p))).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{what}");
+        assert!(
+            std::fs::read(mount.path(&format!("{}/small", base(p)))).is_err(),
+            "{what}"
+        );
+    }
+    assert_eq!(
+        n(&mount.stats(), "fetched_bytes"),
+        fetched_genuine,
+        "refused paths fetched file bytes"
+    );
+    let listed: Vec<String> = std::fs::read_dir(mount.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(listed.contains(&base(&genuine).to_string()), "{listed:?}");
+    for p in [&swapped, &forged, &untrusted] {
+        assert!(!listed.contains(&base(p).to_string()), "{p} listed");
+    }
+    let log = mount.stop();
+    assert!(log.contains("hiding an untrusted store path"), "{log}");
+
+    // `lazix nar`: the genuine path renders, the others fail clearly.
+    let ok = nar_trusting(&server, &server_pk, &genuine);
+    assert!(ok.status.success());
+    assert!(ok.stdout == nix_dump(&genuine));
+    for (p, why) in [
+        (&swapped, "no valid root signature by a trusted key"),
+        (&forged, "no valid root signature by a trusted key"),
+        (&untrusted, "signed by: stranger-1"),
+    ] {
+        let out = nar_trusting(&server, &server_pk, p);
+        assert!(!out.status.success(), "{p}");
+        assert!(out.stdout.is_empty(), "{p}: bytes written");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("refusing") && err.contains(why), "{p}: {err}");
+    }
+    // Without trusted keys, today's behaviour: the server is believed.
+    let believed = server.client("nar").arg(&untrusted).output().unwrap();
+    assert!(believed.status.success());
+}
+
+#[test]
+fn a_chunk_list_reordered_after_its_path_was_admitted_is_eio() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, pk) = nix_keygen(dir.path(), "cache-1");
+    let mut server = server(dir.path(), &key);
+    let path = tree(dir.path(), 7);
+    push_signed(&server, &path, &[&key]);
+    let mount = Mount::new(&server, &["--trusted-public-keys", &pk]);
+    // Admitted (looked up), its big file not opened yet.
+    assert!(mount.path(&format!("{}/small", base(&path))).exists());
+
+    // The server now answers the big file's list reordered: genuine chunks,
+    // sizes adding up, in another order.
+    let mut reordered = 0;
+    for f in walk_files(&server.data.path().join("blobs")) {
+        let mut list = lpb::BlobChunks::decode(&*std::fs::read(&f).unwrap()).unwrap();
+        if list.chunks.len() > 1 {
+            list.chunks.swap(0, 1);
+            std::fs::write(&f, list.encode_to_vec()).unwrap();
+            reordered += 1;
+        }
+    }
+    assert!(reordered >= 1, "the fixture has a multi-chunk file");
+    server.restart();
+
+    let err = std::fs::read(mount.path(&format!("{}/bin/big", base(&path)))).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(n(&mount.stats(), "read_errors") >= 1);
+    mount.stop();
+    // A fresh reader refuses the path outright: the lists no longer match
+    // the signature.
+    let out = nar_trusting(&server, &pk, &path);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn rotated_keys_uploader_keys_and_server_signing_all_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server_key, server_pk) = nix_keygen(dir.path(), "cache-1");
+    let (old_key, old_pk) = nix_keygen(dir.path(), "team-2025");
+    let (new_key, new_pk) = nix_keygen(dir.path(), "team-2026");
+    let (uploader_key, uploader_pk) = nix_keygen(dir.path(), "alice-1");
+    let server = server(dir.path(), &server_key);
+
+    // Rotation: signed by the old and the new key; either alone admits it.
+    let rotated = tree(dir.path(), 11);
+    push_signed(&server, &rotated, &[&old_key, &new_key]);
+    for pk in [&old_pk, &new_pk] {
+        let out = nar_trusting(&server, pk, &rotated);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout == nix_dump(&rotated));
+    }
+    let mount = Mount::new(&server, &["--trusted-public-keys", &old_pk]);
+    let small = std::fs::read_to_string(mount.path(&format!("{}/small", base(&rotated)))).unwrap();
+    assert_eq!(small, "small 11\n");
+    mount.stop();
+
+    // The uploader's key alone verifies what it pushed.
+    let pushed = tree(dir.path(), 12);
+    push_signed(&server, &pushed, &[&uploader_key]);
+    let out = nar_trusting(&server, &uploader_pk, &pushed);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!nar_trusting(&server, &server_pk, &pushed).status.success());
+
+    // Uploaded with `nix copy --to http://`: the server signs the root of
+    // what it ingested, with its own key.
+    let copied = tree(dir.path(), 13);
+    let uploader = NixClient::new(Some(TOKEN));
+    run(uploader
+        .cmd("nix")
+        .args(["copy", "--to"])
+        .arg(format!("{}?compression=zstd", server.http))
+        .arg(&copied));
+    let out = nar_trusting(&server, &server_pk, &copied);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout == nix_dump(&copied));
+}
