@@ -859,10 +859,11 @@ async fn nar(server: &ServerArgs, trust: &TrustArgs, store_path: &str) -> Result
     let mut store = server.client()?;
     let info = fetch_path_info(&store, store_path).await?;
     if let Some(trust) = trust.trust(&server.server)? {
-        trust
+        let admitted = trust
             .admit(&store, &info)
             .await
             .with_context(|| format!("refusing {}", info.store_path))?;
+        tracing::debug!(key = %admitted.key, "root signature verified");
         store = trust.guard(store);
     }
     let mut out = tokio::io::stdout();

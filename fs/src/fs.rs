@@ -672,8 +672,15 @@ impl LazyFs {
             }
         })?;
         match outcome {
-            Ok(key) => {
-                tracing::debug!(path = %info.store_path, %key, "root signature verified");
+            Ok(admitted) => {
+                tracing::debug!(path = %info.store_path, key = %admitted.key, "root signature verified");
+                // Its files' lists, verified: opening them asks nothing more.
+                for (blob, list) in admitted.lists {
+                    let size = list.iter().map(|c| c.size).sum();
+                    if let Ok(layout) = BlobLayout::from_answer(blob, size, Some(list)) {
+                        self.chunk_lists.insert(blob, Arc::new(layout));
+                    }
+                }
                 Ok(())
             }
             Err(e) => {

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::chunk::{Chunk, ChunkMeta};
 use crate::digest::B3Digest;
@@ -32,6 +33,8 @@ use crate::trust::{
 
 /// Files whose chunk lists are asked for per call.
 const LISTS_PER_CALL: usize = 512;
+/// Such calls in flight at once.
+const LIST_CALLS_IN_FLIGHT: usize = 4;
 
 /// The chunk lists of every multi-chunk file below `root`, by file
 /// digest (files without a stored list are one chunk and absent here).
@@ -58,12 +61,20 @@ pub async fn chunk_lists(
         _ => {}
     }
     let files: Vec<B3Digest> = files.into_iter().collect();
+    let batches: Vec<Vec<B3Digest>> = files.chunks(LISTS_PER_CALL).map(<[_]>::to_vec).collect();
+    let blobs = store.blobs.clone();
+    let answers: Vec<Vec<Option<Vec<ChunkMeta>>>> = futures::stream::iter(batches)
+        .map(move |batch| {
+            let blobs = blobs.clone();
+            async move { blobs.get_blob_chunks(&batch).await }
+        })
+        .buffered(LIST_CALLS_IN_FLIGHT)
+        .try_collect()
+        .await?;
     let mut out = BTreeMap::new();
-    for batch in files.chunks(LISTS_PER_CALL) {
-        for (blob, list) in batch.iter().zip(store.blobs.get_blob_chunks(batch).await?) {
-            if let Some(list) = list {
-                out.insert(*blob, list);
-            }
+    for (blob, list) in files.iter().zip(answers.into_iter().flatten()) {
+        if let Some(list) = list {
+            out.insert(*blob, list);
         }
     }
     Ok(out)
@@ -93,6 +104,15 @@ pub enum AdmitError {
     Store(#[from] StoreError),
 }
 
+/// A path admitted by its root signature.
+#[derive(Debug)]
+pub struct Admitted {
+    /// The trusted key whose signature verified.
+    pub key: String,
+    /// The chunk lists of its multi-chunk files, as signed.
+    pub lists: BTreeMap<B3Digest, Vec<ChunkMeta>>,
+}
+
 /// The trusted keys of a reader and what their signatures admitted.
 #[derive(Debug)]
 pub struct TrustedReads {
@@ -115,8 +135,9 @@ impl TrustedReads {
 
     /// Checks `info`'s root signature against the lists stored for it in
     /// `store` (the unguarded store) and, if it holds, remembers its list
-    /// digests. Returns the signing key's name.
-    pub async fn admit(&self, store: &Store, info: &PathInfo) -> Result<String, AdmitError> {
+    /// digests. Returns the signing key's name and the verified lists (a
+    /// reader keeps them: its files' lists need no further request).
+    pub async fn admit(&self, store: &Store, info: &PathInfo) -> Result<Admitted, AdmitError> {
         if info.root_signatures.is_empty() {
             return Err(TrustError::Unsigned(info.store_path.to_absolute()).into());
         }
@@ -131,7 +152,7 @@ impl TrustedReads {
             .lock()
             .expect("admitted roots")
             .insert(*info.store_path.digest(), info.node.clone());
-        Ok(key)
+        Ok(Admitted { key, lists })
     }
 
     /// Whether `info` names the root of a path admitted before.
@@ -213,5 +234,131 @@ impl BlobStore for GuardedLists {
             self.trust.check(blob, list.as_deref())?;
         }
         Ok(answers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bucket::BucketStore;
+    use crate::nix::signing::SecretKey;
+    use crate::nix::store_path::StorePath;
+    use crate::testutil::{frame_of, pseudo_random};
+
+    /// A store whose chunk lists come back reversed once `lie` is set: a
+    /// server that changes its answer after a reader admitted a path.
+    struct ChangingLists {
+        inner: Arc<dyn BlobStore>,
+        lie: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait]
+    impl BlobStore for ChangingLists {
+        async fn missing_chunks(&self, d: &[B3Digest]) -> StoreResult<Vec<B3Digest>> {
+            self.inner.missing_chunks(d).await
+        }
+        async fn put_frames(&self, f: Vec<Frame>) -> StoreResult<()> {
+            self.inner.put_frames(f).await
+        }
+        async fn get_frames(&self, d: &[B3Digest]) -> StoreResult<Vec<Frame>> {
+            self.inner.get_frames(d).await
+        }
+        async fn put_blob_chunks(&self, b: Vec<BlobChunks>) -> StoreResult<()> {
+            self.inner.put_blob_chunks(b).await
+        }
+        async fn get_blob_chunks(
+            &self,
+            b: &[B3Digest],
+        ) -> StoreResult<Vec<Option<Vec<ChunkMeta>>>> {
+            let mut answers = self.inner.get_blob_chunks(b).await?;
+            if self.lie.load(std::sync::atomic::Ordering::SeqCst) {
+                for list in answers.iter_mut().flatten() {
+                    list.reverse();
+                }
+            }
+            Ok(answers)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_list_changed_after_admission_is_corrupt_and_other_paths_stay_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = BucketStore::open(dir.path().to_str().unwrap())
+            .await
+            .unwrap();
+        let parts: Vec<Vec<u8>> = (0..2).map(|i| pseudo_random(40_000, 60 + i)).collect();
+        bucket
+            .put_frames(vec![frame_of(&[&parts[0], &parts[1]])])
+            .await
+            .unwrap();
+        let file = parts.concat();
+        let blob = B3Digest::of(&file);
+        let list: Vec<ChunkMeta> = parts.iter().map(|p| ChunkMeta::of(p)).collect();
+        bucket
+            .put_blob_chunks(vec![BlobChunks {
+                blob,
+                chunks: list.clone(),
+            }])
+            .await
+            .unwrap();
+        let changing = Arc::new(ChangingLists {
+            inner: bucket.clone(),
+            lie: false.into(),
+        });
+        let store = Store {
+            blobs: changing.clone(),
+            ..Store::from_backend(bucket)
+        };
+        let key = SecretKey::generate("k");
+        let mut info = PathInfo {
+            store_path: StorePath::parse("xbnh8n8j0jl1ws9l2aqqm0qs4bi41l82-one-file").unwrap(),
+            node: Node::File {
+                digest: blob,
+                size: file.len() as u64,
+                executable: false,
+            },
+            references: vec![],
+            nar_size: 1,
+            nar_sha256: [0; 32],
+            signatures: vec![],
+            root_signatures: vec![],
+            deriver: None,
+            ca: None,
+        };
+        info.root_signatures = root_signatures(&store, &info, &[key]).await.unwrap();
+        let trust = TrustedReads::new(
+            TrustedKeys::parse(&SecretKey::generate("other").public().to_nix_string()).unwrap(),
+        );
+        assert!(matches!(
+            trust.admit(&store, &info).await,
+            Err(AdmitError::Untrusted(_))
+        ));
+        let guarded = trust.guard(store.clone());
+        assert!(
+            guarded.blobs.get_blob_chunks(&[blob]).await.is_err(),
+            "a list of a path never admitted is refused"
+        );
+
+        let key_store = SecretKey::parse(&SecretKey::generate("k2").to_nix_string()).unwrap();
+        info.root_signatures = root_signatures(&store, &info, std::slice::from_ref(&key_store))
+            .await
+            .unwrap();
+        let trust =
+            TrustedReads::new(TrustedKeys::parse(&key_store.public().to_nix_string()).unwrap());
+        let admitted = trust.admit(&store, &info).await.unwrap();
+        assert_eq!(admitted.lists.get(&blob), Some(&list));
+        assert!(trust.was_admitted(&info));
+        let guarded = trust.guard(store.clone());
+        assert_eq!(
+            guarded.blobs.get_blob_chunks(&[blob]).await.unwrap(),
+            vec![Some(list)]
+        );
+        changing
+            .lie
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(matches!(
+            guarded.blobs.get_blob_chunks(&[blob]).await,
+            Err(StoreError::Corrupt(_))
+        ));
     }
 }
