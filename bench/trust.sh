@@ -52,7 +52,9 @@ start_server() { # data dir, extra serve args…
 }
 stop_server() { kill "$server"; wait "$server" 2>/dev/null || true; server=""; }
 
-# Pushes: plain, and over TLS with the root signed.
+# Pushes: plain, and over TLS with the root signed; the path read once
+# first, so neither push pays for a cold page cache.
+nix-store --dump "$path" >/dev/null
 declare -A P
 timed_push() { # label scheme extra…
   local label=$1 scheme=$2; shift 2
