@@ -674,7 +674,11 @@ impl LazyFs {
         match outcome {
             Ok(admitted) => {
                 tracing::debug!(path = %info.store_path, key = %admitted.key, "root signature verified");
-                // Its files' lists, verified: opening them asks nothing more.
+                // Its directories and its files' lists, verified: looking
+                // them up and opening them asks nothing more.
+                for dir in admitted.closure {
+                    self.directories.insert(dir.digest(), Arc::new(dir));
+                }
                 for (blob, list) in admitted.lists {
                     let size = list.iter().map(|c| c.size).sum();
                     if let Ok(layout) = BlobLayout::from_answer(blob, size, Some(list)) {

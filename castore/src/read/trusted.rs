@@ -20,6 +20,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::chunk::{Chunk, ChunkMeta};
 use crate::digest::B3Digest;
+use crate::directory::Directory;
 use crate::error::{StoreError, StoreResult};
 use crate::frame::Frame;
 use crate::nix::signing::{SecretKey, Signature};
@@ -42,10 +43,28 @@ pub async fn chunk_lists(
     store: &Store,
     root: &Node,
 ) -> StoreResult<BTreeMap<B3Digest, Vec<ChunkMeta>>> {
+    let closure = closure_of(store, root).await?;
+    chunk_lists_below(store, root, &closure).await
+}
+
+/// The directory closure of `root` (empty for a file or symlink).
+async fn closure_of(store: &Store, root: &Node) -> StoreResult<Vec<Directory>> {
+    match root {
+        Node::Directory { digest, .. } => store.directories.get_closure(digest).await,
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// [`chunk_lists`] with the root's closure at hand.
+async fn chunk_lists_below(
+    store: &Store,
+    root: &Node,
+    closure: &[Directory],
+) -> StoreResult<BTreeMap<B3Digest, Vec<ChunkMeta>>> {
     let mut files: HashSet<B3Digest> = HashSet::new();
     match root {
-        Node::Directory { digest, .. } => {
-            for dir in store.directories.get_closure(digest).await? {
+        Node::Directory { .. } => {
+            for dir in closure {
                 for (_, node) in dir.entries_sorted() {
                     if let Node::File { digest, size, .. } = node {
                         if BlobLayout::needs_lookup(size) {
@@ -109,6 +128,9 @@ pub enum AdmitError {
 pub struct Admitted {
     /// The trusted key whose signature verified.
     pub key: String,
+    /// Its root's directory closure (each directory checked by digest as
+    /// the store answered it), root first.
+    pub closure: Vec<Directory>,
     /// The chunk lists of its multi-chunk files, as signed.
     pub lists: BTreeMap<B3Digest, Vec<ChunkMeta>>,
 }
@@ -141,7 +163,8 @@ impl TrustedReads {
         if info.root_signatures.is_empty() {
             return Err(TrustError::Unsigned(info.store_path.to_absolute()).into());
         }
-        let lists = chunk_lists(store, &info.node).await?;
+        let closure = closure_of(store, &info.node).await?;
+        let lists = chunk_lists_below(store, &info.node, &closure).await?;
         let digests = ChunkListsDigest::of(&lists);
         let key = verify_root(info, &digests, &self.keys)?;
         self.lists
@@ -152,7 +175,11 @@ impl TrustedReads {
             .lock()
             .expect("admitted roots")
             .insert(*info.store_path.digest(), info.node.clone());
-        Ok(Admitted { key, lists })
+        Ok(Admitted {
+            key,
+            closure,
+            lists,
+        })
     }
 
     /// Whether `info` names the root of a path admitted before.
