@@ -270,42 +270,7 @@ mod tests {
     use crate::bucket::BucketStore;
     use crate::nix::signing::SecretKey;
     use crate::nix::store_path::StorePath;
-    use crate::testutil::{frame_of, pseudo_random};
-
-    /// A store whose chunk lists come back reversed once `lie` is set: a
-    /// server that changes its answer after a reader admitted a path.
-    struct ChangingLists {
-        inner: Arc<dyn BlobStore>,
-        lie: std::sync::atomic::AtomicBool,
-    }
-
-    #[async_trait]
-    impl BlobStore for ChangingLists {
-        async fn missing_chunks(&self, d: &[B3Digest]) -> StoreResult<Vec<B3Digest>> {
-            self.inner.missing_chunks(d).await
-        }
-        async fn put_frames(&self, f: Vec<Frame>) -> StoreResult<()> {
-            self.inner.put_frames(f).await
-        }
-        async fn get_frames(&self, d: &[B3Digest]) -> StoreResult<Vec<Frame>> {
-            self.inner.get_frames(d).await
-        }
-        async fn put_blob_chunks(&self, b: Vec<BlobChunks>) -> StoreResult<()> {
-            self.inner.put_blob_chunks(b).await
-        }
-        async fn get_blob_chunks(
-            &self,
-            b: &[B3Digest],
-        ) -> StoreResult<Vec<Option<Vec<ChunkMeta>>>> {
-            let mut answers = self.inner.get_blob_chunks(b).await?;
-            if self.lie.load(std::sync::atomic::Ordering::SeqCst) {
-                for list in answers.iter_mut().flatten() {
-                    list.reverse();
-                }
-            }
-            Ok(answers)
-        }
-    }
+    use crate::testutil::{frame_of, pseudo_random, LyingLists};
 
     #[tokio::test]
     async fn a_list_changed_after_admission_is_corrupt_and_other_paths_stay_out() {
@@ -328,12 +293,20 @@ mod tests {
             }])
             .await
             .unwrap();
-        let changing = Arc::new(ChangingLists {
-            inner: bucket.clone(),
-            lie: false.into(),
-        });
+        // A server that answers the lists reversed once `lie` is set.
+        let lie = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let lying = lie.clone();
         let store = Store {
-            blobs: changing.clone(),
+            blobs: LyingLists::new(bucket.clone(), move |_, answer| {
+                if lying.load(std::sync::atomic::Ordering::SeqCst) {
+                    answer.map(|mut l| {
+                        l.reverse();
+                        l
+                    })
+                } else {
+                    answer
+                }
+            }),
             ..Store::from_backend(bucket)
         };
         let key = SecretKey::generate("k");
@@ -380,9 +353,7 @@ mod tests {
             guarded.blobs.get_blob_chunks(&[blob]).await.unwrap(),
             vec![Some(list)]
         );
-        changing
-            .lie
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        lie.store(true, std::sync::atomic::Ordering::SeqCst);
         assert!(matches!(
             guarded.blobs.get_blob_chunks(&[blob]).await,
             Err(StoreError::Corrupt(_))

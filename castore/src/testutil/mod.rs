@@ -61,6 +61,8 @@ pub fn frame_of(chunks: &[&[u8]]) -> crate::frame::Frame {
     crate::frame::Frame::compress(&chunks).expect("compress")
 }
 
+mod lying_lists;
 mod slow_store;
 
+pub use lying_lists::LyingLists;
 pub use slow_store::SlowStore;

@@ -6,17 +6,15 @@ use std::ffi::OsStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use fuser::{Errno, FileType};
 use lazix_castore::bucket::BucketStore;
 use lazix_castore::chunk::ChunkMeta;
-use lazix_castore::frame::Frame;
 use lazix_castore::ingest::{ingest_nar, ChunkUploader, KnownChunks, TransferStats};
 use lazix_castore::nix::nar::NarEncoder;
 use lazix_castore::nix::store_path::StorePath;
-use lazix_castore::store::{BlobChunks, BlobStore};
-use lazix_castore::testutil::{pseudo_random, SlowStore};
-use lazix_castore::{PathInfo, StoreResult};
+use lazix_castore::store::BlobStore;
+use lazix_castore::testutil::{pseudo_random, LyingLists, SlowStore};
+use lazix_castore::PathInfo;
 
 use super::*;
 
@@ -112,41 +110,6 @@ impl BackingOpener for NoKernelBacking {
     }
 }
 
-/// A server that answers a chosen chunk list for some blobs: lists real
-/// chunks but lies about the file.
-struct LyingChunkLists {
-    inner: Arc<BucketStore>,
-    lies: std::collections::HashMap<B3Digest, Vec<ChunkMeta>>,
-}
-
-#[async_trait]
-impl BlobStore for LyingChunkLists {
-    async fn missing_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<B3Digest>> {
-        self.inner.missing_chunks(digests).await
-    }
-    async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
-        self.inner.put_frames(frames).await
-    }
-    async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
-        self.inner.get_frames(digests).await
-    }
-    async fn put_blob_chunks(&self, blobs: Vec<BlobChunks>) -> StoreResult<()> {
-        self.inner.put_blob_chunks(blobs).await
-    }
-    async fn get_blob_chunks(
-        &self,
-        blobs: &[B3Digest],
-    ) -> StoreResult<Vec<Option<Vec<ChunkMeta>>>> {
-        let mut answers = self.inner.get_blob_chunks(blobs).await?;
-        for (blob, answer) in blobs.iter().zip(&mut answers) {
-            if let Some(lie) = self.lies.get(blob) {
-                *answer = Some(lie.clone());
-            }
-        }
-        Ok(answers)
-    }
-}
-
 /// A real store with the test package and its twin in it.
 struct Server {
     rt: tokio::runtime::Runtime,
@@ -219,10 +182,14 @@ impl Server {
     /// The store with `lies` answered as chunk lists.
     fn lying(&self, lies: Vec<(B3Digest, Vec<ChunkMeta>)>) -> Store {
         Store {
-            blobs: Arc::new(LyingChunkLists {
-                inner: self.backend.clone(),
-                lies: lies.into_iter().collect(),
-            }),
+            // A server that lists real chunks but lies about these files.
+            blobs: {
+                let lies: std::collections::HashMap<B3Digest, Vec<ChunkMeta>> =
+                    lies.into_iter().collect();
+                LyingLists::new(self.backend.clone(), move |blob, answer| {
+                    lies.get(blob).cloned().or(answer)
+                })
+            },
             ..self.store()
         }
     }
