@@ -191,7 +191,7 @@ impl TrustArgs {
                 Ok(Some(TrustedReads::new(keys)))
             }
             None => {
-                if !is_loopback_address(server) {
+                if !lazix_server::client::is_loopback(server) {
                     tracing::warn!(
                         %server,
                         "no --trusted-public-keys: whatever this server sends is believed"
@@ -201,17 +201,6 @@ impl TrustArgs {
             }
         }
     }
-}
-
-/// Whether a server address names this machine.
-fn is_loopback_address(server: &str) -> bool {
-    let rest = server.split_once("://").map_or(server, |(_, rest)| rest);
-    let host = rest.rsplit_once(':').map_or(rest, |(h, _)| h);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Reads Nix secret key files.

@@ -90,6 +90,23 @@ pub enum ConnectError {
     BadToken,
 }
 
+/// The host of a server address (`grpc://HOST:PORT`, `grpcs://[::1]:PORT`,
+/// `HOST:PORT`), without brackets.
+pub fn server_host(addr: &str) -> &str {
+    let rest = addr.split_once("://").map_or(addr, |(_, rest)| rest);
+    let host = rest.rsplit_once(':').map_or(rest, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// Whether a server address names this machine.
+pub fn is_loopback(addr: &str) -> bool {
+    let host = server_host(addr);
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 impl GrpcStore {
     /// Connects lazily to `grpc://HOST:PORT`: the first call dials, and a
     /// dropped connection is redialled by later calls. Every call is one
@@ -128,9 +145,7 @@ impl GrpcStore {
         if tls {
             // The server's name as the address gives it (an IP address
             // is checked against the certificate's IP names).
-            let host = rest.rsplit_once(':').map_or(rest, |(h, _)| h);
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            let mut config = ClientTlsConfig::new().domain_name(host);
+            let mut config = ClientTlsConfig::new().domain_name(server_host(addr));
             config = match &options.ca_pem {
                 Some(pem) => config.ca_certificate(Certificate::from_pem(pem)),
                 None => config.with_native_roots(),
@@ -411,5 +426,34 @@ impl PathInfoStore for GrpcStore {
         })
         .try_flatten()
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod address_tests {
+    use super::*;
+
+    #[test]
+    fn hosts_of_server_addresses() {
+        assert_eq!(
+            server_host("grpcs://cache.example.org:9721"),
+            "cache.example.org"
+        );
+        assert_eq!(server_host("grpc://[::1]:9721"), "::1");
+        assert_eq!(server_host("127.0.0.1:9721"), "127.0.0.1");
+        for local in [
+            "grpc://127.0.0.1:1",
+            "grpcs://localhost:1",
+            "grpc://[::1]:1",
+        ] {
+            assert!(is_loopback(local), "{local}");
+        }
+        for remote in [
+            "grpc://10.0.0.1:1",
+            "grpcs://cache.example.org:1",
+            "grpc://0.0.0.0:1",
+        ] {
+            assert!(!is_loopback(remote), "{remote}");
+        }
     }
 }

@@ -133,6 +133,24 @@ pub fn router(mut store: Store, cfg: HttpConfig) -> Router {
         .with_state(state)
 }
 
+/// Serves one accepted connection (plain or TLS) with hyper, watched for
+/// graceful shutdown.
+async fn serve_connection<IO>(
+    builder: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    io: IO,
+    service: hyper_util::service::TowerToHyperService<Router>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = builder
+        .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service)
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, "HTTP connection ended");
+    }
+}
+
 /// Serves the shim on a bound listener until `shutdown` resolves. Each
 /// connection is served by hyper with the limits above: at most
 /// `max_connections` at once, headers within `header_timeout`; bodies
@@ -143,7 +161,7 @@ pub async fn serve_http(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
     use hyper_util::server::conn::auto;
 
     let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections.max(1)));
@@ -187,43 +205,20 @@ pub async fn serve_http(
             tracing::warn!(error = %e, "cannot set TCP_NODELAY");
         }
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let Some(acceptor) = tls.clone() else {
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-                .into_owned();
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "HTTP connection ended");
-                }
-                drop(slot);
-            });
-            continue;
-        };
-        // TLS: the handshake runs in the connection's task (a slow one
-        // holds its slot, not the accept loop) and within the header
-        // timeout.
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
+        // The connection's own task holds its slot; with TLS it also runs
+        // the handshake (a slow one holds its slot, not the accept loop),
+        // within the header timeout.
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!("TLS handshake timed out");
-                    return;
-                }
+            let _slot = slot;
+            let Some(acceptor) = tls else {
+                return serve_connection(&builder, tcp, service, watcher).await;
             };
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(error = %e, "HTTPS connection ended");
+            match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => serve_connection(&builder, stream, service, watcher).await,
+                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!("TLS handshake timed out"),
             }
-            drop(slot);
         });
     }
     // Requests under way may finish (a NAR stream for a while): wait a
