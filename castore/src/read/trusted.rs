@@ -15,19 +15,17 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 
-use crate::chunk::{Chunk, ChunkMeta};
+use crate::chunk::ChunkMeta;
 use crate::digest::B3Digest;
 use crate::directory::Directory;
 use crate::error::{StoreError, StoreResult};
-use crate::frame::Frame;
 use crate::nix::signing::{SecretKey, Signature};
 use crate::node::Node;
 use crate::pathinfo::PathInfo;
 use crate::read::BlobLayout;
-use crate::store::{BlobChunks, BlobStore, Store};
+use crate::store::{filtered_lists, Store};
 use crate::trust::{
     chunk_list_digest, sign_root, verify_root, ChunkListsDigest, TrustError, TrustedKeys,
 };
@@ -193,10 +191,11 @@ impl TrustedReads {
 
     /// `store` with its blob lists checked against what was admitted.
     pub fn guard(self: &Arc<Self>, store: Store) -> Store {
+        let trust = self.clone();
         Store {
-            blobs: Arc::new(GuardedLists {
-                inner: store.blobs,
-                trust: self.clone(),
+            blobs: filtered_lists(store.blobs, move |blob, list| {
+                trust.check(blob, list.as_deref())?;
+                Ok(list)
             }),
             ..store
         }
@@ -224,53 +223,14 @@ impl TrustedReads {
     }
 }
 
-/// A blob store whose chunk lists must be the signed ones.
-struct GuardedLists {
-    inner: Arc<dyn BlobStore>,
-    trust: Arc<TrustedReads>,
-}
-
-#[async_trait]
-impl BlobStore for GuardedLists {
-    async fn missing_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<B3Digest>> {
-        self.inner.missing_chunks(digests).await
-    }
-
-    async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
-        self.inner.put_frames(frames).await
-    }
-
-    async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
-        self.inner.get_frames(digests).await
-    }
-
-    async fn get_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<Chunk>> {
-        self.inner.get_chunks(digests).await
-    }
-
-    async fn put_blob_chunks(&self, blobs: Vec<BlobChunks>) -> StoreResult<()> {
-        self.inner.put_blob_chunks(blobs).await
-    }
-
-    async fn get_blob_chunks(
-        &self,
-        blobs: &[B3Digest],
-    ) -> StoreResult<Vec<Option<Vec<ChunkMeta>>>> {
-        let answers = self.inner.get_blob_chunks(blobs).await?;
-        for (blob, list) in blobs.iter().zip(&answers) {
-            self.trust.check(blob, list.as_deref())?;
-        }
-        Ok(answers)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::bucket::BucketStore;
     use crate::nix::signing::SecretKey;
     use crate::nix::store_path::StorePath;
-    use crate::testutil::{frame_of, pseudo_random, LyingLists};
+    use crate::store::{BlobChunks, BlobStore};
+    use crate::testutil::{frame_of, pseudo_random};
 
     #[tokio::test]
     async fn a_list_changed_after_admission_is_corrupt_and_other_paths_stay_out() {
@@ -297,14 +257,14 @@ mod tests {
         let lie = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let lying = lie.clone();
         let store = Store {
-            blobs: LyingLists::new(bucket.clone(), move |_, answer| {
+            blobs: filtered_lists(bucket.clone(), move |_, answer| {
                 if lying.load(std::sync::atomic::Ordering::SeqCst) {
-                    answer.map(|mut l| {
+                    Ok(answer.map(|mut l| {
                         l.reverse();
                         l
-                    })
+                    }))
                 } else {
-                    answer
+                    Ok(answer)
                 }
             }),
             ..Store::from_backend(bucket)

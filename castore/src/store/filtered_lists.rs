@@ -1,46 +1,44 @@
-//! A real store whose chunk-list answers are rewritten: a server that
-//! lists real chunks but lies about a file, or changes its answer after a
-//! reader trusted it. For the tests of every reader that checks lists.
+//! A store whose chunk-list answers pass through a filter: the trusted
+//! reader's guard (a list must be the one its path's signature covers, see
+//! [`crate::read::trusted`]) and the tests' servers that lie about a file.
+//! Everything else goes to the store underneath unchanged.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::chunk::ChunkMeta;
+use super::{BlobChunks, BlobStore};
+use crate::chunk::{Chunk, ChunkMeta};
 use crate::error::StoreResult;
 use crate::frame::Frame;
-use crate::store::{BlobChunks, BlobStore};
 use crate::B3Digest;
 
-/// How each chunk-list answer is rewritten: (blob, the true answer) → the
-/// answer given.
-pub type Rewrite =
-    dyn Fn(&B3Digest, Option<Vec<ChunkMeta>>) -> Option<Vec<ChunkMeta>> + Send + Sync;
+/// What becomes of each chunk-list answer: (blob, the store's answer) →
+/// the answer given, or an error for the whole call.
+pub type ListFilter =
+    dyn Fn(&B3Digest, Option<Vec<ChunkMeta>>) -> StoreResult<Option<Vec<ChunkMeta>>> + Send + Sync;
 
-/// `inner` with its chunk-list answers passed through a [`Rewrite`].
-pub struct LyingLists {
+/// `inner` with its chunk-list answers passed through `filter`.
+pub fn filtered_lists(
     inner: Arc<dyn BlobStore>,
-    rewrite: Box<Rewrite>,
+    filter: impl Fn(&B3Digest, Option<Vec<ChunkMeta>>) -> StoreResult<Option<Vec<ChunkMeta>>>
+        + Send
+        + Sync
+        + 'static,
+) -> Arc<dyn BlobStore> {
+    Arc::new(FilteredLists {
+        inner,
+        filter: Box::new(filter),
+    })
 }
 
-impl LyingLists {
-    /// Wraps `inner`.
-    pub fn new(
-        inner: Arc<dyn BlobStore>,
-        rewrite: impl Fn(&B3Digest, Option<Vec<ChunkMeta>>) -> Option<Vec<ChunkMeta>>
-            + Send
-            + Sync
-            + 'static,
-    ) -> Arc<Self> {
-        Arc::new(Self {
-            inner,
-            rewrite: Box::new(rewrite),
-        })
-    }
+struct FilteredLists {
+    inner: Arc<dyn BlobStore>,
+    filter: Box<ListFilter>,
 }
 
 #[async_trait]
-impl BlobStore for LyingLists {
+impl BlobStore for FilteredLists {
     async fn missing_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<B3Digest>> {
         self.inner.missing_chunks(digests).await
     }
@@ -50,6 +48,9 @@ impl BlobStore for LyingLists {
     async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
         self.inner.get_frames(digests).await
     }
+    async fn get_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<Chunk>> {
+        self.inner.get_chunks(digests).await
+    }
     async fn put_blob_chunks(&self, blobs: Vec<BlobChunks>) -> StoreResult<()> {
         self.inner.put_blob_chunks(blobs).await
     }
@@ -58,10 +59,10 @@ impl BlobStore for LyingLists {
         blobs: &[B3Digest],
     ) -> StoreResult<Vec<Option<Vec<ChunkMeta>>>> {
         let answers = self.inner.get_blob_chunks(blobs).await?;
-        Ok(blobs
+        blobs
             .iter()
             .zip(answers)
-            .map(|(blob, answer)| (self.rewrite)(blob, answer))
-            .collect())
+            .map(|(blob, answer)| (self.filter)(blob, answer))
+            .collect()
     }
 }

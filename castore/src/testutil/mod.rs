@@ -61,8 +61,6 @@ pub fn frame_of(chunks: &[&[u8]]) -> crate::frame::Frame {
     crate::frame::Frame::compress(&chunks).expect("compress")
 }
 
-mod lying_lists;
 mod slow_store;
 
-pub use lying_lists::LyingLists;
 pub use slow_store::SlowStore;

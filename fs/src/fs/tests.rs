@@ -12,8 +12,8 @@ use lazix_castore::chunk::ChunkMeta;
 use lazix_castore::ingest::{ingest_nar, ChunkUploader, KnownChunks, TransferStats};
 use lazix_castore::nix::nar::NarEncoder;
 use lazix_castore::nix::store_path::StorePath;
-use lazix_castore::store::BlobStore;
-use lazix_castore::testutil::{pseudo_random, LyingLists, SlowStore};
+use lazix_castore::store::{filtered_lists, BlobStore};
+use lazix_castore::testutil::{pseudo_random, SlowStore};
 use lazix_castore::PathInfo;
 
 use super::*;
@@ -186,8 +186,8 @@ impl Server {
             blobs: {
                 let lies: std::collections::HashMap<B3Digest, Vec<ChunkMeta>> =
                     lies.into_iter().collect();
-                LyingLists::new(self.backend.clone(), move |blob, answer| {
-                    lies.get(blob).cloned().or(answer)
+                filtered_lists(self.backend.clone(), move |blob, answer| {
+                    Ok(lies.get(blob).cloned().or(answer))
                 })
             },
             ..self.store()
