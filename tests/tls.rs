@@ -78,16 +78,22 @@ fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 
 /// A TLS server; its `addr` is the grpcs:// address.
 fn tls_server(dir: &Path) -> (Server, PathBuf, String) {
+    tls_server_with(dir, &[])
+}
+
+fn tls_server_with(dir: &Path, extra: &[&str]) -> (Server, PathBuf, String) {
     let (ca, cert, key) = test_ca(dir);
     let (sk, pk) = nix_keygen(dir, "tls-test");
-    let mut server = Server::start_with(&[
+    let mut args = vec![
         "--tls-cert",
         cert.to_str().unwrap(),
         "--tls-key",
         key.to_str().unwrap(),
         "--signing-key",
         sk.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let mut server = Server::start_with(&args);
     server.addr = server.addr.replace("grpc://", "grpcs://");
     server.http = server.http.replace("http://", "https://");
     (server, ca, pk)
@@ -193,4 +199,38 @@ fn a_client_without_the_ca_fails_with_a_tls_error_within_seconds() {
         .status()
         .unwrap();
     assert_eq!(status.code(), Some(60));
+}
+
+#[test]
+fn a_client_that_never_finishes_its_handshake_is_cut_off_and_frees_its_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    // One connection at a time, one second for a handshake (and headers).
+    let (server, ca, _) = tls_server_with(
+        dir.path(),
+        &["--max-connections", "1", "--http-header-timeout", "1"],
+    );
+    let port = server.http.rsplit(':').next().unwrap().to_string();
+    let started = Instant::now();
+    let mut silent = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let got = std::io::Read::read(&mut silent, &mut buf);
+    assert!(
+        matches!(got, Ok(0) | Err(_)),
+        "the server answered a silent client: {got:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "held for {:?}",
+        started.elapsed()
+    );
+    // Its slot is free again: a real client is served.
+    let (status, _, _) = curl(&[
+        "--cacert",
+        ca.to_str().unwrap(),
+        &format!("{}/nix-cache-info", server.http),
+    ]);
+    assert_eq!(status, 200);
 }
