@@ -21,6 +21,7 @@ use lazix_castore::{Node, PathInfo, Store};
 use lazix_server::auth::Tokens;
 use lazix_server::client::ClientOptions;
 use lazix_server::http::{HttpConfig, NarCompression};
+use lazix_server::listen::{ListenAddr, Listener};
 use lazix_server::service::GrpcAccess;
 use lazix_server::tls::ServerTls;
 use lazix_server::GrpcStore;
@@ -313,9 +314,14 @@ struct ServeArgs {
     /// this many seconds; 0 turns background compaction off.
     #[arg(long, default_value_t = 30)]
     compact_after: u64,
-    /// Address to listen on for gRPC.
+    /// Address to listen on for gRPC: `HOST:PORT`, or a Unix socket
+    /// `unix:///run/lazix.sock` for clients on this machine (its file's
+    /// permissions decide who connects). Repeatable.
     #[arg(long, default_value = DEFAULT_GRPC)]
-    grpc: SocketAddr,
+    grpc: Vec<ListenAddr>,
+    /// Permissions of a Unix socket given to --grpc (octal).
+    #[arg(long, default_value = "660", value_parser = parse_mode)]
+    socket_mode: u32,
     /// Also serve the Nix binary-cache protocol over HTTP on this address.
     #[arg(long)]
     http: Option<SocketAddr>,
@@ -478,6 +484,14 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// An octal file mode such as `660`.
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?} is not an octal mode such as 660"))
+}
+
 fn read_token(path: &Option<PathBuf>) -> Result<Option<String>> {
     path.as_ref()
         .map(|p| {
@@ -616,24 +630,25 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
         _ => None,
     };
-    let listener = lazix_server::bind(args.grpc)
-        .await
-        .with_context(|| format!("listening on {}", args.grpc))?;
-    let access = GrpcAccess::for_listener(tokens.clone(), listener.local_addr()?);
-    if tokens.upload.is_none() && !access.tokenless_writes {
-        tracing::warn!(
-            grpc = %args.grpc,
-            "gRPC writes are refused: this address is beyond loopback and no --upload-token-file is set"
-        );
-    }
-    tracing::info!(grpc = %listener.local_addr()?, store = %location, tls = tls.is_some(), "lazix serving gRPC");
-    let grpc = {
-        let (store, tls) = (store.clone(), tls.clone());
-        let stop = stopped();
-        tokio::spawn(async move {
+    let mut grpc = Vec::new();
+    for addr in &args.grpc {
+        let listener = Listener::bind(addr, args.socket_mode)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        let access = GrpcAccess::for_listener(tokens.clone(), &listener);
+        if tokens.upload.is_none() && !access.tokenless_writes {
+            tracing::warn!(
+                grpc = %addr,
+                "gRPC writes are refused: this address is beyond loopback and no --upload-token-file is set"
+            );
+        }
+        let tls = tls.clone().filter(|_| matches!(listener, Listener::Tcp(_)));
+        tracing::info!(grpc = %listener.local_addr(), store = %location, tls = tls.is_some(), "lazix serving gRPC");
+        let (store, stop) = (store.clone(), stopped());
+        grpc.push(tokio::spawn(async move {
             lazix_server::serve_grpc(store, access, tls.as_ref(), listener, stop).await
-        })
-    };
+        }));
+    }
 
     let http = match args.http {
         None => None,
@@ -668,7 +683,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
 
     shutdown_signal().await;
     let _ = stop_tx.send(true);
-    grpc.await?.context("gRPC server")?;
+    for server in grpc {
+        server.await?.context("gRPC server")?;
+    }
     if let Some(h) = http {
         h.await?.context("HTTP server")?;
     }

@@ -193,7 +193,7 @@ fn reorder_lists(server: &Server) -> usize {
 }
 
 #[test]
-fn a_reordered_chunk_list_is_refused_and_an_admitted_path_keeps_its_signed_list() {
+fn a_reordered_chunk_list_is_eio_after_admission_and_refused_before() {
     let dir = tempfile::tempdir().unwrap();
     let (key, pk) = nix_keygen(dir.path(), "cache-1");
     let mut server = server(dir.path(), &key);
@@ -210,16 +210,21 @@ fn a_reordered_chunk_list_is_refused_and_an_admitted_path_keeps_its_signed_list(
     );
     server.restart();
 
-    // The admitted path reads by the list its signature covered: the
-    // server's new answer is never believed, the bytes are the source's.
-    assert!(std::fs::read(admitted.path(&big)).unwrap() == pseudo_random(1_500_000, 7));
+    // The admitted path's list is fetched when the file is first read and
+    // checked against the signed manifest: the reordered list is EIO,
+    // never the wrong bytes.
+    let err = std::fs::read(admitted.path(&big)).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(n(&admitted.stats(), "read_errors") >= 1);
     admitted.stop();
-    // A reader admitting it now refuses the path outright (ENOENT, and
-    // `lazix nar` says why); unverified, the same list is EIO on the mount
-    // (the whole-file check, tests/hostile.rs).
+    // A reader admitting it now: the signed manifest still admits the
+    // path, and the reordered list is refused before any chunk of it is
+    // fetched (EIO; `lazix nar` fails); unverified, the same list is EIO
+    // on the mount only after the whole file is read (the whole-file
+    // check, tests/hostile.rs).
     let fresh = Mount::new(&server, &["--trusted-public-keys", &pk]);
-    let err = std::fs::metadata(fresh.path(base(&path))).unwrap_err();
-    assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    let err = std::fs::read(fresh.path(&big)).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     assert_eq!(n(&fresh.stats(), "fetched_bytes"), 0);
     fresh.stop();
     let out = nar_trusting(&server, &pk, &path);

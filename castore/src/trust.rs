@@ -105,6 +105,47 @@ impl ChunkListsDigest {
         }
     }
 
+    /// Bytes of one entry of [`ChunkListsDigest::to_records`].
+    pub const RECORD_LEN: usize = 64;
+
+    /// The entries as records (file digest, list digest), ascending by
+    /// file digest: the *manifest* a store keeps per root, so a reader
+    /// checks the root signature with one small answer and fetches each
+    /// file's list only when it reads the file.
+    pub fn to_records(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.lists.len() * Self::RECORD_LEN);
+        for (blob, list) in &self.lists {
+            out.extend_from_slice(blob.as_bytes());
+            out.extend_from_slice(list.as_bytes());
+        }
+        out
+    }
+
+    /// Reads [`ChunkListsDigest::to_records`]: whole records, strictly
+    /// ascending, at most [`crate::limits::MAX_NODES`] of them.
+    pub fn from_records(records: &[u8]) -> Result<Self, crate::error::StoreError> {
+        let bad =
+            |why: &str| crate::error::StoreError::Corrupt(format!("chunk-list manifest: {why}"));
+        if !records.len().is_multiple_of(Self::RECORD_LEN) {
+            return Err(bad("not a whole number of records"));
+        }
+        if (records.len() / Self::RECORD_LEN) as u64 > crate::limits::MAX_NODES {
+            return Err(bad("more files than a store path may have"));
+        }
+        let mut lists = BTreeMap::new();
+        let mut last: Option<B3Digest> = None;
+        for r in records.chunks_exact(Self::RECORD_LEN) {
+            let blob = B3Digest::try_from(&r[..32]).map_err(|_| bad("bad digest"))?;
+            let list = B3Digest::try_from(&r[32..]).map_err(|_| bad("bad digest"))?;
+            if last.is_some_and(|l| l >= blob) {
+                return Err(bad("records out of order"));
+            }
+            last = Some(blob);
+            lists.insert(blob, list);
+        }
+        Ok(Self { lists })
+    }
+
     /// The digest the fingerprint names.
     pub fn digest(&self) -> B3Digest {
         let mut h = blake3::Hasher::new();
@@ -267,6 +308,27 @@ mod tests {
             verify_root(&forged, &digests, &trusted),
             Err(TrustError::NoTrustedSignature { .. })
         ));
+    }
+
+    #[test]
+    fn manifests_read_back_as_written_and_refuse_damage() {
+        let (blob, list) = lists();
+        let other = B3Digest::of(b"another file");
+        let digests = ChunkListsDigest::of([(&blob, &list), (&other, &list[..1].to_vec())]);
+        let records = digests.to_records();
+        assert_eq!(records.len(), 2 * ChunkListsDigest::RECORD_LEN);
+        assert_eq!(ChunkListsDigest::from_records(&records).unwrap(), digests);
+        assert!(ChunkListsDigest::from_records(&records[..100]).is_err());
+        let mut swapped = records[64..].to_vec();
+        swapped.extend_from_slice(&records[..64]);
+        assert!(ChunkListsDigest::from_records(&swapped).is_err());
+        let mut twice = records[..64].to_vec();
+        twice.extend_from_slice(&records[..64]);
+        assert!(ChunkListsDigest::from_records(&twice).is_err());
+        assert_eq!(
+            ChunkListsDigest::from_records(&[]).unwrap(),
+            ChunkListsDigest::default()
+        );
     }
 
     #[test]

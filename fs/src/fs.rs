@@ -661,8 +661,8 @@ impl LazyFs {
             .map_err(|e| e.as_ref().clone())
     }
 
-    /// Admits `info` by its root signature (fetching its closure and chunk
-    /// lists, no file bytes), or NotFound.
+    /// Admits `info` by its root signature (fetching its closure and its
+    /// manifest of chunk-list digests, no file bytes), or NotFound.
     fn admit(&self, trust: &TrustedReads, info: &PathInfo) -> Result<(), FsError> {
         let outcome = self.remote(async {
             match trust.admit(&self.unguarded, info).await {
@@ -674,16 +674,11 @@ impl LazyFs {
         match outcome {
             Ok(admitted) => {
                 tracing::debug!(path = %info.store_path, key = %admitted.key, "root signature verified");
-                // Its directories and its files' lists, verified: looking
-                // them up and opening them asks nothing more.
+                // Its directories, verified: looking them up asks nothing
+                // more. Each file's list is fetched when the file is read,
+                // and the guard checks it against the signed manifest.
                 for dir in admitted.closure {
                     self.directories.insert(dir.digest(), Arc::new(dir));
-                }
-                for (blob, list) in admitted.lists {
-                    let size = list.iter().map(|c| c.size).sum();
-                    if let Ok(layout) = BlobLayout::from_answer(blob, size, Some(list)) {
-                        self.chunk_lists.insert(blob, Arc::new(layout));
-                    }
                 }
                 Ok(())
             }

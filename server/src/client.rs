@@ -10,8 +10,10 @@ use futures::{StreamExt, TryStreamExt};
 use lazix_castore::chunk::ChunkMeta;
 use lazix_castore::directory::Directory;
 use lazix_castore::frame::Frame;
+use lazix_castore::limits::MAX_NODES;
 use lazix_castore::read::slices::CoveredSlices;
 use lazix_castore::store::{BlobChunks, BlobStore, DirectoryStore, PathInfoStore};
+use lazix_castore::trust::ChunkListsDigest;
 use lazix_castore::{B3Digest, PathInfo, Store, StoreError, StoreResult};
 use lazix_proto::castore::{self as cpb, directory_service_client::DirectoryServiceClient};
 use lazix_proto::ext::{self as lpb, chunk_service_client::ChunkServiceClient};
@@ -22,6 +24,7 @@ use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::convert::{from_status, group_by_size, MAX_BATCH};
+use crate::listen::ListenAddr;
 use crate::MAX_MESSAGE_SIZE;
 
 /// How long one call may take unless the caller says otherwise.
@@ -78,9 +81,11 @@ pub struct GrpcStore {
 /// Why a server address cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// Not `grpc://HOST:PORT`, `grpcs://HOST:PORT` (TLS) or
-    /// `http://HOST:PORT`.
-    #[error("invalid server address {0:?}: expected grpc://HOST:PORT or grpcs://HOST:PORT")]
+    /// Not `grpc://HOST:PORT`, `grpcs://HOST:PORT` (TLS),
+    /// `unix:///PATH` or `http://HOST:PORT`.
+    #[error(
+        "invalid server address {0:?}: expected grpc://HOST:PORT, grpcs://HOST:PORT or unix:///PATH"
+    )]
     BadAddress(String),
     /// The transport refused the endpoint.
     #[error("cannot connect to {0}: {1}")]
@@ -98,8 +103,11 @@ pub fn server_host(addr: &str) -> &str {
     host.trim_start_matches('[').trim_end_matches(']')
 }
 
-/// Whether a server address names this machine.
+/// Whether a server address names this machine (a Unix socket does).
 pub fn is_loopback(addr: &str) -> bool {
+    if addr.starts_with(crate::listen::UNIX_SCHEME) {
+        return true;
+    }
     let host = server_host(addr);
     host == "localhost"
         || host
@@ -118,12 +126,25 @@ impl GrpcStore {
 
     /// Like [`GrpcStore::connect`], with `options`.
     pub fn connect_with(addr: &str, options: &ClientOptions) -> Result<Self, ConnectError> {
-        let (tls, rest) = if let Some(rest) = addr.strip_prefix("grpcs://") {
+        let socket = match addr.parse::<ListenAddr>() {
+            Ok(ListenAddr::Unix(path)) => Some(path),
+            _ if addr.starts_with(crate::listen::UNIX_SCHEME) => {
+                return Err(ConnectError::BadAddress(addr.to_string()))
+            }
+            _ => None,
+        };
+        // A Unix socket: plain HTTP/2 over it; the URI only names it.
+        let addr_for_uri = if socket.is_some() {
+            "grpc://localhost:0"
+        } else {
+            addr
+        };
+        let (tls, rest) = if let Some(rest) = addr_for_uri.strip_prefix("grpcs://") {
             (true, rest)
         } else {
-            let rest = addr
+            let rest = addr_for_uri
                 .strip_prefix("grpc://")
-                .or_else(|| addr.strip_prefix("http://"))
+                .or_else(|| addr_for_uri.strip_prefix("http://"))
                 .ok_or_else(|| ConnectError::BadAddress(addr.to_string()))?;
             (false, rest)
         };
@@ -162,7 +183,22 @@ impl GrpcStore {
                     .map_err(|_| ConnectError::BadToken)
             })
             .transpose()?;
-        let channel = InterceptedService::new(endpoint.connect_lazy(), BearerToken(token));
+        let channel = match socket {
+            None => endpoint.connect_lazy(),
+            Some(path) => {
+                let path = std::sync::Arc::new(path);
+                endpoint.connect_with_connector_lazy(tower::service_fn(
+                    move |_: tonic::codegen::http::Uri| {
+                        let path = path.clone();
+                        async move {
+                            let stream = tokio::net::UnixStream::connect(&*path).await?;
+                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                        }
+                    },
+                ))
+            }
+        };
+        let channel = InterceptedService::new(channel, BearerToken(token));
         Ok(Self {
             chunks: ChunkServiceClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)
@@ -299,6 +335,37 @@ impl BlobStore for GrpcStore {
             }
         }
         Ok(out)
+    }
+
+    /// Asks the server for the manifest; a server without the call (snix,
+    /// an older lazix) answers `Unimplemented`: `None`, and the caller
+    /// gathers the lists. The answer is bounded as it arrives (at most a
+    /// path's node limit of records) and checked only by the caller's
+    /// signature.
+    async fn chunk_list_digests(&self, root: &B3Digest) -> StoreResult<Option<ChunkListsDigest>> {
+        let answer = self
+            .chunks
+            .clone()
+            .get_chunk_list_digests(lpb::GetChunkListDigestsRequest {
+                root_digest: (*root).into(),
+            })
+            .await;
+        let mut stream = match answer {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == tonic::Code::Unimplemented => return Ok(None),
+            Err(s) => return Err(from_status(s)),
+        };
+        let most = MAX_NODES as usize * ChunkListsDigest::RECORD_LEN;
+        let mut records = Vec::new();
+        while let Some(msg) = stream.message().await.map_err(from_status)? {
+            if records.len() + msg.records.len() > most {
+                return Err(StoreError::Corrupt(format!(
+                    "manifest of {root}: more records than a store path may have"
+                )));
+            }
+            records.extend_from_slice(&msg.records);
+        }
+        ChunkListsDigest::from_records(&records).map(Some)
     }
 }
 

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod client;
 pub mod convert;
 pub mod http;
+pub mod listen;
 pub mod service;
 pub mod tls;
 
@@ -31,28 +32,57 @@ pub const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
 /// Serves `store` over gRPC on an already bound listener (over TLS with
-/// `tls`), to the callers `access` admits, until `shutdown` resolves.
+/// `tls`; a Unix socket is always plain), to the callers `access` admits,
+/// until `shutdown` resolves.
 pub async fn serve_grpc(
     store: Store,
     access: service::GrpcAccess,
     tls: Option<&tls::ServerTls>,
-    listener: tokio::net::TcpListener,
+    listener: listen::Listener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let svc = StoreService::with_access(store, access);
-    // Our own listener: tonic's tcp_nodelay only applies to sockets it
-    // binds, so set it here (Nagle would hold small replies ~40 ms).
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-        conn.inspect(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+    match listener {
+        listen::Listener::Tcp(listener) => {
+            // Our own listener: tonic's tcp_nodelay only applies to
+            // sockets it binds, so set it here (Nagle would hold small
+            // replies ~40 ms).
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+                conn.inspect(|tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+                    }
+                })
+            });
+            let mut builder = tonic::transport::Server::builder();
+            if let Some(tls) = tls {
+                builder = builder.tls_config(tls.grpc())?;
             }
-        })
-    });
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls.grpc())?;
+            serve_incoming(builder, svc, incoming, shutdown).await
+        }
+        listen::Listener::Unix(listener, _file) => {
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            serve_incoming(tonic::transport::Server::builder(), svc, incoming, shutdown).await
+        }
     }
+}
+
+/// The services on connections from `incoming`.
+async fn serve_incoming<IO, IE>(
+    builder: tonic::transport::Server,
+    svc: StoreService,
+    incoming: impl futures::Stream<Item = Result<IO, IE>> + Send,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error>
+where
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     builder
         .tcp_nodelay(true)
         // A peer that vanished (or never answers) is dropped instead of
@@ -87,7 +117,9 @@ pub async fn serve_grpc(
         .await
 }
 
-/// Binds `addr` for [`serve_grpc`].
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await
+/// Binds `addr` (TCP) for [`serve_grpc`].
+pub async fn bind(addr: SocketAddr) -> std::io::Result<listen::Listener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map(listen::Listener::Tcp)
 }

@@ -14,8 +14,10 @@ use lazix_castore::frame::Frame;
 use lazix_castore::ingest::{ingest_contents, ChunkUploader, KnownChunks, TransferStats};
 use lazix_castore::limits::{over_limit, MAX_CLOSURE_BYTES, MAX_NODES};
 use lazix_castore::read::slices::CoveredSlices;
+use lazix_castore::read::trusted::root_manifest;
 use lazix_castore::read::BlobLayout;
 use lazix_castore::store::BlobChunks;
+use lazix_castore::trust::ChunkListsDigest;
 use lazix_castore::{B3Digest, Node, PathInfo, Store, StoreError};
 use lazix_proto::castore::{self as cpb, blob_service_server, directory_service_server};
 use lazix_proto::ext::{self as lpb, chunk_service_server};
@@ -34,6 +36,8 @@ const PACK_LIMIT: u64 = 64 * 1024 * 1024;
 /// ReadChunks fetches this many chunks at a time, so the first message
 /// leaves early.
 const READ_CHUNKS_SLICE: usize = 64;
+/// Manifest records per GetChunkListDigests message (1 MiB).
+const MANIFEST_RECORDS_PER_MESSAGE: usize = 16 * 1024;
 
 /// Raw bytes the frames of one PutChunks call may claim in all (clients
 /// send batches of a few MiB). Together with frames decoded one at a time,
@@ -55,12 +59,13 @@ pub struct GrpcAccess {
 }
 
 impl GrpcAccess {
-    /// What a listener on `addr` allows with `tokens`: writes without an
-    /// upload token only on loopback.
-    pub fn for_listener(tokens: Tokens, addr: std::net::SocketAddr) -> Self {
+    /// What `listener` allows with `tokens`: writes without an upload
+    /// token only on loopback or a Unix socket (whose file's permissions
+    /// decide who connects).
+    pub fn for_listener(tokens: Tokens, listener: &crate::listen::Listener) -> Self {
         Self {
             tokens,
-            tokenless_writes: addr.ip().is_loopback(),
+            tokenless_writes: listener.is_local(),
         }
     }
 }
@@ -517,6 +522,29 @@ impl chunk_service_server::ChunkService for StoreService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type GetChunkListDigestsStream = BoxStream<lpb::ChunkListDigests>;
+
+    async fn get_chunk_list_digests(
+        &self,
+        req: Request<lpb::GetChunkListDigestsRequest>,
+    ) -> Result<Response<Self::GetChunkListDigestsStream>, Status> {
+        self.allow_read(&req)?;
+        let root = digest(&req.into_inner().root_digest)?;
+        let records = root_manifest(&self.store, &root)
+            .await
+            .map_err(to_status)?
+            .to_records();
+        let messages: Vec<Result<lpb::ChunkListDigests, Status>> = records
+            .chunks(MANIFEST_RECORDS_PER_MESSAGE * ChunkListsDigest::RECORD_LEN)
+            .map(|r| {
+                Ok(lpb::ChunkListDigests {
+                    records: r.to_vec().into(),
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(messages))))
     }
 
     async fn put_blob_chunks(

@@ -41,12 +41,9 @@ async fn start() -> TestServer {
     let listener = lazix_server::bind("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let addr = format!("grpc://{}", listener.local_addr().unwrap());
+    let addr = format!("grpc://{}", listener.local_addr());
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let access = lazix_server::service::GrpcAccess::for_listener(
-        Default::default(),
-        listener.local_addr().unwrap(),
-    );
+    let access = lazix_server::service::GrpcAccess::for_listener(Default::default(), &listener);
     tokio::spawn(lazix_server::serve_grpc(
         store,
         access,

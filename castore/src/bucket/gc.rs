@@ -19,7 +19,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::PutPayload;
 
-use super::keys::{index_path, pack_path, path_info_path, touch_path, PACKS, TOUCHED};
+use super::keys::{index_path, pack_path, path_info_path, touch_path, MANIFESTS, PACKS, TOUCHED};
 use super::{object_err, BucketStore};
 use crate::digest::B3Digest;
 use crate::error::{StoreError, StoreResult};
@@ -129,6 +129,11 @@ impl BucketStore {
         }
         let live = self.mark(cutoff, &mut report).await?;
         report.live_chunks = live.chunks.len() as u64;
+        // A manifest lives while its root directory does.
+        let (_, manifest_bytes) = self
+            .sweep_digests(MANIFESTS, &live.directories, cutoff)
+            .await?;
+        report.bytes_freed += manifest_bytes;
         for (kind, keep) in [("directories", &live.directories), ("blobs", &live.blobs)] {
             let (n, bytes) = self.sweep_digests(kind, keep, cutoff).await?;
             report.bytes_freed += bytes;

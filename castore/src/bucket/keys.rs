@@ -12,6 +12,8 @@
 //! - `blobs/<2 hex>/<64 hex>`: chunk list of a multi-chunk blob (protobuf
 //!   `lazix.v1.BlobChunks`);
 //! - `directories/<2 hex>/<64 hex>`: protobuf `snix.castore.v1.Directory`;
+//! - `manifests/<2 hex>/<64 hex>`: the chunk-list manifest of a root
+//!   directory (see [`super::manifests`]), 64-byte records;
 //! - `pathinfo/<nixbase32 hash part>`: protobuf `snix.store.v1.PathInfo`;
 //! - `accessed/<nixbase32 hash part>`: empty; when the path was last asked
 //!   for (see [`super::access`]);
@@ -37,6 +39,8 @@ pub(super) const TOUCHED: &str = "touched";
 pub(super) const BLOBS: &str = "blobs";
 /// Directories, sharded.
 pub(super) const DIRECTORIES: &str = "directories";
+/// Chunk-list manifests of root directories, sharded.
+pub(super) const MANIFESTS: &str = "manifests";
 
 /// `kind/<2 hex>/<64 hex>`: objects kept per digest.
 pub(super) fn sharded(kind: &str, digest: &B3Digest) -> ObjectPath {

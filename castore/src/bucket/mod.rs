@@ -8,6 +8,8 @@
 //! - [`catalog`]: the pack table (which pack and frame hold each chunk),
 //!   loaded at open and refreshed when another replica writes;
 //! - [`reads`]: frames, chunk lists, directories and PathInfos read back;
+//! - [`manifests`]: each root's chunk-list digests in one object, for
+//!   readers that verify root signatures;
 //! - [`writes`]: uploads checked before they become visible, and packs
 //!   written and deleted;
 //! - [`compact`], [`gc`], [`access`], [`lock`], [`stats`]: maintenance.
@@ -25,6 +27,7 @@ mod gc;
 mod keys;
 mod location;
 mod lock;
+mod manifests;
 mod objects;
 mod packs;
 mod reads;
@@ -47,6 +50,7 @@ use crate::error::{StoreError, StoreResult};
 use crate::frame::Frame;
 use crate::pathinfo::PathInfo;
 use crate::store::{BlobChunks, BlobStore, DirectoryStore, PathInfoStore};
+use crate::trust::ChunkListsDigest;
 
 pub use access::ACCESS_MARK_EVERY;
 pub use compact::{compact_when_quiet, CompactReport, COMPACT_LEVEL};
@@ -195,6 +199,10 @@ impl BlobStore for BucketStore {
         blobs: &[B3Digest],
     ) -> StoreResult<Vec<Option<Vec<ChunkMeta>>>> {
         self.blob_chunk_lists(blobs).await
+    }
+
+    async fn chunk_list_digests(&self, root: &B3Digest) -> StoreResult<Option<ChunkListsDigest>> {
+        self.manifest(root).await.map(Some)
     }
 }
 

@@ -326,6 +326,19 @@ impl BucketStore {
 
     /// [`crate::store::BlobStore::put_blob_chunks`].
     pub(super) async fn store_blob_chunks(&self, blobs: Vec<BlobChunks>) -> StoreResult<()> {
+        // A stored list is never replaced (another valid list of the same
+        // blob, cut differently, would invalidate the root signatures and
+        // manifests that cover the first): the first one stays, and a list
+        // sent again costs a lookup, not a check.
+        let blobs: Vec<BlobChunks> = stream::iter(blobs)
+            .map(|b| async move {
+                let stored = self.exists(&sharded(BLOBS, &b.blob)).await?;
+                Ok::<_, StoreError>((!stored).then_some(b))
+            })
+            .buffered(CONCURRENCY)
+            .try_filter_map(|b| async move { Ok(b) })
+            .try_collect()
+            .await?;
         // Checked in parallel (decoding and hashing run on blocking
         // threads), all before any list is written.
         stream::iter(blobs.clone())
@@ -409,7 +422,19 @@ impl BucketStore {
             },
         };
         self.sync_written().await?;
+        let root = match info.node {
+            Node::Directory { digest, .. } => Some(digest),
+            _ => None,
+        };
         self.put_durable(&path, info.to_proto().encode_to_vec().into())
-            .await
+            .await?;
+        if let Some(root) = root {
+            // Readers that verify would otherwise gather every list of the
+            // path; without it they still can, so a failure only logs.
+            if let Err(e) = self.keep_manifest(&root).await {
+                tracing::warn!(%root, error = %e, "cannot store the chunk-list manifest");
+            }
+        }
+        Ok(())
     }
 }

@@ -3,16 +3,19 @@
 //! afterwards is checked against the list digest that signature covers.
 //!
 //! [`TrustedReads::admit`] fetches what the signature needs — the root's
-//! directory closure (Merkle-verified by digest as it arrives) and the
-//! chunk lists of its multi-chunk files, in batched calls — and no file
-//! bytes at all; it remembers each listed file's list digest. The layer
-//! [`TrustedReads::guard`] wraps a reader's blob store so that a chunk list
-//! answered later (after a cache eviction, by another call) must be the one
+//! directory closure (Merkle-verified by digest as it arrives) and its
+//! *manifest*, the digest of each multi-chunk file's chunk list (one
+//! answer from a store that keeps manifests, else gathered from the lists
+//! in batched calls) — and no file bytes at all; it remembers each listed
+//! file's list digest. The layer [`TrustedReads::guard`] wraps a reader's
+//! blob store so that every chunk list answered later (when a file is
+//! first read, after a cache eviction, by another call) must be the one
 //! signed, else `Corrupt`: a reordered list of genuine chunks fails before
-//! a byte of it is returned. Signers use [`chunk_lists`] too, so both sides
-//! gather a root's lists one way.
+//! a byte of it is returned. Signers use [`list_digests`] too, and stores
+//! compute manifests with [`manifest_below`], so every side derives a
+//! root's manifest one way.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use futures::{StreamExt, TryStreamExt};
@@ -25,7 +28,7 @@ use crate::nix::signing::{SecretKey, Signature};
 use crate::node::Node;
 use crate::pathinfo::PathInfo;
 use crate::read::BlobLayout;
-use crate::store::{filtered_lists, Store};
+use crate::store::{filtered_lists, BlobStore, Store};
 use crate::trust::{
     chunk_list_digest, sign_root, verify_root, ChunkListsDigest, TrustError, TrustedKeys,
 };
@@ -35,14 +38,43 @@ const LISTS_PER_CALL: usize = 512;
 /// Such calls in flight at once.
 const LIST_CALLS_IN_FLIGHT: usize = 4;
 
-/// The chunk lists of every multi-chunk file below `root`, by file
-/// digest (files without a stored list are one chunk and absent here).
-pub async fn chunk_lists(
-    store: &Store,
+/// The manifest of `root` (see [`ChunkListsDigest`]): the store's own if
+/// it keeps them, else gathered from the lists of the files below it.
+pub async fn list_digests(store: &Store, root: &Node) -> StoreResult<ChunkListsDigest> {
+    match root {
+        Node::Directory { digest, .. } => root_manifest(store, digest).await,
+        _ => manifest_below(store.blobs.as_ref(), root, &[]).await,
+    }
+}
+
+/// The manifest of the root directory `root`: the store's own if it keeps
+/// them, else gathered from its closure and lists.
+pub async fn root_manifest(store: &Store, root: &B3Digest) -> StoreResult<ChunkListsDigest> {
+    if let Some(manifest) = store.blobs.chunk_list_digests(root).await? {
+        return Ok(manifest);
+    }
+    let closure = store.directories.get_closure(root).await?;
+    let size = closure.first().map_or(0, Directory::size);
+    let node = Node::Directory {
+        digest: *root,
+        size,
+    };
+    manifest_below(store.blobs.as_ref(), &node, &closure).await
+}
+
+/// The manifest of `root` whose closure is at hand, from `blobs`' lists:
+/// what a store that keeps manifests computes once per root.
+pub async fn manifest_below(
+    blobs: &dyn BlobStore,
     root: &Node,
-) -> StoreResult<BTreeMap<B3Digest, Vec<ChunkMeta>>> {
-    let closure = closure_of(store, root).await?;
-    chunk_lists_below(store, root, &closure).await
+    closure: &[Directory],
+) -> StoreResult<ChunkListsDigest> {
+    let mut out = ChunkListsDigest::default();
+    each_list(blobs, &listed_files(root, closure), |blob, list| {
+        out.lists.insert(blob, chunk_list_digest(&list));
+    })
+    .await?;
+    Ok(out)
 }
 
 /// The directory closure of `root` (empty for a file or symlink).
@@ -53,12 +85,9 @@ async fn closure_of(store: &Store, root: &Node) -> StoreResult<Vec<Directory>> {
     }
 }
 
-/// [`chunk_lists`] with the root's closure at hand.
-async fn chunk_lists_below(
-    store: &Store,
-    root: &Node,
-    closure: &[Directory],
-) -> StoreResult<BTreeMap<B3Digest, Vec<ChunkMeta>>> {
+/// The files below `root` that may have a chunk list (larger than one
+/// chunk), each once.
+fn listed_files(root: &Node, closure: &[Directory]) -> Vec<B3Digest> {
     let mut files: HashSet<B3Digest> = HashSet::new();
     match root {
         Node::Directory { .. } => {
@@ -77,24 +106,34 @@ async fn chunk_lists_below(
         }
         _ => {}
     }
-    let files: Vec<B3Digest> = files.into_iter().collect();
+    files.into_iter().collect()
+}
+
+/// Calls `found` with each of `files`' stored lists, asking
+/// [`LISTS_PER_CALL`] files per call, [`LIST_CALLS_IN_FLIGHT`] calls at
+/// once; only one call's answers are held at a time.
+async fn each_list(
+    blobs: &dyn BlobStore,
+    files: &[B3Digest],
+    mut found: impl FnMut(B3Digest, Vec<ChunkMeta>),
+) -> StoreResult<()> {
+    // Owned batches: borrowed ones make this future not `Send` for every
+    // lifetime the async traits need.
     let batches: Vec<Vec<B3Digest>> = files.chunks(LISTS_PER_CALL).map(<[_]>::to_vec).collect();
-    let blobs = store.blobs.clone();
-    let answers: Vec<Vec<Option<Vec<ChunkMeta>>>> = futures::stream::iter(batches)
-        .map(move |batch| {
-            let blobs = blobs.clone();
-            async move { blobs.get_blob_chunks(&batch).await }
+    let mut answers = futures::stream::iter(batches)
+        .map(move |batch: Vec<B3Digest>| async move {
+            let lists = blobs.get_blob_chunks(&batch).await?;
+            Ok::<_, StoreError>((batch, lists))
         })
-        .buffered(LIST_CALLS_IN_FLIGHT)
-        .try_collect()
-        .await?;
-    let mut out = BTreeMap::new();
-    for (blob, list) in files.iter().zip(answers.into_iter().flatten()) {
-        if let Some(list) = list {
-            out.insert(*blob, list);
+        .buffered(LIST_CALLS_IN_FLIGHT);
+    while let Some((batch, lists)) = answers.try_next().await? {
+        for (blob, list) in batch.iter().zip(lists) {
+            if let Some(list) = list {
+                found(*blob, list);
+            }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Root signatures of `info` by `keys`, over the chunk lists `store`
@@ -105,8 +144,7 @@ pub async fn root_signatures(
     info: &PathInfo,
     keys: &[SecretKey],
 ) -> StoreResult<Vec<Signature>> {
-    let lists = chunk_lists(store, &info.node).await?;
-    let digests = ChunkListsDigest::of(&lists);
+    let digests = list_digests(store, &info.node).await?;
     Ok(keys.iter().map(|k| sign_root(info, &digests, k)).collect())
 }
 
@@ -129,8 +167,6 @@ pub struct Admitted {
     /// Its root's directory closure (each directory checked by digest as
     /// the store answered it), root first.
     pub closure: Vec<Directory>,
-    /// The chunk lists of its multi-chunk files, as signed.
-    pub lists: BTreeMap<B3Digest, Vec<ChunkMeta>>,
 }
 
 /// The trusted keys of a reader and what their signatures admitted.
@@ -153,17 +189,21 @@ impl TrustedReads {
         })
     }
 
-    /// Checks `info`'s root signature against the lists stored for it in
-    /// `store` (the unguarded store) and, if it holds, remembers its list
-    /// digests. Returns the signing key's name and the verified lists (a
-    /// reader keeps them: its files' lists need no further request).
+    /// Checks `info`'s root signature against the manifest `store` (the
+    /// unguarded store) answers for its root and, if it holds, remembers
+    /// its list digests, against which the guard checks every list read
+    /// later. Returns the signing key's name and the verified closure (a
+    /// reader keeps it: its directories need no further request).
     pub async fn admit(&self, store: &Store, info: &PathInfo) -> Result<Admitted, AdmitError> {
         if info.root_signatures.is_empty() {
             return Err(TrustError::Unsigned(info.store_path.to_absolute()).into());
         }
-        let closure = closure_of(store, &info.node).await?;
-        let lists = chunk_lists_below(store, &info.node, &closure).await?;
-        let digests = ChunkListsDigest::of(&lists);
+        // The manifest and the closure in parallel: two calls, no lists
+        // (each file's list is fetched when it is read, and checked then).
+        let (digests, closure) = futures::try_join!(
+            list_digests(store, &info.node),
+            closure_of(store, &info.node)
+        )?;
         let key = verify_root(info, &digests, &self.keys)?;
         self.lists
             .lock()
@@ -173,11 +213,7 @@ impl TrustedReads {
             .lock()
             .expect("admitted roots")
             .insert(*info.store_path.digest(), info.node.clone());
-        Ok(Admitted {
-            key,
-            closure,
-            lists,
-        })
+        Ok(Admitted { key, closure })
     }
 
     /// Whether `info` names the root of a path admitted before.
@@ -305,8 +341,7 @@ mod tests {
             .unwrap();
         let trust =
             TrustedReads::new(TrustedKeys::parse(&key_store.public().to_nix_string()).unwrap());
-        let admitted = trust.admit(&store, &info).await.unwrap();
-        assert_eq!(admitted.lists.get(&blob), Some(&list));
+        trust.admit(&store, &info).await.unwrap();
         assert!(trust.was_admitted(&info));
         let guarded = trust.guard(store.clone());
         assert_eq!(

@@ -21,6 +21,7 @@ use crate::error::{StoreError, StoreResult};
 use crate::frame::Frame;
 use crate::pathinfo::PathInfo;
 use crate::read::single_flight::{Abandoned, SingleFlight, Turn};
+use crate::trust::ChunkListsDigest;
 
 /// Cache sizes.
 #[derive(Clone, Copy, Debug)]
@@ -232,6 +233,10 @@ impl BlobStore for CachedBlobs {
             }
         }
         fill_misses(found, answers)
+    }
+
+    async fn chunk_list_digests(&self, root: &B3Digest) -> StoreResult<Option<ChunkListsDigest>> {
+        self.inner.chunk_list_digests(root).await
     }
 }
 

@@ -21,12 +21,14 @@ use crate::nix::store_path::StorePath;
 use crate::node::Node;
 use crate::pathinfo::PathInfo;
 use crate::testutil::{frame_of, pseudo_random};
+use crate::trust::ChunkListsDigest;
 
 /// Runs every check against `store`; panics with what broke.
 pub async fn check_store(store: &Store, seed: u64) {
     chunks(store, seed).await;
     delta_frames(store, seed).await;
     chunk_lists(store, seed).await;
+    manifests(store, seed).await;
     refused_uploads_store_nothing(store, seed).await;
     let root = directories(store, seed).await;
     path_infos(store, seed, root).await;
@@ -136,6 +138,119 @@ async fn chunk_lists(store: &Store, seed: u64) {
         store.blobs.get_blob_chunks(&[single, blob]).await.unwrap(),
         vec![None, Some(list.clone())],
         "answers in request order; a one-chunk blob has no list"
+    );
+    // Another valid list of the same blob, cut elsewhere: the first stays
+    // (signatures and manifests cover it).
+    let merged = [parts[0].as_slice(), parts[1].as_slice()].concat();
+    store
+        .blobs
+        .put_frames(vec![frame_of(&[&merged])])
+        .await
+        .unwrap();
+    store
+        .blobs
+        .put_blob_chunks(vec![BlobChunks {
+            blob,
+            chunks: vec![ChunkMeta::of(&merged), list[2]],
+        }])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.blobs.get_blob_chunks(&[blob]).await.unwrap(),
+        vec![Some(list.clone())],
+        "a stored list is never replaced"
+    );
+}
+
+/// A root's manifest, where the store keeps one, is the digest of each
+/// multi-chunk file's list below it; a root never stored has none.
+async fn manifests(store: &Store, seed: u64) {
+    let parts: Vec<Vec<u8>> = (0..2)
+        .map(|i| pseudo_random(40_000, seed * 1000 + 70 + i))
+        .collect();
+    let refs: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
+    let small = pseudo_random(2_000, seed * 1000 + 79);
+    store
+        .blobs
+        .put_frames(vec![frame_of(&refs), frame_of(&[&small])])
+        .await
+        .unwrap();
+    let big = parts.concat();
+    let blob = B3Digest::of(&big);
+    let list: Vec<ChunkMeta> = parts.iter().map(|p| ChunkMeta::of(p)).collect();
+    store
+        .blobs
+        .put_blob_chunks(vec![BlobChunks {
+            blob,
+            chunks: list.clone(),
+        }])
+        .await
+        .unwrap();
+    let mut root = DirectoryBuilder::default();
+    root.add(
+        "big".into(),
+        Node::File {
+            digest: blob,
+            size: big.len() as u64,
+            executable: false,
+        },
+    );
+    root.add(
+        "small".into(),
+        Node::File {
+            digest: B3Digest::of(&small),
+            size: small.len() as u64,
+            executable: false,
+        },
+    );
+    let root = root.build().unwrap();
+    store
+        .directories
+        .put_closure(vec![root.clone()])
+        .await
+        .unwrap();
+    let node = Node::Directory {
+        digest: root.digest(),
+        size: root.size(),
+    };
+    let hash =
+        crate::nix::nixbase32::encode(&B3Digest::of(&(seed + 7).to_le_bytes()).as_bytes()[..20]);
+    store
+        .path_infos
+        .put_path_info(PathInfo {
+            store_path: StorePath::from_basename(&format!("{hash}-manifest-{seed}")).unwrap(),
+            node: node.clone(),
+            references: vec![],
+            nar_size: 90_000,
+            nar_sha256: [seed as u8; 32],
+            signatures: vec![],
+            root_signatures: vec![],
+            deriver: None,
+            ca: None,
+        })
+        .await
+        .unwrap();
+    let want = ChunkListsDigest::of([(&blob, &list)]);
+    match store
+        .blobs
+        .chunk_list_digests(&root.digest())
+        .await
+        .unwrap()
+    {
+        None => {}
+        Some(got) => assert_eq!(got, want, "the manifest names the big file's list"),
+    }
+    assert_eq!(
+        crate::read::trusted::list_digests(store, &node)
+            .await
+            .unwrap(),
+        want,
+        "readers derive the same manifest whether or not the store keeps one"
+    );
+    let never = B3Digest::of(format!("no such root {seed}").as_bytes());
+    assert!(
+        !matches!(store.blobs.chunk_list_digests(&never).await, Ok(Some(_))),
+        "no manifest for a root never stored"
     );
 }
 

@@ -18,6 +18,7 @@ use crate::error::StoreResult;
 use crate::frame::Frame;
 use crate::read::bases::{frames_with_bases, FramesWithBases};
 use crate::read::decode::{chunks_in_order, decode_frames};
+use crate::trust::ChunkListsDigest;
 
 /// Keeps chunks decoded and verified, for servers that render NARs: a hit
 /// costs a copy instead of a decompression and a hash. Bounded by raw bytes.
@@ -128,6 +129,10 @@ impl BlobStore for DecodedChunks {
         blobs: &[B3Digest],
     ) -> StoreResult<Vec<Option<Vec<ChunkMeta>>>> {
         self.inner.get_blob_chunks(blobs).await
+    }
+
+    async fn chunk_list_digests(&self, root: &B3Digest) -> StoreResult<Option<ChunkListsDigest>> {
+        self.inner.chunk_list_digests(root).await
     }
 }
 

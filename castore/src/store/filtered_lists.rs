@@ -11,6 +11,7 @@ use super::{BlobChunks, BlobStore};
 use crate::chunk::{Chunk, ChunkMeta};
 use crate::error::StoreResult;
 use crate::frame::Frame;
+use crate::trust::ChunkListsDigest;
 use crate::B3Digest;
 
 /// What becomes of each chunk-list answer: (blob, the store's answer) →
@@ -64,5 +65,9 @@ impl BlobStore for FilteredLists {
             .zip(answers)
             .map(|(blob, answer)| (self.filter)(blob, answer))
             .collect()
+    }
+
+    async fn chunk_list_digests(&self, root: &B3Digest) -> StoreResult<Option<ChunkListsDigest>> {
+        self.inner.chunk_list_digests(root).await
     }
 }

@@ -30,6 +30,7 @@ use crate::frame::Frame;
 use crate::pathinfo::PathInfo;
 use crate::read::bases::frames_with_bases;
 use crate::read::decode::{chunks_in_order, decode_frames};
+use crate::trust::ChunkListsDigest;
 
 mod cached;
 #[cfg(any(test, feature = "testutil"))]
@@ -95,6 +96,18 @@ pub trait BlobStore: Send + Sync {
     /// is stored: the blob is a single chunk with its own digest, or absent.
     async fn get_blob_chunks(&self, blobs: &[B3Digest])
         -> StoreResult<Vec<Option<Vec<ChunkMeta>>>>;
+
+    /// The manifest of the directory `root`: the digest of every
+    /// multi-chunk file's chunk list below it (see
+    /// [`crate::read::trusted`]), what a root signature covers, in one
+    /// answer instead of every list. `None`: this store does not keep
+    /// manifests (the caller gathers the lists). `NotFound` if the root is
+    /// not stored. Readers check the answer against a signature; it is
+    /// never trusted by itself.
+    async fn chunk_list_digests(&self, root: &B3Digest) -> StoreResult<Option<ChunkListsDigest>> {
+        let _ = root;
+        Ok(None)
+    }
 }
 
 /// Directories (Merkle nodes).
