@@ -286,3 +286,80 @@ fn rotated_keys_uploader_keys_and_server_signing_all_verify() {
     );
     assert!(out.stdout == nix_dump(&copied));
 }
+
+/// Every manifest object in the server's folder.
+fn manifest_files(server: &Server) -> Vec<std::path::PathBuf> {
+    let dir = server.data.path().join("manifests");
+    if !dir.exists() {
+        return Vec::new();
+    }
+    walk_files(&dir)
+}
+
+#[test]
+fn a_stored_manifest_admits_its_path_a_missing_one_is_recomputed_a_damaged_one_hides_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, pk) = nix_keygen(dir.path(), "cache-1");
+    let mut server = server(dir.path(), &key);
+    let path = tree(dir.path(), 21);
+    push_signed(&server, &path, &[&key]);
+    let manifests = manifest_files(&server);
+    assert_eq!(manifests.len(), 1, "one manifest for the path's root");
+    let records = std::fs::read(&manifests[0]).unwrap();
+    assert_eq!(records.len(), 64, "one record: the one multi-chunk file");
+
+    // A store from before manifests: the server gathers the lists itself.
+    std::fs::remove_dir_all(server.data.path().join("manifests")).unwrap();
+    server.restart();
+    let out = nar_trusting(&server, &pk, &path);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout == nix_dump(&path));
+
+    // A manifest that names another list for the big file: the signature
+    // no longer holds, the path is hidden and refused.
+    let mut damaged = records.clone();
+    damaged[40] ^= 1;
+    std::fs::create_dir_all(manifests[0].parent().unwrap()).unwrap();
+    std::fs::write(&manifests[0], &damaged).unwrap();
+    server.restart();
+    let out = nar_trusting(&server, &pk, &path);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    let mount = Mount::new(&server, &["--trusted-public-keys", &pk]);
+    let err = std::fs::metadata(mount.path(base(&path))).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    assert_eq!(n(&mount.stats(), "fetched_bytes"), 0);
+    mount.stop();
+    // A torn one (not whole records) is refused the same way.
+    std::fs::write(&manifests[0], &records[..50]).unwrap();
+    server.restart();
+    assert!(!nar_trusting(&server, &pk, &path).status.success());
+}
+
+#[tokio::test]
+async fn get_chunk_list_digests_refuses_bad_digests_and_unknown_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _) = nix_keygen(dir.path(), "cache-1");
+    let server = server(dir.path(), &key);
+    let mut client =
+        lpb::chunk_service_client::ChunkServiceClient::new(grpc_channel(&server).await);
+    for (digest, code) in [
+        (vec![1u8; 5], tonic::Code::InvalidArgument),
+        (vec![7u8; 32], tonic::Code::NotFound),
+    ] {
+        let got = client
+            .get_chunk_list_digests(lpb::GetChunkListDigestsRequest {
+                root_digest: digest.into(),
+            })
+            .await;
+        let code_got = match got {
+            Err(s) => s.code(),
+            Ok(r) => r.into_inner().message().await.unwrap_err().code(),
+        };
+        assert_eq!(code_got, code);
+    }
+}

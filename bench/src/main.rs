@@ -5,10 +5,17 @@
 //! number of unique chunks (objects), their raw bytes and their bytes
 //! compressed one by one with zstd: what choosing min/avg/max trades.
 //!
+//! `lazix-bench verify-costs DIR...` measures what binding chunks to
+//! their files costs as lazix does it (signed manifests of chunk-list
+//! digests) and with BLAKE3 verified streaming (bao outboards): see
+//! `verify_costs.rs`.
+//!
 //! `lazix-bench layouts STORE_PATH...` prints the stored bytes and object
 //! counts of the peers' layouts for the same paths: the classic binary
 //! cache (one zstd NAR per path) and Attic's (the whole NAR cut with FastCDC
 //! 16/64/256 KiB, deduplicated, zstd per chunk).
+
+mod verify_costs;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -248,7 +255,7 @@ fn frame_sizes(files: &[PathBuf]) -> Result<()> {
 
 fn main() -> Result<()> {
     const USAGE: &str =
-        "usage: lazix-bench chunk-params DIR... | lazix-bench frame-sizes DIR... | lazix-bench layouts STORE_PATH...";
+        "usage: lazix-bench chunk-params DIR... | lazix-bench frame-sizes DIR... | lazix-bench verify-costs DIR... | lazix-bench layouts STORE_PATH...";
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, dirs)) = args.split_first() else {
         bail!(USAGE);
@@ -258,7 +265,7 @@ fn main() -> Result<()> {
     }
     match cmd.as_str() {
         "layouts" => return layouts(dirs),
-        "chunk-params" | "frame-sizes" => {}
+        "chunk-params" | "frame-sizes" | "verify-costs" => {}
         _ => bail!(USAGE),
     }
     let mut files = Vec::new();
@@ -268,6 +275,9 @@ fn main() -> Result<()> {
     files.sort();
     if cmd == "frame-sizes" {
         return frame_sizes(&files);
+    }
+    if cmd == "verify-costs" {
+        return verify_costs::run(&files);
     }
     let total: u64 = files
         .iter()

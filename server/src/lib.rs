@@ -1,5 +1,6 @@
-//! The lazix servers: the gRPC server over a castore store, and the gRPC
-//! client that puts a remote server behind the same store traits.
+//! The lazix servers: the gRPC server over a castore store (on TCP or a
+//! Unix socket, [`listen`]), and the gRPC client that puts a remote server
+//! behind the same store traits.
 #![warn(missing_docs)]
 
 pub mod auth;
