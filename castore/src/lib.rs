@@ -8,6 +8,7 @@ pub mod chunk;
 pub mod chunker;
 pub mod digest;
 pub mod directory;
+pub mod disk;
 pub mod error;
 pub mod frame;
 pub mod ingest;

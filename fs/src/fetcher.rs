@@ -19,8 +19,8 @@ use lazix_castore::read::single_flight::{Claim, SingleFlight, Turn, Waiter};
 use lazix_castore::store::BlobStore;
 use lazix_castore::{B3Digest, StoreError};
 
-use crate::disk_cache::DiskCache;
 use crate::stats::Stats;
+use lazix_castore::disk::DiskCache;
 
 /// Why chunks could not be had. Readers see EIO.
 #[derive(Debug, Clone, thiserror::Error)]

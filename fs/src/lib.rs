@@ -4,14 +4,12 @@
 //! on disk, and a program runs after fetching only the bytes it touches.
 #![warn(missing_docs)]
 
-mod disk_cache;
 mod error;
 mod fetcher;
 mod fs;
 mod fuse;
 mod inodes;
 mod readahead;
-mod sharded;
 mod stats;
 mod whole_files;
 

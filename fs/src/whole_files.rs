@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use lazix_castore::digest::DigestKeyBuildHasher;
 use lazix_castore::B3Digest;
 
-use crate::sharded::{create_shards, shard_path};
+use lazix_castore::disk::{create_shards, shard_path};
 
 /// Files smaller than this are not kept whole (the kernel's page cache of
 /// the mount serves them well enough, and each costs an inode).

@@ -1,4 +1,4 @@
-//! The mount's disk cache: frames exactly as the server sent them, one
+//! The client's disk cache (the mount's and the proxy's): frames exactly as the server sent them, one
 //! file per frame, with an LRU index bounded by bytes, reused after a
 //! remount.
 //!
@@ -9,6 +9,13 @@
 //! their final name and renamed, so a killed mount leaves no half entry
 //! under a final name; entries are verified (BLAKE3 of every chunk) when
 //! read, and a bad one is deleted and reads as a miss.
+//!
+//! Several processes may use one folder at once (a mount and the local
+//! proxy): each keeps its own index, and a lookup that misses first looks
+//! for frames another process wrote since (only in shard folders whose
+//! modification time changed, at most every [`RESCAN_INTERVAL`]). A frame
+//! another process evicted reads as a miss. Each process keeps its own
+//! quota over what it indexed.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -16,17 +23,23 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use lazix_castore::chunk::ChunkMeta;
-use lazix_castore::digest::DigestKeyBuildHasher;
-use lazix_castore::frame::Frame;
-use lazix_castore::{B3Digest, StoreError};
 use lazix_proto::ext as lpb;
 use prost::Message;
 
-use crate::sharded::{create_shards, shard_dirs, shard_path};
+use super::{create_shards, shard_dirs, shard_path};
+use crate::chunk::ChunkMeta;
+use crate::digest::DigestKeyBuildHasher;
+use crate::error::StoreError;
+use crate::frame::Frame;
+use crate::B3Digest;
 
 /// Prefix of temp files; never a valid entry name.
 const TMP_PREFIX: &str = ".tmp-";
+/// Shortest time between two looks for frames other processes wrote.
+pub const RESCAN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Temp files older than this are a killed writer's, removed at open
+/// (younger ones may be another live process's).
+const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Largest header accepted (a frame's chunk list).
 const MAX_HEADER: usize = 1 << 20;
 
@@ -48,6 +61,15 @@ pub struct DiskCache {
     /// Frame id → entry; weighted by file size, LRU.
     frames: moka::sync::Cache<B3Digest, Arc<Entry>, DigestKeyBuildHasher>,
     chunks: Arc<Mutex<ChunkMap>>,
+    /// Each shard folder's modification time when last listed, and when
+    /// the last look for other processes' frames was.
+    scanned: Arc<Mutex<Scanned>>,
+}
+
+#[derive(Default)]
+struct Scanned {
+    shards: HashMap<PathBuf, std::time::SystemTime>,
+    at: Option<std::time::Instant>,
 }
 
 /// Parses a header: the frame's chunks and base.
@@ -105,6 +127,7 @@ impl DiskCache {
             dir,
             frames,
             chunks,
+            scanned: Arc::default(),
         };
         cache.load_existing()?;
         Ok(cache)
@@ -112,24 +135,63 @@ impl DiskCache {
 
     /// Indexes the frame files already on disk (a remount reuses them).
     fn load_existing(&self) -> Result<(), StoreError> {
+        let mut scanned = self.scanned.lock().expect("scan state");
         for shard in shard_dirs(&self.dir) {
-            for entry in std::fs::read_dir(shard)? {
-                let entry = entry?;
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
-                if name.starts_with(TMP_PREFIX) {
-                    let _ = std::fs::remove_file(entry.path());
-                    continue;
+            self.scan_shard(&shard, &mut scanned)?;
+        }
+        Ok(())
+    }
+
+    /// Indexes frames other processes wrote since the last look, in the
+    /// shard folders that changed; at most every [`RESCAN_INTERVAL`].
+    fn rescan(&self) {
+        let mut scanned = self.scanned.lock().expect("scan state");
+        if scanned.at.is_some_and(|t| t.elapsed() < RESCAN_INTERVAL) {
+            return;
+        }
+        scanned.at = Some(std::time::Instant::now());
+        for shard in shard_dirs(&self.dir) {
+            let changed = std::fs::metadata(&shard)
+                .and_then(|m| m.modified())
+                .map_or(true, |m| scanned.shards.get(&shard) != Some(&m));
+            if changed {
+                if let Err(e) = self.scan_shard(&shard, &mut scanned) {
+                    tracing::debug!(shard = %shard.display(), error = %e, "cannot list a disk cache folder");
                 }
-                let Some(id) = B3Digest::from_hex(&name) else {
-                    continue;
-                };
-                match read_header(&entry.path()) {
-                    Ok(chunks) => self.index(id, &chunks, entry.metadata()?.len()),
-                    Err(e) => {
-                        tracing::warn!(file = %entry.path().display(), error = %e, "dropping a damaged disk cache entry");
-                        let _ = std::fs::remove_file(entry.path());
-                    }
+            }
+        }
+    }
+
+    /// Indexes the frames of one shard folder not indexed yet.
+    fn scan_shard(&self, shard: &Path, scanned: &mut Scanned) -> Result<(), StoreError> {
+        if let Ok(m) = std::fs::metadata(shard).and_then(|m| m.modified()) {
+            scanned.shards.insert(shard.to_path_buf(), m);
+        }
+        for entry in std::fs::read_dir(shard)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(TMP_PREFIX) {
+                let stale = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|m| m.elapsed().is_ok_and(|age| age > STALE_TMP));
+                if stale {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+                continue;
+            }
+            let Some(id) = B3Digest::from_hex(&name) else {
+                continue;
+            };
+            if self.frames.contains_key(&id) {
+                continue;
+            }
+            match read_header(&entry.path()) {
+                Ok(chunks) => self.index(id, &chunks, entry.metadata()?.len()),
+                Err(e) => {
+                    tracing::warn!(file = %entry.path().display(), error = %e, "dropping a damaged disk cache entry");
+                    let _ = std::fs::remove_file(entry.path());
                 }
             }
         }
@@ -150,10 +212,23 @@ impl DiskCache {
     /// The frame holding `digest`, as stored (not yet verified), or `None`.
     /// Counts as a use for the LRU.
     pub fn frame_of(&self, digest: &B3Digest) -> Option<(B3Digest, Frame)> {
-        let id = *self.chunks.lock().expect("chunk map").get(digest)?;
+        let known = self.chunks.lock().expect("chunk map").get(digest).copied();
+        let id = match known {
+            Some(id) => id,
+            None => {
+                // Perhaps another process using this folder fetched it.
+                self.rescan();
+                *self.chunks.lock().expect("chunk map").get(digest)?
+            }
+        };
         self.frames.get(&id)?;
         match self.read_frame(&id) {
             Ok(frame) => Some((id, frame)),
+            Err(StoreError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Evicted by another process sharing the folder.
+                self.remove(&id);
+                None
+            }
             Err(e) => {
                 tracing::warn!(frame = %id, error = %e, "dropping a damaged disk cache entry");
                 self.remove(&id);
@@ -223,7 +298,7 @@ impl DiskCache {
 
 #[cfg(test)]
 mod tests {
-    use lazix_castore::testutil::frame_of;
+    use crate::testutil::frame_of;
 
     use super::*;
 
@@ -263,5 +338,26 @@ mod tests {
         assert!(kept(0), "a frame just read was evicted");
         assert!(!kept(1), "the least recently used frame is still there");
         assert!(bytes_on_disk(&cache) <= 3 * (17 << 10));
+    }
+
+    #[test]
+    fn a_frame_another_process_wrote_is_found_and_one_it_evicted_is_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let mount = DiskCache::open(dir.path(), 1 << 30).unwrap();
+        let proxy = DiskCache::open(dir.path(), 1 << 30).unwrap();
+        let (digest, f) = frame(9);
+        mount.store(&f);
+        std::thread::sleep(RESCAN_INTERVAL + std::time::Duration::from_millis(100));
+        let (_, found) = proxy.frame_of(&digest).expect("the other process's frame");
+        assert_eq!(found.data, f.data);
+        // The other process drops it: a miss here, not an error.
+        let (id, _) = mount.frame_of(&digest).unwrap();
+        mount.remove(&id);
+        assert!(proxy.frame_of(&digest).is_none());
+        // A young temp file may be a live writer's: opening keeps it.
+        let shard = dir.path().join("frames").join("00");
+        std::fs::write(shard.join(format!("{TMP_PREFIX}live")), b"x").unwrap();
+        DiskCache::open(dir.path(), 1 << 30).unwrap();
+        assert!(shard.join(format!("{TMP_PREFIX}live")).exists());
     }
 }
