@@ -7,6 +7,8 @@
 //! - [`cached`]: memory caches of frames, chunk lists, directory closures
 //!   and PathInfos in front of any store;
 //! - [`decoded`]: a cache of decoded, verified chunks for renderers;
+//! - [`disk`]: frames kept in the client's disk cache in front of a
+//!   remote store (the local proxy);
 //! - `filtered_lists`: chunk-list answers passed through a filter (the
 //!   trusted reader's guard, tests' lying servers);
 //! - `conformance` (tests and the `testutil` feature): one suite every
@@ -36,10 +38,12 @@ mod cached;
 #[cfg(any(test, feature = "testutil"))]
 pub mod conformance;
 mod decoded;
+mod disk;
 mod filtered_lists;
 
 pub use cached::{cached, CacheConfig};
 pub use decoded::decoded_chunks;
+pub use disk::{disk_frames, DiskCounters};
 pub use filtered_lists::{filtered_lists, ListFilter};
 
 /// A blob made of several chunks: its digest and its chunk list in order.
