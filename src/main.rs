@@ -76,6 +76,10 @@ enum Command {
     /// Mount the server's store read-only over FUSE; file bytes are fetched
     /// on first access. Runs in the foreground; SIGINT/SIGTERM unmount.
     Mount(MountArgs),
+    /// Serve a binary cache on this machine for the local Nix, rendering
+    /// NARs from a disk cache of chunks (the mount's folder and format)
+    /// and fetching only missing ones from an upstream lazix server.
+    Proxy(ProxyArgs),
     /// Write a Nix-compatible signing key pair: NAME.secret and NAME.public.
     Keygen {
         /// Key name (clients trust `NAME:<public key>`), e.g. cache.example.org-1.
@@ -372,6 +376,45 @@ struct ServeArgs {
 }
 
 #[derive(clap::Args)]
+struct ProxyArgs {
+    /// The upstream lazix server: grpc://HOST:PORT, grpcs://HOST:PORT or
+    /// unix:///PATH.
+    #[arg(long, env = "LAZIX_UPSTREAM")]
+    upstream: String,
+    /// Address the local Nix substitutes from.
+    #[arg(long, default_value = "127.0.0.1:37515")]
+    listen: SocketAddr,
+    /// Disk cache folder; give the mount's --cache-dir to share one.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Disk cache quota, e.g. 10G (three quarters hold frames, as in the
+    /// mount's folder).
+    #[arg(long, default_value = "10G", value_parser = parse_size)]
+    cache_size: u64,
+    /// File holding the upstream's read token (LAZIX_TOKEN otherwise).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// For a grpcs:// upstream: the CA certificate file (PEM).
+    #[arg(long, env = "LAZIX_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// Seconds an upstream call may take; a narinfo asked meanwhile is
+    /// "not here" (Nix tries its next substituter), a NAR is cut off.
+    #[arg(long, default_value_t = 5)]
+    timeout: u64,
+    /// Also sign narinfos with these keys (the upstream's signatures are
+    /// always passed on).
+    #[arg(long = "signing-key")]
+    signing_keys: Vec<PathBuf>,
+    /// `Priority:` in nix-cache-info (lower is preferred; cache.nixos.org
+    /// says 40).
+    #[arg(long, default_value_t = 30)]
+    priority: u32,
+    /// MiB of decoded chunks kept in memory for rendering.
+    #[arg(long, default_value_t = 256)]
+    decoded_cache_mib: u64,
+}
+
+#[derive(clap::Args)]
 struct MountArgs {
     #[command(flatten)]
     server: ServerArgs,
@@ -427,6 +470,17 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|_| format!("invalid size {s:?}"))
 }
 
+/// `$XDG_CACHE_HOME/lazix`, else `~/.cache/lazix`.
+fn default_cache_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(x).join("lazix");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".cache/lazix"),
+        None => PathBuf::from("lazix-cache"),
+    }
+}
+
 fn default_data_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_DATA_HOME") {
         return PathBuf::from(x).join("lazix");
@@ -454,6 +508,7 @@ async fn main() -> Result<()> {
         Command::Stats { location, json } => stats(location, json).await,
         Command::Keygen { name, dir } => keygen(&name, &dir),
         Command::Mount(args) => mount(args).await,
+        Command::Proxy(args) => proxy(args).await,
         Command::Push {
             server,
             json,
@@ -667,6 +722,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 decoded_cache_bytes: args.decoded_cache_mib * 1024 * 1024,
                 max_connections: args.max_connections,
                 header_timeout: std::time::Duration::from_secs(args.http_header_timeout.max(1)),
+                stats: None,
             };
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
@@ -689,6 +745,47 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(h) = http {
         h.await?.context("HTTP server")?;
     }
+    Ok(())
+}
+
+async fn proxy(args: ProxyArgs) -> Result<()> {
+    let upstream = ServerArgs {
+        server: args.upstream.clone(),
+        token_file: args.token_file.clone(),
+        ca_file: args.ca_file.clone(),
+    }
+    // Calls are bounded by the proxy's own timeout, per call.
+    .connect(None)?;
+    let dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    // The mount's split: three quarters of the quota for frames.
+    let disk = lazix_castore::disk::DiskCache::open(&dir, args.cache_size - args.cache_size / 4)
+        .with_context(|| format!("opening the disk cache in {}", dir.display()))?;
+    let proxy = lazix_server::proxy::ProxyStore::new(
+        upstream,
+        disk,
+        Duration::from_secs(args.timeout.max(1)),
+    );
+    let cfg = HttpConfig {
+        signing_keys: signing_keys(&args.signing_keys)?,
+        tokens: Tokens::default(),
+        tls: None,
+        priority: args.priority,
+        nar_compression: NarCompression::None,
+        decoded_cache_bytes: args.decoded_cache_mib * 1024 * 1024,
+        max_connections: lazix_server::http::DEFAULT_MAX_CONNECTIONS,
+        header_timeout: lazix_server::http::HEADER_TIMEOUT,
+        stats: Some(proxy.stats()),
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        upstream = %args.upstream,
+        cache = %dir.display(),
+        "lazix proxy serving the local Nix"
+    );
+    lazix_server::http::serve_http(proxy.store, cfg, listener, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -8,6 +8,7 @@ pub mod client;
 pub mod convert;
 pub mod http;
 pub mod listen;
+pub mod proxy;
 pub mod service;
 pub mod tls;
 

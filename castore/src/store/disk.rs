@@ -195,7 +195,11 @@ mod tests {
         assert!(counters.fetched_bytes.load(Ordering::Relaxed) > 0);
         let again = layer.get_frames(&wanted[1..]).await.unwrap();
         assert_eq!(again[0].data, first[0].data);
-        assert_eq!(counting.frames_read(), 1, "read from disk, not fetched again");
+        assert_eq!(
+            counting.frames_read(),
+            1,
+            "read from disk, not fetched again"
+        );
 
         // Another reader of the folder (a fresh layer, as a restarted
         // proxy) finds it too.

@@ -36,6 +36,22 @@ fn store_error(e: StoreError) -> Response {
     }
 }
 
+/// `GET /lazix-stats`: the counters the server was given, as JSON; 404
+/// where it has none.
+pub async fn stats(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(r) = auth::check(&headers, &st.cfg.tokens) {
+        return r.into_response();
+    }
+    match &st.cfg.stats {
+        Some(f) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            f().to_string(),
+        )
+            .into_response(),
+        None => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
 /// `GET /nix-cache-info`.
 pub async fn cache_info(State(st): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(r) = auth::check(&headers, &st.cfg.tokens) {

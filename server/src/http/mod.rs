@@ -68,7 +68,12 @@ pub struct HttpConfig {
     pub header_timeout: Duration,
     /// Serve HTTPS with this acceptor (see [`crate::tls`]).
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Counters served as JSON at `GET /lazix-stats` (the local proxy's).
+    pub stats: Option<StatsFn>,
 }
+
+/// What `GET /lazix-stats` answers: a JSON document.
+pub type StatsFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 /// Default of [`HttpConfig::max_connections`]: each connection costs a
 /// task and its buffers (a NAR stream holds a few MiB of windows in
@@ -121,6 +126,7 @@ pub fn router(mut store: Store, cfg: HttpConfig) -> Router {
             .build(),
     };
     Router::new()
+        .route("/lazix-stats", get(download::stats))
         .route(
             "/nix-cache-info",
             get(download::cache_info).put(upload::put_cache_info),

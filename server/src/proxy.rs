@@ -1,0 +1,168 @@
+//! `lazix proxy`: a binary cache on this machine for the local Nix, in
+//! front of an upstream lazix server reached over gRPC. A machine with
+//! stock Nix and no mount gets lazix's dedup on the wire: an upgrade
+//! fetches only the frames it lacks, while Nix still receives ordinary
+//! NARs and checks them against the upstream's signatures and NarHash.
+//!
+//! It is the HTTP shim ([`crate::http`]) over a store made of:
+//! - PathInfos from upstream (briefly cached); when upstream fails or does
+//!   not answer within the timeout, a narinfo is "not here" (404), which
+//!   Nix takes as a reason to try its next substituter;
+//! - directories and chunk lists from upstream, cached in memory;
+//! - frames from the disk cache the mount uses (same folder, same format,
+//!   [`lazix_castore::store::disk_frames`]): only missing frames are
+//!   fetched, in the renderer's batched calls, and verified before kept.
+//!
+//! Every upstream call is bounded by the timeout: a NAR whose frames stop
+//! arriving ends as a broken response, never as a short NAR that looks
+//! complete (the shim sends Content-Length). Uploads are refused (no
+//! upload token).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use lazix_castore::chunk::ChunkMeta;
+use lazix_castore::directory::Directory;
+use lazix_castore::disk::DiskCache;
+use lazix_castore::frame::Frame;
+use lazix_castore::store::{
+    cached, disk_frames, BlobChunks, BlobStore, CacheConfig, DirectoryStore, DiskCounters,
+    PathInfoStore,
+};
+use lazix_castore::trust::ChunkListsDigest;
+use lazix_castore::{B3Digest, PathInfo, Store, StoreError, StoreResult};
+
+/// The store the proxy serves from, and its counters.
+pub struct ProxyStore {
+    /// What the shim renders from.
+    pub store: Store,
+    /// Frames fetched upstream and answered from disk.
+    pub counters: Arc<DiskCounters>,
+}
+
+impl ProxyStore {
+    /// `upstream` (the gRPC client) behind the disk cache `disk` and the
+    /// memory caches, each upstream call bounded by `timeout`.
+    pub fn new(upstream: Store, disk: DiskCache, timeout: Duration) -> Self {
+        let counters = Arc::new(DiskCounters::default());
+        let bounded = Arc::new(Bounded {
+            inner: upstream,
+            timeout,
+        });
+        let store = Store {
+            blobs: disk_frames(bounded.clone(), disk, counters.clone()),
+            directories: bounded.clone(),
+            path_infos: Arc::new(NotHereWhenDown(bounded)),
+        };
+        Self {
+            store: cached(store, CacheConfig::default()),
+            counters,
+        }
+    }
+
+    /// The counters as `/lazix-stats` serves them.
+    pub fn stats(&self) -> crate::http::StatsFn {
+        let c = self.counters.clone();
+        Arc::new(move || {
+            serde_json::json!({
+                "upstream_bytes": c.fetched_bytes.load(Ordering::Relaxed),
+                "upstream_frames": c.fetched_frames.load(Ordering::Relaxed),
+                "disk_frames": c.disk_frames.load(Ordering::Relaxed),
+            })
+        })
+    }
+}
+
+/// Upstream with every call bounded by a timeout.
+struct Bounded {
+    inner: Store,
+    timeout: Duration,
+}
+
+impl Bounded {
+    async fn within<T>(
+        &self,
+        call: impl std::future::Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(format!(
+                    "upstream did not answer within {:?}",
+                    self.timeout
+                )))
+            })
+    }
+}
+
+#[async_trait]
+impl BlobStore for Bounded {
+    async fn missing_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<B3Digest>> {
+        self.within(self.inner.blobs.missing_chunks(digests)).await
+    }
+    async fn put_frames(&self, _: Vec<Frame>) -> StoreResult<()> {
+        Err(refused())
+    }
+    async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
+        self.within(self.inner.blobs.get_frames(digests)).await
+    }
+    async fn put_blob_chunks(&self, _: Vec<BlobChunks>) -> StoreResult<()> {
+        Err(refused())
+    }
+    async fn get_blob_chunks(
+        &self,
+        blobs: &[B3Digest],
+    ) -> StoreResult<Vec<Option<Vec<ChunkMeta>>>> {
+        self.within(self.inner.blobs.get_blob_chunks(blobs)).await
+    }
+    async fn chunk_list_digests(&self, root: &B3Digest) -> StoreResult<Option<ChunkListsDigest>> {
+        self.within(self.inner.blobs.chunk_list_digests(root)).await
+    }
+}
+
+#[async_trait]
+impl DirectoryStore for Bounded {
+    async fn get_directory(&self, digest: &B3Digest) -> StoreResult<Option<Directory>> {
+        self.within(self.inner.directories.get_directory(digest))
+            .await
+    }
+    async fn get_closure(&self, root: &B3Digest) -> StoreResult<Vec<Directory>> {
+        self.within(self.inner.directories.get_closure(root)).await
+    }
+    async fn put_closure(&self, _: Vec<Directory>) -> StoreResult<B3Digest> {
+        Err(refused())
+    }
+}
+
+/// PathInfos from upstream; a failure or timeout is "not here".
+struct NotHereWhenDown(Arc<Bounded>);
+
+#[async_trait]
+impl PathInfoStore for NotHereWhenDown {
+    async fn get_path_info(&self, digest: &[u8; 20]) -> StoreResult<Option<PathInfo>> {
+        match self
+            .0
+            .within(self.0.inner.path_infos.get_path_info(digest))
+            .await
+        {
+            Ok(info) => Ok(info),
+            Err(e) => {
+                tracing::warn!(error = %e, "upstream unavailable: answering \"not here\"");
+                Ok(None)
+            }
+        }
+    }
+    async fn put_path_info(&self, _: PathInfo) -> StoreResult<()> {
+        Err(refused())
+    }
+    fn list_path_infos(&self) -> BoxStream<'static, StoreResult<PathInfo>> {
+        self.0.inner.path_infos.list_path_infos()
+    }
+}
+
+fn refused() -> StoreError {
+    StoreError::Invalid("the local proxy takes no uploads".into())
+}

@@ -1,0 +1,282 @@
+//! `lazix proxy` with real Nix against a real upstream `lazix serve`: a
+//! closure copied through it into an empty chroot store and verified with
+//! the upstream paths' key; a second copy fetches nothing upstream; a file
+//! read through a mount on the same cache folder costs the proxy nothing
+//! upstream; upstream gone at narinfo time makes Nix fall back to its next
+//! substituter within seconds; upstream gone mid-NAR breaks the response
+//! (never a short NAR that looks complete) and Nix registers nothing.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A `lazix proxy` process, killed on drop.
+struct Proxy {
+    child: Child,
+    url: String,
+}
+
+impl Proxy {
+    fn start(upstream: &Server, cache_dir: &Path) -> Self {
+        let port = free_port();
+        let child = lazix()
+            .args(["proxy", "--upstream", &upstream.addr, "--timeout", "2"])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--cache-dir"])
+            .arg(cache_dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawning lazix proxy");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "lazix proxy did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Frame bytes fetched from upstream so far.
+    fn upstream_bytes(&self) -> u64 {
+        let (status, body, _) = curl(&[&format!("{}/lazix-stats", self.url)]);
+        assert_eq!(status, 200);
+        let stats: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        n(&stats, "upstream_bytes")
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Signs `path`'s closure in the local store with `key` (what the
+/// upstream's paths carry: `lazix push` takes the signatures along).
+fn sign_closure(path: &str, key: &Path) {
+    run(nix_cmd("nix")
+        .args(["store", "sign", "--recursive", "--key-file"])
+        .arg(key)
+        .arg(path));
+}
+
+/// Whether `path` is valid in `client`'s chroot store.
+fn valid_in(client: &NixClient, path: &str) -> bool {
+    client
+        .cmd("nix-store")
+        .args(["--store", &client.store(), "--check-validity", path])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[test]
+fn nix_copies_a_closure_through_the_proxy_and_a_second_copy_fetches_nothing_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, pk) = nix_keygen(dir.path(), "upstream-1");
+    let upstream = Server::start();
+    let top = build_closure("proxy-copy");
+    sign_closure(&top, &key);
+    lazix_push(&upstream, &[&top]);
+    let proxy = Proxy::start(&upstream, &dir.path().join("cache"));
+
+    let first = NixClient::new(None);
+    run(first
+        .cmd("nix")
+        .args(["copy", "--store", &first.store(), "--from", &proxy.url])
+        .args(["--option", "trusted-public-keys", &pk])
+        .arg(&top));
+    for p in nix_closure(&top) {
+        let copied = run(first
+            .cmd("nix-store")
+            .args(["--store", &first.store(), "--dump", &p]))
+        .stdout;
+        assert!(copied == nix_dump(&p), "{p} differs through the proxy");
+    }
+    let fetched = proxy.upstream_bytes();
+    assert!(
+        fetched > 400_000,
+        "the closure's blob came from upstream: {fetched}"
+    );
+
+    // A second machine's Nix (a fresh store) through the same proxy.
+    let second = NixClient::new(None);
+    run(second
+        .cmd("nix")
+        .args(["copy", "--store", &second.store(), "--from", &proxy.url])
+        .args(["--option", "trusted-public-keys", &pk])
+        .arg(&top));
+    assert!(valid_in(&second, &top));
+    assert_eq!(
+        proxy.upstream_bytes(),
+        fetched,
+        "the second copy fetched frames upstream again"
+    );
+
+    // A key Nix does not trust: nothing is copied.
+    let stranger = NixClient::new(None);
+    let (_, other_pk) = nix_keygen(dir.path(), "stranger-1");
+    let out = stranger
+        .cmd("nix")
+        .args(["copy", "--store", &stranger.store(), "--from", &proxy.url])
+        .args(["--option", "trusted-public-keys", &other_pk])
+        .arg(&top)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!valid_in(&stranger, &top));
+}
+
+#[test]
+fn a_path_read_through_a_mount_on_the_same_cache_costs_the_proxy_nothing_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, pk) = nix_keygen(dir.path(), "upstream-1");
+    let upstream = Server::start();
+    let tree = dir.path().join("shared-cache-fixture");
+    std::fs::create_dir_all(tree.join("bin")).unwrap();
+    std::fs::write(tree.join("bin/big"), pseudo_random(1_200_000, 51)).unwrap();
+    std::fs::write(tree.join("note"), "read once, served twice\n").unwrap();
+    let path = add_path(&tree);
+    sign_closure(&path, &key);
+    lazix_push(&upstream, &[&path]);
+
+    let cache = dir.path().join("cache");
+    let proxy = Proxy::start(&upstream, &cache);
+    let cache_arg = cache.to_str().unwrap();
+    let mount = Mount::new(&upstream, &["--cache-dir", cache_arg]);
+    let base = path.trim_start_matches("/nix/store/");
+    for file in walk_files(&tree) {
+        let rel = file.strip_prefix(&tree).unwrap();
+        let read = std::fs::read(mount.path(&format!("{base}/{}", rel.display()))).unwrap();
+        assert!(read == std::fs::read(&file).unwrap());
+    }
+    mount.stop();
+    // Frames the mount wrote are found by the running proxy.
+    std::thread::sleep(Duration::from_millis(1200));
+
+    let client = NixClient::new(None);
+    run(client
+        .cmd("nix")
+        .args(["copy", "--store", &client.store(), "--from", &proxy.url])
+        .args(["--option", "trusted-public-keys", &pk])
+        .arg(&path));
+    let copied = run(client
+        .cmd("nix-store")
+        .args(["--store", &client.store(), "--dump", &path]))
+    .stdout;
+    assert!(copied == nix_dump(&path));
+    assert_eq!(
+        proxy.upstream_bytes(),
+        0,
+        "the proxy fetched frames the mount had already cached"
+    );
+}
+
+#[test]
+fn upstream_down_at_narinfo_nix_falls_back_to_its_next_substituter_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, pk) = nix_keygen(dir.path(), "upstream-1");
+    let upstream = Server::start();
+    let backup = Server::start();
+    let top = build_closure("proxy-fallback");
+    sign_closure(&top, &key);
+    lazix_push(&upstream, &[&top]);
+    lazix_push(&backup, &[&top]);
+    let proxy = Proxy::start(&upstream, &dir.path().join("cache"));
+    // Upstream stops answering (connections accepted, nothing answered).
+    upstream.freeze();
+
+    let client = NixClient::new(None);
+    let started = Instant::now();
+    let out = client
+        .cmd("nix-store")
+        .args(["--store", &client.store(), "--realise", &top])
+        .args([
+            "--option",
+            "substituters",
+            &format!("{} {}", proxy.url, backup.http),
+        ])
+        .args(["--option", "trusted-public-keys", &pk])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(valid_in(&client, &top));
+    assert!(took < Duration::from_secs(20), "fell back after {took:?}");
+    eprintln!("fell back to the second substituter in {took:?}");
+    run(Command::new("kill").args(["-CONT", &upstream.pid().to_string()]));
+}
+
+#[test]
+fn upstream_gone_mid_nar_breaks_the_response_and_nix_registers_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, pk) = nix_keygen(dir.path(), "upstream-1");
+    let upstream = Server::start();
+    let tree = dir.path().join("cut-off-fixture");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("big"), pseudo_random(48 << 20, 52)).unwrap();
+    let path = add_path(&tree);
+    sign_closure(&path, &key);
+    lazix_push(&upstream, &[&path]);
+    let proxy = Proxy::start(&upstream, &dir.path().join("cache"));
+
+    // A slow reader of the NAR: upstream freezes once bytes have flowed.
+    let hash = &path.trim_start_matches("/nix/store/")[..32];
+    let (status, narinfo, _) = curl(&[&format!("{}/{hash}.narinfo", proxy.url)]);
+    assert_eq!(status, 200);
+    let narinfo = String::from_utf8(narinfo).unwrap();
+    let field = |k: &str| {
+        narinfo
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let (url, nar_size): (String, u64) = (field("URL:"), field("NarSize:").parse().unwrap());
+    let out_file = dir.path().join("cut.nar");
+    let mut reader = Command::new("curl")
+        .args(["-sS", "--limit-rate", "2M", "-o"])
+        .arg(&out_file)
+        .arg(format!("{}/{url}", proxy.url))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::metadata(&out_file).map_or(0, |m| m.len()) < 1 << 20 {
+        assert!(Instant::now() < deadline, "no NAR bytes arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    upstream.freeze();
+    let status = reader.wait().unwrap();
+    let got = std::fs::metadata(&out_file).unwrap().len();
+    assert!(got < nar_size, "the whole NAR arrived ({got} bytes)");
+    assert!(
+        !status.success(),
+        "a NAR cut off at {got} of {nar_size} bytes ended like a complete one"
+    );
+
+    // Real Nix through the proxy while upstream is still frozen: an
+    // error, and the path is not registered.
+    let client = NixClient::new(None);
+    let out = client
+        .cmd("nix")
+        .args(["copy", "--store", &client.store(), "--from", &proxy.url])
+        .args(["--option", "trusted-public-keys", &pk])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "nix copy succeeded without upstream");
+    assert!(!valid_in(&client, &path));
+    run(Command::new("kill").args(["-CONT", &upstream.pid().to_string()]));
+}
