@@ -41,6 +41,12 @@ impl Proxy {
         }
     }
 
+    /// Stops the proxy with SIGKILL (nothing flushed, nothing cleaned).
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Frame bytes fetched from upstream so far.
     fn upstream_bytes(&self) -> u64 {
         let (status, body, _) = curl(&[&format!("{}/lazix-stats", self.url)]);
@@ -106,7 +112,10 @@ fn nix_copies_a_closure_through_the_proxy_and_a_second_copy_fetches_nothing_upst
         "the closure's blob came from upstream: {fetched}"
     );
 
-    // A second machine's Nix (a fresh store) through the same proxy.
+    // The proxy killed: a new one on the same folder has every frame, and
+    // a second machine's Nix (a fresh store) fetches nothing upstream.
+    proxy.kill();
+    let proxy = Proxy::start(&upstream, &dir.path().join("cache"));
     let second = NixClient::new(None);
     run(second
         .cmd("nix")
@@ -116,7 +125,7 @@ fn nix_copies_a_closure_through_the_proxy_and_a_second_copy_fetches_nothing_upst
     assert!(valid_in(&second, &top));
     assert_eq!(
         proxy.upstream_bytes(),
-        fetched,
+        0,
         "the second copy fetched frames upstream again"
     );
 
@@ -132,6 +141,71 @@ fn nix_copies_a_closure_through_the_proxy_and_a_second_copy_fetches_nothing_upst
         .unwrap();
     assert!(!out.status.success());
     assert!(!valid_in(&stranger, &top));
+
+    // Upstream restarted: the proxy reconnects by itself (a path pushed
+    // since needs it for everything).
+    let mut upstream = upstream;
+    upstream.restart();
+    let later = build_closure("proxy-copy-later");
+    sign_closure(&later, &key);
+    lazix_push(&upstream, &[&later]);
+    let third = NixClient::new(None);
+    run(third
+        .cmd("nix")
+        .args(["copy", "--store", &third.store(), "--from", &proxy.url])
+        .args(["--option", "trusted-public-keys", &pk])
+        .arg(&later));
+    assert!(valid_in(&third, &later));
+}
+
+#[test]
+fn concurrent_requests_for_one_nar_fetch_its_frames_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Server::start();
+    let tree = dir.path().join("concurrent-fixture");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("big"), pseudo_random(6 << 20, 53)).unwrap();
+    let path = add_path(&tree);
+    lazix_push(&upstream, &[&path]);
+    let hash = &path.trim_start_matches("/nix/store/")[..32];
+    let nar_url = |proxy: &Proxy| {
+        let (_, narinfo, _) = curl(&[&format!("{}/{hash}.narinfo", proxy.url)]);
+        let narinfo = String::from_utf8(narinfo).unwrap();
+        let url = narinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("URL: "))
+            .unwrap()
+            .to_string();
+        format!("{}/{url}", proxy.url)
+    };
+    // One reader alone, through one proxy.
+    let alone = Proxy::start(&upstream, &dir.path().join("cache-1"));
+    let (status, body, _) = curl(&[&nar_url(&alone)]);
+    assert_eq!(status, 200);
+    assert!(body == nix_dump(&path));
+    let once = alone.upstream_bytes();
+    assert!(once > 0);
+    // Four at once through another, cold too.
+    let shared = Proxy::start(&upstream, &dir.path().join("cache-2"));
+    let url = nar_url(&shared);
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new("curl")
+                .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", &url])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for r in readers {
+        let out = r.wait_with_output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    }
+    assert_eq!(
+        shared.upstream_bytes(),
+        once,
+        "four concurrent readers fetched more than one reader"
+    );
 }
 
 #[test]
