@@ -45,24 +45,8 @@ start_lazix() { # extra serve args...
 
 # nginx: the static binary cache.
 nix copy --to "file://$work/static?compression=none" "${paths[@]}"
-nport=$(free_port)
-cat >"$work/nginx.conf" <<NGINX
-user root;
-worker_processes 2;
-error_log $work/nginx-error.log;
-pid $work/nginx.pid;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  sendfile on; tcp_nopush on; tcp_nodelay on;
-  keepalive_requests 100000;
-  types { text/x-nix-narinfo narinfo; application/x-nix-nar nar; }
-  server { listen 127.0.0.1:$nport; root $work/static; }
-}
-NGINX
-nginx -c "$work/nginx.conf" -g 'daemon off;' &
-pids+=($!)
-wait_port "$nport"
+start_nginx "$work/static"
+pids+=("$nginx_pid")
 
 # URL lists for curl: narinfos, then the NARs they name.
 make_lists() { # base name

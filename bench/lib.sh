@@ -48,6 +48,28 @@ wait_port() {
   for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done
   echo "port $1 not up" >&2; exit 1
 }
+# nginx serving the binary cache folder $1 on a free loopback port: sets
+# $nport and $nginx_pid (a background job, stopped by bench_cleanup).
+start_nginx() {
+  nport=$(free_port)
+  cat >"$work/nginx.conf" <<NGINX
+user root;
+worker_processes 2;
+error_log $work/nginx-error.log;
+pid $work/nginx.pid;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  sendfile on; tcp_nopush on; tcp_nodelay on;
+  keepalive_requests 100000;
+  types { text/x-nix-narinfo narinfo; application/x-nix-nar nar; }
+  server { listen 127.0.0.1:$nport; root $1; }
+}
+NGINX
+  nginx -c "$work/nginx.conf" -g 'daemon off;' &
+  nginx_pid=$!
+  wait_port "$nport"
+}
 # Seconds since the epoch, with nanoseconds.
 now() { date +%s.%N; }
 # Seconds elapsed since $1 (a `now` value).

@@ -38,22 +38,7 @@ wait_port "$gport"
 
 # The classic binary cache, zstd-compressed NARs, served by nginx.
 nix copy --to "file://$work/zstd?compression=zstd" "$stable" "$nightly"
-nport=$(free_port)
-cat >"$work/nginx.conf" <<NGINX
-user root;
-worker_processes 2;
-error_log $work/nginx-error.log;
-pid $work/nginx.pid;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  sendfile on; tcp_nopush on; tcp_nodelay on;
-  types { text/x-nix-narinfo narinfo; application/x-nix-nar nar; }
-  server { listen 127.0.0.1:$nport; root $work/zstd; }
-}
-NGINX
-nginx -c "$work/nginx.conf" -g 'daemon off;' &
-wait_port "$nport"
+start_nginx "$work/zstd"
 
 # The links: one in front of nginx, one in front of the upstream's gRPC.
 link() { # name target_port -> sets LINK_PORT, LINK_PID
