@@ -142,6 +142,10 @@ impl BlobStore for DiskFrames {
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
         out.extend(frames);
+        // A base's frame may also have been among the disk's answers:
+        // each frame once (a chunk is in one frame of an answer).
+        let mut seen = HashSet::new();
+        out.retain(|f| f.chunks.first().is_none_or(|c| seen.insert(c.digest)));
         Ok(out)
     }
 
