@@ -121,8 +121,13 @@ impl PathInfo {
                 nar_sha256: Bytes::copy_from_slice(&self.nar_sha256),
                 signatures: signatures_to_proto(&self.signatures),
                 reference_names: self.references.iter().map(|r| r.basename()).collect(),
+                // snix's pathinfo.proto: the deriver's name without `.drv`.
                 deriver: self.deriver.as_ref().map(|d| pb::StorePath {
-                    name: d.name().to_string(),
+                    name: d
+                        .name()
+                        .strip_suffix(".drv")
+                        .unwrap_or(d.name())
+                        .to_string(),
                     digest: Bytes::copy_from_slice(d.digest()),
                 }),
                 ca: self.ca.as_ref().map(ca_to_proto),
@@ -177,7 +182,14 @@ impl PathInfo {
                     .as_ref()
                     .try_into()
                     .map_err(|_| invalid("deriver digest must be 20 bytes"))?;
-                StorePath::from_parts(digest, &d.name).map_err(|e| invalid(format!("deriver: {e}")))
+                // Without `.drv` as snix sends it; with it as lazix sent it
+                // before (stored PathInfos keep that form).
+                let name = if d.name.ends_with(".drv") {
+                    d.name.clone()
+                } else {
+                    format!("{}.drv", d.name)
+                };
+                StorePath::from_parts(digest, &name).map_err(|e| invalid(format!("deriver: {e}")))
             })
             .transpose()?;
         let ca = ni.ca.as_ref().map(ca_from_proto).transpose()?;
@@ -257,6 +269,22 @@ mod tests {
         };
         let p = info.to_proto();
         assert_eq!(PathInfo::try_from_proto(&p).unwrap(), info);
+        // The deriver as snix's proto says: its name without `.drv`; the
+        // older form with it is still read.
+        assert_eq!(
+            p.narinfo.as_ref().unwrap().deriver.as_ref().unwrap().name,
+            "pkg"
+        );
+        let mut old_form = p.clone();
+        old_form
+            .narinfo
+            .as_mut()
+            .unwrap()
+            .deriver
+            .as_mut()
+            .unwrap()
+            .name = "pkg.drv".into();
+        assert_eq!(PathInfo::try_from_proto(&old_form).unwrap(), info);
 
         let mut bad = p.clone();
         bad.references[0] = vec![0u8; 20].into();

@@ -86,6 +86,7 @@ where
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     builder
+        .layer(tower::util::MapRequestLayer::new(tvix_to_snix))
         .tcp_nodelay(true)
         // A peer that vanished (or never answers) is dropped instead of
         // holding its streams; one connection cannot open streams without
@@ -117,6 +118,29 @@ where
         )
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
+}
+
+/// Older Tvix clients call the same services under their former package
+/// names (`tvix.castore.v1`, `tvix.store.v1`; the messages are the same on
+/// the wire): their calls are routed as the `snix.*` ones.
+fn tvix_to_snix(
+    mut req: tonic::codegen::http::Request<tonic::body::Body>,
+) -> tonic::codegen::http::Request<tonic::body::Body> {
+    let path = req.uri().path();
+    let renamed = ["castore", "store"].iter().find_map(|pkg| {
+        path.strip_prefix(&format!("/tvix.{pkg}.v1."))
+            .map(|rest| format!("/snix.{pkg}.v1.{rest}"))
+    });
+    if let Some(renamed) = renamed {
+        let mut parts = req.uri().clone().into_parts();
+        if let Ok(pq) = renamed.parse() {
+            parts.path_and_query = Some(pq);
+            if let Ok(uri) = tonic::codegen::http::Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+    req
 }
 
 /// Binds `addr` (TCP) for [`serve_grpc`].

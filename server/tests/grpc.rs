@@ -559,3 +559,59 @@ async fn unreachable_server_is_an_error_not_a_hang() {
     assert!(res.is_err());
     assert!(GrpcStore::connect("http//nope").is_err());
 }
+
+#[tokio::test]
+async fn the_services_answer_under_their_old_tvix_names_too() {
+    let srv = start().await;
+    let data = Bytes::from(random(50_000, 9));
+    let mut blobs = BlobServiceClient::connect(http(&srv.addr)).await.unwrap();
+    let put = blobs
+        .put(futures::stream::iter(vec![cpb::BlobChunk {
+            data: data.clone(),
+        }]))
+        .await
+        .unwrap()
+        .into_inner();
+    let channel = tonic::transport::Endpoint::from_shared(http(&srv.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let stat = |path: &'static str, digest: Bytes| {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        async move {
+            grpc.ready().await.unwrap();
+            grpc.unary(
+                tonic::Request::new(cpb::StatBlobRequest {
+                    digest,
+                    send_chunks: false,
+                    send_bao: false,
+                }),
+                tonic::codegen::http::uri::PathAndQuery::from_static(path),
+                tonic_prost::ProstCodec::<cpb::StatBlobRequest, cpb::StatBlobResponse>::default(),
+            )
+            .await
+        }
+    };
+    // The old name reaches the same service: a stored blob is there, an
+    // unknown one is NotFound (not Unimplemented).
+    stat("/tvix.castore.v1.BlobService/Stat", put.digest.clone())
+        .await
+        .unwrap();
+    let unknown = Bytes::copy_from_slice(B3Digest::of(b"never stored").as_bytes());
+    assert_eq!(
+        stat("/tvix.castore.v1.BlobService/Stat", unknown)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    // Names no service ever had stay unknown.
+    assert_eq!(
+        stat("/other.castore.v1.BlobService/Stat", put.digest)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unimplemented
+    );
+}
