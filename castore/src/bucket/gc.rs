@@ -183,6 +183,7 @@ impl BucketStore {
         for d in self.touched_since(cutoff).await? {
             live.chunks.insert(d);
             live.directories.insert(d);
+            live.blobs.insert(d);
         }
         // Bases of live delta frames stay.
         let table = self.table.read().expect("pack table");

@@ -326,19 +326,6 @@ impl BucketStore {
 
     /// [`crate::store::BlobStore::put_blob_chunks`].
     pub(super) async fn store_blob_chunks(&self, blobs: Vec<BlobChunks>) -> StoreResult<()> {
-        // A stored list is never replaced (another valid list of the same
-        // blob, cut differently, would invalidate the root signatures and
-        // manifests that cover the first): the first one stays, and a list
-        // sent again costs a lookup, not a check.
-        let blobs: Vec<BlobChunks> = stream::iter(blobs)
-            .map(|b| async move {
-                let stored = self.exists(&sharded(BLOBS, &b.blob)).await?;
-                Ok::<_, StoreError>((!stored).then_some(b))
-            })
-            .buffered(CONCURRENCY)
-            .try_filter_map(|b| async move { Ok(b) })
-            .try_collect()
-            .await?;
         // Checked in parallel (decoding and hashing run on blocking
         // threads), all before any list is written.
         stream::iter(blobs.clone())
@@ -346,18 +333,37 @@ impl BucketStore {
             .buffer_unordered(VERIFY_PARALLEL)
             .try_collect::<()>()
             .await?;
-        stream::iter(blobs)
+        // A stored list is never replaced by another valid list of the
+        // same blob cut elsewhere (root signatures and manifests cover the
+        // first): that upload relies on the stored one, which a touch mark
+        // keeps from a collection running meanwhile. The same list is
+        // written again (its new age protects it the same way).
+        let kept: Vec<Option<B3Digest>> = stream::iter(blobs)
             .map(|b| async move {
+                // (A damaged stored list is replaced by the checked one.)
+                let stored = match self.read_blob_chunks(&b.blob).await {
+                    Err(StoreError::Corrupt(_)) => None,
+                    other => other?,
+                };
+                if stored.is_some_and(|stored| stored != b.chunks) {
+                    return Ok(Some(b.blob));
+                }
                 let msg = lpb::BlobChunks {
                     blob_digest: b.blob.into(),
                     chunks: b.chunks.iter().map(ChunkMeta::to_proto).collect(),
                 };
                 self.put(&sharded(BLOBS, &b.blob), msg.encode_to_vec().into())
                     .await
+                    .map(|()| None)
             })
             .buffer_unordered(CONCURRENCY)
-            .try_collect::<()>()
-            .await
+            .try_collect()
+            .await?;
+        let relied: Vec<B3Digest> = kept.into_iter().flatten().collect();
+        if !relied.is_empty() {
+            self.touch(&relied).await?;
+        }
+        Ok(())
     }
 
     /// [`crate::store::DirectoryStore::put_closure`].
