@@ -532,15 +532,19 @@ impl chunk_service_server::ChunkService for StoreService {
     ) -> Result<Response<Self::GetChunkListDigestsStream>, Status> {
         self.allow_read(&req)?;
         let root = digest(&req.into_inner().root_digest)?;
-        let records = root_manifest(&self.store, &root)
-            .await
-            .map_err(to_status)?
-            .to_records();
-        let messages: Vec<Result<lpb::ChunkListDigests, Status>> = records
-            .chunks(MANIFEST_RECORDS_PER_MESSAGE * ChunkListsDigest::RECORD_LEN)
-            .map(|r| {
+        let records = bytes::Bytes::from(
+            root_manifest(&self.store, &root)
+                .await
+                .map_err(to_status)?
+                .to_records(),
+        );
+        let per_message = MANIFEST_RECORDS_PER_MESSAGE * ChunkListsDigest::RECORD_LEN;
+        // Slices of one buffer, not copies.
+        let messages: Vec<Result<lpb::ChunkListDigests, Status>> = (0..records.len())
+            .step_by(per_message)
+            .map(|at| {
                 Ok(lpb::ChunkListDigests {
-                    records: r.to_vec().into(),
+                    records: records.slice(at..(at + per_message).min(records.len())),
                 })
             })
             .collect();

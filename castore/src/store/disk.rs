@@ -4,7 +4,8 @@
 //! costs the other nothing upstream.
 //!
 //! `get_frames` answers from the disk first and asks the store below only
-//! for the rest, in one call (plus one for delta bases not on disk). Frames
+//! for the rest, in one call (plus one for delta bases not on disk; those
+//! on disk are read from there). Frames
 //! fetched are decoded and verified (each chunk by BLAKE3, delta frames
 //! against their bases) before they are kept; a frame that fails is an
 //! error and never reaches the disk. Everything else goes to the store
@@ -91,22 +92,31 @@ impl DiskFrames {
         Ok((frames, misses))
     }
 
-    /// The disk's frames for `digests`, then the store below's for the
-    /// rest.
+    /// The store below's frames for `digests` (not on disk), counted.
     async fn fetch(&self, digests: Vec<B3Digest>) -> StoreResult<Vec<Frame>> {
-        let (mut frames, misses) = self.on_disk(digests).await?;
-        if !misses.is_empty() {
-            let fetched = self.inner.get_frames(&misses).await?;
-            let bytes: u64 = fetched.iter().map(|f| f.data.len() as u64).sum();
-            self.counters
-                .fetched_bytes
-                .fetch_add(bytes, Ordering::Relaxed);
-            self.counters
-                .fetched_frames
-                .fetch_add(fetched.len() as u64, Ordering::Relaxed);
-            frames.extend(fetched);
-        }
-        Ok(frames)
+        let fetched = self.inner.get_frames(&digests).await?;
+        let bytes: u64 = fetched.iter().map(|f| f.data.len() as u64).sum();
+        self.counters
+            .fetched_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
+        self.counters
+            .fetched_frames
+            .fetch_add(fetched.len() as u64, Ordering::Relaxed);
+        Ok(fetched)
+    }
+
+    /// A delta base's verified bytes from its frame on disk (bases are in
+    /// plain frames), or `None`.
+    async fn base_on_disk(&self, digest: B3Digest) -> Option<bytes::Bytes> {
+        let disk = self.disk.clone();
+        tokio::task::spawn_blocking(move || {
+            let (_, frame) = disk.frame_of(&digest)?;
+            let at = frame.chunks.iter().position(|c| c.digest == digest)?;
+            frame.decode_verified().ok()?.into_iter().nth(at)
+        })
+        .await
+        .ok()
+        .flatten()
     }
 }
 
@@ -125,10 +135,10 @@ impl BlobStore for DiskFrames {
         if misses.is_empty() {
             return Ok(out);
         }
-        // The missing frames and the bases their deltas need, verified
-        // together, then kept.
+        // The missing frames and the bases their deltas need (from the
+        // disk when there), verified together, then kept.
         let FramesWithBases { frames, known } =
-            frames_with_bases(misses, |ds| self.fetch(ds), |_| async { None }).await?;
+            frames_with_bases(misses, |ds| self.fetch(ds), |d| self.base_on_disk(d)).await?;
         let disk = self.disk.clone();
         let frames = tokio::task::spawn_blocking(move || {
             let mut checked = Vec::with_capacity(frames.len());
@@ -142,10 +152,6 @@ impl BlobStore for DiskFrames {
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
         out.extend(frames);
-        // A base's frame may also have been among the disk's answers:
-        // each frame once (a chunk is in one frame of an answer).
-        let mut seen = HashSet::new();
-        out.retain(|f| f.chunks.first().is_none_or(|c| seen.insert(c.digest)));
         Ok(out)
     }
 
