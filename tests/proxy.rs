@@ -72,6 +72,23 @@ fn sign_closure(path: &str, key: &Path) {
         .arg(path));
 }
 
+/// `nix copy --from URL PATH` into `client`'s chroot store, trusting `pk`.
+fn copy_from(client: &NixClient, url: &str, pk: &str, path: &str) -> Command {
+    let mut c = client.cmd("nix");
+    c.args(["copy", "--store", &client.store(), "--from", url])
+        .args(["--option", "trusted-public-keys", pk])
+        .arg(path);
+    c
+}
+
+/// `path`'s NAR as `client`'s chroot store holds it.
+fn dump_in(client: &NixClient, path: &str) -> Vec<u8> {
+    run(client
+        .cmd("nix-store")
+        .args(["--store", &client.store(), "--dump", path]))
+    .stdout
+}
+
 /// Whether `path` is valid in `client`'s chroot store.
 fn valid_in(client: &NixClient, path: &str) -> bool {
     client
@@ -94,16 +111,9 @@ fn nix_copies_a_closure_through_the_proxy_and_a_second_copy_fetches_nothing_upst
     let proxy = Proxy::start(&upstream, &dir.path().join("cache"));
 
     let first = NixClient::new(None);
-    run(first
-        .cmd("nix")
-        .args(["copy", "--store", &first.store(), "--from", &proxy.url])
-        .args(["--option", "trusted-public-keys", &pk])
-        .arg(&top));
+    run(&mut copy_from(&first, &proxy.url, &pk, &top));
     for p in nix_closure(&top) {
-        let copied = run(first
-            .cmd("nix-store")
-            .args(["--store", &first.store(), "--dump", &p]))
-        .stdout;
+        let copied = dump_in(&first, &p);
         assert!(copied == nix_dump(&p), "{p} differs through the proxy");
     }
     let fetched = proxy.upstream_bytes();
@@ -117,11 +127,7 @@ fn nix_copies_a_closure_through_the_proxy_and_a_second_copy_fetches_nothing_upst
     proxy.kill();
     let proxy = Proxy::start(&upstream, &dir.path().join("cache"));
     let second = NixClient::new(None);
-    run(second
-        .cmd("nix")
-        .args(["copy", "--store", &second.store(), "--from", &proxy.url])
-        .args(["--option", "trusted-public-keys", &pk])
-        .arg(&top));
+    run(&mut copy_from(&second, &proxy.url, &pk, &top));
     assert!(valid_in(&second, &top));
     assert_eq!(
         proxy.upstream_bytes(),
@@ -132,11 +138,7 @@ fn nix_copies_a_closure_through_the_proxy_and_a_second_copy_fetches_nothing_upst
     // A key Nix does not trust: nothing is copied.
     let stranger = NixClient::new(None);
     let (_, other_pk) = nix_keygen(dir.path(), "stranger-1");
-    let out = stranger
-        .cmd("nix")
-        .args(["copy", "--store", &stranger.store(), "--from", &proxy.url])
-        .args(["--option", "trusted-public-keys", &other_pk])
-        .arg(&top)
+    let out = copy_from(&stranger, &proxy.url, &other_pk, &top)
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -150,11 +152,7 @@ fn nix_copies_a_closure_through_the_proxy_and_a_second_copy_fetches_nothing_upst
     sign_closure(&later, &key);
     lazix_push(&upstream, &[&later]);
     let third = NixClient::new(None);
-    run(third
-        .cmd("nix")
-        .args(["copy", "--store", &third.store(), "--from", &proxy.url])
-        .args(["--option", "trusted-public-keys", &pk])
-        .arg(&later));
+    run(&mut copy_from(&third, &proxy.url, &pk, &later));
     assert!(valid_in(&third, &later));
 }
 
@@ -236,15 +234,8 @@ fn a_path_read_through_a_mount_on_the_same_cache_costs_the_proxy_nothing_upstrea
     std::thread::sleep(Duration::from_millis(1200));
 
     let client = NixClient::new(None);
-    run(client
-        .cmd("nix")
-        .args(["copy", "--store", &client.store(), "--from", &proxy.url])
-        .args(["--option", "trusted-public-keys", &pk])
-        .arg(&path));
-    let copied = run(client
-        .cmd("nix-store")
-        .args(["--store", &client.store(), "--dump", &path]))
-    .stdout;
+    run(&mut copy_from(&client, &proxy.url, &pk, &path));
+    let copied = dump_in(&client, &path);
     assert!(copied == nix_dump(&path));
     assert_eq!(
         proxy.upstream_bytes(),
@@ -343,13 +334,7 @@ fn upstream_gone_mid_nar_breaks_the_response_and_nix_registers_nothing() {
     // Real Nix through the proxy while upstream is still frozen: an
     // error, and the path is not registered.
     let client = NixClient::new(None);
-    let out = client
-        .cmd("nix")
-        .args(["copy", "--store", &client.store(), "--from", &proxy.url])
-        .args(["--option", "trusted-public-keys", &pk])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = copy_from(&client, &proxy.url, &pk, &path).output().unwrap();
     assert!(!out.status.success(), "nix copy succeeded without upstream");
     assert!(!valid_in(&client, &path));
     run(Command::new("kill").args(["-CONT", &upstream.pid().to_string()]));
