@@ -24,7 +24,7 @@ use lazix_server::http::{HttpConfig, NarCompression};
 use lazix_server::listen::{ListenAddr, Listener};
 use lazix_server::service::GrpcAccess;
 use lazix_server::tls::ServerTls;
-use lazix_server::GrpcStore;
+use lazix_server::{GrpcStore, Services};
 
 /// Default gRPC listen address (loopback: nothing is exposed unless asked).
 const DEFAULT_GRPC: &str = "127.0.0.1:9721";
@@ -326,6 +326,12 @@ struct ServeArgs {
     /// Permissions of a Unix socket given to --grpc (octal).
     #[arg(long, default_value = "660", value_parser = parse_mode)]
     socket_mode: u32,
+    /// Offer only snix's gRPC services (BlobService, DirectoryService,
+    /// PathInfoService), as a snix daemon does, without the batched
+    /// lazix.v1 calls: for interoperability checks and for measuring what
+    /// lazix.v1 buys. lazix clients notice and fall back by themselves.
+    #[arg(long)]
+    snix_only: bool,
     /// Also serve the Nix binary-cache protocol over HTTP on this address.
     #[arg(long)]
     http: Option<SocketAddr>,
@@ -700,8 +706,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
         let tls = tls.clone().filter(|_| matches!(listener, Listener::Tcp(_)));
         tracing::info!(grpc = %listener.local_addr(), store = %location, tls = tls.is_some(), "lazix serving gRPC");
         let (store, stop) = (store.clone(), stopped());
+        let services = if args.snix_only {
+            Services::SnixOnly
+        } else {
+            Services::All
+        };
         grpc.push(tokio::spawn(async move {
-            lazix_server::serve_grpc(store, access, tls.as_ref(), listener, stop).await
+            lazix_server::serve_grpc(store, access, services, tls.as_ref(), listener, stop).await
         }));
     }
 
@@ -815,7 +826,12 @@ async fn mount(args: MountArgs) -> Result<()> {
             .await??;
     tracing::info!(mountpoint = %args.mountpoint.display(), server = %args.server.server, "lazix mounted");
     let stats = mounted.stats.clone();
-    shutdown_signal().await;
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = mounted.wait_ended(Duration::from_millis(200)) => {
+            tracing::info!(mountpoint = %args.mountpoint.display(), "unmounted from outside; exiting");
+        }
+    }
     tokio::task::spawn_blocking(move || mounted.unmount())
         .await?
         .context("unmounting")?;

@@ -100,6 +100,22 @@ impl Frame {
         })
     }
 
+    /// A frame around one chunk's bytes as received without a frame (from
+    /// a server that sends raw bytes, such as snix's `BlobService.Read`),
+    /// not yet checked: stored at zstd's fastest level, so that it goes
+    /// through the one decode path that checks size and BLAKE3 like every
+    /// other frame. CPU-bound (cheap: no compression to speak of).
+    pub fn wrap_unverified(digest: B3Digest, raw: &[u8]) -> StoreResult<Self> {
+        Ok(Self {
+            chunks: vec![ChunkMeta {
+                digest,
+                size: raw.len() as u64,
+            }],
+            data: zstd_with_prefix(raw, &[], zstd::zstd_safe::min_c_level())?.into(),
+            base: Vec::new(),
+        })
+    }
+
     /// Compresses chunks against `base` (the concatenated bytes of the
     /// chunks listed in `base_meta`) as a zstd prefix: a delta frame.
     /// CPU-bound.
@@ -399,6 +415,16 @@ mod tests {
             },
             b,
         )
+    }
+
+    #[test]
+    fn wrapped_raw_bytes_are_checked_when_decoded() {
+        let data = pseudo_random(70_000, 3);
+        let digest = B3Digest::of(&data);
+        let frame = Frame::wrap_unverified(digest, &data).unwrap();
+        assert_eq!(frame.decode_verified().unwrap(), vec![Bytes::from(data)]);
+        let lie = Frame::wrap_unverified(digest, b"other bytes").unwrap();
+        assert!(matches!(lie.decode_verified(), Err(StoreError::Corrupt(_))));
     }
 
     #[test]

@@ -93,10 +93,32 @@ impl Mounted {
         self.finish()
     }
 
+    /// Whether the session ended by itself: someone unmounted the file
+    /// system from outside (`fusermount3 -u`, `umount`), or the kernel
+    /// connection was aborted. Nothing is left to detach then.
+    pub fn ended(&self) -> bool {
+        self.session.as_ref().is_none_or(|s| s.guard.is_finished())
+    }
+
+    /// Waits until the session ended by itself (see [`Mounted::ended`]),
+    /// checking every `every`. For a caller that also waits for a signal.
+    pub async fn wait_ended(&self, every: Duration) {
+        while !self.ended() {
+            tokio::time::sleep(every).await;
+        }
+    }
+
     fn finish(&mut self) -> std::io::Result<()> {
         let Some(session) = self.session.take() else {
             return Ok(());
         };
+        if session.guard.is_finished() {
+            // Unmounted from outside: only the session's result is left.
+            return session.join().or_else(|e| {
+                tracing::debug!(error = %e, "the FUSE session ended with an error after an unmount");
+                Ok(())
+            });
+        }
         let res = detach(&self.mountpoint);
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

@@ -33,12 +33,24 @@ pub const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 /// renderer keep a few windows in flight; 256 leaves room for many).
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
+/// Which services a gRPC listener offers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Services {
+    /// snix's three services and the batched `lazix.v1` calls.
+    #[default]
+    All,
+    /// snix's services alone, as a snix daemon offers them: for
+    /// interoperability tests and for measuring what `lazix.v1` buys.
+    SnixOnly,
+}
+
 /// Serves `store` over gRPC on an already bound listener (over TLS with
 /// `tls`; a Unix socket is always plain), to the callers `access` admits,
-/// until `shutdown` resolves.
+/// with `services`, until `shutdown` resolves.
 pub async fn serve_grpc(
     store: Store,
     access: service::GrpcAccess,
+    services: Services,
     tls: Option<&tls::ServerTls>,
     listener: listen::Listener,
     shutdown: impl std::future::Future<Output = ()> + Send,
@@ -60,11 +72,18 @@ pub async fn serve_grpc(
             if let Some(tls) = tls {
                 builder = builder.tls_config(tls.grpc())?;
             }
-            serve_incoming(builder, svc, incoming, shutdown).await
+            serve_incoming(builder, svc, services, incoming, shutdown).await
         }
         listen::Listener::Unix(listener, _file) => {
             let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-            serve_incoming(tonic::transport::Server::builder(), svc, incoming, shutdown).await
+            serve_incoming(
+                tonic::transport::Server::builder(),
+                svc,
+                services,
+                incoming,
+                shutdown,
+            )
+            .await
         }
     }
 }
@@ -73,6 +92,7 @@ pub async fn serve_grpc(
 async fn serve_incoming<IO, IE>(
     builder: tonic::transport::Server,
     svc: StoreService,
+    services: Services,
     incoming: impl futures::Stream<Item = Result<IO, IE>> + Send,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error>
@@ -111,11 +131,11 @@ where
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_MESSAGE_SIZE),
         )
-        .add_service(
+        .add_optional_service((services == Services::All).then(|| {
             ChunkServiceServer::new(svc)
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)
-                .max_encoding_message_size(MAX_MESSAGE_SIZE),
-        )
+                .max_encoding_message_size(MAX_MESSAGE_SIZE)
+        }))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

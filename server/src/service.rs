@@ -148,7 +148,15 @@ fn digests(list: &[bytes::Bytes]) -> Result<Vec<B3Digest>, Status> {
 /// A blob's layout, asked by digest alone (snix's blob service names no
 /// size): its chunk list, or itself as one chunk whose size its frame
 /// knows (nothing to decompress); checked like every reader checks it.
-async fn blob_layout(store: &Store, blob: B3Digest) -> Result<BlobLayout, Status> {
+/// `quick_miss`: a blob not in the store's table now is `NotFound` at
+/// once, without waiting for the store to look for packs other replicas
+/// wrote since (a `Stat`, which clients ask of many chunks in a row; a
+/// `Read` waits, since its caller expects the blob to be there).
+async fn blob_layout(
+    store: &Store,
+    blob: B3Digest,
+    quick_miss: bool,
+) -> Result<BlobLayout, Status> {
     let list = store
         .blobs
         .get_blob_chunks(&[blob])
@@ -159,6 +167,16 @@ async fn blob_layout(store: &Store, blob: B3Digest) -> Result<BlobLayout, Status
     let size = match &list {
         Some(l) => l.iter().fold(0u64, |sum, c| sum.saturating_add(c.size)),
         None => {
+            if quick_miss
+                && !store
+                    .blobs
+                    .missing_chunks(&[blob])
+                    .await
+                    .map_err(to_status)?
+                    .is_empty()
+            {
+                return Err(Status::not_found(format!("blob {blob}")));
+            }
             let frames = store.blobs.get_frames(&[blob]).await.map_err(|e| match e {
                 StoreError::NotFound(_) => Status::not_found(format!("blob {blob}")),
                 e => to_status(e),
@@ -183,7 +201,7 @@ impl blob_service_server::BlobService for StoreService {
         self.allow_read(&req)?;
         let req = req.into_inner();
         let blob = digest(&req.digest)?;
-        let layout = blob_layout(&self.store, blob).await?;
+        let layout = blob_layout(&self.store, blob, true).await?;
         let chunks = if req.send_chunks && layout.chunks().len() > 1 {
             layout
                 .chunks()
@@ -210,7 +228,10 @@ impl blob_service_server::BlobService for StoreService {
     ) -> Result<Response<Self::ReadStream>, Status> {
         self.allow_read(&req)?;
         let blob = digest(&req.into_inner().digest)?;
-        let chunks = blob_layout(&self.store, blob).await?.chunks().to_vec();
+        let chunks = blob_layout(&self.store, blob, false)
+            .await?
+            .chunks()
+            .to_vec();
         let store = self.store.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {

@@ -14,7 +14,7 @@ use lazix_proto::castore as cpb;
 use lazix_proto::castore::blob_service_client::BlobServiceClient;
 use lazix_proto::castore::directory_service_client::DirectoryServiceClient;
 use lazix_proto::store::path_info_service_client::PathInfoServiceClient;
-use lazix_server::GrpcStore;
+use lazix_server::{GrpcStore, Services};
 use tonic::Code;
 
 struct TestServer {
@@ -32,6 +32,10 @@ impl Drop for TestServer {
 }
 
 async fn start() -> TestServer {
+    start_with(Services::All).await
+}
+
+async fn start_with(services: Services) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::from_backend(
         BucketStore::open(dir.path().to_str().unwrap())
@@ -47,6 +51,7 @@ async fn start() -> TestServer {
     tokio::spawn(lazix_server::serve_grpc(
         store,
         access,
+        services,
         None,
         listener,
         async {
@@ -614,4 +619,177 @@ async fn the_services_answer_under_their_old_tvix_names_too() {
             .code(),
         Code::Unimplemented
     );
+}
+
+/// A store's chunk calls through snix's plain BlobService, as against a
+/// snix daemon: the client notices the missing `lazix.v1` calls and falls
+/// back by itself; what it reads is what was stored.
+#[tokio::test]
+async fn a_snix_only_server_is_used_through_its_blob_service() {
+    let srv = start_with(Services::SnixOnly).await;
+    let mut raw =
+        lazix_proto::ext::chunk_service_client::ChunkServiceClient::connect(http(&srv.addr))
+            .await
+            .unwrap();
+    assert_eq!(
+        raw.find_missing_chunks(lazix_proto::ext::FindMissingChunksRequest { digests: vec![] })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unimplemented,
+        "a --snix-only server offers no lazix.v1 calls"
+    );
+
+    let client = GrpcStore::connect(&srv.addr).unwrap();
+    let store = client.clone().into_store();
+    let (a, b, c) = (random(20_000, 41), random(30_000, 42), random(10_000, 43));
+    let (da, db, dc) = (B3Digest::of(&a), B3Digest::of(&b), B3Digest::of(&c));
+    assert_eq!(
+        store.blobs.missing_chunks(&[da, db, dc]).await.unwrap(),
+        vec![da, db, dc]
+    );
+    assert!(client.is_snix_only(), "the first chunk call found out");
+    store
+        .blobs
+        .put_frames(vec![frame_of(&[&a, &b]), frame_of(&[&c])])
+        .await
+        .unwrap();
+    let never = B3Digest::of(b"never stored here");
+    assert_eq!(
+        store.blobs.missing_chunks(&[dc, never, da]).await.unwrap(),
+        vec![never]
+    );
+    let got = store.blobs.get_chunks(&[db, dc, da, db]).await.unwrap();
+    let bytes: Vec<Bytes> = got.iter().map(|c| c.decode_verified().unwrap()).collect();
+    assert_eq!(bytes, vec![b.clone(), c.clone(), a.clone(), b.clone()]);
+    assert!(matches!(
+        store.blobs.get_frames(&[da, never]).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // A multi-chunk blob: uploaded whole (snix chunks it its own way), read
+    // back through the chunk list the server answers.
+    let parts: Vec<Vec<u8>> = (0..3).map(|i| random(40_000, 50 + i)).collect();
+    let refs: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
+    store.blobs.put_frames(vec![frame_of(&refs)]).await.unwrap();
+    let whole = parts.concat();
+    let blob = B3Digest::of(&whole);
+    assert_eq!(
+        store.blobs.get_blob_chunks(&[blob]).await.unwrap(),
+        vec![None]
+    );
+    store
+        .blobs
+        .put_blob_chunks(vec![BlobChunks {
+            blob,
+            chunks: parts.iter().map(|p| ChunkMeta::of(p)).collect(),
+        }])
+        .await
+        .unwrap();
+    let list = store.blobs.get_blob_chunks(&[blob]).await.unwrap()[0]
+        .clone()
+        .expect("a multi-chunk blob has a list");
+    assert_eq!(list.iter().map(|c| c.size).sum::<u64>(), whole.len() as u64);
+    let digests: Vec<B3Digest> = list.iter().map(|c| c.digest).collect();
+    let read: Vec<u8> = store
+        .blobs
+        .get_chunks(&digests)
+        .await
+        .unwrap()
+        .iter()
+        .flat_map(|c| c.decode_verified().unwrap())
+        .collect();
+    assert!(read == whole, "the blob reads back as uploaded");
+
+    // Refused as on the lazix path: a list that does not hash to its blob,
+    // a frame whose chunk list names other bytes, a delta frame.
+    let wrong = B3Digest::of(b"some other blob");
+    assert!(store
+        .blobs
+        .put_blob_chunks(vec![BlobChunks {
+            blob: wrong,
+            chunks: parts.iter().map(|p| ChunkMeta::of(p)).collect(),
+        }])
+        .await
+        .is_err());
+    let claimed = random(5_000, 60);
+    let mut lying = frame_of(&[&random(5_000, 61)]);
+    lying.chunks[0].digest = B3Digest::of(&claimed);
+    assert!(store.blobs.put_frames(vec![lying]).await.is_err());
+    assert_eq!(
+        store
+            .blobs
+            .missing_chunks(&[B3Digest::of(&claimed)])
+            .await
+            .unwrap(),
+        vec![B3Digest::of(&claimed)],
+        "nothing of a refused frame is stored"
+    );
+    let delta = Frame::compress_with_base(
+        &[(ChunkMeta::of(&parts[1]), Bytes::from(parts[1].clone()))],
+        vec![ChunkMeta::of(&parts[0])],
+        &parts[0],
+        3,
+    )
+    .unwrap();
+    assert!(store.blobs.put_frames(vec![delta]).await.is_err());
+    assert_eq!(store.blobs.chunk_list_digests(&blob).await.unwrap(), None);
+}
+
+/// A snix BlobService that answers every read with the same wrong bytes.
+struct LyingBlobs;
+
+#[tonic::async_trait]
+impl cpb::blob_service_server::BlobService for LyingBlobs {
+    async fn stat(
+        &self,
+        _: tonic::Request<cpb::StatBlobRequest>,
+    ) -> Result<tonic::Response<cpb::StatBlobResponse>, tonic::Status> {
+        Ok(tonic::Response::new(cpb::StatBlobResponse::default()))
+    }
+
+    type ReadStream = futures::stream::BoxStream<'static, Result<cpb::BlobChunk, tonic::Status>>;
+
+    async fn read(
+        &self,
+        _: tonic::Request<cpb::ReadBlobRequest>,
+    ) -> Result<tonic::Response<Self::ReadStream>, tonic::Status> {
+        let lie = cpb::BlobChunk {
+            data: Bytes::from_static(b"not what you asked for"),
+        };
+        Ok(tonic::Response::new(Box::pin(futures::stream::iter([Ok(
+            lie,
+        )]))))
+    }
+
+    async fn put(
+        &self,
+        _: tonic::Request<tonic::Streaming<cpb::BlobChunk>>,
+    ) -> Result<tonic::Response<cpb::PutBlobResponse>, tonic::Status> {
+        Err(tonic::Status::permission_denied("read-only"))
+    }
+}
+
+/// Bytes from a snix server are checked as on the lazix path: a lie is
+/// `Corrupt`, never returned.
+#[tokio::test]
+async fn bytes_from_a_snix_server_are_checked() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("grpc://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(cpb::blob_service_server::BlobServiceServer::new(LyingBlobs))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let store = GrpcStore::connect(&addr).unwrap().into_store();
+    let wanted = B3Digest::of(b"what you asked for");
+    assert!(matches!(
+        store.blobs.get_chunks(&[wanted]).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    let frames = store.blobs.get_frames(&[wanted]).await.unwrap();
+    assert!(matches!(
+        frames[0].decode_verified(),
+        Err(StoreError::Corrupt(_))
+    ));
 }

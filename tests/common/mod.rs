@@ -555,6 +555,25 @@ impl Mount {
         serde_json::from_slice(&std::fs::read(self.path(".lazix-stats")).unwrap()).unwrap()
     }
 
+    /// Waits (at most `limit`) for `lazix mount` to exit by itself, as
+    /// after an unmount from outside; its status and what it printed, or
+    /// `None` if it is still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<(std::process::ExitStatus, String)> {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut()?;
+        while child.try_wait().ok()?.is_none() {
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = self.child.take()?.wait_with_output().ok()?;
+        Some((
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
     /// Stops `lazix mount` (SIGTERM) and returns what it printed.
     pub fn stop(mut self) -> String {
         self.shutdown()

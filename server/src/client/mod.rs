@@ -1,7 +1,16 @@
 //! The gRPC client: a remote lazix (or snix) server behind the same store
-//! traits as a local backend, so the CLI, the renderer and later the FUSE
-//! mount work with either.
+//! traits as a local backend, so the CLI, the renderer and the FUSE mount
+//! work with either.
+//!
+//! Chunks travel through the batched `lazix.v1.ChunkService`; a server
+//! without it (a snix daemon) is noticed on the first such call that
+//! answers `Unimplemented`, and from then on this connection uses snix's
+//! plain `BlobService` ([`snix`]).
 
+mod snix;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,7 +24,10 @@ use lazix_castore::read::slices::CoveredSlices;
 use lazix_castore::store::{BlobChunks, BlobStore, DirectoryStore, PathInfoStore};
 use lazix_castore::trust::ChunkListsDigest;
 use lazix_castore::{B3Digest, PathInfo, Store, StoreError, StoreResult};
-use lazix_proto::castore::{self as cpb, directory_service_client::DirectoryServiceClient};
+use lazix_proto::castore::{
+    self as cpb, blob_service_client::BlobServiceClient,
+    directory_service_client::DirectoryServiceClient,
+};
 use lazix_proto::ext::{self as lpb, chunk_service_client::ChunkServiceClient};
 use lazix_proto::store::{self as spb, path_info_service_client::PathInfoServiceClient};
 use tonic::metadata::{Ascii, MetadataValue};
@@ -74,6 +86,10 @@ type Conn = InterceptedService<Channel, BearerToken>;
 #[derive(Clone)]
 pub struct GrpcStore {
     chunks: ChunkServiceClient<Conn>,
+    /// snix's blob service, used once the server proved to lack `chunks`.
+    blobs: BlobServiceClient<Conn>,
+    /// Set when a `lazix.v1` call answered `Unimplemented`.
+    snix_only: Arc<AtomicBool>,
     directories: DirectoryServiceClient<Conn>,
     path_infos: PathInfoServiceClient<Conn>,
 }
@@ -203,6 +219,10 @@ impl GrpcStore {
             chunks: ChunkServiceClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_MESSAGE_SIZE),
+            blobs: BlobServiceClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+            snix_only: Arc::new(AtomicBool::new(false)),
             directories: DirectoryServiceClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_MESSAGE_SIZE),
@@ -214,13 +234,27 @@ impl GrpcStore {
 
     /// The three services of this connection as a [`Store`].
     pub fn into_store(self) -> Store {
-        Store::from_backend(std::sync::Arc::new(self))
+        Store::from_backend(Arc::new(self))
     }
-}
 
-#[async_trait]
-impl BlobStore for GrpcStore {
-    async fn missing_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<B3Digest>> {
+    /// Whether this connection's server proved to have no `lazix.v1`
+    /// calls (so chunks go through snix's blob service).
+    pub fn is_snix_only(&self) -> bool {
+        self.snix_only.load(Ordering::Relaxed)
+    }
+
+    fn note_snix_only(&self) {
+        if !self.snix_only.swap(true, Ordering::Relaxed) {
+            tracing::info!(
+                "the server has no lazix.v1 calls (a snix server?): chunks go through its BlobService, one call per chunk"
+            );
+        }
+    }
+
+    async fn lazix_missing_chunks(
+        &self,
+        digests: &[B3Digest],
+    ) -> StoreResult<Option<Vec<B3Digest>>> {
         let mut missing = Vec::new();
         for batch in digests.chunks(MAX_BATCH) {
             let resp = self
@@ -229,45 +263,48 @@ impl BlobStore for GrpcStore {
                 .find_missing_chunks(lpb::FindMissingChunksRequest {
                     digests: batch.iter().map(|d| (*d).into()).collect(),
                 })
-                .await
-                .map_err(from_status)?
-                .into_inner();
-            for m in resp.missing {
+                .await;
+            let Some(resp) = answered(resp)? else {
+                return Ok(None);
+            };
+            for m in resp.into_inner().missing {
                 missing
                     .push(B3Digest::try_from(&m).map_err(|e| StoreError::Corrupt(e.to_string()))?);
             }
         }
-        Ok(missing)
+        Ok(Some(missing))
     }
 
-    async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
+    async fn lazix_put_frames(&self, frames: Vec<Frame>) -> StoreResult<Option<()>> {
         let msgs: Vec<lpb::PutChunksRequest> = group_by_size(frames, |f| f.data.len() as u64)
             .into_iter()
             .map(|g| lpb::PutChunksRequest {
                 frames: g.iter().map(Frame::to_proto).collect(),
             })
             .collect();
-        self.chunks
+        let resp = self
+            .chunks
             .clone()
             .put_chunks(futures::stream::iter(msgs))
-            .await
-            .map_err(from_status)?;
-        Ok(())
+            .await;
+        Ok(answered(resp)?.map(|_| ()))
     }
 
-    async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
+    async fn lazix_get_frames(&self, digests: &[B3Digest]) -> StoreResult<Option<Vec<Frame>>> {
         let mut out: Vec<Frame> = Vec::new();
         let mut slices = CoveredSlices::new(digests, MAX_BATCH);
         while let Some(wanted) = slices.next_wanted() {
-            let mut stream = self
+            let resp = self
                 .chunks
                 .clone()
                 .read_chunks(lpb::ReadChunksRequest {
                     digests: wanted.iter().map(|d| (*d).into()).collect(),
                 })
-                .await
-                .map_err(from_status)?
-                .into_inner();
+                .await;
+            let Some(resp) = answered(resp)? else {
+                return Ok(None);
+            };
+            let mut stream = resp.into_inner();
             while let Some(msg) = stream.message().await.map_err(from_status)? {
                 for f in msg.frames {
                     let frame = Frame::try_from_proto(f)?;
@@ -281,12 +318,13 @@ impl BlobStore for GrpcStore {
                 "server answered frames without chunk {d}"
             )));
         }
-        Ok(out)
+        Ok(Some(out))
     }
 
-    async fn put_blob_chunks(&self, blobs: Vec<BlobChunks>) -> StoreResult<()> {
+    async fn lazix_put_blob_chunks(&self, blobs: &[BlobChunks]) -> StoreResult<Option<()>> {
         for batch in blobs.chunks(256) {
-            self.chunks
+            let resp = self
+                .chunks
                 .clone()
                 .put_blob_chunks(lpb::PutBlobChunksRequest {
                     blobs: batch
@@ -297,16 +335,18 @@ impl BlobStore for GrpcStore {
                         })
                         .collect(),
                 })
-                .await
-                .map_err(from_status)?;
+                .await;
+            if answered(resp)?.is_none() {
+                return Ok(None);
+            }
         }
-        Ok(())
+        Ok(Some(()))
     }
 
-    async fn get_blob_chunks(
+    async fn lazix_get_blob_chunks(
         &self,
         blobs: &[B3Digest],
-    ) -> StoreResult<Vec<Option<Vec<ChunkMeta>>>> {
+    ) -> StoreResult<Option<Vec<Option<Vec<ChunkMeta>>>>> {
         let mut out = Vec::with_capacity(blobs.len());
         for batch in blobs.chunks(MAX_BATCH) {
             let resp = self
@@ -315,9 +355,11 @@ impl BlobStore for GrpcStore {
                 .get_blob_chunks(lpb::GetBlobChunksRequest {
                     blob_digests: batch.iter().map(|d| (*d).into()).collect(),
                 })
-                .await
-                .map_err(from_status)?
-                .into_inner();
+                .await;
+            let Some(resp) = answered(resp)? else {
+                return Ok(None);
+            };
+            let resp = resp.into_inner();
             if resp.answers.len() != batch.len() {
                 return Err(StoreError::Corrupt("short GetBlobChunks answer".into()));
             }
@@ -334,7 +376,74 @@ impl BlobStore for GrpcStore {
                 });
             }
         }
-        Ok(out)
+        Ok(Some(out))
+    }
+}
+
+/// A call's answer; `None` if the server does not know the call
+/// (`Unimplemented`: a server without `lazix.v1`).
+fn answered<T>(res: Result<T, tonic::Status>) -> StoreResult<Option<T>> {
+    match res {
+        Ok(r) => Ok(Some(r)),
+        Err(s) if s.code() == tonic::Code::Unimplemented => Ok(None),
+        Err(s) => Err(from_status(s)),
+    }
+}
+
+#[async_trait]
+impl BlobStore for GrpcStore {
+    async fn missing_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<B3Digest>> {
+        if !self.is_snix_only() {
+            if let Some(missing) = self.lazix_missing_chunks(digests).await? {
+                return Ok(missing);
+            }
+            self.note_snix_only();
+        }
+        snix::missing_chunks(&self.blobs, digests).await
+    }
+
+    async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
+        if !self.is_snix_only() {
+            // Cheap to keep: frames are reference-counted bytes.
+            if let Some(()) = self.lazix_put_frames(frames.clone()).await? {
+                return Ok(());
+            }
+            self.note_snix_only();
+        }
+        snix::put_frames(&self.blobs, frames).await
+    }
+
+    async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
+        if !self.is_snix_only() {
+            if let Some(frames) = self.lazix_get_frames(digests).await? {
+                return Ok(frames);
+            }
+            self.note_snix_only();
+        }
+        snix::get_frames(&self.blobs, digests).await
+    }
+
+    async fn put_blob_chunks(&self, blobs: Vec<BlobChunks>) -> StoreResult<()> {
+        if !self.is_snix_only() {
+            if let Some(()) = self.lazix_put_blob_chunks(&blobs).await? {
+                return Ok(());
+            }
+            self.note_snix_only();
+        }
+        snix::put_blob_chunks(&self.blobs, blobs).await
+    }
+
+    async fn get_blob_chunks(
+        &self,
+        blobs: &[B3Digest],
+    ) -> StoreResult<Vec<Option<Vec<ChunkMeta>>>> {
+        if !self.is_snix_only() {
+            if let Some(lists) = self.lazix_get_blob_chunks(blobs).await? {
+                return Ok(lists);
+            }
+            self.note_snix_only();
+        }
+        snix::get_blob_chunks(&self.blobs, blobs).await
     }
 
     /// Asks the server for the manifest; a server without the call (snix,
@@ -342,7 +451,12 @@ impl BlobStore for GrpcStore {
     /// gathers the lists. The answer is bounded as it arrives (at most a
     /// path's node limit of records) and checked only by the caller's
     /// signature.
+    /// (An older lazix server lacks only this call: not a sign of a snix
+    /// server.)
     async fn chunk_list_digests(&self, root: &B3Digest) -> StoreResult<Option<ChunkListsDigest>> {
+        if self.is_snix_only() {
+            return Ok(None);
+        }
         let answer = self
             .chunks
             .clone()
@@ -350,11 +464,10 @@ impl BlobStore for GrpcStore {
                 root_digest: (*root).into(),
             })
             .await;
-        let mut stream = match answer {
-            Ok(r) => r.into_inner(),
-            Err(s) if s.code() == tonic::Code::Unimplemented => return Ok(None),
-            Err(s) => return Err(from_status(s)),
+        let Some(answer) = answered(answer)? else {
+            return Ok(None);
         };
+        let mut stream = answer.into_inner();
         let most = MAX_NODES as usize * ChunkListsDigest::RECORD_LEN;
         let mut records = Vec::new();
         while let Some(msg) = stream.message().await.map_err(from_status)? {
