@@ -649,6 +649,17 @@ async fn a_snix_only_server_is_used_through_its_blob_service() {
         vec![da, db, dc]
     );
     assert!(client.is_snix_only(), "the first chunk call found out");
+    let mut snix_blobs = BlobServiceClient::connect(http(&srv.addr)).await.unwrap();
+    let empty = snix_blobs
+        .stat(cpb::StatBlobRequest {
+            digest: Bytes::copy_from_slice(B3Digest::of(b"").as_bytes()),
+            send_chunks: true,
+            send_bao: false,
+        })
+        .await
+        .expect("the empty blob is there for snix's readers")
+        .into_inner();
+    assert!(empty.chunks.is_empty());
     store
         .blobs
         .put_frames(vec![frame_of(&[&a, &b]), frame_of(&[&c])])

@@ -90,6 +90,8 @@ pub struct GrpcStore {
     blobs: BlobServiceClient<Conn>,
     /// Set when a `lazix.v1` call answered `Unimplemented`.
     snix_only: Arc<AtomicBool>,
+    /// Set once the empty blob is known stored on a snix server.
+    snix_empty_blob: Arc<tokio::sync::OnceCell<()>>,
     directories: DirectoryServiceClient<Conn>,
     path_infos: PathInfoServiceClient<Conn>,
 }
@@ -223,6 +225,7 @@ impl GrpcStore {
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_MESSAGE_SIZE),
             snix_only: Arc::new(AtomicBool::new(false)),
+            snix_empty_blob: Default::default(),
             directories: DirectoryServiceClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_MESSAGE_SIZE),
@@ -399,6 +402,11 @@ impl BlobStore for GrpcStore {
             }
             self.note_snix_only();
         }
+        // An upload's first question: the moment to store the empty blob
+        // snix's readers expect (see `snix::ensure_empty_blob`).
+        self.snix_empty_blob
+            .get_or_try_init(|| snix::ensure_empty_blob(&self.blobs))
+            .await?;
         snix::missing_chunks(&self.blobs, digests).await
     }
 

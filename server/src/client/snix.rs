@@ -55,6 +55,18 @@ async fn stat(
     }
 }
 
+/// Stores the empty blob unless the server has it. lazix stores nothing
+/// for empty files (every reader knows their bytes), but snix's readers
+/// look every file's blob up, the empty one included. Called once per
+/// connection, by the first question an upload asks.
+pub async fn ensure_empty_blob(blobs: &Blobs) -> StoreResult<()> {
+    let empty = B3Digest::of(b"");
+    if stat(blobs, empty, false).await?.is_none() {
+        put_blob(blobs, empty, stream::iter([Bytes::new()])).await?;
+    }
+    Ok(())
+}
+
 /// The digests among `digests` the server lacks, in input order.
 pub async fn missing_chunks(blobs: &Blobs, digests: &[B3Digest]) -> StoreResult<Vec<B3Digest>> {
     stream::iter(digests.iter().copied())
