@@ -18,6 +18,7 @@ use lazix_castore::read::trusted::{root_signatures, TrustedReads};
 use lazix_castore::store::{cached, CacheConfig};
 use lazix_castore::trust::TrustedKeys;
 use lazix_castore::{Node, PathInfo, Store};
+use lazix_fs::profile::{Profile, Recorder};
 use lazix_server::auth::Tokens;
 use lazix_server::client::ClientOptions;
 use lazix_server::http::{HttpConfig, NarCompression};
@@ -80,6 +81,9 @@ enum Command {
     /// NARs from a disk cache of chunks (the mount's folder and format)
     /// and fetching only missing ones from an upstream lazix server.
     Proxy(ProxyArgs),
+    /// Fetch what access profiles name into a disk cache ahead of time, so
+    /// that a later mount (or proxy) with that --cache-dir starts warm.
+    Prefetch(PrefetchArgs),
     /// Write a Nix-compatible signing key pair: NAME.secret and NAME.public.
     Keygen {
         /// Key name (clients trust `NAME:<public key>`), e.g. cache.example.org-1.
@@ -450,8 +454,38 @@ struct MountArgs {
     /// FUSE worker threads.
     #[arg(long, default_value_t = 16)]
     threads: usize,
+    /// Record which store paths, files and byte ranges are read, in
+    /// first-use order, into this access profile (JSON lines; a profile
+    /// already there is continued), written when the mount stops.
+    #[arg(long)]
+    record_profile: Option<PathBuf>,
+    /// Fetch what this access profile names in the background from the
+    /// start, in first-use order and large batched calls (repeatable:
+    /// merged). A store path the server lacks or whose files changed is
+    /// skipped with one log line.
+    #[arg(long)]
+    prefetch: Vec<PathBuf>,
     /// Where to mount (e.g. /nix/store).
     mountpoint: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct PrefetchArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Disk cache folder to fill (the one `lazix mount --cache-dir` and
+    /// `lazix proxy` use).
+    #[arg(long, default_value_os_t = default_cache_dir())]
+    cache_dir: PathBuf,
+    /// Disk cache quota, e.g. 10G or 512M (as the mount's).
+    #[arg(long, default_value = "10G", value_parser = parse_size)]
+    cache_size: u64,
+    /// Seconds each server call may take.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+    /// Access profiles (from `lazix mount --record-profile`), merged.
+    #[arg(required = true)]
+    profiles: Vec<PathBuf>,
 }
 
 /// Parses `10G`, `512M`, `64K` or a plain byte count.
@@ -515,6 +549,7 @@ async fn main() -> Result<()> {
         Command::Keygen { name, dir } => keygen(&name, &dir),
         Command::Mount(args) => mount(args).await,
         Command::Proxy(args) => proxy(args).await,
+        Command::Prefetch(args) => prefetch(args).await,
         Command::Push {
             server,
             json,
@@ -806,6 +841,13 @@ async fn mount(args: MountArgs) -> Result<()> {
     // decoded, in memory and on disk). No call timeout in the client
     // either: the mount bounds every server call by its own --timeout.
     let store = args.server.connect(None)?;
+    let recorder = match &args.record_profile {
+        Some(file) if file.exists() => Some(Arc::new(Recorder::new(
+            Profile::load(file).context("continuing the access profile")?,
+        ))),
+        Some(_) => Some(Arc::new(Recorder::default())),
+        None => None,
+    };
     let opts = lazix_fs::MountOptions {
         fs: lazix_fs::MountConfig {
             uid: args.uid,
@@ -818,6 +860,8 @@ async fn mount(args: MountArgs) -> Result<()> {
         cache_bytes: args.cache_size,
         memory_bytes: args.memory_cache_size,
         threads: args.threads,
+        recorder: recorder.clone(),
+        prefetch: load_profiles(&args.prefetch)?,
     };
     let rt = tokio::runtime::Handle::current();
     let mountpoint = args.mountpoint.clone();
@@ -835,10 +879,54 @@ async fn mount(args: MountArgs) -> Result<()> {
     tokio::task::spawn_blocking(move || mounted.unmount())
         .await?
         .context("unmounting")?;
+    if let (Some(recorder), Some(file)) = (&recorder, &args.record_profile) {
+        let profile = recorder.profile();
+        profile.save(file).context("writing the access profile")?;
+        eprintln!(
+            "lazix mount: recorded {} files into {}",
+            profile.files.len(),
+            file.display()
+        );
+    }
     let s = stats.snapshot();
     eprintln!(
         "lazix mount: fetched {} bytes in {} chunks ({} requests), served {} bytes",
         s.fetched_bytes, s.fetched_chunks, s.fetch_requests, s.served_bytes
+    );
+    Ok(())
+}
+
+/// The profiles named, merged (`None` if none).
+fn load_profiles(files: &[PathBuf]) -> Result<Option<Profile>> {
+    let mut merged: Option<Profile> = None;
+    for f in files {
+        let p = Profile::load(f)?;
+        merged.get_or_insert_with(Profile::default).merge(p);
+    }
+    Ok(merged)
+}
+
+async fn prefetch(args: PrefetchArgs) -> Result<()> {
+    let profile = load_profiles(&args.profiles)?.unwrap_or_default();
+    let store = args.server.connect(None)?;
+    let (report, s) = lazix_fs::prefetch_to_disk(
+        store,
+        &args.cache_dir,
+        args.cache_size,
+        Duration::from_secs(args.timeout.max(1)),
+        &profile,
+    )
+    .await
+    .context("prefetching")?;
+    println!(
+        "lazix prefetch: {} files, {} chunks wanted, {} fetched ({} bytes in {} requests) into {}; {} store paths skipped",
+        report.files,
+        report.chunks,
+        s.fetched_chunks,
+        s.fetched_bytes,
+        s.fetch_requests,
+        args.cache_dir.display(),
+        report.ignored_paths
     );
     Ok(())
 }

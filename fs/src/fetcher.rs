@@ -43,6 +43,17 @@ const CALL_CHUNKS: usize = 64;
 /// Server calls in flight per fetch.
 const CALLS_IN_FLIGHT: usize = 4;
 
+/// Who asks for chunks: a read waiting for them, or work ahead of reads
+/// (the read-ahead window, an access profile). Counted apart: a read that
+/// has to start a fetch itself is what prefetching aims to leave none of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A read (or an open fetching a small file whole) waits for them.
+    Read,
+    /// Fetched ahead of any read.
+    Ahead,
+}
+
 /// Whether the frames a fetch receives go to the disk cache too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DiskCopy {
@@ -75,6 +86,8 @@ pub struct ChunkFetcher {
     disk: Option<DiskCache>,
     in_flight: SingleFlight<B3Digest, Outcome, DigestKeyBuildHasher>,
     timeout: Duration,
+    /// Disk cache writes started and not finished.
+    disk_writes: Arc<std::sync::atomic::AtomicUsize>,
     /// Counters.
     pub stats: Arc<Stats>,
 }
@@ -104,6 +117,7 @@ impl ChunkFetcher {
                 .transpose()?,
             in_flight: SingleFlight::default(),
             timeout,
+            disk_writes: Default::default(),
             stats: Arc::new(Stats::default()),
         })
     }
@@ -168,7 +182,7 @@ impl ChunkFetcher {
     /// in batched calls; chunks another request is already fetching are
     /// awaited, not fetched again.
     pub async fn get(&self, digests: &[B3Digest]) -> Result<Vec<Bytes>, FetchError> {
-        self.get_after_neighbours(digests, &[], DiskCopy::Keep)
+        self.get_after_neighbours(digests, &[], DiskCopy::Keep, Origin::Read)
             .await
     }
 
@@ -179,12 +193,13 @@ impl ChunkFetcher {
     /// move that frame twice (the kernel splits one read-around into
     /// concurrent reads). Waits only on fetches registered before this
     /// one's, so waits never form a cycle. `disk` says whether what
-    /// arrives is written to the disk cache.
+    /// arrives is written to the disk cache; `origin`, who asks.
     pub async fn get_after_neighbours(
         &self,
         digests: &[B3Digest],
         neighbours: &[B3Digest],
         disk: DiskCopy,
+        origin: Origin,
     ) -> Result<Vec<Bytes>, FetchError> {
         let mut out: Vec<Option<Bytes>> = digests.iter().map(|d| self.local(d)).collect();
         let misses: Vec<(usize, B3Digest)> = digests
@@ -224,6 +239,9 @@ impl ChunkFetcher {
             mine = self.publish_arrived(mine);
         }
         if !mine.is_empty() {
+            if origin == Origin::Read {
+                Stats::add(&self.stats.read_fetches, 1);
+            }
             self.fetch_remote(mine, disk).await;
         }
         // Every fetch waited on is bounded by the server timeout of its
@@ -347,10 +365,13 @@ impl ChunkFetcher {
         // already in memory.
         if let Some(disk) = self.disk.as_ref().filter(|_| disk_copy == DiskCopy::Keep) {
             let disk = disk.clone();
+            let pending = self.disk_writes.clone();
+            pending.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::task::spawn_blocking(move || {
                 for frame in &to_disk {
                     disk.store(frame);
                 }
+                pending.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             });
         }
         Ok(batch
@@ -403,6 +424,14 @@ impl ChunkFetcher {
         Ok(frames)
     }
 
+    /// Waits until the disk cache writes started so far have landed (they
+    /// run behind the fetches, off the readers' path).
+    pub async fn flush_disk(&self) {
+        while self.disk_writes.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Starts fetching `digests` in the background (read-ahead); chunks
     /// already cached or in flight are skipped.
     pub fn prefetch(
@@ -420,7 +449,10 @@ impl ChunkFetcher {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = this.get_after_neighbours(&wanted, &neighbours, disk).await {
+            if let Err(e) = this
+                .get_after_neighbours(&wanted, &neighbours, disk, Origin::Ahead)
+                .await
+            {
                 tracing::debug!(error = %e, "read-ahead failed");
             }
         });
@@ -456,7 +488,7 @@ mod tests {
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
         let second = fetcher
-            .get_after_neighbours(&[b], &[a], DiskCopy::Keep)
+            .get_after_neighbours(&[b], &[a], DiskCopy::Keep, Origin::Read)
             .await
             .unwrap();
         assert_eq!(second, vec![Bytes::from_static(b"second chunk")]);
@@ -489,7 +521,7 @@ mod tests {
         .unwrap();
         let (whole, part) = (B3Digest::of(b"copied whole"), B3Digest::of(b"read in part"));
         fetcher
-            .get_after_neighbours(&[whole], &[], DiskCopy::Skip)
+            .get_after_neighbours(&[whole], &[], DiskCopy::Skip, Origin::Read)
             .await
             .unwrap();
         fetcher.get(&[part]).await.unwrap();

@@ -30,8 +30,9 @@ use lazix_castore::store::CacheConfig;
 use lazix_castore::{B3Digest, Node, PathInfo, Store, StoreError};
 
 use crate::error::FsError;
-use crate::fetcher::{ChunkFetcher, DiskCopy};
+use crate::fetcher::{ChunkFetcher, DiskCopy, Origin};
 use crate::inodes::{Inodes, ROOT_INO, STATS_INO};
+use crate::profile::{Profile, Recorder};
 use crate::readahead::ReadAhead;
 use crate::stats::Stats;
 use crate::whole_files::{WholeFileWriter, WholeFiles, MIN_WHOLE_FILE};
@@ -227,6 +228,8 @@ pub struct LazyFs {
     /// chunk list): every later read of them is EIO, also the kernel's
     /// retry of a failed readahead.
     disproved: moka::sync::Cache<B3Digest, (), DigestKeyBuildHasher>,
+    /// With `--record-profile`: what is read, in first-use order.
+    recorder: Option<Arc<Recorder>>,
 }
 
 impl LazyFs {
@@ -285,7 +288,36 @@ impl LazyFs {
             disproved: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .build_with_hasher(DigestKeyBuildHasher::default()),
+            recorder: None,
         }
+    }
+
+    /// Records every read into `recorder` from now on.
+    pub fn record_into(&mut self, recorder: Arc<Recorder>) {
+        self.recorder = Some(recorder);
+    }
+
+    /// Fetches what `profile` names in the background (see
+    /// [`crate::profile::prefetch`]); the chunk lists it looks up are kept
+    /// for this mount's reads. Counted in the stats (`profile_chunks`,
+    /// `profiles_done`).
+    pub fn start_prefetch(&self, profile: Profile) {
+        let store = self.store.clone();
+        let fetcher = self.fetcher.clone();
+        let lists = self.chunk_lists.clone();
+        self.rt.spawn(async move {
+            let keep = move |l: &Arc<BlobLayout>| lists.insert(*l.blob(), l.clone());
+            match crate::profile::prefetch(&store, &fetcher, &profile, &keep).await {
+                Ok(r) => tracing::info!(
+                    files = r.files,
+                    chunks = r.chunks,
+                    ignored_paths = r.ignored_paths,
+                    "access profile prefetched"
+                ),
+                Err(e) => tracing::warn!(error = %e, "access profile prefetch failed"),
+            }
+            Stats::add(&fetcher.stats.profiles_done, 1);
+        });
     }
 
     /// Whether kept whole files could be handed to the kernel (there is a
@@ -315,6 +347,9 @@ impl LazyFs {
             .lock()
             .expect("inodes")
             .lookup(parent, name.as_bytes(), &node);
+        if let Some(r) = &self.recorder {
+            r.looked_up(parent, name.as_bytes(), ino);
+        }
         Ok(TimedAttr {
             attr: self.attr(ino, &node),
             ttl: FOREVER,
@@ -766,7 +801,11 @@ impl LazyFs {
         };
         let backing = self.backing_for(backing, ino, &digest, size);
         if backing.is_none() && size > 0 && size <= SMALL_FILE {
-            // Small files come whole, in one request.
+            // Small files come whole, in one request (and a profile names
+            // them whole, as they are fetched).
+            if let Some(r) = &self.recorder {
+                r.read(ino, &digest, size, 0, size);
+            }
             let layout = self.layout(&digest, size)?;
             let digests: Vec<B3Digest> = layout.chunks().iter().map(|c| c.digest).collect();
             self.rt.block_on(self.fetcher.get(&digests)).map_err(|e| {
@@ -927,6 +966,7 @@ impl LazyFs {
             &digests,
             &neighbours,
             disk,
+            Origin::Read,
         ));
         let datas = fetched.map_err(|e| {
             tracing::warn!(error = %e, "read failed");
@@ -978,6 +1018,9 @@ impl LazyFs {
         }
         if self.disproved.contains_key(digest) {
             return Err(FsError::Disproved(*digest));
+        }
+        if let Some(r) = &self.recorder {
+            r.read(ino, digest, file_size, read.start, read.end);
         }
         let layout = self.layout(digest, file_size)?;
         let writer = self.whole_writer(ino, digest, file_size, read.start);

@@ -9,6 +9,7 @@ mod fetcher;
 mod fs;
 mod fuse;
 mod inodes;
+pub mod profile;
 mod readahead;
 mod stats;
 mod whole_files;
@@ -41,6 +42,38 @@ pub struct MountOptions {
     pub memory_bytes: u64,
     /// FUSE worker threads.
     pub threads: usize,
+    /// Records what is read (`--record-profile`); the caller saves it.
+    pub recorder: Option<Arc<profile::Recorder>>,
+    /// Fetched in the background from the start (`--prefetch`).
+    pub prefetch: Option<profile::Profile>,
+}
+
+/// The part of a disk cache quota that holds frames; the rest is for
+/// whole files (see [`WholeFiles`]). One rule for every user of the cache.
+pub fn frames_quota(cache_bytes: u64) -> u64 {
+    cache_bytes - cache_bytes / 4
+}
+
+/// Fetches what `profile` names into the disk cache at `cache_dir` (with
+/// its quota `cache_bytes`, shared with mounts of the same folder), as a
+/// later `lazix mount --cache-dir` finds it: `lazix prefetch`.
+pub async fn prefetch_to_disk(
+    store: Store,
+    cache_dir: &Path,
+    cache_bytes: u64,
+    timeout: Duration,
+    profile: &profile::Profile,
+) -> Result<(profile::PrefetchReport, StatsSnapshot), StoreError> {
+    let fetcher = ChunkFetcher::new(
+        store.blobs.clone(),
+        64 * 1024 * 1024,
+        Some((cache_dir, frames_quota(cache_bytes))),
+        timeout,
+    )?;
+    let report = profile::prefetch(&store, &fetcher, profile, &|_| {}).await?;
+    // The disk writes run behind the fetches: let them land.
+    fetcher.flush_disk().await;
+    Ok((report, fetcher.stats.snapshot()))
 }
 
 /// Why mounting failed.
@@ -150,13 +183,13 @@ pub fn mount(
     opts: MountOptions,
 ) -> Result<Mounted, MountError> {
     // The disk quota: three quarters for frames, one for whole files.
-    let whole_bytes = opts.cache_bytes / 4;
+    let whole_bytes = opts.cache_bytes - frames_quota(opts.cache_bytes);
     let fetcher = Arc::new(ChunkFetcher::new(
         store.blobs.clone(),
         opts.memory_bytes,
         opts.cache_dir
             .as_deref()
-            .map(|d| (d, opts.cache_bytes - whole_bytes)),
+            .map(|d| (d, frames_quota(opts.cache_bytes))),
         opts.fs.timeout,
     )?);
     let whole = opts
@@ -167,7 +200,13 @@ pub fn mount(
         .map_err(MountError::WholeFiles)?;
     let stats = fetcher.stats.clone();
     let kernel = Arc::new(fuse::KernelNotifier::default());
-    let fs = LazyFs::new(rt, store, fetcher, whole, kernel.clone(), opts.fs);
+    let mut fs = LazyFs::new(rt, store, fetcher, whole, kernel.clone(), opts.fs);
+    if let Some(r) = opts.recorder {
+        fs.record_into(r);
+    }
+    if let Some(p) = opts.prefetch {
+        fs.start_prefetch(p);
+    }
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::RO,

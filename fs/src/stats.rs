@@ -12,6 +12,14 @@ pub struct Stats {
     pub fetched_chunks: AtomicU64,
     /// Batched chunk requests sent to the server.
     pub fetch_requests: AtomicU64,
+    /// Fetches a read (or an open) had to start itself: its chunks were
+    /// neither cached nor on their way (read-ahead and profile prefetches
+    /// are not counted). What a good access profile leaves at 0.
+    pub read_fetches: AtomicU64,
+    /// Chunks an access profile asked for ahead of any read.
+    pub profile_chunks: AtomicU64,
+    /// Access profiles whose prefetch finished (successfully or not).
+    pub profiles_done: AtomicU64,
     /// Bytes returned to readers.
     pub served_bytes: AtomicU64,
     /// Read requests from the kernel.
@@ -39,6 +47,12 @@ pub struct StatsSnapshot {
     pub fetched_chunks: u64,
     /// See [`Stats::fetch_requests`].
     pub fetch_requests: u64,
+    /// See [`Stats::read_fetches`].
+    pub read_fetches: u64,
+    /// See [`Stats::profile_chunks`].
+    pub profile_chunks: u64,
+    /// See [`Stats::profiles_done`].
+    pub profiles_done: u64,
     /// See [`Stats::served_bytes`].
     pub served_bytes: u64,
     /// See [`Stats::reads`].
@@ -70,6 +84,9 @@ impl Stats {
             fetched_bytes: g(&self.fetched_bytes),
             fetched_chunks: g(&self.fetched_chunks),
             fetch_requests: g(&self.fetch_requests),
+            read_fetches: g(&self.read_fetches),
+            profile_chunks: g(&self.profile_chunks),
+            profiles_done: g(&self.profiles_done),
             served_bytes: g(&self.served_bytes),
             reads: g(&self.reads),
             memory_hits: g(&self.memory_hits),

@@ -1,0 +1,159 @@
+//! Access profiles with a real server and real FUSE mounts: a run recorded
+//! on one mount (`--record-profile`) lets a second, cold mount prefetch
+//! what the run reads (`--prefetch`), so the same run starts no fetch of
+//! its own; `lazix prefetch` fills a disk cache the same way; a profile
+//! that no longer matches its store path is ignored.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A path with a program, large files read in part and small files.
+fn tree(dir: &Path) -> String {
+    let t = dir.join("profile-tree");
+    std::fs::create_dir_all(t.join("bin")).unwrap();
+    std::fs::create_dir_all(t.join("data")).unwrap();
+    std::fs::copy("/bin/ls", t.join("bin/ls")).unwrap();
+    std::fs::write(t.join("data/big1"), pseudo_random(3_000_000, 1)).unwrap();
+    std::fs::write(t.join("data/big2"), pseudo_random(4_000_000, 2)).unwrap();
+    std::fs::write(t.join("data/unread"), pseudo_random(2_000_000, 3)).unwrap();
+    for i in 0..20 {
+        std::fs::write(
+            t.join(format!("data/small-{i}")),
+            pseudo_random(3_000, 10 + i),
+        )
+        .unwrap();
+    }
+    add_path(&t)
+}
+
+/// The program's start-up: runs a program, reads the head of one large
+/// file, a stretch in the middle of another, and the small files.
+fn workload(mount: &Mount, path: &str) {
+    let root = mount.path(path.trim_start_matches("/nix/store/"));
+    let out = run(std::process::Command::new(root.join("bin/ls")).arg("--version"));
+    assert!(stdout(&out).contains("ls"));
+    let big1 = std::fs::read(root.join("data/big1")).unwrap();
+    assert_eq!(big1[..100], pseudo_random(3_000_000, 1)[..100]);
+    use std::io::{Read, Seek};
+    let mut f = std::fs::File::open(root.join("data/big2")).unwrap();
+    f.seek(std::io::SeekFrom::Start(2_000_000)).unwrap();
+    let mut buf = vec![0u8; 300_000];
+    f.read_exact(&mut buf).unwrap();
+    assert!(buf[..] == pseudo_random(4_000_000, 2)[2_000_000..2_300_000]);
+    for i in 0..20 {
+        std::fs::read(root.join(format!("data/small-{i}"))).unwrap();
+    }
+}
+
+fn wait_prefetched(mount: &Mount) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = mount.stats();
+        if n(&s, "profiles_done") >= 1 {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "prefetch never finished: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_recorded_profile_leaves_a_cold_mount_nothing_to_fetch_on_the_read_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_with(&["--compact-after", "0"]);
+    let path = tree(dir.path());
+    lazix_push(&server, &[&path]);
+    let profile = dir.path().join("start.profile");
+    let profile_arg = profile.to_str().unwrap();
+
+    // Record.
+    let rec = Mount::new(&server, &["--record-profile", profile_arg]);
+    workload(&rec, &path);
+    let printed = rec.stop();
+    assert!(printed.contains("recorded"), "{printed}");
+    let text = std::fs::read_to_string(&profile).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("{\"lazix_profile\":1}"));
+    let entries: Vec<serde_json::Value> = lines.map(|l| serde_json::from_str(l).unwrap()).collect();
+    let files: Vec<&str> = entries
+        .iter()
+        .map(|e| e["file"].as_str().unwrap())
+        .collect();
+    assert_eq!(files[0], "bin/ls", "first use first: {files:?}");
+    assert!(files.contains(&"data/big1") && files.contains(&"data/big2"));
+    assert!(!files.contains(&"data/unread"), "{files:?}");
+    let big2 = entries.iter().find(|e| e["file"] == "data/big2").unwrap();
+    let start = big2["ranges"][0][0].as_u64().unwrap();
+    assert!(
+        (1_900_000..=2_000_000).contains(&start),
+        "the range read, not the file: {big2}"
+    );
+    for e in &entries {
+        assert_eq!(e["path"], path.trim_start_matches("/nix/store/"));
+    }
+
+    // Without a profile, a cold run fetches on its read path (what the
+    // counter measures).
+    let plain = Mount::new(&server, &[]);
+    workload(&plain, &path);
+    assert!(n(&plain.stats(), "read_fetches") > 0);
+    plain.stop();
+
+    // A cold mount prefetching the profile: once the prefetch is done,
+    // the same run finds every read cached or on its way.
+    let cold = Mount::new(&server, &["--prefetch", profile_arg]);
+    let before = wait_prefetched(&cold);
+    assert!(n(&before, "profile_chunks") > 0);
+    let prefetched_bytes = n(&before, "fetched_bytes");
+    assert!(prefetched_bytes > 0);
+    workload(&cold, &path);
+    let after = cold.stats();
+    assert_eq!(n(&after, "read_fetches"), 0, "{after}");
+    // Only what the run reads: not the unread 2 MB file, not all of big2.
+    assert!(
+        prefetched_bytes < 3_000_000 + 1_500_000 + 2_000_000,
+        "{before}"
+    );
+    cold.stop();
+
+    // `lazix prefetch` fills a disk cache; a mount on it then runs the
+    // same start-up without starting a fetch.
+    let cache = dir.path().join("warm-cache");
+    let out = run(server
+        .client("prefetch")
+        .arg("--cache-dir")
+        .arg(&cache)
+        .arg(&profile));
+    assert!(
+        stdout(&out).starts_with("lazix prefetch:"),
+        "{}",
+        stdout(&out)
+    );
+    let warm = Mount::new(&server, &["--cache-dir", cache.to_str().unwrap()]);
+    workload(&warm, &path);
+    let s = warm.stats();
+    assert_eq!(n(&s, "read_fetches"), 0, "{s}");
+    assert!(n(&s, "disk_hits") > 0, "{s}");
+    warm.stop();
+
+    // A profile that no longer matches its store path (a file's recorded
+    // digest differs) is ignored, with a log line, and fetches nothing.
+    let stale = dir.path().join("stale.profile");
+    let wrong = lazix_castore::B3Digest::of(b"other contents").to_hex();
+    let big1 = entries.iter().find(|e| e["file"] == "data/big1").unwrap();
+    std::fs::write(
+        &stale,
+        text.replace(big1["digest"].as_str().unwrap(), &wrong),
+    )
+    .unwrap();
+    let ignored = Mount::new(&server, &["--prefetch", stale.to_str().unwrap()]);
+    let s = wait_prefetched(&ignored);
+    assert_eq!(n(&s, "fetched_bytes"), 0, "{s}");
+    let printed = ignored.stop();
+    assert!(printed.contains("access profile ignored"), "{printed}");
+    server.stop();
+}
