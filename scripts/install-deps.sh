@@ -18,6 +18,9 @@ if [ "${LAZIX_BENCH_DEPS:-0}" = 1 ]; then
   command -v squashfuse >/dev/null 2>&1 || need+=(squashfuse)
   command -v mksquashfs >/dev/null 2>&1 || need+=(squashfs-tools)
   command -v zstd >/dev/null 2>&1 || need+=(zstd)
+  # Container-like runs (bench/profile.sh): the lazy mount bound into a
+  # sandbox as /nix/store.
+  command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then

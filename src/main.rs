@@ -84,6 +84,28 @@ enum Command {
     /// Fetch what access profiles name into a disk cache ahead of time, so
     /// that a later mount (or proxy) with that --cache-dir starts warm.
     Prefetch(PrefetchArgs),
+    /// Keep store paths' closures in the disk cache whatever its LRU does
+    /// (fetched now, verified; boot-critical paths, a CI image). With no
+    /// path, lists the pinned ones.
+    Pin {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Disk cache folder (the one `lazix mount --cache-dir` uses).
+        #[arg(long, default_value_os_t = default_cache_dir())]
+        cache_dir: PathBuf,
+        /// Store paths (absolute or basenames).
+        paths: Vec<String>,
+    },
+    /// Let pinned store paths go: the frames no other pinned path needs
+    /// are deleted.
+    Unpin {
+        /// Disk cache folder.
+        #[arg(long, default_value_os_t = default_cache_dir())]
+        cache_dir: PathBuf,
+        /// Store paths (absolute or basenames).
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
     /// Write a Nix-compatible signing key pair: NAME.secret and NAME.public.
     Keygen {
         /// Key name (clients trust `NAME:<public key>`), e.g. cache.example.org-1.
@@ -550,6 +572,12 @@ async fn main() -> Result<()> {
         Command::Mount(args) => mount(args).await,
         Command::Proxy(args) => proxy(args).await,
         Command::Prefetch(args) => prefetch(args).await,
+        Command::Pin {
+            server,
+            cache_dir,
+            paths,
+        } => pin(&server, &cache_dir, &paths).await,
+        Command::Unpin { cache_dir, paths } => unpin(&cache_dir, &paths),
         Command::Push {
             server,
             json,
@@ -892,6 +920,45 @@ async fn mount(args: MountArgs) -> Result<()> {
     eprintln!(
         "lazix mount: fetched {} bytes in {} chunks ({} requests), served {} bytes",
         s.fetched_bytes, s.fetched_chunks, s.fetch_requests, s.served_bytes
+    );
+    Ok(())
+}
+
+async fn pin(server: &ServerArgs, cache_dir: &std::path::Path, paths: &[String]) -> Result<()> {
+    use lazix_castore::disk::pins;
+    if paths.is_empty() {
+        for p in pins::pinned_paths(cache_dir)? {
+            println!("{p}");
+        }
+        return Ok(());
+    }
+    let roots = paths
+        .iter()
+        .map(|p| store_path_arg(p))
+        .collect::<Result<Vec<_>>>()?;
+    let store = server.connect(None)?;
+    let r = pins::pin(&store, cache_dir, &roots)
+        .await
+        .context("pinning")?;
+    println!(
+        "lazix pin: {} store paths pinned in {} ({} frames, {} bytes fetched)",
+        r.paths,
+        cache_dir.display(),
+        r.frames,
+        r.fetched_bytes
+    );
+    Ok(())
+}
+
+fn unpin(cache_dir: &std::path::Path, paths: &[String]) -> Result<()> {
+    let names = paths
+        .iter()
+        .map(|p| store_path_arg(p).map(|sp| sp.basename()))
+        .collect::<Result<Vec<_>>>()?;
+    let gone = lazix_castore::disk::pins::unpin(cache_dir, &names)?;
+    println!(
+        "lazix unpin: {} store paths unpinned, {gone} frames deleted",
+        names.len()
     );
     Ok(())
 }

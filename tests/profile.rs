@@ -157,3 +157,87 @@ fn a_recorded_profile_leaves_a_cold_mount_nothing_to_fetch_on_the_read_path() {
     assert!(printed.contains("access profile ignored"), "{printed}");
     server.stop();
 }
+
+/// Reads every file below `dir` in a mount.
+fn read_all(dir: &Path) -> u64 {
+    walk_files(dir)
+        .iter()
+        .map(|f| std::fs::read(f).unwrap().len() as u64)
+        .sum()
+}
+
+#[test]
+fn pinned_paths_survive_eviction_under_a_small_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_with(&["--compact-after", "0"]);
+    let pinned = tree(dir.path());
+    let other_tree = dir.path().join("other");
+    std::fs::create_dir_all(&other_tree).unwrap();
+    for i in 0..4 {
+        std::fs::write(
+            other_tree.join(format!("f{i}")),
+            pseudo_random(3_000_000, 90 + i),
+        )
+        .unwrap();
+    }
+    let other = add_path(&other_tree);
+    lazix_push(&server, &[&pinned, &other]);
+    let cache = dir.path().join("cache");
+    let cache_arg = cache.to_str().unwrap();
+
+    let out = run(server
+        .client("pin")
+        .args(["--cache-dir", cache_arg])
+        .arg(&pinned));
+    assert!(
+        stdout(&out).contains("1 store paths pinned"),
+        "{}",
+        stdout(&out)
+    );
+    let base = pinned.trim_start_matches("/nix/store/");
+    let listed = run(server.client("pin").args(["--cache-dir", cache_arg]));
+    assert_eq!(stdout(&listed), base);
+
+    // A 2 MB quota, 12 MB of another path read through it: whatever the
+    // LRU held is gone, the pinned path is read without a fetch.
+    let mount = Mount::new(
+        &server,
+        &[
+            "--cache-dir",
+            cache_arg,
+            "--cache-size",
+            "2M",
+            "--memory-cache-size",
+            "1M",
+        ],
+    );
+    assert_eq!(
+        read_all(&mount.path(other.trim_start_matches("/nix/store/"))),
+        12_000_000
+    );
+    let before = mount.stats();
+    assert!(n(&before, "fetched_bytes") > 10_000_000);
+    assert!(read_all(&mount.path(base)) > 9_000_000);
+    let after = mount.stats();
+    assert_eq!(
+        n(&after, "fetched_bytes"),
+        n(&before, "fetched_bytes"),
+        "the pinned path was fetched again: {after}"
+    );
+    assert!(n(&after, "disk_hits") > n(&before, "disk_hits"));
+    mount.stop();
+
+    // Unpinned: its frames go.
+    let out = run(lazix()
+        .args(["unpin", "--cache-dir", cache_arg])
+        .arg(&pinned));
+    assert!(
+        stdout(&out).contains("1 store paths unpinned"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(walk_files(&cache.join("pinned/frames")).is_empty());
+    let listed = run(server.client("pin").args(["--cache-dir", cache_arg]));
+    assert_eq!(stdout(&listed), "");
+    server.stop();
+}

@@ -64,6 +64,9 @@ pub struct DiskCache {
     /// Each shard folder's modification time when last listed, and when
     /// the last look for other processes' frames was.
     scanned: Arc<Mutex<Scanned>>,
+    /// The pinned frames ([`super::pins`]), looked in first; `None` for
+    /// the pinned cache itself.
+    pinned: Option<Arc<DiskCache>>,
 }
 
 #[derive(Default)]
@@ -97,8 +100,22 @@ fn read_header(path: &Path) -> Result<Vec<ChunkMeta>, StoreError> {
 
 impl DiskCache {
     /// Opens (creating) the cache in `dir` with a quota of `quota` bytes,
-    /// indexing the frames already there; temp files are removed.
+    /// indexing the frames already there (the pinned ones too); temp files
+    /// are removed.
     pub fn open(dir: &Path, quota: u64) -> Result<Self, StoreError> {
+        let pinned = Self::open_pinned(dir)?;
+        let mut cache = Self::open_folder(dir, quota)?;
+        cache.pinned = Some(Arc::new(pinned));
+        Ok(cache)
+    }
+
+    /// The pinned frames of the cache in `dir` alone: no quota, never
+    /// evicted (see [`super::pins`]).
+    pub fn open_pinned(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_folder(&super::pins::pinned_dir(dir), u64::MAX)
+    }
+
+    fn open_folder(dir: &Path, quota: u64) -> Result<Self, StoreError> {
         let dir = dir.join("frames");
         create_shards(&dir)?;
         let chunks: Arc<Mutex<ChunkMap>> = Arc::default();
@@ -128,6 +145,7 @@ impl DiskCache {
             frames,
             chunks,
             scanned: Arc::default(),
+            pinned: None,
         };
         cache.load_existing()?;
         Ok(cache)
@@ -212,6 +230,9 @@ impl DiskCache {
     /// The frame holding `digest`, as stored (not yet verified), or `None`.
     /// Counts as a use for the LRU.
     pub fn frame_of(&self, digest: &B3Digest) -> Option<(B3Digest, Frame)> {
+        if let Some(hit) = self.pinned.as_ref().and_then(|p| p.frame_of(digest)) {
+            return Some(hit);
+        }
         let known = self.chunks.lock().expect("chunk map").get(digest).copied();
         let id = match known {
             Some(id) => id,
@@ -253,8 +274,43 @@ impl DiskCache {
         })
     }
 
+    /// The id of the frame file holding `digest`, if indexed (after a
+    /// look for frames other processes wrote).
+    pub fn frame_id_of(&self, digest: &B3Digest) -> Option<B3Digest> {
+        if let Some(id) = self.chunks.lock().expect("chunk map").get(digest) {
+            return Some(*id);
+        }
+        self.rescan();
+        self.chunks.lock().expect("chunk map").get(digest).copied()
+    }
+
+    /// Deletes every frame file not in `keep`; returns how many went.
+    pub fn retain_only(
+        &self,
+        keep: &std::collections::HashSet<B3Digest>,
+    ) -> Result<usize, StoreError> {
+        let mut gone = 0;
+        for shard in shard_dirs(&self.dir) {
+            for entry in std::fs::read_dir(&shard)? {
+                let entry = entry?;
+                let name = entry.file_name();
+                let Some(id) = B3Digest::from_hex(&name.to_string_lossy()) else {
+                    continue;
+                };
+                if !keep.contains(&id) {
+                    self.remove(&id);
+                    gone += 1;
+                }
+            }
+        }
+        Ok(gone)
+    }
+
     /// Drops an entry (damaged, or failed verification).
     pub fn remove(&self, id: &B3Digest) {
+        if let Some(p) = &self.pinned {
+            p.remove(id);
+        }
         if let Some(entry) = self.frames.remove(id) {
             let mut map = self.chunks.lock().expect("chunk map");
             for d in entry.members.iter() {
@@ -266,11 +322,19 @@ impl DiskCache {
         let _ = std::fs::remove_file(shard_path(&self.dir, id));
     }
 
-    /// Writes a verified frame (atomically) and indexes it.
+    /// Writes a verified frame (atomically) and indexes it; a failure is
+    /// logged (a cache that cannot write only misses later).
     pub fn store(&self, frame: &Frame) {
+        if let Err(e) = self.store_checked(frame) {
+            tracing::warn!(error = %e, "cannot write the disk cache");
+        }
+    }
+
+    /// Like [`DiskCache::store`], answering the frame's id or the error.
+    pub fn store_checked(&self, frame: &Frame) -> Result<B3Digest, StoreError> {
         let id = B3Digest::of(&frame.data);
         if self.frames.contains_key(&id) {
-            return;
+            return Ok(id);
         }
         let header = lpb::Frame {
             chunks: frame.chunks.iter().map(ChunkMeta::to_proto).collect(),
@@ -289,10 +353,9 @@ impl DiskCache {
             tmp.persist(&path).map_err(|e| e.error)?;
             Ok((4 + header.len() + frame.data.len()) as u64)
         })();
-        match written {
-            Ok(size) => self.index(id, &frame.chunks, size),
-            Err(e) => tracing::warn!(error = %e, "cannot write the disk cache"),
-        }
+        let size = written?;
+        self.index(id, &frame.chunks, size);
+        Ok(id)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Client-side caches on disk, shared by every reader on a machine (the
 //! mount and the local proxy use one folder): frames as the server sent
-//! them ([`frames`]) and whole files (the mount's passthrough copies).
+//! them ([`frames`]), the frames of pinned closures ([`pins`]), and whole
+//! files (the mount's passthrough copies).
 //!
 //! Both are folders of files named by digest, spread over 256 sub-folders
 //! by the digest's first byte (no folder grows to millions of entries).
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use crate::B3Digest;
 
 pub mod frames;
+pub mod pins;
 
 pub use frames::DiskCache;
 
