@@ -25,7 +25,8 @@ mnt=$work/mnt; mkdir -p "$mnt"
 
 doc=$(nix store add-path --name share-doc /usr/share/doc)
 rust=$(nix store add-path --name rust-stable "$STABLE")
-(cd "$doc" && find . -type f | sort | head -n 200 >"$work/files")
+(cd "$doc" && find . -type f | sort >"$work/all-files")
+head -n 200 "$work/all-files" >"$work/files"
 
 # One store, two servers on it.
 lport=$(free_port); sport=$(free_port)

@@ -81,6 +81,11 @@ enum Command {
     /// NARs from a disk cache of chunks (the mount's folder and format)
     /// and fetching only missing ones from an upstream lazix server.
     Proxy(ProxyArgs),
+    /// Access profiles shared through the server.
+    Profile {
+        #[command(subcommand)]
+        command: ProfileCommand,
+    },
     /// Fetch what access profiles name into a disk cache ahead of time, so
     /// that a later mount (or proxy) with that --cache-dir starts warm.
     Prefetch(PrefetchArgs),
@@ -487,8 +492,26 @@ struct MountArgs {
     /// skipped with one log line.
     #[arg(long)]
     prefetch: Vec<PathBuf>,
+    /// Do not prefetch the access profiles the server keeps beside store
+    /// paths (`lazix profile push`) when a path is first looked up.
+    #[arg(long)]
+    no_stored_profiles: bool,
     /// Where to mount (e.g. /nix/store).
     mountpoint: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum ProfileCommand {
+    /// Store access profiles (from `lazix mount --record-profile`) on the
+    /// server beside the store paths they name, replacing earlier ones: any
+    /// mount of those paths then prefetches them on first lookup.
+    Push {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Profiles, merged; each store path's entries go beside it.
+        #[arg(required = true)]
+        profiles: Vec<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -572,6 +595,9 @@ async fn main() -> Result<()> {
         Command::Mount(args) => mount(args).await,
         Command::Proxy(args) => proxy(args).await,
         Command::Prefetch(args) => prefetch(args).await,
+        Command::Profile {
+            command: ProfileCommand::Push { server, profiles },
+        } => profile_push(&server, &profiles).await,
         Command::Pin {
             server,
             cache_dir,
@@ -883,6 +909,7 @@ async fn mount(args: MountArgs) -> Result<()> {
             list_root: !args.no_list,
             timeout: Duration::from_secs(args.timeout.max(1)),
             trust: args.trust.trust(&args.server.server)?,
+            stored_profiles: !args.no_stored_profiles,
         },
         cache_dir: args.cache_dir.clone(),
         cache_bytes: args.cache_size,
@@ -959,6 +986,27 @@ fn unpin(cache_dir: &std::path::Path, paths: &[String]) -> Result<()> {
     println!(
         "lazix unpin: {} store paths unpinned, {gone} frames deleted",
         names.len()
+    );
+    Ok(())
+}
+
+async fn profile_push(server: &ServerArgs, files: &[PathBuf]) -> Result<()> {
+    let profile = load_profiles(files)?.unwrap_or_default();
+    let store = server.connect(Some(lazix_server::client::DEFAULT_CALL_TIMEOUT))?;
+    let paths = profile.paths();
+    for path in &paths {
+        let sp = store_path_arg(path)?;
+        let text = profile.of_path(path).to_text();
+        store
+            .path_infos
+            .put_profile(sp.digest(), text.into())
+            .await
+            .with_context(|| format!("storing the access profile of {path}"))?;
+    }
+    println!(
+        "lazix profile push: {} store paths, {} files",
+        paths.len(),
+        profile.files.len()
     );
     Ok(())
 }

@@ -241,3 +241,83 @@ fn pinned_paths_survive_eviction_under_a_small_quota() {
     assert_eq!(stdout(&listed), "");
     server.stop();
 }
+
+#[test]
+fn a_profile_pushed_beside_its_path_is_prefetched_on_first_lookup() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_with(&["--compact-after", "0"]);
+    let path = tree(dir.path());
+    lazix_push(&server, &[&path]);
+    let base = path.trim_start_matches("/nix/store/");
+    let profile = dir.path().join("start.profile");
+    let rec = Mount::new(&server, &["--record-profile", profile.to_str().unwrap()]);
+    workload(&rec, &path);
+    rec.stop();
+
+    let push = |profile: &Path| {
+        lazix()
+            .args(["profile", "push", "--server", &server.addr])
+            .arg(profile)
+            .output()
+            .unwrap()
+    };
+    let out = push(&profile);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout(&out).contains("1 store paths"), "{}", stdout(&out));
+    let hash = &base[..32];
+    assert!(server.data.path().join("profiles").join(hash).exists());
+
+    // A mount told nothing finds it on the path's first lookup.
+    let cold = Mount::new(&server, &[]);
+    assert!(cold.path(base).exists());
+    let before = wait_prefetched(&cold);
+    assert!(n(&before, "profile_chunks") > 0, "{before}");
+    workload(&cold, &path);
+    let after = cold.stats();
+    assert_eq!(n(&after, "read_fetches"), 0, "{after}");
+    cold.stop();
+
+    // Unless told not to.
+    let off = Mount::new(&server, &["--no-stored-profiles"]);
+    assert!(off.path(base).exists());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(n(&off.stats(), "profiles_done"), 0);
+    off.stop();
+
+    // A profile for a path the server lacks, or naming another path
+    // beside it, is refused and stores nothing.
+    let other = dir.path().join("other.profile");
+    let foreign = "0".repeat(32) + "-nothing";
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(&profile)
+            .unwrap()
+            .replace(base, &foreign),
+    )
+    .unwrap();
+    let out = server
+        .client("profile")
+        .arg("push")
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!server
+        .data
+        .path()
+        .join("profiles")
+        .join("0".repeat(32))
+        .exists());
+
+    // Deleting the path deletes its profile.
+    run(lazix()
+        .args(["delete", "--data"])
+        .arg(server.data.path())
+        .arg(&path));
+    assert!(!server.data.path().join("profiles").join(hash).exists());
+    server.stop();
+}

@@ -16,6 +16,7 @@ pub mod limits;
 pub mod nix;
 pub mod node;
 pub mod pathinfo;
+pub mod profile;
 pub mod push;
 pub mod read;
 pub mod regzip;

@@ -79,6 +79,9 @@ pub struct MountConfig {
     /// signature verified (else ENOENT), and chunk lists must be the signed
     /// ones (else EIO). `None`: the server is believed.
     pub trust: Option<Arc<TrustedReads>>,
+    /// Whether the first lookup of a store path prefetches the access
+    /// profile the server keeps beside it.
+    pub stored_profiles: bool,
 }
 
 /// What the core asks of the kernel outside a reply: to drop the pages it
@@ -230,6 +233,36 @@ pub struct LazyFs {
     disproved: moka::sync::Cache<B3Digest, (), DigestKeyBuildHasher>,
     /// With `--record-profile`: what is read, in first-use order.
     recorder: Option<Arc<Recorder>>,
+    /// Store paths whose stored access profile was asked for.
+    profiles_asked: moka::sync::Cache<[u8; 20], ()>,
+}
+
+/// A background prefetch of an access profile into a mount's caches.
+struct Prefetcher {
+    store: Store,
+    fetcher: Arc<ChunkFetcher>,
+    lists: moka::sync::Cache<B3Digest, Arc<BlobLayout>, DigestKeyBuildHasher>,
+}
+
+impl Prefetcher {
+    /// Prefetches `profile` (see [`crate::profile::prefetch`]), keeping the
+    /// chunk lists it looks up for the mount's reads; logs the outcome and
+    /// counts it in `profiles_done`.
+    async fn run(self, profile: Profile) {
+        let lists = self.lists.clone();
+        let keep = move |l: &Arc<BlobLayout>| lists.insert(*l.blob(), l.clone());
+        match crate::profile::prefetch(&self.store, &self.fetcher, &profile, &keep).await {
+            Ok(r) => tracing::info!(
+                paths = ?profile.paths(),
+                files = r.files,
+                chunks = r.chunks,
+                ignored_paths = r.ignored_paths,
+                "access profile prefetched"
+            ),
+            Err(e) => tracing::warn!(error = %e, "access profile prefetch failed"),
+        }
+        Stats::add(&self.fetcher.stats.profiles_done, 1);
+    }
 }
 
 impl LazyFs {
@@ -289,6 +322,7 @@ impl LazyFs {
                 .max_capacity(10_000)
                 .build_with_hasher(DigestKeyBuildHasher::default()),
             recorder: None,
+            profiles_asked: moka::sync::Cache::new(1_000_000),
         }
     }
 
@@ -302,22 +336,17 @@ impl LazyFs {
     /// for this mount's reads. Counted in the stats (`profile_chunks`,
     /// `profiles_done`).
     pub fn start_prefetch(&self, profile: Profile) {
-        let store = self.store.clone();
-        let fetcher = self.fetcher.clone();
-        let lists = self.chunk_lists.clone();
-        self.rt.spawn(async move {
-            let keep = move |l: &Arc<BlobLayout>| lists.insert(*l.blob(), l.clone());
-            match crate::profile::prefetch(&store, &fetcher, &profile, &keep).await {
-                Ok(r) => tracing::info!(
-                    files = r.files,
-                    chunks = r.chunks,
-                    ignored_paths = r.ignored_paths,
-                    "access profile prefetched"
-                ),
-                Err(e) => tracing::warn!(error = %e, "access profile prefetch failed"),
-            }
-            Stats::add(&fetcher.stats.profiles_done, 1);
-        });
+        let this = self.prefetcher();
+        self.rt.spawn(async move { this.run(profile).await });
+    }
+
+    /// What a background prefetch needs of this mount.
+    fn prefetcher(&self) -> Prefetcher {
+        Prefetcher {
+            store: self.store.clone(),
+            fetcher: self.fetcher.clone(),
+            lists: self.chunk_lists.clone(),
+        }
     }
 
     /// Whether kept whole files could be handed to the kernel (there is a
@@ -691,9 +720,38 @@ impl LazyFs {
                 if let Some(trust) = &self.cfg.trust {
                     self.admit(trust, &info)?;
                 }
+                self.prefetch_stored_profile(&info);
                 Ok::<_, FsError>(Arc::new(info))
             })
             .map_err(|e| e.as_ref().clone())
+    }
+
+    /// On the first lookup of a store path, asks the server in the
+    /// background for the access profile stored beside it (`lazix profile
+    /// push`) and prefetches it; nothing if there is none, if the mount
+    /// was told not to (`--no-stored-profiles`), or once asked.
+    fn prefetch_stored_profile(&self, info: &PathInfo) {
+        let digest = *info.store_path.digest();
+        if !self.cfg.stored_profiles || self.profiles_asked.contains_key(&digest) {
+            return;
+        }
+        self.profiles_asked.insert(digest, ());
+        let this = self.prefetcher();
+        let basename = info.store_path.basename();
+        self.rt.spawn(async move {
+            let text = match this.store.path_infos.get_profile(&digest).await {
+                Ok(Some(text)) => text,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!(path = basename, error = %e, "cannot ask for an access profile");
+                    return;
+                }
+            };
+            match lazix_castore::profile::check_stored(&basename, &text) {
+                Ok(profile) => this.run(profile).await,
+                Err(e) => tracing::warn!(error = %e, "ignoring the server's access profile"),
+            }
+        });
     }
 
     /// Admits `info` by its root signature (fetching its closure and its

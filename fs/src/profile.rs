@@ -5,198 +5,27 @@
 //! a slow link waits for one stream instead of a round trip per page fault
 //! (the idea of eStargz's prioritized files and Nydus's prefetch table).
 //!
-//! The format is JSON lines, stable and mergeable:
-//!
-//! ```text
-//! {"lazix_profile":1}
-//! {"path":"<store path basename>","file":"bin/rustc","digest":"<BLAKE3 hex>","size":123,"ranges":[[0,4096],[81920,90112]]}
-//! ```
-//!
-//! One line per file, in the order files were first read; `file` is the
-//! path inside the store path (empty when the store path is the file);
-//! `ranges` are half-open byte ranges, in first-use order, adjacent reads
-//! merged. Naming store paths and content digests keeps a profile valid
-//! wherever the same paths are mounted; a path whose file no longer has
-//! the recorded digest is ignored when prefetching (one log line).
+//! The format: [`lazix_castore::profile`]. A store path whose files no
+//! longer have the recorded digests is ignored when prefetching (one log
+//! line).
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::sync::Mutex;
 
 use lazix_castore::directory::Directory;
 use lazix_castore::nix::store_path::StorePath;
 use lazix_castore::read::BlobLayout;
 use lazix_castore::{B3Digest, Node, Store, StoreError};
-use serde::{Deserialize, Serialize};
 
 use crate::fetcher::{ChunkFetcher, DiskCopy, Origin};
 use crate::inodes::ROOT_INO;
 use crate::stats::Stats;
 
-/// The format's version, in its first line.
-pub const FORMAT_VERSION: u32 = 1;
-/// Most ranges kept per file; past it, a file's ranges become one.
-const MAX_RANGES: usize = 4096;
 /// Raw chunk bytes asked for per prefetch call to the fetcher (which
 /// splits it into its own batched server calls, several in flight).
 const PREFETCH_BATCH: u64 = 64 * 1024 * 1024;
 
-/// Why a profile cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ProfileError {
-    /// Reading or writing the file.
-    #[error("{0}: {1}")]
-    Io(String, std::io::Error),
-    /// Not a profile (of this version).
-    #[error("{0}: line {1}: {2}")]
-    Format(String, usize, String),
-}
-
-/// The reads of one file.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileReads {
-    /// The store path's basename (`<hash>-<name>`).
-    pub path: String,
-    /// The file inside it (`bin/rustc`); empty if the path is the file.
-    pub file: String,
-    /// BLAKE3 of the file's contents, hex.
-    pub digest: String,
-    /// Its size.
-    pub size: u64,
-    /// Byte ranges read, `[start, end)`, in first-use order.
-    pub ranges: Vec<[u64; 2]>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Header {
-    lazix_profile: u32,
-}
-
-/// A profile: files in first-use order.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Profile {
-    /// One entry per (path, file), in the order first read.
-    pub files: Vec<FileReads>,
-}
-
-/// Adds `[start, end)` to `ranges`: merged into a range it overlaps or
-/// touches (the last one first: reads are mostly sequential), else
-/// appended; past [`MAX_RANGES`], all become their hull.
-fn add_range(ranges: &mut Vec<[u64; 2]>, start: u64, end: u64) {
-    if start >= end {
-        return;
-    }
-    let touches = |r: &[u64; 2]| start <= r[1] && r[0] <= end;
-    let hit = match ranges.last() {
-        Some(last) if touches(last) => Some(ranges.len() - 1),
-        _ => ranges.iter().position(touches),
-    };
-    match hit {
-        Some(i) => {
-            ranges[i] = [ranges[i][0].min(start), ranges[i][1].max(end)];
-        }
-        None => ranges.push([start, end]),
-    }
-    if ranges.len() > MAX_RANGES {
-        let lo = ranges.iter().map(|r| r[0]).min().unwrap_or(0);
-        let hi = ranges.iter().map(|r| r[1]).max().unwrap_or(0);
-        *ranges = vec![[lo, hi]];
-    }
-}
-
-impl Profile {
-    /// Parses the text of a profile.
-    pub fn parse(name: &str, text: &str) -> Result<Self, ProfileError> {
-        let bad = |line: usize, m: String| ProfileError::Format(name.to_string(), line, m);
-        let mut lines = text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty());
-        match lines.next() {
-            Some((_, l)) => {
-                let h: Header = serde_json::from_str(l)
-                    .map_err(|e| bad(1, format!("not a lazix profile header: {e}")))?;
-                if h.lazix_profile != FORMAT_VERSION {
-                    return Err(bad(1, format!("unknown version {}", h.lazix_profile)));
-                }
-            }
-            None => return Err(bad(1, "empty".into())),
-        }
-        let mut profile = Profile::default();
-        for (i, l) in lines {
-            let f: FileReads = serde_json::from_str(l).map_err(|e| bad(i + 1, e.to_string()))?;
-            if B3Digest::from_hex(&f.digest).is_none() {
-                return Err(bad(i + 1, format!("bad digest {:?}", f.digest)));
-            }
-            profile.add(f);
-        }
-        Ok(profile)
-    }
-
-    /// Reads a profile file.
-    pub fn load(path: &Path) -> Result<Self, ProfileError> {
-        let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ProfileError::Io(name.clone(), e))?;
-        Self::parse(&name, &text)
-    }
-
-    /// The profile as text.
-    pub fn to_text(&self) -> String {
-        let mut out = serde_json::to_string(&Header {
-            lazix_profile: FORMAT_VERSION,
-        })
-        .expect("serializable");
-        out.push('\n');
-        for f in &self.files {
-            out.push_str(&serde_json::to_string(f).expect("serializable"));
-            out.push('\n');
-        }
-        out
-    }
-
-    /// Writes the profile (whole or not at all: a temporary file renamed).
-    pub fn save(&self, path: &Path) -> Result<(), ProfileError> {
-        let name = path.display().to_string();
-        let tmp = path.with_extension("tmp-lazix");
-        std::fs::write(&tmp, self.to_text())
-            .and_then(|_| std::fs::rename(&tmp, path))
-            .map_err(|e| ProfileError::Io(name, e))
-    }
-
-    /// Adds one file's reads: a file already listed keeps its place and
-    /// gains the ranges; a new one goes last.
-    pub fn add(&mut self, f: FileReads) {
-        match self
-            .files
-            .iter_mut()
-            .find(|g| g.path == f.path && g.file == f.file && g.digest == f.digest)
-        {
-            Some(g) => {
-                for r in f.ranges {
-                    add_range(&mut g.ranges, r[0], r[1]);
-                }
-            }
-            None => {
-                let mut g = FileReads {
-                    ranges: Vec::new(),
-                    ..f
-                };
-                for r in f.ranges {
-                    add_range(&mut g.ranges, r[0], r[1]);
-                }
-                self.files.push(g);
-            }
-        }
-    }
-
-    /// Merges `other` in after this one's files (runs of one program, or
-    /// profiles of several).
-    pub fn merge(&mut self, other: Profile) {
-        for f in other.files {
-            self.add(f);
-        }
-    }
-}
+pub use lazix_castore::profile::{add_range, FileReads, Profile, ProfileError, FORMAT_VERSION};
 
 /// Where an inode was first seen: its store path and the path inside it.
 #[derive(Clone)]
@@ -453,70 +282,6 @@ pub async fn prefetch(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn reads(path: &str, file: &str, ranges: &[[u64; 2]]) -> FileReads {
-        FileReads {
-            path: path.into(),
-            file: file.into(),
-            digest: B3Digest::of(file.as_bytes()).to_hex(),
-            size: 1 << 20,
-            ranges: ranges.to_vec(),
-        }
-    }
-
-    #[test]
-    fn ranges_merge_when_they_touch_and_keep_first_use_order() {
-        let mut r = Vec::new();
-        add_range(&mut r, 8192, 12288);
-        add_range(&mut r, 0, 4096);
-        add_range(&mut r, 12288, 16384);
-        add_range(&mut r, 2048, 6000);
-        assert_eq!(r, vec![[8192, 16384], [0, 6000]]);
-        for i in 0..(MAX_RANGES as u64 + 1) {
-            add_range(&mut r, 100_000 + i * 10, 100_000 + i * 10 + 1);
-        }
-        // The 4097th range made them one hull; the two after it follow.
-        let at = |i: u64| 100_000 + i * 10;
-        let hull_end = at(MAX_RANGES as u64 - 2) + 1;
-        assert_eq!(
-            r,
-            vec![
-                [0, hull_end],
-                [at(4095), at(4095) + 1],
-                [at(4096), at(4096) + 1]
-            ]
-        );
-    }
-
-    #[test]
-    fn profiles_round_trip_and_merge_in_first_use_order() {
-        let mut a = Profile::default();
-        a.add(reads("aaa-x", "bin/x", &[[0, 10]]));
-        a.add(reads("aaa-x", "lib/y", &[[5, 8]]));
-        let text = a.to_text();
-        assert!(text.starts_with("{\"lazix_profile\":1}\n"), "{text}");
-        assert_eq!(Profile::parse("t", &text).unwrap(), a);
-        let mut b = Profile::default();
-        b.add(reads("bbb-z", "z", &[[0, 1]]));
-        b.add(reads("aaa-x", "bin/x", &[[10, 20]]));
-        a.merge(b);
-        let files: Vec<&str> = a.files.iter().map(|f| f.file.as_str()).collect();
-        assert_eq!(files, ["bin/x", "lib/y", "z"]);
-        assert_eq!(a.files[0].ranges, vec![[0, 20]]);
-    }
-
-    #[test]
-    fn what_is_not_a_profile_is_refused() {
-        for bad in [
-            "",
-            "{\"other\":1}",
-            "{\"lazix_profile\":2}",
-            "{\"lazix_profile\":1}\n{\"path\":1}",
-            "{\"lazix_profile\":1}\n{\"path\":\"p\",\"file\":\"f\",\"digest\":\"zz\",\"size\":1,\"ranges\":[]}",
-        ] {
-            assert!(Profile::parse("t", bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn the_recorder_names_files_by_store_path_and_place() {

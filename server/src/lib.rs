@@ -20,6 +20,7 @@ use lazix_proto::castore::{
     blob_service_server::BlobServiceServer, directory_service_server::DirectoryServiceServer,
 };
 use lazix_proto::ext::chunk_service_server::ChunkServiceServer;
+use lazix_proto::ext::profile_service_server::ProfileServiceServer;
 use lazix_proto::store::path_info_service_server::PathInfoServiceServer;
 
 pub use client::GrpcStore;
@@ -36,7 +37,8 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 /// Which services a gRPC listener offers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Services {
-    /// snix's three services and the batched `lazix.v1` calls.
+    /// snix's three services and lazix's own (`lazix.v1`: batched chunk
+    /// calls, access profiles).
     #[default]
     All,
     /// snix's services alone, as a snix daemon offers them: for
@@ -131,6 +133,11 @@ where
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_MESSAGE_SIZE),
         )
+        .add_optional_service((services == Services::All).then(|| {
+            ProfileServiceServer::new(svc.clone())
+                .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_MESSAGE_SIZE)
+        }))
         .add_optional_service((services == Services::All).then(|| {
             ChunkServiceServer::new(svc)
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)

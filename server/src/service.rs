@@ -20,7 +20,7 @@ use lazix_castore::store::BlobChunks;
 use lazix_castore::trust::ChunkListsDigest;
 use lazix_castore::{B3Digest, Node, PathInfo, Store, StoreError};
 use lazix_proto::castore::{self as cpb, blob_service_server, directory_service_server};
-use lazix_proto::ext::{self as lpb, chunk_service_server};
+use lazix_proto::ext::{self as lpb, chunk_service_server, profile_service_server};
 use lazix_proto::store::{self as spb, path_info_service_server};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -380,10 +380,7 @@ impl path_info_service_server::PathInfoService for StoreService {
         else {
             return Err(Status::invalid_argument("no output hash given"));
         };
-        let h: [u8; 20] = h
-            .as_ref()
-            .try_into()
-            .map_err(|_| Status::invalid_argument("output hash must be 20 bytes"))?;
+        let h = path_digest(&h)?;
         match self
             .store
             .path_infos
@@ -632,6 +629,51 @@ impl chunk_service_server::ChunkService for StoreService {
                     },
                 })
                 .collect(),
+        }))
+    }
+}
+
+/// A store path's 20-byte digest from a request.
+fn path_digest(h: &[u8]) -> Result<[u8; 20], Status> {
+    h.try_into()
+        .map_err(|_| Status::invalid_argument("output hash must be 20 bytes"))
+}
+
+#[tonic::async_trait]
+impl profile_service_server::ProfileService for StoreService {
+    async fn put(
+        &self,
+        req: Request<lpb::PutProfileRequest>,
+    ) -> Result<Response<lpb::PutProfileResponse>, Status> {
+        self.allow_write(&req)?;
+        let req = req.into_inner();
+        let digest = path_digest(&req.store_path_digest)?;
+        self.store
+            .path_infos
+            .put_profile(&digest, req.profile)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound(m) => Status::failed_precondition(m),
+                e => to_status(e),
+            })?;
+        Ok(Response::new(lpb::PutProfileResponse {}))
+    }
+
+    async fn get(
+        &self,
+        req: Request<lpb::GetProfileRequest>,
+    ) -> Result<Response<lpb::GetProfileResponse>, Status> {
+        self.allow_read(&req)?;
+        let digest = path_digest(&req.into_inner().store_path_digest)?;
+        let profile = self
+            .store
+            .path_infos
+            .get_profile(&digest)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(lpb::GetProfileResponse {
+            found: profile.is_some(),
+            profile: profile.unwrap_or_default(),
         }))
     }
 }

@@ -77,6 +77,8 @@ impl BucketStore {
             };
             tracing::info!(path = name, "expiring a path not accessed lately");
             self.delete_object(&path_info_path(&digest)).await?;
+            self.delete_object(&super::keys::profile_path(&digest))
+                .await?;
             self.delete_access_mark(&digest).await?;
             self.marked.invalidate(&digest);
             expired += 1;
@@ -84,14 +86,18 @@ impl BucketStore {
         Ok(expired)
     }
 
-    /// Deletes access marks older than `cutoff` whose path is not in
-    /// `live` (hash parts).
+    /// Deletes access marks (and access profiles) older than `cutoff`
+    /// whose path is not in `live` (hash parts).
     pub(crate) async fn sweep_orphan_marks(
         &self,
         cutoff: SystemTime,
         live: &std::collections::HashSet<String>,
     ) -> StoreResult<()> {
         self.sweep_prefix(ACCESSED, cutoff, |name| !live.contains(name))
+            .await?;
+        // Access profiles go with their paths too (one deleted by another
+        // route than `delete_path_info`).
+        self.sweep_prefix(super::keys::PROFILES, cutoff, |name| !live.contains(name))
             .await?;
         Ok(())
     }

@@ -106,6 +106,8 @@ impl BucketStore {
         let path = path_info_path(digest);
         let existed = self.read_path_info(&path).await?.is_some();
         self.delete_object(&path).await?;
+        self.delete_object(&super::keys::profile_path(digest))
+            .await?;
         self.delete_access_mark(digest).await?;
         Ok(existed)
     }

@@ -15,6 +15,8 @@
 //! - `manifests/<2 hex>/<64 hex>`: the chunk-list manifest of a root
 //!   directory (see [`super::manifests`]), 64-byte records;
 //! - `pathinfo/<nixbase32 hash part>`: protobuf `snix.store.v1.PathInfo`;
+//! - `profiles/<nixbase32 hash part>`: the access profile stored beside a
+//!   path (JSON lines, see [`crate::profile`]); goes with its PathInfo;
 //! - `accessed/<nixbase32 hash part>`: empty; when the path was last asked
 //!   for (see [`super::access`]);
 //! - `touched/<ms>-<random>`: digests an upload relies on (see [`super::gc`]);
@@ -33,6 +35,8 @@ pub(super) const PACKS: &str = "packs";
 pub(super) const PATH_INFOS: &str = "pathinfo";
 /// Access marks.
 pub(super) const ACCESSED: &str = "accessed";
+/// Access profiles.
+pub(super) const PROFILES: &str = "profiles";
 /// Upload marks.
 pub(super) const TOUCHED: &str = "touched";
 /// Chunk lists, sharded.
@@ -61,6 +65,11 @@ pub(super) fn index_path(id: &str) -> ObjectPath {
 /// A store path's PathInfo.
 pub(super) fn path_info_path(digest: &[u8; 20]) -> ObjectPath {
     ObjectPath::from(format!("{PATH_INFOS}/{}", nixbase32::encode(digest)))
+}
+
+/// Where a path's access profile lives.
+pub(super) fn profile_path(digest: &[u8; 20]) -> ObjectPath {
+    ObjectPath::from(format!("{PROFILES}/{}", nixbase32::encode(digest)))
 }
 
 /// Where a path's access mark lives.

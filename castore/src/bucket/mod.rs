@@ -238,4 +238,19 @@ impl PathInfoStore for BucketStore {
     fn list_path_infos(&self) -> BoxStream<'static, StoreResult<PathInfo>> {
         self.path_infos()
     }
+
+    async fn get_profile(&self, digest: &[u8; 20]) -> StoreResult<Option<Bytes>> {
+        self.get_optional(&keys::profile_path(digest)).await
+    }
+
+    async fn put_profile(&self, digest: &[u8; 20], profile: Bytes) -> StoreResult<()> {
+        let Some(info) = self.read_path_info(&path_info_path(digest)).await? else {
+            return Err(StoreError::NotFound(format!(
+                "store path {}: no such path here",
+                crate::nix::nixbase32::encode(digest)
+            )));
+        };
+        crate::profile::check_stored(&info.store_path.basename(), &profile)?;
+        self.put(&keys::profile_path(digest), profile).await
+    }
 }

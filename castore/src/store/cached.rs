@@ -368,6 +368,14 @@ impl PathInfoStore for CachedPathInfos {
     fn list_path_infos(&self) -> BoxStream<'static, StoreResult<PathInfo>> {
         self.inner.list_path_infos()
     }
+
+    async fn get_profile(&self, digest: &[u8; 20]) -> StoreResult<Option<bytes::Bytes>> {
+        self.inner.get_profile(digest).await
+    }
+
+    async fn put_profile(&self, digest: &[u8; 20], profile: bytes::Bytes) -> StoreResult<()> {
+        self.inner.put_profile(digest, profile).await
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures::stream::BoxStream;
 
 use crate::chunk::{Chunk, ChunkMeta};
@@ -140,6 +141,23 @@ pub trait PathInfoStore: Send + Sync {
 
     /// Every PathInfo.
     fn list_path_infos(&self) -> BoxStream<'static, StoreResult<PathInfo>>;
+
+    /// The access profile stored beside a store path (its text, see
+    /// [`crate::profile`]; readers parse and check it), or `None`.
+    /// Stores that keep none answer `None`.
+    async fn get_profile(&self, digest: &[u8; 20]) -> StoreResult<Option<Bytes>> {
+        let _ = digest;
+        Ok(None)
+    }
+
+    /// Stores an access profile beside the stored path `digest` (checked
+    /// by [`crate::profile::check_stored`]), replacing an earlier one.
+    async fn put_profile(&self, digest: &[u8; 20], profile: Bytes) -> StoreResult<()> {
+        let _ = (digest, profile);
+        Err(crate::StoreError::Invalid(
+            "this store keeps no access profiles".into(),
+        ))
+    }
 }
 
 /// The three services together: what the server, the CLI and the renderer

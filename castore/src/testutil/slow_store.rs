@@ -125,4 +125,10 @@ impl PathInfoStore for SlowStore {
     fn list_path_infos(&self) -> BoxStream<'static, StoreResult<PathInfo>> {
         self.inner.path_infos.list_path_infos()
     }
+    async fn get_profile(&self, digest: &[u8; 20]) -> StoreResult<Option<bytes::Bytes>> {
+        self.inner.path_infos.get_profile(digest).await
+    }
+    async fn put_profile(&self, digest: &[u8; 20], profile: bytes::Bytes) -> StoreResult<()> {
+        self.inner.path_infos.put_profile(digest, profile).await
+    }
 }

@@ -244,6 +244,7 @@ impl Mount {
                 list_root: true,
                 timeout: setup.timeout,
                 trust: None,
+                stored_profiles: false,
             },
         );
         Self { fs, pages, stats }

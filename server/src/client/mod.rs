@@ -28,7 +28,10 @@ use lazix_proto::castore::{
     self as cpb, blob_service_client::BlobServiceClient,
     directory_service_client::DirectoryServiceClient,
 };
-use lazix_proto::ext::{self as lpb, chunk_service_client::ChunkServiceClient};
+use lazix_proto::ext::{
+    self as lpb, chunk_service_client::ChunkServiceClient,
+    profile_service_client::ProfileServiceClient,
+};
 use lazix_proto::store::{self as spb, path_info_service_client::PathInfoServiceClient};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -86,6 +89,8 @@ type Conn = InterceptedService<Channel, BearerToken>;
 #[derive(Clone)]
 pub struct GrpcStore {
     chunks: ChunkServiceClient<Conn>,
+    /// Access profiles (`lazix.v1`).
+    profiles: ProfileServiceClient<Conn>,
     /// snix's blob service, used once the server proved to lack `chunks`.
     blobs: BlobServiceClient<Conn>,
     /// Set when a `lazix.v1` call answered `Unimplemented`.
@@ -219,6 +224,9 @@ impl GrpcStore {
         let channel = InterceptedService::new(channel, BearerToken(token));
         Ok(Self {
             chunks: ChunkServiceClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+            profiles: ProfileServiceClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_MESSAGE_SIZE),
             blobs: BlobServiceClient::new(channel.clone())
@@ -594,6 +602,34 @@ impl PathInfoStore for GrpcStore {
         self.path_infos
             .clone()
             .put(info.to_proto())
+            .await
+            .map_err(from_status)?;
+        Ok(())
+    }
+
+    /// A server without profiles (snix, an older lazix) has none.
+    async fn get_profile(&self, digest: &[u8; 20]) -> StoreResult<Option<bytes::Bytes>> {
+        let answer = self
+            .profiles
+            .clone()
+            .get(lpb::GetProfileRequest {
+                store_path_digest: digest.to_vec().into(),
+            })
+            .await;
+        let Some(answer) = answered(answer)? else {
+            return Ok(None);
+        };
+        let answer = answer.into_inner();
+        Ok(answer.found.then_some(answer.profile))
+    }
+
+    async fn put_profile(&self, digest: &[u8; 20], profile: bytes::Bytes) -> StoreResult<()> {
+        self.profiles
+            .clone()
+            .put(lpb::PutProfileRequest {
+                store_path_digest: digest.to_vec().into(),
+                profile,
+            })
             .await
             .map_err(from_status)?;
         Ok(())
