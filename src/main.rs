@@ -390,9 +390,10 @@ struct ServeArgs {
     /// How NARs are served: `none` (with byte ranges) or `zstd`.
     #[arg(long, default_value = "none", value_parser = ["none", "zstd"])]
     nar_compression: String,
-    /// MiB of decoded, verified chunks the HTTP server keeps in memory to
-    /// render hot NARs without decompressing again (an eighth of it is kept
-    /// for gzip files stored as their contents, the costliest to rebuild).
+    /// MiB of decoded, verified chunks the server keeps in memory to render
+    /// hot NARs (HTTP) and answer snix's chunk-by-chunk BlobService.Read
+    /// without decompressing again (an eighth of it is kept for gzip files
+    /// stored as their contents, the costliest to rebuild).
     #[arg(long, default_value_t = 1024)]
     decoded_cache_mib: u64,
     /// HTTP connections served at once; more wait in the accept queue (a
@@ -761,7 +762,16 @@ async fn serve(args: ServeArgs) -> Result<()> {
             std::time::Duration::from_secs(args.compact_after),
         ));
     }
-    let store = cached(Store::from_backend(backend), CacheConfig::default());
+    let mut store = cached(Store::from_backend(backend), CacheConfig::default());
+    // One cache of decoded chunks for both front ends: the HTTP renderer,
+    // and snix's BlobService.Read, which sends chunks one by one (without
+    // it, each Read of a chunk decoded its whole frame again).
+    if args.decoded_cache_mib > 0 {
+        store.blobs = lazix_castore::store::decoded_chunks(
+            store.blobs,
+            args.decoded_cache_mib * 1024 * 1024,
+        );
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -819,7 +829,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 } else {
                     NarCompression::None
                 },
-                decoded_cache_bytes: args.decoded_cache_mib * 1024 * 1024,
+                // The store has the decoded-chunk cache already.
+                decoded_cache_bytes: 0,
                 max_connections: args.max_connections,
                 header_timeout: std::time::Duration::from_secs(args.http_header_timeout.max(1)),
                 stats: None,

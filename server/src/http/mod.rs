@@ -57,7 +57,9 @@ pub struct HttpConfig {
     pub priority: u32,
     /// How NARs are served.
     pub nar_compression: NarCompression,
-    /// Bytes of decoded, verified chunks kept in memory for rendering.
+    /// Bytes of decoded, verified chunks kept in memory for rendering; 0:
+    /// none added here (the store given has one already, shared with the
+    /// gRPC services, as `lazix serve` does).
     pub decoded_cache_bytes: u64,
     /// Connections served at once; further ones wait in the kernel's
     /// accept queue.
@@ -110,7 +112,9 @@ const PENDING_TTL: Duration = Duration::from_secs(3600);
 
 /// The shim's routes over `store`.
 pub fn router(mut store: Store, cfg: HttpConfig) -> Router {
-    store.blobs = lazix_castore::store::decoded_chunks(store.blobs, cfg.decoded_cache_bytes);
+    if cfg.decoded_cache_bytes > 0 {
+        store.blobs = lazix_castore::store::decoded_chunks(store.blobs, cfg.decoded_cache_bytes);
+    }
     let state = AppState {
         store,
         cfg: Arc::new(cfg),
