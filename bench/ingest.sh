@@ -6,7 +6,7 @@
 #
 #   bash bench/ingest.sh [STABLE_DIR] [NIGHTLY_DIR]
 #
-# Prints a Markdown table (paste into the README). Both tools read the same
+# Prints a Markdown table (paste into docs/benchmarks.md). Both tools read the same
 # store path with a warm page cache (it is read once before measuring).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -9,9 +9,9 @@
 #     lazix push     -> lazix nar, lazix mount, snix-store mount
 #
 # Fetches nothing: SNIX_BIN names a folder with `snix-store` (built with
-# its `fuse` feature) and `nar-bridge` (see the README, "snix interop",
-# for building them offline). Not part of CI; its latest table is in the
-# README.
+# its `fuse` feature) and `nar-bridge` (see docs/protocol.md, "snix interop",
+# for building them offline). Not part of CI; its latest table is in
+# docs/protocol.md.
 #
 #   SNIX_BIN=/path/to/snix/target/debug bash scripts/interop-snix.sh
 set -euo pipefail

@@ -23,6 +23,7 @@ use lazix_server::auth::Tokens;
 use lazix_server::client::ClientOptions;
 use lazix_server::http::{HttpConfig, NarCompression};
 use lazix_server::listen::{ListenAddr, Listener};
+use lazix_server::metrics::{Counters, Kind, Metrics, Reading};
 use lazix_server::service::GrpcAccess;
 use lazix_server::tls::ServerTls;
 use lazix_server::{GrpcStore, Services};
@@ -357,6 +358,10 @@ struct ServeArgs {
     /// Permissions of a Unix socket given to --grpc (octal).
     #[arg(long, default_value = "660", value_parser = parse_mode)]
     socket_mode: u32,
+    /// Also serve Prometheus metrics at http://ADDR/metrics (with --http
+    /// they are at /metrics there too).
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
     /// Offer only snix's gRPC services (BlobService, DirectoryService,
     /// PathInfoService), as a snix daemon does, without the batched
     /// lazix.v1 calls: for interoperability checks and for measuring what
@@ -493,6 +498,10 @@ struct MountArgs {
     /// skipped with one log line.
     #[arg(long)]
     prefetch: Vec<PathBuf>,
+    /// Serve Prometheus metrics (the counters of .lazix-stats) at
+    /// http://ADDR/metrics.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
     /// Do not prefetch the access profiles the server keeps beside store
     /// paths (`lazix profile push`) when a path is first looked up.
     #[arg(long)]
@@ -625,6 +634,107 @@ async fn main() -> Result<()> {
 }
 
 /// Resolves on SIGINT or SIGTERM.
+/// Serves `metrics` at http://ADDR/metrics in the background, until
+/// `stop`.
+async fn spawn_metrics(
+    metrics: std::sync::Arc<Metrics>,
+    addr: SocketAddr,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening for metrics on {addr}"))?;
+    tracing::info!(metrics = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
+    tokio::spawn(lazix_server::metrics::serve(metrics, listener, stop));
+    Ok(())
+}
+
+/// The mount's counters as metrics (`lazix_mount_…`).
+fn mount_readings(s: &lazix_fs::StatsSnapshot) -> Vec<Reading> {
+    let c = |name, help, value| Reading {
+        name,
+        help,
+        kind: Kind::Counter,
+        value,
+    };
+    vec![
+        c(
+            "mount_fetched_bytes",
+            "Chunk payload bytes received from the server",
+            s.fetched_bytes,
+        ),
+        c(
+            "mount_fetched_chunks",
+            "Chunks received from the server",
+            s.fetched_chunks,
+        ),
+        c(
+            "mount_fetch_requests",
+            "Batched chunk requests sent to the server",
+            s.fetch_requests,
+        ),
+        c(
+            "mount_read_fetches",
+            "Fetches a read had to start itself",
+            s.read_fetches,
+        ),
+        c(
+            "mount_served_bytes",
+            "Bytes returned to readers",
+            s.served_bytes,
+        ),
+        c("mount_reads", "Read requests from the kernel", s.reads),
+        c(
+            "mount_memory_hits",
+            "Chunks answered from the memory cache",
+            s.memory_hits,
+        ),
+        c(
+            "mount_disk_hits",
+            "Chunks answered from the disk cache",
+            s.disk_hits,
+        ),
+        c(
+            "mount_corrupt_chunks",
+            "Chunks that failed verification",
+            s.corrupt_chunks,
+        ),
+        c(
+            "mount_read_errors",
+            "Reads answered with EIO",
+            s.read_errors,
+        ),
+        c(
+            "mount_whole_files_kept",
+            "Files kept whole in the cache folder",
+            s.whole_files_kept,
+        ),
+        c(
+            "mount_passthrough_opens",
+            "Opens handed to the kernel (passthrough)",
+            s.passthrough_opens,
+        ),
+        c(
+            "mount_profile_chunks",
+            "Chunks access profiles asked for",
+            s.profile_chunks,
+        ),
+        c(
+            "mount_profiles_done",
+            "Access profile prefetches finished",
+            s.profiles_done,
+        ),
+    ]
+}
+
+/// Tells systemd (a `Type=notify` unit) how the service is doing; nothing
+/// when not started by systemd (no `NOTIFY_SOCKET`).
+fn notify_systemd(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -767,10 +877,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
     // and snix's BlobService.Read, which sends chunks one by one (without
     // it, each Read of a chunk decoded its whole frame again).
     if args.decoded_cache_mib > 0 {
-        store.blobs = lazix_castore::store::decoded_chunks(
-            store.blobs,
-            args.decoded_cache_mib * 1024 * 1024,
-        );
+        store.blobs =
+            lazix_castore::store::decoded_chunks(store.blobs, args.decoded_cache_mib * 1024 * 1024);
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -790,6 +898,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
         _ => None,
     };
+    let metrics = Metrics::new(Vec::new());
+    if let Some(addr) = args.metrics {
+        spawn_metrics(metrics.clone(), addr, stopped()).await?;
+    }
     let mut grpc = Vec::new();
     for addr in &args.grpc {
         let listener = Listener::bind(addr, args.socket_mode)
@@ -804,14 +916,23 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
         let tls = tls.clone().filter(|_| matches!(listener, Listener::Tcp(_)));
         tracing::info!(grpc = %listener.local_addr(), store = %location, tls = tls.is_some(), "lazix serving gRPC");
-        let (store, stop) = (store.clone(), stopped());
+        let (store, stop, metrics) = (store.clone(), stopped(), metrics.clone());
         let services = if args.snix_only {
             Services::SnixOnly
         } else {
             Services::All
         };
         grpc.push(tokio::spawn(async move {
-            lazix_server::serve_grpc(store, access, services, tls.as_ref(), listener, stop).await
+            lazix_server::serve_grpc(
+                store,
+                access,
+                services,
+                Some(metrics),
+                tls.as_ref(),
+                listener,
+                stop,
+            )
+            .await
         }));
     }
 
@@ -834,6 +955,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 max_connections: args.max_connections,
                 header_timeout: std::time::Duration::from_secs(args.http_header_timeout.max(1)),
                 stats: None,
+                metrics: Some(metrics.clone()),
             };
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
@@ -848,7 +970,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
     };
 
+    // Every listener is bound: ready (systemd `Type=notify`).
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
     shutdown_signal().await;
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
     let _ = stop_tx.send(true);
     for server in grpc {
         server.await?.context("gRPC server")?;
@@ -886,6 +1011,7 @@ async fn proxy(args: ProxyArgs) -> Result<()> {
         max_connections: lazix_server::http::DEFAULT_MAX_CONNECTIONS,
         header_timeout: lazix_server::http::HEADER_TIMEOUT,
         stats: Some(proxy.stats()),
+        metrics: Some(Metrics::new(Vec::new())),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -935,6 +1061,15 @@ async fn mount(args: MountArgs) -> Result<()> {
         tokio::task::spawn_blocking(move || lazix_fs::mount(rt, store, &mountpoint, opts))
             .await??;
     tracing::info!(mountpoint = %args.mountpoint.display(), server = %args.server.server, "lazix mounted");
+    if let Some(addr) = args.metrics {
+        let stats = mounted.stats.clone();
+        let metrics = Metrics::new(vec![Counters::new(move || {
+            mount_readings(&stats.snapshot())
+        })]);
+        spawn_metrics(metrics, addr, std::future::pending()).await?;
+    }
+    // The mount answers: ready (systemd `Type=notify`).
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
     let stats = mounted.stats.clone();
     tokio::select! {
         _ = shutdown_signal() => {}
@@ -974,7 +1109,7 @@ async fn pin(server: &ServerArgs, cache_dir: &std::path::Path, paths: &[String])
         .iter()
         .map(|p| store_path_arg(p))
         .collect::<Result<Vec<_>>>()?;
-    let store = server.connect(None)?;
+    let store = server.connect(Some(lazix_server::client::DEFAULT_CALL_TIMEOUT))?;
     let r = pins::pin(&store, cache_dir, &roots)
         .await
         .context("pinning")?;
@@ -1034,7 +1169,9 @@ fn load_profiles(files: &[PathBuf]) -> Result<Option<Profile>> {
 
 async fn prefetch(args: PrefetchArgs) -> Result<()> {
     let profile = load_profiles(&args.profiles)?.unwrap_or_default();
-    let store = args.server.connect(None)?;
+    let store = args
+        .server
+        .connect(Some(Duration::from_secs(args.timeout.max(1))))?;
     let (report, s) = lazix_fs::prefetch_to_disk(
         store,
         &args.cache_dir,

@@ -20,7 +20,7 @@ use lazix_proto::ext as lpb;
 use lazix_proto::store as spb;
 use prost::Message;
 
-/// Peak server memory allowed in every case (the README's bound).
+/// Peak server memory allowed in every case (the bound in docs/security.md).
 const MEMORY_BOUND: u64 = 300 * 1024 * 1024;
 
 const TOKEN: &str = "hostile-upload-token";

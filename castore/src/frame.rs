@@ -17,7 +17,7 @@ use crate::error::{StoreError, StoreResult};
 
 /// Raw bytes gathered into one frame before it is closed. Measured with
 /// `bench/layouts.sh` (stored bytes) against what a cold reader fetches:
-/// see the README's "Packs and frames" section.
+/// see "Packs and frames" in `docs/store-format.md`.
 pub const FRAME_TARGET: u64 = 1024 * 1024;
 
 /// Largest raw size a frame may claim (a bound on memory per frame; a

@@ -8,6 +8,7 @@ pub mod client;
 pub mod convert;
 pub mod http;
 pub mod listen;
+pub mod metrics;
 pub mod proxy;
 pub mod service;
 pub mod tls;
@@ -48,11 +49,13 @@ pub enum Services {
 
 /// Serves `store` over gRPC on an already bound listener (over TLS with
 /// `tls`; a Unix socket is always plain), to the callers `access` admits,
-/// with `services`, until `shutdown` resolves.
+/// with `services`, counting calls in `metrics`, until `shutdown`
+/// resolves.
 pub async fn serve_grpc(
     store: Store,
     access: service::GrpcAccess,
     services: Services,
+    metrics: Option<std::sync::Arc<metrics::Metrics>>,
     tls: Option<&tls::ServerTls>,
     listener: listen::Listener,
     shutdown: impl std::future::Future<Output = ()> + Send,
@@ -74,7 +77,7 @@ pub async fn serve_grpc(
             if let Some(tls) = tls {
                 builder = builder.tls_config(tls.grpc())?;
             }
-            serve_incoming(builder, svc, services, incoming, shutdown).await
+            serve_incoming(builder, svc, services, metrics, incoming, shutdown).await
         }
         listen::Listener::Unix(listener, _file) => {
             let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
@@ -82,6 +85,7 @@ pub async fn serve_grpc(
                 tonic::transport::Server::builder(),
                 svc,
                 services,
+                metrics,
                 incoming,
                 shutdown,
             )
@@ -95,6 +99,7 @@ async fn serve_incoming<IO, IE>(
     builder: tonic::transport::Server,
     svc: StoreService,
     services: Services,
+    metrics: Option<std::sync::Arc<metrics::Metrics>>,
     incoming: impl futures::Stream<Item = Result<IO, IE>> + Send,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error>
@@ -108,7 +113,10 @@ where
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     builder
+        // The first layer is the outermost: old names are renamed before
+        // calls are counted.
         .layer(tower::util::MapRequestLayer::new(tvix_to_snix))
+        .layer(metrics::GrpcLayer(metrics))
         .tcp_nodelay(true)
         // A peer that vanished (or never answers) is dropped instead of
         // holding its streams; one connection cannot open streams without

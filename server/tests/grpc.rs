@@ -53,6 +53,7 @@ async fn start_with(services: Services) -> TestServer {
         access,
         services,
         None,
+        None,
         listener,
         async {
             let _ = rx.await;

@@ -72,6 +72,9 @@ pub struct HttpConfig {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Counters served as JSON at `GET /lazix-stats` (the local proxy's).
     pub stats: Option<StatsFn>,
+    /// Prometheus metrics: requests are counted, `GET /metrics` serves
+    /// them (see [`crate::metrics`]).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// What `GET /lazix-stats` answers: a JSON document.
@@ -115,6 +118,7 @@ pub fn router(mut store: Store, cfg: HttpConfig) -> Router {
     if cfg.decoded_cache_bytes > 0 {
         store.blobs = lazix_castore::store::decoded_chunks(store.blobs, cfg.decoded_cache_bytes);
     }
+    let metrics = cfg.metrics.clone();
     let state = AppState {
         store,
         cfg: Arc::new(cfg),
@@ -129,7 +133,7 @@ pub fn router(mut store: Store, cfg: HttpConfig) -> Router {
             })
             .build(),
     };
-    Router::new()
+    let routes = Router::new()
         .route("/lazix-stats", get(download::stats))
         .route(
             "/nix-cache-info",
@@ -140,7 +144,20 @@ pub fn router(mut store: Store, cfg: HttpConfig) -> Router {
             get(download::top_level).put(upload::put_top_level),
         )
         .route("/nar/{file}", get(download::nar).put(upload::put_nar))
-        .with_state(state)
+        .with_state(state);
+    match metrics {
+        None => routes,
+        Some(m) => routes
+            .merge(
+                Router::new()
+                    .route("/metrics", get(crate::metrics::scrape))
+                    .with_state(m.clone()),
+            )
+            .layer(axum::middleware::from_fn_with_state(
+                m,
+                crate::metrics::track_http,
+            )),
+    }
 }
 
 /// Serves one accepted connection (plain or TLS) with hyper, watched for

@@ -1,0 +1,95 @@
+//! Prometheus metrics of `serve` and `mount`, scraped over HTTP after real
+//! work (a push, a NAR download, a mount read) and parsed with a real
+//! parser: the counters moved by what was done.
+
+mod common;
+
+use common::*;
+
+/// The samples of a scrape of `url`.
+fn scrape(url: &str) -> prometheus_parse::Scrape {
+    let (status, body, _) = curl(&["-sS", url]);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let text = String::from_utf8(body).unwrap();
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
+}
+
+/// The sum of `name`'s samples whose labels include `labels`.
+fn value(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    s.samples
+        .iter()
+        .filter(|x| x.metric == name)
+        .filter(|x| labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .map(|x| match x.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+#[test]
+fn counters_move_with_pushes_downloads_and_mount_reads() {
+    let mut server = Server::start();
+    let http = &server.http;
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("metrics-tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("big"), pseudo_random(2_000_000, 5)).unwrap();
+    let path = add_path(&tree);
+    let metrics = format!("{http}/metrics");
+
+    let before = scrape(&metrics);
+    lazix_push(&server, &[&path]);
+    let base = path.trim_start_matches("/nix/store/");
+    let (status, info, _) = curl(&["-sS", &format!("{http}/{}.narinfo", &base[..32])]);
+    assert_eq!(status, 200);
+    let url = String::from_utf8(info)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: ").map(str::to_string))
+        .unwrap();
+    let (status, nar, _) = curl(&["-sS", &format!("{http}/{url}")]);
+    assert_eq!(status, 200);
+    assert_eq!(nar, nix_dump(&path));
+
+    let after = scrape(&metrics);
+    let puts = ("method", "/lazix.v1.ChunkService/PutChunks");
+    assert!(
+        value(&after, "lazix_grpc_requests_total", &[puts, ("code", "0")])
+            > value(&before, "lazix_grpc_requests_total", &[puts, ("code", "0")])
+    );
+    for route in ["narinfo", "nar"] {
+        assert_eq!(
+            value(
+                &after,
+                "lazix_http_requests_total",
+                &[("route", route), ("status", "200")]
+            ),
+            1.0,
+            "{route}"
+        );
+    }
+    assert!(
+        value(
+            &after,
+            "lazix_http_request_duration_seconds_count",
+            &[("route", "nar")]
+        ) >= 1.0
+    );
+
+    // The mount's counters, on a listener of its own.
+    let mport = free_port();
+    let mount = Mount::new(&server, &["--metrics", &format!("127.0.0.1:{mport}")]);
+    let murl = format!("http://127.0.0.1:{mport}/metrics");
+    let idle = scrape(&murl);
+    assert_eq!(value(&idle, "lazix_mount_fetched_bytes_total", &[]), 0.0);
+    let read = std::fs::read(mount.path(&format!("{base}/big"))).unwrap();
+    assert_eq!(read.len(), 2_000_000);
+    let busy = scrape(&murl);
+    assert!(value(&busy, "lazix_mount_fetched_bytes_total", &[]) > 1_000_000.0);
+    assert!(value(&busy, "lazix_mount_served_bytes_total", &[]) >= 2_000_000.0);
+    mount.stop();
+    server.stop();
+}
