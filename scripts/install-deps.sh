@@ -12,6 +12,8 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 # The TLS tests make their own CA and server certificate with openssl.
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+# tests/service.rs checks the systemd units with systemd-analyze.
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 if [ "${LAZIX_BENCH_DEPS:-0}" = 1 ]; then
   command -v nginx >/dev/null 2>&1 || need+=(nginx)
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
