@@ -45,7 +45,7 @@ median() { sort -g | sed -n 2p; }
 render() { # server path
   local t; t=$(now)
   "$LAZIX" nar --server "$1" "$2" | sha256sum >"$work/nar.sum"
-  since "$t"
+  echo "$(since "$t")"
 }
 mount_run() { # server command...
   local server=$1 pid t; shift
@@ -54,7 +54,7 @@ mount_run() { # server command...
   wait_mount "$mnt"
   t=$(now)
   "$@" >/dev/null
-  since "$t"
+  echo "$(since "$t")"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 cat_doc() { (cd "$mnt/$(basename "$doc")" && xargs -d '\n' cat <"$work/files"); }

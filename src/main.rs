@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+mod config;
 use lazix_castore::bucket::{compact_when_quiet, BucketStore, GcOptions, GcReport};
 use lazix_castore::nix::signing::SecretKey;
 use lazix_castore::nix::store_path::StorePath;
@@ -34,7 +36,12 @@ const DEFAULT_GRPC: &str = "127.0.0.1:9721";
 const DEFAULT_SERVER: &str = "grpc://127.0.0.1:9721";
 
 #[derive(Parser)]
-#[command(name = "lazix", version, about = "A lazy, content-addressed Nix store")]
+#[command(
+    name = "lazix",
+    version,
+    about = "A lazy, content-addressed Nix store",
+    after_help = "Every command also takes --config FILE (a TOML file with one section per command, keys spelled as its long flags; default /etc/lazix/lazix.toml when present; flags and environment win over it) and --print-config (print the merged settings and exit)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -595,7 +602,20 @@ async fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    let cli = {
+        let command = Cli::command();
+        let (args, print) = config::merged_args(&command, std::env::args_os().collect())?;
+        let matches = command
+            .clone()
+            .try_get_matches_from(args)
+            .unwrap_or_else(|e| e.exit());
+        if print {
+            print!("{}", config::print(&command, &matches));
+            return Ok(());
+        }
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    };
+    match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Compact(location) => compact(location).await,
         Command::Delete { location, paths } => delete(location, &paths).await,

@@ -1,0 +1,112 @@
+//! The configuration file (`--config FILE`): a setting there is what the
+//! flag sets, a flag or the environment wins over it, and an unknown key
+//! or section fails with a message naming it.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn print_config(args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut cmd = lazix();
+    cmd.args(args).arg("--print-config");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn a_config_file_sets_what_flags_set_and_flags_and_environment_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let file = dir.path().join("lazix.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[serve]
+grpc = ["127.0.0.1:{port}"]
+data = "{}"
+decoded-cache-mib = 64
+snix-only = true
+compact-after = 0
+
+[path-info]
+server = "grpc://127.0.0.1:{port}"
+"#,
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+
+    let merged = print_config(&["--config", f, "serve"], &[]);
+    assert!(merged.starts_with("[serve]\n"), "{merged}");
+    assert!(merged.contains("decoded-cache-mib = \"64\""), "{merged}");
+    assert!(merged.contains("snix-only = true"), "{merged}");
+    assert!(
+        merged.contains(&format!("grpc = [\"127.0.0.1:{port}\"]")),
+        "{merged}"
+    );
+    // A flag wins over the file.
+    let merged = print_config(&["serve", "--decoded-cache-mib", "128", "--config", f], &[]);
+    assert!(merged.contains("decoded-cache-mib = \"128\""), "{merged}");
+    // The environment wins over the file (where the flag reads one).
+    let merged = print_config(
+        &["--config", f, "path-info", "/nix/store/x"],
+        &[("LAZIX_SERVER", "grpc://10.9.8.7:1")],
+    );
+    assert!(
+        merged.contains("server = \"grpc://10.9.8.7:1\""),
+        "{merged}"
+    );
+
+    // The settings take effect: the server listens where the file says,
+    // and a client finds it there.
+    let mut server = lazix()
+        .args(["--config", f, "serve"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "serve did not listen on the configured port"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let missing = format!("/nix/store/{}-nothing", "0".repeat(32));
+    let out = lazix()
+        .args(["--config", f, "path-info", &missing])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        said.contains("is not on the server"),
+        "the client did not reach the server: {said}"
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status();
+    let _ = server.wait();
+
+    // Unknown keys and sections are errors naming them.
+    std::fs::write(&file, "[serve]\ngrpcc = \"127.0.0.1:1\"\n").unwrap();
+    let out = lazix().args(["--config", f, "serve"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"grpcc\""));
+    std::fs::write(&file, "[serv]\ngrpc = \"127.0.0.1:1\"\n").unwrap();
+    let out = lazix().args(["--config", f, "serve"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[serv]"));
+}
