@@ -119,6 +119,16 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<String>,
     },
+    /// Print shell completions for SHELL (bash, zsh, fish, elvish,
+    /// powershell) to stdout, e.g. `lazix completions bash >
+    /// /etc/bash_completion.d/lazix`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout, e.g. `lazix man >
+    /// /usr/local/share/man/man1/lazix.1`.
+    Man,
     /// Write a Nix-compatible signing key pair: NAME.secret and NAME.public.
     Keygen {
         /// Key name (clients trust `NAME:<public key>`), e.g. cache.example.org-1.
@@ -622,6 +632,14 @@ async fn main() -> Result<()> {
         Command::Gc { location, policy } => gc(location, policy).await,
         Command::Stats { location, json } => stats(location, json).await,
         Command::Keygen { name, dir } => keygen(&name, &dir),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "lazix", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(())
+        }
         Command::Mount(args) => mount(args).await,
         Command::Proxy(args) => proxy(args).await,
         Command::Prefetch(args) => prefetch(args).await,

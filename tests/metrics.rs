@@ -90,6 +90,27 @@ fn counters_move_with_pushes_downloads_and_mount_reads() {
     let busy = scrape(&murl);
     assert!(value(&busy, "lazix_mount_fetched_bytes_total", &[]) > 1_000_000.0);
     assert!(value(&busy, "lazix_mount_served_bytes_total", &[]) >= 2_000_000.0);
+    // Every metric the Grafana dashboard graphs is one the scrapes carry.
+    let (_, server_text, _) = curl(&["-sS", &metrics]);
+    let (_, mount_text, _) = curl(&["-sS", &murl]);
+    let scraped = String::from_utf8(server_text).unwrap() + &String::from_utf8(mount_text).unwrap();
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/grafana/lazix.json"),
+    )
+    .unwrap();
+    let mut graphed = 0;
+    for (i, _) in dashboard.match_indices("lazix_") {
+        let name: String = dashboard[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        assert!(
+            scraped.contains(&name),
+            "the dashboard graphs {name}, which no scrape has"
+        );
+        graphed += 1;
+    }
+    assert!(graphed >= 10, "{graphed}");
     mount.stop();
     server.stop();
 }

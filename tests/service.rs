@@ -132,3 +132,16 @@ fn serve_and_mount_notify_readiness_once_they_answer() {
     let _ = server.wait();
     assert!(stats.is_ok(), "{stats:?}");
 }
+
+#[test]
+fn completions_and_the_man_page_come_from_the_cli() {
+    let out = run(lazix().args(["completions", "bash"]));
+    let text = stdout(&out);
+    for sub in ["serve", "mount", "prefetch", "pin"] {
+        assert!(text.contains(sub), "bash completion lacks {sub}");
+    }
+    let out = run(lazix().arg("man"));
+    let page = stdout(&out);
+    assert!(page.contains(".TH lazix 1"), "{page}");
+    assert!(page.contains("serve"), "{page}");
+}
