@@ -8,10 +8,10 @@
 #
 # The mount reaches the server through bench/delay-proxy.py at RTTS
 # (default "10 50" ms round trip) with a MBIT cap (default 100 Mbit/s).
-# Per link and workload, in one run: cold without profile, cold with the
-# profile (`--prefetch`, the program started at once, racing it), warm (the
-# same mount again); plus cold without profile on loopback as the
-# reference. The profile is recorded once on loopback (`--record-profile`).
+# Per link and workload (WORKLOADS, default "rustc python"), in one run:
+# cold without profile, cold with the profile (`--prefetch`, the program
+# started at once, racing it), warm (the same mount again); plus cold
+# without profile on loopback as the reference. The profile is recorded once on loopback (`--record-profile`).
 # Reported: seconds to the program's exit, MiB fetched (the mount's
 # counter), each the median of 3.
 #
@@ -21,6 +21,7 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 bench_setup --peers
 RTTS=${RTTS:-"10 50"}
+WORKLOADS=${WORKLOADS:-"rustc python"}
 MBIT=${MBIT:-100}
 STABLE=${STABLE:-$HOME/.rustup/toolchains/stable-x86_64-unknown-linux-gnu}
 PYTHON=${PYTHON:-$HOME/.pyenv/versions/3.11.7}
@@ -63,7 +64,7 @@ unmount() { kill "$mounter"; wait "$mounter" 2>/dev/null || true; }
 fetched_mib() { python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["fetched_bytes"]/1048576, 1))' "$mnt/.lazix-stats"; }
 
 # Record each workload's profile once, on loopback.
-for w in rustc python; do
+for w in $WORKLOADS; do
   mount_on "$gport" --record-profile "$work/$w.profile"
   "run_$w"
   unmount
@@ -92,7 +93,7 @@ measure() {
 }
 
 declare -A R
-for w in rustc python; do
+for w in $WORKLOADS; do
   echo "measuring $w on loopback" >&2
   R["loopback/$w/cold"]=$(measure loopback "$w" cold)
   for rtt in $RTTS; do
@@ -109,7 +110,7 @@ echo "seconds to exit / MiB fetched, median of 3; ${MBIT} Mbit/s; the loopback c
 echo
 echo "| workload | link | cold, no profile | cold, profile | warm | profile / loopback cold | profile / cold |"
 echo "|---|---|---|---|---|---|---|"
-for w in rustc python; do
+for w in $WORKLOADS; do
   read -r lt lb <<<"${R[loopback/$w/cold]}"
   echo "| $w | loopback | $lt s / $lb MiB | | | | |"
   for rtt in $RTTS; do

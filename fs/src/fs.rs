@@ -522,6 +522,11 @@ impl LazyFs {
                 .lock()
                 .expect("inodes")
                 .lookup(dir_ino, name, node);
+            // An entry the kernel learns from a listing is never looked up
+            // by name: a profile must place it here too.
+            if let Some(r) = &self.recorder {
+                r.looked_up(dir_ino, name, ino);
+            }
             DirEntryPlus {
                 ino,
                 offset: 3 + i as u64,

@@ -753,3 +753,31 @@ fn a_path_info_is_asked_once_and_a_missing_one_every_time() {
         "a miss is not kept"
     );
 }
+
+#[test]
+fn a_profile_records_files_the_kernel_learned_from_a_listing() {
+    let server = Server::new();
+    let mut mount = Mount::new(&server, server.store());
+    let recorder = Arc::new(crate::profile::Recorder::default());
+    mount.fs.record_into(recorder.clone());
+    let sub = mount.ino(&path("sub"));
+    // The kernel learns "note" from readdirplus and reads it without a
+    // lookup by name (as Python's importer does after listing a folder).
+    let note = mount
+        .fs
+        .readdirplus(sub, 0)
+        .unwrap()
+        .find(|e| &e.name[..] == b"note")
+        .unwrap();
+    let opened = mount
+        .fs
+        .open(note.ino, &NoKernelBacking::default())
+        .unwrap();
+    mount.fs.read(note.ino, opened.fh, 0, 4096).unwrap();
+    mount.fs.release(note.ino, opened.fh);
+    let profile = recorder.profile();
+    assert_eq!(profile.files.len(), 1, "{profile:?}");
+    assert_eq!(profile.files[0].path, PKG);
+    assert_eq!(profile.files[0].file, "sub/note");
+    assert_eq!(profile.files[0].ranges, vec![[0, 5]]);
+}
