@@ -33,7 +33,10 @@ python=$(nix store add-path --name python-3.11.7 "$PYTHON")
 gport=$(free_port)
 "$LAZIX" serve --data "$work/data" --grpc "127.0.0.1:$gport" --compact-after 0 2>"$work/serve.log" &
 wait_port "$gport"
-"$LAZIX" push --server "grpc://127.0.0.1:$gport" "$rust" "$python" 2>&1 | tail -1 >&2
+pushed=()
+[[ " $WORKLOADS " == *" rustc "* ]] && pushed+=("$rust")
+[[ " $WORKLOADS " == *" python "* ]] && pushed+=("$python")
+"$LAZIX" push --server "grpc://127.0.0.1:$gport" "${pushed[@]}" 2>&1 | tail -1 >&2
 "$LAZIX" compact --data "$work/data" >&2
 
 declare -A LINK

@@ -279,8 +279,16 @@ impl ChunkFetcher {
         while mine.peek().is_some() {
             groups.push(mine.by_ref().take(CALL_CHUNKS).collect());
         }
+        // Each call asks only for what earlier calls' frames did not bring:
+        // a frame holds neighbours, which a long list of wanted chunks (an
+        // access profile's) often asks for again further on.
         futures::stream::iter(groups)
-            .map(|g| self.fetch_group(g, disk))
+            .map(|g| async move {
+                let g = self.publish_arrived(g);
+                if !g.is_empty() {
+                    self.fetch_group(g, disk).await;
+                }
+            })
             .buffer_unordered(CALLS_IN_FLIGHT)
             .collect::<()>()
             .await;
