@@ -294,4 +294,33 @@ mod tests {
             assert!(Profile::parse("t", bad).is_err(), "{bad:?}");
         }
     }
+
+    #[test]
+    fn a_server_stores_only_a_bounded_profile_of_the_path_itself() {
+        let mine = "01zcn12dybxfj24kywij7jli2a7f9rf4-pkg";
+        let mut p = Profile::default();
+        p.add(reads(mine, "bin/x", &[[0, 10]]));
+        assert_eq!(check_stored(mine, p.to_text().as_bytes()).unwrap(), p);
+        // Another path's entries beside it.
+        p.add(reads(
+            "11zcn12dybxfj24kywij7jli2a7f9rf4-other",
+            "y",
+            &[[0, 1]],
+        ));
+        assert!(check_stored(mine, p.to_text().as_bytes()).is_err());
+        // Not UTF-8, not a profile, over the bound (checked before parsing).
+        assert!(check_stored(mine, &[0xff, 0xfe, 0x00]).is_err());
+        assert!(check_stored(mine, b"{\"lazix_profile\":1}\n[1,2]").is_err());
+        let huge = vec![b' '; MAX_STORED_PROFILE + 1];
+        assert!(matches!(
+            check_stored(mine, &huge),
+            Err(crate::StoreError::Invalid(m)) if m.contains("over")
+        ));
+        // A file with 100,000 scattered ranges stays a bounded list.
+        let mut r = Vec::new();
+        for i in 0..100_000u64 {
+            add_range(&mut r, i * 10, i * 10 + 1);
+        }
+        assert!(r.len() <= MAX_RANGES);
+    }
 }
