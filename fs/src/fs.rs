@@ -235,6 +235,9 @@ pub struct LazyFs {
     recorder: Option<Arc<Recorder>>,
     /// Store paths whose stored access profile was asked for.
     profiles_asked: moka::sync::Cache<[u8; 20], ()>,
+    /// The stats document of each open handle of the stats file, as it
+    /// was at open.
+    stats_opened: Mutex<HashMap<u64, Arc<Vec<u8>>>>,
 }
 
 /// A background prefetch of an access profile into a mount's caches.
@@ -323,6 +326,7 @@ impl LazyFs {
                 .build_with_hasher(DigestKeyBuildHasher::default()),
             recorder: None,
             profiles_asked: moka::sync::Cache::new(1_000_000),
+            stats_opened: Mutex::default(),
         }
     }
 
@@ -427,7 +431,15 @@ impl LazyFs {
     /// through handle `fh`.
     pub fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
         if ino == STATS_INO {
-            let json = self.stats_json();
+            // The counters as they were at open: a reader taking them in
+            // several reads gets one consistent document.
+            let json = self
+                .stats_opened
+                .lock()
+                .expect("stats snapshots")
+                .get(&fh)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(self.stats_json()));
             let start = (offset as usize).min(json.len());
             let end = (start + size as usize).min(json.len());
             return Ok(json[start..end].to_vec());
@@ -446,6 +458,13 @@ impl LazyFs {
 
     /// Handle `fh` of `ino` is closed.
     pub fn release(&self, ino: u64, fh: u64) {
+        if ino == STATS_INO {
+            self.stats_opened
+                .lock()
+                .expect("stats snapshots")
+                .remove(&fh);
+            return;
+        }
         self.reads.lock().expect("reads").remove(&fh);
         let mut open = self.open_files.lock().expect("open files");
         if let Some(entry) = open.get_mut(&ino) {
@@ -854,6 +873,10 @@ impl LazyFs {
     fn open_file(&self, ino: u64, backing: &dyn BackingOpener) -> Result<Opened, FsError> {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         if ino == STATS_INO {
+            self.stats_opened
+                .lock()
+                .expect("stats snapshots")
+                .insert(fh, Arc::new(self.stats_json()));
             return Ok(Opened {
                 fh,
                 mode: OpenMode::DirectIo,

@@ -717,6 +717,23 @@ fn the_stats_file_reads_as_json_of_the_counters() {
     let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
     assert_eq!(v["reads"], 1);
     assert_eq!(v["served_bytes"], server.contents.run.len() as u64);
+    // Read in pieces while the counters move (more digits), one handle
+    // still reads one consistent document: the counters at its open.
+    let first = mount.fs.read(STATS_INO, opened.fh, 0, 40).unwrap();
+    for _ in 0..20 {
+        mount.read_at(&path("run"), 0, 100).unwrap();
+    }
+    let rest = mount.fs.read(STATS_INO, opened.fh, 40, 1 << 20).unwrap();
+    let whole: serde_json::Value = serde_json::from_slice(&[first, rest].concat()).unwrap();
+    assert_eq!(whole, v);
+    mount.fs.release(STATS_INO, opened.fh);
+    let reopened = mount
+        .fs
+        .open(STATS_INO, &NoKernelBacking::default())
+        .unwrap();
+    let now = mount.fs.read(STATS_INO, reopened.fh, 0, 1 << 20).unwrap();
+    let now: serde_json::Value = serde_json::from_slice(&now).unwrap();
+    assert_eq!(now["reads"], 21);
 }
 
 #[test]
