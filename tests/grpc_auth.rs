@@ -455,3 +455,92 @@ fn a_stored_path_is_never_replaced_with_other_contents() {
     // Still the genuine bytes.
     assert!(lazix_nar(&server, &path) == nix_dump(&path));
 }
+
+/// The access-profile service (`lazix.v1.ProfileService`): a Put needs the
+/// upload token, a Get the read token when one is set; a profile over the
+/// bound or naming another path is refused; nothing refused is stored.
+#[test]
+fn access_profiles_need_the_tokens_and_refuse_what_does_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path(), true);
+    let path = genuine(&server, "profiles");
+    let base = path.trim_start_matches("/nix/store/");
+    let digest = lazix_castore::nix::store_path::StorePath::from_basename(base)
+        .unwrap()
+        .digest()
+        .to_vec();
+    let profile = format!(
+        "{{\"lazix_profile\":1}}\n{{\"path\":\"{base}\",\"file\":\"small\",\"digest\":\"{}\",\"size\":8,\"ranges\":[[0,8]]}}\n",
+        B3Digest::of(b"profiles").to_hex()
+    );
+    let stored = || {
+        server
+            .data
+            .path()
+            .join("profiles")
+            .join(&base[..32])
+            .exists()
+    };
+    let rt = runtime();
+    let put = |auth: Bearer, text: Vec<u8>| {
+        let digest = digest.clone();
+        rt.block_on(async {
+            let ch = grpc_channel(&server).await;
+            let mut p =
+                lpb::profile_service_client::ProfileServiceClient::with_interceptor(ch, auth);
+            code(
+                p.put(lpb::PutProfileRequest {
+                    store_path_digest: digest.into(),
+                    profile: text.into(),
+                })
+                .await,
+            )
+        })
+    };
+    let get = |auth: Bearer| {
+        let digest = digest.clone();
+        rt.block_on(async {
+            let ch = grpc_channel(&server).await;
+            let mut p =
+                lpb::profile_service_client::ProfileServiceClient::with_interceptor(ch, auth);
+            p.get(lpb::GetProfileRequest {
+                store_path_digest: digest.into(),
+            })
+            .await
+        })
+    };
+    for (what, auth) in [
+        ("no token", no_token()),
+        ("a wrong token", bearer("not-the-token")),
+        ("the read token", bearer(READ)),
+    ] {
+        assert_eq!(
+            put(auth, profile.clone().into_bytes()),
+            Code::Unauthenticated,
+            "{what}"
+        );
+        assert!(!stored(), "{what}");
+    }
+    // Over the bound, another path's entries, not a profile: refused.
+    let huge = vec![b' '; lazix_castore::profile::MAX_STORED_PROFILE + 1];
+    let foreign = profile.replace(base, &format!("{}-other", "0".repeat(32)));
+    for bad in [
+        huge,
+        foreign.into_bytes(),
+        b"\x00\xff not a profile".to_vec(),
+    ] {
+        assert_eq!(put(bearer(UPLOAD), bad), Code::InvalidArgument);
+        assert!(!stored());
+    }
+    assert_eq!(
+        code(get(bearer(READ))),
+        Code::Ok,
+        "no profile yet is an answer, not an error"
+    );
+    assert_eq!(put(bearer(UPLOAD), profile.clone().into_bytes()), Code::Ok);
+    assert!(stored());
+    assert_eq!(code(get(no_token())), Code::Unauthenticated);
+    let answer = get(bearer(READ)).unwrap().into_inner();
+    assert!(answer.found);
+    assert_eq!(answer.profile, profile.as_bytes());
+}
