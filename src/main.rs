@@ -12,6 +12,9 @@ use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod config;
+mod nix_db;
+mod realise;
+mod store_overlay;
 use lazix_castore::bucket::{compact_when_quiet, BucketStore, GcOptions, GcReport};
 use lazix_castore::nix::signing::SecretKey;
 use lazix_castore::nix::store_path::StorePath;
@@ -85,6 +88,16 @@ enum Command {
     /// Mount the server's store read-only over FUSE; file bytes are fetched
     /// on first access. Runs in the foreground; SIGINT/SIGTERM unmount.
     Mount(MountArgs),
+    /// The lazy store as the machine's /nix/store (overlayfs).
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+    /// Make remote closures valid in the local Nix database without
+    /// downloading them (their files show through `lazix store up`), after
+    /// checking their signatures. Fits nix-snapshotter's external_builder
+    /// as `lazix realise --out-link OUTLINK STOREPATH`.
+    Realise(RealiseArgs),
     /// Serve a binary cache on this machine for the local Nix, rendering
     /// NARs from a disk cache of chunks (the mount's folder and format)
     /// and fetching only missing ones from an upstream lazix server.
@@ -146,7 +159,8 @@ enum Command {
         json: bool,
         /// Nix secret key file to sign each pushed path's root with, as the
         /// uploader (repeatable); readers with --trusted-public-keys then
-        /// verify it under this key alone.
+        /// verify it under this key alone. Paths without a narinfo
+        /// signature by the key get one too (as `nix store sign` adds).
         #[arg(long = "signing-key")]
         signing_keys: Vec<PathBuf>,
         /// Store paths (or links to them, such as ./result).
@@ -477,6 +491,16 @@ struct ProxyArgs {
 #[derive(clap::Args)]
 struct MountArgs {
     #[command(flatten)]
+    settings: MountSettings,
+    /// Where to mount (e.g. /nix/store).
+    mountpoint: PathBuf,
+}
+
+/// How a lazy mount runs (`lazix mount`, and the lower layer of `lazix
+/// store up`).
+#[derive(clap::Args)]
+struct MountSettings {
+    #[command(flatten)]
     server: ServerArgs,
     #[command(flatten)]
     trust: TrustArgs,
@@ -523,8 +547,67 @@ struct MountArgs {
     /// paths (`lazix profile push`) when a path is first looked up.
     #[arg(long)]
     no_stored_profiles: bool,
-    /// Where to mount (e.g. /nix/store).
-    mountpoint: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Put the server's store paths into the local store directory: the
+    /// lazy mount as the lower layer of an overlayfs whose upper layer is
+    /// the store directory itself, so the machine's own paths stay and new
+    /// builds land there. Runs in the foreground (SIGINT/SIGTERM take it
+    /// down as `lazix store down` does) or, with --daemon, in the
+    /// background. Nix sees the paths once `lazix realise` registers them.
+    Up(StoreUpArgs),
+    /// Take `lazix store up` down: unmount, remove the whiteouts of lazy
+    /// paths deleted through it, and make every path whose files left with
+    /// the mount invalid in the Nix database (references local paths held
+    /// to them are kept aside and restored by the next `lazix realise`).
+    Down {
+        /// Detach the overlay even while programs use it.
+        #[arg(long)]
+        lazy: bool,
+        /// The store directory.
+        #[arg(default_value = lazix_castore::nix::store_path::STORE_DIR)]
+        store_dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct StoreUpArgs {
+    #[command(flatten)]
+    mount: MountSettings,
+    /// Go to the background once the overlay is up (its log is
+    /// `.lazix-<name>/up.log` beside the store directory).
+    #[arg(long)]
+    daemon: bool,
+    /// The store directory.
+    #[arg(default_value = lazix_castore::nix::store_path::STORE_DIR)]
+    store_dir: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct RealiseArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Keys whose signatures make a path trusted, in Nix's syntax (`NAME:KEY
+    /// …`): each path registered needs a narinfo signature and a root
+    /// signature by one of them. Default: the local Nix's own
+    /// `trusted-public-keys` setting.
+    #[arg(long, env = "LAZIX_TRUSTED_PUBLIC_KEYS")]
+    trusted_public_keys: Option<String>,
+    /// Leave a GC root here (`LINK`, `LINK-2`, … for several paths), as
+    /// `nix-build --out-link` does.
+    #[arg(long)]
+    out_link: Option<PathBuf>,
+    /// The store directory `lazix store up` shows the paths in.
+    #[arg(long, default_value = lazix_castore::nix::store_path::STORE_DIR)]
+    store_dir: PathBuf,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Store paths whose closures Nix should hold as valid.
+    #[arg(required = true)]
+    paths: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -641,6 +724,13 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Mount(args) => mount(args).await,
+        Command::Store {
+            command: StoreCommand::Up(args),
+        } => store_up(args).await,
+        Command::Store {
+            command: StoreCommand::Down { lazy, store_dir },
+        } => store_down(&store_dir, lazy).await,
+        Command::Realise(args) => realise(args).await,
         Command::Proxy(args) => proxy(args).await,
         Command::Prefetch(args) => prefetch(args).await,
         Command::Profile {
@@ -1065,12 +1155,30 @@ async fn proxy(args: ProxyArgs) -> Result<()> {
 }
 
 async fn mount(args: MountArgs) -> Result<()> {
+    let (mounted, recorder) = start_mount(&args.settings, &args.mountpoint).await?;
+    // The mount answers: ready (systemd `Type=notify`).
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = mounted.wait_ended(Duration::from_millis(200)) => {
+            tracing::info!(mountpoint = %args.mountpoint.display(), "unmounted from outside; exiting");
+        }
+    }
+    finish_mount(&args.settings, mounted, recorder).await
+}
+
+/// Mounts the server at `mountpoint` as `settings` say (with its metrics
+/// listener, if asked); returns the mount and its profile recorder.
+async fn start_mount(
+    settings: &MountSettings,
+    mountpoint: &std::path::Path,
+) -> Result<(lazix_fs::Mounted, Option<Arc<Recorder>>)> {
     // No cache in front of the server: the mount keeps one of each kind
     // itself (PathInfos briefly, directories and chunk lists, and chunks
     // decoded, in memory and on disk). No call timeout in the client
     // either: the mount bounds every server call by its own --timeout.
-    let store = args.server.connect(None)?;
-    let recorder = match &args.record_profile {
+    let store = settings.server.connect(None)?;
+    let recorder = match &settings.record_profile {
         Some(file) if file.exists() => Some(Arc::new(Recorder::new(
             Profile::load(file).context("continuing the access profile")?,
         ))),
@@ -1079,46 +1187,47 @@ async fn mount(args: MountArgs) -> Result<()> {
     };
     let opts = lazix_fs::MountOptions {
         fs: lazix_fs::MountConfig {
-            uid: args.uid,
-            gid: args.gid,
-            list_root: !args.no_list,
-            timeout: Duration::from_secs(args.timeout.max(1)),
-            trust: args.trust.trust(&args.server.server)?,
-            stored_profiles: !args.no_stored_profiles,
+            uid: settings.uid,
+            gid: settings.gid,
+            list_root: !settings.no_list,
+            timeout: Duration::from_secs(settings.timeout.max(1)),
+            trust: settings.trust.trust(&settings.server.server)?,
+            stored_profiles: !settings.no_stored_profiles,
         },
-        cache_dir: args.cache_dir.clone(),
-        cache_bytes: args.cache_size,
-        memory_bytes: args.memory_cache_size,
-        threads: args.threads,
+        cache_dir: settings.cache_dir.clone(),
+        cache_bytes: settings.cache_size,
+        memory_bytes: settings.memory_cache_size,
+        threads: settings.threads,
         recorder: recorder.clone(),
-        prefetch: load_profiles(&args.prefetch)?,
+        prefetch: load_profiles(&settings.prefetch)?,
     };
     let rt = tokio::runtime::Handle::current();
-    let mountpoint = args.mountpoint.clone();
+    let at = mountpoint.to_path_buf();
     let mounted =
-        tokio::task::spawn_blocking(move || lazix_fs::mount(rt, store, &mountpoint, opts))
-            .await??;
-    tracing::info!(mountpoint = %args.mountpoint.display(), server = %args.server.server, "lazix mounted");
-    if let Some(addr) = args.metrics {
+        tokio::task::spawn_blocking(move || lazix_fs::mount(rt, store, &at, opts)).await??;
+    tracing::info!(mountpoint = %mountpoint.display(), server = %settings.server.server, "lazix mounted");
+    if let Some(addr) = settings.metrics {
         let stats = mounted.stats.clone();
         let metrics = Metrics::new(vec![Counters::new(move || {
             mount_readings(&stats.snapshot())
         })]);
         spawn_metrics(metrics, addr, std::future::pending()).await?;
     }
-    // The mount answers: ready (systemd `Type=notify`).
-    notify_systemd(&[sd_notify::NotifyState::Ready]);
+    Ok((mounted, recorder))
+}
+
+/// Unmounts (if still mounted), writes the recorded profile and prints
+/// what the mount fetched.
+async fn finish_mount(
+    settings: &MountSettings,
+    mounted: lazix_fs::Mounted,
+    recorder: Option<Arc<Recorder>>,
+) -> Result<()> {
     let stats = mounted.stats.clone();
-    tokio::select! {
-        _ = shutdown_signal() => {}
-        _ = mounted.wait_ended(Duration::from_millis(200)) => {
-            tracing::info!(mountpoint = %args.mountpoint.display(), "unmounted from outside; exiting");
-        }
-    }
     tokio::task::spawn_blocking(move || mounted.unmount())
         .await?
         .context("unmounting")?;
-    if let (Some(recorder), Some(file)) = (&recorder, &args.record_profile) {
+    if let (Some(recorder), Some(file)) = (&recorder, &settings.record_profile) {
         let profile = recorder.profile();
         profile.save(file).context("writing the access profile")?;
         eprintln!(
@@ -1131,6 +1240,143 @@ async fn mount(args: MountArgs) -> Result<()> {
     eprintln!(
         "lazix mount: fetched {} bytes in {} chunks ({} requests), served {} bytes",
         s.fetched_bytes, s.fetched_chunks, s.fetch_requests, s.served_bytes
+    );
+    Ok(())
+}
+
+async fn store_up(args: StoreUpArgs) -> Result<()> {
+    use store_overlay::{check_can_go_up, mount_overlay, mounted_at, Layout, UpState};
+    let layout = Layout::of(&args.store_dir)?;
+    check_can_go_up(&layout)?;
+    std::fs::create_dir_all(layout.lower())
+        .with_context(|| format!("creating {}", layout.lower().display()))?;
+    if args.daemon {
+        return store_up_daemon(&layout);
+    }
+    if mounted_at(&layout.lower()).is_some() {
+        // Left by a killed `up`: detach it before mounting again.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(layout.lower())
+            .status();
+    }
+    let (mounted, recorder) = start_mount(&args.mount, &layout.lower()).await?;
+    if let Err(e) = mount_overlay(&layout) {
+        finish_mount(&args.mount, mounted, recorder).await?;
+        return Err(e);
+    }
+    let state = UpState {
+        pid: std::process::id(),
+        server: args.mount.server.server.clone(),
+    };
+    std::fs::write(layout.state_file(), serde_json::to_vec(&state)?)
+        .with_context(|| format!("writing {}", layout.state_file().display()))?;
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
+    eprintln!(
+        "lazix store up: {}'s paths show in {} (lazily); `lazix realise PATH` makes them valid for Nix, `lazix store down` ends it",
+        state.server,
+        layout.store_dir.display()
+    );
+    tokio::select! {
+        _ = shutdown_signal() => {
+            let l = layout.clone();
+            let report = tokio::task::spawn_blocking(move || store_overlay::go_down(&l, true)).await??;
+            print_down(&report);
+        }
+        _ = mounted.wait_ended(Duration::from_millis(200)) => {
+            tracing::info!("lazix store down took the store down; exiting");
+        }
+    }
+    finish_mount(&args.mount, mounted, recorder).await
+}
+
+/// `store up --daemon`: the same command without --daemon in a new
+/// session, logging beside the store; returns once its overlay is up.
+fn store_up_daemon(layout: &store_overlay::Layout) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let log = std::fs::File::create(layout.log_file())
+        .with_context(|| format!("creating {}", layout.log_file().display()))?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os()
+        .skip(1)
+        .filter(|a| a != "--daemon")
+        .collect();
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; the child leaves the caller's
+    // session so the terminal closing does not stop it.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting lazix store up in the background")?;
+    store_overlay::wait_until_up(layout, &mut child)?;
+    eprintln!(
+        "lazix store up: running in the background (pid {}, log {})",
+        child.id(),
+        layout.log_file().display()
+    );
+    Ok(())
+}
+
+fn print_down(r: &store_overlay::DownReport) {
+    eprintln!(
+        "lazix store down: {} lazy paths no longer valid ({} references from local paths kept aside for `lazix realise`), {} whiteouts removed",
+        r.invalidated, r.cut_references, r.whiteouts
+    );
+}
+
+async fn store_down(store_dir: &std::path::Path, lazy: bool) -> Result<()> {
+    let layout = store_overlay::Layout::of(store_dir)?;
+    let report = tokio::task::spawn_blocking(move || store_overlay::go_down(&layout, lazy)).await??;
+    print_down(&report);
+    Ok(())
+}
+
+async fn realise(args: RealiseArgs) -> Result<()> {
+    let keys = match &args.trusted_public_keys {
+        Some(k) => k.clone(),
+        None => lazix_castore::nix::register::trusted_public_keys()
+            .await
+            .context("reading the local Nix's trusted-public-keys")?,
+    };
+    if keys.trim().is_empty() {
+        bail!("no trusted keys: pass --trusted-public-keys, or set trusted-public-keys in nix.conf");
+    }
+    let keys = TrustedKeys::parse(&keys).context("trusted public keys")?;
+    let roots = args
+        .paths
+        .iter()
+        .map(|p| store_path_arg(p))
+        .collect::<Result<Vec<_>>>()?;
+    let store = args.server.client()?;
+    let report = realise::realise(
+        &store,
+        &keys,
+        &roots,
+        &args.store_dir,
+        args.out_link.as_deref(),
+    )
+    .await?;
+    // References `store down` cut come back once both ends are valid.
+    let layout = store_overlay::Layout::of(&args.store_dir)?;
+    let cut = nix_db::load_cut(&layout.cut_file())?;
+    if !cut.is_empty() {
+        if let Some(mut db) = nix_db::NixDb::open(&nix_db::state_dir())? {
+            let waiting = db.restore(&cut)?;
+            nix_db::save_cut(&layout.cut_file(), &waiting)?;
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    eprintln!(
+        "lazix realise: {} paths in the closure, {} registered ({} with signatures), {} already valid",
+        report.closure, report.registered, report.signed, report.already_valid
     );
     Ok(())
 }
@@ -1359,6 +1605,15 @@ async fn sign_root_as_uploader(store: &Store, path: &StorePath, keys: &[SecretKe
         .await?
         .with_context(|| format!("{path} is not on the server"))?;
     info.root_signatures = root_signatures(store, &info, keys).await?;
+    // The uploader vouches for the NAR hash too (its Nix computed it), so
+    // `lazix realise` and Nix itself trust the path under the same key.
+    let fingerprint = info.fingerprint();
+    for key in keys {
+        let sig = key.sign(&fingerprint);
+        if !info.signatures.iter().any(|s| s.name == sig.name) {
+            info.signatures.push(sig);
+        }
+    }
     store.path_infos.put_path_info(info).await?;
     Ok(())
 }

@@ -72,6 +72,15 @@ pub enum TrustError {
         /// The key names its signatures claim.
         signed_by: String,
     },
+    /// None of its narinfo signatures (Nix's, over the NAR hash) is a
+    /// valid one by a trusted key.
+    #[error("{path} has no valid narinfo signature by a trusted key (signed by: {signed_by})")]
+    NoTrustedNarinfoSignature {
+        /// The store path.
+        path: String,
+        /// The key names its signatures claim (empty: unsigned).
+        signed_by: String,
+    },
 }
 
 /// The chunk list of one file as the fingerprint covers it.
@@ -221,6 +230,27 @@ pub fn verify_root(
     })
 }
 
+/// The name of a trusted key whose Nix signature (the narinfo `Sig:`,
+/// over [`PathInfo::fingerprint`]) on `info` is valid: what Nix itself
+/// checks before it takes a path from a substituter.
+pub fn verify_narinfo(info: &PathInfo, keys: &TrustedKeys) -> Result<String, TrustError> {
+    let fingerprint = info.fingerprint();
+    for sig in &info.signatures {
+        if let Some(key) = keys.0.iter().find(|k| k.verify(&fingerprint, sig)) {
+            return Ok(key.name().to_string());
+        }
+    }
+    let signed_by: Vec<&str> = info.signatures.iter().map(|s| s.name.as_str()).collect();
+    Err(TrustError::NoTrustedNarinfoSignature {
+        path: info.store_path.to_absolute(),
+        signed_by: if signed_by.is_empty() {
+            "nobody".to_string()
+        } else {
+            signed_by.join(", ")
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,5 +369,26 @@ mod tests {
         assert_eq!(keys.names(), vec!["a", "b"]);
         assert!(TrustedKeys::parse("").is_err());
         assert!(TrustedKeys::parse("nonsense").is_err());
+    }
+
+    #[test]
+    fn a_narinfo_signature_verifies_over_nix_fingerprint_only() {
+        let key = SecretKey::generate("cache-1");
+        let stranger = SecretKey::generate("stranger");
+        let keys = TrustedKeys::parse(&key.public().to_nix_string()).unwrap();
+        let mut signed = info(Node::Symlink {
+            target: b"x".to_vec().into(),
+        });
+        assert!(matches!(
+            verify_narinfo(&signed, &keys),
+            Err(TrustError::NoTrustedNarinfoSignature { signed_by, .. }) if signed_by == "nobody"
+        ));
+        signed.signatures = vec![stranger.sign(&signed.fingerprint())];
+        assert!(verify_narinfo(&signed, &keys).is_err());
+        signed.signatures.push(key.sign(&signed.fingerprint()));
+        assert_eq!(verify_narinfo(&signed, &keys).unwrap(), "cache-1");
+        // Another NAR hash under the same signature: refused.
+        signed.nar_sha256 = [6; 32];
+        assert!(verify_narinfo(&signed, &keys).is_err());
     }
 }

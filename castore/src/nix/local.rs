@@ -117,23 +117,33 @@ pub async fn query_closure(paths: &[String]) -> Result<Vec<LocalPathInfo>, Local
 
 /// Orders paths so every path comes after the paths it references
 /// (self-references ignored); ties keep name order for stable output.
-pub fn topo_sort(mut infos: Vec<LocalPathInfo>) -> Vec<LocalPathInfo> {
-    infos.sort_by(|a, b| a.path.cmp(&b.path));
-    let index: HashMap<StorePath, usize> = infos
+pub fn topo_sort(infos: Vec<LocalPathInfo>) -> Vec<LocalPathInfo> {
+    dependencies_first(infos, |i| (&i.path, &i.references))
+}
+
+/// Orders `items` (a path and its references each, as `parts` tells) so
+/// every one comes after the paths it references (self-references
+/// ignored); ties keep name order for stable output.
+pub fn dependencies_first<T>(
+    mut items: Vec<T>,
+    parts: impl Fn(&T) -> (&StorePath, &[StorePath]),
+) -> Vec<T> {
+    items.sort_by(|a, b| parts(a).0.cmp(parts(b).0));
+    let index: HashMap<StorePath, usize> = items
         .iter()
         .enumerate()
-        .map(|(i, p)| (p.path.clone(), i))
+        .map(|(i, p)| (parts(p).0.clone(), i))
         .collect();
     let mut done = HashSet::new();
-    let mut order = Vec::with_capacity(infos.len());
-    for start in 0..infos.len() {
+    let mut order = Vec::with_capacity(items.len());
+    for start in 0..items.len() {
         // Iterative DFS: (node, next reference index).
         let mut stack = vec![(start, 0usize)];
         while let Some((node, next)) = stack.pop() {
             if done.contains(&node) {
                 continue;
             }
-            let refs = &infos[node].references;
+            let refs = parts(&items[node]).1;
             let mut pushed = false;
             for (k, r) in refs.iter().enumerate().skip(next) {
                 if let Some(&child) = index.get(r) {
@@ -154,7 +164,7 @@ pub fn topo_sort(mut infos: Vec<LocalPathInfo>) -> Vec<LocalPathInfo> {
             }
         }
     }
-    let mut slots: Vec<Option<LocalPathInfo>> = infos.into_iter().map(Some).collect();
+    let mut slots: Vec<Option<T>> = items.into_iter().map(Some).collect();
     order
         .into_iter()
         .map(|i| slots[i].take().expect("each once"))
