@@ -557,7 +557,7 @@ enum StoreCommand {
     /// builds land there. Runs in the foreground (SIGINT/SIGTERM take it
     /// down as `lazix store down` does) or, with --daemon, in the
     /// background. Nix sees the paths once `lazix realise` registers them.
-    Up(StoreUpArgs),
+    Up(Box<StoreUpArgs>),
     /// Take `lazix store up` down: unmount, remove the whiteouts of lazy
     /// paths deleted through it, and make every path whose files left with
     /// the mount invalid in the Nix database (references local paths held
@@ -726,7 +726,7 @@ async fn main() -> Result<()> {
         Command::Mount(args) => mount(args).await,
         Command::Store {
             command: StoreCommand::Up(args),
-        } => store_up(args).await,
+        } => store_up(*args).await,
         Command::Store {
             command: StoreCommand::Down { lazy, store_dir },
         } => store_down(&store_dir, lazy).await,
@@ -1155,7 +1155,7 @@ async fn proxy(args: ProxyArgs) -> Result<()> {
 }
 
 async fn mount(args: MountArgs) -> Result<()> {
-    let (mounted, recorder) = start_mount(&args.settings, &args.mountpoint).await?;
+    let (mounted, recorder) = start_mount(&args.settings, &args.mountpoint, false).await?;
     // The mount answers: ready (systemd `Type=notify`).
     notify_systemd(&[sd_notify::NotifyState::Ready]);
     tokio::select! {
@@ -1168,10 +1168,12 @@ async fn mount(args: MountArgs) -> Result<()> {
 }
 
 /// Mounts the server at `mountpoint` as `settings` say (with its metrics
-/// listener, if asked); returns the mount and its profile recorder.
+/// listener, if asked; `below_overlay`: as the lower layer of `lazix
+/// store up`, see `MountConfig::unreachable_paths_absent`); returns the mount and its profile recorder.
 async fn start_mount(
     settings: &MountSettings,
     mountpoint: &std::path::Path,
+    below_overlay: bool,
 ) -> Result<(lazix_fs::Mounted, Option<Arc<Recorder>>)> {
     // No cache in front of the server: the mount keeps one of each kind
     // itself (PathInfos briefly, directories and chunk lists, and chunks
@@ -1193,6 +1195,7 @@ async fn start_mount(
             timeout: Duration::from_secs(settings.timeout.max(1)),
             trust: settings.trust.trust(&settings.server.server)?,
             stored_profiles: !settings.no_stored_profiles,
+            unreachable_paths_absent: below_overlay,
         },
         cache_dir: settings.cache_dir.clone(),
         cache_bytes: settings.cache_size,
@@ -1260,7 +1263,7 @@ async fn store_up(args: StoreUpArgs) -> Result<()> {
             .arg(layout.lower())
             .status();
     }
-    let (mounted, recorder) = start_mount(&args.mount, &layout.lower()).await?;
+    let (mounted, recorder) = start_mount(&args.mount, &layout.lower(), true).await?;
     if let Err(e) = mount_overlay(&layout) {
         finish_mount(&args.mount, mounted, recorder).await?;
         return Err(e);
@@ -1313,7 +1316,9 @@ fn store_up_daemon(layout: &store_overlay::Layout) -> Result<()> {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().context("starting lazix store up in the background")?;
+    let mut child = cmd
+        .spawn()
+        .context("starting lazix store up in the background")?;
     store_overlay::wait_until_up(layout, &mut child)?;
     eprintln!(
         "lazix store up: running in the background (pid {}, log {})",
@@ -1332,7 +1337,8 @@ fn print_down(r: &store_overlay::DownReport) {
 
 async fn store_down(store_dir: &std::path::Path, lazy: bool) -> Result<()> {
     let layout = store_overlay::Layout::of(store_dir)?;
-    let report = tokio::task::spawn_blocking(move || store_overlay::go_down(&layout, lazy)).await??;
+    let report =
+        tokio::task::spawn_blocking(move || store_overlay::go_down(&layout, lazy)).await??;
     print_down(&report);
     Ok(())
 }
@@ -1345,7 +1351,9 @@ async fn realise(args: RealiseArgs) -> Result<()> {
             .context("reading the local Nix's trusted-public-keys")?,
     };
     if keys.trim().is_empty() {
-        bail!("no trusted keys: pass --trusted-public-keys, or set trusted-public-keys in nix.conf");
+        bail!(
+            "no trusted keys: pass --trusted-public-keys, or set trusted-public-keys in nix.conf"
+        );
     }
     let keys = TrustedKeys::parse(&keys).context("trusted public keys")?;
     let roots = args

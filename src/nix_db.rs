@@ -84,9 +84,8 @@ impl NixDb {
                  where r.reference = ?1",
             )?;
             for (id, path) in &ids {
-                let rows = referrers.query_map([id], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-                })?;
+                let rows = referrers
+                    .query_map([id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
                 for row in rows {
                     let (referrer_id, referrer) = row?;
                     if !ids.contains_key(&referrer_id) {
@@ -232,8 +231,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut db = nix_db(dir.path());
         add(&db, "/nix/store/lib", &[]);
-        add(&db, "/nix/store/tool", &["/nix/store/lib", "/nix/store/tool"]);
-        add(&db, "/nix/store/built", &["/nix/store/tool", "/nix/store/built"]);
+        add(
+            &db,
+            "/nix/store/tool",
+            &["/nix/store/lib", "/nix/store/tool"],
+        );
+        add(
+            &db,
+            "/nix/store/built",
+            &["/nix/store/tool", "/nix/store/built"],
+        );
         let cut = db
             .invalidate(&["/nix/store/tool".into(), "/nix/store/lib".into()])
             .unwrap();

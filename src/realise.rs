@@ -94,7 +94,10 @@ pub async fn realise(
     // registers nothing.
     for info in &to_register {
         verify_narinfo(info, keys).with_context(|| {
-            format!("refusing {}: its NAR hash is not vouched for", info.store_path)
+            format!(
+                "refusing {}: its NAR hash is not vouched for",
+                info.store_path
+            )
         })?;
     }
     let trust = TrustedReads::new(keys.clone());

@@ -93,14 +93,12 @@ impl Layout {
 pub fn mounted_at(path: &Path) -> Option<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = path.as_os_str().as_bytes();
-    info.lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let point = unescape_mountinfo(left.split(' ').nth(4)?);
-            let fstype = right.split(' ').next()?;
-            (point == want).then(|| fstype.to_string())
-        })
-        .last()
+    info.lines().rev().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let point = unescape_mountinfo(left.split(' ').nth(4)?);
+        let fstype = right.split(' ').next()?;
+        (point == want).then(|| fstype.to_string())
+    })
 }
 
 /// Mount points in mountinfo escape space, tab, newline and backslash as
@@ -133,7 +131,10 @@ fn unescape_mountinfo(s: &str) -> Vec<u8> {
 fn overlayfs_available() -> bool {
     let listed = || {
         std::fs::read_to_string("/proc/filesystems")
-            .map(|t| t.lines().any(|l| l.split_whitespace().last() == Some("overlay")))
+            .map(|t| {
+                t.lines()
+                    .any(|l| l.split_whitespace().last() == Some("overlay"))
+            })
             .unwrap_or(false)
     };
     if listed() {
@@ -163,8 +164,12 @@ pub fn check_can_go_up(layout: &Layout) -> Result<()> {
     if !overlayfs_available() {
         bail!("this kernel has no overlayfs (not in /proc/filesystems, and `modprobe overlay` did not add it)");
     }
-    let meta = std::fs::metadata(store)
-        .with_context(|| format!("{} is not there (create it, or install Nix)", store.display()))?;
+    let meta = std::fs::metadata(store).with_context(|| {
+        format!(
+            "{} is not there (create it, or install Nix)",
+            store.display()
+        )
+    })?;
     if !meta.is_dir() {
         bail!("{} is not a directory", store.display());
     }
@@ -177,7 +182,10 @@ pub fn check_can_go_up(layout: &Layout) -> Result<()> {
     }
     if let Some(fstype) = mounted_at(store) {
         let hint = if layout.up_state().is_some() {
-            format!(" — an earlier `lazix store up`: `lazix store down {}` first", store.display())
+            format!(
+                " — an earlier `lazix store up`: `lazix store down {}` first",
+                store.display()
+            )
         } else {
             String::new()
         };

@@ -82,7 +82,20 @@ pub struct MountConfig {
     /// Whether the first lookup of a store path prefetches the access
     /// profile the server keeps beside it.
     pub stored_profiles: bool,
+    /// Whether a store path the server cannot be asked about (unreachable,
+    /// timed out) is absent (ENOENT) rather than an error (EIO), and,
+    /// after such a failure, answered absent at once for
+    /// [`OFFLINE_WINDOW`] before the server is asked again: an overlay
+    /// above (`lazix store up`) creates the machine's own new paths, whose
+    /// names it looks up here first, and must neither fail nor wait on a
+    /// server that is away. Paths already looked up stay as they were.
+    pub unreachable_paths_absent: bool,
 }
+
+/// How long lookups of unknown store paths answer "absent" without asking
+/// after the server could not be reached (with
+/// [`MountConfig::unreachable_paths_absent`]).
+pub const OFFLINE_WINDOW: Duration = Duration::from_secs(5);
 
 /// What the core asks of the kernel outside a reply: to drop the pages it
 /// cached of an inode (a file now read from its kept copy, or whose pages
@@ -235,6 +248,9 @@ pub struct LazyFs {
     recorder: Option<Arc<Recorder>>,
     /// Store paths whose stored access profile was asked for.
     profiles_asked: moka::sync::Cache<[u8; 20], ()>,
+    /// Until when unknown store paths are absent without asking (the
+    /// server could not be reached).
+    offline_until: Mutex<Option<std::time::Instant>>,
     /// The stats document of each open handle of the stats file, as it
     /// was at open.
     stats_opened: Mutex<HashMap<u64, Arc<Vec<u8>>>>,
@@ -326,6 +342,7 @@ impl LazyFs {
                 .build_with_hasher(DigestKeyBuildHasher::default()),
             recorder: None,
             profiles_asked: moka::sync::Cache::new(1_000_000),
+            offline_until: Mutex::default(),
             stats_opened: Mutex::default(),
         }
     }
@@ -723,7 +740,11 @@ impl LazyFs {
     fn store_path_node(&self, name: &OsStr) -> Result<Node, FsError> {
         let name = name.to_str().ok_or(FsError::NotFound)?;
         let path = StorePath::from_basename(name).map_err(|_| FsError::NotFound)?;
-        let info = self.path_info(&path)?;
+        let info = if self.cfg.unreachable_paths_absent {
+            self.path_info_or_absent(&path)?
+        } else {
+            self.path_info(&path)?
+        };
         if info.store_path.basename() != name {
             return Err(FsError::NotFound);
         }
@@ -748,6 +769,29 @@ impl LazyFs {
                 Ok::<_, FsError>(Arc::new(info))
             })
             .map_err(|e| e.as_ref().clone())
+    }
+
+    /// [`Self::path_info`], with a server that cannot be reached taken as
+    /// "no such path" (see [`MountConfig::unreachable_paths_absent`]).
+    fn path_info_or_absent(&self, path: &StorePath) -> Result<Arc<PathInfo>, FsError> {
+        if let Some(info) = self.path_infos.get(path.digest()) {
+            return Ok(info);
+        }
+        let offline = |until: Option<std::time::Instant>| {
+            until.is_some_and(|t| std::time::Instant::now() < t)
+        };
+        if offline(*self.offline_until.lock().expect("offline window")) {
+            return Err(FsError::NotFound);
+        }
+        match self.path_info(path) {
+            Err(FsError::Timeout(_) | FsError::Store(_)) => {
+                *self.offline_until.lock().expect("offline window") =
+                    Some(std::time::Instant::now() + OFFLINE_WINDOW);
+                tracing::warn!(path = %path, "server unreachable: unknown store paths are absent for {OFFLINE_WINDOW:?}");
+                Err(FsError::NotFound)
+            }
+            other => other,
+        }
     }
 
     /// On the first lookup of a store path, asks the server in the

@@ -5,7 +5,7 @@ pub mod hash;
 pub mod local;
 pub mod nar;
 pub mod narinfo;
-pub mod register;
 pub mod nixbase32;
+pub mod register;
 pub mod signing;
 pub mod store_path;

@@ -176,7 +176,11 @@ pub async fn trusted_public_keys() -> Result<String, LocalNixError> {
     let out = nix_tool(
         "nix show-config",
         "nix",
-        &["--extra-experimental-features", "nix-command", "show-config"],
+        &[
+            "--extra-experimental-features",
+            "nix-command",
+            "show-config",
+        ],
         None,
     )
     .await?;

@@ -207,6 +207,8 @@ struct Setup {
     /// Keep whole files in this folder.
     whole_files: Option<std::path::PathBuf>,
     timeout: Duration,
+    /// As below `lazix store up`.
+    unreachable_paths_absent: bool,
 }
 
 impl Default for Setup {
@@ -214,6 +216,7 @@ impl Default for Setup {
         Self {
             whole_files: None,
             timeout: Duration::from_secs(10),
+            unreachable_paths_absent: false,
         }
     }
 }
@@ -245,6 +248,7 @@ impl Mount {
                 timeout: setup.timeout,
                 trust: None,
                 stored_profiles: false,
+                unreachable_paths_absent: setup.unreachable_paths_absent,
             },
         );
         Self { fs, pages, stats }
@@ -698,6 +702,35 @@ fn a_server_that_does_not_answer_is_eio_after_the_mount_timeout() {
     assert!(started.elapsed() < Duration::from_secs(4));
     // A metadata failure is not a read error.
     assert_eq!(mount.read_errors(), 0);
+}
+
+#[test]
+fn below_an_overlay_an_unreachable_server_makes_unknown_paths_absent_at_once() {
+    let server = Server::new();
+    let slow = SlowStore::new(server.backend.clone(), Duration::from_secs(5));
+    let store = Store {
+        path_infos: slow.clone(),
+        ..server.store()
+    };
+    let timeout = Duration::from_millis(200);
+    let mount = Mount::with(
+        &server,
+        store,
+        Setup {
+            timeout,
+            unreachable_paths_absent: true,
+            ..Setup::default()
+        },
+    );
+    let err = mount.lookup(PKG).unwrap_err();
+    assert!(matches!(err, FsError::NotFound), "{err}");
+    assert_eq!(err.errno(), Errno::ENOENT);
+    // Within the window the server is not asked again: no wait.
+    let started = std::time::Instant::now();
+    for _ in 0..5 {
+        assert!(matches!(mount.lookup(PKG).unwrap_err(), FsError::NotFound));
+    }
+    assert!(started.elapsed() < timeout, "{:?}", started.elapsed());
 }
 
 #[test]
