@@ -40,7 +40,7 @@ fn the_units_verify() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 2, "lazix-serve and lazix-mount");
+    assert_eq!(checked, 3, "lazix-serve, lazix-mount and lazix-store");
 }
 
 /// A notify socket as systemd gives one; what was sent to it, waiting up
