@@ -358,53 +358,40 @@ fn remote_closures_are_valid_for_nix_through_the_overlay_and_leave_cleanly() {
     assert_eq!(w("LAZY_INVALID2"), "3", "{text2}");
 }
 
+/// Runs `cmd`, which must fail saying `why`.
+fn refused(cmd: &mut Command, why: &str) {
+    let out = cmd.output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains(why),
+        "{cmd:?}: {said}"
+    );
+}
+
 #[test]
 fn store_up_refuses_what_cannot_work() {
     let server = Server::start();
-    // Not a directory.
     let f = tempfile::NamedTempFile::new().unwrap();
-    let out = lazix()
-        .args(["store", "up", "--server", &server.addr])
-        .arg(f.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("is not a directory"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    refused(
+        lazix()
+            .args(["store", "up", "--server", &server.addr])
+            .arg(f.path()),
+        "is not a directory",
     );
     // Nothing from `up` to take down.
     let dir = tempfile::tempdir().unwrap();
-    let out = lazix()
-        .args(["store", "down"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("nothing from `lazix store up` is mounted"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    refused(
+        lazix().args(["store", "down"]).arg(dir.path()),
+        "nothing from `lazix store up` is mounted",
     );
     // A path the server lacks: refused, naming it.
     let keys = tempfile::tempdir().unwrap();
     let (_, pk) = nix_keygen(keys.path(), "k-1");
-    let out = lazix()
-        .args([
-            "realise",
-            "--server",
-            &server.addr,
-            "--trusted-public-keys",
-            &pk,
-        ])
-        .arg("/nix/store/00000000000000000000000000000000-missing")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("is not on the server"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    refused(
+        lazix()
+            .args(["realise", "--server", &server.addr])
+            .args(["--trusted-public-keys", &pk])
+            .arg("/nix/store/00000000000000000000000000000000-missing"),
+        "is not on the server",
     );
 }

@@ -678,23 +678,31 @@ fn a_file_read_whole_is_kept_and_the_kernel_drops_its_pages() {
     mount.fs.release(ino, opened.fh);
 }
 
+/// A mount whose server takes 5 s to answer PathInfo requests, with a
+/// 200 ms timeout.
+fn mount_of_a_silent_server(server: &Server, unreachable_paths_absent: bool) -> Mount {
+    let slow = SlowStore::new(server.backend.clone(), Duration::from_secs(5));
+    let store = Store {
+        path_infos: slow,
+        ..server.store()
+    };
+    Mount::with(
+        server,
+        store,
+        Setup {
+            timeout: SILENT_TIMEOUT,
+            unreachable_paths_absent,
+            ..Setup::default()
+        },
+    )
+}
+const SILENT_TIMEOUT: Duration = Duration::from_millis(200);
+
 #[test]
 fn a_server_that_does_not_answer_is_eio_after_the_mount_timeout() {
     let server = Server::new();
-    let slow = SlowStore::new(server.backend.clone(), Duration::from_secs(5));
-    let store = Store {
-        path_infos: slow.clone(),
-        ..server.store()
-    };
-    let timeout = Duration::from_millis(200);
-    let mount = Mount::with(
-        &server,
-        store,
-        Setup {
-            timeout,
-            ..Setup::default()
-        },
-    );
+    let timeout = SILENT_TIMEOUT;
+    let mount = mount_of_a_silent_server(&server, false);
     let started = std::time::Instant::now();
     let err = mount.lookup(PKG).unwrap_err();
     assert!(matches!(err, FsError::Timeout(t) if t == timeout), "{err}");
@@ -707,21 +715,8 @@ fn a_server_that_does_not_answer_is_eio_after_the_mount_timeout() {
 #[test]
 fn below_an_overlay_an_unreachable_server_makes_unknown_paths_absent_at_once() {
     let server = Server::new();
-    let slow = SlowStore::new(server.backend.clone(), Duration::from_secs(5));
-    let store = Store {
-        path_infos: slow.clone(),
-        ..server.store()
-    };
-    let timeout = Duration::from_millis(200);
-    let mount = Mount::with(
-        &server,
-        store,
-        Setup {
-            timeout,
-            unreachable_paths_absent: true,
-            ..Setup::default()
-        },
-    );
+    let timeout = SILENT_TIMEOUT;
+    let mount = mount_of_a_silent_server(&server, true);
     let err = mount.lookup(PKG).unwrap_err();
     assert!(matches!(err, FsError::NotFound), "{err}");
     assert_eq!(err.errno(), Errno::ENOENT);
