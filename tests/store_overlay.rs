@@ -23,7 +23,10 @@ fn in_namespace(script: &str, vars: &[(&str, String)]) -> (HashMap<String, Strin
     std::fs::write(file.path(), text).unwrap();
     let out = Command::new("unshare")
         .args(["-m", "--propagation", "private", "bash", "-c"])
-        .arg(format!("source {}\n{script}", file.path().display()))
+        .arg(format!(
+            "source {}\n{CLEANUP}{script}",
+            file.path().display()
+        ))
         .env("NIX_CONFIG", NIX_CONFIG)
         .env("LAZIX_LOG", "warn")
         .env("RUST_BACKTRACE", "0")
@@ -42,16 +45,19 @@ fn in_namespace(script: &str, vars: &[(&str, String)]) -> (HashMap<String, Strin
     (seen, text)
 }
 
-/// The scenario; paths and keys come as shell variables.
-const SCENARIO: &str = r#"
-set -u
-# Whatever happens, nothing of this run outlives the namespace.
+/// Run first in every namespace: whatever happens, nothing of the run
+/// outlives it.
+const CLEANUP: &str = r#"set -u
 cleanup() {
     pid=$(sed 's/.*"pid":\([0-9]*\).*/\1/' /nix/.lazix-store/state.json 2>/dev/null)
     [ -n "$pid" ] && kill -9 $pid 2>/dev/null
     umount -l /nix/store 2>/dev/null; umount -l /nix/.lazix-store/lower 2>/dev/null
 }
 trap cleanup EXIT
+"#;
+
+/// The scenario; paths and keys come as shell variables.
+const SCENARIO: &str = r#"
 T=$SCRATCH
 mkdir -p $T/nix/store $T/nix/var/nix $T/gcroots
 mount --bind $T/nix /nix || { echo BIND=failed; exit 1; }
@@ -146,14 +152,6 @@ echo "ROOT_DANGLES=$(test -L $T/gcroots/doc && ! test -e $T/gcroots/doc && echo 
 /// The second half: up again (a new server on the same data), realise,
 /// and the references `down` cut are back.
 const AGAIN: &str = r#"
-set -u
-# Whatever happens, nothing of this run outlives the namespace.
-cleanup() {
-    pid=$(sed 's/.*"pid":\([0-9]*\).*/\1/' /nix/.lazix-store/state.json 2>/dev/null)
-    [ -n "$pid" ] && kill -9 $pid 2>/dev/null
-    umount -l /nix/store 2>/dev/null; umount -l /nix/.lazix-store/lower 2>/dev/null
-}
-trap cleanup EXIT
 mount --bind $SCRATCH/nix /nix || exit 1
 $LAZIX store up --server $SERVER --daemon
 echo UP2=$?
