@@ -116,12 +116,16 @@ impl BucketStore {
     /// collection runs at a time per store.
     pub async fn gc(&self, opts: GcOptions) -> StoreResult<GcReport> {
         let lock = self.lock_maintenance().await?;
-        let result = self.gc_locked(opts).await;
+        let result = self.gc_locked(opts, &lock).await;
         lock.release().await;
         result
     }
 
-    async fn gc_locked(&self, opts: GcOptions) -> StoreResult<GcReport> {
+    async fn gc_locked(
+        &self,
+        opts: GcOptions,
+        lock: &super::lock::MaintenanceLock<'_>,
+    ) -> StoreResult<GcReport> {
         let started = SystemTime::now();
         let cutoff = started - opts.grace;
         self.refresh().await?;
@@ -131,6 +135,13 @@ impl BucketStore {
         }
         let live = self.mark(cutoff, &mut report).await?;
         report.live_chunks = live.chunks.len() as u64;
+        // Marking a large store takes long: if another process took the
+        // lock over meanwhile (this one taken for dead), delete nothing.
+        if lock.lost() {
+            return Err(StoreError::Unavailable(
+                "lost the maintenance lock while marking; nothing deleted".into(),
+            ));
+        }
         // A manifest lives while its root directory does.
         let (_, manifest_bytes) = self
             .sweep_digests(MANIFESTS, &live.directories, cutoff)

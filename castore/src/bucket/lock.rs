@@ -4,31 +4,85 @@
 //! claims do not see each other), and a delta of a delta is unreadable.
 //!
 //! The lock is the object `locks/maintenance`, created only if absent
-//! (a create-only PUT). A holder that died leaves it behind: a lock older
-//! than [`STALE_AFTER`] is broken.
+//! (a create-only PUT), holding a name unique to its holder. While held,
+//! the holder rewrites it every [`RENEW_EVERY`] (a heartbeat: its
+//! modification time moves), as long as it still holds its own name. A
+//! holder that died stops renewing: a lock not renewed for
+//! [`STALE_AFTER`] is broken, so a long garbage collection of a large
+//! store keeps its lock and a crashed one frees it within minutes.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use object_store::{PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 
 use super::keys::lock_path;
 use super::{object_err, BucketStore};
 use crate::error::{StoreError, StoreResult};
 
-/// Age after which a lock is taken to be left by a dead holder.
-pub const STALE_AFTER: Duration = Duration::from_secs(6 * 3600);
+/// How often a holder renews the lock.
+pub const RENEW_EVERY: Duration = Duration::from_secs(60);
 
-/// Held while maintenance runs; [`MaintenanceLock::release`] deletes it.
+/// Time without renewal after which a lock is taken to be left by a dead
+/// holder (ten missed heartbeats).
+pub const STALE_AFTER: Duration = Duration::from_secs(600);
+
+/// Held while maintenance runs, renewed in the background;
+/// [`MaintenanceLock::release`] stops renewing and deletes it.
 pub struct MaintenanceLock<'a> {
     store: &'a BucketStore,
+    renewer: tokio::task::JoinHandle<()>,
+    lost: Arc<AtomicBool>,
 }
 
 impl MaintenanceLock<'_> {
-    /// Releases the lock.
+    /// Whether another process took the lock over (this holder was taken
+    /// for dead): the work done since may overlap another's.
+    pub fn lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Releases the lock (unless another process holds it now).
     pub async fn release(self) {
+        self.renewer.abort();
+        if self.lost() {
+            tracing::warn!(
+                "the maintenance lock was taken over while held; leaving it to its new holder"
+            );
+            return;
+        }
         if let Err(e) = self.store.objects.delete(&lock_path()).await {
             tracing::warn!(error = %e, "could not release the maintenance lock");
+        }
+    }
+}
+
+/// Rewrites the lock holding `holder` every `every`, until it holds
+/// another name (then sets `lost` and stops).
+async fn renew(
+    objects: Arc<dyn ObjectStore>,
+    holder: Bytes,
+    every: Duration,
+    lost: Arc<AtomicBool>,
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        let current = match objects.get(&lock_path()).await {
+            Ok(r) => r.bytes().await.ok(),
+            Err(_) => None,
+        };
+        if current.as_ref() != Some(&holder) {
+            tracing::warn!("lost the maintenance lock: another process took it over");
+            lost.store(true, Ordering::Relaxed);
+            return;
+        }
+        if let Err(e) = objects
+            .put(&lock_path(), PutPayload::from(holder.clone()))
+            .await
+        {
+            tracing::warn!(error = %e, "could not renew the maintenance lock");
         }
     }
 }
@@ -37,12 +91,21 @@ impl BucketStore {
     /// Takes the maintenance lock, or fails with `Unavailable` naming its
     /// holder.
     pub(crate) async fn lock_maintenance(&self) -> StoreResult<MaintenanceLock<'_>> {
+        self.lock_maintenance_renewing(RENEW_EVERY).await
+    }
+
+    /// [`Self::lock_maintenance`], renewed every `every`.
+    pub(crate) async fn lock_maintenance_renewing(
+        &self,
+        every: Duration,
+    ) -> StoreResult<MaintenanceLock<'_>> {
         let holder = format!(
-            "pid {} since {:?}",
+            "pid {} since {:?} ({:016x})",
             std::process::id(),
             SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            rand::random::<u64>()
         );
         for attempt in 0..2 {
             let opts = PutOptions {
@@ -58,7 +121,20 @@ impl BucketStore {
                 )
                 .await
             {
-                Ok(_) => return Ok(MaintenanceLock { store: self }),
+                Ok(_) => {
+                    let lost = Arc::new(AtomicBool::new(false));
+                    let renewer = tokio::spawn(renew(
+                        self.objects.clone(),
+                        Bytes::from(holder.clone()),
+                        every,
+                        lost.clone(),
+                    ));
+                    return Ok(MaintenanceLock {
+                        store: self,
+                        renewer,
+                        lost,
+                    });
+                }
                 Err(object_store::Error::AlreadyExists { .. })
                 | Err(object_store::Error::Precondition { .. }) => {}
                 Err(e) => return Err(object_err(e)),
@@ -72,7 +148,7 @@ impl BucketStore {
                 .duration_since(SystemTime::from(meta.last_modified))
                 .unwrap_or_default();
             if attempt == 0 && age > STALE_AFTER {
-                tracing::warn!(?age, "breaking a stale maintenance lock");
+                tracing::warn!(?age, "breaking a maintenance lock nobody renewed");
                 let _ = self.objects.delete(&lock_path()).await;
                 continue;
             }
@@ -91,5 +167,62 @@ impl BucketStore {
         Err(StoreError::Unavailable(
             "could not take the maintenance lock".into(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn modified(store: &BucketStore) -> Option<SystemTime> {
+        store
+            .objects
+            .head(&lock_path())
+            .await
+            .ok()
+            .map(|m| SystemTime::from(m.last_modified))
+    }
+
+    #[tokio::test]
+    async fn a_held_lock_is_renewed_and_a_released_one_stays_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BucketStore::open(dir.path().to_str().unwrap())
+            .await
+            .unwrap();
+        let every = Duration::from_millis(50);
+        let lock = store.lock_maintenance_renewing(every).await.unwrap();
+        let first = modified(&store).await.unwrap();
+        tokio::time::sleep(every * 4).await;
+        assert!(modified(&store).await.unwrap() > first, "not renewed");
+        // Renewed, so not stale: a second taker is refused.
+        assert!(matches!(
+            store.lock_maintenance().await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(!lock.lost());
+        lock.release().await;
+        tokio::time::sleep(every * 3).await;
+        assert_eq!(modified(&store).await, None, "renewed after release");
+    }
+
+    #[tokio::test]
+    async fn a_lock_taken_over_is_not_renewed_nor_deleted_by_its_old_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BucketStore::open(dir.path().to_str().unwrap())
+            .await
+            .unwrap();
+        let every = Duration::from_millis(50);
+        let lock = store.lock_maintenance_renewing(every).await.unwrap();
+        // Another process broke it and holds it now.
+        store
+            .objects
+            .put(&lock_path(), PutPayload::from_static(b"the new holder"))
+            .await
+            .unwrap();
+        tokio::time::sleep(every * 3).await;
+        assert!(lock.lost());
+        lock.release().await;
+        let held = store.objects.get(&lock_path()).await.unwrap();
+        assert_eq!(&held.bytes().await.unwrap()[..], b"the new holder");
     }
 }
