@@ -447,6 +447,11 @@ struct ServeArgs {
     gc_every: u64,
     #[command(flatten)]
     gc: GcPolicy,
+    /// Count what the store holds (what `lazix stats` prints) every this
+    /// many seconds in the background, for the `lazix_store_…` metrics; 0
+    /// turns it off.
+    #[arg(long, default_value_t = 600)]
+    stats_every: u64,
 }
 
 #[derive(clap::Args)]
@@ -779,11 +784,11 @@ async fn spawn_metrics(
 
 /// The mount's counters as metrics (`lazix_mount_…`).
 fn mount_readings(s: &lazix_fs::StatsSnapshot) -> Vec<Reading> {
-    let c = |name, help, value| Reading {
+    let c = |name, help, value: u64| Reading {
         name,
         help,
         kind: Kind::Counter,
-        value,
+        value: value as f64,
     };
     vec![
         c(
@@ -934,6 +939,166 @@ async fn gc_periodically(store: Arc<BucketStore>, every: Duration, options: GcOp
     }
 }
 
+/// Counts what the store holds every `every` into `into` (the first count
+/// at once).
+async fn count_periodically(
+    store: Arc<BucketStore>,
+    every: Duration,
+    into: Arc<std::sync::Mutex<Option<lazix_castore::bucket::StoreStats>>>,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match store.stats().await {
+            Ok(s) => *into.lock().expect("store counts") = Some(s),
+            Err(e) => tracing::warn!(error = %e, "counting the store failed"),
+        }
+    }
+}
+
+/// The server's own numbers as metrics: its decoded-chunk cache, the
+/// maintenance it ran, and the store's contents as last counted.
+fn serve_readings(
+    store: &BucketStore,
+    decoded: Option<&lazix_castore::store::DecodedCacheCounters>,
+    contents: &Option<lazix_castore::bucket::StoreStats>,
+) -> Vec<Reading> {
+    let r = |name, help, kind, value: f64| Reading {
+        name,
+        help,
+        kind,
+        value,
+    };
+    let mut out = Vec::new();
+    if let Some(d) = decoded.map(|d| d.read()) {
+        out.extend([
+            r(
+                "decoded_cache_hits",
+                "Chunks answered from the decoded-chunk cache",
+                Kind::Counter,
+                d.hits as f64,
+            ),
+            r(
+                "decoded_cache_misses",
+                "Chunks decoded from frames (not in the decoded-chunk cache)",
+                Kind::Counter,
+                d.misses as f64,
+            ),
+            r(
+                "decoded_cache_evictions",
+                "Chunks evicted from the decoded-chunk cache for room",
+                Kind::Counter,
+                d.evictions as f64,
+            ),
+            r(
+                "decoded_cache_bytes",
+                "Bytes held by the decoded-chunk cache",
+                Kind::Gauge,
+                d.bytes as f64,
+            ),
+            r(
+                "decoded_cache_entries",
+                "Chunks held by the decoded-chunk cache",
+                Kind::Gauge,
+                d.entries as f64,
+            ),
+        ]);
+    }
+    let m = store.maintenance_runs();
+    out.extend([
+        r(
+            "gc_runs",
+            "Garbage collections this server ran",
+            Kind::Counter,
+            m.gc_runs as f64,
+        ),
+        r(
+            "gc_failures",
+            "Garbage collections that failed",
+            Kind::Counter,
+            m.gc_failures as f64,
+        ),
+        r(
+            "gc_duration_seconds",
+            "Time spent collecting garbage",
+            Kind::Counter,
+            m.gc_seconds,
+        ),
+        r(
+            "gc_freed_bytes",
+            "Stored bytes garbage collection freed",
+            Kind::Counter,
+            m.gc_bytes_freed as f64,
+        ),
+        r(
+            "compaction_runs",
+            "Compactions this server ran",
+            Kind::Counter,
+            m.compactions as f64,
+        ),
+        r(
+            "compaction_failures",
+            "Compactions that failed",
+            Kind::Counter,
+            m.compaction_failures as f64,
+        ),
+        r(
+            "compaction_duration_seconds",
+            "Time spent compacting",
+            Kind::Counter,
+            m.compaction_seconds,
+        ),
+        r(
+            "compaction_saved_bytes",
+            "Stored bytes compaction saved",
+            Kind::Counter,
+            m.compaction_bytes_saved as f64,
+        ),
+    ]);
+    if let Some(s) = contents {
+        out.extend([
+            r(
+                "store_paths",
+                "Store paths held (as last counted)",
+                Kind::Gauge,
+                s.paths as f64,
+            ),
+            r(
+                "store_nar_bytes",
+                "Sum of the paths' NAR sizes (as last counted)",
+                Kind::Gauge,
+                s.logical_bytes as f64,
+            ),
+            r(
+                "store_chunks",
+                "Distinct chunks stored (as last counted)",
+                Kind::Gauge,
+                s.chunks as f64,
+            ),
+            r(
+                "store_chunk_bytes",
+                "Raw bytes of the distinct chunks (as last counted)",
+                Kind::Gauge,
+                s.chunk_bytes as f64,
+            ),
+            r(
+                "store_objects",
+                "Objects in the store (as last counted)",
+                Kind::Gauge,
+                s.objects as f64,
+            ),
+            r(
+                "store_stored_bytes",
+                "Bytes the store's objects take (as last counted)",
+                Kind::Gauge,
+                s.stored_bytes as f64,
+            ),
+        ]);
+    }
+    out
+}
+
 async fn stats(location: StoreLocation, json: bool) -> Result<()> {
     let (location, store) = location.open().await?;
     let s = store
@@ -1000,13 +1165,26 @@ async fn serve(args: ServeArgs) -> Result<()> {
             std::time::Duration::from_secs(args.compact_after),
         ));
     }
-    let mut store = cached(Store::from_backend(backend), CacheConfig::default());
+    let contents = Arc::new(std::sync::Mutex::new(None));
+    if args.stats_every > 0 {
+        tokio::spawn(count_periodically(
+            backend.clone(),
+            Duration::from_secs(args.stats_every),
+            contents.clone(),
+        ));
+    }
+    let mut store = cached(Store::from_backend(backend.clone()), CacheConfig::default());
     // One cache of decoded chunks for both front ends: the HTTP renderer,
     // and snix's BlobService.Read, which sends chunks one by one (without
     // it, each Read of a chunk decoded its whole frame again).
+    let mut decoded = None;
     if args.decoded_cache_mib > 0 {
-        store.blobs =
-            lazix_castore::store::decoded_chunks(store.blobs, args.decoded_cache_mib * 1024 * 1024);
+        let (blobs, counters) = lazix_castore::store::decoded_chunks_counted(
+            store.blobs,
+            args.decoded_cache_mib * 1024 * 1024,
+        );
+        store.blobs = blobs;
+        decoded = Some(counters);
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -1026,7 +1204,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
         _ => None,
     };
-    let metrics = Metrics::new(Vec::new());
+    let metrics = Metrics::new(vec![Counters::new(move || {
+        serve_readings(
+            &backend,
+            decoded.as_deref(),
+            &contents.lock().expect("store counts"),
+        )
+    })]);
     if let Some(addr) = args.metrics {
         spawn_metrics(metrics.clone(), addr, stopped()).await?;
     }

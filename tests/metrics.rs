@@ -114,3 +114,60 @@ fn counters_move_with_pushes_downloads_and_mount_reads() {
     mount.stop();
     server.stop();
 }
+
+#[test]
+fn serve_counts_its_decoded_cache_its_maintenance_and_the_store() {
+    let mut server = Server::start_with(&["--compact-after", "1", "--stats-every", "1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("metrics-serve-tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("big"), pseudo_random(1_500_000, 11)).unwrap();
+    let path = add_path(&tree);
+    lazix_push(&server, &[&path]);
+    let metrics = format!("{}/metrics", server.http);
+    // Two renders of the NAR: the second from the decoded-chunk cache.
+    for _ in 0..2 {
+        assert_eq!(lazix_nar_over_http(&server, &path), nix_dump(&path));
+    }
+    // Compaction (after a second of quiet) and a fresh count of the store.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let s = loop {
+        let s = scrape(&metrics);
+        if value(&s, "lazix_compaction_runs_total", &[]) >= 1.0
+            && value(&s, "lazix_store_paths", &[]) == 1.0
+        {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no compaction or count in 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(value(&s, "lazix_decoded_cache_misses_total", &[]) >= 1.0);
+    assert!(value(&s, "lazix_decoded_cache_hits_total", &[]) >= 1.0);
+    assert!(value(&s, "lazix_decoded_cache_bytes", &[]) > 1_000_000.0);
+    assert!(value(&s, "lazix_decoded_cache_entries", &[]) >= 1.0);
+    assert_eq!(value(&s, "lazix_compaction_failures_total", &[]), 0.0);
+    assert!(value(&s, "lazix_compaction_duration_seconds_total", &[]) > 0.0);
+    assert_eq!(value(&s, "lazix_gc_runs_total", &[]), 0.0);
+    assert!(value(&s, "lazix_store_nar_bytes", &[]) >= 1_500_000.0);
+    assert!(value(&s, "lazix_store_objects", &[]) >= 1.0);
+    assert!(value(&s, "lazix_store_stored_bytes", &[]) > 0.0);
+    server.stop();
+}
+
+/// The NAR of `path` through the server's binary-cache shim.
+fn lazix_nar_over_http(server: &Server, path: &str) -> Vec<u8> {
+    let base = path.trim_start_matches("/nix/store/");
+    let (status, info, _) = curl(&["-sS", &format!("{}/{}.narinfo", server.http, &base[..32])]);
+    assert_eq!(status, 200);
+    let url = String::from_utf8(info)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: ").map(str::to_string))
+        .unwrap();
+    let (status, nar, _) = curl(&["-sS", &format!("{}/{url}", server.http)]);
+    assert_eq!(status, 200);
+    nar
+}

@@ -83,7 +83,7 @@ pub struct Reading {
     /// Counter or gauge.
     pub kind: Kind,
     /// The value.
-    pub value: u64,
+    pub value: f64,
 }
 
 /// A component's own counters, read at every scrape by `read`.
@@ -116,7 +116,7 @@ impl Collector for Counters {
                     c.encode(e)?;
                 }
                 Kind::Gauge => {
-                    let g = ConstGauge::new(r.value as i64);
+                    let g = ConstGauge::new(r.value);
                     let e = encoder.encode_descriptor(r.name, r.help, None, g.metric_type())?;
                     g.encode(e)?;
                 }
@@ -378,13 +378,13 @@ mod tests {
                     name: "mount_fetched_bytes",
                     help: "bytes fetched",
                     kind: Kind::Counter,
-                    value: 42,
+                    value: 42.0,
                 },
                 Reading {
                     name: "store_paths",
                     help: "paths",
                     kind: Kind::Gauge,
-                    value: 7,
+                    value: 7.0,
                 },
             ]
         })]);

@@ -68,8 +68,16 @@ impl BucketStore {
     /// while another holds the maintenance lock).
     pub async fn compact(&self) -> StoreResult<CompactReport> {
         let lock = self.lock_maintenance().await?;
+        let started = std::time::Instant::now();
         let result = self.compact_locked().await;
         lock.release().await;
+        self.runs.compaction_done(
+            started.elapsed(),
+            result
+                .as_ref()
+                .ok()
+                .map(|r| r.bytes_before.saturating_sub(r.bytes_after)),
+        );
         result
     }
 

@@ -116,8 +116,13 @@ impl BucketStore {
     /// collection runs at a time per store.
     pub async fn gc(&self, opts: GcOptions) -> StoreResult<GcReport> {
         let lock = self.lock_maintenance().await?;
+        let started = std::time::Instant::now();
         let result = self.gc_locked(opts, &lock).await;
         lock.release().await;
+        self.runs.gc_done(
+            started.elapsed(),
+            result.as_ref().ok().map(|r| r.bytes_freed),
+        );
         result
     }
 

@@ -12,7 +12,8 @@
 //!   readers that verify root signatures;
 //! - [`writes`]: uploads checked before they become visible, and packs
 //!   written and deleted;
-//! - [`compact`], [`gc`], [`access`], [`lock`], [`stats`]: maintenance.
+//! - [`compact`], [`gc`], [`access`], [`lock`], [`stats`]: maintenance,
+//!   [`runs`] counting it.
 //!
 //! The pack indexes are loaded into memory at open; a lookup that misses
 //! re-lists `packs/` (at most every [`REFRESH_INTERVAL`], waiting for the
@@ -32,6 +33,7 @@ mod objects;
 mod packs;
 mod reads;
 mod recent;
+mod runs;
 mod stats;
 mod writes;
 
@@ -60,6 +62,7 @@ pub use location::{local_folder, open_object_store};
 use objects::object_err;
 use packs::PackTable;
 use recent::RecentChunks;
+pub use runs::MaintenanceReading;
 pub use stats::StoreStats;
 use writes::nonempty_files;
 
@@ -97,9 +100,16 @@ pub struct BucketStore {
     /// Whether compaction may store gzip members as their contents (see
     /// [`crate::regzip`]); on unless [`BucketStore::keep_gzip_as_is`].
     regzip: std::sync::atomic::AtomicBool,
+    /// Compactions and collections run by this store object.
+    runs: runs::MaintenanceRuns,
 }
 
 impl BucketStore {
+    /// What compactions and collections this store object ran.
+    pub fn maintenance_runs(&self) -> MaintenanceReading {
+        self.runs.read()
+    }
+
     /// Opens the store at `location` (see [`open_object_store`]) and loads
     /// its pack indexes. Fails with a clear error when the location cannot
     /// be read (wrong credentials, no such bucket).
@@ -125,6 +135,7 @@ impl BucketStore {
         let store = Arc::new(Self {
             local_root,
             regzip: std::sync::atomic::AtomicBool::new(true),
+            runs: runs::MaintenanceRuns::default(),
             objects,
             table: RwLock::new(PackTable::default()),
             last_refresh: Mutex::new(None),

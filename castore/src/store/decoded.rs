@@ -4,6 +4,7 @@
 //! kept apart so a stream of cheap chunks does not evict them.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -31,6 +32,56 @@ struct DecodedChunks {
     /// and changelogs of /usr/share: 34 MiB). In the main cache a stream
     /// of cheap chunks larger than it would evict them on every pass.
     redeflated: Cache<B3Digest, Bytes, DigestKeyBuildHasher>,
+    counters: Arc<DecodedCacheCounters>,
+}
+
+/// What a decoded-chunk cache did, for metrics: chunks asked for and
+/// found or not, chunks evicted for room, and its size now.
+#[derive(Debug, Default)]
+pub struct DecodedCacheCounters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    evictions: AtomicU64,
+    /// Weight held (added on insert, taken off on every removal).
+    bytes: AtomicU64,
+    entries: AtomicU64,
+}
+
+/// A reading of [`DecodedCacheCounters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecodedCacheReading {
+    /// Chunks answered from the cache.
+    pub hits: u64,
+    /// Chunks decoded from frames.
+    pub misses: u64,
+    /// Chunks evicted for room.
+    pub evictions: u64,
+    /// Bytes held (raw chunk bytes plus a small overhead each).
+    pub bytes: u64,
+    /// Chunks held.
+    pub entries: u64,
+}
+
+impl DecodedCacheCounters {
+    /// The counters now.
+    pub fn read(&self) -> DecodedCacheReading {
+        let (bytes, entries) = (
+            self.bytes.load(Ordering::Relaxed),
+            self.entries.load(Ordering::Relaxed),
+        );
+        DecodedCacheReading {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+            bytes,
+            entries,
+        }
+    }
+}
+
+/// What a decoded chunk weighs in the cache: its bytes and a little.
+fn weight(b: &Bytes) -> u32 {
+    (b.len() + 64).min(u32::MAX as usize) as u32
 }
 
 /// The share of a decoded-chunk cache's bytes kept for re-deflated chunks.
@@ -39,23 +90,44 @@ const REDEFLATED_SHARE: u64 = 8;
 /// Wraps `blobs` with a cache of up to `bytes` of decoded, verified chunks.
 /// `get_chunks` then answers [`ChunkPayload::Verified`] chunks.
 pub fn decoded_chunks(blobs: Arc<dyn BlobStore>, bytes: u64) -> Arc<dyn BlobStore> {
-    Arc::new(DecodedChunks::new(blobs, bytes))
+    decoded_chunks_counted(blobs, bytes).0
+}
+
+/// [`decoded_chunks`], with its counters.
+pub fn decoded_chunks_counted(
+    blobs: Arc<dyn BlobStore>,
+    bytes: u64,
+) -> (Arc<dyn BlobStore>, Arc<DecodedCacheCounters>) {
+    let cache = DecodedChunks::new(blobs, bytes);
+    let counters = cache.counters.clone();
+    (Arc::new(cache), counters)
 }
 
 impl DecodedChunks {
     fn new(blobs: Arc<dyn BlobStore>, bytes: u64) -> Self {
-        let weigh = |_: &B3Digest, b: &Bytes| (b.len() + 64).min(u32::MAX as usize) as u32;
         let redeflated_bytes = bytes / REDEFLATED_SHARE;
+        let counters = Arc::new(DecodedCacheCounters::default());
+        let cache = |capacity: u64| {
+            let c = counters.clone();
+            Cache::builder()
+                .max_capacity(capacity)
+                .weigher(|_: &B3Digest, b: &Bytes| weight(b))
+                .eviction_listener(move |_, b: Bytes, cause| {
+                    if cause == moka::notification::RemovalCause::Size {
+                        c.evictions.fetch_add(1, Ordering::Relaxed);
+                    }
+                    c.bytes.fetch_sub(u64::from(weight(&b)), Ordering::Relaxed);
+                    c.entries.fetch_sub(1, Ordering::Relaxed);
+                })
+                .build_with_hasher(DigestKeyBuildHasher::default())
+        };
+        let chunks = cache(bytes - redeflated_bytes);
+        let redeflated = cache(redeflated_bytes);
         Self {
             inner: blobs,
-            chunks: Cache::builder()
-                .max_capacity(bytes - redeflated_bytes)
-                .weigher(weigh)
-                .build_with_hasher(DigestKeyBuildHasher::default()),
-            redeflated: Cache::builder()
-                .max_capacity(redeflated_bytes)
-                .weigher(weigh)
-                .build_with_hasher(DigestKeyBuildHasher::default()),
+            chunks,
+            redeflated,
+            counters,
         }
     }
 
@@ -91,6 +163,12 @@ impl BlobStore for DecodedChunks {
             })
         })
         .await;
+        self.counters
+            .hits
+            .fetch_add((digests.len() - misses.len()) as u64, Ordering::Relaxed);
+        self.counters
+            .misses
+            .fetch_add(misses.len() as u64, Ordering::Relaxed);
         let mut fetched = Vec::new();
         if !misses.is_empty() {
             // Whole frames are decoded: their other chunks are cached too
@@ -113,6 +191,10 @@ impl BlobStore for DecodedChunks {
                 } else {
                     &self.chunks
                 };
+                self.counters
+                    .bytes
+                    .fetch_add(u64::from(weight(bytes)), Ordering::Relaxed);
+                self.counters.entries.fetch_add(1, Ordering::Relaxed);
                 cache.insert(meta.digest, bytes.clone()).await;
             }
             fetched = chunks_in_order(&misses, decoded)?;
@@ -185,6 +267,17 @@ mod tests {
             counting.frames_read(),
             reads,
             "the re-deflated chunk was decoded again"
+        );
+        // The counters saw it: 34 chunks asked for, one a hit; the plain
+        // stream evicted; what is held fits the bound.
+        decoded.chunks.run_pending_tasks().await;
+        let c = decoded.counters.read();
+        assert_eq!((c.hits, c.misses), (1, 33), "{c:?}");
+        assert!(c.evictions > 0, "{c:?}");
+        assert!(c.bytes <= 1 << 20 && c.bytes > 0, "{c:?}");
+        assert_eq!(
+            c.entries,
+            decoded.chunks.entry_count() + decoded.redeflated.entry_count()
         );
     }
 }

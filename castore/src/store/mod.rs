@@ -43,7 +43,9 @@ mod disk;
 mod filtered_lists;
 
 pub use cached::{cached, CacheConfig};
-pub use decoded::decoded_chunks;
+pub use decoded::{
+    decoded_chunks, decoded_chunks_counted, DecodedCacheCounters, DecodedCacheReading,
+};
 pub use disk::{disk_frames, DiskCounters};
 pub use filtered_lists::{filtered_lists, ListFilter};
 
