@@ -28,7 +28,7 @@ use lazix_server::auth::Tokens;
 use lazix_server::client::ClientOptions;
 use lazix_server::http::{HttpConfig, NarCompression};
 use lazix_server::listen::{ListenAddr, Listener};
-use lazix_server::metrics::{Counters, Kind, Metrics, Reading};
+use lazix_server::metrics::{Counters, HistogramReading, Histograms, Kind, Metrics, Reading};
 use lazix_server::service::GrpcAccess;
 use lazix_server::tls::ServerTls;
 use lazix_server::{GrpcStore, Services};
@@ -1323,7 +1323,7 @@ async fn proxy(args: ProxyArgs) -> Result<()> {
         max_connections: lazix_server::http::DEFAULT_MAX_CONNECTIONS,
         header_timeout: lazix_server::http::HEADER_TIMEOUT,
         stats: Some(proxy.stats()),
-        metrics: Some(Metrics::new(Vec::new())),
+        metrics: Some(Metrics::new(vec![proxy.metrics()])),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -1394,10 +1394,20 @@ async fn start_mount(
         tokio::task::spawn_blocking(move || lazix_fs::mount(rt, store, &at, opts)).await??;
     tracing::info!(mountpoint = %mountpoint.display(), server = %settings.server.server, "lazix mounted");
     if let Some(addr) = settings.metrics {
-        let stats = mounted.stats.clone();
-        let metrics = Metrics::new(vec![Counters::new(move || {
-            mount_readings(&stats.snapshot())
-        })]);
+        let (stats, latency) = (mounted.stats.clone(), mounted.stats.clone());
+        let metrics = Metrics::with_histograms(
+            vec![Counters::new(move || mount_readings(&stats.snapshot()))],
+            vec![Histograms::new(move || {
+                let r = latency.fetch_latency.read();
+                vec![HistogramReading {
+                    name: "mount_fetch_duration_seconds",
+                    help: "Time from a batched chunk request to its chunks decoded",
+                    buckets: r.buckets,
+                    sum: r.sum,
+                    count: r.count,
+                }]
+            })],
+        );
         spawn_metrics(metrics, addr, std::future::pending()).await?;
     }
     Ok((mounted, recorder))

@@ -78,6 +78,14 @@ fn counters_move_with_pushes_downloads_and_mount_reads() {
             &[("route", "nar")]
         ) >= 1.0
     );
+    assert_eq!(
+        value(
+            &after,
+            "lazix_http_response_bytes_total",
+            &[("route", "nar")]
+        ),
+        nar.len() as f64
+    );
 
     // The mount's counters, on a listener of its own.
     let mport = free_port();
@@ -90,6 +98,20 @@ fn counters_move_with_pushes_downloads_and_mount_reads() {
     let busy = scrape(&murl);
     assert!(value(&busy, "lazix_mount_fetched_bytes_total", &[]) > 1_000_000.0);
     assert!(value(&busy, "lazix_mount_served_bytes_total", &[]) >= 2_000_000.0);
+    // Each batched request's time, as a histogram.
+    let fetches = value(&busy, "lazix_mount_fetch_requests_total", &[]);
+    let timed = busy
+        .samples
+        .iter()
+        .find(|x| x.metric == "lazix_mount_fetch_duration_seconds")
+        .map(|x| match &x.value {
+            prometheus_parse::Value::Histogram(buckets) => {
+                buckets.iter().map(|b| b.count).fold(0.0, f64::max)
+            }
+            other => panic!("not a histogram: {other:?}"),
+        })
+        .expect("lazix_mount_fetch_duration_seconds");
+    assert!(fetches >= 1.0 && timed == fetches, "{timed} of {fetches}");
     // Every metric the Grafana dashboard graphs is one the scrapes carry.
     let (_, server_text, _) = curl(&["-sS", &metrics]);
     let (_, mount_text, _) = curl(&["-sS", &murl]);

@@ -47,12 +47,30 @@ impl Proxy {
         let _ = self.child.wait();
     }
 
-    /// Frame bytes fetched from upstream so far.
+    /// Frame bytes fetched from upstream so far (`/lazix-stats`, which
+    /// must agree with the Prometheus counter at `/metrics`).
     fn upstream_bytes(&self) -> u64 {
         let (status, body, _) = curl(&[&format!("{}/lazix-stats", self.url)]);
         assert_eq!(status, 200);
         let stats: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        n(&stats, "upstream_bytes")
+        let bytes = n(&stats, "upstream_bytes");
+        let (status, body, _) = curl(&[&format!("{}/metrics", self.url)]);
+        assert_eq!(status, 200);
+        let text = String::from_utf8(body).unwrap();
+        let scraped =
+            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+        let counter = scraped
+            .samples
+            .iter()
+            .find(|s| s.metric == "lazix_proxy_upstream_bytes_total")
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => {
+                    v as u64
+                }
+                _ => panic!("not a number: {:?}", s.value),
+            });
+        assert_eq!(counter, Some(bytes), "{text}");
+        bytes
     }
 }
 

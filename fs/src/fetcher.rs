@@ -318,6 +318,18 @@ impl ChunkFetcher {
         disk_copy: DiskCopy,
     ) -> Result<Vec<Result<Bytes, FetchError>>, FetchError> {
         Stats::add(&self.stats.fetch_requests, 1);
+        let started = std::time::Instant::now();
+        let answer = self.fetch_call_untimed(batch, disk_copy).await;
+        self.stats.fetch_latency.observe(started.elapsed());
+        answer
+    }
+
+    /// [`Self::fetch_call`] without its counting.
+    async fn fetch_call_untimed(
+        &self,
+        batch: &[B3Digest],
+        disk_copy: DiskCopy,
+    ) -> Result<Vec<Result<Bytes, FetchError>>, FetchError> {
         // Delta frames need their bases: from the caches, else one more call.
         let FramesWithBases { frames, known } = frames_with_bases(
             batch.to_vec(),

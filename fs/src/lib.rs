@@ -26,7 +26,7 @@ pub use fs::{
     BackingOpener, DirEntry, DirEntryPlus, FsStatistics, KernelCache, LazyFs, MountConfig,
     OpenMode, Opened, TimedAttr, STATS_NAME,
 };
-pub use stats::{Stats, StatsSnapshot};
+pub use stats::{LatencyReading, Stats, StatsSnapshot, LATENCY_BOUNDS};
 pub use whole_files::{WholeFiles, MIN_WHOLE_FILE};
 
 /// Everything `lazix mount` can be told.

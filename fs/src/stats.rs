@@ -36,6 +36,62 @@ pub struct Stats {
     pub whole_files_kept: AtomicU64,
     /// Opens handed to the kernel to read a kept copy itself (passthrough).
     pub passthrough_opens: AtomicU64,
+    /// How long batched chunk requests took, request to decoded chunks.
+    pub fetch_latency: LatencyHistogram,
+}
+
+/// Upper bounds (seconds) of [`LatencyHistogram`]'s buckets; a last one
+/// takes the rest.
+pub const LATENCY_BOUNDS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A fixed-bucket histogram of durations, updated without locks.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+/// A reading of a [`LatencyHistogram`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatencyReading {
+    /// Per bucket (not cumulative): its upper bound in seconds (the last
+    /// is infinity) and how many durations fell in it.
+    pub buckets: Vec<(f64, u64)>,
+    /// The durations' sum, in seconds.
+    pub sum: f64,
+    /// How many.
+    pub count: u64,
+}
+
+impl LatencyHistogram {
+    /// Counts one duration.
+    pub fn observe(&self, took: std::time::Duration) {
+        let secs = took.as_secs_f64();
+        let i = LATENCY_BOUNDS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BOUNDS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The counts now.
+    pub fn read(&self) -> LatencyReading {
+        let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(self.buckets.iter().map(|b| b.load(Ordering::Relaxed)))
+            .collect();
+        LatencyReading {
+            count: buckets.iter().map(|(_, n)| n).sum(),
+            buckets,
+            sum: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        }
+    }
 }
 
 /// A point-in-time copy of [`Stats`], as JSON.
@@ -96,5 +152,25 @@ impl Stats {
             whole_files_kept: g(&self.whole_files_kept),
             passthrough_opens: g(&self.passthrough_opens),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_land_in_their_buckets() {
+        let h = LatencyHistogram::default();
+        h.observe(Duration::from_micros(500));
+        h.observe(Duration::from_millis(30));
+        h.observe(Duration::from_secs(60));
+        let r = h.read();
+        assert_eq!(r.count, 3);
+        assert_eq!(r.buckets[0], (0.001, 1));
+        assert_eq!(r.buckets[5], (0.05, 1));
+        assert_eq!(*r.buckets.last().unwrap(), (f64::INFINITY, 1));
+        assert!((r.sum - 60.0305).abs() < 1e-9, "{}", r.sum);
     }
 }

@@ -6,6 +6,7 @@
 //! the layers here ([`track_http`] for the binary-cache shim, [`GrpcLayer`]
 //! for the gRPC services): `lazix_http_requests_total{route,status}`,
 //! `lazix_http_request_duration_seconds{route}`,
+//! `lazix_http_response_bytes_total{route}`,
 //! `lazix_grpc_requests_total{method,code}`,
 //! `lazix_grpc_request_duration_seconds{method}`. Everything a component
 //! counts itself (the mount's fetches and cache hits, the proxy's caches,
@@ -126,12 +127,66 @@ impl Collector for Counters {
     }
 }
 
+/// One histogram read at scrape time.
+#[derive(Clone, Debug)]
+pub struct HistogramReading {
+    /// Metric name (a `_seconds` one for durations).
+    pub name: &'static str,
+    /// Help text.
+    pub help: &'static str,
+    /// Per bucket, not cumulative: upper bound (the last infinity) and
+    /// count.
+    pub buckets: Vec<(f64, u64)>,
+    /// Sum of the observations.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+/// A component's own histograms, read at every scrape by `read`.
+pub struct Histograms {
+    read: Box<dyn Fn() -> Vec<HistogramReading> + Send + Sync>,
+}
+
+impl Histograms {
+    /// A collector of what `read` answers.
+    pub fn new(read: impl Fn() -> Vec<HistogramReading> + Send + Sync + 'static) -> Self {
+        Self {
+            read: Box::new(read),
+        }
+    }
+}
+
+impl std::fmt::Debug for Histograms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Histograms").finish_non_exhaustive()
+    }
+}
+
+impl Collector for Histograms {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for h in (self.read)() {
+            let mut e = encoder.encode_descriptor(
+                h.name,
+                h.help,
+                None,
+                prometheus_client::metrics::MetricType::Histogram,
+            )?;
+            e.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                h.sum, h.count, &h.buckets, None,
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// The process's metrics. Share it behind an `Arc`.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     http_requests: Family<HttpLabels, Counter>,
     http_seconds: Seconds<RouteLabels>,
+    http_bytes: Family<RouteLabels, Counter>,
     grpc_requests: Family<GrpcLabels, Counter>,
     grpc_seconds: Seconds<MethodLabels>,
 }
@@ -139,10 +194,16 @@ pub struct Metrics {
 impl Metrics {
     /// The request metrics plus `collectors` (a component's own counters).
     pub fn new(collectors: Vec<Counters>) -> Arc<Self> {
+        Self::with_histograms(collectors, Vec::new())
+    }
+
+    /// [`Self::new`], plus a component's own histograms.
+    pub fn with_histograms(collectors: Vec<Counters>, histograms: Vec<Histograms>) -> Arc<Self> {
         let mut registry = Registry::with_prefix("lazix");
         let http_requests = Family::<HttpLabels, Counter>::default();
         let http_seconds =
             Seconds::<RouteLabels>::new_with_constructor(seconds_histogram as fn() -> Histogram);
+        let http_bytes = Family::<RouteLabels, Counter>::default();
         let grpc_requests = Family::<GrpcLabels, Counter>::default();
         let grpc_seconds =
             Seconds::<MethodLabels>::new_with_constructor(seconds_histogram as fn() -> Histogram);
@@ -157,6 +218,11 @@ impl Metrics {
             http_seconds.clone(),
         );
         registry.register(
+            "http_response_bytes",
+            "Body bytes of HTTP responses sent, by route",
+            http_bytes.clone(),
+        );
+        registry.register(
             "grpc_requests",
             "gRPC calls answered, by method and status code",
             grpc_requests.clone(),
@@ -169,10 +235,14 @@ impl Metrics {
         for c in collectors {
             registry.register_collector(Box::new(c));
         }
+        for h in histograms {
+            registry.register_collector(Box::new(h));
+        }
         Arc::new(Self {
             registry,
             http_requests,
             http_seconds,
+            http_bytes,
             grpc_requests,
             grpc_seconds,
         })
@@ -261,7 +331,44 @@ pub async fn track_http(
     let started = Instant::now();
     let resp = next.run(req).await;
     metrics.http(route, resp.status().as_u16(), started);
-    resp
+    let counter = metrics
+        .http_bytes
+        .get_or_create(&RouteLabels { route })
+        .clone();
+    resp.map(|inner| axum::body::Body::new(CountedBody { inner, counter }))
+}
+
+/// A response body counting the bytes it sends; its size hint is the
+/// inner body's, so lengths are announced as before.
+struct CountedBody {
+    inner: axum::body::Body,
+    counter: Counter,
+}
+
+impl hyper::body::Body for CountedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.counter.inc_by(data.len() as u64);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// The `/metrics` handler.

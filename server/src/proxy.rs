@@ -63,6 +63,38 @@ impl ProxyStore {
         }
     }
 
+    /// The counters as metrics (`lazix_proxy_…`): bytes and frames
+    /// fetched upstream, frames answered from the disk cache.
+    pub fn metrics(&self) -> crate::metrics::Counters {
+        use crate::metrics::{Kind, Reading};
+        let c = self.counters.clone();
+        crate::metrics::Counters::new(move || {
+            let r = |name, help, value: &std::sync::atomic::AtomicU64| Reading {
+                name,
+                help,
+                kind: Kind::Counter,
+                value: value.load(Ordering::Relaxed) as f64,
+            };
+            vec![
+                r(
+                    "proxy_upstream_bytes",
+                    "Frame bytes fetched from the upstream server",
+                    &c.fetched_bytes,
+                ),
+                r(
+                    "proxy_upstream_frames",
+                    "Frames fetched from the upstream server",
+                    &c.fetched_frames,
+                ),
+                r(
+                    "proxy_disk_frames",
+                    "Frames answered from the disk cache",
+                    &c.disk_frames,
+                ),
+            ]
+        })
+    }
+
     /// The counters as `/lazix-stats` serves them.
     pub fn stats(&self) -> crate::http::StatsFn {
         let c = self.counters.clone();
