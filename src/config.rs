@@ -2,7 +2,8 @@
 //! spelled as the command's long flags (`[serve]` with `grpc =
 //! "127.0.0.1:9721"`, `data = "/var/lib/lazix"`). Read from `--config FILE`
 //! (anywhere on the command line), else `/etc/lazix/lazix.toml` when it
-//! exists.
+//! exists. A command with subcommands has a section per subcommand:
+//! `[store.up]` (or `[store]` holding `[up]`) for `lazix store up`.
 //!
 //! Precedence: flags > environment > file > defaults. The file's settings
 //! become command-line flags placed before the user's own, for the
@@ -53,26 +54,43 @@ pub fn merged_args(cli: &Command, args: Vec<OsString>) -> Result<(Vec<OsString>,
         .with_context(|| format!("reading the configuration file {}", file.display()))?;
     let table: toml::Table = toml::from_str(&text)
         .with_context(|| format!("parsing the configuration file {}", file.display()))?;
-    // The command chosen: the first argument naming a subcommand.
-    let Some(pos) = rest
+    // The command chosen: the first argument naming a subcommand, and
+    // the subcommands of it named right after (`store up` → [store.up]).
+    let Some(mut pos) = rest
         .iter()
         .position(|a| a.to_str().is_some_and(|s| cli.find_subcommand(s).is_some()))
     else {
         return Ok((rest, print));
     };
-    let name = rest[pos].to_string_lossy().into_owned();
     for section in table.keys() {
         if cli.find_subcommand(section).is_none() {
             bail!("{}: unknown section [{section}]", file.display());
         }
     }
-    let Some(section) = table.get(&name) else {
-        return Ok((rest, print));
-    };
-    let section = section
-        .as_table()
-        .with_context(|| format!("{}: [{name}] is not a table", file.display()))?;
-    let sub = cli.find_subcommand(&name).expect("found above");
+    let mut sub = cli
+        .find_subcommand(rest[pos].to_str().expect("checked above"))
+        .expect("found above");
+    let mut path = vec![sub.get_name().to_string()];
+    while let Some(next) = rest
+        .get(pos + 1)
+        .and_then(|a| a.to_str())
+        .and_then(|a| sub.find_subcommand(a))
+    {
+        sub = next;
+        pos += 1;
+        path.push(sub.get_name().to_string());
+    }
+    let name = path.join(".");
+    let mut section = &table;
+    for (depth, part) in path.iter().enumerate() {
+        let Some(value) = section.get(part) else {
+            return Ok((rest, print));
+        };
+        let shown = path[..=depth].join(".");
+        section = value
+            .as_table()
+            .with_context(|| format!("{}: [{shown}] is not a table", file.display()))?;
+    }
     let given: Vec<String> = rest[pos + 1..]
         .iter()
         .filter_map(|a| a.to_str())
@@ -138,12 +156,19 @@ pub fn merged_args(cli: &Command, args: Vec<OsString>) -> Result<(Vec<OsString>,
 /// The merged settings of the command `matches` chose, as the TOML section
 /// that would set them.
 pub fn print(cli: &Command, matches: &ArgMatches) -> String {
-    let Some((name, sub_matches)) = matches.subcommand() else {
+    let (mut sub, mut sub_matches) = (cli, matches);
+    let mut path = Vec::new();
+    while let Some((name, m)) = sub_matches.subcommand() {
+        let Some(next) = sub.find_subcommand(name) else {
+            return String::new();
+        };
+        path.push(name.to_string());
+        (sub, sub_matches) = (next, m);
+    }
+    if path.is_empty() {
         return String::new();
-    };
-    let Some(sub) = cli.find_subcommand(name) else {
-        return String::new();
-    };
+    }
+    let name = path.join(".");
     let mut out = format!("[{name}]\n");
     for arg in sub.get_arguments() {
         let (Some(long), id) = (arg.get_long(), arg.get_id().as_str()) else {

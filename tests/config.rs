@@ -110,3 +110,40 @@ server = "grpc://127.0.0.1:{port}"
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("[serv]"));
 }
+
+#[test]
+fn a_subcommand_has_its_own_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("lazix.toml");
+    std::fs::write(
+        &file,
+        r#"
+[store.up]
+cache-size = "5G"
+daemon = true
+
+[store.down]
+lazy = true
+"#,
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let merged = print_config(&["--config", f, "store", "up", "/nix/store"], &[]);
+    assert!(merged.starts_with("[store.up]\n"), "{merged}");
+    assert!(merged.contains("cache-size = \"5G\""), "{merged}");
+    assert!(merged.contains("daemon = true"), "{merged}");
+    let merged = print_config(&["--config", f, "store", "down"], &[]);
+    assert!(merged.contains("lazy = true"), "{merged}");
+    // An unknown key of a subcommand's section names both.
+    std::fs::write(&file, "[store.up]\ncache-sise = \"5G\"\n").unwrap();
+    let out = lazix()
+        .args(["--config", f, "store", "up", "--print-config"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("[store.up]") && said.contains("cache-sise"),
+        "{said}"
+    );
+}
