@@ -10,11 +10,16 @@
 //! digests) and with BLAKE3 verified streaming (bao outboards): see
 //! `verify_costs.rs`.
 //!
+//! `lazix-bench synth --store LOCATION --paths N …` writes a large
+//! synthetic store (see `synth.rs`); `lazix-bench synth-path SEED I` names
+//! its path `I`.
+//!
 //! `lazix-bench layouts STORE_PATH...` prints the stored bytes and object
 //! counts of the peers' layouts for the same paths: the classic binary
 //! cache (one zstd NAR per path) and Attic's (the whole NAR cut with FastCDC
 //! 16/64/256 KiB, deduplicated, zstd per chunk).
 
+mod synth;
 mod verify_costs;
 
 use std::collections::HashSet;
@@ -255,11 +260,16 @@ fn frame_sizes(files: &[PathBuf]) -> Result<()> {
 
 fn main() -> Result<()> {
     const USAGE: &str =
-        "usage: lazix-bench chunk-params DIR... | lazix-bench frame-sizes DIR... | lazix-bench verify-costs DIR... | lazix-bench layouts STORE_PATH...";
+        "usage: lazix-bench chunk-params DIR... | lazix-bench frame-sizes DIR... | lazix-bench verify-costs DIR... | lazix-bench layouts STORE_PATH... | lazix-bench synth --store LOCATION [--paths N …] | lazix-bench synth-path SEED I";
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, dirs)) = args.split_first() else {
         bail!(USAGE);
     };
+    match cmd.as_str() {
+        "synth" => return synth::run(dirs),
+        "synth-path" => return synth::print_path(dirs),
+        _ => {}
+    }
     if dirs.is_empty() {
         bail!(USAGE);
     }
