@@ -60,7 +60,13 @@ for n in $SIZES; do
   strace_pid=$!
   sleep 1
   t=$(now)
-  listed=$(ls "$mnt" | wc -l)
+  # A listing can fail (EIO: the server did not finish within the
+  # mount's --timeout): reported as such.
+  if ls "$mnt" >"$work/listing-$n.txt" 2>/dev/null; then
+    listed="$(wc -l <"$work/listing-$n.txt") listed"
+  else
+    listed="EIO"
+  fi
   ls_s=$(since "$t")
   kill "$strace_pid"; wait "$strace_pid" 2>/dev/null || true
   reads=$(grep -c '/pathinfo/' "$work/strace-$n.txt" || true)
@@ -88,7 +94,8 @@ for n in $SIZES; do
   gc_mib=$(awk '{printf "%.0f", $1 / 1024}' "$work/gc-rss-$n.txt")
   du_mib=$(du -sm "$store" | cut -f1)
 
-  rows+=("| $n | $synth_s | $du_mib | $narinfo_ms | $ls_s ($listed listed) | $reads | $nar_s | $stats_s | $gc_s | $gc_mib |")
+  rows+=("| $n | $synth_s | $du_mib | $narinfo_ms | $ls_s ($listed) | $reads | $nar_s | $stats_s | $gc_s | $gc_mib |")
+  printf '%s\n' "${rows[-1]}" >&2
   rm -rf "$store"
 done
 
