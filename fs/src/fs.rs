@@ -20,7 +20,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use fuser::{BackingId, FileAttr, FileType, INodeNo};
-use futures::TryStreamExt;
+use futures::StreamExt;
 use lazix_castore::digest::DigestKeyBuildHasher;
 use lazix_castore::directory::Directory;
 use lazix_castore::nix::store_path::StorePath;
@@ -639,6 +639,32 @@ impl LazyFs {
         })
     }
 
+    /// Every PathInfo the server lists, the timeout applying to each
+    /// answer in turn rather than to the whole listing: a large store
+    /// takes long to list, but a server that stops answering still fails
+    /// the listing after the timeout.
+    fn remote_listing(&self) -> Result<Vec<PathInfo>, FsError> {
+        self.rt.block_on(async {
+            let mut listing = self.store.path_infos.list_path_infos();
+            let mut out = Vec::new();
+            loop {
+                match tokio::time::timeout(self.cfg.timeout, listing.next()).await {
+                    Err(_) => {
+                        tracing::warn!(timeout = ?self.cfg.timeout, listed = out.len(), "server stopped answering a listing");
+                        return Err(FsError::Timeout(self.cfg.timeout));
+                    }
+                    Ok(None) => return Ok(out),
+                    Ok(Some(Ok(info))) => out.push(info),
+                    Ok(Some(Err(e))) => {
+                        let e = FsError::from_store(e);
+                        tracing::warn!(error = %e, "listing failed");
+                        return Err(e);
+                    }
+                }
+            }
+        })
+    }
+
     /// The node of an inode the kernel holds.
     fn node(&self, ino: u64) -> Result<Node, FsError> {
         self.inodes
@@ -1183,12 +1209,7 @@ impl LazyFs {
             if !self.cfg.list_root {
                 return Ok(Arc::new(Vec::new()));
             }
-            let infos = self.remote(
-                self.store
-                    .path_infos
-                    .list_path_infos()
-                    .try_collect::<Vec<_>>(),
-            )?;
+            let infos = self.remote_listing()?;
             // With trusted keys, only paths admitted so far (a lookup by
             // name admits one): listing never shows what was not verified.
             let admitted = |i: &PathInfo| self.cfg.trust.as_ref().is_none_or(|t| t.was_admitted(i));
