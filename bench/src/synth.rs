@@ -81,7 +81,7 @@ fn nar_of(shape: &Shape, i: u64) -> Vec<u8> {
     nar.close();
     nar.entry_open(b"share");
     nar.directory_open();
-    if shape.large_every > 0 && i % shape.large_every == 0 {
+    if shape.large_every > 0 && i.is_multiple_of(shape.large_every) {
         nar.entry_open(b"large");
         file(
             &mut nar,
@@ -92,7 +92,7 @@ fn nar_of(shape: &Shape, i: u64) -> Vec<u8> {
     }
     for j in 0..shape.files_per_path {
         nar.entry_open(format!("s{j:06}").as_bytes());
-        let shared = shape.shared_every > 0 && j % shape.shared_every == 0;
+        let shared = shape.shared_every > 0 && j.is_multiple_of(shape.shared_every);
         let seed = if shared {
             shape.seed ^ (j << 32)
         } else {
@@ -214,7 +214,7 @@ async fn generate(location: &str, shape: &Shape) -> Result<()> {
                 async move {
                     put_one(store, shape, known, stats, i).await?;
                     let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                    if n % 10_000 == 0 {
+                    if n.is_multiple_of(10_000) {
                         eprintln!(
                             "synth: {n} paths in {:.1} s",
                             started.elapsed().as_secs_f64()
