@@ -6,7 +6,7 @@
 //! tools register it (`castore::nix::register`). Paths Nix already holds
 //! are left alone.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -37,33 +37,10 @@ pub struct RealiseReport {
 /// The closures of `roots` as the server describes them, each PathInfo
 /// once, dependencies before dependents.
 pub async fn remote_closure(store: &Store, roots: &[StorePath]) -> Result<Vec<PathInfo>> {
-    let mut seen: HashSet<StorePath> = roots.iter().cloned().collect();
-    let mut frontier: Vec<StorePath> = roots.to_vec();
-    let mut infos: HashMap<StorePath, PathInfo> = HashMap::new();
-    while !frontier.is_empty() {
-        let batch: Vec<PathInfo> = stream::iter(frontier.drain(..))
-            .map(|path| async move {
-                store
-                    .path_infos
-                    .get_path_info(path.digest())
-                    .await
-                    .with_context(|| format!("asking the server for {path}"))?
-                    .filter(|info| info.store_path == path)
-                    .with_context(|| format!("{path} is not on the server"))
-            })
-            .buffer_unordered(PARALLEL_LOOKUPS)
-            .try_collect()
-            .await?;
-        for info in batch {
-            for r in &info.references {
-                if seen.insert(r.clone()) {
-                    frontier.push(r.clone());
-                }
-            }
-            infos.insert(info.store_path.clone(), info);
-        }
-    }
-    Ok(dependencies_first(infos.into_values().collect(), |i| {
+    let infos = lazix_castore::store::path_closure(store, roots)
+        .await
+        .context("gathering the closure on the server")?;
+    Ok(dependencies_first(infos, |i| {
         (&i.store_path, &i.references)
     }))
 }

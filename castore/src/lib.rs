@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod bucket;
+pub mod catalog;
 pub mod chunk;
 pub mod chunker;
 pub mod digest;

@@ -40,6 +40,12 @@ pub const MAX_CLOSURE_BYTES: u64 = 128 * 1024 * 1024;
 /// as a node): the largest `size` a stored directory may have.
 pub const MAX_DIRECTORY_SIZE: u64 = 2 * MAX_NODES;
 
+/// Most store paths in one closure a client walks on a server (pinning,
+/// `lazix realise`): real closures hold a few thousand paths (a NixOS
+/// system about 2,000, a large desktop 10,000), so this leaves room while
+/// stopping a server that invents an endless chain of references.
+pub const MAX_CLOSURE_PATHS: usize = 1 << 18;
+
 /// The error for a request over a limit, naming it.
 pub fn over_limit(what: &str, limit: impl std::fmt::Display) -> StoreError {
     StoreError::Invalid(format!("{what} is over the limit of {limit}"))

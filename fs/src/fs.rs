@@ -21,6 +21,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use bytes::Bytes;
 use fuser::{BackingId, FileAttr, FileType, INodeNo};
 use futures::StreamExt;
+use lazix_castore::catalog::CatalogEntry;
 use lazix_castore::digest::DigestKeyBuildHasher;
 use lazix_castore::directory::Directory;
 use lazix_castore::nix::store_path::StorePath;
@@ -639,13 +640,29 @@ impl LazyFs {
         })
     }
 
-    /// Every PathInfo the server lists, the timeout applying to each
-    /// answer in turn rather than to the whole listing: a large store
+    /// Every store path in the server's catalog, the timeout applying to
+    /// each answer in turn rather than to the whole listing: a large store
     /// takes long to list, but a server that stops answering still fails
     /// the listing after the timeout.
-    fn remote_listing(&self) -> Result<Vec<PathInfo>, FsError> {
+    fn remote_listing(&self) -> Result<Vec<CatalogEntry>, FsError> {
         self.rt.block_on(async {
-            let mut listing = self.store.path_infos.list_path_infos();
+            let mut listing = match tokio::time::timeout(
+                self.cfg.timeout,
+                self.store.path_infos.list_catalog(),
+            )
+            .await
+            {
+                Err(_) => {
+                    tracing::warn!(timeout = ?self.cfg.timeout, "server did not start a listing in time");
+                    return Err(FsError::Timeout(self.cfg.timeout));
+                }
+                Ok(Err(e)) => {
+                    let e = FsError::from_store(e);
+                    tracing::warn!(error = %e, "listing failed");
+                    return Err(e);
+                }
+                Ok(Ok(listing)) => listing,
+            };
             let mut out = Vec::new();
             loop {
                 match tokio::time::timeout(self.cfg.timeout, listing.next()).await {
@@ -1209,15 +1226,20 @@ impl LazyFs {
             if !self.cfg.list_root {
                 return Ok(Arc::new(Vec::new()));
             }
-            let infos = self.remote_listing()?;
+            let entries = self.remote_listing()?;
             // With trusted keys, only paths admitted so far (a lookup by
             // name admits one): listing never shows what was not verified.
-            let admitted = |i: &PathInfo| self.cfg.trust.as_ref().is_none_or(|t| t.was_admitted(i));
+            let admitted = |e: &CatalogEntry| {
+                self.cfg
+                    .trust
+                    .as_ref()
+                    .is_none_or(|t| t.was_admitted(&e.store_path, &e.node))
+            };
             return Ok(Arc::new(
-                infos
+                entries
                     .into_iter()
                     .filter(admitted)
-                    .map(|i| (Bytes::from(i.store_path.basename()), i.node))
+                    .map(|e| (Bytes::from(e.store_path.basename()), e.node))
                     .collect(),
             ));
         }

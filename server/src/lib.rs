@@ -20,6 +20,7 @@ use lazix_castore::Store;
 use lazix_proto::castore::{
     blob_service_server::BlobServiceServer, directory_service_server::DirectoryServiceServer,
 };
+use lazix_proto::ext::catalog_service_server::CatalogServiceServer;
 use lazix_proto::ext::chunk_service_server::ChunkServiceServer;
 use lazix_proto::ext::profile_service_server::ProfileServiceServer;
 use lazix_proto::store::path_info_service_server::PathInfoServiceServer;
@@ -141,6 +142,11 @@ where
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_MESSAGE_SIZE),
         )
+        .add_optional_service((services == Services::All).then(|| {
+            CatalogServiceServer::new(svc.clone())
+                .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_MESSAGE_SIZE)
+        }))
         .add_optional_service((services == Services::All).then(|| {
             ProfileServiceServer::new(svc.clone())
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)

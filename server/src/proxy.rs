@@ -193,6 +193,11 @@ impl PathInfoStore for NotHereWhenDown {
     fn list_path_infos(&self) -> BoxStream<'static, StoreResult<PathInfo>> {
         self.0.inner.path_infos.list_path_infos()
     }
+    async fn list_catalog(
+        &self,
+    ) -> StoreResult<BoxStream<'static, StoreResult<lazix_castore::catalog::CatalogEntry>>> {
+        self.0.inner.path_infos.list_catalog().await
+    }
 }
 
 fn refused() -> StoreError {

@@ -20,7 +20,9 @@ use lazix_castore::store::BlobChunks;
 use lazix_castore::trust::ChunkListsDigest;
 use lazix_castore::{B3Digest, Node, PathInfo, Store, StoreError};
 use lazix_proto::castore::{self as cpb, blob_service_server, directory_service_server};
-use lazix_proto::ext::{self as lpb, chunk_service_server, profile_service_server};
+use lazix_proto::ext::{
+    self as lpb, catalog_service_server, chunk_service_server, profile_service_server,
+};
 use lazix_proto::store::{self as spb, path_info_service_server};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -675,5 +677,35 @@ impl profile_service_server::ProfileService for StoreService {
             found: profile.is_some(),
             profile: profile.unwrap_or_default(),
         }))
+    }
+}
+
+/// Catalog entries sent per message.
+const CATALOG_BATCH: usize = 1024;
+
+#[tonic::async_trait]
+impl catalog_service_server::CatalogService for StoreService {
+    type ListStream = BoxStream<lpb::ListCatalogResponse>;
+
+    async fn list(
+        &self,
+        req: Request<lpb::ListCatalogRequest>,
+    ) -> Result<Response<Self::ListStream>, Status> {
+        self.allow_read(&req)?;
+        let entries = self
+            .store
+            .path_infos
+            .list_catalog()
+            .await
+            .map_err(to_status)?;
+        let batches = entries.chunks(CATALOG_BATCH).map(|batch| {
+            let entries = batch
+                .into_iter()
+                .map(|e| e.map(|e| e.to_proto()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(to_status)?;
+            Ok(lpb::ListCatalogResponse { entries })
+        });
+        Ok(Response::new(Box::pin(batches)))
     }
 }

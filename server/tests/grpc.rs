@@ -524,7 +524,16 @@ async fn path_info_service_put_get_list_calculate() {
         futures::TryStreamExt::try_collect(store.path_infos.list_path_infos())
             .await
             .unwrap();
-    assert_eq!(listed, vec![info]);
+    assert_eq!(listed, vec![info.clone()]);
+    // The catalog (lazix.v1) lists the same path with its root.
+    let catalog: Vec<lazix_castore::catalog::CatalogEntry> =
+        futures::TryStreamExt::try_collect(store.path_infos.list_catalog().await.unwrap())
+            .await
+            .unwrap();
+    assert_eq!(
+        catalog,
+        vec![lazix_castore::catalog::CatalogEntry::of(&info)]
+    );
 
     // Malformed requests get clear errors.
     let bad = lazix_proto::store::GetPathInfoRequest {
@@ -650,6 +659,17 @@ async fn a_snix_only_server_is_used_through_its_blob_service() {
         vec![da, db, dc]
     );
     assert!(client.is_snix_only(), "the first chunk call found out");
+    // No catalog service: the listing falls back to snix's PathInfo list.
+    let catalog: Vec<lazix_castore::catalog::CatalogEntry> = futures::TryStreamExt::try_collect(
+        store
+            .path_infos
+            .list_catalog()
+            .await
+            .expect("fallback listing"),
+    )
+    .await
+    .expect("fallback listing");
+    assert!(catalog.is_empty());
     let mut snix_blobs = BlobServiceClient::connect(http(&srv.addr)).await.unwrap();
     let empty = snix_blobs
         .stat(cpb::StatBlobRequest {

@@ -109,6 +109,8 @@ impl BucketStore {
         self.delete_object(&super::keys::profile_path(digest))
             .await?;
         self.delete_access_mark(digest).await?;
+        self.record_in_catalog(vec![crate::catalog::record(digest, None)])
+            .await?;
         Ok(existed)
     }
 
@@ -177,11 +179,16 @@ impl BucketStore {
     async fn mark(&self, cutoff: SystemTime, report: &mut GcReport) -> StoreResult<Live> {
         let mut live = Live::default();
         let mut files: HashSet<B3Digest> = HashSet::new();
+        // The walk also makes the catalog anew: it includes every segment
+        // stored before it starts.
+        let folded = self.catalog_segment_names().await?;
+        let mut catalog = Vec::new();
         let mut infos = self.list_path_infos();
         while let Some(info) = infos.next().await {
             let info = info?;
             report.paths += 1;
             live.paths.insert(info.store_path.hash_part());
+            catalog.push(crate::catalog::CatalogEntry::of(&info));
             match info.node {
                 Node::Directory { digest, .. } => {
                     let closure = self.get_closure(&digest).await?;
@@ -194,6 +201,11 @@ impl BucketStore {
                 _ => {}
             }
         }
+        let catalog = crate::catalog::Catalog::from_entries(catalog);
+        if let Err(e) = self.store_catalog_snapshot(&catalog, folded).await {
+            tracing::warn!(error = %e, "cannot store the catalog snapshot");
+        }
+        drop(catalog);
         let made_of = self.file_chunks(files).await?;
         live.chunks.extend(made_of.chunks);
         live.blobs.extend(made_of.listed);

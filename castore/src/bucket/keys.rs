@@ -20,6 +20,8 @@
 //! - `accessed/<nixbase32 hash part>`: empty; when the path was last asked
 //!   for (see [`super::access`]);
 //! - `touched/<ms>-<random>`: digests an upload relies on (see [`super::gc`]);
+//! - `catalog/segments/<ms>-<random>`, `catalog/snapshots/<ms>-<random>`:
+//!   the catalog of store paths (see [`crate::catalog`]);
 //! - `locks/maintenance`: held by the one compaction or collection running.
 
 use std::time::SystemTime;
@@ -39,6 +41,10 @@ pub(super) const ACCESSED: &str = "accessed";
 pub(super) const PROFILES: &str = "profiles";
 /// Upload marks.
 pub(super) const TOUCHED: &str = "touched";
+/// Catalog segments (changes, one batch each).
+pub(super) const CATALOG_SEGMENTS: &str = "catalog/segments";
+/// Catalog snapshots.
+pub(super) const CATALOG_SNAPSHOTS: &str = "catalog/snapshots";
 /// Chunk lists, sharded.
 pub(super) const BLOBS: &str = "blobs";
 /// Directories, sharded.
@@ -79,11 +85,17 @@ pub(super) fn access_path(digest: &[u8; 20]) -> ObjectPath {
 
 /// A new mark of the digests an upload relies on.
 pub(super) fn touch_path() -> ObjectPath {
+    timestamped(TOUCHED)
+}
+
+/// A new object under `prefix` named `<ms>-<random>`: names sort by the
+/// time they were made, and writers at once never pick the same one.
+pub(super) fn timestamped(prefix: &str) -> ObjectPath {
     let ms = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis();
-    ObjectPath::from(format!("{TOUCHED}/{ms:016}-{:016x}", rand::random::<u64>()))
+    ObjectPath::from(format!("{prefix}/{ms:016}-{:016x}", rand::random::<u64>()))
 }
 
 /// The one maintenance lock.

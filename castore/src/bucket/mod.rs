@@ -5,8 +5,10 @@
 //! One struct, [`BucketStore`], its work split by job:
 //! - [`keys`]: where every kind of object lives (the key layout);
 //! - [`objects`]: object I/O (whole writes, durable writes, listings);
-//! - [`catalog`]: the pack table (which pack and frame hold each chunk),
+//! - [`pack_catalog`]: the pack table (which pack and frame hold each chunk),
 //!   loaded at open and refreshed when another replica writes;
+//! - [`path_catalog`]: the catalog of store paths (see [`crate::catalog`])
+//!   stored and read back, for listings;
 //! - [`reads`]: frames, chunk lists, directories and PathInfos read back;
 //! - [`manifests`]: each root's chunk-list digests in one object, for
 //!   readers that verify root signatures;
@@ -21,7 +23,6 @@
 //! become readable.
 
 mod access;
-mod catalog;
 mod compact;
 mod durable;
 mod gc;
@@ -30,7 +31,9 @@ mod location;
 mod lock;
 mod manifests;
 mod objects;
+mod pack_catalog;
 mod packs;
+mod path_catalog;
 mod reads;
 mod recent;
 mod runs;
@@ -43,8 +46,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
+use futures::StreamExt;
 use object_store::ObjectStore;
 
+use crate::catalog::CatalogEntry;
 use crate::chunk::ChunkMeta;
 use crate::digest::{B3Digest, DigestKeyBuildHasher};
 use crate::directory::Directory;
@@ -102,6 +107,8 @@ pub struct BucketStore {
     regzip: std::sync::atomic::AtomicBool,
     /// Compactions and collections run by this store object.
     runs: runs::MaintenanceRuns,
+    /// Catalog changes on their way into a segment.
+    catalog_writer: path_catalog::CatalogWriter,
 }
 
 impl BucketStore {
@@ -136,6 +143,7 @@ impl BucketStore {
             local_root,
             regzip: std::sync::atomic::AtomicBool::new(true),
             runs: runs::MaintenanceRuns::default(),
+            catalog_writer: Default::default(),
             objects,
             table: RwLock::new(PackTable::default()),
             last_refresh: Mutex::new(None),
@@ -248,6 +256,11 @@ impl PathInfoStore for BucketStore {
 
     fn list_path_infos(&self) -> BoxStream<'static, StoreResult<PathInfo>> {
         self.path_infos()
+    }
+
+    async fn list_catalog(&self) -> StoreResult<BoxStream<'static, StoreResult<CatalogEntry>>> {
+        let entries = self.catalog_entries().await?;
+        Ok(futures::stream::iter(entries.into_iter().map(Ok)).boxed())
     }
 
     async fn get_profile(&self, digest: &[u8; 20]) -> StoreResult<Option<Bytes>> {

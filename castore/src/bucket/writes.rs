@@ -428,6 +428,14 @@ impl BucketStore {
             },
         };
         self.sync_written().await?;
+        // Listed before stored: a failure between the two leaves a name
+        // whose lookup finds nothing, never a stored path no listing shows.
+        let entry = crate::catalog::CatalogEntry::of(&info);
+        self.record_in_catalog(vec![crate::catalog::record(
+            info.store_path.digest(),
+            Some(&entry),
+        )])
+        .await?;
         let root = match info.node {
             Node::Directory { digest, .. } => Some(digest),
             _ => None,

@@ -9,7 +9,7 @@
 //! frame id, hex, per line), so unpinning one path deletes only the frames
 //! no other pinned path needs. Every frame is verified before it is kept.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::chunk::ChunkMeta;
@@ -44,27 +44,6 @@ pub struct PinReport {
     /// Bytes of frames fetched from the server (the rest was pinned
     /// already).
     pub fetched_bytes: u64,
-}
-
-/// The closure of `roots` (references followed), each path once.
-async fn closure(store: &Store, roots: &[StorePath]) -> Result<Vec<crate::PathInfo>, StoreError> {
-    let mut seen: HashSet<[u8; 20]> = HashSet::new();
-    let mut queue: VecDeque<StorePath> = roots.iter().cloned().collect();
-    let mut out = Vec::new();
-    while let Some(p) = queue.pop_front() {
-        if !seen.insert(*p.digest()) {
-            continue;
-        }
-        let info = store
-            .path_infos
-            .get_path_info(p.digest())
-            .await?
-            .filter(|i| i.store_path.basename() == p.basename())
-            .ok_or_else(|| StoreError::NotFound(format!("store path {}", p.basename())))?;
-        queue.extend(info.references.iter().cloned());
-        out.push(info);
-    }
-    Ok(out)
 }
 
 /// Every chunk of every file of a store path.
@@ -112,7 +91,7 @@ pub async fn pin(
     let pinned = DiskCache::open_pinned(cache_dir)?;
     std::fs::create_dir_all(records_dir(cache_dir))?;
     let mut report = PinReport::default();
-    for info in closure(store, roots).await? {
+    for info in crate::store::path_closure(store, roots).await? {
         let mut seen = HashSet::new();
         let chunks: Vec<B3Digest> = chunks_of(store, &info.node)
             .await?

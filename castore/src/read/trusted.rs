@@ -25,6 +25,7 @@ use crate::digest::B3Digest;
 use crate::directory::Directory;
 use crate::error::{StoreError, StoreResult};
 use crate::nix::signing::{SecretKey, Signature};
+use crate::nix::store_path::StorePath;
 use crate::node::Node;
 use crate::pathinfo::PathInfo;
 use crate::read::BlobLayout;
@@ -217,12 +218,12 @@ impl TrustedReads {
     }
 
     /// Whether `info` names the root of a path admitted before.
-    pub fn was_admitted(&self, info: &PathInfo) -> bool {
+    pub fn was_admitted(&self, store_path: &StorePath, node: &Node) -> bool {
         self.roots
             .lock()
             .expect("admitted roots")
-            .get(info.store_path.digest())
-            == Some(&info.node)
+            .get(store_path.digest())
+            == Some(node)
     }
 
     /// `store` with its blob lists checked against what was admitted.
@@ -342,7 +343,7 @@ mod tests {
         let trust =
             TrustedReads::new(TrustedKeys::parse(&key_store.public().to_nix_string()).unwrap());
         trust.admit(&store, &info).await.unwrap();
-        assert!(trust.was_admitted(&info));
+        assert!(trust.was_admitted(&info.store_path, &info.node));
         let guarded = trust.guard(store.clone());
         assert_eq!(
             guarded.blobs.get_blob_chunks(&[blob]).await.unwrap(),

@@ -369,6 +369,12 @@ impl PathInfoStore for CachedPathInfos {
         self.inner.list_path_infos()
     }
 
+    async fn list_catalog(
+        &self,
+    ) -> StoreResult<BoxStream<'static, StoreResult<crate::catalog::CatalogEntry>>> {
+        self.inner.list_catalog().await
+    }
+
     async fn get_profile(&self, digest: &[u8; 20]) -> StoreResult<Option<bytes::Bytes>> {
         self.inner.get_profile(digest).await
     }

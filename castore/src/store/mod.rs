@@ -9,6 +9,8 @@
 //! - [`decoded`]: a cache of decoded, verified chunks for renderers;
 //! - [`disk`]: frames kept in the client's disk cache in front of a
 //!   remote store (the local proxy);
+//! - `path_closure`: the references closure of store paths, walked on
+//!   a server with a bound;
 //! - `filtered_lists`: chunk-list answers passed through a filter (the
 //!   trusted reader's guard, tests' lying servers);
 //! - `conformance` (tests and the `testutil` feature): one suite every
@@ -24,7 +26,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 
+use crate::catalog::CatalogEntry;
 use crate::chunk::{Chunk, ChunkMeta};
 use crate::digest::B3Digest;
 use crate::directory::Directory;
@@ -41,6 +45,7 @@ pub mod conformance;
 mod decoded;
 mod disk;
 mod filtered_lists;
+mod path_closure;
 
 pub use cached::{cached, CacheConfig};
 pub use decoded::{
@@ -48,6 +53,7 @@ pub use decoded::{
 };
 pub use disk::{disk_frames, DiskCounters};
 pub use filtered_lists::{filtered_lists, ListFilter};
+pub use path_closure::path_closure;
 
 /// A blob made of several chunks: its digest and its chunk list in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -143,6 +149,17 @@ pub trait PathInfoStore: Send + Sync {
 
     /// Every PathInfo.
     fn list_path_infos(&self) -> BoxStream<'static, StoreResult<PathInfo>>;
+
+    /// Every stored path's name and root node, what a listing of the
+    /// store's root needs. Stores that keep a catalog (see
+    /// [`crate::catalog`]) answer from it in a few reads; by default every
+    /// PathInfo is listed.
+    async fn list_catalog(&self) -> StoreResult<BoxStream<'static, StoreResult<CatalogEntry>>> {
+        Ok(self
+            .list_path_infos()
+            .map_ok(|info| CatalogEntry::of(&info))
+            .boxed())
+    }
 
     /// The access profile stored beside a store path (its text, see
     /// [`crate::profile`]; readers parse and check it), or `None`.

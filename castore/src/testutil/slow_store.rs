@@ -125,6 +125,12 @@ impl PathInfoStore for SlowStore {
     fn list_path_infos(&self) -> BoxStream<'static, StoreResult<PathInfo>> {
         self.inner.path_infos.list_path_infos()
     }
+    async fn list_catalog(
+        &self,
+    ) -> StoreResult<BoxStream<'static, StoreResult<crate::catalog::CatalogEntry>>> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.path_infos.list_catalog().await
+    }
     async fn get_profile(&self, digest: &[u8; 20]) -> StoreResult<Option<bytes::Bytes>> {
         self.inner.path_infos.get_profile(digest).await
     }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
+use lazix_castore::catalog::CatalogEntry;
 use lazix_castore::chunk::ChunkMeta;
 use lazix_castore::directory::Directory;
 use lazix_castore::frame::Frame;
@@ -29,8 +30,8 @@ use lazix_proto::castore::{
     directory_service_client::DirectoryServiceClient,
 };
 use lazix_proto::ext::{
-    self as lpb, chunk_service_client::ChunkServiceClient,
-    profile_service_client::ProfileServiceClient,
+    self as lpb, catalog_service_client::CatalogServiceClient,
+    chunk_service_client::ChunkServiceClient, profile_service_client::ProfileServiceClient,
 };
 use lazix_proto::store::{self as spb, path_info_service_client::PathInfoServiceClient};
 use tonic::metadata::{Ascii, MetadataValue};
@@ -91,6 +92,8 @@ pub struct GrpcStore {
     chunks: ChunkServiceClient<Conn>,
     /// Access profiles (`lazix.v1`).
     profiles: ProfileServiceClient<Conn>,
+    /// The catalog of store paths (`lazix.v1`).
+    catalog: CatalogServiceClient<Conn>,
     /// snix's blob service, used once the server proved to lack `chunks`.
     blobs: BlobServiceClient<Conn>,
     /// Set when a `lazix.v1` call answered `Unimplemented`.
@@ -227,6 +230,9 @@ impl GrpcStore {
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_MESSAGE_SIZE),
             profiles: ProfileServiceClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+            catalog: CatalogServiceClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_MESSAGE_SIZE),
             blobs: BlobServiceClient::new(channel.clone())
@@ -633,6 +639,33 @@ impl PathInfoStore for GrpcStore {
             .await
             .map_err(from_status)?;
         Ok(())
+    }
+
+    /// From the server's catalog; a server without one (snix, an older
+    /// lazix) lists every PathInfo. Each entry is checked (a node, a name
+    /// that is a store path's basename).
+    async fn list_catalog(&self) -> StoreResult<BoxStream<'static, StoreResult<CatalogEntry>>> {
+        let answer = self.catalog.clone().list(lpb::ListCatalogRequest {}).await;
+        let Some(answer) = answered(answer)? else {
+            return Ok(self
+                .list_path_infos()
+                .map_ok(|info| CatalogEntry::of(&info))
+                .boxed());
+        };
+        Ok(answer
+            .into_inner()
+            .map_err(from_status)
+            .map_ok(|batch| {
+                futures::stream::iter(
+                    batch
+                        .entries
+                        .into_iter()
+                        .map(|e| CatalogEntry::from_proto(&e))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .try_flatten()
+            .boxed())
     }
 
     fn list_path_infos(&self) -> BoxStream<'static, StoreResult<PathInfo>> {

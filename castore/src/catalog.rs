@@ -1,0 +1,273 @@
+//! The catalog of store paths: what a listing of the store's root needs
+//! (each path's name and root node), kept apart from the PathInfos so that
+//! listing a store of a million paths reads a few objects instead of a
+//! million. This module holds the format and its rules, with no I/O:
+//!
+//! - a writer records each change (a path added or removed) in a small
+//!   *segment*; segments are immutable and named by time, so replicas
+//!   writing at once never overwrite each other;
+//! - a *snapshot* is the catalog at some moment plus the names of the
+//!   segments it includes; a reader takes the newest snapshot and applies
+//!   the segments it does not include, in name order;
+//! - whoever reads many loose segments folds them into a new snapshot;
+//!   GC writes one from its full walk (which also rebuilds a lost catalog).
+//!
+//! The catalog is a listing aid, not the truth: a path is stored when its
+//! PathInfo is. A name listed whose PathInfo is gone is not found on
+//! lookup; GC's snapshot puts any drift right.
+//! Object names and I/O: [`crate::bucket`] (`path_catalog`).
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+
+use bytes::Bytes;
+use lazix_proto::castore as cpb;
+use lazix_proto::ext as lpb;
+use prost::Message;
+
+use crate::error::{StoreError, StoreResult};
+use crate::nix::store_path::StorePath;
+use crate::node::Node;
+use crate::pathinfo::PathInfo;
+
+/// Largest decoded snapshot read (about ten million paths): a damaged
+/// object cannot make a reader allocate without bound.
+pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
+
+/// zstd level of snapshots: names compress well, and a snapshot is
+/// written rarely and read by every listing.
+const SNAPSHOT_LEVEL: i32 = 9;
+
+/// One store path as a listing of the store's root shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CatalogEntry {
+    /// The store path.
+    pub store_path: StorePath,
+    /// Its root node.
+    pub node: Node,
+}
+
+impl CatalogEntry {
+    /// The entry of a stored path.
+    pub fn of(info: &PathInfo) -> Self {
+        Self {
+            store_path: info.store_path.clone(),
+            node: info.node.clone(),
+        }
+    }
+
+    /// As a castore entry named by the store path's basename.
+    pub fn to_proto(&self) -> cpb::Entry {
+        self.node.to_entry(Bytes::from(self.store_path.basename()))
+    }
+
+    /// Checks a castore entry (node, and a name that is a store path's
+    /// basename) and returns it as an entry.
+    pub fn from_proto(entry: &cpb::Entry) -> StoreResult<Self> {
+        let (name, node) = Node::from_entry(entry)?;
+        let name = std::str::from_utf8(&name)
+            .map_err(|_| StoreError::Invalid("catalog entry name is not UTF-8".into()))?;
+        let store_path = StorePath::from_basename(name)
+            .map_err(|e| StoreError::Invalid(format!("catalog entry {name:?}: {e}")))?;
+        Ok(Self { store_path, node })
+    }
+}
+
+/// A record of one change: `entry` is `Some` for a path added, `None` for
+/// a path removed.
+pub fn record(digest: &[u8; 20], entry: Option<&CatalogEntry>) -> lpb::CatalogRecord {
+    lpb::CatalogRecord {
+        store_path_digest: Bytes::copy_from_slice(digest),
+        entry: entry.map(CatalogEntry::to_proto),
+    }
+}
+
+/// The catalog as a reader assembles it.
+#[derive(Default, Debug)]
+pub struct Catalog {
+    entries: HashMap<[u8; 20], CatalogEntry>,
+}
+
+impl Catalog {
+    /// A catalog holding `entries`.
+    pub fn from_entries(entries: impl IntoIterator<Item = CatalogEntry>) -> Self {
+        Self {
+            entries: entries
+                .into_iter()
+                .map(|e| (*e.store_path.digest(), e))
+                .collect(),
+        }
+    }
+
+    /// Reads a stored snapshot: the catalog and the segments it includes.
+    pub fn from_snapshot(stored: &[u8]) -> StoreResult<(Self, HashSet<String>)> {
+        let mut decoded = Vec::new();
+        zstd::Decoder::new(stored)
+            .map_err(|e| StoreError::Corrupt(format!("catalog snapshot: {e}")))?
+            .take(MAX_SNAPSHOT_BYTES + 1)
+            .read_to_end(&mut decoded)
+            .map_err(|e| StoreError::Corrupt(format!("catalog snapshot: {e}")))?;
+        if decoded.len() as u64 > MAX_SNAPSHOT_BYTES {
+            return Err(crate::limits::over_limit(
+                "a catalog snapshot",
+                format!("{MAX_SNAPSHOT_BYTES} bytes"),
+            ));
+        }
+        let snapshot = lpb::CatalogSnapshot::decode(decoded.as_slice())
+            .map_err(|e| StoreError::Corrupt(format!("catalog snapshot: {e}")))?;
+        let entries = snapshot
+            .entries
+            .iter()
+            .map(CatalogEntry::from_proto)
+            .collect::<StoreResult<Vec<_>>>()
+            .map_err(|e| StoreError::Corrupt(format!("catalog snapshot: {e}")))?;
+        Ok((
+            Self::from_entries(entries),
+            snapshot.folded.into_iter().collect(),
+        ))
+    }
+
+    /// Applies a stored segment's changes in order; a segment that does
+    /// not read changes nothing.
+    pub fn apply(&mut self, stored_segment: &[u8]) -> StoreResult<()> {
+        let segment = lpb::CatalogSegment::decode(stored_segment)
+            .map_err(|e| StoreError::Corrupt(format!("catalog segment: {e}")))?;
+        let changes = segment
+            .records
+            .iter()
+            .map(change)
+            .collect::<StoreResult<Vec<_>>>()?;
+        for (digest, entry) in changes {
+            match entry {
+                None => self.entries.remove(&digest),
+                Some(entry) => self.entries.insert(digest, entry),
+            };
+        }
+        Ok(())
+    }
+
+    /// Paths in the catalog.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the catalog holds no path.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The snapshot to store: these entries, including the segments
+    /// `folded`.
+    pub fn snapshot(&self, folded: Vec<String>) -> StoreResult<Bytes> {
+        let snapshot = lpb::CatalogSnapshot {
+            folded,
+            entries: self.sorted().iter().map(CatalogEntry::to_proto).collect(),
+        };
+        let encoded = zstd::bulk::compress(&snapshot.encode_to_vec(), SNAPSHOT_LEVEL)?;
+        Ok(Bytes::from(encoded))
+    }
+
+    /// The entries, sorted by store path basename (the order `ls` shows).
+    pub fn sorted(&self) -> Vec<CatalogEntry> {
+        let mut out: Vec<CatalogEntry> = self.entries.values().cloned().collect();
+        out.sort_by_cached_key(|e| e.store_path.basename());
+        out
+    }
+
+    /// The entries, sorted, consuming the catalog.
+    pub fn into_sorted(self) -> Vec<CatalogEntry> {
+        let mut out: Vec<CatalogEntry> = self.entries.into_values().collect();
+        out.sort_by_cached_key(|e| e.store_path.basename());
+        out
+    }
+}
+
+/// A record read back and checked: the digest it is filed under, and the
+/// entry it adds (none: removed).
+fn change(r: &lpb::CatalogRecord) -> StoreResult<([u8; 20], Option<CatalogEntry>)> {
+    let digest: [u8; 20] = r
+        .store_path_digest
+        .as_ref()
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("catalog record: digest is not 20 bytes".into()))?;
+    let Some(entry) = &r.entry else {
+        return Ok((digest, None));
+    };
+    let entry = CatalogEntry::from_proto(entry)
+        .map_err(|e| StoreError::Corrupt(format!("catalog record: {e}")))?;
+    if *entry.store_path.digest() != digest {
+        return Err(StoreError::Corrupt(format!(
+            "catalog record: {} filed under another digest",
+            entry.store_path
+        )));
+    }
+    Ok((digest, Some(entry)))
+}
+
+/// A stored segment of `records`.
+pub fn segment(records: Vec<lpb::CatalogRecord>) -> Bytes {
+    Bytes::from(lpb::CatalogSegment { records }.encode_to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::B3Digest;
+
+    fn entry(i: u8) -> CatalogEntry {
+        let mut digest = [0u8; 20];
+        digest[0] = i;
+        CatalogEntry {
+            store_path: StorePath::from_parts(digest, &format!("p{i}")).expect("path"),
+            node: Node::File {
+                digest: B3Digest::of(&[i]),
+                size: 1,
+                executable: false,
+            },
+        }
+    }
+
+    #[test]
+    fn segments_apply_in_order_on_a_snapshot() {
+        let snap = Catalog::from_entries([entry(1), entry(2)])
+            .snapshot(vec!["s0".into()])
+            .expect("snapshot");
+        let (mut catalog, folded) = Catalog::from_snapshot(&snap).expect("read back");
+        assert_eq!(folded, HashSet::from(["s0".to_string()]));
+        catalog
+            .apply(&segment(vec![
+                record(entry(3).store_path.digest(), Some(&entry(3))),
+                record(entry(1).store_path.digest(), None),
+            ]))
+            .expect("apply");
+        // Removed then added again later: present.
+        catalog
+            .apply(&segment(vec![
+                record(entry(1).store_path.digest(), None),
+                record(entry(1).store_path.digest(), Some(&entry(1))),
+                record(entry(2).store_path.digest(), None),
+            ]))
+            .expect("apply");
+        assert_eq!(catalog.into_sorted(), vec![entry(1), entry(3)]);
+    }
+
+    #[test]
+    fn damaged_objects_are_refused_with_an_error() {
+        assert!(Catalog::from_snapshot(b"not zstd").is_err());
+        let mut c = Catalog::default();
+        assert!(c.apply(b"\xff\xff\xff").is_err());
+        // A record filed under another path's digest.
+        let wrong = segment(vec![
+            record(entry(2).store_path.digest(), Some(&entry(2))),
+            record(&[9; 20], Some(&entry(1))),
+        ]);
+        assert!(c.apply(&wrong).is_err());
+        // A name that is no store path.
+        let bad = lpb::CatalogRecord {
+            store_path_digest: Bytes::copy_from_slice(&[1; 20]),
+            entry: Some(entry(1).node.to_entry(Bytes::from_static(b"../etc"))),
+        };
+        assert!(c.apply(&segment(vec![bad])).is_err());
+        assert!(c.is_empty());
+    }
+}

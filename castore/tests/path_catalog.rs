@@ -1,0 +1,181 @@
+//! The catalog of store paths in the bucket: right under concurrent
+//! writes from two replicas of one store, deletes and GC; folded into
+//! snapshots as segments pile up; rebuilt when lost or damaged.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use lazix_castore::bucket::{BucketStore, GcOptions};
+use lazix_castore::nix::store_path::StorePath;
+use lazix_castore::store::PathInfoStore;
+use lazix_castore::{Node, PathInfo};
+
+async fn open_at(dir: &Path) -> Arc<BucketStore> {
+    BucketStore::open(dir.to_str().expect("utf-8"))
+        .await
+        .expect("open the store")
+}
+
+fn path(i: u32) -> StorePath {
+    let mut digest = [7u8; 20];
+    digest[..4].copy_from_slice(&i.to_le_bytes());
+    StorePath::from_parts(digest, &format!("pkg-{i}")).expect("store path")
+}
+
+/// A path whose root is a symlink: stored without any data.
+fn info(i: u32) -> PathInfo {
+    PathInfo {
+        store_path: path(i),
+        node: Node::Symlink {
+            target: format!("target-{i}").into(),
+        },
+        references: vec![],
+        nar_size: 0,
+        nar_sha256: [0; 32],
+        signatures: vec![],
+        root_signatures: vec![],
+        deriver: None,
+        ca: None,
+    }
+}
+
+async fn listed(store: &BucketStore) -> BTreeSet<String> {
+    store
+        .list_catalog()
+        .await
+        .expect("catalog")
+        .map_ok(|e| e.store_path.basename())
+        .try_collect()
+        .await
+        .expect("catalog entries")
+}
+
+async fn stored(store: &BucketStore) -> BTreeSet<String> {
+    store
+        .list_path_infos()
+        .map_ok(|i| i.store_path.basename())
+        .try_collect()
+        .await
+        .expect("PathInfos")
+}
+
+fn objects_under(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| d.count())
+}
+
+#[tokio::test]
+async fn the_catalog_stays_right_under_two_replicas_deletes_and_gc() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = open_at(dir.path()).await;
+    let b = open_at(dir.path()).await;
+    // Both replicas write at once, 150 paths each.
+    let puts = (0..300u32).map(|i| {
+        let replica = if i % 2 == 0 { a.clone() } else { b.clone() };
+        async move { replica.put_path_info(info(i)).await }
+    });
+    futures::future::try_join_all(puts).await.expect("puts");
+    assert_eq!(stored(&a).await.len(), 300);
+    assert_eq!(listed(&a).await, stored(&a).await);
+    assert_eq!(listed(&b).await, stored(&a).await);
+    // Paths written at once share segments: fewer segments than paths.
+    let segments = objects_under(&dir.path().join("catalog/segments"));
+    assert!(
+        segments < 300,
+        "{segments} segments for 300 concurrent puts"
+    );
+
+    // Deletes on both replicas while the other writes.
+    let deletes = (0..60u32).map(|i| {
+        let replica = if i % 3 == 0 { a.clone() } else { b.clone() };
+        async move {
+            replica
+                .delete_path_info(path(i * 5).digest())
+                .await
+                .map(|_| ())
+        }
+    });
+    let more = (300..340u32).map(|i| {
+        let replica = if i % 2 == 0 { b.clone() } else { a.clone() };
+        async move { replica.put_path_info(info(i)).await }
+    });
+    let (d, m) = futures::join!(
+        futures::future::try_join_all(deletes),
+        futures::future::try_join_all(more)
+    );
+    d.expect("deletes");
+    m.expect("puts");
+    let truth = stored(&a).await;
+    assert_eq!(truth.len(), 340 - 60);
+    assert!(!truth.contains(&path(0).basename()));
+    assert_eq!(listed(&a).await, truth);
+    assert_eq!(listed(&b).await, truth);
+
+    // GC writes a snapshot from its walk; writes after it still show.
+    a.gc(GcOptions::default()).await.expect("gc");
+    b.put_path_info(info(1000)).await.expect("put after gc");
+    a.delete_path_info(path(1).digest())
+        .await
+        .expect("delete after gc");
+    let truth = stored(&a).await;
+    assert!(truth.contains(&path(1000).basename()));
+    assert!(!truth.contains(&path(1).basename()));
+    assert_eq!(listed(&a).await, truth);
+    assert_eq!(listed(&b).await, truth);
+}
+
+#[tokio::test]
+async fn many_loose_segments_are_folded_into_a_snapshot() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open_at(dir.path()).await;
+    // One at a time: a segment each.
+    for i in 0..100 {
+        store.put_path_info(info(i)).await.expect("put");
+    }
+    let snapshots = dir.path().join("catalog/snapshots");
+    // The first listing finds no snapshot and makes one from the walk.
+    assert_eq!(listed(&store).await.len(), 100);
+    assert_eq!(objects_under(&snapshots), 1);
+    for i in 100..200 {
+        store.put_path_info(info(i)).await.expect("put");
+    }
+    // 100 loose segments: this listing folds them.
+    assert_eq!(listed(&store).await, stored(&store).await);
+    assert_eq!(objects_under(&snapshots), 2);
+    // The next reads one snapshot and no loose segment, and agrees.
+    assert_eq!(listed(&store).await.len(), 200);
+    assert_eq!(objects_under(&snapshots), 2);
+}
+
+#[tokio::test]
+async fn a_lost_or_damaged_catalog_is_rebuilt_from_the_path_infos() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open_at(dir.path()).await;
+    for i in 0..20 {
+        store.put_path_info(info(i)).await.expect("put");
+    }
+    let truth = stored(&store).await;
+    assert_eq!(listed(&store).await, truth);
+
+    // Lost: every catalog object deleted.
+    std::fs::remove_dir_all(dir.path().join("catalog")).expect("remove the catalog");
+    assert_eq!(listed(&store).await, truth);
+    assert_eq!(objects_under(&dir.path().join("catalog/snapshots")), 1);
+
+    // Damaged: the newest snapshot overwritten with garbage.
+    let snapshot = std::fs::read_dir(dir.path().join("catalog/snapshots"))
+        .expect("snapshots")
+        .next()
+        .expect("one snapshot")
+        .expect("entry")
+        .path();
+    std::fs::write(&snapshot, b"not a snapshot").expect("damage it");
+    assert_eq!(listed(&store).await, truth);
+
+    // Lost again, then GC: its walk stores a snapshot.
+    std::fs::remove_dir_all(dir.path().join("catalog")).expect("remove the catalog");
+    store.gc(GcOptions::default()).await.expect("gc");
+    assert_eq!(objects_under(&dir.path().join("catalog/snapshots")), 1);
+    assert_eq!(listed(&store).await, truth);
+}
