@@ -782,6 +782,87 @@ async fn spawn_metrics(
     Ok(())
 }
 
+/// How full the mount's caches are, as metrics (`lazix_mount_…_cache_…`).
+fn mount_cache_readings(c: &lazix_fs::CachesSnapshot) -> Vec<Reading> {
+    let r = |name, help, kind, value: u64| Reading {
+        name,
+        help,
+        kind,
+        value: value as f64,
+    };
+    let mut out = vec![
+        r(
+            "mount_memory_cache_bytes",
+            "Bytes of decoded chunks in the memory cache",
+            Kind::Gauge,
+            c.memory.bytes,
+        ),
+        r(
+            "mount_memory_cache_entries",
+            "Decoded chunks in the memory cache",
+            Kind::Gauge,
+            c.memory.entries,
+        ),
+        r(
+            "mount_memory_cache_evictions",
+            "Chunks the memory cache evicted to stay within its size",
+            Kind::Counter,
+            c.memory.evictions,
+        ),
+        r(
+            "mount_pinned_bytes",
+            "Bytes of pinned frames in the disk cache (outside its quota)",
+            Kind::Gauge,
+            c.pinned_bytes,
+        ),
+    ];
+    if let Some(d) = c.disk_frames {
+        out.extend([
+            r(
+                "mount_disk_cache_bytes",
+                "Bytes of frames in the disk cache",
+                Kind::Gauge,
+                d.bytes,
+            ),
+            r(
+                "mount_disk_cache_frames",
+                "Frame files in the disk cache",
+                Kind::Gauge,
+                d.entries,
+            ),
+            r(
+                "mount_disk_cache_evictions",
+                "Frames this mount evicted from the disk cache to stay within its quota",
+                Kind::Counter,
+                d.evictions,
+            ),
+        ]);
+    }
+    if let Some(w) = c.whole_files {
+        out.extend([
+            r(
+                "mount_whole_files_bytes",
+                "Bytes of whole-file copies in the disk cache",
+                Kind::Gauge,
+                w.bytes,
+            ),
+            r(
+                "mount_whole_files",
+                "Whole-file copies in the disk cache",
+                Kind::Gauge,
+                w.entries,
+            ),
+            r(
+                "mount_whole_files_evictions",
+                "Whole-file copies evicted to stay within their quota",
+                Kind::Counter,
+                w.evictions,
+            ),
+        ]);
+    }
+    out
+}
+
 /// The mount's counters as metrics (`lazix_mount_…`).
 fn mount_readings(s: &lazix_fs::StatsSnapshot) -> Vec<Reading> {
     let c = |name, help, value: u64| Reading {
@@ -1395,8 +1476,12 @@ async fn start_mount(
     tracing::info!(mountpoint = %mountpoint.display(), server = %settings.server.server, "lazix mounted");
     if let Some(addr) = settings.metrics {
         let (stats, latency) = (mounted.stats.clone(), mounted.stats.clone());
+        let caches = mounted.caches.clone();
         let metrics = Metrics::with_histograms(
-            vec![Counters::new(move || mount_readings(&stats.snapshot()))],
+            vec![
+                Counters::new(move || mount_readings(&stats.snapshot())),
+                Counters::new(move || mount_cache_readings(&caches.read())),
+            ],
             vec![Histograms::new(move || {
                 let r = latency.fetch_latency.read();
                 vec![HistogramReading {

@@ -133,7 +133,53 @@ fn counters_move_with_pushes_downloads_and_mount_reads() {
         graphed += 1;
     }
     assert!(graphed >= 10, "{graphed}");
+    // How full its memory cache is (no disk cache on this mount).
+    assert!(value(&busy, "lazix_mount_memory_cache_bytes", &[]) >= 1_000_000.0);
+    assert!(value(&busy, "lazix_mount_memory_cache_entries", &[]) >= 1.0);
+    assert_eq!(
+        value(&busy, "lazix_mount_memory_cache_evictions_total", &[]),
+        0.0
+    );
     mount.stop();
+
+    // Caches smaller than the file: sizes stay within their quotas and
+    // evictions are counted, in memory and on disk.
+    let cache = tempfile::tempdir().unwrap();
+    let mport = free_port();
+    let cache_dir = cache.path().to_str().unwrap();
+    let small = Mount::new(
+        &server,
+        &[
+            "--metrics",
+            &format!("127.0.0.1:{mport}"),
+            "--memory-cache-size",
+            "256K",
+            "--cache-dir",
+            cache_dir,
+            "--cache-size",
+            "1M",
+        ],
+    );
+    let murl = format!("http://127.0.0.1:{mport}/metrics");
+    let read = std::fs::read(small.path(&format!("{base}/big"))).unwrap();
+    assert_eq!(read.len(), 2_000_000);
+    let full = scrape(&murl);
+    let memory = value(&full, "lazix_mount_memory_cache_bytes", &[]);
+    assert!(memory > 0.0 && memory <= 256.0 * 1024.0, "{memory}");
+    assert!(value(&full, "lazix_mount_memory_cache_evictions_total", &[]) >= 1.0);
+    let disk = value(&full, "lazix_mount_disk_cache_bytes", &[]);
+    assert!(disk > 0.0 && disk <= 768.0 * 1024.0, "{disk}");
+    assert!(value(&full, "lazix_mount_disk_cache_frames", &[]) >= 1.0);
+    assert!(value(&full, "lazix_mount_disk_cache_evictions_total", &[]) >= 1.0);
+    // `.lazix-stats` says the same.
+    let stats = small.stats();
+    assert!(
+        stats["caches"]["disk_frames"]["evictions"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    small.stop();
     server.stop();
 }
 

@@ -139,6 +139,15 @@ fn nix_copies_a_closure_through_the_proxy_and_a_second_copy_fetches_nothing_upst
         fetched > 400_000,
         "the closure's blob came from upstream: {fetched}"
     );
+    // What came is in its disk cache, within the quota.
+    let (_, body, _) = curl(&[&format!("{}/lazix-stats", proxy.url)]);
+    let stats: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let cached = n(&stats["disk_cache"], "bytes");
+    assert!(
+        cached >= fetched,
+        "{cached} bytes cached of {fetched} fetched"
+    );
+    assert!(n(&stats["disk_cache"], "frames") >= 1);
 
     // The proxy killed: a new one on the same folder has every frame, and
     // a second machine's Nix (a fresh store) fetches nothing upstream.

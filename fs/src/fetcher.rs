@@ -19,7 +19,7 @@ use lazix_castore::read::single_flight::{Claim, SingleFlight, Turn, Waiter};
 use lazix_castore::store::BlobStore;
 use lazix_castore::{B3Digest, StoreError};
 
-use crate::stats::Stats;
+use crate::stats::{CacheUsage, Stats};
 use lazix_castore::disk::DiskCache;
 
 /// Why chunks could not be had. Readers see EIO.
@@ -88,6 +88,8 @@ pub struct ChunkFetcher {
     timeout: Duration,
     /// Disk cache writes started and not finished.
     disk_writes: Arc<std::sync::atomic::AtomicUsize>,
+    /// Chunks the memory cache evicted.
+    memory_evictions: Arc<std::sync::atomic::AtomicU64>,
     /// Counters.
     pub stats: Arc<Stats>,
 }
@@ -101,6 +103,8 @@ impl ChunkFetcher {
         disk: Option<(&std::path::Path, u64)>,
         timeout: Duration,
     ) -> Result<Self, StoreError> {
+        let memory_evictions: Arc<std::sync::atomic::AtomicU64> = Arc::default();
+        let evicted = memory_evictions.clone();
         Ok(Self {
             remote,
             memory: moka::sync::Cache::builder()
@@ -111,6 +115,11 @@ impl ChunkFetcher {
                 // the disk cache.
                 .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .weigher(|_: &B3Digest, b: &Bytes| (b.len() + 64).min(u32::MAX as usize) as u32)
+                .eviction_listener(move |_, _, cause| {
+                    if cause.was_evicted() {
+                        evicted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                })
                 .build_with_hasher(DigestKeyBuildHasher::default()),
             disk: disk
                 .map(|(dir, quota)| DiskCache::open(dir, quota))
@@ -118,8 +127,26 @@ impl ChunkFetcher {
             in_flight: SingleFlight::default(),
             timeout,
             disk_writes: Default::default(),
+            memory_evictions,
             stats: Arc::new(Stats::default()),
         })
+    }
+
+    /// How full the memory cache is.
+    pub fn memory_usage(&self) -> CacheUsage {
+        self.memory.run_pending_tasks();
+        CacheUsage {
+            bytes: self.memory.weighted_size(),
+            entries: self.memory.entry_count(),
+            evictions: self
+                .memory_evictions
+                .load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// How full the disk cache of frames is, if there is one.
+    pub fn disk_usage(&self) -> Option<lazix_castore::disk::DiskCacheUsage> {
+        self.disk.as_ref().map(DiskCache::usage)
     }
 
     /// From the local caches only: memory, then disk (verified; a corrupt

@@ -35,7 +35,7 @@ use crate::fetcher::{ChunkFetcher, DiskCopy, Origin};
 use crate::inodes::{Inodes, ROOT_INO, STATS_INO};
 use crate::profile::{Profile, Recorder};
 use crate::readahead::ReadAhead;
-use crate::stats::Stats;
+use crate::stats::{CacheGauges, Stats};
 use crate::whole_files::{WholeFileWriter, WholeFiles, MIN_WHOLE_FILE};
 
 /// Name of the synthetic stats file in the root (never a store path name:
@@ -756,7 +756,11 @@ impl LazyFs {
     }
 
     fn stats_json(&self) -> Vec<u8> {
-        let mut v = serde_json::to_vec_pretty(&self.fetcher.stats.snapshot()).expect("json");
+        let mut counters =
+            serde_json::to_value(self.fetcher.stats.snapshot()).expect("counters as JSON");
+        let caches = CacheGauges::new(self.fetcher.clone(), self.whole.clone()).read();
+        counters["caches"] = serde_json::to_value(caches).expect("caches as JSON");
+        let mut v = serde_json::to_vec_pretty(&counters).expect("json");
         v.push(b'\n');
         v
     }

@@ -26,7 +26,9 @@ pub use fs::{
     BackingOpener, DirEntry, DirEntryPlus, FsStatistics, KernelCache, LazyFs, MountConfig,
     OpenMode, Opened, TimedAttr, STATS_NAME,
 };
-pub use stats::{LatencyReading, Stats, StatsSnapshot, LATENCY_BOUNDS};
+pub use stats::{
+    CacheGauges, CacheUsage, CachesSnapshot, LatencyReading, Stats, StatsSnapshot, LATENCY_BOUNDS,
+};
 pub use whole_files::{WholeFiles, MIN_WHOLE_FILE};
 
 /// Everything `lazix mount` can be told.
@@ -96,6 +98,8 @@ pub struct Mounted {
     mountpoint: PathBuf,
     /// The mount's counters.
     pub stats: Arc<Stats>,
+    /// How full its caches are.
+    pub caches: CacheGauges,
 }
 
 /// Detaches the mount from the file system tree (lazily: open files keep
@@ -199,6 +203,7 @@ pub fn mount(
         .transpose()
         .map_err(MountError::WholeFiles)?;
     let stats = fetcher.stats.clone();
+    let caches = CacheGauges::new(fetcher.clone(), whole.clone());
     let kernel = Arc::new(fuse::KernelNotifier::default());
     let mut fs = LazyFs::new(rt, store, fetcher, whole, kernel.clone(), opts.fs);
     if let Some(r) = opts.recorder {
@@ -231,6 +236,7 @@ pub fn mount(
         session: Some(session),
         mountpoint: mountpoint.to_path_buf(),
         stats,
+        caches,
     })
 }
 

@@ -94,6 +94,62 @@ impl LatencyHistogram {
     }
 }
 
+/// How full one of the mount's caches is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CacheUsage {
+    /// Bytes held (the quota's weight).
+    pub bytes: u64,
+    /// Entries held (chunks, frame files, whole files).
+    pub entries: u64,
+    /// Entries evicted to stay within the quota since the mount started.
+    pub evictions: u64,
+}
+
+/// How full each of the mount's caches is (`caches` in `.lazix-stats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CachesSnapshot {
+    /// Decoded chunks in memory.
+    pub memory: CacheUsage,
+    /// Frames in the disk cache (none without `--cache-dir`).
+    pub disk_frames: Option<CacheUsage>,
+    /// Bytes of pinned frames (`lazix pin`, outside the quota).
+    pub pinned_bytes: u64,
+    /// Whole-file copies in the disk cache (none without `--cache-dir`).
+    pub whole_files: Option<CacheUsage>,
+}
+
+/// Reads how full the mount's caches are. Cheap to clone.
+#[derive(Clone)]
+pub struct CacheGauges {
+    fetcher: std::sync::Arc<crate::ChunkFetcher>,
+    whole: Option<std::sync::Arc<crate::WholeFiles>>,
+}
+
+impl CacheGauges {
+    /// The gauges of a fetcher's caches and of the whole-file copies.
+    pub fn new(
+        fetcher: std::sync::Arc<crate::ChunkFetcher>,
+        whole: Option<std::sync::Arc<crate::WholeFiles>>,
+    ) -> Self {
+        Self { fetcher, whole }
+    }
+
+    /// How full each cache is now.
+    pub fn read(&self) -> CachesSnapshot {
+        let disk = self.fetcher.disk_usage();
+        CachesSnapshot {
+            memory: self.fetcher.memory_usage(),
+            disk_frames: disk.map(|d| CacheUsage {
+                bytes: d.bytes,
+                entries: d.frames,
+                evictions: d.evictions,
+            }),
+            pinned_bytes: disk.map_or(0, |d| d.pinned_bytes),
+            whole_files: self.whole.as_ref().map(|w| w.usage()),
+        }
+    }
+}
+
 /// A point-in-time copy of [`Stats`], as JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct StatsSnapshot {

@@ -40,6 +40,8 @@ pub struct WholeFiles {
     index: moka::sync::Cache<B3Digest, u64, DigestKeyBuildHasher>,
     /// Copies known good in this process (written here, or hashed).
     verified: Mutex<HashSet<B3Digest, DigestKeyBuildHasher>>,
+    /// Copies evicted to stay within the quota.
+    evictions: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl WholeFiles {
@@ -49,12 +51,15 @@ impl WholeFiles {
         let dir = cache_dir.join("files");
         create_shards(&dir)?;
         let evict_dir = dir.clone();
+        let evictions: Arc<std::sync::atomic::AtomicU64> = Arc::default();
+        let evicted = evictions.clone();
         let index = moka::sync::Cache::builder()
             .max_capacity(quota)
             .eviction_policy(moka::policy::EvictionPolicy::lru())
             .weigher(|_: &B3Digest, size: &u64| (*size).min(u32::MAX as u64) as u32)
             .eviction_listener(move |digest: Arc<B3Digest>, _, cause| {
                 if cause.was_evicted() {
+                    evicted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let _ = std::fs::remove_file(shard_path(&evict_dir, &digest));
                 }
             })
@@ -63,6 +68,7 @@ impl WholeFiles {
             dir,
             index,
             verified: Mutex::default(),
+            evictions,
         });
         for entry in std::fs::read_dir(&files.dir)? {
             let entry = entry?;
@@ -82,6 +88,16 @@ impl WholeFiles {
             }
         }
         Ok(files)
+    }
+
+    /// How full the cache of whole files is.
+    pub fn usage(&self) -> crate::stats::CacheUsage {
+        self.index.run_pending_tasks();
+        crate::stats::CacheUsage {
+            bytes: self.index.weighted_size(),
+            entries: self.index.entry_count(),
+            evictions: self.evictions.load(std::sync::atomic::Ordering::Relaxed),
+        }
     }
 
     /// The copy of a file, opened for reading, if there is a good one.

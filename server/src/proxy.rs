@@ -41,6 +41,8 @@ pub struct ProxyStore {
     pub store: Store,
     /// Frames fetched upstream and answered from disk.
     pub counters: Arc<DiskCounters>,
+    /// The disk cache, for how full it is.
+    disk: DiskCache,
 }
 
 impl ProxyStore {
@@ -53,13 +55,14 @@ impl ProxyStore {
             timeout,
         });
         let store = Store {
-            blobs: disk_frames(bounded.clone(), disk, counters.clone()),
+            blobs: disk_frames(bounded.clone(), disk.clone(), counters.clone()),
             directories: bounded.clone(),
             path_infos: Arc::new(NotHereWhenDown(bounded)),
         };
         Self {
             store: cached(store, CacheConfig::default()),
             counters,
+            disk,
         }
     }
 
@@ -68,6 +71,7 @@ impl ProxyStore {
     pub fn metrics(&self) -> crate::metrics::Counters {
         use crate::metrics::{Kind, Reading};
         let c = self.counters.clone();
+        let disk = self.disk.clone();
         crate::metrics::Counters::new(move || {
             let r = |name, help, value: &std::sync::atomic::AtomicU64| Reading {
                 name,
@@ -75,7 +79,38 @@ impl ProxyStore {
                 kind: Kind::Counter,
                 value: value.load(Ordering::Relaxed) as f64,
             };
+            let usage = disk.usage();
+            let g = |name, help, kind, value: u64| Reading {
+                name,
+                help,
+                kind,
+                value: value as f64,
+            };
             vec![
+                g(
+                    "proxy_disk_cache_bytes",
+                    "Bytes of frames in the disk cache",
+                    Kind::Gauge,
+                    usage.bytes,
+                ),
+                g(
+                    "proxy_disk_cache_frames",
+                    "Frame files in the disk cache",
+                    Kind::Gauge,
+                    usage.frames,
+                ),
+                g(
+                    "proxy_disk_cache_evictions",
+                    "Frames this proxy evicted from the disk cache to stay within its quota",
+                    Kind::Counter,
+                    usage.evictions,
+                ),
+                g(
+                    "proxy_pinned_bytes",
+                    "Bytes of pinned frames in the disk cache (outside its quota)",
+                    Kind::Gauge,
+                    usage.pinned_bytes,
+                ),
                 r(
                     "proxy_upstream_bytes",
                     "Frame bytes fetched from the upstream server",
@@ -98,11 +133,13 @@ impl ProxyStore {
     /// The counters as `/lazix-stats` serves them.
     pub fn stats(&self) -> crate::http::StatsFn {
         let c = self.counters.clone();
+        let disk = self.disk.clone();
         Arc::new(move || {
             serde_json::json!({
                 "upstream_bytes": c.fetched_bytes.load(Ordering::Relaxed),
                 "upstream_frames": c.fetched_frames.load(Ordering::Relaxed),
                 "disk_frames": c.disk_frames.load(Ordering::Relaxed),
+                "disk_cache": disk.usage(),
             })
         })
     }

@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -67,6 +68,21 @@ pub struct DiskCache {
     /// The pinned frames ([`super::pins`]), looked in first; `None` for
     /// the pinned cache itself.
     pinned: Option<Arc<DiskCache>>,
+    /// Frames this process evicted to stay within the quota.
+    evictions: Arc<AtomicU64>,
+}
+
+/// How full a disk cache is, as this process sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DiskCacheUsage {
+    /// Bytes of frame files under the quota.
+    pub bytes: u64,
+    /// Frame files under the quota.
+    pub frames: u64,
+    /// Frames evicted by this process to stay within the quota.
+    pub evictions: u64,
+    /// Bytes of pinned frames (outside the quota).
+    pub pinned_bytes: u64,
 }
 
 #[derive(Default)]
@@ -121,6 +137,8 @@ impl DiskCache {
         let chunks: Arc<Mutex<ChunkMap>> = Arc::default();
         let evict_dir = dir.clone();
         let evict_chunks = chunks.clone();
+        let evictions: Arc<AtomicU64> = Arc::default();
+        let evicted = evictions.clone();
         // Plain LRU: moka's default admission (TinyLFU) turns a new frame
         // away once the quota is full, deleting the file just written, so
         // a full cache would keep old frames and refetch every new one.
@@ -130,6 +148,7 @@ impl DiskCache {
             .weigher(|_: &B3Digest, e: &Arc<Entry>| e.size.min(u32::MAX as u64) as u32)
             .eviction_listener(move |id: Arc<B3Digest>, entry: Arc<Entry>, cause| {
                 if cause.was_evicted() {
+                    evicted.fetch_add(1, Ordering::Relaxed);
                     let _ = std::fs::remove_file(shard_path(&evict_dir, &id));
                     let mut map = evict_chunks.lock().expect("chunk map");
                     for d in entry.members.iter() {
@@ -146,9 +165,24 @@ impl DiskCache {
             chunks,
             scanned: Arc::default(),
             pinned: None,
+            evictions,
         };
         cache.load_existing()?;
         Ok(cache)
+    }
+
+    /// How full the cache is now.
+    pub fn usage(&self) -> DiskCacheUsage {
+        self.frames.run_pending_tasks();
+        DiskCacheUsage {
+            bytes: self.frames.weighted_size(),
+            frames: self.frames.entry_count(),
+            evictions: self.evictions.load(Ordering::Relaxed),
+            pinned_bytes: self.pinned.as_ref().map_or(0, |p| {
+                p.frames.run_pending_tasks();
+                p.frames.weighted_size()
+            }),
+        }
     }
 
     /// Indexes the frame files already on disk (a remount reuses them).

@@ -13,7 +13,7 @@ use crate::B3Digest;
 pub mod frames;
 pub mod pins;
 
-pub use frames::DiskCache;
+pub use frames::{DiskCache, DiskCacheUsage};
 
 /// Creates `dir` and its 256 shard folders.
 pub fn create_shards(dir: &Path) -> std::io::Result<()> {
