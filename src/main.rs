@@ -77,13 +77,19 @@ enum Command {
         policy: GcPolicy,
     },
     /// Print what a store holds: paths, their NAR bytes (logical), distinct
-    /// chunk bytes, stored bytes and objects, and the dedup ratio.
+    /// chunk bytes, stored bytes and objects, and the dedup ratio. Paths
+    /// are counted from the catalog of store paths (a few objects).
     Stats {
         #[command(flatten)]
         location: StoreLocation,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Count paths by reading every PathInfo instead of the catalog of
+        /// store paths (slow on a large store; the catalog is rebuilt by
+        /// `lazix gc` should it drift).
+        #[arg(long)]
+        scan: bool,
     },
     /// Mount the server's store read-only over FUSE; file bytes are fetched
     /// on first access. Runs in the foreground; SIGINT/SIGTERM unmount.
@@ -718,7 +724,11 @@ async fn main() -> Result<()> {
         Command::Compact(location) => compact(location).await,
         Command::Delete { location, paths } => delete(location, &paths).await,
         Command::Gc { location, policy } => gc(location, policy).await,
-        Command::Stats { location, json } => stats(location, json).await,
+        Command::Stats {
+            location,
+            json,
+            scan,
+        } => stats(location, json, scan).await,
         Command::Keygen { name, dir } => keygen(&name, &dir),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "lazix", &mut std::io::stdout());
@@ -997,11 +1007,16 @@ async fn delete(location: StoreLocation, paths: &[String]) -> Result<()> {
 async fn gc(location: StoreLocation, policy: GcPolicy) -> Result<()> {
     let options = policy.options()?;
     let (location, store) = location.open().await?;
+    let before = store.object_requests();
     let r = store
         .gc(options)
         .await
         .with_context(|| format!("collecting garbage in {location}"))?;
     println!("{}", gc_summary(&r));
+    println!(
+        "object requests: {}",
+        store.object_requests().since(&before)
+    );
     Ok(())
 }
 
@@ -1086,6 +1101,45 @@ fn serve_readings(
             ),
         ]);
     }
+    let o = store.object_requests();
+    out.extend([
+        r(
+            "store_object_gets",
+            "Object reads this server made of its store (folder or bucket)",
+            Kind::Counter,
+            o.gets as f64,
+        ),
+        r(
+            "store_object_heads",
+            "Object metadata reads this server made of its store",
+            Kind::Counter,
+            o.heads as f64,
+        ),
+        r(
+            "store_object_puts",
+            "Object writes this server made to its store",
+            Kind::Counter,
+            o.puts as f64,
+        ),
+        r(
+            "store_object_deletes",
+            "Object deletes this server made in its store",
+            Kind::Counter,
+            o.deletes as f64,
+        ),
+        r(
+            "store_object_lists",
+            "Listings this server made of its store",
+            Kind::Counter,
+            o.lists as f64,
+        ),
+        r(
+            "store_objects_listed",
+            "Objects those listings returned",
+            Kind::Counter,
+            o.listed as f64,
+        ),
+    ]);
     let m = store.maintenance_runs();
     out.extend([
         r(
@@ -1180,12 +1234,14 @@ fn serve_readings(
     out
 }
 
-async fn stats(location: StoreLocation, json: bool) -> Result<()> {
+async fn stats(location: StoreLocation, json: bool, scan: bool) -> Result<()> {
     let (location, store) = location.open().await?;
-    let s = store
-        .stats()
-        .await
-        .with_context(|| format!("counting {location}"))?;
+    let s = if scan {
+        store.stats_scan().await
+    } else {
+        store.stats().await
+    }
+    .with_context(|| format!("counting {location}"))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());

@@ -46,9 +46,21 @@ impl Store {
         }
     }
 
-    /// `lazix stats --json`.
+    /// `lazix stats --json`, which must agree with `lazix stats --scan`
+    /// (every PathInfo read instead of the catalog of store paths).
     fn stats(&self) -> serde_json::Value {
-        serde_json::from_slice(&run(self.cmd("stats").arg("--json")).stdout).unwrap()
+        let counted: serde_json::Value =
+            serde_json::from_slice(&run(self.cmd("stats").arg("--json")).stdout).unwrap();
+        let scanned: serde_json::Value =
+            serde_json::from_slice(&run(self.cmd("stats").args(["--json", "--scan"])).stdout)
+                .unwrap();
+        for key in ["paths", "logical_bytes", "chunks", "chunk_bytes"] {
+            assert_eq!(
+                counted[key], scanned[key],
+                "{key}: {counted} against {scanned}"
+            );
+        }
+        counted
     }
 
     /// A `lazix` subcommand that opens the same store directly.

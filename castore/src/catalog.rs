@@ -45,6 +45,8 @@ pub struct CatalogEntry {
     pub store_path: StorePath,
     /// Its root node.
     pub node: Node,
+    /// Its NAR's size (for counts such as `lazix stats`).
+    pub nar_size: u64,
 }
 
 impl CatalogEntry {
@@ -53,6 +55,7 @@ impl CatalogEntry {
         Self {
             store_path: info.store_path.clone(),
             node: info.node.clone(),
+            nar_size: info.nar_size,
         }
     }
 
@@ -62,14 +65,18 @@ impl CatalogEntry {
     }
 
     /// Checks a castore entry (node, and a name that is a store path's
-    /// basename) and returns it as an entry.
-    pub fn from_proto(entry: &cpb::Entry) -> StoreResult<Self> {
+    /// basename) and returns it as an entry of NAR size `nar_size`.
+    pub fn from_proto(entry: &cpb::Entry, nar_size: u64) -> StoreResult<Self> {
         let (name, node) = Node::from_entry(entry)?;
         let name = std::str::from_utf8(&name)
             .map_err(|_| StoreError::Invalid("catalog entry name is not UTF-8".into()))?;
         let store_path = StorePath::from_basename(name)
             .map_err(|e| StoreError::Invalid(format!("catalog entry {name:?}: {e}")))?;
-        Ok(Self { store_path, node })
+        Ok(Self {
+            store_path,
+            node,
+            nar_size,
+        })
     }
 }
 
@@ -79,6 +86,7 @@ pub fn record(digest: &[u8; 20], entry: Option<&CatalogEntry>) -> lpb::CatalogRe
     lpb::CatalogRecord {
         store_path_digest: Bytes::copy_from_slice(digest),
         entry: entry.map(CatalogEntry::to_proto),
+        nar_size: entry.map_or(0, |e| e.nar_size),
     }
 }
 
@@ -115,10 +123,16 @@ impl Catalog {
         }
         let snapshot = lpb::CatalogSnapshot::decode(decoded.as_slice())
             .map_err(|e| StoreError::Corrupt(format!("catalog snapshot: {e}")))?;
+        if snapshot.nar_sizes.len() != snapshot.entries.len() {
+            return Err(StoreError::Corrupt(
+                "catalog snapshot: not one NAR size per entry".into(),
+            ));
+        }
         let entries = snapshot
             .entries
             .iter()
-            .map(CatalogEntry::from_proto)
+            .zip(&snapshot.nar_sizes)
+            .map(|(e, size)| CatalogEntry::from_proto(e, *size))
             .collect::<StoreResult<Vec<_>>>()
             .map_err(|e| StoreError::Corrupt(format!("catalog snapshot: {e}")))?;
         Ok((
@@ -159,9 +173,11 @@ impl Catalog {
     /// The snapshot to store: these entries, including the segments
     /// `folded`.
     pub fn snapshot(&self, folded: Vec<String>) -> StoreResult<Bytes> {
+        let sorted = self.sorted();
         let snapshot = lpb::CatalogSnapshot {
             folded,
-            entries: self.sorted().iter().map(CatalogEntry::to_proto).collect(),
+            entries: sorted.iter().map(CatalogEntry::to_proto).collect(),
+            nar_sizes: sorted.iter().map(|e| e.nar_size).collect(),
         };
         let encoded = zstd::bulk::compress(&snapshot.encode_to_vec(), SNAPSHOT_LEVEL)?;
         Ok(Bytes::from(encoded))
@@ -193,7 +209,7 @@ fn change(r: &lpb::CatalogRecord) -> StoreResult<([u8; 20], Option<CatalogEntry>
     let Some(entry) = &r.entry else {
         return Ok((digest, None));
     };
-    let entry = CatalogEntry::from_proto(entry)
+    let entry = CatalogEntry::from_proto(entry, r.nar_size)
         .map_err(|e| StoreError::Corrupt(format!("catalog record: {e}")))?;
     if *entry.store_path.digest() != digest {
         return Err(StoreError::Corrupt(format!(
@@ -224,6 +240,7 @@ mod tests {
                 size: 1,
                 executable: false,
             },
+            nar_size: 100 + i as u64,
         }
     }
 
@@ -266,6 +283,7 @@ mod tests {
         let bad = lpb::CatalogRecord {
             store_path_digest: Bytes::copy_from_slice(&[1; 20]),
             entry: Some(entry(1).node.to_entry(Bytes::from_static(b"../etc"))),
+            nar_size: 1,
         };
         assert!(c.apply(&segment(vec![bad])).is_err());
         assert!(c.is_empty());

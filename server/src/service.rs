@@ -699,12 +699,14 @@ impl catalog_service_server::CatalogService for StoreService {
             .await
             .map_err(to_status)?;
         let batches = entries.chunks(CATALOG_BATCH).map(|batch| {
-            let entries = batch
+            let batch = batch
                 .into_iter()
-                .map(|e| e.map(|e| e.to_proto()))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(to_status)?;
-            Ok(lpb::ListCatalogResponse { entries })
+            Ok(lpb::ListCatalogResponse {
+                entries: batch.iter().map(|e| e.to_proto()).collect(),
+                nar_sizes: batch.iter().map(|e| e.nar_size).collect(),
+            })
         });
         Ok(Response::new(Box::pin(batches)))
     }

@@ -5,6 +5,7 @@
 //! One struct, [`BucketStore`], its work split by job:
 //! - [`keys`]: where every kind of object lives (the key layout);
 //! - [`objects`]: object I/O (whole writes, durable writes, listings);
+//! - [`counted`]: every object request counted by kind;
 //! - [`pack_catalog`]: the pack table (which pack and frame hold each chunk),
 //!   loaded at open and refreshed when another replica writes;
 //! - [`path_catalog`]: the catalog of store paths (see [`crate::catalog`])
@@ -24,6 +25,7 @@
 
 mod access;
 mod compact;
+mod counted;
 mod durable;
 mod gc;
 mod keys;
@@ -61,6 +63,7 @@ use crate::trust::ChunkListsDigest;
 
 pub use access::ACCESS_MARK_EVERY;
 pub use compact::{compact_when_quiet, CompactReport, COMPACT_LEVEL};
+pub use counted::ObjectRequests;
 pub use gc::{GcOptions, GcReport};
 use keys::path_info_path;
 pub use location::{local_folder, open_object_store};
@@ -109,9 +112,16 @@ pub struct BucketStore {
     runs: runs::MaintenanceRuns,
     /// Catalog changes on their way into a segment.
     catalog_writer: path_catalog::CatalogWriter,
+    /// Requests made of `objects`.
+    requests: Arc<counted::Counters>,
 }
 
 impl BucketStore {
+    /// The requests this store object made of its object store so far.
+    pub fn object_requests(&self) -> ObjectRequests {
+        self.requests.read()
+    }
+
     /// What compactions and collections this store object ran.
     pub fn maintenance_runs(&self) -> MaintenanceReading {
         self.runs.read()
@@ -139,7 +149,13 @@ impl BucketStore {
         objects: Arc<dyn ObjectStore>,
         local_root: Option<std::path::PathBuf>,
     ) -> StoreResult<Arc<Self>> {
+        let requests: Arc<counted::Counters> = Arc::default();
+        let objects: Arc<dyn ObjectStore> = Arc::new(counted::Counted {
+            inner: objects,
+            counters: requests.clone(),
+        });
         let store = Arc::new(Self {
+            requests,
             local_root,
             regzip: std::sync::atomic::AtomicBool::new(true),
             runs: runs::MaintenanceRuns::default(),

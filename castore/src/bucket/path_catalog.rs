@@ -137,8 +137,12 @@ impl BucketStore {
             .try_collect()
             .await?;
         let catalog = Catalog::from_entries(entries);
-        if let Err(e) = self.store_catalog_snapshot(&catalog, folded).await {
-            tracing::warn!(error = %e, "cannot store a catalog snapshot");
+        // An empty store stays without objects: walking it is free.
+        let nothing = catalog.is_empty() && folded.is_empty();
+        if !nothing {
+            if let Err(e) = self.store_catalog_snapshot(&catalog, folded).await {
+                tracing::warn!(error = %e, "cannot store a catalog snapshot");
+            }
         }
         Ok(catalog.into_sorted())
     }

@@ -30,16 +30,33 @@ pub struct StoreStats {
 }
 
 impl BucketStore {
-    /// Counts what the store holds (lists every object once and reads every
-    /// PathInfo).
+    /// Counts what the store holds: paths and NAR bytes from the catalog of
+    /// store paths (a few objects, see [`crate::catalog`]), chunks from the
+    /// pack table, objects from one listing. No PathInfo is read.
     pub async fn stats(&self) -> StoreResult<StoreStats> {
-        self.refresh().await?;
+        let mut stats = StoreStats::default();
+        for entry in self.catalog_entries().await? {
+            stats.paths += 1;
+            stats.logical_bytes += entry.nar_size;
+        }
+        self.count_objects(stats).await
+    }
+
+    /// Counts as [`BucketStore::stats`] does, reading every PathInfo
+    /// instead of the catalog (`lazix stats --scan`).
+    pub async fn stats_scan(&self) -> StoreResult<StoreStats> {
         let mut stats = StoreStats::default();
         let mut infos = self.list_path_infos();
         while let Some(info) = infos.next().await {
             stats.paths += 1;
             stats.logical_bytes += info?.nar_size;
         }
+        self.count_objects(stats).await
+    }
+
+    /// `stats` with chunks and objects counted.
+    async fn count_objects(&self, mut stats: StoreStats) -> StoreResult<StoreStats> {
+        self.refresh().await?;
         (stats.chunks, stats.chunk_bytes) = self.table.read().expect("pack table").chunk_totals();
         for meta in self.list_prefix("").await? {
             stats.objects += 1;
@@ -78,5 +95,6 @@ mod tests {
         assert_eq!((stats.chunks, stats.chunk_bytes), (3, 7 + 8 + 9));
         assert!(stats.objects >= 2 && stats.stored_bytes > 0, "{stats:?}");
         assert_eq!(stats.paths, 0);
+        assert_eq!(store.stats_scan().await.unwrap(), stats);
     }
 }

@@ -656,13 +656,20 @@ impl PathInfoStore for GrpcStore {
             .into_inner()
             .map_err(from_status)
             .map_ok(|batch| {
-                futures::stream::iter(
-                    batch
-                        .entries
-                        .into_iter()
-                        .map(|e| CatalogEntry::from_proto(&e))
-                        .collect::<Vec<_>>(),
-                )
+                let entries: Vec<StoreResult<CatalogEntry>> =
+                    if batch.nar_sizes.len() != batch.entries.len() {
+                        vec![Err(StoreError::Invalid(
+                            "catalog answer: not one NAR size per entry".into(),
+                        ))]
+                    } else {
+                        batch
+                            .entries
+                            .iter()
+                            .zip(&batch.nar_sizes)
+                            .map(|(e, size)| CatalogEntry::from_proto(e, *size))
+                            .collect()
+                    };
+                futures::stream::iter(entries)
             })
             .try_flatten()
             .boxed())
