@@ -70,6 +70,33 @@ NGINX
   nginx_pid=$!
   wait_port "$nport"
 }
+# SeaweedFS (`weed mini`, from LAZIX_WEED or the one install-deps.sh
+# fetched) in $work/weed with every port chosen free and its extras off,
+# bucket `lazix` created: sets $weed_pid (a background job, stopped by the
+# caller's cleanup), $BUCKET (the store location) and the AWS credentials.
+start_weed() {
+  local weed=${LAZIX_WEED:-$HOME/.cache/lazix/seaweedfs/bin/weed} flag code
+  export AWS_ACCESS_KEY_ID=lazix-bench AWS_SECRET_ACCESS_KEY=lazix-bench-secret
+  local s3port; s3port=$(free_port)
+  local ports=()
+  for flag in master.port master.port.grpc filer.port filer.port.grpc volume.port volume.port.grpc admin.port admin.port.grpc; do
+    ports+=("-$flag=$(free_port)")
+  done
+  mkdir -p "$work/weed"
+  "$weed" mini -dir="$work/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 -webdav=false -admin.ui=false \
+    -master.telemetry=false -s3.port.iceberg=0 -s3.port.lance=0 -s3.port="$s3port" "${ports[@]}" \
+    >"$work/weed.log" 2>&1 &
+  weed_pid=$!
+  for _ in $(seq 200); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' --aws-sigv4 aws:amz:us-east-1:s3 \
+      --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" -X PUT "http://127.0.0.1:$s3port/lazix") || true
+    [ "$code" = 200 ] && break
+    sleep 0.3
+  done
+  [ "$code" = 200 ] || { echo "SeaweedFS did not start" >&2; exit 1; }
+  BUCKET="s3://lazix?endpoint=http://127.0.0.1:$s3port&region=us-east-1"
+}
+
 # Seconds since the epoch, with nanoseconds.
 now() { date +%s.%N; }
 # Seconds elapsed since $1 (a `now` value).

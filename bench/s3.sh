@@ -15,9 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 bench_setup --peers
-WEED=${LAZIX_WEED:-$HOME/.cache/lazix/seaweedfs/bin/weed}
 STABLE=${STABLE:-$HOME/.rustup/toolchains/stable-x86_64-unknown-linux-gnu}
-export AWS_ACCESS_KEY_ID=lazix-bench AWS_SECRET_ACCESS_KEY=lazix-bench-secret
 
 work=$(mktemp -d /var/tmp/lazix-s3-bench.XXXXXX)
 pids=()
@@ -30,26 +28,8 @@ trap cleanup EXIT
 
 add_share_and_stable "$work/paths"
 
-# SeaweedFS with every port chosen free and its extras off.
-s3port=$(free_port)
-weed_ports=()
-for flag in master.port master.port.grpc filer.port filer.port.grpc volume.port volume.port.grpc admin.port admin.port.grpc; do
-  weed_ports+=("-$flag=$(free_port)")
-done
-mkdir -p "$work/weed"
-"$WEED" mini -dir="$work/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 -webdav=false -admin.ui=false \
-  -master.telemetry=false -s3.port.iceberg=0 -s3.port.lance=0 -s3.port="$s3port" "${weed_ports[@]}" \
-  >"$work/weed.log" 2>&1 &
-pids+=($!)
-weed_pid=$!
-for _ in $(seq 200); do
-  code=$(curl -s -o /dev/null -w '%{http_code}' --aws-sigv4 aws:amz:us-east-1:s3 \
-    --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" -X PUT "http://127.0.0.1:$s3port/lazix") || true
-  [ "$code" = 200 ] && break
-  sleep 0.3
-done
-[ "$code" = 200 ] || { echo "SeaweedFS did not start" >&2; exit 1; }
-BUCKET="s3://lazix?endpoint=http://127.0.0.1:$s3port&region=us-east-1"
+start_weed
+pids+=("$weed_pid")
 
 # serve STORE_ARGS... ; sets srv_pid, srv_grpc, srv_http
 serve() {

@@ -201,7 +201,7 @@ impl BucketStore {
                 _ => {}
             }
         }
-        let catalog = crate::catalog::Catalog::from_entries(catalog);
+        let catalog = self.catalog_from_walk(catalog, &folded).await?;
         if let Err(e) = self.store_catalog_snapshot(&catalog, folded).await {
             tracing::warn!(error = %e, "cannot store the catalog snapshot");
         }

@@ -23,6 +23,11 @@ use crate::store::PathInfoStore;
 /// Loose segments a listing reads before it folds them into a snapshot.
 const FOLD_AT: usize = 64;
 
+/// Segments a writer stores between two folds of its own (through a
+/// listing), so a server that takes many pushes and serves no listing
+/// leaves few loose segments for the next one.
+const FOLD_EVERY: u64 = 256;
+
 /// How long a snapshot stays newest before the segments it includes and
 /// the snapshots before it are deleted: a listing that picked an older
 /// snapshot has finished by then.
@@ -36,6 +41,8 @@ type Waiter = oneshot::Sender<StoreResult<()>>;
 pub(super) struct CatalogWriter {
     pending: Mutex<Vec<(Vec<lpb::CatalogRecord>, Waiter)>>,
     writing: tokio::sync::Mutex<()>,
+    /// Segments stored by this writer since it last folded.
+    since_fold: std::sync::atomic::AtomicU64,
 }
 
 impl BucketStore {
@@ -51,6 +58,7 @@ impl BucketStore {
             .lock()
             .expect("catalog changes")
             .push((records, done));
+        let mut fold = false;
         {
             let _turn = self.catalog_writer.writing.lock().await;
             let batch =
@@ -61,14 +69,29 @@ impl BucketStore {
                 let result = self
                     .put_durable(&timestamped(CATALOG_SEGMENTS), stored)
                     .await;
+                let since_fold = &self.catalog_writer.since_fold;
+                if result.is_ok()
+                    && since_fold.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+                        >= FOLD_EVERY
+                {
+                    since_fold.store(0, std::sync::atomic::Ordering::Relaxed);
+                    fold = true;
+                }
                 for w in waiters {
                     let _ = w.send(result.as_ref().map(|_| ()).map_err(StoreError::duplicate));
                 }
             }
         }
-        written
+        let written = written
             .await
-            .map_err(|_| StoreError::Unavailable("catalog writer stopped".into()))?
+            .map_err(|_| StoreError::Unavailable("catalog writer stopped".into()))?;
+        if fold {
+            // A listing folds what is loose; its answer is not needed.
+            if let Err(e) = self.catalog_entries().await {
+                tracing::warn!(error = %e, "cannot fold the catalog's segments");
+            }
+        }
+        written
     }
 
     /// Every stored path's entry, sorted by name, from the catalog.
@@ -96,20 +119,8 @@ impl BucketStore {
             .into_iter()
             .filter(|m| !folded.contains(m.location.as_ref()))
             .collect();
-        let locations: Vec<object_store::path::Path> =
-            loose.iter().map(|m| m.location.clone()).collect();
-        let read: Vec<Option<bytes::Bytes>> = stream::iter(locations)
-            .map(|location| async move { self.get_optional(&location).await })
-            .buffered(CONCURRENCY)
-            .try_collect()
-            .await?;
-        for (meta, stored) in loose.iter().zip(read) {
-            // Folded and deleted meanwhile: the newer snapshot has it.
-            let Some(stored) = stored else { continue };
-            if let Err(e) = catalog.apply(&stored) {
-                tracing::warn!(segment = %meta.location, error = %e, "catalog segment skipped");
-            }
-        }
+        let loose: Vec<String> = loose.iter().map(|m| m.location.to_string()).collect();
+        self.apply_segments(&mut catalog, &loose).await?;
         if loose.len() >= FOLD_AT {
             tracing::info!(
                 segments = loose.len(),
@@ -121,6 +132,40 @@ impl BucketStore {
             }
         }
         Ok(catalog.into_sorted())
+    }
+
+    /// Applies the segments `names` (in name order) to `catalog`; one
+    /// gone meanwhile (folded and deleted) or unreadable is skipped.
+    async fn apply_segments(&self, catalog: &mut Catalog, names: &[String]) -> StoreResult<()> {
+        let mut names = names.to_vec();
+        names.sort();
+        let read: Vec<Option<bytes::Bytes>> = stream::iter(names.clone())
+            .map(|name| async move { self.get_optional(&name.as_str().into()).await })
+            .buffered(CONCURRENCY)
+            .try_collect()
+            .await?;
+        for (name, stored) in names.iter().zip(read) {
+            let Some(stored) = stored else { continue };
+            if let Err(e) = catalog.apply(&stored) {
+                tracing::warn!(segment = %name, error = %e, "catalog segment skipped");
+            }
+        }
+        Ok(())
+    }
+
+    /// The catalog from a walk of every PathInfo that started after the
+    /// segments `folded` were listed, those segments applied on top: a
+    /// path whose segment was stored but whose PathInfo was not yet when
+    /// the walk passed is kept, and a removal recorded in them still
+    /// counts.
+    pub(super) async fn catalog_from_walk(
+        &self,
+        walked: Vec<CatalogEntry>,
+        folded: &[String],
+    ) -> StoreResult<Catalog> {
+        let mut catalog = Catalog::from_entries(walked);
+        self.apply_segments(&mut catalog, folded).await?;
+        Ok(catalog)
     }
 
     /// The catalog made anew from every PathInfo (a lost or damaged
@@ -136,7 +181,7 @@ impl BucketStore {
             .map_ok(|info| CatalogEntry::of(&info))
             .try_collect()
             .await?;
-        let catalog = Catalog::from_entries(entries);
+        let catalog = self.catalog_from_walk(entries, &folded).await?;
         // An empty store stays without objects: walking it is free.
         let nothing = catalog.is_empty() && folded.is_empty();
         if !nothing {
