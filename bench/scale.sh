@@ -2,63 +2,91 @@
 # How lazix's costs grow with the store: synthetic stores of SIZES paths
 # (default "1000 10000 100000"; `lazix-bench synth`, 20 files of 2 KiB per
 # path, a quarter shared, a 1 MiB file every 50 paths, references to
-# earlier paths) on the folder backend. Per size:
+# earlier paths) on the folder backend, or on SeaweedFS with BACKEND=s3.
+# Per size:
 #   - synth: seconds to write the store through the store API;
+#   - server start: seconds from `lazix serve` to its ports answering
+#     (it reads every pack index);
 #   - narinfo: one path's narinfo over HTTP, median of 20 (ms);
-#   - ls root: `ls` of the mount's root, a fresh mount (s), and how many
-#     PathInfo objects the server opened for it (strace of its openat);
+#   - ls root: `ls` of the mount's root through a fresh mount (s), and the
+#     object requests the server made for it (gets, and listings with the
+#     objects they returned), from its lazix_store_object_* metrics;
 #   - cold NAR: `lazix nar` of a fixed path from a fresh server (s);
-#   - stats: `lazix stats` (s);
+#   - stats: `lazix stats` (from the catalog) and `lazix stats --scan`
+#     (every PathInfo read), s;
 #   - gc: `lazix gc --grace 0` after deleting 10% of the paths (s, peak
-#     RSS from /usr/bin/time).
+#     RSS from /usr/bin/time, object gets it printed).
 #
-#   bash bench/scale.sh            # SIZES="1000 10000" for a quick run
+#   bash bench/scale.sh                 # SIZES="1000 10000" for a quick run
+#   BACKEND=s3 bash bench/scale.sh      # the same on SeaweedFS
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 bench_setup
-command -v strace >/dev/null || apt-get install -y -q strace >&2
 [ -x /usr/bin/time ] || apt-get install -y -q time >&2
 cargo build --release --locked -p lazix-bench >&2
 SYNTH=$PWD/target/release/lazix-bench
 SIZES=${SIZES:-"1000 10000 100000"}
+BACKEND=${BACKEND:-folder}
 bench_workdir scale-bench
 mnt=$work/mnt; mkdir -p "$mnt"
 
-serve_on() { # store -> $spid $gport $hport
+# fresh_store N: a new empty store for size N; sets $loc (what synth
+# takes) and $where (the store flags of lazix's commands).
+fresh_store() {
+  if [ "$BACKEND" = s3 ]; then
+    [ -n "${weed_pid:-}" ] && { kill "$weed_pid"; wait "$weed_pid" 2>/dev/null || true; rm -rf "$work/weed"; }
+    start_weed
+    loc=$BUCKET; where=(--store "$BUCKET")
+  else
+    loc=$work/store-$1; where=(--data "$loc")
+  fi
+}
+serve_on() { # -> $spid $gport $hport $start_s (seconds until it listened)
   gport=$(free_port); hport=$(free_port)
-  "$LAZIX" serve --data "$1" --grpc "127.0.0.1:$gport" --http "127.0.0.1:$hport" \
+  local t; t=$(now)
+  "$LAZIX" serve "${where[@]}" --grpc "127.0.0.1:$gport" --http "127.0.0.1:$hport" \
     --compact-after 0 --stats-every 0 2>>"$work/serve.log" &
   spid=$!
+  # Opening a large store (every pack index read) takes a while.
+  for _ in $(seq 3000); do
+    (echo >/dev/tcp/127.0.0.1/$hport) 2>/dev/null && break
+    kill -0 "$spid" 2>/dev/null || { tail -20 "$work/serve.log" >&2; exit 1; }
+    sleep 0.1
+  done
   wait_port "$gport"; wait_port "$hport"
+  start_s=$(since "$t")
 }
 stop_serve() { kill "$spid"; wait "$spid" 2>/dev/null || true; }
 ms_median() { sort -g | awk '{a[NR]=$1} END {printf "%.2f", a[int((NR+1)/2)] * 1000}'; }
+# metric NAME: the server's value of lazix_NAME now.
+metric() { curl -s "http://127.0.0.1:$hport/metrics" | awk -v m="lazix_$1" '$1 == m {printf "%d\n", $2}'; }
 
 rows=()
 for n in $SIZES; do
-  store=$work/store-$n
-  echo "synthesising $n paths" >&2
+  fresh_store "$n"
+  echo "synthesising $n paths ($BACKEND)" >&2
   t=$(now)
-  "$SYNTH" synth --store "$store" --paths "$n" >&2
+  "$SYNTH" synth --store "$loc" --paths "$n" >&2
   synth_s=$(since "$t")
   fixed=$("$SYNTH" synth-path 1 $((n / 2)))
   hash=$(basename "$fixed" | cut -c1-32)
 
-  serve_on "$store"
+  serve_on
+  open_s=$start_s
   narinfo_ms=$(for _ in $(seq 20); do
     curl -s -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:$hport/$hash.narinfo"
   done | ms_median)
   stop_serve
 
-  # Root listing through a fresh mount, counting PathInfo opens.
-  serve_on "$store"
+  # Root listing through a fresh mount, counting the server's object
+  # requests.
+  serve_on
   "$LAZIX" mount --server "grpc://127.0.0.1:$gport" "$mnt" 2>>"$work/mount.log" &
   mpid=$!
   wait_mount "$mnt"
-  strace -f -qq -e trace=openat -o "$work/strace-$n.txt" -p "$spid" &
-  strace_pid=$!
   sleep 1
+  g0=$(metric store_object_gets_total); l0=$(metric store_object_lists_total); o0=$(metric store_objects_listed_total)
   t=$(now)
   # A listing can fail (EIO: the server did not finish within the
   # mount's --timeout): reported as such.
@@ -68,40 +96,44 @@ for n in $SIZES; do
     listed="EIO"
   fi
   ls_s=$(since "$t")
-  kill "$strace_pid"; wait "$strace_pid" 2>/dev/null || true
-  reads=$(grep -c '/pathinfo/' "$work/strace-$n.txt" || true)
+  gets=$(( $(metric store_object_gets_total) - g0 ))
+  lists="$(( $(metric store_object_lists_total) - l0 )) ($(( $(metric store_objects_listed_total) - o0 )) objects)"
   kill "$mpid"; wait "$mpid" 2>/dev/null || true
   stop_serve
 
   # A cold NAR of a fixed path from a fresh server.
   sync; echo 3 >/proc/sys/vm/drop_caches
-  serve_on "$store"
+  serve_on
   t=$(now)
   "$LAZIX" nar --server "grpc://127.0.0.1:$gport" "$fixed" >/dev/null
   nar_s=$(since "$t")
   stop_serve
 
   t=$(now)
-  "$LAZIX" stats --data "$store" >/dev/null
+  "$LAZIX" stats "${where[@]}" >/dev/null
   stats_s=$(since "$t")
+  t=$(now)
+  "$LAZIX" stats "${where[@]}" --scan >/dev/null
+  scan_s=$(since "$t")
 
   # GC after deleting every tenth path.
   for i in $(seq 0 10 $((n - 1))); do "$SYNTH" synth-path 1 "$i"; done >"$work/delete-$n.txt"
-  xargs -a "$work/delete-$n.txt" -n 5000 "$LAZIX" delete --data "$store" >/dev/null 2>&1
+  xargs -a "$work/delete-$n.txt" -n 5000 "$LAZIX" delete "${where[@]}" >/dev/null 2>&1
   t=$(now)
-  /usr/bin/time -f '%M' -o "$work/gc-rss-$n.txt" "$LAZIX" gc --data "$store" --grace 0 >/dev/null 2>&1
+  /usr/bin/time -f '%M' -o "$work/gc-rss-$n.txt" "$LAZIX" gc "${where[@]}" --grace 0 >"$work/gc-$n.txt" 2>&1
   gc_s=$(since "$t")
   gc_mib=$(awk '{printf "%.0f", $1 / 1024}' "$work/gc-rss-$n.txt")
-  du_mib=$(du -sm "$store" | cut -f1)
+  gc_gets=$(sed -n 's/^object requests: \([0-9]*\) gets.*/\1/p' "$work/gc-$n.txt")
+  if [ "$BACKEND" = s3 ]; then size_mib=$(du -sm "$work/weed" | cut -f1); else size_mib=$(du -sm "$loc" | cut -f1); fi
 
-  rows+=("| $n | $synth_s | $du_mib | $narinfo_ms | $ls_s ($listed) | $reads | $nar_s | $stats_s | $gc_s | $gc_mib |")
+  rows+=("| $n | $synth_s | $size_mib | $open_s | $narinfo_ms | $ls_s ($listed) | $gets | $lists | $nar_s | $stats_s | $scan_s | $gc_s | $gc_mib | $gc_gets |")
   printf '%s\n' "${rows[-1]}" >&2
-  rm -rf "$store"
+  [ "$BACKEND" = s3 ] || rm -rf "$loc"
 done
 
 echo
-echo "Synthetic stores on the folder backend (20 files of 2 KiB per path, a 1 MiB file every 50 paths):"
+echo "Synthetic stores on the $BACKEND backend (20 files of 2 KiB per path, a 1 MiB file every 50 paths):"
 echo
-echo "| paths | synth s | store MiB | narinfo ms (median of 20) | ls of the mount's root, s | PathInfo objects read by that listing | cold NAR s | stats s | gc s (10% deleted) | gc peak MiB |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
+echo "| paths | synth s | store MiB | server start s | narinfo ms (median of 20) | ls of the mount's root, s | object gets for that listing | listings (objects listed) | cold NAR s | stats s | stats --scan s | gc s (10% deleted) | gc peak MiB | gc object gets |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"

@@ -63,16 +63,7 @@ fn genuine(srv: &Server, salt: &str) -> Genuine {
 impl Genuine {
     fn assert_served(&self, srv: &Server) {
         assert_eq!(lazix_nar(srv, &self.path), self.nar, "gRPC render");
-        let hash = &self.path.trim_start_matches("/nix/store/")[..32];
-        let (status, body, _) = curl(&[&format!("{}/{hash}.narinfo", srv.http)]);
-        assert_eq!(status, 200);
-        let text = String::from_utf8(body).unwrap();
-        let url = text
-            .lines()
-            .find_map(|l| l.strip_prefix("URL: "))
-            .unwrap()
-            .to_string();
-        let (status, nar, _) = curl(&[&format!("{}/{url}", srv.http)]);
+        let (status, nar, _) = curl(&[&nar_url(&srv.http, &self.path)]);
         assert_eq!(status, 200);
         assert!(nar == self.nar, "HTTP NAR differs");
     }

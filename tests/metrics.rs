@@ -43,14 +43,7 @@ fn counters_move_with_pushes_downloads_and_mount_reads() {
     let before = scrape(&metrics);
     lazix_push(&server, &[&path]);
     let base = path.trim_start_matches("/nix/store/");
-    let (status, info, _) = curl(&["-sS", &format!("{http}/{}.narinfo", &base[..32])]);
-    assert_eq!(status, 200);
-    let url = String::from_utf8(info)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("URL: ").map(str::to_string))
-        .unwrap();
-    let (status, nar, _) = curl(&["-sS", &format!("{http}/{url}")]);
+    let (status, nar, _) = curl(&["-sS", &nar_url(http, &path)]);
     assert_eq!(status, 200);
     assert_eq!(nar, nix_dump(&path));
 

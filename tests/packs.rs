@@ -100,21 +100,10 @@ fn a_corrupt_frame_is_an_error_on_the_shim_never_wrong_bytes() {
     std::fs::write(tree.join("small"), b"fine\n").unwrap();
     let path = add_path(&tree);
     lazix_push(&server, &[&path]);
-    let hash = basename(&path)[..32].to_string();
-    let narinfo = Command::new("curl")
-        .args(["-sf", &format!("{}/{hash}.narinfo", server.http)])
-        .output()
-        .unwrap();
-    let narinfo = String::from_utf8(narinfo.stdout).unwrap();
-    let url = narinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("URL: "))
-        .unwrap()
-        .to_string();
+    let nar_url = nar_url(&server.http, &path);
 
     assert!(server.corrupt_frames(|raw| raw.windows(64).any(|w| w == &big[..64])) > 0);
     server.restart(); // no caches
-    let nar_url = format!("{}/{url}", server.http);
     let out = Command::new("curl")
         .args(["-s", "-o", "-", "-w", "%{http_code}", &nar_url])
         .output()

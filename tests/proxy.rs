@@ -192,17 +192,7 @@ fn concurrent_requests_for_one_nar_fetch_its_frames_once() {
     std::fs::write(tree.join("big"), pseudo_random(6 << 20, 53)).unwrap();
     let path = add_path(&tree);
     lazix_push(&upstream, &[&path]);
-    let hash = &path.trim_start_matches("/nix/store/")[..32];
-    let nar_url = |proxy: &Proxy| {
-        let (_, narinfo, _) = curl(&[&format!("{}/{hash}.narinfo", proxy.url)]);
-        let narinfo = String::from_utf8(narinfo).unwrap();
-        let url = narinfo
-            .lines()
-            .find_map(|l| l.strip_prefix("URL: "))
-            .unwrap()
-            .to_string();
-        format!("{}/{url}", proxy.url)
-    };
+    let nar_url = |proxy: &Proxy| nar_url(&proxy.url, &path);
     // One reader alone, through one proxy.
     let alone = Proxy::start(&upstream, &dir.path().join("cache-1"));
     let (status, body, _) = curl(&[&nar_url(&alone)]);

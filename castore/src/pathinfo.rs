@@ -107,6 +107,23 @@ fn signatures_from_proto(sigs: &[pb::nar_info::Signature]) -> Result<Vec<Signatu
 }
 
 impl PathInfo {
+    /// `store_path` with root `node` and nothing else known yet: no
+    /// references, NAR hash or size, signatures, deriver or content
+    /// address (set the fields that are known).
+    pub fn of_root(store_path: StorePath, node: Node) -> Self {
+        Self {
+            store_path,
+            node,
+            references: vec![],
+            nar_size: 0,
+            nar_sha256: [0; 32],
+            signatures: vec![],
+            root_signatures: vec![],
+            deriver: None,
+            ca: None,
+        }
+    }
+
     /// Converts to the snix-compatible message.
     pub fn to_proto(&self) -> pb::PathInfo {
         pb::PathInfo {

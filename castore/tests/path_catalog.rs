@@ -26,19 +26,8 @@ fn path(i: u32) -> StorePath {
 
 /// A path whose root is a symlink: stored without any data.
 fn info(i: u32) -> PathInfo {
-    PathInfo {
-        store_path: path(i),
-        node: Node::Symlink {
-            target: format!("target-{i}").into(),
-        },
-        references: vec![],
-        nar_size: 0,
-        nar_sha256: [0; 32],
-        signatures: vec![],
-        root_signatures: vec![],
-        deriver: None,
-        ca: None,
-    }
+    let target = format!("target-{i}").into();
+    PathInfo::of_root(path(i), Node::Symlink { target })
 }
 
 async fn listed(store: &BucketStore) -> BTreeSet<String> {

@@ -465,17 +465,8 @@ async fn path_info_service_put_get_list_calculate() {
     let dir = b.build().unwrap();
     let node = dir_node(&dir);
     let path = StorePath::parse("xbnh8n8j0jl1ws9l2aqqm0qs4bi41l82-grpc-test").unwrap();
-    let mut info = PathInfo {
-        store_path: path.clone(),
-        node: node.clone(),
-        references: vec![path.clone()],
-        nar_size: 0,
-        nar_sha256: [0; 32],
-        signatures: vec![],
-        root_signatures: vec![],
-        deriver: None,
-        ca: None,
-    };
+    let mut info = PathInfo::of_root(path.clone(), node.clone());
+    info.references = vec![path.clone()];
     // Root not stored yet: refused.
     let err = store
         .path_infos

@@ -387,6 +387,20 @@ pub fn lazix_nar(server: &Server, path: &str) -> Vec<u8> {
     run(server.client("nar").arg(path)).stdout
 }
 
+/// The full URL of `store_path`'s NAR on the binary cache at `base`
+/// (`http://HOST:PORT`), from its narinfo (which must answer 200).
+pub fn nar_url(base: &str, store_path: &str) -> String {
+    let hash = &store_path.trim_start_matches("/nix/store/")[..32];
+    let (status, narinfo, _) = curl(&[&format!("{base}/{hash}.narinfo")]);
+    assert_eq!(status, 200, "{hash}.narinfo");
+    let narinfo = String::from_utf8(narinfo).unwrap();
+    let url = narinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .expect("a URL line");
+    format!("{base}/{url}")
+}
+
 /// The counter `key` of a JSON report (push, stats, mount counters).
 pub fn n(v: &serde_json::Value, key: &str) -> u64 {
     v[key]

@@ -121,10 +121,10 @@ impl BucketStore {
 
     /// Rewrites a pack with only its live chunks (garbage collection);
     /// returns the bytes of the pack written instead.
-    pub(crate) async fn repack_live(
+    pub(super) async fn repack_live(
         &self,
         id: &str,
-        live: &std::collections::HashSet<B3Digest>,
+        live: &super::mark_set::MarkSet,
     ) -> StoreResult<u64> {
         let mut r = CompactReport::default();
         self.compact_pack(id, &mut r, &|d| live.contains(d)).await?;

@@ -20,6 +20,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::PutPayload;
 
 use super::keys::{index_path, pack_path, path_info_path, touch_path, MANIFESTS, PACKS, TOUCHED};
+use super::mark_set::MarkSet;
 use super::{object_err, BucketStore};
 use crate::digest::B3Digest;
 use crate::error::{StoreError, StoreResult};
@@ -71,14 +72,17 @@ pub struct GcReport {
     pub bytes_freed: u64,
 }
 
+/// PathInfos walked between two progress lines while marking.
+const MARK_PROGRESS_EVERY: u64 = 10_000;
+
 /// What marking found live.
 #[derive(Default)]
 struct Live {
     /// Hash parts (nixbase32) of the PathInfos found.
     paths: HashSet<String>,
-    directories: HashSet<B3Digest>,
-    blobs: HashSet<B3Digest>,
-    chunks: HashSet<B3Digest>,
+    directories: MarkSet,
+    blobs: MarkSet,
+    chunks: MarkSet,
 }
 
 impl BucketStore {
@@ -142,6 +146,11 @@ impl BucketStore {
         }
         let live = self.mark(cutoff, &mut report).await?;
         report.live_chunks = live.chunks.len() as u64;
+        tracing::info!(
+            paths = report.paths,
+            live_chunks = report.live_chunks,
+            "marked; sweeping"
+        );
         // Marking a large store takes long: if another process took the
         // lock over meanwhile (this one taken for dead), delete nothing.
         if lock.lost() {
@@ -166,6 +175,7 @@ impl BucketStore {
         // Uploads that started relying on old chunks while we marked.
         let mut live_chunks = live.chunks;
         live_chunks.extend(self.touched_since(started).await?);
+        live_chunks.seal();
         self.sweep_packs(&live_chunks, cutoff, opts.repack_below, &mut report)
             .await?;
         // Old touch marks have done their job.
@@ -184,9 +194,17 @@ impl BucketStore {
         let folded = self.catalog_segment_names().await?;
         let mut catalog = Vec::new();
         let mut infos = self.list_path_infos();
+        let walk_started = std::time::Instant::now();
         while let Some(info) = infos.next().await {
             let info = info?;
             report.paths += 1;
+            if report.paths.is_multiple_of(MARK_PROGRESS_EVERY) {
+                tracing::info!(
+                    paths = report.paths,
+                    seconds = walk_started.elapsed().as_secs(),
+                    "marking"
+                );
+            }
             live.paths.insert(info.store_path.hash_part());
             catalog.push(crate::catalog::CatalogEntry::of(&info));
             match info.node {
@@ -211,20 +229,21 @@ impl BucketStore {
         live.blobs.extend(made_of.listed);
         // What uploads in progress rely on.
         for d in self.touched_since(cutoff).await? {
-            live.chunks.insert(d);
-            live.directories.insert(d);
-            live.blobs.insert(d);
+            live.chunks.insert(&d);
+            live.directories.insert(&d);
+            live.blobs.insert(&d);
         }
         // Bases of live delta frames stay.
-        let table = self.table.read().expect("pack table");
-        let bases: Vec<B3Digest> = live
-            .chunks
-            .iter()
-            .filter_map(|d| table.locate(d))
-            .flat_map(|l| l.base.iter().map(|b| b.digest).collect::<Vec<_>>())
-            .collect();
-        drop(table);
+        live.chunks.seal();
+        let bases = self
+            .table
+            .read()
+            .expect("pack table")
+            .bases_of_live(|d| live.chunks.contains(d));
         live.chunks.extend(bases);
+        for set in [&mut live.chunks, &mut live.directories, &mut live.blobs] {
+            set.seal();
+        }
         Ok(live)
     }
 
@@ -261,7 +280,7 @@ impl BucketStore {
     async fn sweep_digests(
         &self,
         kind: &str,
-        keep: &HashSet<B3Digest>,
+        keep: &MarkSet,
         cutoff: SystemTime,
     ) -> StoreResult<(u64, u64)> {
         self.sweep_prefix(kind, cutoff, |name| {
@@ -296,7 +315,7 @@ impl BucketStore {
 
     async fn sweep_packs(
         &self,
-        live: &HashSet<B3Digest>,
+        live: &MarkSet,
         cutoff: SystemTime,
         repack_below: f64,
         report: &mut GcReport,

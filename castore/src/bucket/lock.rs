@@ -185,10 +185,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_held_lock_is_renewed_and_a_released_one_stays_gone() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = BucketStore::open(dir.path().to_str().unwrap())
-            .await
-            .unwrap();
+        let (_dir, store) = crate::testutil::temp_bucket().await;
         let every = Duration::from_millis(50);
         let lock = store.lock_maintenance_renewing(every).await.unwrap();
         let first = modified(&store).await.unwrap();
@@ -207,10 +204,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lock_taken_over_is_not_renewed_nor_deleted_by_its_old_holder() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = BucketStore::open(dir.path().to_str().unwrap())
-            .await
-            .unwrap();
+        let (_dir, store) = crate::testutil::temp_bucket().await;
         let every = Duration::from_millis(50);
         let lock = store.lock_maintenance_renewing(every).await.unwrap();
         // Another process broke it and holds it now.

@@ -15,8 +15,8 @@
 //!   readers that verify root signatures;
 //! - [`writes`]: uploads checked before they become visible, and packs
 //!   written and deleted;
-//! - [`compact`], [`gc`], [`access`], [`lock`], [`stats`]: maintenance,
-//!   [`runs`] counting it.
+//! - [`compact`], [`gc`] (its live sets compact in [`mark_set`]),
+//!   [`access`], [`lock`], [`stats`]: maintenance, [`runs`] counting it.
 //!
 //! The pack indexes are loaded into memory at open; a lookup that misses
 //! re-lists `packs/` (at most every [`REFRESH_INTERVAL`], waiting for the
@@ -32,6 +32,7 @@ mod keys;
 mod location;
 mod lock;
 mod manifests;
+mod mark_set;
 mod objects;
 mod pack_catalog;
 mod packs;

@@ -201,6 +201,16 @@ impl PackTable {
             .filter(|d| self.by_chunk.get(d).is_some_and(|l| l.base.is_empty()))
     }
 
+    /// The bases of every delta frame holding a chunk `live` says is
+    /// live (each frame's bases once per live chunk it holds).
+    pub fn bases_of_live(&self, live: impl Fn(&B3Digest) -> bool) -> Vec<B3Digest> {
+        self.by_chunk
+            .iter()
+            .filter(|(d, l)| !l.base.is_empty() && live(d))
+            .flat_map(|(_, l)| l.base.iter().map(|b| b.digest))
+            .collect()
+    }
+
     /// Chunks indexed.
     pub fn chunk_count(&self) -> usize {
         self.by_chunk.len()

@@ -47,7 +47,9 @@ pub(super) struct CatalogWriter {
 
 impl BucketStore {
     /// Stores `records` in a catalog segment; returns once one holding
-    /// them is durable. Tasks recording at once share a segment.
+    /// them is written (durable once the caller syncs, see
+    /// [`BucketStore::sync_written`]). Tasks recording at once share a
+    /// segment.
     pub(super) async fn record_in_catalog(
         &self,
         records: Vec<lpb::CatalogRecord>,
@@ -66,9 +68,10 @@ impl BucketStore {
             if !batch.is_empty() {
                 let (records, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
                 let stored = segment(records.into_iter().flatten().collect());
-                let result = self
-                    .put_durable(&timestamped(CATALOG_SEGMENTS), stored)
-                    .await;
+                // Not synced here: a PathInfo written after it syncs first
+                // (a removal's segment may be lost in a crash; GC's
+                // snapshot puts that right).
+                let result = self.put(&timestamped(CATALOG_SEGMENTS), stored).await;
                 let since_fold = &self.catalog_writer.since_fold;
                 if result.is_ok()
                     && since_fold.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1

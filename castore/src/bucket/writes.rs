@@ -427,15 +427,17 @@ impl BucketStore {
                 None => return Ok(()), // nothing new
             },
         };
-        self.sync_written().await?;
         // Listed before stored: a failure between the two leaves a name
         // whose lookup finds nothing, never a stored path no listing shows.
+        // The sync below makes the segment durable with everything else
+        // the PathInfo relies on.
         let entry = crate::catalog::CatalogEntry::of(&info);
         self.record_in_catalog(vec![crate::catalog::record(
             info.store_path.digest(),
             Some(&entry),
         )])
         .await?;
+        self.sync_written().await?;
         let root = match info.node {
             Node::Directory { digest, .. } => Some(digest),
             _ => None,

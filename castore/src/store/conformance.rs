@@ -451,17 +451,11 @@ async fn path_infos(store: &Store, seed: u64, root: Directory) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bucket::BucketStore;
     use crate::store::{cached, decoded_chunks, CacheConfig};
 
     async fn folder() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::from_backend(
-            BucketStore::open(dir.path().to_str().unwrap())
-                .await
-                .unwrap(),
-        );
-        (dir, store)
+        let (dir, bucket) = crate::testutil::temp_bucket().await;
+        (dir, Store::from_backend(bucket))
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -99,20 +99,13 @@ mod tests {
         async fn get_path_info(&self, digest: &[u8; 20]) -> StoreResult<Option<PathInfo>> {
             self.asked.fetch_add(1, Ordering::Relaxed);
             let i = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"));
-            Ok(Some(PathInfo {
-                store_path: chain_path(i),
-                node: Node::Symlink { target: "x".into() },
-                references: (i + 1..=i + 2)
-                    .filter(|r| self.end.is_none_or(|end| *r <= end))
-                    .map(chain_path)
-                    .collect(),
-                nar_size: 0,
-                nar_sha256: [0; 32],
-                signatures: vec![],
-                root_signatures: vec![],
-                deriver: None,
-                ca: None,
-            }))
+            let target = "x".into();
+            let mut info = PathInfo::of_root(chain_path(i), Node::Symlink { target });
+            info.references = (i + 1..=i + 2)
+                .filter(|r| self.end.is_none_or(|end| *r <= end))
+                .map(chain_path)
+                .collect();
+            Ok(Some(info))
         }
         async fn put_path_info(&self, _info: PathInfo) -> StoreResult<()> {
             Err(StoreError::Invalid("read only".into()))
@@ -123,10 +116,7 @@ mod tests {
     }
 
     async fn store_of(chain: Arc<Chain>) -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let bucket = crate::bucket::BucketStore::open(dir.path().to_str().expect("utf-8"))
-            .await
-            .expect("bucket");
+        let (dir, bucket) = crate::testutil::temp_bucket().await;
         let mut store = Store::from_backend(bucket);
         store.path_infos = chain;
         (dir, store)

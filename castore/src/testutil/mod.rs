@@ -64,3 +64,16 @@ pub fn frame_of(chunks: &[&[u8]]) -> crate::frame::Frame {
 mod slow_store;
 
 pub use slow_store::SlowStore;
+
+/// An empty store in a new temporary folder (removed when the folder is
+/// dropped).
+pub async fn temp_bucket() -> (
+    tempfile::TempDir,
+    std::sync::Arc<crate::bucket::BucketStore>,
+) {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let store = crate::bucket::BucketStore::open(dir.path().to_str().expect("UTF-8 path"))
+        .await
+        .expect("a store in a temporary folder");
+    (dir, store)
+}
