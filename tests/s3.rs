@@ -70,7 +70,30 @@ fn two_replicas_on_one_bucket_act_as_one_store() {
     let name = uploaded.rsplit('/').next().unwrap();
     let dumped = run(nix_cmd("nix-store").arg("--dump").arg(mount.path(name))).stdout;
     assert!(dumped == nix_dump(&uploaded));
+    // Its root lists every path either replica took (the catalog of
+    // store paths, written by both).
+    let basenames = |paths: &[String]| -> std::collections::BTreeSet<String> {
+        paths
+            .iter()
+            .map(|p| p.rsplit('/').next().unwrap().to_string())
+            .collect()
+    };
+    let root_of = |mount: &Mount| -> std::collections::BTreeSet<String> {
+        std::fs::read_dir(mount.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| !n.starts_with('.'))
+            .collect()
+    };
+    assert_eq!(root_of(&mount), basenames(&all));
     mount.stop();
+    // A path deleted through A leaves the listing of a mount from B.
+    run(weed.lazix("delete").arg(&uploaded));
+    let mount = Mount::new(&b, &[]);
+    let kept: Vec<String> = all.iter().filter(|p| **p != uploaded).cloned().collect();
+    assert_eq!(root_of(&mount), basenames(&kept));
+    mount.stop();
+    all = kept;
 
     // Both replicas restarted: everything is still there, on either.
     a.restart();

@@ -115,26 +115,26 @@ async fn the_catalog_stays_right_under_two_replicas_deletes_and_gc() {
 }
 
 #[tokio::test]
-async fn many_loose_segments_are_folded_into_a_snapshot() {
+async fn a_listing_reads_a_few_objects_however_many_paths_were_written() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = open_at(dir.path()).await;
-    // One at a time: a segment each.
-    for i in 0..100 {
+    // One at a time: a segment each, folded by the writer now and then.
+    for i in 0..300 {
         store.put_path_info(info(i)).await.expect("put");
     }
-    let snapshots = dir.path().join("catalog/snapshots");
-    // The first listing finds no snapshot and makes one from the walk.
-    assert_eq!(listed(&store).await.len(), 100);
-    assert_eq!(objects_under(&snapshots), 1);
-    for i in 100..200 {
-        store.put_path_info(info(i)).await.expect("put");
-    }
-    // 100 loose segments: this listing folds them.
-    assert_eq!(listed(&store).await, stored(&store).await);
-    assert_eq!(objects_under(&snapshots), 2);
-    // The next reads one snapshot and no loose segment, and agrees.
-    assert_eq!(listed(&store).await.len(), 200);
-    assert_eq!(objects_under(&snapshots), 2);
+    let truth = stored(&store).await;
+    // The first listing reads the newest snapshot and the segments the
+    // writer has not folded yet (fewer than it folds at), then folds them.
+    let before = store.object_requests();
+    assert_eq!(listed(&store).await, truth);
+    let first = store.object_requests().since(&before);
+    assert!(first.gets <= 1 + 64, "{first}");
+    // The next one reads the new snapshot and nothing else.
+    let before = store.object_requests();
+    assert_eq!(listed(&store).await, truth);
+    let next = store.object_requests().since(&before);
+    assert_eq!(next.gets, 1, "{next}");
+    assert!(next.lists <= 2, "{next}");
 }
 
 #[tokio::test]

@@ -164,6 +164,19 @@ impl ObjectStore for Counted {
             .boxed()
     }
 
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
+        add(&self.counters.lists);
+        let counters = self.counters.clone();
+        self.inner
+            .list_with_offset(prefix, offset)
+            .inspect(move |_| add(&counters.listed))
+            .boxed()
+    }
+
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
         add(&self.counters.lists);
         let listed = self.inner.list_with_delimiter(prefix).await?;

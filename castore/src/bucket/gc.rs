@@ -191,7 +191,7 @@ impl BucketStore {
         let mut files: HashSet<B3Digest> = HashSet::new();
         // The walk also makes the catalog anew: it includes every segment
         // stored before it starts.
-        let folded = self.catalog_segment_names().await?;
+        let (folded, listed_at) = self.catalog_segments_now().await?;
         let mut catalog = Vec::new();
         let mut infos = self.list_path_infos();
         let walk_started = std::time::Instant::now();
@@ -220,7 +220,10 @@ impl BucketStore {
             }
         }
         let catalog = self.catalog_from_walk(catalog, &folded).await?;
-        if let Err(e) = self.store_catalog_snapshot(&catalog, folded).await {
+        if let Err(e) = self
+            .store_catalog_snapshot(&catalog, folded, listed_at)
+            .await
+        {
             tracing::warn!(error = %e, "cannot store the catalog snapshot");
         }
         drop(catalog);

@@ -91,11 +91,35 @@ pub(super) fn touch_path() -> ObjectPath {
 /// A new object under `prefix` named `<ms>-<random>`: names sort by the
 /// time they were made, and writers at once never pick the same one.
 pub(super) fn timestamped(prefix: &str) -> ObjectPath {
-    let ms = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
+    timestamped_at(prefix, SystemTime::now())
+}
+
+/// A new object under `prefix` named for the time `at`.
+pub(super) fn timestamped_at(prefix: &str, at: SystemTime) -> ObjectPath {
+    ObjectPath::from(format!(
+        "{prefix}/{:016}-{:016x}",
+        millis(at),
+        rand::random::<u64>()
+    ))
+}
+
+/// Milliseconds since the epoch.
+pub(super) fn millis(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
-        .as_millis();
-    ObjectPath::from(format!("{prefix}/{ms:016}-{:016x}", rand::random::<u64>()))
+        .as_millis() as u64
+}
+
+/// The time (ms since the epoch) in the name of an object from
+/// [`timestamped`].
+pub(super) fn time_of(location: &ObjectPath) -> Option<u64> {
+    location.filename()?.split('-').next()?.parse().ok()
+}
+
+/// Where a listing of objects under `prefix` named from time `ms` on
+/// starts (the names sort by time).
+pub(super) fn timestamped_from(prefix: &str, ms: u64) -> ObjectPath {
+    ObjectPath::from(format!("{prefix}/{ms:016}"))
 }
 
 /// The one maintenance lock.

@@ -31,6 +31,19 @@ impl BucketStore {
             .map_err(object_err)
     }
 
+    /// Every object under `prefix` whose key sorts after `offset`.
+    pub(super) async fn list_prefix_after(
+        &self,
+        prefix: &str,
+        offset: &ObjectPath,
+    ) -> StoreResult<Vec<object_store::ObjectMeta>> {
+        self.objects
+            .list_with_offset(Some(&ObjectPath::from(prefix)), offset)
+            .try_collect()
+            .await
+            .map_err(object_err)
+    }
+
     /// Deletes an object; one already gone is fine.
     pub(super) async fn delete_object(&self, path: &ObjectPath) -> StoreResult<()> {
         match self.objects.delete(path).await {

@@ -5,33 +5,42 @@
 //! segments into a new snapshot, and rebuild the catalog from the
 //! PathInfos when no snapshot reads. GC stores a snapshot from its walk.
 
-use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 use lazix_proto::ext as lpb;
+use object_store::path::Path as ObjectPath;
 use object_store::ObjectMeta;
 use tokio::sync::oneshot;
 
-use super::keys::{timestamped, CATALOG_SEGMENTS, CATALOG_SNAPSHOTS};
+use super::keys::{
+    millis, time_of, timestamped, timestamped_at, timestamped_from, CATALOG_SEGMENTS,
+    CATALOG_SNAPSHOTS,
+};
 use super::{BucketStore, CONCURRENCY};
 use crate::catalog::{segment, Catalog, CatalogEntry};
 use crate::error::{StoreError, StoreResult};
 use crate::store::PathInfoStore;
 
 /// Loose segments a listing reads before it folds them into a snapshot.
-const FOLD_AT: usize = 64;
+const FOLD_AT: usize = 32;
 
 /// Segments a writer stores between two folds of its own (through a
 /// listing), so a server that takes many pushes and serves no listing
 /// leaves few loose segments for the next one.
-const FOLD_EVERY: u64 = 256;
+const FOLD_EVERY: u64 = 64;
 
-/// How long a snapshot stays newest before the segments it includes and
-/// the snapshots before it are deleted: a listing that picked an older
-/// snapshot has finished by then.
-const FOLD_GRACE: Duration = Duration::from_secs(600);
+/// How long a listing may take: a snapshot older than this is the oldest
+/// any running listing may have picked.
+const FOLD_GRACE: Duration = Duration::from_secs(120);
+
+/// How much earlier than a snapshot's listing a segment's name may say it
+/// was made and still be stored after that listing (a writer's clock, a
+/// slow PUT): readers of the snapshot list segments from this long before
+/// it. One named earlier still and stored later is missed until the next
+/// GC's snapshot.
+const SEGMENT_SKEW: Duration = Duration::from_secs(60);
 
 type Waiter = oneshot::Sender<StoreResult<()>>;
 
@@ -115,14 +124,18 @@ impl BucketStore {
                     .await;
             }
         };
-        let mut segments = self.list_prefix(CATALOG_SEGMENTS).await?;
-        segments.sort_by(|a, b| a.location.cmp(&b.location));
-        let listed: Vec<String> = segments.iter().map(|m| m.location.to_string()).collect();
-        let loose: Vec<ObjectMeta> = segments
+        let listed_at = SystemTime::now();
+        let listed: Vec<String> = self
+            .list_prefix_after(CATALOG_SEGMENTS, &segments_from(&newest.location))
+            .await?
             .into_iter()
-            .filter(|m| !folded.contains(m.location.as_ref()))
+            .map(|m| m.location.to_string())
             .collect();
-        let loose: Vec<String> = loose.iter().map(|m| m.location.to_string()).collect();
+        let loose: Vec<String> = listed
+            .iter()
+            .filter(|name| !folded.contains(*name))
+            .cloned()
+            .collect();
         self.apply_segments(&mut catalog, &loose).await?;
         if loose.len() >= FOLD_AT {
             tracing::info!(
@@ -130,7 +143,10 @@ impl BucketStore {
                 paths = catalog.len(),
                 "folding catalog segments into a snapshot"
             );
-            if let Err(e) = self.store_catalog_snapshot(&catalog, listed).await {
+            if let Err(e) = self
+                .store_catalog_snapshot(&catalog, listed, listed_at)
+                .await
+            {
                 tracing::warn!(error = %e, "cannot store a catalog snapshot");
             }
         }
@@ -178,7 +194,7 @@ impl BucketStore {
             why,
             "rebuilding the catalog of store paths from the PathInfos"
         );
-        let folded = self.catalog_segment_names().await?;
+        let (folded, listed_at) = self.catalog_segments_now().await?;
         let entries: Vec<CatalogEntry> = self
             .list_path_infos()
             .map_ok(|info| CatalogEntry::of(&info))
@@ -188,75 +204,186 @@ impl BucketStore {
         // An empty store stays without objects: walking it is free.
         let nothing = catalog.is_empty() && folded.is_empty();
         if !nothing {
-            if let Err(e) = self.store_catalog_snapshot(&catalog, folded).await {
+            if let Err(e) = self
+                .store_catalog_snapshot(&catalog, folded, listed_at)
+                .await
+            {
                 tracing::warn!(error = %e, "cannot store a catalog snapshot");
             }
         }
         Ok(catalog.into_sorted())
     }
 
-    /// Names of the catalog segments stored now: what a snapshot built
-    /// from a walk that starts after this listing includes.
-    pub(super) async fn catalog_segment_names(&self) -> StoreResult<Vec<String>> {
-        Ok(self
+    /// Names of every catalog segment stored now, and when they were
+    /// listed: what a snapshot built from a walk that starts after this
+    /// listing includes.
+    pub(super) async fn catalog_segments_now(&self) -> StoreResult<(Vec<String>, SystemTime)> {
+        let at = SystemTime::now();
+        let names = self
             .list_prefix(CATALOG_SEGMENTS)
             .await?
             .into_iter()
             .map(|m| m.location.to_string())
-            .collect())
+            .collect();
+        Ok((names, at))
     }
 
     /// Stores `catalog` as the newest snapshot, including the segments
-    /// `folded`, then deletes what an older snapshot made unneeded.
+    /// `folded`, which were listed at `listed_at` (the snapshot is named
+    /// for that time: readers take the segments from a little before it),
+    /// then deletes what no reader needs any more.
     pub(super) async fn store_catalog_snapshot(
         &self,
         catalog: &Catalog,
         folded: Vec<String>,
+        listed_at: SystemTime,
     ) -> StoreResult<()> {
         let stored = catalog.snapshot(folded)?;
-        self.put_durable(&timestamped(CATALOG_SNAPSHOTS), stored)
+        self.put_durable(&timestamped_at(CATALOG_SNAPSHOTS, listed_at), stored)
             .await?;
         self.prune_catalog().await
     }
 
-    /// Once the snapshot before the newest is older than [`FOLD_GRACE`]:
-    /// deletes the segments it included and every snapshot older than it.
-    /// Listings that picked it need only the segments it lacks; those that
-    /// picked an older one did so before it was written, long done.
+    /// Every listing that is still running started less than
+    /// [`FOLD_GRACE`] ago, so it took the newest snapshot older than that
+    /// (the *last settled* one) or a newer one, and reads segments from a
+    /// little before it: older snapshots, and segments before that point,
+    /// are deleted.
     async fn prune_catalog(&self) -> StoreResult<()> {
         let mut snapshots = self.list_prefix(CATALOG_SNAPSHOTS).await?;
         snapshots.sort_by(|a, b| b.location.cmp(&a.location));
-        let Some(previous) = snapshots.get(1) else {
+        let now = millis(SystemTime::now());
+        let grace = FOLD_GRACE.as_millis() as u64;
+        let Some(settled) = snapshots
+            .iter()
+            .position(|s| time_of(&s.location).is_some_and(|t| t + grace <= now))
+        else {
             return Ok(());
         };
-        let age_of_previous = SystemTime::now()
-            .duration_since(SystemTime::from(previous.last_modified))
-            .unwrap_or_default();
-        if age_of_previous < FOLD_GRACE {
+        let older = &snapshots[settled + 1..];
+        if older.is_empty() {
             return Ok(());
         }
-        let Some(stored) = self.get_optional(&previous.location).await? else {
-            return Ok(());
-        };
-        let folded: HashSet<String> = match Catalog::from_snapshot(&stored) {
-            Ok((_, folded)) => folded,
-            Err(_) => HashSet::new(),
-        };
-        let mut gone = 0usize;
-        for segment in self.catalog_segment_names().await? {
-            if folded.contains(&segment) {
-                self.delete_object(&segment.as_str().into()).await?;
-                gone += 1;
-            }
+        let keep_from = segments_from(&snapshots[settled].location);
+        let segments: Vec<ObjectMeta> = self
+            .list_prefix(CATALOG_SEGMENTS)
+            .await?
+            .into_iter()
+            .filter(|m| m.location < keep_from)
+            .collect();
+        for segment in &segments {
+            self.delete_object(&segment.location).await?;
         }
-        for old in &snapshots[2..] {
+        for old in older {
             self.delete_object(&old.location).await?;
         }
         tracing::info!(
-            segments = gone,
-            snapshots = snapshots.len() - 2,
+            segments = segments.len(),
+            snapshots = older.len(),
             "pruned the catalog"
         );
         Ok(())
+    }
+}
+
+/// Where the segments a reader of `snapshot` applies start: a little
+/// before the time its segments were listed, so that a segment named just
+/// before then but stored just after is still read.
+fn segments_from(snapshot: &ObjectPath) -> ObjectPath {
+    let listed = time_of(snapshot).unwrap_or(0);
+    timestamped_from(
+        CATALOG_SEGMENTS,
+        listed.saturating_sub(SEGMENT_SKEW.as_millis() as u64),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::catalog::record;
+    use crate::nix::store_path::StorePath;
+    use crate::node::Node;
+
+    fn entry(i: u8) -> CatalogEntry {
+        let mut digest = [3u8; 20];
+        digest[0] = i;
+        CatalogEntry {
+            store_path: StorePath::from_parts(digest, &format!("p{i}")).expect("path"),
+            node: Node::Symlink { target: "t".into() },
+            nar_size: 1,
+        }
+    }
+
+    async fn names(store: &BucketStore) -> BTreeSet<String> {
+        store
+            .catalog_entries()
+            .await
+            .expect("catalog")
+            .into_iter()
+            .map(|e| e.store_path.basename())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn old_snapshots_and_segments_are_pruned_and_recent_ones_kept() {
+        let (_dir, store) = crate::testutil::temp_bucket().await;
+        let long_ago = SystemTime::now() - Duration::from_secs(3600);
+        let a_while_ago = SystemTime::now() - FOLD_GRACE - Duration::from_secs(5);
+        // An old snapshot holding p1, and a segment from before it adding p2.
+        let old_segment = timestamped_at(CATALOG_SEGMENTS, long_ago);
+        store
+            .put(
+                &old_segment,
+                segment(vec![record(entry(2).store_path.digest(), Some(&entry(2)))]),
+            )
+            .await
+            .unwrap();
+        let old = Catalog::from_entries([entry(1), entry(2)]);
+        store
+            .put(
+                &timestamped_at(CATALOG_SNAPSHOTS, long_ago),
+                old.snapshot(vec![old_segment.to_string()]).unwrap(),
+            )
+            .await
+            .unwrap();
+        // A settled snapshot (older than the grace) and a segment after it.
+        let settled = Catalog::from_entries([entry(1), entry(2), entry(3)]);
+        store
+            .put(
+                &timestamped_at(CATALOG_SNAPSHOTS, a_while_ago),
+                settled.snapshot(vec![]).unwrap(),
+            )
+            .await
+            .unwrap();
+        store
+            .put(
+                &timestamped(CATALOG_SEGMENTS),
+                segment(vec![record(entry(1).store_path.digest(), None)]),
+            )
+            .await
+            .unwrap();
+        let expected: BTreeSet<String> = [entry(2), entry(3)]
+            .iter()
+            .map(|e| e.store_path.basename())
+            .collect();
+        assert_eq!(names(&store).await, expected);
+        // A new snapshot: the one before the settled snapshot goes, with
+        // the segment from before it; the recent segment stays.
+        store
+            .store_catalog_snapshot(
+                &Catalog::from_entries([entry(2), entry(3)]),
+                vec![],
+                SystemTime::now(),
+            )
+            .await
+            .unwrap();
+        let snapshots = store.list_prefix(CATALOG_SNAPSHOTS).await.unwrap();
+        assert_eq!(snapshots.len(), 2, "{snapshots:?}");
+        let segments = store.list_prefix(CATALOG_SEGMENTS).await.unwrap();
+        assert_eq!(segments.len(), 1, "{segments:?}");
+        assert!(segments[0].location != old_segment);
+        assert_eq!(names(&store).await, expected);
     }
 }
