@@ -190,7 +190,8 @@ impl BucketStore {
     /// The catalog made anew from every PathInfo (a lost or damaged
     /// catalog, a store from before catalogs), stored as a snapshot.
     async fn rebuild_catalog(&self, why: &str) -> StoreResult<Vec<CatalogEntry>> {
-        tracing::info!(
+        // A store's first listings find no snapshot: not news.
+        tracing::debug!(
             why,
             "rebuilding the catalog of store paths from the PathInfos"
         );
@@ -201,6 +202,13 @@ impl BucketStore {
             .try_collect()
             .await?;
         let catalog = self.catalog_from_walk(entries, &folded).await?;
+        if !catalog.is_empty() {
+            tracing::info!(
+                why,
+                paths = catalog.len(),
+                "rebuilt the catalog of store paths"
+            );
+        }
         // An empty store stays without objects: walking it is free.
         let nothing = catalog.is_empty() && folded.is_empty();
         if !nothing {
