@@ -80,8 +80,7 @@ impl BucketStore {
             self.delete_object(&super::keys::profile_path(&digest))
                 .await?;
             self.delete_access_mark(&digest).await?;
-            self.record_in_catalog(vec![crate::catalog::record(&digest, None)])
-                .await?;
+            self.record_removal(&digest).await;
             self.marked.invalidate(&digest);
             expired += 1;
         }

@@ -195,4 +195,22 @@ impl ObjectStore for Counted {
         add(&self.counters.puts);
         self.inner.copy_if_not_exists(from, to).await
     }
+
+    async fn rename(&self, from: &Path, to: &Path) -> Result<()> {
+        add(&self.counters.puts);
+        self.inner.rename(from, to).await
+    }
+
+    async fn rename_if_not_exists(&self, from: &Path, to: &Path) -> Result<()> {
+        add(&self.counters.puts);
+        self.inner.rename_if_not_exists(from, to).await
+    }
+
+    fn delete_stream<'a>(
+        &'a self,
+        locations: BoxStream<'a, Result<Path>>,
+    ) -> BoxStream<'a, Result<Path>> {
+        add(&self.counters.deletes);
+        self.inner.delete_stream(locations)
+    }
 }

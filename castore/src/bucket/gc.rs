@@ -113,8 +113,7 @@ impl BucketStore {
         self.delete_object(&super::keys::profile_path(digest))
             .await?;
         self.delete_access_mark(digest).await?;
-        self.record_in_catalog(vec![crate::catalog::record(digest, None)])
-            .await?;
+        self.record_removal(digest).await;
         Ok(existed)
     }
 
@@ -176,6 +175,14 @@ impl BucketStore {
         let mut live_chunks = live.chunks;
         live_chunks.extend(self.touched_since(started).await?);
         live_chunks.seal();
+        // Their delta bases stay too (a touch mark names the chunk only).
+        let bases = self
+            .table
+            .read()
+            .expect("pack table")
+            .bases_of_live(|d| live_chunks.contains(d));
+        live_chunks.extend(bases);
+        live_chunks.seal();
         self.sweep_packs(&live_chunks, cutoff, opts.repack_below, &mut report)
             .await?;
         // Old touch marks have done their job.
@@ -219,7 +226,7 @@ impl BucketStore {
                 _ => {}
             }
         }
-        let catalog = self.catalog_from_walk(catalog, &folded).await?;
+        let catalog = self.catalog_from_walk(catalog, &folded, listed_at).await?;
         if let Err(e) = self
             .store_catalog_snapshot(&catalog, folded, listed_at)
             .await

@@ -91,7 +91,21 @@ pub(super) fn touch_path() -> ObjectPath {
 /// A new object under `prefix` named `<ms>-<random>`: names sort by the
 /// time they were made, and writers at once never pick the same one.
 pub(super) fn timestamped(prefix: &str) -> ObjectPath {
-    timestamped_at(prefix, SystemTime::now())
+    // Strictly increasing in this process: two objects made in one
+    // millisecond still sort in the order they were made.
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = millis(SystemTime::now());
+    let ms = LAST
+        .fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |last| Some(now.max(last + 1)),
+        )
+        .map_or(now, |last| now.max(last + 1));
+    timestamped_at(
+        prefix,
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+    )
 }
 
 /// A new object under `prefix` named for the time `at`.

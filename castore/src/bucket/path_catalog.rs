@@ -106,10 +106,22 @@ impl BucketStore {
         written
     }
 
+    /// Records that the path `digest` was deleted (its PathInfo is gone
+    /// already): a failure is logged, not returned, since the deletion
+    /// happened; the next GC's snapshot drops the name.
+    pub(super) async fn record_removal(&self, digest: &[u8; 20]) {
+        if let Err(e) = self
+            .record_in_catalog(vec![crate::catalog::record(digest, None)])
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record a deleted path in the catalog; the next GC drops it");
+        }
+    }
+
     /// Every stored path's entry, sorted by name, from the catalog.
     pub(super) async fn catalog_entries(&self) -> StoreResult<Vec<CatalogEntry>> {
         let snapshots = self.list_prefix(CATALOG_SNAPSHOTS).await?;
-        let Some(newest) = snapshots.iter().max_by(|a, b| a.location.cmp(&b.location)) else {
+        let Some(newest) = newest_snapshot(&snapshots) else {
             return self.rebuild_catalog("no snapshot").await;
         };
         let Some(stored) = self.get_optional(&newest.location).await? else {
@@ -136,8 +148,10 @@ impl BucketStore {
             .filter(|name| !folded.contains(*name))
             .cloned()
             .collect();
-        self.apply_segments(&mut catalog, &loose).await?;
-        if loose.len() >= FOLD_AT {
+        let vanished = self.apply_segments(&mut catalog, &loose).await?;
+        // A segment listed and gone meanwhile was pruned under this
+        // reader: its answer stands, but it stores no snapshot from it.
+        if loose.len() >= FOLD_AT && vanished == 0 {
             tracing::info!(
                 segments = loose.len(),
                 paths = catalog.len(),
@@ -155,7 +169,8 @@ impl BucketStore {
 
     /// Applies the segments `names` (in name order) to `catalog`; one
     /// gone meanwhile (folded and deleted) or unreadable is skipped.
-    async fn apply_segments(&self, catalog: &mut Catalog, names: &[String]) -> StoreResult<()> {
+    /// Returns how many were gone.
+    async fn apply_segments(&self, catalog: &mut Catalog, names: &[String]) -> StoreResult<usize> {
         let mut names = names.to_vec();
         names.sort();
         let read: Vec<Option<bytes::Bytes>> = stream::iter(names.clone())
@@ -163,13 +178,17 @@ impl BucketStore {
             .buffered(CONCURRENCY)
             .try_collect()
             .await?;
+        let mut vanished = 0;
         for (name, stored) in names.iter().zip(read) {
-            let Some(stored) = stored else { continue };
+            let Some(stored) = stored else {
+                vanished += 1;
+                continue;
+            };
             if let Err(e) = catalog.apply(&stored) {
                 tracing::warn!(segment = %name, error = %e, "catalog segment skipped");
             }
         }
-        Ok(())
+        Ok(vanished)
     }
 
     /// The catalog from a walk of every PathInfo that started after the
@@ -181,9 +200,15 @@ impl BucketStore {
         &self,
         walked: Vec<CatalogEntry>,
         folded: &[String],
+        listed_at: SystemTime,
     ) -> StoreResult<Catalog> {
         let mut catalog = Catalog::from_entries(walked);
-        self.apply_segments(&mut catalog, folded).await?;
+        // Only segments that may have been in flight while the walk ran:
+        // older ones are in the PathInfos the walk read (an old addition
+        // whose removal record was lost must not come back).
+        let from = segments_from_time(millis(listed_at)).to_string();
+        let recent: Vec<String> = folded.iter().filter(|n| **n >= from).cloned().collect();
+        self.apply_segments(&mut catalog, &recent).await?;
         Ok(catalog)
     }
 
@@ -201,7 +226,7 @@ impl BucketStore {
             .map_ok(|info| CatalogEntry::of(&info))
             .try_collect()
             .await?;
-        let catalog = self.catalog_from_walk(entries, &folded).await?;
+        let catalog = self.catalog_from_walk(entries, &folded, listed_at).await?;
         if !catalog.is_empty() {
             tracing::info!(
                 why,
@@ -253,18 +278,24 @@ impl BucketStore {
     }
 
     /// Every listing that is still running started less than
-    /// [`FOLD_GRACE`] ago, so it took the newest snapshot older than that
-    /// (the *last settled* one) or a newer one, and reads segments from a
-    /// little before it: older snapshots, and segments before that point,
-    /// are deleted.
+    /// [`FOLD_GRACE`] ago, when the snapshots stored then (by their
+    /// modification time, not their name: a snapshot from a long walk is
+    /// named for its start) were there: it took the newest of those, no
+    /// older than the newest stored before the grace (the *settled* one),
+    /// and reads segments from a little before it. Older snapshots, and
+    /// segments before that point, are deleted.
     async fn prune_catalog(&self) -> StoreResult<()> {
-        let mut snapshots = self.list_prefix(CATALOG_SNAPSHOTS).await?;
+        let mut snapshots: Vec<ObjectMeta> = self
+            .list_prefix(CATALOG_SNAPSHOTS)
+            .await?
+            .into_iter()
+            .filter(|s| sane_time(&s.location))
+            .collect();
         snapshots.sort_by(|a, b| b.location.cmp(&a.location));
-        let now = millis(SystemTime::now());
-        let grace = FOLD_GRACE.as_millis() as u64;
+        let settled_before = SystemTime::now() - FOLD_GRACE;
         let Some(settled) = snapshots
             .iter()
-            .position(|s| time_of(&s.location).is_some_and(|t| t + grace <= now))
+            .position(|s| SystemTime::from(s.last_modified) <= settled_before)
         else {
             return Ok(());
         };
@@ -298,11 +329,31 @@ impl BucketStore {
 /// before the time its segments were listed, so that a segment named just
 /// before then but stored just after is still read.
 fn segments_from(snapshot: &ObjectPath) -> ObjectPath {
-    let listed = time_of(snapshot).unwrap_or(0);
+    segments_from_time(time_of(snapshot).unwrap_or(0))
+}
+
+/// Where segments that may have been stored after a listing at `ms` start.
+fn segments_from_time(ms: u64) -> ObjectPath {
     timestamped_from(
         CATALOG_SEGMENTS,
-        listed.saturating_sub(SEGMENT_SKEW.as_millis() as u64),
+        ms.saturating_sub(SEGMENT_SKEW.as_millis() as u64),
     )
+}
+
+/// Whether a snapshot's name holds a time, and not one in the future (a
+/// replica's clock far ahead would otherwise keep its snapshot newest, and
+/// readers would skip the segments of every other writer).
+fn sane_time(snapshot: &ObjectPath) -> bool {
+    let ahead = millis(SystemTime::now()).saturating_add(SEGMENT_SKEW.as_millis() as u64);
+    time_of(snapshot).is_some_and(|t| t <= ahead)
+}
+
+/// The snapshot readers take: the newest with a sane name.
+fn newest_snapshot(snapshots: &[ObjectMeta]) -> Option<&ObjectMeta> {
+    snapshots
+        .iter()
+        .filter(|s| sane_time(&s.location))
+        .max_by(|a, b| a.location.cmp(&b.location))
 }
 
 #[cfg(test)]
@@ -336,7 +387,17 @@ mod tests {
 
     #[tokio::test]
     async fn old_snapshots_and_segments_are_pruned_and_recent_ones_kept() {
-        let (_dir, store) = crate::testutil::temp_bucket().await;
+        let (dir, store) = crate::testutil::temp_bucket().await;
+        // Objects written now, dated back (pruning goes by the time a
+        // snapshot was stored).
+        let date = |location: &ObjectPath, at: SystemTime| {
+            std::fs::File::options()
+                .write(true)
+                .open(dir.path().join(location.to_string()))
+                .unwrap()
+                .set_modified(at)
+                .unwrap();
+        };
         let long_ago = SystemTime::now() - Duration::from_secs(3600);
         let a_while_ago = SystemTime::now() - FOLD_GRACE - Duration::from_secs(5);
         // An old snapshot holding p1, and a segment from before it adding p2.
@@ -349,19 +410,42 @@ mod tests {
             .await
             .unwrap();
         let old = Catalog::from_entries([entry(1), entry(2)]);
+        let old_snapshot = timestamped_at(CATALOG_SNAPSHOTS, long_ago);
         store
             .put(
-                &timestamped_at(CATALOG_SNAPSHOTS, long_ago),
+                &old_snapshot,
                 old.snapshot(vec![old_segment.to_string()]).unwrap(),
             )
             .await
             .unwrap();
+        date(&old_snapshot, long_ago);
         // A settled snapshot (older than the grace) and a segment after it.
         let settled = Catalog::from_entries([entry(1), entry(2), entry(3)]);
+        let settled_snapshot = timestamped_at(CATALOG_SNAPSHOTS, a_while_ago);
+        store
+            .put(&settled_snapshot, settled.snapshot(vec![]).unwrap())
+            .await
+            .unwrap();
+        date(&settled_snapshot, a_while_ago);
+        // A snapshot from a long walk: named for its start long ago, but
+        // stored just now, so not settled; and one from a clock far ahead,
+        // never taken.
+        let walked = timestamped_at(CATALOG_SNAPSHOTS, long_ago - Duration::from_secs(60));
         store
             .put(
-                &timestamped_at(CATALOG_SNAPSHOTS, a_while_ago),
-                settled.snapshot(vec![]).unwrap(),
+                &walked,
+                Catalog::from_entries([entry(9)]).snapshot(vec![]).unwrap(),
+            )
+            .await
+            .unwrap();
+        let ahead = timestamped_at(
+            CATALOG_SNAPSHOTS,
+            SystemTime::now() + Duration::from_secs(3600),
+        );
+        store
+            .put(
+                &ahead,
+                Catalog::from_entries([entry(8)]).snapshot(vec![]).unwrap(),
             )
             .await
             .unwrap();
@@ -387,8 +471,19 @@ mod tests {
             )
             .await
             .unwrap();
-        let snapshots = store.list_prefix(CATALOG_SNAPSHOTS).await.unwrap();
-        assert_eq!(snapshots.len(), 2, "{snapshots:?}");
+        let snapshots: Vec<ObjectPath> = store
+            .list_prefix(CATALOG_SNAPSHOTS)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.location)
+            .collect();
+        // The settled one and the new one stay (and the one from the
+        // future, ignored); the old one and the walk's named before the
+        // settled one go.
+        assert!(snapshots.contains(&settled_snapshot), "{snapshots:?}");
+        assert!(!snapshots.contains(&old_snapshot), "{snapshots:?}");
+        assert_eq!(snapshots.len(), 3, "{snapshots:?}");
         let segments = store.list_prefix(CATALOG_SEGMENTS).await.unwrap();
         assert_eq!(segments.len(), 1, "{segments:?}");
         assert!(segments[0].location != old_segment);
