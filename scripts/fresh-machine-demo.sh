@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # Runs scripts/demo.sh as a new user would on a fresh Debian 12 machine: a
-# debootstrapped root (ROOT, default /var/tmp/fresh-machine) with nothing
-# but a base system, git and a C compiler, its own mount namespace, rustup
-# installing Rust, a fresh clone of this repository.
+# debootstrapped root (ROOT, default /var/tmp/fresh-machine, made on the
+# first run; delete it for a fresh one) with nothing but a base system,
+# git and a C compiler, its own mount namespace, rustup installing Rust, a
+# fresh clone of this repository's committed HEAD. Root only.
 set -euo pipefail
 ROOT=${ROOT:-/var/tmp/fresh-machine}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-[ -x "$ROOT/bin/bash" ] || { echo "no debootstrapped root at $ROOT" >&2; exit 1; }
+if [ ! -x "$ROOT/bin/bash" ]; then
+  command -v debootstrap >/dev/null || apt-get install -y -q debootstrap >&2
+  mkdir -p "$ROOT"
+  debootstrap --variant=minbase \
+    --include=ca-certificates,curl,git,gcc,libc6-dev,make,pkg-config,procps,sudo,fuse3,iproute2 \
+    bookworm "$ROOT" http://deb.debian.org/debian >&2
+fi
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
 # The network's own certificate authorities, as every machine here has
 # them (an egress proxy), nothing of lazix's.
