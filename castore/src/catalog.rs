@@ -124,17 +124,7 @@ impl Catalog {
         }
         let snapshot = lpb::CatalogSnapshot::decode(decoded.as_slice())
             .map_err(|e| StoreError::Corrupt(format!("catalog snapshot: {e}")))?;
-        if snapshot.nar_sizes.len() != snapshot.entries.len() {
-            return Err(StoreError::Corrupt(
-                "catalog snapshot: not one NAR size per entry".into(),
-            ));
-        }
-        let entries = snapshot
-            .entries
-            .iter()
-            .zip(&snapshot.nar_sizes)
-            .map(|(e, size)| CatalogEntry::from_proto(e, *size))
-            .collect::<StoreResult<Vec<_>>>()
+        let entries = entries_with_sizes(&snapshot.entries, &snapshot.nar_sizes)
             .map_err(|e| StoreError::Corrupt(format!("catalog snapshot: {e}")))?;
         Ok((
             Self::from_entries(entries),
@@ -197,6 +187,23 @@ impl Catalog {
         out.sort_by_cached_key(|e| e.store_path.basename());
         out
     }
+}
+
+/// Entries sent or stored beside their NAR sizes (`sizes[i]` is
+/// `entries[i]`'s), each checked: the lists must be as long as each other.
+pub fn entries_with_sizes(entries: &[cpb::Entry], sizes: &[u64]) -> StoreResult<Vec<CatalogEntry>> {
+    if entries.len() != sizes.len() {
+        return Err(StoreError::Invalid(format!(
+            "{} catalog entries with {} NAR sizes",
+            entries.len(),
+            sizes.len()
+        )));
+    }
+    entries
+        .iter()
+        .zip(sizes)
+        .map(|(e, size)| CatalogEntry::from_proto(e, *size))
+        .collect()
 }
 
 /// A record read back and checked: the digest it is filed under, and the
@@ -288,5 +295,22 @@ mod tests {
         };
         assert!(c.apply(&segment(vec![bad])).is_err());
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn entries_sent_with_their_sizes_are_checked() {
+        let good = [entry(1).to_proto(), entry(2).to_proto()];
+        assert_eq!(
+            entries_with_sizes(&good, &[101, 102]).expect("good"),
+            vec![entry(1), entry(2)]
+        );
+        // One size short, one too many, none at all.
+        assert!(entries_with_sizes(&good, &[101]).is_err());
+        assert!(entries_with_sizes(&good, &[101, 102, 103]).is_err());
+        assert!(entries_with_sizes(&good, &[]).is_err());
+        // A name that is no store path, an entry without a node.
+        let named = entry(1).node.to_entry(Bytes::from_static(b"x/../y"));
+        assert!(entries_with_sizes(&[named], &[1]).is_err());
+        assert!(entries_with_sizes(&[cpb::Entry { entry: None }], &[1]).is_err());
     }
 }

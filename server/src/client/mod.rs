@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
-use lazix_castore::catalog::CatalogEntry;
+use lazix_castore::catalog::{entries_with_sizes, CatalogEntry};
 use lazix_castore::chunk::ChunkMeta;
 use lazix_castore::directory::Directory;
 use lazix_castore::frame::Frame;
@@ -656,20 +656,11 @@ impl PathInfoStore for GrpcStore {
             .into_inner()
             .map_err(from_status)
             .map_ok(|batch| {
-                let entries: Vec<StoreResult<CatalogEntry>> =
-                    if batch.nar_sizes.len() != batch.entries.len() {
-                        vec![Err(StoreError::Invalid(
-                            "catalog answer: not one NAR size per entry".into(),
-                        ))]
-                    } else {
-                        batch
-                            .entries
-                            .iter()
-                            .zip(&batch.nar_sizes)
-                            .map(|(e, size)| CatalogEntry::from_proto(e, *size))
-                            .collect()
-                    };
-                futures::stream::iter(entries)
+                let entries = entries_with_sizes(&batch.entries, &batch.nar_sizes);
+                futures::stream::iter(match entries {
+                    Ok(entries) => entries.into_iter().map(Ok).collect(),
+                    Err(e) => vec![Err(e)],
+                })
             })
             .try_flatten()
             .boxed())
