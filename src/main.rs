@@ -1442,12 +1442,16 @@ async fn proxy(args: ProxyArgs) -> Result<()> {
     // Calls are bounded by the proxy's own timeout, per call.
     .connect(None)?;
     let dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
-    // The mount's split: three quarters of the quota for frames.
-    let disk = lazix_castore::disk::DiskCache::open(&dir, args.cache_size - args.cache_size / 4)
+    // The mount's split of the quota (the folder may be shared with one).
+    let quotas = lazix_castore::disk::Quotas::of(args.cache_size);
+    let disk = lazix_castore::disk::DiskCache::open(&dir, quotas.frames)
+        .with_context(|| format!("opening the disk cache in {}", dir.display()))?;
+    let lists = lazix_castore::disk::DiskChunkLists::open(&dir, quotas.lists)
         .with_context(|| format!("opening the disk cache in {}", dir.display()))?;
     let proxy = lazix_server::proxy::ProxyStore::new(
         upstream,
         disk,
+        lists,
         Duration::from_secs(args.timeout.max(1)),
     );
     let cfg = HttpConfig {

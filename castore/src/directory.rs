@@ -162,6 +162,17 @@ impl Directory {
         })
     }
 
+    /// Files as (name, digest, size), in name order.
+    pub fn files(&self) -> impl Iterator<Item = (&Bytes, B3Digest, u64)> {
+        self.0.files.iter().map(|f| {
+            (
+                &f.name,
+                B3Digest::try_from(&f.digest).expect("validated"),
+                f.size,
+            )
+        })
+    }
+
     /// The entry called `name`, found by binary search in the sorted lists
     /// (a lookup must not build and sort the whole listing).
     pub fn entry(&self, name: &[u8]) -> Option<Node> {

@@ -28,6 +28,7 @@ use lazix_castore::nix::store_path::StorePath;
 use lazix_castore::read::trusted::{AdmitError, TrustedReads};
 use lazix_castore::read::BlobLayout;
 use lazix_castore::store::CacheConfig;
+use lazix_castore::chunk::ChunkMeta;
 use lazix_castore::{B3Digest, Node, PathInfo, Store, StoreError};
 
 use crate::error::FsError;
@@ -64,6 +65,11 @@ const NEIGHBOURHOOD: u64 = lazix_castore::frame::OWN_FRAME_TARGET;
 const BLOCK_SIZE: u32 = 64 * 1024;
 /// Longest name statfs reports.
 const NAME_MAX: u32 = 255;
+/// Chunk lists asked in one call when a file's list is missing: its own
+/// and those of multi-chunk files beside it in its directory (a program
+/// that opens one file of a folder soon opens others: one round trip for
+/// a folder, not one per file; a list is ~40 bytes a chunk).
+const LIST_BATCH: usize = 64;
 
 /// How the mount behaves.
 #[derive(Clone, Debug)]
@@ -226,6 +232,9 @@ pub struct LazyFs {
     path_infos: moka::sync::Cache<[u8; 20], Arc<PathInfo>, DigestKeyBuildHasher>,
     directories: moka::sync::Cache<B3Digest, Arc<Directory>, DigestKeyBuildHasher>,
     chunk_lists: moka::sync::Cache<B3Digest, Arc<BlobLayout>, DigestKeyBuildHasher>,
+    /// The directory each multi-chunk file was last found in, so a missing
+    /// list is asked with its neighbours' (see [`LIST_BATCH`]).
+    found_in: moka::sync::Cache<B3Digest, B3Digest, DigestKeyBuildHasher>,
     /// Read-ahead state, by file handle.
     reads: Mutex<HashMap<u64, ReadAhead>>,
     /// Listings by directory inode, for the readdir calls of one pass.
@@ -325,6 +334,9 @@ impl LazyFs {
             chunk_lists: moka::sync::Cache::builder()
                 .max_capacity(32 * 1024 * 1024)
                 .weigher(|_: &B3Digest, l: &Arc<BlobLayout>| l.weight().min(u32::MAX as u64) as u32)
+                .build_with_hasher(DigestKeyBuildHasher::default()),
+            found_in: moka::sync::Cache::builder()
+                .max_capacity(100_000)
                 .build_with_hasher(DigestKeyBuildHasher::default()),
             reads: Mutex::new(HashMap::new()),
             listings: moka::sync::Cache::builder()
@@ -536,6 +548,10 @@ impl LazyFs {
         offset: u64,
     ) -> Result<impl Iterator<Item = DirEntryPlus> + '_, FsError> {
         let listing = self.listing_at(dir_ino, offset)?;
+        let dir_digest = match self.node(dir_ino) {
+            Ok(Node::Directory { digest, .. }) => Some(digest),
+            _ => None,
+        };
         // The kernel takes no lookups for "." and "..".
         let dot = |ino, offset, name: &'static str, attr| DirEntryPlus {
             ino,
@@ -554,6 +570,9 @@ impl LazyFs {
         }
         let entries = (offset.saturating_sub(2) as usize..listing.len()).map(move |i| {
             let (name, node) = &listing[i];
+            if let Some(dir) = &dir_digest {
+                self.note_found_in(node, dir);
+            }
             let ino = self
                 .inodes
                 .lock()
@@ -902,7 +921,44 @@ impl LazyFs {
             return Err(FsError::NotADirectory);
         };
         let dir = self.directory(&digest)?;
-        dir.entry(name.as_bytes()).ok_or(FsError::NotFound)
+        let node = dir.entry(name.as_bytes()).ok_or(FsError::NotFound)?;
+        self.note_found_in(&node, &digest);
+        Ok(node)
+    }
+
+    /// Remembers that `node`, if a file with a chunk list, is in directory
+    /// `dir` (see [`LazyFs::found_in`]).
+    fn note_found_in(&self, node: &Node, dir: &B3Digest) {
+        if let Node::File { digest, size, .. } = node {
+            if BlobLayout::needs_lookup(*size) && !self.chunk_lists.contains_key(digest) {
+                self.found_in.insert(*digest, *dir);
+            }
+        }
+    }
+
+    /// Files beside `blob` in the directory it was found in whose lists
+    /// are not known yet, with their sizes: at most [`LIST_BATCH`] - 1.
+    fn neighbours_without_lists(&self, blob: &B3Digest) -> Vec<(B3Digest, u64)> {
+        let Some(dir) = self.found_in.get(blob) else {
+            return Vec::new();
+        };
+        let Some(dir) = self.directories.get(&dir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(B3Digest, u64)> = Vec::new();
+        for (_, digest, size) in dir.files() {
+            if out.len() + 1 >= LIST_BATCH {
+                break;
+            }
+            if digest != *blob
+                && BlobLayout::needs_lookup(size)
+                && !self.chunk_lists.contains_key(&digest)
+                && !out.iter().any(|(d, _)| *d == digest)
+            {
+                out.push((digest, size));
+            }
+        }
+        out
     }
 
     /// The file's chunks, checked against it (see
@@ -914,18 +970,7 @@ impl LazyFs {
         }
         // A small file is one chunk: no round trip to ask.
         let answer = if BlobLayout::needs_lookup(size) {
-            // A list the store refuses as corrupt (with trusted keys: not
-            // the signed one) is a bad chunk list, like one that does not
-            // fit.
-            let answer = self.remote(self.store.blobs.get_blob_chunks(&[*digest]));
-            let answer = match answer {
-                Err(FsError::Store(e)) if matches!(*e, StoreError::Corrupt(_)) => {
-                    tracing::error!(error = %e, "refusing a chunk list");
-                    return Err(FsError::BadChunkList(e));
-                }
-                a => a?,
-            };
-            answer.into_iter().next().flatten()
+            self.list_with_neighbours(digest)?
         } else {
             None
         };
@@ -937,6 +982,42 @@ impl LazyFs {
         let layout = Arc::new(layout);
         self.chunk_lists.insert(*digest, layout.clone());
         Ok(layout)
+    }
+
+    /// The store's chunk list of `blob`, asked in one call with those of
+    /// its neighbours (kept when they fit their files). A list the store
+    /// refuses as corrupt (with trusted keys: not the signed one) is a bad
+    /// chunk list, like one that does not fit; a neighbour's bad list
+    /// costs `blob` nothing (it is asked again alone).
+    fn list_with_neighbours(&self, blob: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, FsError> {
+        let neighbours = self.neighbours_without_lists(blob);
+        let mut asked = vec![*blob];
+        asked.extend(neighbours.iter().map(|(d, _)| *d));
+        let answer = match self.remote(self.store.blobs.get_blob_chunks(&asked)) {
+            Err(FsError::Store(e))
+                if matches!(*e, StoreError::Corrupt(_)) && asked.len() > 1 =>
+            {
+                tracing::debug!(error = %e, "a neighbour's chunk list was refused");
+                asked.truncate(1);
+                self.remote(self.store.blobs.get_blob_chunks(&asked))
+            }
+            a => a,
+        };
+        let mut answer = match answer {
+            Err(FsError::Store(e)) if matches!(*e, StoreError::Corrupt(_)) => {
+                tracing::error!(error = %e, "refusing a chunk list");
+                return Err(FsError::BadChunkList(e));
+            }
+            a => a?.into_iter(),
+        };
+        let own = answer.next().flatten();
+        for ((digest, size), list) in neighbours.into_iter().zip(answer) {
+            // One that does not fit is refused when its file is read.
+            if let Ok(layout) = BlobLayout::from_answer(digest, size, list) {
+                self.chunk_lists.insert(digest, Arc::new(layout));
+            }
+        }
+        Ok(own)
     }
 
     /// Digests of the chunks covering `start..end`.

@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use lazix_castore::disk::{DiskChunkLists, Quotas};
+use lazix_castore::store::disk_chunk_lists;
 use lazix_castore::{Store, StoreError};
 
 pub use error::FsError;
@@ -50,10 +52,14 @@ pub struct MountOptions {
     pub prefetch: Option<profile::Profile>,
 }
 
-/// The part of a disk cache quota that holds frames; the rest is for
-/// whole files (see [`WholeFiles`]). One rule for every user of the cache.
-pub fn frames_quota(cache_bytes: u64) -> u64 {
-    cache_bytes - cache_bytes / 4
+/// `store` with the chunk lists it answers kept in the cache folder `dir`
+/// (within its share of the quota `cache_bytes`): a remount, or a mount
+/// after `lazix prefetch`, asks no list again. Below the trust guard, so a
+/// kept list is checked like a fetched one.
+fn with_lists_on_disk(mut store: Store, dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+    let lists = DiskChunkLists::open(dir, Quotas::of(cache_bytes).lists)?;
+    store.blobs = disk_chunk_lists(store.blobs, lists);
+    Ok(store)
 }
 
 /// Fetches what `profile` names into the disk cache at `cache_dir` (with
@@ -66,10 +72,11 @@ pub async fn prefetch_to_disk(
     timeout: Duration,
     profile: &profile::Profile,
 ) -> Result<(profile::PrefetchReport, StatsSnapshot), StoreError> {
+    let store = with_lists_on_disk(store, cache_dir, cache_bytes)?;
     let fetcher = ChunkFetcher::new(
         store.blobs.clone(),
         64 * 1024 * 1024,
-        Some((cache_dir, frames_quota(cache_bytes))),
+        Some((cache_dir, Quotas::of(cache_bytes).frames)),
         timeout,
     )?;
     let report = profile::prefetch(&store, &fetcher, profile, &|_| {}).await?;
@@ -186,20 +193,21 @@ pub fn mount(
     mountpoint: &Path,
     opts: MountOptions,
 ) -> Result<Mounted, MountError> {
-    // The disk quota: three quarters for frames, one for whole files.
-    let whole_bytes = opts.cache_bytes - frames_quota(opts.cache_bytes);
+    let quotas = Quotas::of(opts.cache_bytes);
+    let store = match &opts.cache_dir {
+        Some(dir) => with_lists_on_disk(store, dir, opts.cache_bytes)?,
+        None => store,
+    };
     let fetcher = Arc::new(ChunkFetcher::new(
         store.blobs.clone(),
         opts.memory_bytes,
-        opts.cache_dir
-            .as_deref()
-            .map(|d| (d, frames_quota(opts.cache_bytes))),
+        opts.cache_dir.as_deref().map(|d| (d, quotas.frames)),
         opts.fs.timeout,
     )?);
     let whole = opts
         .cache_dir
         .as_deref()
-        .map(|d| WholeFiles::open(d, whole_bytes))
+        .map(|d| WholeFiles::open(d, quotas.whole_files))
         .transpose()
         .map_err(MountError::WholeFiles)?;
     let stats = fetcher.stats.clone();

@@ -26,10 +26,10 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use lazix_castore::chunk::ChunkMeta;
 use lazix_castore::directory::Directory;
-use lazix_castore::disk::DiskCache;
+use lazix_castore::disk::{DiskCache, DiskChunkLists};
 use lazix_castore::frame::Frame;
 use lazix_castore::store::{
-    cached, disk_frames, BlobChunks, BlobStore, CacheConfig, DirectoryStore, DiskCounters,
+    cached, disk_chunk_lists, disk_frames, BlobChunks, BlobStore, CacheConfig, DirectoryStore, DiskCounters,
     PathInfoStore,
 };
 use lazix_castore::trust::ChunkListsDigest;
@@ -46,16 +46,20 @@ pub struct ProxyStore {
 }
 
 impl ProxyStore {
-    /// `upstream` (the gRPC client) behind the disk cache `disk` and the
-    /// memory caches, each upstream call bounded by `timeout`.
-    pub fn new(upstream: Store, disk: DiskCache, timeout: Duration) -> Self {
+    /// `upstream` (the gRPC client) behind the disk cache `disk` (frames)
+    /// and `lists` (chunk lists) and the memory caches, each upstream call
+    /// bounded by `timeout`.
+    pub fn new(upstream: Store, disk: DiskCache, lists: DiskChunkLists, timeout: Duration) -> Self {
         let counters = Arc::new(DiskCounters::default());
         let bounded = Arc::new(Bounded {
             inner: upstream,
             timeout,
         });
         let store = Store {
-            blobs: disk_frames(bounded.clone(), disk.clone(), counters.clone()),
+            blobs: disk_chunk_lists(
+                disk_frames(bounded.clone(), disk.clone(), counters.clone()),
+                lists,
+            ),
             directories: bounded.clone(),
             path_infos: Arc::new(NotHereWhenDown(bounded)),
         };

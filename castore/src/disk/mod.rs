@@ -1,9 +1,10 @@
 //! Client-side caches on disk, shared by every reader on a machine (the
 //! mount and the local proxy use one folder): frames as the server sent
-//! them ([`frames`]), the frames of pinned closures ([`pins`]), and whole
-//! files (the mount's passthrough copies).
+//! them ([`frames`]), multi-chunk files' chunk lists ([`lists`]), the
+//! frames of pinned closures ([`pins`]), and whole files (the mount's
+//! passthrough copies). One quota covers them ([`Quotas`]).
 //!
-//! Both are folders of files named by digest, spread over 256 sub-folders
+//! All are folders of files named by digest, spread over 256 sub-folders
 //! by the digest's first byte (no folder grows to millions of entries).
 
 use std::path::{Path, PathBuf};
@@ -11,9 +12,36 @@ use std::path::{Path, PathBuf};
 use crate::B3Digest;
 
 pub mod frames;
+pub mod lists;
 pub mod pins;
 
 pub use frames::{DiskCache, DiskCacheUsage};
+pub use lists::DiskChunkLists;
+
+/// How a cache folder's quota is shared, one rule for every user of the
+/// folder (mount, proxy, `lazix prefetch`). Pinned frames are outside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quotas {
+    /// Frames: what is left.
+    pub frames: u64,
+    /// Chunk lists: 1/64 (a list is about 0.06% of its file's bytes).
+    pub lists: u64,
+    /// Whole files (the mount's passthrough copies): a quarter.
+    pub whole_files: u64,
+}
+
+impl Quotas {
+    /// The split of `cache_bytes`.
+    pub fn of(cache_bytes: u64) -> Self {
+        let lists = cache_bytes / 64;
+        let whole_files = cache_bytes / 4;
+        Self {
+            frames: cache_bytes - lists - whole_files,
+            lists,
+            whole_files,
+        }
+    }
+}
 
 /// Creates `dir` and its 256 shard folders.
 pub fn create_shards(dir: &Path) -> std::io::Result<()> {

@@ -1,7 +1,14 @@
-//! Frames kept on the client's disk ([`crate::disk::DiskCache`]) in front
+//! Frames and chunk lists kept on the client's disk
+//! ([`crate::disk::DiskCache`], [`crate::disk::DiskChunkLists`]) in front
 //! of a remote store: what the local proxy renders NARs from, in the same
 //! folder and format as the mount's cache, so a file either one fetched
 //! costs the other nothing upstream.
+//!
+//! [`disk_chunk_lists`] answers chunk lists from the disk and asks the
+//! store below for the rest in one call, keeping its answers. Readers put
+//! their checks above it (a list must fit its file; with trusted keys the
+//! guard checks the signed manifest), so a list from the disk is checked
+//! like one from the server.
 //!
 //! `get_frames` answers from the disk first and asks the store below only
 //! for the rest, in one call (plus one for delta bases not on disk; those
@@ -21,7 +28,7 @@ use async_trait::async_trait;
 use super::{BlobChunks, BlobStore};
 use crate::chunk::ChunkMeta;
 use crate::digest::B3Digest;
-use crate::disk::DiskCache;
+use crate::disk::{DiskCache, DiskChunkLists};
 use crate::error::{StoreError, StoreResult};
 use crate::frame::Frame;
 use crate::read::bases::{frames_with_bases, FramesWithBases};
@@ -171,6 +178,91 @@ impl BlobStore for DiskFrames {
     }
 }
 
+/// `inner` with the chunk lists it answers kept in `lists`.
+pub fn disk_chunk_lists(inner: Arc<dyn BlobStore>, lists: DiskChunkLists) -> Arc<dyn BlobStore> {
+    Arc::new(DiskLists { inner, lists })
+}
+
+struct DiskLists {
+    inner: Arc<dyn BlobStore>,
+    lists: DiskChunkLists,
+}
+
+/// Blocking disk work on a blocking thread.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> StoreResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))
+}
+
+#[async_trait]
+impl BlobStore for DiskLists {
+    async fn missing_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<B3Digest>> {
+        self.inner.missing_chunks(digests).await
+    }
+
+    async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
+        self.inner.put_frames(frames).await
+    }
+
+    async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
+        self.inner.get_frames(digests).await
+    }
+
+    async fn put_blob_chunks(&self, blobs: Vec<BlobChunks>) -> StoreResult<()> {
+        // What is kept may say "one chunk"; the store below decides.
+        let lists = self.lists.clone();
+        let written: Vec<B3Digest> = blobs.iter().map(|b| b.blob).collect();
+        self.inner.put_blob_chunks(blobs).await?;
+        blocking(move || written.iter().for_each(|b| lists.forget(b))).await
+    }
+
+    async fn get_blob_chunks(
+        &self,
+        blobs: &[B3Digest],
+    ) -> StoreResult<Vec<Option<Vec<ChunkMeta>>>> {
+        let lists = self.lists.clone();
+        let asked = blobs.to_vec();
+        let mut answers: Vec<Option<Option<Vec<ChunkMeta>>>> =
+            blocking(move || asked.iter().map(|b| lists.get(b)).collect()).await?;
+        let misses: Vec<B3Digest> = blobs
+            .iter()
+            .zip(&answers)
+            .filter(|(_, a)| a.is_none())
+            .map(|(b, _)| *b)
+            .collect();
+        if !misses.is_empty() {
+            let fetched = self.inner.get_blob_chunks(&misses).await?;
+            if fetched.len() != misses.len() {
+                return Err(StoreError::Corrupt(format!(
+                    "{} chunk lists answered for {} asked",
+                    fetched.len(),
+                    misses.len()
+                )));
+            }
+            let lists = self.lists.clone();
+            let keep: Vec<(B3Digest, Option<Vec<ChunkMeta>>)> =
+                misses.into_iter().zip(fetched).collect();
+            let kept = keep.clone();
+            blocking(move || {
+                for (blob, list) in &kept {
+                    lists.put(blob, list.as_deref());
+                }
+            })
+            .await?;
+            let mut fetched = keep.into_iter().map(|(_, l)| l);
+            for a in answers.iter_mut().filter(|a| a.is_none()) {
+                *a = fetched.next();
+            }
+        }
+        Ok(answers.into_iter().map(Option::flatten).collect())
+    }
+
+    async fn chunk_list_digests(&self, root: &B3Digest) -> StoreResult<Option<ChunkListsDigest>> {
+        self.inner.chunk_list_digests(root).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -237,5 +329,60 @@ mod tests {
             ..Store::from_backend(bucket)
         };
         check_store(&store, 71).await;
+    }
+
+    #[tokio::test]
+    async fn the_lists_layer_conforms() {
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = BucketStore::open(dir.path().join("store").to_str().unwrap())
+            .await
+            .unwrap();
+        let store = Store {
+            blobs: disk_chunk_lists(
+                bucket.clone(),
+                DiskChunkLists::open(&dir.path().join("cache"), 1 << 20).unwrap(),
+            ),
+            ..Store::from_backend(bucket)
+        };
+        check_store(&store, 72).await;
+    }
+
+    #[tokio::test]
+    async fn chunk_lists_are_asked_once_then_read_from_disk_by_the_next_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = BucketStore::open(dir.path().join("store").to_str().unwrap())
+            .await
+            .unwrap();
+        let parts: Vec<Vec<u8>> = (0..3).map(|i| pseudo_random(30_000, 40 + i)).collect();
+        let refs: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
+        bucket.put_frames(vec![frame_of(&refs)]).await.unwrap();
+        let blob = B3Digest::of(&parts.concat());
+        let list: Vec<ChunkMeta> = parts.iter().map(|p| ChunkMeta::of(p)).collect();
+        bucket
+            .put_blob_chunks(vec![BlobChunks {
+                blob,
+                chunks: list.clone(),
+            }])
+            .await
+            .unwrap();
+        let single = list[0].digest;
+        let counting = SlowStore::new(bucket, Duration::ZERO);
+        let cache = dir.path().join("cache");
+        let reader = || disk_chunk_lists(counting.clone(), DiskChunkLists::open(&cache, 1 << 20).unwrap());
+        let first = reader();
+        let want = vec![Some(list.clone()), None];
+        assert_eq!(first.get_blob_chunks(&[blob, single]).await.unwrap(), want);
+        assert_eq!(counting.blob_lists_read(), 1);
+        // A remount: both answers from the disk, in request order, mixed
+        // with one it has to ask.
+        let other = B3Digest::of(b"never stored");
+        let second = reader();
+        assert_eq!(
+            second.get_blob_chunks(&[single, other, blob]).await.unwrap(),
+            vec![None, None, Some(list)]
+        );
+        assert_eq!(counting.blob_lists_read(), 2, "only the unknown one was asked");
+        assert_eq!(second.get_blob_chunks(&[blob, single]).await.unwrap(), want);
+        assert_eq!(counting.blob_lists_read(), 2);
     }
 }

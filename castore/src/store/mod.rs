@@ -51,7 +51,7 @@ pub use cached::{cached, CacheConfig};
 pub use decoded::{
     decoded_chunks, decoded_chunks_counted, DecodedCacheCounters, DecodedCacheReading,
 };
-pub use disk::{disk_frames, DiskCounters};
+pub use disk::{disk_chunk_lists, disk_frames, DiskCounters};
 pub use filtered_lists::{filtered_lists, ListFilter};
 pub use path_closure::path_closure;
 

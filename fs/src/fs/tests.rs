@@ -603,6 +603,41 @@ fn a_chunk_list_that_does_not_add_up_is_eio_and_counted() {
 }
 
 #[test]
+fn a_missing_chunk_list_is_asked_with_its_neighbours_in_one_call() {
+    let server = Server::new();
+    let c = &server.contents;
+    let counting = SlowStore::new(server.backend.clone(), Duration::ZERO);
+    let store = Store {
+        blobs: counting.clone(),
+        ..server.store()
+    };
+    let mount = Mount::new(&server, store);
+    // Both multi-chunk files of pkg/ are known by name; reading one asks
+    // the other's list in the same call.
+    mount.lookup(&path("big")).unwrap();
+    assert_eq!(mount.read_all(&path("medium"), 1 << 16).unwrap(), c.medium);
+    assert_eq!(counting.blob_lists_read(), 1);
+    assert_eq!(mount.read_all(&path("big"), 1 << 17).unwrap(), c.big);
+    assert_eq!(counting.blob_lists_read(), 1, "big's list came with medium's");
+}
+
+#[test]
+fn a_neighbours_bad_chunk_list_costs_the_file_read_nothing() {
+    let server = Server::new();
+    let c = &server.contents;
+    let big = blob_of(&c.big);
+    let mut short = server.chunk_list(&big);
+    short.pop();
+    let mount = Mount::new(&server, server.lying(vec![(big, short)]));
+    mount.lookup(&path("big")).unwrap();
+    // medium's list comes with big's wrong one: medium reads, big is EIO.
+    assert_eq!(mount.read_all(&path("medium"), 1 << 16).unwrap(), c.medium);
+    let err = mount.read_at(&path("big"), 0, 4096).unwrap_err();
+    assert!(matches!(err, FsError::BadChunkList(_)), "{err}");
+    assert_eq!(mount.read_errors(), 1);
+}
+
+#[test]
 fn a_chunk_list_naming_chunks_of_other_sizes_is_eio() {
     let server = Server::new();
     let big = blob_of(&server.contents.big);
