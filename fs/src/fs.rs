@@ -22,13 +22,13 @@ use bytes::Bytes;
 use fuser::{BackingId, FileAttr, FileType, INodeNo};
 use futures::StreamExt;
 use lazix_castore::catalog::CatalogEntry;
+use lazix_castore::chunk::ChunkMeta;
 use lazix_castore::digest::DigestKeyBuildHasher;
 use lazix_castore::directory::Directory;
 use lazix_castore::nix::store_path::StorePath;
 use lazix_castore::read::trusted::{AdmitError, TrustedReads};
 use lazix_castore::read::BlobLayout;
 use lazix_castore::store::CacheConfig;
-use lazix_castore::chunk::ChunkMeta;
 use lazix_castore::{B3Digest, Node, PathInfo, Store, StoreError};
 
 use crate::error::FsError;
@@ -994,9 +994,7 @@ impl LazyFs {
         let mut asked = vec![*blob];
         asked.extend(neighbours.iter().map(|(d, _)| *d));
         let answer = match self.remote(self.store.blobs.get_blob_chunks(&asked)) {
-            Err(FsError::Store(e))
-                if matches!(*e, StoreError::Corrupt(_)) && asked.len() > 1 =>
-            {
+            Err(FsError::Store(e)) if matches!(*e, StoreError::Corrupt(_)) && asked.len() > 1 => {
                 tracing::debug!(error = %e, "a neighbour's chunk list was refused");
                 asked.truncate(1);
                 self.remote(self.store.blobs.get_blob_chunks(&asked))

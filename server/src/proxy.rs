@@ -29,8 +29,8 @@ use lazix_castore::directory::Directory;
 use lazix_castore::disk::{DiskCache, DiskChunkLists};
 use lazix_castore::frame::Frame;
 use lazix_castore::store::{
-    cached, disk_chunk_lists, disk_frames, BlobChunks, BlobStore, CacheConfig, DirectoryStore, DiskCounters,
-    PathInfoStore,
+    cached, disk_chunk_lists, disk_frames, BlobChunks, BlobStore, CacheConfig, DirectoryStore,
+    DiskCounters, PathInfoStore,
 };
 use lazix_castore::trust::ChunkListsDigest;
 use lazix_castore::{B3Digest, PathInfo, Store, StoreError, StoreResult};

@@ -66,7 +66,7 @@ fn encode(list: Option<&[ChunkMeta]>) -> Vec<u8> {
 /// A list file's list (`None`: one chunk), or why it is no list.
 fn decode(data: &[u8]) -> Result<Option<Vec<ChunkMeta>>, StoreError> {
     let corrupt = |m: &str| StoreError::Corrupt(format!("chunk list on disk: {m}"));
-    if data.len() < TRAILER || (data.len() - TRAILER) % RECORD != 0 {
+    if data.len() < TRAILER || !(data.len() - TRAILER).is_multiple_of(RECORD) {
         return Err(corrupt("torn"));
     }
     let (records, trailer) = data.split_at(data.len() - TRAILER);
@@ -233,9 +233,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let lists = DiskChunkLists::open(dir.path(), 1 << 20).unwrap();
         let path = |b: &B3Digest| shard_path(&dir.path().join("lists"), b);
-        let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
+        type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+        let cases: Vec<(&str, Damage)> = vec![
             ("torn", Box::new(|d| d.truncate(d.len() - 3))),
-            ("a record cut off", Box::new(|d| d.drain(..RECORD).for_each(drop))),
+            (
+                "a record cut off",
+                Box::new(|d| d.drain(..RECORD).for_each(drop)),
+            ),
             ("a size changed", Box::new(|d| d[33] ^= 1)),
             ("empty", Box::new(|d| d.clear())),
         ];
@@ -264,6 +268,9 @@ mod tests {
             .flat_map(|s| std::fs::read_dir(s).unwrap())
             .count() as u64;
         assert!(on_disk <= 4, "{on_disk} list files left");
-        assert!(lists.get(&B3Digest::of(&[19])).is_some(), "the newest list was evicted");
+        assert!(
+            lists.get(&B3Digest::of(&[19])).is_some(),
+            "the newest list was evicted"
+        );
     }
 }

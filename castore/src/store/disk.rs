@@ -368,7 +368,12 @@ mod tests {
         let single = list[0].digest;
         let counting = SlowStore::new(bucket, Duration::ZERO);
         let cache = dir.path().join("cache");
-        let reader = || disk_chunk_lists(counting.clone(), DiskChunkLists::open(&cache, 1 << 20).unwrap());
+        let reader = || {
+            disk_chunk_lists(
+                counting.clone(),
+                DiskChunkLists::open(&cache, 1 << 20).unwrap(),
+            )
+        };
         let first = reader();
         let want = vec![Some(list.clone()), None];
         assert_eq!(first.get_blob_chunks(&[blob, single]).await.unwrap(), want);
@@ -378,10 +383,17 @@ mod tests {
         let other = B3Digest::of(b"never stored");
         let second = reader();
         assert_eq!(
-            second.get_blob_chunks(&[single, other, blob]).await.unwrap(),
+            second
+                .get_blob_chunks(&[single, other, blob])
+                .await
+                .unwrap(),
             vec![None, None, Some(list)]
         );
-        assert_eq!(counting.blob_lists_read(), 2, "only the unknown one was asked");
+        assert_eq!(
+            counting.blob_lists_read(),
+            2,
+            "only the unknown one was asked"
+        );
         assert_eq!(second.get_blob_chunks(&[blob, single]).await.unwrap(), want);
         assert_eq!(counting.blob_lists_read(), 2);
     }

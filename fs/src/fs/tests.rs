@@ -618,7 +618,11 @@ fn a_missing_chunk_list_is_asked_with_its_neighbours_in_one_call() {
     assert_eq!(mount.read_all(&path("medium"), 1 << 16).unwrap(), c.medium);
     assert_eq!(counting.blob_lists_read(), 1);
     assert_eq!(mount.read_all(&path("big"), 1 << 17).unwrap(), c.big);
-    assert_eq!(counting.blob_lists_read(), 1, "big's list came with medium's");
+    assert_eq!(
+        counting.blob_lists_read(),
+        1,
+        "big's list came with medium's"
+    );
 }
 
 #[test]
