@@ -39,7 +39,7 @@ pub enum FetchError {
 /// Chunks asked for per server call (about 4 MiB at the average chunk
 /// size): large enough to amortise the round trip, small enough that the
 /// first bytes arrive early.
-const CALL_CHUNKS: usize = 64;
+pub(crate) const CALL_CHUNKS: usize = 64;
 /// Server calls in flight per fetch.
 const CALLS_IN_FLIGHT: usize = 4;
 
@@ -52,6 +52,10 @@ pub enum Origin {
     Read,
     /// Fetched ahead of any read.
     Ahead,
+    /// Fetched ahead for an access profile, which names exactly what will
+    /// be read: the server is asked for frames of these chunks alone
+    /// ([`BlobStore::get_frames_exact`]), not their stored neighbours.
+    Profile,
 }
 
 /// Whether the frames a fetch receives go to the disk cache too.
@@ -269,7 +273,8 @@ impl ChunkFetcher {
             if origin == Origin::Read {
                 Stats::add(&self.stats.read_fetches, 1);
             }
-            self.fetch_remote(mine, disk).await;
+            self.fetch_remote(mine, disk, origin == Origin::Profile)
+                .await;
         }
         // Every fetch waited on is bounded by the server timeout of its
         // calls; a fetch abandoned by its reader (cancelled) fails this read.
@@ -300,7 +305,7 @@ impl ChunkFetcher {
     /// flight, publishing each call's chunks as soon as it completes (a
     /// reader waiting for the first chunk of a large read-ahead window does
     /// not wait for the whole window).
-    async fn fetch_remote(&self, mine: Vec<Publisher>, disk: DiskCopy) {
+    async fn fetch_remote(&self, mine: Vec<Publisher>, disk: DiskCopy, exact: bool) {
         let mut groups: Vec<Vec<Publisher>> = Vec::new();
         let mut mine = mine.into_iter().peekable();
         while mine.peek().is_some() {
@@ -313,7 +318,7 @@ impl ChunkFetcher {
             .map(|g| async move {
                 let g = self.publish_arrived(g);
                 if !g.is_empty() {
-                    self.fetch_group(g, disk).await;
+                    self.fetch_group(g, disk, exact).await;
                 }
             })
             .buffer_unordered(CALLS_IN_FLIGHT)
@@ -321,9 +326,9 @@ impl ChunkFetcher {
             .await;
     }
 
-    async fn fetch_group(&self, group: Vec<Publisher>, disk: DiskCopy) {
+    async fn fetch_group(&self, group: Vec<Publisher>, disk: DiskCopy, exact: bool) {
         let digests: Vec<B3Digest> = group.iter().map(|c| *c.key()).collect();
-        match self.fetch_call(&digests, disk).await {
+        match self.fetch_call(&digests, disk, exact).await {
             Ok(chunks) => {
                 for (claim, outcome) in group.into_iter().zip(chunks) {
                     claim.publish(outcome);
@@ -343,10 +348,11 @@ impl ChunkFetcher {
         &self,
         batch: &[B3Digest],
         disk_copy: DiskCopy,
+        exact: bool,
     ) -> Result<Vec<Result<Bytes, FetchError>>, FetchError> {
         Stats::add(&self.stats.fetch_requests, 1);
         let started = std::time::Instant::now();
-        let answer = self.fetch_call_untimed(batch, disk_copy).await;
+        let answer = self.fetch_call_untimed(batch, disk_copy, exact).await;
         self.stats.fetch_latency.observe(started.elapsed());
         answer
     }
@@ -356,11 +362,12 @@ impl ChunkFetcher {
         &self,
         batch: &[B3Digest],
         disk_copy: DiskCopy,
+        exact: bool,
     ) -> Result<Vec<Result<Bytes, FetchError>>, FetchError> {
         // Delta frames need their bases: from the caches, else one more call.
         let FramesWithBases { frames, known } = frames_with_bases(
             batch.to_vec(),
-            |digests| async move { self.remote_frames(&digests).await },
+            |digests| async move { self.remote_frames(&digests, exact).await },
             |d| {
                 let hit = self.memory.get(&d).or_else(|| self.disk_lookup(&d));
                 async move { hit }
@@ -460,8 +467,19 @@ impl ChunkFetcher {
     }
 
     /// One batched server call, bounded by the timeout, counted.
-    async fn remote_frames(&self, digests: &[B3Digest]) -> Result<Vec<Frame>, FetchError> {
-        let frames = tokio::time::timeout(self.timeout, self.remote.get_frames(digests))
+    async fn remote_frames(
+        &self,
+        digests: &[B3Digest],
+        exact: bool,
+    ) -> Result<Vec<Frame>, FetchError> {
+        let call = async {
+            if exact {
+                self.remote.get_frames_exact(digests).await
+            } else {
+                self.remote.get_frames(digests).await
+            }
+        };
+        let frames = tokio::time::timeout(self.timeout, call)
             .await
             .map_err(|_| FetchError::Timeout(self.timeout))??;
         let payload: u64 = frames.iter().map(|f| f.data.len() as u64).sum();

@@ -17,7 +17,7 @@ use lazix_castore::nix::store_path::StorePath;
 use lazix_castore::read::BlobLayout;
 use lazix_castore::{B3Digest, Node, Store, StoreError};
 
-use crate::fetcher::{ChunkFetcher, DiskCopy, Origin};
+use crate::fetcher::{ChunkFetcher, DiskCopy, Origin, CALL_CHUNKS};
 use crate::inodes::ROOT_INO;
 use crate::stats::Stats;
 
@@ -234,9 +234,11 @@ pub async fn prefetch(
         .zip(store.blobs.get_blob_chunks(&large).await?)
         .collect();
 
-    // The chunks of every range, in first-use order, each once.
+    // The chunks of every range, in first-use order, each once, with
+    // where each lies in its store path's NAR.
     let mut seen = HashSet::new();
     let mut ordered: Vec<(B3Digest, u64)> = Vec::new();
+    let mut places: Vec<NarPlace> = Vec::new();
     for f in &files {
         let digest = digest_of(f);
         let list = lists.get(&digest).cloned().flatten();
@@ -253,10 +255,12 @@ pub async fn prefetch(
             for piece in layout.pieces(r[0], r[1]) {
                 if seen.insert(piece.chunk.digest) {
                     ordered.push((piece.chunk.digest, piece.chunk.size));
+                    places.push(NarPlace::of(f, piece.offset));
                 }
             }
         }
     }
+    let ordered = calls_apart(ordered, &places);
     report.chunks = ordered.len();
     Stats::add(&fetcher.stats.profile_chunks, ordered.len() as u64);
 
@@ -269,7 +273,7 @@ pub async fn prefetch(
         bytes += size;
         if bytes >= PREFETCH_BATCH || i + 1 == ordered.len() {
             fetcher
-                .get_after_neighbours(&batch, &[], DiskCopy::Keep, Origin::Ahead)
+                .get_after_neighbours(&batch, &[], DiskCopy::Keep, Origin::Profile)
                 .await
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?;
             batch.clear();
@@ -279,9 +283,82 @@ pub async fn prefetch(
     Ok(report)
 }
 
+/// Where a chunk lies in its store path's NAR: the store path, the file's
+/// path components (a NAR lists entries by name, depth first, so this
+/// order is NAR order) and the chunk's offset in the file.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct NarPlace<'a> {
+    path: &'a str,
+    file: Vec<&'a [u8]>,
+    offset: u64,
+}
+
+impl<'a> NarPlace<'a> {
+    fn of(f: &'a FileReads, offset: u64) -> Self {
+        Self {
+            path: &f.path,
+            file: f.file.split('/').map(str::as_bytes).collect(),
+            offset,
+        }
+    }
+}
+
+/// `chunks` (in first-use order, placed at `places`) reordered so that
+/// the fetcher's calls, several in flight, rarely ask for the same frame:
+/// a store writes a path's chunks into frames in NAR order, so chunks
+/// close in the NAR share frames, and two calls in flight asking for
+/// chunks of one frame each receive all of it. The chunks are cut, in NAR
+/// order, into runs of one call's length; runs go in the order of their
+/// first use (the prefetch still fetches what is used first, first).
+fn calls_apart(chunks: Vec<(B3Digest, u64)>, places: &[NarPlace]) -> Vec<(B3Digest, u64)> {
+    let mut by_place: Vec<usize> = (0..chunks.len()).collect();
+    by_place.sort_by(|a, b| places[*a].cmp(&places[*b]));
+    let mut runs: Vec<&[usize]> = by_place.chunks(CALL_CHUNKS).collect();
+    runs.sort_by_key(|run| run.iter().min().copied());
+    runs.into_iter()
+        .flat_map(|run| run.iter().map(|i| chunks[*i]))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefetch_calls_take_runs_of_the_nar_in_order_of_first_use() {
+        let file = |name: &str| FileReads {
+            path: "aaa-p".into(),
+            file: name.into(),
+            digest: String::new(),
+            size: 0,
+            ranges: vec![],
+        };
+        // Three files read in turns, a chunk each time: lib/b first, then
+        // bin/a, then lib/b/c ("lib/b" < "lib/b/c" by component).
+        let files = [file("lib/b"), file("bin/a"), file("lib/b/c")];
+        let n = CALL_CHUNKS * 3;
+        let mut chunks = Vec::new();
+        let mut places = Vec::new();
+        for i in 0..n {
+            chunks.push((B3Digest::of(&i.to_le_bytes()), i as u64));
+            places.push(NarPlace::of(&files[i % 3], (i / 3) as u64));
+        }
+        let out = calls_apart(chunks, &places);
+        assert_eq!(out.len(), n);
+        let call = |k: usize| -> Vec<usize> {
+            out[k * CALL_CHUNKS..(k + 1) * CALL_CHUNKS]
+                .iter()
+                .map(|(_, i)| *i as usize % 3)
+                .collect()
+        };
+        // Each call reads one file's run; the first used goes first.
+        assert_eq!(call(0), vec![0; CALL_CHUNKS], "lib/b, used first");
+        assert_eq!(call(1), vec![1; CALL_CHUNKS], "bin/a");
+        assert_eq!(call(2), vec![2; CALL_CHUNKS], "lib/b/c");
+        // Within a run, NAR order (offsets rising).
+        let offsets: Vec<u64> = out[..CALL_CHUNKS].iter().map(|(_, i)| i / 3).collect();
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]));
+    }
 
     #[test]
     fn the_recorder_names_files_by_store_path_and_place() {

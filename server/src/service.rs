@@ -13,6 +13,7 @@ use lazix_castore::directory::Directory;
 use lazix_castore::frame::Frame;
 use lazix_castore::ingest::{ingest_contents, ChunkUploader, KnownChunks, TransferStats};
 use lazix_castore::limits::{over_limit, MAX_CLOSURE_BYTES, MAX_NODES};
+use lazix_castore::read::exact::exact_frames;
 use lazix_castore::read::slices::CoveredSlices;
 use lazix_castore::read::trusted::root_manifest;
 use lazix_castore::read::BlobLayout;
@@ -518,7 +519,9 @@ impl chunk_service_server::ChunkService for StoreService {
         req: Request<lpb::ReadChunksRequest>,
     ) -> Result<Response<Self::ReadChunksStream>, Status> {
         self.allow_read(&req)?;
-        let ds = digests(&req.into_inner().digests)?;
+        let req = req.into_inner();
+        let ds = digests(&req.digests)?;
+        let exact = req.exact;
         let store = self.store.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         tokio::spawn(async move {
@@ -526,7 +529,13 @@ impl chunk_service_server::ChunkService for StoreService {
             // already sent covers its chunks for later slices.
             let mut slices = CoveredSlices::new(&ds, READ_CHUNKS_SLICE);
             while let Some(wanted) = slices.next_wanted() {
-                match store.blobs.get_frames(&wanted).await {
+                let frames = match store.blobs.get_frames(&wanted).await {
+                    Ok(frames) if exact => {
+                        exact_frames(store.blobs.as_ref(), &wanted, frames).await
+                    }
+                    answer => answer,
+                };
+                match frames {
                     Ok(frames) => {
                         frames.iter().for_each(|f| slices.cover(f));
                         for group in group_by_size(frames, |f| f.data.len() as u64) {

@@ -9,6 +9,8 @@
 //! - [`bases`]: frames plus the base chunks their delta frames need, with
 //!   the caller's cache asked first;
 //! - [`decode`]: frames to verified chunks, plain frames first;
+//! - [`exact`]: frames of just the asked chunks, for a reader that knows
+//!   what it needs;
 //! - [`single_flight`]: one fetch per digest, shared by its waiters;
 //! - [`slices`]: many digests asked for in slices, minus what earlier
 //!   frames brought;
@@ -17,6 +19,7 @@
 
 pub mod bases;
 pub mod decode;
+pub mod exact;
 pub mod layout;
 pub mod single_flight;
 pub mod slices;

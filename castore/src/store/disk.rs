@@ -209,6 +209,10 @@ impl BlobStore for DiskLists {
         self.inner.get_frames(digests).await
     }
 
+    async fn get_frames_exact(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
+        self.inner.get_frames_exact(digests).await
+    }
+
     async fn put_blob_chunks(&self, blobs: Vec<BlobChunks>) -> StoreResult<()> {
         // What is kept may say "one chunk"; the store below decides.
         let lists = self.lists.clone();

@@ -85,6 +85,14 @@ pub trait BlobStore: Send + Sync {
     /// any chunk is missing.
     async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>>;
 
+    /// Like [`BlobStore::get_frames`], for a reader that knows exactly what
+    /// it needs (an access profile): a remote store may answer new plain
+    /// frames of the asked chunks alone where stored frames hold mostly
+    /// others (fewer bytes on the wire). Default: the stored frames.
+    async fn get_frames_exact(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
+        self.get_frames(digests).await
+    }
+
     /// Chunks decoded and verified, in request order: for callers that need
     /// the bytes here (renderers). Layers with a decoded-chunk cache answer
     /// from it.

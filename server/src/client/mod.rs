@@ -260,6 +260,19 @@ impl GrpcStore {
         self.snix_only.load(Ordering::Relaxed)
     }
 
+    /// The frames of `digests` over `lazix.v1` (`exact`: see
+    /// [`BlobStore::get_frames_exact`]), or from a snix server chunk by
+    /// chunk.
+    async fn frames(&self, digests: &[B3Digest], exact: bool) -> StoreResult<Vec<Frame>> {
+        if !self.is_snix_only() {
+            if let Some(frames) = self.lazix_get_frames(digests, exact).await? {
+                return Ok(frames);
+            }
+            self.note_snix_only();
+        }
+        snix::get_frames(&self.blobs, digests).await
+    }
+
     fn note_snix_only(&self) {
         if !self.snix_only.swap(true, Ordering::Relaxed) {
             tracing::info!(
@@ -307,7 +320,11 @@ impl GrpcStore {
         Ok(answered(resp)?.map(|_| ()))
     }
 
-    async fn lazix_get_frames(&self, digests: &[B3Digest]) -> StoreResult<Option<Vec<Frame>>> {
+    async fn lazix_get_frames(
+        &self,
+        digests: &[B3Digest],
+        exact: bool,
+    ) -> StoreResult<Option<Vec<Frame>>> {
         let mut out: Vec<Frame> = Vec::new();
         let mut slices = CoveredSlices::new(digests, MAX_BATCH);
         while let Some(wanted) = slices.next_wanted() {
@@ -316,6 +333,7 @@ impl GrpcStore {
                 .clone()
                 .read_chunks(lpb::ReadChunksRequest {
                     digests: wanted.iter().map(|d| (*d).into()).collect(),
+                    exact,
                 })
                 .await;
             let Some(resp) = answered(resp)? else {
@@ -436,13 +454,11 @@ impl BlobStore for GrpcStore {
     }
 
     async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
-        if !self.is_snix_only() {
-            if let Some(frames) = self.lazix_get_frames(digests).await? {
-                return Ok(frames);
-            }
-            self.note_snix_only();
-        }
-        snix::get_frames(&self.blobs, digests).await
+        self.frames(digests, false).await
+    }
+
+    async fn get_frames_exact(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
+        self.frames(digests, true).await
     }
 
     async fn put_blob_chunks(&self, blobs: Vec<BlobChunks>) -> StoreResult<()> {
