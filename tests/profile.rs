@@ -321,3 +321,55 @@ fn a_profile_pushed_beside_its_path_is_prefetched_on_first_lookup() {
     assert!(!server.data.path().join("profiles").join(hash).exists());
     server.stop();
 }
+
+/// A prefetch asks the server for exactly the profile's chunks: reading 4
+/// of 40 small files packed in shared frames costs a plain cold mount
+/// their frames, a profiled one only the 4 files (the server repacks
+/// them), and everything still reads right.
+#[test]
+fn a_profile_prefetch_fetches_its_chunks_without_their_frame_neighbours() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(&["--compact-after", "0"]);
+    let t = dir.path().join("packed");
+    std::fs::create_dir_all(&t).unwrap();
+    for i in 0..40 {
+        std::fs::write(t.join(format!("f{i:02}")), pseudo_random(20_000, 100 + i)).unwrap();
+    }
+    let path = add_path(&t);
+    lazix_push(&server, &[&path]);
+    let name = path.trim_start_matches("/nix/store/").to_string();
+    let read_some = |mount: &Mount| {
+        for i in [3, 17, 25, 38] {
+            let got = std::fs::read(mount.path(&name).join(format!("f{i:02}"))).unwrap();
+            assert!(got == pseudo_random(20_000, 100 + i), "f{i:02}");
+        }
+    };
+    let profile = dir.path().join("some.profile");
+    let rec = Mount::new(&server, &["--record-profile", profile.to_str().unwrap()]);
+    read_some(&rec);
+    rec.stop();
+
+    let plain = Mount::new(&server, &[]);
+    read_some(&plain);
+    let plain_bytes = n(&plain.stats(), "fetched_bytes");
+    plain.stop();
+
+    let profiled = Mount::new(&server, &["--prefetch", profile.to_str().unwrap()]);
+    let s = wait_prefetched(&profiled);
+    let exact_bytes = n(&s, "fetched_bytes");
+    read_some(&profiled);
+    let after = profiled.stats();
+    assert_eq!(n(&after, "read_fetches"), 0, "{after}");
+    assert!(
+        (80_000..=100_000).contains(&exact_bytes),
+        "the 4 files' 80,000 bytes (incompressible), no more: {s}"
+    );
+    assert!(
+        plain_bytes >= 3 * exact_bytes,
+        "a plain read fetched {plain_bytes} bytes, the prefetch {exact_bytes}"
+    );
+    // The neighbours left on the server read fine afterwards.
+    let other = std::fs::read(profiled.path(&name).join("f10")).unwrap();
+    assert!(other == pseudo_random(20_000, 110));
+    profiled.stop();
+}
