@@ -25,6 +25,7 @@ use lazix_castore::catalog::CatalogEntry;
 use lazix_castore::chunk::ChunkMeta;
 use lazix_castore::digest::DigestKeyBuildHasher;
 use lazix_castore::directory::Directory;
+use lazix_castore::disk::DiskChunkLists;
 use lazix_castore::nix::store_path::StorePath;
 use lazix_castore::read::trusted::{AdmitError, TrustedReads};
 use lazix_castore::read::BlobLayout;
@@ -232,6 +233,10 @@ pub struct LazyFs {
     path_infos: moka::sync::Cache<[u8; 20], Arc<PathInfo>, DigestKeyBuildHasher>,
     directories: moka::sync::Cache<B3Digest, Arc<Directory>, DigestKeyBuildHasher>,
     chunk_lists: moka::sync::Cache<B3Digest, Arc<BlobLayout>, DigestKeyBuildHasher>,
+    /// The chunk lists kept on disk below the store (with a cache folder):
+    /// a list refused here is dropped there too, or the disk would answer
+    /// it again on every read and remount.
+    kept_lists: Option<DiskChunkLists>,
     /// The directory each multi-chunk file was last found in, so a missing
     /// list is asked with its neighbours' (see [`LIST_BATCH`]).
     found_in: moka::sync::Cache<B3Digest, B3Digest, DigestKeyBuildHasher>,
@@ -335,6 +340,7 @@ impl LazyFs {
                 .max_capacity(32 * 1024 * 1024)
                 .weigher(|_: &B3Digest, l: &Arc<BlobLayout>| l.weight().min(u32::MAX as u64) as u32)
                 .build_with_hasher(DigestKeyBuildHasher::default()),
+            kept_lists: None,
             found_in: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .build_with_hasher(DigestKeyBuildHasher::default()),
@@ -357,6 +363,19 @@ impl LazyFs {
             profiles_asked: moka::sync::Cache::new(1_000_000),
             offline_until: Mutex::default(),
             stats_opened: Mutex::default(),
+        }
+    }
+
+    /// Drops from `lists` (the disk layer under this mount's store) every
+    /// chunk list this mount refuses.
+    pub fn forget_refused_lists_in(&mut self, lists: DiskChunkLists) {
+        self.kept_lists = Some(lists);
+    }
+
+    /// A list of `blob` was refused: not kept on disk any more.
+    fn refused_list(&self, blob: &B3Digest) {
+        if let Some(lists) = &self.kept_lists {
+            lists.forget(blob);
         }
     }
 
@@ -977,6 +996,7 @@ impl LazyFs {
         let layout = BlobLayout::from_answer(*digest, size, answer).map_err(|e| {
             let e = FsError::BadChunkList(Arc::new(e));
             tracing::error!(error = %e, "refusing a chunk list");
+            self.refused_list(digest);
             e
         })?;
         let layout = Arc::new(layout);
@@ -1004,6 +1024,7 @@ impl LazyFs {
         let mut answer = match answer {
             Err(FsError::Store(e)) if matches!(*e, StoreError::Corrupt(_)) => {
                 tracing::error!(error = %e, "refusing a chunk list");
+                self.refused_list(blob);
                 return Err(FsError::BadChunkList(e));
             }
             a => a?.into_iter(),
@@ -1011,8 +1032,9 @@ impl LazyFs {
         let own = answer.next().flatten();
         for ((digest, size), list) in neighbours.into_iter().zip(answer) {
             // One that does not fit is refused when its file is read.
-            if let Ok(layout) = BlobLayout::from_answer(digest, size, list) {
-                self.chunk_lists.insert(digest, Arc::new(layout));
+            match BlobLayout::from_answer(digest, size, list) {
+                Ok(layout) => self.chunk_lists.insert(digest, Arc::new(layout)),
+                Err(_) => self.refused_list(&digest),
             }
         }
         Ok(own)
@@ -1177,6 +1199,7 @@ impl LazyFs {
                 self.writers.lock().expect("writers").remove(&ino);
                 let digest = *writer.lock().expect("writer").digest();
                 self.disproved.insert(digest, ());
+                self.refused_list(&digest);
                 // The pages the kernel cached from it are wrong too.
                 self.kernel.drop_pages(ino);
                 return Err(FsError::Disproved(digest));

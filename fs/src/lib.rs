@@ -55,11 +55,16 @@ pub struct MountOptions {
 /// `store` with the chunk lists it answers kept in the cache folder `dir`
 /// (within its share of the quota `cache_bytes`): a remount, or a mount
 /// after `lazix prefetch`, asks no list again. Below the trust guard, so a
-/// kept list is checked like a fetched one.
-fn with_lists_on_disk(mut store: Store, dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+/// kept list is checked like a fetched one; a list the reader refuses
+/// must be dropped from the returned lists.
+fn with_lists_on_disk(
+    mut store: Store,
+    dir: &Path,
+    cache_bytes: u64,
+) -> Result<(Store, DiskChunkLists), StoreError> {
     let lists = DiskChunkLists::open(dir, Quotas::of(cache_bytes).lists)?;
-    store.blobs = disk_chunk_lists(store.blobs, lists);
-    Ok(store)
+    store.blobs = disk_chunk_lists(store.blobs, lists.clone());
+    Ok((store, lists))
 }
 
 /// Fetches what `profile` names into the disk cache at `cache_dir` (with
@@ -72,7 +77,9 @@ pub async fn prefetch_to_disk(
     timeout: Duration,
     profile: &profile::Profile,
 ) -> Result<(profile::PrefetchReport, StatsSnapshot), StoreError> {
-    let store = with_lists_on_disk(store, cache_dir, cache_bytes)?;
+    // A list the prefetch refuses (it skips the file) stays until a mount
+    // reading the file refuses it too and drops it.
+    let (store, _) = with_lists_on_disk(store, cache_dir, cache_bytes)?;
     let fetcher = ChunkFetcher::new(
         store.blobs.clone(),
         64 * 1024 * 1024,
@@ -194,9 +201,12 @@ pub fn mount(
     opts: MountOptions,
 ) -> Result<Mounted, MountError> {
     let quotas = Quotas::of(opts.cache_bytes);
-    let store = match &opts.cache_dir {
-        Some(dir) => with_lists_on_disk(store, dir, opts.cache_bytes)?,
-        None => store,
+    let (store, kept_lists) = match &opts.cache_dir {
+        Some(dir) => {
+            let (store, lists) = with_lists_on_disk(store, dir, opts.cache_bytes)?;
+            (store, Some(lists))
+        }
+        None => (store, None),
     };
     let fetcher = Arc::new(ChunkFetcher::new(
         store.blobs.clone(),
@@ -214,6 +224,9 @@ pub fn mount(
     let caches = CacheGauges::new(fetcher.clone(), whole.clone());
     let kernel = Arc::new(fuse::KernelNotifier::default());
     let mut fs = LazyFs::new(rt, store, fetcher, whole, kernel.clone(), opts.fs);
+    if let Some(lists) = kept_lists {
+        fs.forget_refused_lists_in(lists);
+    }
     if let Some(r) = opts.recorder {
         fs.record_into(r);
     }

@@ -260,18 +260,20 @@ pub async fn prefetch(
             }
         }
     }
-    let ordered = calls_apart(ordered, &places);
     report.chunks = ordered.len();
     Stats::add(&fetcher.stats.profile_chunks, ordered.len() as u64);
+    let runs = calls_apart(ordered, &places);
 
-    // Large batches, one after another: each claims its chunks at once, so
-    // reads of any of them wait for this fetch rather than start another.
+    // Large batches of whole runs, one after another: each claims its
+    // chunks at once, so reads of any of them wait for this fetch rather
+    // than start another.
     let mut batch = Vec::new();
     let mut bytes = 0u64;
-    for (i, (d, size)) in ordered.iter().enumerate() {
-        batch.push(*d);
-        bytes += size;
-        if bytes >= PREFETCH_BATCH || i + 1 == ordered.len() {
+    let last = runs.len();
+    for (i, run) in runs.into_iter().enumerate() {
+        bytes += run.iter().map(|(_, size)| size).sum::<u64>();
+        batch.extend(run.into_iter().map(|(d, _)| d));
+        if bytes >= PREFETCH_BATCH || i + 1 == last {
             fetcher
                 .get_after_neighbours(&batch, &[], DiskCopy::Keep, Origin::Profile)
                 .await
@@ -303,20 +305,21 @@ impl<'a> NarPlace<'a> {
     }
 }
 
-/// `chunks` (in first-use order, placed at `places`) reordered so that
-/// the fetcher's calls, several in flight, rarely ask for the same frame:
+/// `chunks` (in first-use order, placed at `places`) as runs of one
+/// call's length, so that the fetcher's calls, several in flight, rarely
+/// ask for the same frame:
 /// a store writes a path's chunks into frames in NAR order, so chunks
 /// close in the NAR share frames, and two calls in flight asking for
 /// chunks of one frame each receive all of it. The chunks are cut, in NAR
 /// order, into runs of one call's length; runs go in the order of their
 /// first use (the prefetch still fetches what is used first, first).
-fn calls_apart(chunks: Vec<(B3Digest, u64)>, places: &[NarPlace]) -> Vec<(B3Digest, u64)> {
+fn calls_apart(chunks: Vec<(B3Digest, u64)>, places: &[NarPlace]) -> Vec<Vec<(B3Digest, u64)>> {
     let mut by_place: Vec<usize> = (0..chunks.len()).collect();
     by_place.sort_by(|a, b| places[*a].cmp(&places[*b]));
     let mut runs: Vec<&[usize]> = by_place.chunks(CALL_CHUNKS).collect();
     runs.sort_by_key(|run| run.iter().min().copied());
     runs.into_iter()
-        .flat_map(|run| run.iter().map(|i| chunks[*i]))
+        .map(|run| run.iter().map(|i| chunks[*i]).collect())
         .collect()
 }
 
@@ -343,20 +346,17 @@ mod tests {
             chunks.push((B3Digest::of(&i.to_le_bytes()), i as u64));
             places.push(NarPlace::of(&files[i % 3], (i / 3) as u64));
         }
-        let out = calls_apart(chunks, &places);
-        assert_eq!(out.len(), n);
-        let call = |k: usize| -> Vec<usize> {
-            out[k * CALL_CHUNKS..(k + 1) * CALL_CHUNKS]
-                .iter()
-                .map(|(_, i)| *i as usize % 3)
-                .collect()
-        };
+        let runs = calls_apart(chunks, &places);
+        assert_eq!(runs.len(), 3);
+        assert!(runs.iter().all(|r| r.len() == CALL_CHUNKS));
+        let call =
+            |k: usize| -> Vec<usize> { runs[k].iter().map(|(_, i)| *i as usize % 3).collect() };
         // Each call reads one file's run; the first used goes first.
         assert_eq!(call(0), vec![0; CALL_CHUNKS], "lib/b, used first");
         assert_eq!(call(1), vec![1; CALL_CHUNKS], "bin/a");
         assert_eq!(call(2), vec![2; CALL_CHUNKS], "lib/b/c");
         // Within a run, NAR order (offsets rising).
-        let offsets: Vec<u64> = out[..CALL_CHUNKS].iter().map(|(_, i)| i / 3).collect();
+        let offsets: Vec<u64> = runs[0].iter().map(|(_, i)| i / 3).collect();
         assert!(offsets.windows(2).all(|w| w[0] < w[1]));
     }
 

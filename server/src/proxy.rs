@@ -8,7 +8,9 @@
 //! - PathInfos from upstream (briefly cached); when upstream fails or does
 //!   not answer within the timeout, a narinfo is "not here" (404), which
 //!   Nix takes as a reason to try its next substituter;
-//! - directories and chunk lists from upstream, cached in memory;
+//! - directories from upstream, cached in memory; chunk lists too, and
+//!   kept on disk beside the frames
+//!   ([`lazix_castore::store::disk_chunk_lists`]);
 //! - frames from the disk cache the mount uses (same folder, same format,
 //!   [`lazix_castore::store::disk_frames`]): only missing frames are
 //!   fetched, in the renderer's batched calls, and verified before kept.
@@ -181,6 +183,10 @@ impl BlobStore for Bounded {
     }
     async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
         self.within(self.inner.blobs.get_frames(digests)).await
+    }
+    async fn get_frames_exact(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
+        self.within(self.inner.blobs.get_frames_exact(digests))
+            .await
     }
     async fn put_blob_chunks(&self, _: Vec<BlobChunks>) -> StoreResult<()> {
         Err(refused())

@@ -18,7 +18,7 @@
 //! quota over what it indexed.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,20 +27,17 @@ use bytes::Bytes;
 use lazix_proto::ext as lpb;
 use prost::Message;
 
-use super::{create_shards, shard_dirs, shard_path};
+#[cfg(test)]
+use super::TMP_PREFIX;
+use super::{create_shards, shard_dirs, shard_path, skip_temp_file, write_atomically};
 use crate::chunk::ChunkMeta;
 use crate::digest::DigestKeyBuildHasher;
 use crate::error::StoreError;
 use crate::frame::Frame;
 use crate::B3Digest;
 
-/// Prefix of temp files; never a valid entry name.
-const TMP_PREFIX: &str = ".tmp-";
 /// Shortest time between two looks for frames other processes wrote.
 pub const RESCAN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-/// Temp files older than this are a killed writer's, removed at open
-/// (younger ones may be another live process's).
-const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Largest header accepted (a frame's chunk list).
 const MAX_HEADER: usize = 1 << 20;
 
@@ -221,18 +218,11 @@ impl DiskCache {
         }
         for entry in std::fs::read_dir(shard)? {
             let entry = entry?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with(TMP_PREFIX) {
-                let stale = entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|m| m.elapsed().is_ok_and(|age| age > STALE_TMP));
-                if stale {
-                    let _ = std::fs::remove_file(entry.path());
-                }
+            if skip_temp_file(&entry) {
                 continue;
             }
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
             let Some(id) = B3Digest::from_hex(&name) else {
                 continue;
             };
@@ -377,17 +367,9 @@ impl DiskCache {
         }
         .encode_to_vec();
         let path = shard_path(&self.dir, &id);
-        let written = (|| -> std::io::Result<u64> {
-            let mut tmp = tempfile::Builder::new()
-                .prefix(TMP_PREFIX)
-                .tempfile_in(path.parent().expect("sharded"))?;
-            tmp.write_all(&(header.len() as u32).to_le_bytes())?;
-            tmp.write_all(&header)?;
-            tmp.write_all(&frame.data)?;
-            tmp.persist(&path).map_err(|e| e.error)?;
-            Ok((4 + header.len() + frame.data.len()) as u64)
-        })();
-        let size = written?;
+        let len = (header.len() as u32).to_le_bytes();
+        write_atomically(&path, &[&len, &header, &frame.data])?;
+        let size = (4 + header.len() + frame.data.len()) as u64;
         self.index(id, &frame.chunks, size);
         Ok(id)
     }

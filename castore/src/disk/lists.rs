@@ -20,25 +20,28 @@
 //! trusted than that: readers check it as they check a server's answer
 //! (the file's size; with trusted keys, the signed manifest). "One chunk"
 //! is kept too: readers ask only for files of stored paths, whose lists
-//! were stored before their PathInfo, so the answer does not change.
+//! were stored before their PathInfo, so an honest server's answer does
+//! not change. A list a reader refuses (not the signed one, not fitting its
+//! file, or bytes that do not hash to the file) must be dropped with
+//! [`DiskChunkLists::forget`], or it would be answered again on every
+//! read and remount: the mount does so.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{create_shards, shard_dirs, shard_path};
+use super::{create_shards, shard_dirs, shard_path, skip_temp_file, write_atomically};
 use crate::chunk::ChunkMeta;
 use crate::digest::DigestKeyBuildHasher;
 use crate::error::StoreError;
 use crate::trust::chunk_list_digest;
 use crate::B3Digest;
 
-/// Prefix of temp files; never a valid entry name.
-const TMP_PREFIX: &str = ".tmp-";
 /// Bytes per chunk record.
 const RECORD: usize = 32 + 8;
 /// Bytes of the trailing digest.
 const TRAILER: usize = 32;
+/// The least a list file weighs (a file system block).
+const BLOCK: u64 = 4096;
 /// Longest list file read: a file of 2^20 chunks (64 GiB at the average
 /// chunk size). Longer ones are not kept.
 const MAX_FILE: u64 = (RECORD as u64) << 20;
@@ -95,7 +98,8 @@ impl DiskChunkLists {
             .max_capacity(quota)
             // Plain LRU, as the frames (see there).
             .eviction_policy(moka::policy::EvictionPolicy::lru())
-            .weigher(|_: &B3Digest, size: &u64| (*size).min(u32::MAX as u64) as u32)
+            // What a small file really takes on disk: a block.
+            .weigher(|_: &B3Digest, size: &u64| (*size).clamp(BLOCK, u32::MAX as u64) as u32)
             .eviction_listener(move |blob: Arc<B3Digest>, _, cause| {
                 if cause.was_evicted() {
                     let _ = std::fs::remove_file(shard_path(&evict_dir, &blob));
@@ -111,19 +115,11 @@ impl DiskChunkLists {
         for shard in shard_dirs(&self.dir) {
             for entry in std::fs::read_dir(&shard)? {
                 let entry = entry?;
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
-                if name.starts_with(TMP_PREFIX) {
-                    // A live writer's temp file lives for microseconds.
-                    let old = entry
-                        .metadata()
-                        .and_then(|m| m.modified())
-                        .is_ok_and(|m| m.elapsed().is_ok_and(|a| a.as_secs() > 60));
-                    if old {
-                        let _ = std::fs::remove_file(entry.path());
-                    }
+                if skip_temp_file(&entry) {
                     continue;
                 }
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
                 if let Some(blob) = B3Digest::from_hex(&name) {
                     self.lists.insert(blob, entry.metadata()?.len());
                 }
@@ -172,15 +168,7 @@ impl DiskChunkLists {
             return;
         }
         let path = shard_path(&self.dir, blob);
-        let written = (|| -> std::io::Result<()> {
-            let mut tmp = tempfile::Builder::new()
-                .prefix(TMP_PREFIX)
-                .tempfile_in(path.parent().expect("sharded"))?;
-            tmp.write_all(&data)?;
-            tmp.persist(&path).map_err(|e| e.error)?;
-            Ok(())
-        })();
-        match written {
+        match write_atomically(&path, &[&data]) {
             Ok(()) => self.lists.insert(*blob, data.len() as u64),
             Err(e) => tracing::warn!(error = %e, "cannot write a chunk list to the disk cache"),
         }
@@ -257,7 +245,8 @@ mod tests {
     #[test]
     fn the_quota_holds_and_evicted_lists_leave_the_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let one = encode(Some(&list(10))).len() as u64;
+        // Each list weighs a block at least.
+        let one = (encode(Some(&list(10))).len() as u64).max(BLOCK);
         let lists = DiskChunkLists::open(dir.path(), 4 * one).unwrap();
         for i in 0..20u8 {
             lists.put(&B3Digest::of(&[i]), Some(&list(10)));

@@ -24,7 +24,8 @@ pub use lists::DiskChunkLists;
 pub struct Quotas {
     /// Frames: what is left.
     pub frames: u64,
-    /// Chunk lists: 1/64 (a list is about 0.06% of its file's bytes).
+    /// Chunk lists: 1/64 (a list is about 0.06% of its file's bytes, but
+    /// each list file, weighed as a 4 KiB block at least, is mostly block).
     pub lists: u64,
     /// Whole files (the mount's passthrough copies): a quarter.
     pub whole_files: u64,
@@ -41,6 +42,42 @@ impl Quotas {
             whole_files,
         }
     }
+}
+
+/// Prefix of temp files; never a valid entry name.
+pub(crate) const TMP_PREFIX: &str = ".tmp-";
+/// Temp files older than this are a killed writer's, removed at open
+/// (younger ones may be another live process's).
+const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Whether `entry` is a temp file (never indexed), removing it if a killed
+/// writer left it.
+pub(crate) fn skip_temp_file(entry: &std::fs::DirEntry) -> bool {
+    if !entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+        return false;
+    }
+    let stale = entry
+        .metadata()
+        .and_then(|m| m.modified())
+        .is_ok_and(|m| m.elapsed().is_ok_and(|age| age > STALE_TMP));
+    if stale {
+        let _ = std::fs::remove_file(entry.path());
+    }
+    true
+}
+
+/// Writes `parts` to `path` through a temp file beside it, renamed at the
+/// end: a killed writer leaves no half entry under a final name.
+pub(crate) fn write_atomically(path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(TMP_PREFIX)
+        .tempfile_in(path.parent().expect("sharded"))?;
+    for p in parts {
+        tmp.write_all(p)?;
+    }
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 /// Creates `dir` and its 256 shard folders.

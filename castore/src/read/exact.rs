@@ -10,7 +10,10 @@
 //! decoded (through the store's decoded-chunk cache, delta frames with
 //! their bases, so the reader needs no base either), verified, and packed
 //! into new plain frames; other frames go as stored. Costs the server a
-//! decode and a zstd level-3 compression of the asked bytes.
+//! decode of each such frame and a zstd level-3 compression of the asked
+//! bytes: work of the same order as reading those frames, which any read
+//! may ask; repacks run at most one per core at a time server-wide, so
+//! readers asking `exact` cannot take every core from the others.
 
 use std::collections::HashSet;
 
@@ -21,6 +24,14 @@ use crate::error::{StoreError, StoreResult};
 use crate::frame::{Frame, OWN_FRAME_TARGET};
 use crate::store::BlobStore;
 use crate::B3Digest;
+
+/// Repacks running at once, server-wide: one per core.
+fn repack_turns() -> &'static tokio::sync::Semaphore {
+    static TURNS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    TURNS.get_or_init(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+    })
+}
 
 /// `frames` (the stored frames holding `asked`) with those mostly made of
 /// chunks not asked for replaced by new frames of the asked chunks alone.
@@ -54,6 +65,10 @@ pub async fn exact_frames(
     if repack.is_empty() {
         return Ok(out);
     }
+    let _turn = repack_turns()
+        .acquire()
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
     let digests: Vec<B3Digest> = repack.iter().map(|c| c.digest).collect();
     let chunks = blobs.get_chunks(&digests).await?;
     if chunks.len() != repack.len() {

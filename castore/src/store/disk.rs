@@ -5,7 +5,10 @@
 //! costs the other nothing upstream.
 //!
 //! [`disk_chunk_lists`] answers chunk lists from the disk and asks the
-//! store below for the rest in one call, keeping its answers. Readers put
+//! store below for the rest in one call, keeping its answers (a write of
+//! lists through the layer drops what was kept of those blobs; a lookup
+//! racing that write may keep the old answer: readers, who never write,
+//! are what the layer is for). Readers put
 //! their checks above it (a list must fit its file; with trusted keys the
 //! guard checks the signed manifest), so a list from the disk is checked
 //! like one from the server.

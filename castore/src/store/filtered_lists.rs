@@ -49,6 +49,9 @@ impl BlobStore for FilteredLists {
     async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
         self.inner.get_frames(digests).await
     }
+    async fn get_frames_exact(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
+        self.inner.get_frames_exact(digests).await
+    }
     async fn get_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<Chunk>> {
         self.inner.get_chunks(digests).await
     }

@@ -7,8 +7,9 @@
 //! - [`cached`]: memory caches of frames, chunk lists, directory closures
 //!   and PathInfos in front of any store;
 //! - [`decoded`]: a cache of decoded, verified chunks for renderers;
-//! - [`disk`]: frames kept in the client's disk cache in front of a
-//!   remote store (the local proxy);
+//! - [`disk`]: frames (the local proxy) and chunk lists (the proxy and
+//!   the mount) kept in the client's disk cache in front of a remote
+//!   store;
 //! - `path_closure`: the references closure of store paths, walked on
 //!   a server with a bound;
 //! - `filtered_lists`: chunk-list answers passed through a filter (the
@@ -88,7 +89,9 @@ pub trait BlobStore: Send + Sync {
     /// Like [`BlobStore::get_frames`], for a reader that knows exactly what
     /// it needs (an access profile): a remote store may answer new plain
     /// frames of the asked chunks alone where stored frames hold mostly
-    /// others (fewer bytes on the wire). Default: the stored frames.
+    /// others (fewer bytes on the wire). Default: the stored frames (what
+    /// the caching layers answer: exactness is a hint); pass-through
+    /// layers forward it.
     async fn get_frames_exact(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
         self.get_frames(digests).await
     }

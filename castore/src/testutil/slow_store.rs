@@ -83,6 +83,11 @@ impl BlobStore for SlowStore {
         tokio::time::sleep(self.delay).await;
         self.inner.blobs.get_frames(digests).await
     }
+    async fn get_frames_exact(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
+        self.frame_reads.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        self.inner.blobs.get_frames_exact(digests).await
+    }
     async fn put_blob_chunks(&self, blobs: Vec<BlobChunks>) -> StoreResult<()> {
         self.inner.blobs.put_blob_chunks(blobs).await
     }

@@ -642,6 +642,42 @@ fn a_neighbours_bad_chunk_list_costs_the_file_read_nothing() {
 }
 
 #[test]
+fn a_batch_the_store_refuses_is_asked_again_alone_and_a_refused_list_leaves_the_disk() {
+    let server = Server::new();
+    let c = &server.contents;
+    let (big, medium) = (blob_of(&c.big), blob_of(&c.medium));
+    // As the trust guard does: a whole answer refused for one bad list.
+    let refusing = filtered_lists(server.backend.clone(), move |blob, answer| {
+        if *blob == big {
+            Err(StoreError::Corrupt(format!(
+                "blob {blob}: not the signed list"
+            )))
+        } else {
+            Ok(answer)
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let lists = lazix_castore::disk::DiskChunkLists::open(dir.path(), 1 << 20).unwrap();
+    let store = Store {
+        blobs: lazix_castore::store::disk_chunk_lists(refusing, lists.clone()),
+        ..server.store()
+    };
+    let mut mount = Mount::new(&server, store);
+    mount.fs.forget_refused_lists_in(lists.clone());
+    mount.lookup(&path("big")).unwrap();
+    assert_eq!(mount.read_all(&path("medium"), 1 << 16).unwrap(), c.medium);
+    assert!(lists.get(&medium).is_some(), "medium's list is kept");
+    let err = mount.read_at(&path("big"), 0, 4096).unwrap_err();
+    assert!(matches!(err, FsError::BadChunkList(_)), "{err}");
+    // A wrong list on disk (kept before, from a server since mended) is
+    // refused, then dropped: the next read asks the store again.
+    lists.put(&big, Some(&server.chunk_list(&medium)));
+    let err = mount.read_at(&path("big"), 0, 4096).unwrap_err();
+    assert!(matches!(err, FsError::BadChunkList(_)), "{err}");
+    assert_eq!(lists.get(&big), None, "the refused list is still on disk");
+}
+
+#[test]
 fn a_chunk_list_naming_chunks_of_other_sizes_is_eio() {
     let server = Server::new();
     let big = blob_of(&server.contents.big);
