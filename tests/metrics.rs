@@ -232,3 +232,51 @@ fn lazix_nar_over_http(server: &Server, path: &str) -> Vec<u8> {
     assert_eq!(status, 200);
     nar
 }
+
+/// Chunk lists are asked with their directory neighbours' (one call for a
+/// folder of multi-chunk files) and kept in the cache folder: a remount
+/// on it reads the same files asking the server for no list at all.
+#[test]
+fn chunk_lists_come_a_folder_at_a_time_and_a_remount_asks_for_none() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("lists-tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    for i in 0..3 {
+        std::fs::write(tree.join(format!("f{i}")), pseudo_random(400_000, 20 + i)).unwrap();
+    }
+    std::fs::write(tree.join("sub/g"), pseudo_random(400_000, 30)).unwrap();
+    let path = add_path(&tree);
+    lazix_push(&server, &[&path]);
+    let base = path.trim_start_matches("/nix/store/").to_string();
+    let metrics = format!("{}/metrics", server.http);
+    let list_calls = || {
+        value(
+            &scrape(&metrics),
+            "lazix_grpc_requests_total",
+            &[("method", "/lazix.v1.ChunkService/GetBlobChunks")],
+        )
+    };
+    let cache = dir.path().join("cache");
+    let read_all = |mount: &Mount| {
+        for (file, seed) in [("f0", 20), ("f1", 21), ("f2", 22), ("sub/g", 30)] {
+            let got = std::fs::read(mount.path(&base).join(file)).unwrap();
+            assert!(got == pseudo_random(400_000, seed), "{file}");
+        }
+    };
+    let before = list_calls();
+    let first = Mount::new(&server, &["--cache-dir", cache.to_str().unwrap()]);
+    read_all(&first);
+    first.stop();
+    let first_calls = list_calls() - before;
+    assert_eq!(first_calls, 2.0, "one call per folder, not per file");
+
+    let again = Mount::new(&server, &["--cache-dir", cache.to_str().unwrap()]);
+    read_all(&again);
+    again.stop();
+    assert_eq!(
+        list_calls() - before,
+        first_calls,
+        "the remount asked for lists"
+    );
+}
