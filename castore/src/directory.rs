@@ -91,8 +91,8 @@ impl Directory {
             B3Digest::try_from(&f.digest).map_err(|e| invalid(format!("file entry: {e}")))?;
         }
         for s in &p.symlinks {
-            if s.target.is_empty() || s.target.contains(&0) {
-                return Err(invalid("symlink with an empty or NUL target".into()));
+            if let Some(why) = crate::limits::bad_symlink_target(&s.target) {
+                return Err(invalid(why));
             }
         }
         let dir = Self(p);
@@ -559,6 +559,34 @@ mod tests {
             target: "".into(),
         });
         assert!(Directory::try_from_proto(link).is_err(), "empty target");
+        // Targets up to PATH_MAX - 1, no longer (a tree built to make a
+        // catalog entry or a listing huge).
+        for (len, ok) in [
+            (crate::limits::MAX_TARGET_LEN, true),
+            (crate::limits::MAX_TARGET_LEN + 1, false),
+        ] {
+            let mut link = pb::Directory::default();
+            link.symlinks.push(pb::SymlinkEntry {
+                name: "l".into(),
+                target: vec![b'x'; len].into(),
+            });
+            assert_eq!(
+                Directory::try_from_proto(link).is_ok(),
+                ok,
+                "target of {len}"
+            );
+            let root = pb::Entry {
+                entry: Some(pb::entry::Entry::Symlink(pb::SymlinkEntry {
+                    name: "".into(),
+                    target: vec![b'x'; len].into(),
+                })),
+            };
+            assert_eq!(
+                Node::from_entry(&root).is_ok(),
+                ok,
+                "root node target of {len}"
+            );
+        }
     }
 
     #[test]

@@ -11,6 +11,26 @@
 
 use crate::error::StoreError;
 
+/// Longest symlink target accepted (Linux's PATH_MAX - 1: no longer one
+/// can be read back through `readlink`).
+pub const MAX_TARGET_LEN: usize = 4095;
+
+/// Why `target` cannot be a symlink's target (empty, a NUL byte, longer
+/// than [`MAX_TARGET_LEN`]), or `None`: the one rule for symlinks in NARs,
+/// directories and root nodes.
+pub fn bad_symlink_target(target: &[u8]) -> Option<String> {
+    if target.is_empty() || target.contains(&0) {
+        Some("symlink with an empty or NUL target".into())
+    } else if target.len() > MAX_TARGET_LEN {
+        Some(format!(
+            "symlink target of {} bytes (at most {MAX_TARGET_LEN})",
+            target.len()
+        ))
+    } else {
+        None
+    }
+}
+
 /// Deepest nesting below a store path's root: no node (file, symlink or
 /// directory) lies inside more than this many directories, the root
 /// counted. Real paths stay near 50; `PATH_MAX` (4096) caps what a program

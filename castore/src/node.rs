@@ -64,7 +64,8 @@ impl Node {
         pb::Entry { entry: Some(entry) }
     }
 
-    /// Validates a protobuf Entry (digest lengths, non-empty target) and
+    /// Validates a protobuf Entry (digest lengths, the symlink target rule
+    /// of [`crate::limits::bad_symlink_target`]) and
     /// returns its name and node. Name rules are the caller's.
     pub fn from_entry(entry: &pb::Entry) -> Result<(Bytes, Node), StoreError> {
         match &entry.entry {
@@ -85,10 +86,8 @@ impl Node {
                 },
             )),
             Some(pb::entry::Entry::Symlink(s)) => {
-                if s.target.is_empty() || s.target.contains(&0) {
-                    return Err(StoreError::Invalid(
-                        "symlink with an empty or NUL target".into(),
-                    ));
+                if let Some(why) = crate::limits::bad_symlink_target(&s.target) {
+                    return Err(StoreError::Invalid(why));
                 }
                 Ok((
                     s.name.clone(),

@@ -203,12 +203,26 @@ pub async fn prefetch(
             None => by_path.push((&f.path, vec![f])),
         }
     }
-    let checks = futures::future::join_all(
-        by_path
-            .iter()
-            .map(|(path, files)| still_matches(store, path, files)),
-    )
-    .await;
+    // The chunk lists of the large files in one batched lookup, asked
+    // while the paths are checked (a round trip saved far from the
+    // server); those of paths that fail the check go unused.
+    let digest_of = |f: &FileReads| B3Digest::from_hex(&f.digest).expect("checked when parsed");
+    let large: Vec<B3Digest> = profile
+        .files
+        .iter()
+        .filter(|f| BlobLayout::needs_lookup(f.size))
+        .map(digest_of)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let (checks, answers) = futures::join!(
+        futures::future::join_all(
+            by_path
+                .iter()
+                .map(|(path, files)| still_matches(store, path, files)),
+        ),
+        store.blobs.get_blob_chunks(&large)
+    );
     let usable: HashSet<&str> = by_path
         .iter()
         .zip(&checks)
@@ -220,19 +234,8 @@ pub async fn prefetch(
         .iter()
         .filter(|f| usable.contains(f.path.as_str()))
         .collect();
-
-    // Chunk lists of the large files, in one batched lookup.
-    let digest_of = |f: &FileReads| B3Digest::from_hex(&f.digest).expect("checked when parsed");
-    let large: Vec<B3Digest> = files
-        .iter()
-        .filter(|f| BlobLayout::needs_lookup(f.size))
-        .map(|f| digest_of(f))
-        .collect();
-    let lists: HashMap<B3Digest, Option<Vec<lazix_castore::chunk::ChunkMeta>>> = large
-        .iter()
-        .copied()
-        .zip(store.blobs.get_blob_chunks(&large).await?)
-        .collect();
+    let lists: HashMap<B3Digest, Option<Vec<lazix_castore::chunk::ChunkMeta>>> =
+        large.into_iter().zip(answers?).collect();
 
     // The chunks of every range, in first-use order, each once, with
     // where each lies in its store path's NAR.

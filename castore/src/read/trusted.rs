@@ -176,8 +176,8 @@ pub struct TrustedReads {
     keys: TrustedKeys,
     /// Each admitted multi-chunk file's signed list digest.
     lists: Mutex<HashMap<B3Digest, B3Digest>>,
-    /// Each admitted path's root, by store path digest.
-    roots: Mutex<HashMap<[u8; 20], Node>>,
+    /// Each admitted path's whole name and root, by store path digest.
+    roots: Mutex<HashMap<[u8; 20], (String, Node)>>,
 }
 
 impl TrustedReads {
@@ -210,20 +210,21 @@ impl TrustedReads {
             .lock()
             .expect("admitted lists")
             .extend(digests.lists);
-        self.roots
-            .lock()
-            .expect("admitted roots")
-            .insert(*info.store_path.digest(), info.node.clone());
+        self.roots.lock().expect("admitted roots").insert(
+            *info.store_path.digest(),
+            (info.store_path.basename(), info.node.clone()),
+        );
         Ok(Admitted { key, closure })
     }
 
-    /// Whether `info` names the root of a path admitted before.
+    /// Whether `store_path` (hash and name) with root `node` was admitted
+    /// before.
     pub fn was_admitted(&self, store_path: &StorePath, node: &Node) -> bool {
         self.roots
             .lock()
             .expect("admitted roots")
             .get(store_path.digest())
-            == Some(node)
+            .is_some_and(|(name, root)| *name == store_path.basename() && root == node)
     }
 
     /// `store` with its blob lists checked against what was admitted.
@@ -344,6 +345,11 @@ mod tests {
             TrustedReads::new(TrustedKeys::parse(&key_store.public().to_nix_string()).unwrap());
         trust.admit(&store, &info).await.unwrap();
         assert!(trust.was_admitted(&info.store_path, &info.node));
+        // The same hash under another name (a catalog entry a server made
+        // up) was not admitted.
+        let renamed =
+            StorePath::from_basename(&format!("{}-renamed", info.store_path.hash_part())).unwrap();
+        assert!(!trust.was_admitted(&renamed, &info.node));
         let guarded = trust.guard(store.clone());
         assert_eq!(
             guarded.blobs.get_blob_chunks(&[blob]).await.unwrap(),

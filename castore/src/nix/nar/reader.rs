@@ -10,8 +10,7 @@ use crate::limits::{MAX_DEPTH, MAX_NAR_SIZE, MAX_NODES};
 
 /// Longest entry name accepted (Linux's NAME_MAX).
 pub const MAX_NAME_LEN: usize = 255;
-/// Longest symlink target accepted (Linux's PATH_MAX - 1).
-pub const MAX_TARGET_LEN: usize = 4095;
+pub use crate::limits::MAX_TARGET_LEN;
 /// Longest grammar token (`nix-archive-1` is the longest).
 const MAX_TOKEN_LEN: usize = 16;
 
