@@ -234,8 +234,25 @@ pub async fn prefetch(
         .iter()
         .filter(|f| usable.contains(f.path.as_str()))
         .collect();
+    let (large, answers) = match answers {
+        Ok(answers) => (large, answers),
+        // Perhaps for a path that failed its check (a list the trust
+        // guard refuses): ask again for the usable paths' files alone.
+        Err(e) => {
+            tracing::debug!(error = %e, "access profile: asking the usable files' chunk lists again");
+            let large: Vec<B3Digest> = files
+                .iter()
+                .filter(|f| BlobLayout::needs_lookup(f.size))
+                .map(|f| digest_of(f))
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
+            let answers = store.blobs.get_blob_chunks(&large).await?;
+            (large, answers)
+        }
+    };
     let lists: HashMap<B3Digest, Option<Vec<lazix_castore::chunk::ChunkMeta>>> =
-        large.into_iter().zip(answers?).collect();
+        large.into_iter().zip(answers).collect();
 
     // The chunks of every range, in first-use order, each once, with
     // where each lies in its store path's NAR.

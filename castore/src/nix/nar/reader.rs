@@ -47,9 +47,10 @@ pub enum NarError {
     /// Entries not strictly sorted by name (or a duplicate).
     #[error("malformed NAR: entry {0:?} is out of order or duplicated")]
     Unsorted(String),
-    /// An empty symlink target.
-    #[error("malformed NAR: empty symlink target")]
-    EmptyTarget,
+    /// A symlink target the store cannot hold (see
+    /// [`crate::limits::bad_symlink_target`]).
+    #[error("malformed NAR: {0}")]
+    BadTarget(String),
     /// Bytes after the root node.
     #[error("malformed NAR: trailing data after the root node")]
     TrailingData,
@@ -255,8 +256,8 @@ where
             b"symlink" => {
                 t.expect("target").await?;
                 let target = t.bytes("symlink target", MAX_TARGET_LEN).await?;
-                if target.is_empty() {
-                    return Err(NarError::EmptyTarget);
+                if let Some(why) = crate::limits::bad_symlink_target(&target) {
+                    return Err(NarError::BadTarget(why));
                 }
                 visitor.symlink(&name, &target).await?;
                 t.expect(")").await?;
@@ -455,5 +456,16 @@ mod tests {
         let mut pad = nar.clone();
         pad[8 + 13] = 1;
         assert!(matches!(parse(&pad).await, Err(NarError::BadPadding)));
+        // A root symlink whose target has a NUL byte, or none: no directory
+        // check would see it, so the reader refuses it.
+        for target in [&b"a\0b"[..], b""] {
+            let mut e = crate::nix::nar::NarEncoder::new();
+            e.magic();
+            e.symlink(target);
+            assert!(
+                matches!(parse(&e.take()).await, Err(NarError::BadTarget(_))),
+                "{target:?}"
+            );
+        }
     }
 }
