@@ -363,3 +363,55 @@ async fn get_chunk_list_digests_refuses_bad_digests_and_unknown_roots() {
         assert_eq!(code_got, code);
     }
 }
+
+/// A mount with trusted keys and `--prefetch` admits the profile's paths
+/// before reading their chunk lists (the guard refuses lists of paths not
+/// admitted): the prefetch fetches, and the run then starts no fetch.
+#[test]
+fn a_trusted_mount_prefetches_a_profile_of_signed_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, pk) = nix_keygen(dir.path(), "cache-1");
+    let server = server(dir.path(), &key);
+    let path = tree(dir.path(), 11);
+    push_signed(&server, &path, &[&key]);
+    let big = format!("{}/bin/big", base(&path));
+    let profile = dir.path().join("p.profile");
+    let rec = Mount::new(
+        &server,
+        &[
+            "--trusted-public-keys",
+            &pk,
+            "--record-profile",
+            profile.to_str().unwrap(),
+        ],
+    );
+    std::fs::read(rec.path(&big)).unwrap();
+    rec.stop();
+
+    let cold = Mount::new(
+        &server,
+        &[
+            "--trusted-public-keys",
+            &pk,
+            "--prefetch",
+            profile.to_str().unwrap(),
+        ],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let prefetched = loop {
+        let s = cold.stats();
+        if n(&s, "profiles_done") >= 1 {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "prefetch never finished: {s}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(n(&prefetched, "fetched_bytes") > 1_000_000, "{prefetched}");
+    assert!(std::fs::read(cold.path(&big)).unwrap() == pseudo_random(1_500_000, 11));
+    let after = cold.stats();
+    assert_eq!(n(&after, "read_fetches"), 0, "{after}");
+    cold.stop();
+}

@@ -276,13 +276,49 @@ struct Prefetcher {
     store: Store,
     fetcher: Arc<ChunkFetcher>,
     lists: moka::sync::Cache<B3Digest, Arc<BlobLayout>, DigestKeyBuildHasher>,
+    /// With trusted keys: the keys and the server without the guard, to
+    /// admit a profile's paths before their lists are read (the guard
+    /// refuses lists of paths not admitted).
+    trust: Option<(Arc<TrustedReads>, Store)>,
 }
 
 impl Prefetcher {
+    /// With trusted keys, the profile's files of the paths whose root
+    /// signature holds (the others are left out with a log line, as a
+    /// lookup hides them); without, the profile.
+    async fn admitted_part(&self, mut profile: Profile) -> Profile {
+        let Some((trust, unguarded)) = &self.trust else {
+            return profile;
+        };
+        let mut admitted: Vec<String> = Vec::new();
+        for path in profile.paths() {
+            let Ok(sp) = StorePath::from_basename(path) else {
+                continue;
+            };
+            let info = match unguarded.path_infos.get_path_info(sp.digest()).await {
+                Ok(Some(info)) if info.store_path.basename() == path => info,
+                _ => continue,
+            };
+            if trust.was_admitted(&info.store_path, &info.node) {
+                admitted.push(path.to_string());
+                continue;
+            }
+            match trust.admit(unguarded, &info).await {
+                Ok(_) => admitted.push(path.to_string()),
+                Err(e) => {
+                    tracing::warn!(path, error = %e, "access profile: not prefetching an unadmitted store path")
+                }
+            }
+        }
+        profile.files.retain(|f| admitted.contains(&f.path));
+        profile
+    }
+
     /// Prefetches `profile` (see [`crate::profile::prefetch`]), keeping the
     /// chunk lists it looks up for the mount's reads; logs the outcome and
     /// counts it in `profiles_done`.
     async fn run(self, profile: Profile) {
+        let profile = self.admitted_part(profile).await;
         let lists = self.lists.clone();
         let keep = move |l: &Arc<BlobLayout>| lists.insert(*l.blob(), l.clone());
         match crate::profile::prefetch(&self.store, &self.fetcher, &profile, &keep).await {
@@ -399,6 +435,11 @@ impl LazyFs {
             store: self.store.clone(),
             fetcher: self.fetcher.clone(),
             lists: self.chunk_lists.clone(),
+            trust: self
+                .cfg
+                .trust
+                .as_ref()
+                .map(|t| (t.clone(), self.unguarded.clone())),
         }
     }
 
