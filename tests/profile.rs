@@ -94,7 +94,14 @@ fn a_recorded_profile_leaves_a_cold_mount_nothing_to_fetch_on_the_read_path() {
     );
     for e in &entries {
         assert_eq!(e["path"], path.trim_start_matches("/nix/store/"));
+        // The store path's root directory, the same for every file.
+        assert_eq!(e["root"], entries[0]["root"], "{e}");
     }
+    assert_eq!(
+        entries[0]["root"].as_str().map(str::len),
+        Some(64),
+        "{text}"
+    );
 
     // Without a profile, a cold run fetches on its read path (what the
     // counter measures).
@@ -105,6 +112,7 @@ fn a_recorded_profile_leaves_a_cold_mount_nothing_to_fetch_on_the_read_path() {
 
     // A cold mount prefetching the profile: once the prefetch is done,
     // the same run finds every read cached or on its way.
+    let directory_calls_before = grpc_calls(&server, "/snix.castore.v1.DirectoryService/Get");
     let cold = Mount::new(&server, &["--prefetch", profile_arg]);
     let before = wait_prefetched(&cold);
     assert!(n(&before, "profile_chunks") > 0);
@@ -113,6 +121,13 @@ fn a_recorded_profile_leaves_a_cold_mount_nothing_to_fetch_on_the_read_path() {
     workload(&cold, &path);
     let after = cold.stats();
     assert_eq!(n(&after, "read_fetches"), 0, "{after}");
+    // The directories the prefetch fetched to check the path (asked with
+    // its PathInfo, by the recorded root) are the ones the run's lookups
+    // used: the tree was asked for once.
+    assert_eq!(
+        grpc_calls(&server, "/snix.castore.v1.DirectoryService/Get") - directory_calls_before,
+        1
+    );
     // Only what the run reads: not the unread 2 MB file, not all of big2.
     assert!(
         prefetched_bytes < 3_000_000 + 1_500_000 + 2_000_000,
@@ -272,6 +287,9 @@ fn a_profile_pushed_beside_its_path_is_prefetched_on_first_lookup() {
     assert!(server.data.path().join("profiles").join(hash).exists());
 
     // A mount told nothing finds it on the path's first lookup.
+    let calls_before = |m: &str| grpc_calls(&server, m);
+    let path_infos_before = calls_before("/snix.store.v1.PathInfoService/Get");
+    let directory_calls_before = calls_before("/snix.castore.v1.DirectoryService/Get");
     let cold = Mount::new(&server, &[]);
     assert!(cold.path(base).exists());
     let before = wait_prefetched(&cold);
@@ -279,6 +297,17 @@ fn a_profile_pushed_beside_its_path_is_prefetched_on_first_lookup() {
     workload(&cold, &path);
     let after = cold.stats();
     assert_eq!(n(&after, "read_fetches"), 0, "{after}");
+    // The prefetch checked the path with the PathInfo the lookup found,
+    // and the directories it fetched for that are the ones the run's
+    // lookups used: each asked once.
+    assert_eq!(
+        grpc_calls(&server, "/snix.store.v1.PathInfoService/Get") - path_infos_before,
+        1
+    );
+    assert_eq!(
+        grpc_calls(&server, "/snix.castore.v1.DirectoryService/Get") - directory_calls_before,
+        1
+    );
     cold.stop();
 
     // Unless told not to.

@@ -388,6 +388,8 @@ fn a_trusted_mount_prefetches_a_profile_of_signed_paths() {
     std::fs::read(rec.path(&big)).unwrap();
     rec.stop();
 
+    let directory_calls = || grpc_calls(&server, "/snix.castore.v1.DirectoryService/Get");
+    let directory_calls_before = directory_calls();
     let cold = Mount::new(
         &server,
         &[
@@ -413,5 +415,8 @@ fn a_trusted_mount_prefetches_a_profile_of_signed_paths() {
     assert!(std::fs::read(cold.path(&big)).unwrap() == pseudo_random(1_500_000, 11));
     let after = cold.stats();
     assert_eq!(n(&after, "read_fetches"), 0, "{after}");
+    // The path was admitted once, by the prefetch: its verified tree is
+    // what the profile's check and the read's lookups used.
+    assert_eq!(directory_calls() - directory_calls_before, 1);
     cold.stop();
 }

@@ -7,14 +7,18 @@
 //!
 //! ```text
 //! {"lazix_profile":1}
-//! {"path":"<store path basename>","file":"bin/rustc","digest":"<BLAKE3 hex>","size":123,"ranges":[[0,4096],[81920,90112]]}
+//! {"path":"<store path basename>","file":"bin/rustc","digest":"<BLAKE3 hex>","size":123,"ranges":[[0,4096],[81920,90112]],"root":"<BLAKE3 hex>"}
 //! ```
 //!
 //! One line per file, in the order files were first read; `file` is the
 //! path inside the store path (empty when the store path is the file);
 //! `ranges` are half-open byte ranges, in first-use order, adjacent reads
 //! merged. Naming store paths and content digests keeps a profile valid
-//! wherever the same paths are mounted.
+//! wherever the same paths are mounted. `root` (optional: profiles
+//! recorded before it existed lack it) is the digest of the store
+//! path's root directory when the file was read: a store path whose root
+//! is still that directory holds every such file unchanged (a Merkle
+//! tree), so a prefetch checks the profile with the PathInfo alone.
 
 use std::path::Path;
 
@@ -54,6 +58,18 @@ pub struct FileReads {
     pub size: u64,
     /// Byte ranges read, `[start, end)`, in first-use order.
     pub ranges: Vec<[u64; 2]>,
+    /// BLAKE3 of the store path's root directory when recorded, hex;
+    /// absent if unknown (older profiles, a store path that is a file, or
+    /// merged recordings that saw different roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
+}
+
+impl FileReads {
+    /// The recorded root directory, if any.
+    pub fn root_digest(&self) -> Option<B3Digest> {
+        self.root.as_deref().and_then(B3Digest::from_hex)
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -134,6 +150,9 @@ impl Profile {
             if B3Digest::from_hex(&f.digest).is_none() {
                 return Err(bad(i + 1, format!("bad digest {:?}", f.digest)));
             }
+            if f.root.is_some() && f.root_digest().is_none() {
+                return Err(bad(i + 1, format!("bad root {:?}", f.root)));
+            }
             profile.add(f);
         }
         Ok(profile)
@@ -180,6 +199,11 @@ impl Profile {
             Some(g) => {
                 for r in f.ranges {
                     add_range(&mut g.ranges, r[0], r[1]);
+                }
+                // Recordings that saw different roots: the file is the
+                // same, the rest of the path is not known.
+                if g.root != f.root {
+                    g.root = None;
                 }
             }
             None => {
@@ -238,6 +262,7 @@ mod tests {
             digest: B3Digest::of(file.as_bytes()).to_hex(),
             size: 1 << 20,
             ranges: ranges.to_vec(),
+            root: None,
         }
     }
 
@@ -283,6 +308,34 @@ mod tests {
     }
 
     #[test]
+    fn a_recorded_root_round_trips_and_merges_only_when_the_same() {
+        let root = B3Digest::of(b"root").to_hex();
+        let with_root = |r: &str, ranges: &[[u64; 2]]| FileReads {
+            root: Some(r.to_string()),
+            ..reads("aaa-x", "bin/x", ranges)
+        };
+        let mut a = Profile::default();
+        a.add(with_root(&root, &[[0, 10]]));
+        let text = a.to_text();
+        assert!(text.contains(&format!("\"root\":\"{root}\"")), "{text}");
+        let back = Profile::parse("t", &text).unwrap();
+        assert_eq!(back.files[0].root_digest(), Some(B3Digest::of(b"root")));
+        // Another recording with the same root keeps it.
+        a.add(with_root(&root, &[[10, 20]]));
+        assert_eq!(a.files[0].root.as_deref(), Some(root.as_str()));
+        // One with another root (the path was built anew with this file
+        // unchanged): the root is no longer known.
+        a.add(with_root(&B3Digest::of(b"other").to_hex(), &[[20, 30]]));
+        assert_eq!(a.files[0].root, None);
+        assert_eq!(a.files[0].ranges, vec![[0, 30]]);
+        // Profiles without roots (older ones) still parse.
+        let old = reads("aaa-x", "bin/x", &[[0, 1]]);
+        let text = Profile { files: vec![old] }.to_text();
+        assert!(!text.contains("root"), "{text}");
+        assert_eq!(Profile::parse("t", &text).unwrap().files[0].root, None);
+    }
+
+    #[test]
     fn what_is_not_a_profile_is_refused() {
         for bad in [
             "",
@@ -290,6 +343,7 @@ mod tests {
             "{\"lazix_profile\":2}",
             "{\"lazix_profile\":1}\n{\"path\":1}",
             "{\"lazix_profile\":1}\n{\"path\":\"p\",\"file\":\"f\",\"digest\":\"zz\",\"size\":1,\"ranges\":[]}",
+            format!("{{\"lazix_profile\":1}}\n{{\"path\":\"p\",\"file\":\"f\",\"digest\":\"{}\",\"size\":1,\"ranges\":[],\"root\":\"zz\"}}", B3Digest::of(b"f").to_hex()).as_str(),
         ] {
             assert!(Profile::parse("t", bad).is_err(), "{bad:?}");
         }

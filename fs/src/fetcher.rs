@@ -42,6 +42,11 @@ pub enum FetchError {
 pub(crate) const CALL_CHUNKS: usize = 64;
 /// Server calls in flight per fetch.
 const CALLS_IN_FLIGHT: usize = 4;
+/// Calls in flight for an access profile's prefetch: all of a profile's
+/// calls at once up to this bound, so a far server is never idle for a
+/// round trip between them (its exact repacks are bounded by its cores,
+/// which keeps the answers roughly in the order asked).
+const PROFILE_CALLS_IN_FLIGHT: usize = 16;
 
 /// Who asks for chunks: a read waiting for them, or work ahead of reads
 /// (the read-ahead window, an access profile). Counted apart: a read that
@@ -321,7 +326,11 @@ impl ChunkFetcher {
                     self.fetch_group(g, disk, exact).await;
                 }
             })
-            .buffer_unordered(CALLS_IN_FLIGHT)
+            .buffer_unordered(if exact {
+                PROFILE_CALLS_IN_FLIGHT
+            } else {
+                CALLS_IN_FLIGHT
+            })
             .collect::<()>()
             .await;
     }

@@ -35,7 +35,7 @@ use lazix_castore::{B3Digest, Node, PathInfo, Store, StoreError};
 use crate::error::FsError;
 use crate::fetcher::{ChunkFetcher, DiskCopy, Origin};
 use crate::inodes::{Inodes, ROOT_INO, STATS_INO};
-use crate::profile::{Profile, Recorder};
+use crate::profile::{MountSide, Profile, Recorder};
 use crate::readahead::ReadAhead;
 use crate::stats::{CacheGauges, Stats};
 use crate::whole_files::{WholeFileWriter, WholeFiles, MIN_WHOLE_FILE};
@@ -276,6 +276,9 @@ struct Prefetcher {
     store: Store,
     fetcher: Arc<ChunkFetcher>,
     lists: moka::sync::Cache<B3Digest, Arc<BlobLayout>, DigestKeyBuildHasher>,
+    /// The mount's directories: those a prefetch verified while admitting
+    /// a path are kept there (its lookups then ask nothing).
+    directories: moka::sync::Cache<B3Digest, Arc<Directory>, DigestKeyBuildHasher>,
     /// With trusted keys: the keys and the server without the guard, to
     /// admit a profile's paths before their lists are read (the guard
     /// refuses lists of paths not admitted).
@@ -285,8 +288,14 @@ struct Prefetcher {
 impl Prefetcher {
     /// With trusted keys, the profile's files of the paths whose root
     /// signature holds (the others are left out with a log line, as a
-    /// lookup hides them); without, the profile.
-    async fn admitted_part(&self, mut profile: Profile) -> Profile {
+    /// lookup hides them), with the PathInfos admitted; without, the
+    /// profile as it is. `known` holds PathInfos at hand (the lookup that
+    /// found a stored profile); the ones asked here are added.
+    async fn admitted_part(
+        &self,
+        mut profile: Profile,
+        known: &mut HashMap<String, PathInfo>,
+    ) -> Profile {
         let Some((trust, unguarded)) = &self.trust else {
             return profile;
         };
@@ -295,20 +304,28 @@ impl Prefetcher {
             let Ok(sp) = StorePath::from_basename(path) else {
                 continue;
             };
-            let info = match unguarded.path_infos.get_path_info(sp.digest()).await {
-                Ok(Some(info)) if info.store_path.basename() == path => info,
-                _ => continue,
+            let info = match known.get(path) {
+                Some(info) => info.clone(),
+                None => match unguarded.path_infos.get_path_info(sp.digest()).await {
+                    Ok(Some(info)) if info.store_path.basename() == path => info,
+                    _ => continue,
+                },
             };
-            if trust.was_admitted(&info.store_path, &info.node) {
-                admitted.push(path.to_string());
-                continue;
-            }
-            match trust.admit(unguarded, &info).await {
-                Ok(_) => admitted.push(path.to_string()),
-                Err(e) => {
-                    tracing::warn!(path, error = %e, "access profile: not prefetching an unadmitted store path")
+            if !trust.was_admitted(&info.store_path, &info.node) {
+                match trust.admit(unguarded, &info).await {
+                    Ok(a) => {
+                        for dir in a.closure {
+                            self.directories.insert(dir.digest(), Arc::new(dir));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(path, error = %e, "access profile: not prefetching an unadmitted store path");
+                        continue;
+                    }
                 }
             }
+            admitted.push(path.to_string());
+            known.insert(path.to_string(), info);
         }
         profile.files.retain(|f| admitted.contains(&f.path));
         profile
@@ -316,12 +333,14 @@ impl Prefetcher {
 
     /// Prefetches `profile` (see [`crate::profile::prefetch`]), keeping the
     /// chunk lists it looks up for the mount's reads; logs the outcome and
-    /// counts it in `profiles_done`.
-    async fn run(self, profile: Profile) {
-        let profile = self.admitted_part(profile).await;
-        let lists = self.lists.clone();
-        let keep = move |l: &Arc<BlobLayout>| lists.insert(*l.blob(), l.clone());
-        match crate::profile::prefetch(&self.store, &self.fetcher, &profile, &keep).await {
+    /// counts it in `profiles_done`. `known`: PathInfos at hand.
+    async fn run(self, profile: Profile, mut known: HashMap<String, PathInfo>) {
+        let profile = self.admitted_part(profile, &mut known).await;
+        let side = PrefetchSide {
+            prefetcher: &self,
+            known: &known,
+        };
+        match crate::profile::prefetch(&self.store, &self.fetcher, &profile, &side).await {
             Ok(r) => tracing::info!(
                 paths = ?profile.paths(),
                 files = r.files,
@@ -332,6 +351,39 @@ impl Prefetcher {
             Err(e) => tracing::warn!(error = %e, "access profile prefetch failed"),
         }
         Stats::add(&self.fetcher.stats.profiles_done, 1);
+    }
+}
+
+/// What a prefetch shares with its mount (see [`MountSide`]).
+struct PrefetchSide<'a> {
+    prefetcher: &'a Prefetcher,
+    /// PathInfos at hand, by basename.
+    known: &'a HashMap<String, PathInfo>,
+}
+
+impl MountSide for PrefetchSide<'_> {
+    fn path_info(&self, basename: &str) -> Option<PathInfo> {
+        self.known.get(basename).cloned()
+    }
+
+    fn directory(&self, digest: &B3Digest) -> Option<Arc<Directory>> {
+        self.prefetcher.directories.get(digest)
+    }
+
+    fn keep_directories(&self, closure: Vec<Directory>) {
+        // With trusted keys only directories verified by admission are
+        // kept; these came from the server unchecked.
+        if self.prefetcher.trust.is_none() {
+            for dir in closure {
+                self.prefetcher
+                    .directories
+                    .insert(dir.digest(), Arc::new(dir));
+            }
+        }
+    }
+
+    fn keep_layout(&self, layout: &Arc<BlobLayout>) {
+        self.prefetcher.lists.insert(*layout.blob(), layout.clone());
     }
 }
 
@@ -426,7 +478,8 @@ impl LazyFs {
     /// `profiles_done`).
     pub fn start_prefetch(&self, profile: Profile) {
         let this = self.prefetcher();
-        self.rt.spawn(async move { this.run(profile).await });
+        self.rt
+            .spawn(async move { this.run(profile, HashMap::new()).await });
     }
 
     /// What a background prefetch needs of this mount.
@@ -435,6 +488,7 @@ impl LazyFs {
             store: self.store.clone(),
             fetcher: self.fetcher.clone(),
             lists: self.chunk_lists.clone(),
+            directories: self.directories.clone(),
             trust: self
                 .cfg
                 .trust
@@ -471,7 +525,7 @@ impl LazyFs {
             .expect("inodes")
             .lookup(parent, name.as_bytes(), &node);
         if let Some(r) = &self.recorder {
-            r.looked_up(parent, name.as_bytes(), ino);
+            r.looked_up(parent, name.as_bytes(), ino, &node);
         }
         Ok(TimedAttr {
             attr: self.attr(ino, &node),
@@ -641,7 +695,7 @@ impl LazyFs {
             // An entry the kernel learns from a listing is never looked up
             // by name: a profile must place it here too.
             if let Some(r) = &self.recorder {
-                r.looked_up(dir_ino, name, ino);
+                r.looked_up(dir_ino, name, ino, node);
             }
             DirEntryPlus {
                 ino,
@@ -932,6 +986,7 @@ impl LazyFs {
         self.profiles_asked.insert(digest, ());
         let this = self.prefetcher();
         let basename = info.store_path.basename();
+        let known = HashMap::from([(basename.clone(), info.clone())]);
         self.rt.spawn(async move {
             let text = match this.store.path_infos.get_profile(&digest).await {
                 Ok(Some(text)) => text,
@@ -942,7 +997,7 @@ impl LazyFs {
                 }
             };
             match lazix_castore::profile::check_stored(&basename, &text) {
-                Ok(profile) => this.run(profile).await,
+                Ok(profile) => this.run(profile, known).await,
                 Err(e) => tracing::warn!(error = %e, "ignoring the server's access profile"),
             }
         });
@@ -951,6 +1006,16 @@ impl LazyFs {
     /// Admits `info` by its root signature (fetching its closure and its
     /// manifest of chunk-list digests, no file bytes), or NotFound.
     fn admit(&self, trust: &TrustedReads, info: &PathInfo) -> Result<(), FsError> {
+        // Admitted before with this root (by a profile's prefetch, or
+        // before the PathInfo expired here) and its root directory still
+        // kept: nothing to check or fetch again.
+        let root_kept = match &info.node {
+            Node::Directory { digest, .. } => self.directories.contains_key(digest),
+            _ => true,
+        };
+        if root_kept && trust.was_admitted(&info.store_path, &info.node) {
+            return Ok(());
+        }
         let outcome = self.remote(async {
             match trust.admit(&self.unguarded, info).await {
                 Ok(key) => Ok(Ok(key)),

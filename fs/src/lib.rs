@@ -86,7 +86,7 @@ pub async fn prefetch_to_disk(
         Some((cache_dir, Quotas::of(cache_bytes).frames)),
         timeout,
     )?;
-    let report = profile::prefetch(&store, &fetcher, profile, &|_| {}).await?;
+    let report = profile::prefetch(&store, &fetcher, profile, &()).await?;
     // The disk writes run behind the fetches: let them land.
     fetcher.flush_disk().await;
     Ok((report, fetcher.stats.snapshot()))

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use lazix_castore::directory::Directory;
 use lazix_castore::nix::store_path::StorePath;
 use lazix_castore::read::BlobLayout;
-use lazix_castore::{B3Digest, Node, Store, StoreError};
+use lazix_castore::{B3Digest, Node, PathInfo, Store, StoreError};
 
 use crate::fetcher::{ChunkFetcher, DiskCopy, Origin, CALL_CHUNKS};
 use crate::inodes::ROOT_INO;
@@ -32,6 +32,8 @@ pub use lazix_castore::profile::{add_range, FileReads, Profile, ProfileError, FO
 struct Place {
     path: std::sync::Arc<str>,
     file: String,
+    /// The store path's root directory, hex (see [`FileReads::root`]).
+    root: Option<std::sync::Arc<str>>,
 }
 
 #[derive(Default)]
@@ -66,8 +68,9 @@ impl Recorder {
         }
     }
 
-    /// The kernel looked up `name` in `parent`, which is inode `child`.
-    pub fn looked_up(&self, parent: u64, name: &[u8], child: u64) {
+    /// The kernel looked up `name` in `parent`, which is inode `child`
+    /// with `node`.
+    pub fn looked_up(&self, parent: u64, name: &[u8], child: u64, node: &Node) {
         let mut s = self.state.lock().expect("recording");
         if s.places.contains_key(&child) {
             return;
@@ -77,6 +80,10 @@ impl Recorder {
             Place {
                 path: name.as_ref().into(),
                 file: String::new(),
+                root: match node {
+                    Node::Directory { digest, .. } => Some(digest.to_hex().into()),
+                    _ => None,
+                },
             }
         } else {
             let Some(p) = s.places.get(&parent) else {
@@ -89,6 +96,7 @@ impl Recorder {
                 } else {
                     format!("{}/{name}", p.file)
                 },
+                root: p.root.clone(),
             }
         };
         s.places.insert(child, place);
@@ -112,6 +120,7 @@ impl Recorder {
                     digest: digest.to_hex(),
                     size,
                     ranges: Vec::new(),
+                    root: place.root.as_deref().map(str::to_string),
                 });
                 s.index.insert(key, i);
                 i
@@ -137,21 +146,54 @@ pub struct PrefetchReport {
     pub ignored_paths: usize,
 }
 
-/// The file at `file` below `node` (the store path's root), if any.
-fn resolve(node: &Node, file: &str, dirs: &HashMap<B3Digest, Directory>) -> Option<Node> {
+/// What a prefetch shares with the mount it fills: what the mount knows
+/// already is not asked again, and what the prefetch looks up is kept for
+/// the mount's lookups and reads. `()` shares nothing (`lazix prefetch`).
+pub trait MountSide: Send + Sync {
+    /// The PathInfo of store path `basename`, if at hand.
+    fn path_info(&self, _basename: &str) -> Option<PathInfo> {
+        None
+    }
+    /// A directory, if at hand (as trusted as the mount's own lookups).
+    fn directory(&self, _digest: &B3Digest) -> Option<std::sync::Arc<Directory>> {
+        None
+    }
+    /// Directories the prefetch fetched to check a store path.
+    fn keep_directories(&self, _closure: Vec<Directory>) {}
+    /// A chunk list the prefetch looked up.
+    fn keep_layout(&self, _layout: &std::sync::Arc<BlobLayout>) {}
+}
+
+impl MountSide for () {}
+
+/// The file at `file` below `node` (the store path's root), if any, its
+/// directories found by `dir`.
+fn resolve(
+    node: &Node,
+    file: &str,
+    dir: &dyn Fn(&B3Digest) -> Option<std::sync::Arc<Directory>>,
+) -> Option<Node> {
     let mut cur = node.clone();
     for name in file.split('/').filter(|n| !n.is_empty()) {
         let Node::Directory { digest, .. } = cur else {
             return None;
         };
-        cur = dirs.get(&digest)?.entry(name.as_bytes())?;
+        cur = dir(&digest)?.entry(name.as_bytes())?;
     }
     Some(cur)
 }
 
 /// Whether every file of `path` in the profile is still there with its
-/// recorded contents; logs once and answers `false` if not.
-async fn still_matches(store: &Store, path: &str, files: &[&FileReads]) -> bool {
+/// recorded contents; logs once and answers `false` if not. What `mount`
+/// has at hand is not asked; the directories fetched are handed to it.
+/// With the root recorded in the profile, its directories are asked
+/// together with the PathInfo: one round trip while the path is unchanged.
+async fn still_matches(
+    store: &Store,
+    path: &str,
+    files: &[&FileReads],
+    mount: &dyn MountSide,
+) -> bool {
     let ignored = |why: &str| {
         tracing::warn!(path, "access profile ignored for this store path: {why}");
         false
@@ -159,20 +201,50 @@ async fn still_matches(store: &Store, path: &str, files: &[&FileReads]) -> bool 
     let Ok(sp) = StorePath::from_basename(path) else {
         return ignored("not a store path name");
     };
-    let info = match store.path_infos.get_path_info(sp.digest()).await {
+    let recorded_root = files
+        .first()
+        .and_then(|f| f.root_digest())
+        .filter(|r| files.iter().all(|f| f.root_digest() == Some(*r)))
+        .filter(|r| mount.directory(r).is_none());
+    let info = async {
+        match mount.path_info(path) {
+            Some(info) => Ok(Some(info)),
+            None => store.path_infos.get_path_info(sp.digest()).await,
+        }
+    };
+    let early_closure = async {
+        match recorded_root {
+            Some(root) => Some(store.directories.get_closure(&root).await),
+            None => None,
+        }
+    };
+    let (info, early_closure) = futures::join!(info, early_closure);
+    let info = match info {
         Ok(Some(info)) if info.store_path.basename() == path => info,
         Ok(_) => return ignored("the server does not have it"),
         Err(e) => return ignored(&format!("looking it up failed: {e}")),
     };
-    let dirs: HashMap<B3Digest, Directory> = match &info.node {
-        Node::Directory { digest, .. } => match store.directories.get_closure(digest).await {
-            Ok(c) => c.into_iter().map(|d| (d.digest(), d)).collect(),
-            Err(e) => return ignored(&format!("its directories failed: {e}")),
-        },
-        _ => HashMap::new(),
-    };
+    let mut fetched: HashMap<B3Digest, std::sync::Arc<Directory>> = HashMap::new();
+    if let Node::Directory { digest, .. } = &info.node {
+        if mount.directory(digest).is_none() {
+            let closure = match early_closure {
+                Some(Ok(c)) if recorded_root == Some(*digest) => c,
+                // Not recorded, or the path changed since: its own tree.
+                _ => match store.directories.get_closure(digest).await {
+                    Ok(c) => c,
+                    Err(e) => return ignored(&format!("its directories failed: {e}")),
+                },
+            };
+            fetched = closure
+                .iter()
+                .map(|d| (d.digest(), std::sync::Arc::new(d.clone())))
+                .collect();
+            mount.keep_directories(closure);
+        }
+    }
+    let dir = |d: &B3Digest| fetched.get(d).cloned().or_else(|| mount.directory(d));
     for f in files {
-        let now = resolve(&info.node, &f.file, &dirs);
+        let now = resolve(&info.node, &f.file, &dir);
         let same = matches!(now, Some(Node::File { digest, size, .. })
             if digest.to_hex() == f.digest && size == f.size);
         if !same {
@@ -185,14 +257,15 @@ async fn still_matches(store: &Store, path: &str, files: &[&FileReads]) -> bool 
 /// Fetches what `profile` names into `fetcher`'s caches (memory and disk),
 /// in first-use order, in large batched calls; reads arriving meanwhile
 /// wait for the chunks already on their way. Chunk lists looked up on the
-/// way are handed to `keep_layout` (the mount keeps them, so its reads
-/// need no lookup). Files of store paths the server lacks, or whose
-/// contents changed, are skipped.
+/// way, and the directories the check fetched, are handed to `mount` (so
+/// its lookups and reads ask nothing more), which also says what it has
+/// at hand. Files of store paths the server lacks, or whose contents
+/// changed, are skipped.
 pub async fn prefetch(
     store: &Store,
     fetcher: &ChunkFetcher,
     profile: &Profile,
-    keep_layout: &(dyn Fn(&std::sync::Arc<BlobLayout>) + Send + Sync),
+    mount: &dyn MountSide,
 ) -> Result<PrefetchReport, StoreError> {
     let mut report = PrefetchReport::default();
     // Paths in first-use order, each checked once.
@@ -219,7 +292,7 @@ pub async fn prefetch(
         futures::future::join_all(
             by_path
                 .iter()
-                .map(|(path, files)| still_matches(store, path, files)),
+                .map(|(path, files)| still_matches(store, path, files, mount)),
         ),
         store.blobs.get_blob_chunks(&large)
     );
@@ -269,7 +342,7 @@ pub async fn prefetch(
                 continue;
             }
         };
-        keep_layout(&layout);
+        mount.keep_layout(&layout);
         report.files += 1;
         for r in &f.ranges {
             for piece in layout.pieces(r[0], r[1]) {
@@ -355,6 +428,7 @@ mod tests {
             digest: String::new(),
             size: 0,
             ranges: vec![],
+            root: None,
         };
         // Three files read in turns, a chunk each time: lib/b first, then
         // bin/a, then lib/b/c ("lib/b" < "lib/b/c" by component).
@@ -383,10 +457,19 @@ mod tests {
     #[test]
     fn the_recorder_names_files_by_store_path_and_place() {
         let rec = Recorder::new(Profile::default());
-        rec.looked_up(ROOT_INO, b"aaa-tool", 10);
-        rec.looked_up(10, b"bin", 11);
-        rec.looked_up(11, b"tool", 12);
+        let dir = |name: &[u8]| Node::Directory {
+            digest: B3Digest::of(name),
+            size: 1,
+        };
         let d = B3Digest::of(b"tool");
+        let tool = Node::File {
+            digest: d,
+            size: 100,
+            executable: true,
+        };
+        rec.looked_up(ROOT_INO, b"aaa-tool", 10, &dir(b"root"));
+        rec.looked_up(10, b"bin", 11, &dir(b"bin"));
+        rec.looked_up(11, b"tool", 12, &tool);
         rec.read(12, &d, 100, 0, 50);
         rec.read(12, &d, 100, 50, 4096);
         rec.read(99, &d, 100, 0, 1); // never looked up: not recorded
@@ -395,5 +478,11 @@ mod tests {
         assert_eq!(p.files[0].path, "aaa-tool");
         assert_eq!(p.files[0].file, "bin/tool");
         assert_eq!(p.files[0].ranges, vec![[0, 100]]);
+        // The store path's root, for a check without its directories.
+        assert_eq!(p.files[0].root_digest(), Some(B3Digest::of(b"root")));
+        // A store path that is a file has no root directory.
+        rec.looked_up(ROOT_INO, b"bbb-file", 20, &tool);
+        rec.read(20, &d, 100, 0, 1);
+        assert_eq!(rec.profile().files[1].root, None);
     }
 }

@@ -340,6 +340,19 @@ pub fn curl(args: &[&str]) -> (u16, Vec<u8>, String) {
     (status, out.stdout, head.to_lowercase())
 }
 
+/// Calls of gRPC `method` the server answered without error so far.
+pub fn grpc_calls(server: &Server, method: &str) -> u64 {
+    let (status, body, _) = curl(&[&format!("{}/metrics", server.http)]);
+    assert_eq!(status, 200);
+    let label = format!("method=\"{method}\",code=\"0\"");
+    String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("lazix_grpc_requests_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
 /// Every regular file below `dir`.
 pub fn walk_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
