@@ -161,6 +161,73 @@ fn inflating_frames_cost_one_frame_and_identical_ones_are_stored_once() {
     good.assert_served(&srv);
 }
 
+/// An access profile's exact read (`ReadChunks` with `exact`) of the most
+/// digests one call takes, each in a different stored frame made mostly
+/// of other bytes: the server repacks every frame (a decode and a
+/// compression each), within its memory bound, and sends the asked chunks
+/// alone.
+#[test]
+fn exact_reads_of_the_most_digests_in_distinct_frames_stay_bounded() {
+    const N: usize = 16 * 1024;
+    let (mut srv, _dir) = server(&[]);
+    let good = genuine(&srv, "exact");
+    let rt = runtime();
+    rt.block_on(async {
+        let mut c = lpb::chunk_service_client::ChunkServiceClient::with_interceptor(
+            grpc_channel(&srv).await,
+            bearer(TOKEN),
+        )
+        .max_encoding_message_size(64 << 20)
+        .max_decoding_message_size(64 << 20);
+        // Frame i: a 4 KiB chunk asked, beside 28 KiB of its own zeros.
+        let asked: Vec<Vec<u8>> = (0..N)
+            .map(|i| pseudo_random(4096, 1_000_000 + i as u64))
+            .collect();
+        let frame = |i: usize| {
+            let mut other = vec![0u8; 28 * 1024];
+            other[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            lazix_castore::testutil::frame_of(&[&asked[i], &other]).to_proto()
+        };
+        // Uploaded in calls within the raw budget.
+        for call in 0..N / 4096 {
+            let msgs: Vec<lpb::PutChunksRequest> = (0..16)
+                .map(|m| lpb::PutChunksRequest {
+                    frames: (0..256).map(|k| frame(call * 4096 + m * 256 + k)).collect(),
+                })
+                .collect();
+            c.put_chunks(futures::stream::iter(msgs)).await.unwrap();
+        }
+        let digests: Vec<bytes::Bytes> = asked
+            .iter()
+            .map(|a| bytes::Bytes::copy_from_slice(B3Digest::of(a).as_bytes()))
+            .collect();
+        let mut answer = c
+            .read_chunks(lpb::ReadChunksRequest {
+                digests,
+                exact: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut got = std::collections::HashSet::new();
+        let mut raw_bytes = 0u64;
+        while let Some(msg) = answer.message().await.unwrap() {
+            for f in msg.frames {
+                let f = lazix_castore::frame::Frame::try_from_proto(f).unwrap();
+                for (meta, data) in f.chunks.iter().zip(f.decode_verified().unwrap()) {
+                    raw_bytes += data.len() as u64;
+                    got.insert(meta.digest);
+                }
+            }
+        }
+        assert_eq!(got.len(), N, "every asked chunk answered");
+        assert!(asked.iter().all(|a| got.contains(&B3Digest::of(a))));
+        assert_eq!(raw_bytes, (N * 4096) as u64, "the asked chunks alone");
+    });
+    srv.assert_memory_under(MEMORY_BOUND, "exact ReadChunks of 16,384 frames");
+    good.assert_served(&srv);
+}
+
 /// A NAR of `depth` nested directories `d` with a file at the bottom.
 fn deep_nar(depth: usize) -> Vec<u8> {
     let mut e = NarEncoder::new();

@@ -7,15 +7,16 @@
 //! hold 9,083.
 //!
 //! Where the asked chunks are at most half of a frame's bytes, they are
-//! decoded (through the store's decoded-chunk cache, delta frames with
-//! their bases, so the reader needs no base either), verified, and packed
-//! into new plain frames; other frames go as stored. Costs the server a
+//! decoded (plain frames from the bytes in hand; delta frames' chunks
+//! through the store's decoded-chunk cache, with their bases, so the
+//! reader needs no base either), verified, and packed into new plain
+//! frames; other frames go as stored. Costs the server a
 //! decode of each such frame and a zstd level-3 compression of the asked
 //! bytes: work of the same order as reading those frames, which any read
 //! may ask; repacks run at most one per core at a time server-wide, so
 //! readers asking `exact` cannot take every core from the others.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 
@@ -35,6 +36,10 @@ fn repack_turns() -> &'static tokio::sync::Semaphore {
 
 /// `frames` (the stored frames holding `asked`) with those mostly made of
 /// chunks not asked for replaced by new frames of the asked chunks alone.
+/// Plain frames are decoded from the bytes in hand, one at a time, and
+/// only the asked chunks kept (memory: one frame and the asked bytes);
+/// chunks of delta frames come from `blobs` (its decoded-chunk cache and
+/// their bases).
 pub async fn exact_frames(
     blobs: &dyn BlobStore,
     asked: &[B3Digest],
@@ -42,8 +47,12 @@ pub async fn exact_frames(
 ) -> StoreResult<Vec<Frame>> {
     let asked: HashSet<&B3Digest> = asked.iter().collect();
     let mut out = Vec::with_capacity(frames.len());
+    // The chunks to repack, in the order met (a store's frames are in
+    // NAR order), each once.
     let mut repack: Vec<ChunkMeta> = Vec::new();
     let mut repacked: HashSet<B3Digest> = HashSet::new();
+    let mut plain: Vec<Frame> = Vec::new();
+    let mut of_deltas: Vec<B3Digest> = Vec::new();
     for frame in frames {
         let wanted: Vec<ChunkMeta> = frame
             .chunks
@@ -56,11 +65,19 @@ pub async fn exact_frames(
             out.push(frame);
             continue;
         }
-        for c in wanted {
-            if repacked.insert(c.digest) {
-                repack.push(c);
-            }
+        let fresh: Vec<ChunkMeta> = wanted
+            .into_iter()
+            .filter(|c| repacked.insert(c.digest))
+            .collect();
+        if fresh.is_empty() {
+            continue;
         }
+        if frame.base.is_empty() {
+            plain.push(frame);
+        } else {
+            of_deltas.extend(fresh.iter().map(|c| c.digest));
+        }
+        repack.extend(fresh);
     }
     if repack.is_empty() {
         return Ok(out);
@@ -69,27 +86,45 @@ pub async fn exact_frames(
         .acquire()
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-    let digests: Vec<B3Digest> = repack.iter().map(|c| c.digest).collect();
-    let chunks = blobs.get_chunks(&digests).await?;
-    if chunks.len() != repack.len() {
+    let delta_chunks = if of_deltas.is_empty() {
+        Vec::new()
+    } else {
+        blobs.get_chunks(&of_deltas).await?
+    };
+    if delta_chunks.len() != of_deltas.len() {
         return Err(StoreError::Corrupt(format!(
             "{} chunks answered for {} asked",
-            chunks.len(),
-            repack.len()
+            delta_chunks.len(),
+            of_deltas.len()
         )));
     }
     let new_frames = tokio::task::spawn_blocking(move || -> StoreResult<Vec<Frame>> {
+        let mut decoded: HashMap<B3Digest, Bytes> = HashMap::with_capacity(repack.len());
+        for frame in plain {
+            let datas = frame.decode_verified_some(&[], &|d| repacked.contains(d))?;
+            for (c, data) in frame.chunks.iter().zip(datas) {
+                if let Some(data) = data.filter(|_| repacked.contains(&c.digest)) {
+                    // A copy: the frame's buffer is dropped at once.
+                    decoded.insert(c.digest, Bytes::copy_from_slice(&data));
+                }
+            }
+        }
+        for (digest, chunk) in of_deltas.iter().zip(delta_chunks) {
+            if chunk.digest != *digest {
+                return Err(StoreError::Corrupt(format!(
+                    "chunk {} answered for {digest}",
+                    chunk.digest
+                )));
+            }
+            decoded.insert(*digest, chunk.decode_verified()?);
+        }
         let mut frames = Vec::new();
         let mut group: Vec<(ChunkMeta, Bytes)> = Vec::new();
         let mut group_bytes = 0u64;
-        for (meta, chunk) in repack.into_iter().zip(chunks) {
-            if chunk.digest != meta.digest {
-                return Err(StoreError::Corrupt(format!(
-                    "chunk {} answered for {}",
-                    chunk.digest, meta.digest
-                )));
-            }
-            let data = chunk.decode_verified()?;
+        for meta in repack {
+            let data = decoded.remove(&meta.digest).ok_or_else(|| {
+                StoreError::Corrupt(format!("chunk {} was not decoded", meta.digest))
+            })?;
             if group_bytes + data.len() as u64 > OWN_FRAME_TARGET && !group.is_empty() {
                 frames.push(Frame::compress(&group)?);
                 group.clear();
@@ -137,7 +172,13 @@ mod tests {
             B3Digest::of(&b[1]),
         ];
         let stored = bucket.get_frames(&asked).await.unwrap();
-        let out = exact_frames(bucket.as_ref(), &asked, stored).await.unwrap();
+        // Plain frames are decoded from the bytes in hand: a store that
+        // has nothing (read again, it would fail) is never asked.
+        let empty_dir = tempfile::tempdir().unwrap();
+        let empty = BucketStore::open(empty_dir.path().to_str().unwrap())
+            .await
+            .unwrap();
+        let out = exact_frames(empty.as_ref(), &asked, stored).await.unwrap();
         assert_eq!(out.len(), 2);
         assert!(out.iter().any(|f| f.data == fb.data), "B goes as stored");
         let new = out.iter().find(|f| f.data != fb.data).unwrap();
