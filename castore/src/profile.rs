@@ -16,9 +16,9 @@
 //! merged. Naming store paths and content digests keeps a profile valid
 //! wherever the same paths are mounted. `root` (optional: profiles
 //! recorded before it existed lack it) is the digest of the store
-//! path's root directory when the file was read: a store path whose root
-//! is still that directory holds every such file unchanged (a Merkle
-//! tree), so a prefetch checks the profile with the PathInfo alone.
+//! path's root directory when the file was read: a prefetch asks for that
+//! tree together with the path's PathInfo, so checking an unchanged path
+//! costs one round trip.
 
 use std::path::Path;
 
@@ -69,6 +69,15 @@ impl FileReads {
     /// The recorded root directory, if any.
     pub fn root_digest(&self) -> Option<B3Digest> {
         self.root.as_deref().and_then(B3Digest::from_hex)
+    }
+
+    /// The same file recorded again with the store path's root `root`: a
+    /// root the recordings do not agree on (another build of the path
+    /// with this file unchanged, or one not recorded) is no longer known.
+    pub fn merge_root(&mut self, root: Option<&str>) {
+        if self.root.as_deref() != root {
+            self.root = None;
+        }
     }
 }
 
@@ -200,11 +209,7 @@ impl Profile {
                 for r in f.ranges {
                     add_range(&mut g.ranges, r[0], r[1]);
                 }
-                // Recordings that saw different roots: the file is the
-                // same, the rest of the path is not known.
-                if g.root != f.root {
-                    g.root = None;
-                }
+                g.merge_root(f.root.as_deref());
             }
             None => {
                 let mut g = FileReads {

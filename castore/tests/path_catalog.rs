@@ -138,6 +138,28 @@ async fn a_listing_reads_a_few_objects_however_many_paths_were_written() {
 }
 
 #[tokio::test]
+async fn listings_that_find_the_catalog_lost_at_once_rebuild_it_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open_at(dir.path()).await;
+    for i in 0..200 {
+        store.put_path_info(info(i)).await.expect("put");
+    }
+    let truth = stored(&store).await;
+    std::fs::remove_dir_all(dir.path().join("catalog")).expect("remove the catalog");
+    // Eight listings at once (a mount's root listing, stats, …): one
+    // walks the 200 PathInfos, the others read the snapshot it stored.
+    let before = store.object_requests();
+    let all = futures::future::join_all((0..8).map(|_| listed(&store))).await;
+    assert!(all.iter().all(|l| *l == truth));
+    let spent = store.object_requests().since(&before);
+    assert!(
+        spent.gets < 2 * 200,
+        "the PathInfos were read more than once: {spent}"
+    );
+    assert_eq!(objects_under(&dir.path().join("catalog/snapshots")), 1);
+}
+
+#[tokio::test]
 async fn a_lost_or_damaged_catalog_is_rebuilt_from_the_path_infos() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = open_at(dir.path()).await;

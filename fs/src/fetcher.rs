@@ -42,10 +42,12 @@ pub enum FetchError {
 pub(crate) const CALL_CHUNKS: usize = 64;
 /// Server calls in flight per fetch.
 const CALLS_IN_FLIGHT: usize = 4;
-/// Calls in flight for an access profile's prefetch: all of a profile's
-/// calls at once up to this bound, so a far server is never idle for a
-/// round trip between them (its exact repacks are bounded by its cores,
-/// which keeps the answers roughly in the order asked).
+/// Calls in flight for an access profile's prefetch: a whole prefetch
+/// batch's calls at once up to this bound, so a far server is never idle
+/// for a round trip between them (its exact repacks are bounded by its
+/// cores, which keeps the answers roughly in the order asked). Calls then
+/// rarely profit from frames an earlier one brought; the profile's calls
+/// are cut not to share frames (`profile::calls_apart`).
 const PROFILE_CALLS_IN_FLIGHT: usize = 16;
 
 /// Who asks for chunks: a read waiting for them, or work ahead of reads

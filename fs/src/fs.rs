@@ -276,8 +276,9 @@ struct Prefetcher {
     store: Store,
     fetcher: Arc<ChunkFetcher>,
     lists: moka::sync::Cache<B3Digest, Arc<BlobLayout>, DigestKeyBuildHasher>,
-    /// The mount's directories: those a prefetch verified while admitting
-    /// a path are kept there (its lookups then ask nothing).
+    /// The mount's directories: those a prefetch fetched to check a path
+    /// (without trusted keys) or verified while admitting it (with them)
+    /// are kept there, so its lookups ask nothing.
     directories: moka::sync::Cache<B3Digest, Arc<Directory>, DigestKeyBuildHasher>,
     /// With trusted keys: the keys and the server without the guard, to
     /// admit a profile's paths before their lists are read (the guard
@@ -370,14 +371,14 @@ impl MountSide for PrefetchSide<'_> {
         self.prefetcher.directories.get(digest)
     }
 
-    fn keep_directories(&self, closure: Vec<Directory>) {
+    fn keep_directories(&self, closure: &[Arc<Directory>]) {
         // With trusted keys only directories verified by admission are
         // kept; these came from the server unchecked.
         if self.prefetcher.trust.is_none() {
             for dir in closure {
                 self.prefetcher
                     .directories
-                    .insert(dir.digest(), Arc::new(dir));
+                    .insert(dir.digest(), dir.clone());
             }
         }
     }

@@ -10,7 +10,7 @@
 //! line).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use lazix_castore::directory::Directory;
 use lazix_castore::nix::store_path::StorePath;
@@ -30,17 +30,17 @@ pub use lazix_castore::profile::{add_range, FileReads, Profile, ProfileError, FO
 /// Where an inode was first seen: its store path and the path inside it.
 #[derive(Clone)]
 struct Place {
-    path: std::sync::Arc<str>,
+    path: Arc<str>,
     file: String,
     /// The store path's root directory, hex (see [`FileReads::root`]).
-    root: Option<std::sync::Arc<str>>,
+    root: Option<Arc<str>>,
 }
 
 #[derive(Default)]
 struct Recording {
     places: HashMap<u64, Place>,
     profile: Profile,
-    index: HashMap<(std::sync::Arc<str>, String), usize>,
+    index: HashMap<(Arc<str>, String), usize>,
 }
 
 /// Records a mount's reads as a profile (see the module docs).
@@ -126,7 +126,11 @@ impl Recorder {
                 i
             }
         };
-        add_range(&mut s.profile.files[i].ranges, start, end.min(size));
+        let entry = &mut s.profile.files[i];
+        add_range(&mut entry.ranges, start, end.min(size));
+        // A profile continued from an earlier one: the same rule as
+        // merging two profiles.
+        entry.merge_root(place.root.as_deref());
     }
 
     /// What was recorded so far.
@@ -155,39 +159,61 @@ pub trait MountSide: Send + Sync {
         None
     }
     /// A directory, if at hand (as trusted as the mount's own lookups).
-    fn directory(&self, _digest: &B3Digest) -> Option<std::sync::Arc<Directory>> {
+    fn directory(&self, _digest: &B3Digest) -> Option<Arc<Directory>> {
         None
     }
     /// Directories the prefetch fetched to check a store path.
-    fn keep_directories(&self, _closure: Vec<Directory>) {}
+    fn keep_directories(&self, _closure: &[Arc<Directory>]) {}
     /// A chunk list the prefetch looked up.
-    fn keep_layout(&self, _layout: &std::sync::Arc<BlobLayout>) {}
+    fn keep_layout(&self, _layout: &Arc<BlobLayout>) {}
 }
 
 impl MountSide for () {}
 
+/// A directory on the way to a file was not at hand.
+struct NotAtHand;
+
 /// The file at `file` below `node` (the store path's root), if any, its
-/// directories found by `dir`.
+/// directories looked up in `fetched`, then in `mount`.
 fn resolve(
     node: &Node,
     file: &str,
-    dir: &dyn Fn(&B3Digest) -> Option<std::sync::Arc<Directory>>,
-) -> Option<Node> {
+    fetched: &HashMap<B3Digest, Arc<Directory>>,
+    mount: &dyn MountSide,
+) -> Result<Option<Node>, NotAtHand> {
     let mut cur = node.clone();
     for name in file.split('/').filter(|n| !n.is_empty()) {
         let Node::Directory { digest, .. } = cur else {
-            return None;
+            return Ok(None);
         };
-        cur = dir(&digest)?.entry(name.as_bytes())?;
+        let dir = fetched
+            .get(&digest)
+            .cloned()
+            .or_else(|| mount.directory(&digest))
+            .ok_or(NotAtHand)?;
+        match dir.entry(name.as_bytes()) {
+            Some(next) => cur = next,
+            None => return Ok(None),
+        }
     }
-    Some(cur)
+    Ok(Some(cur))
+}
+
+/// The root directory of `node`, if it is one.
+fn root_dir(node: &Node) -> Option<B3Digest> {
+    match node {
+        Node::Directory { digest, .. } => Some(*digest),
+        _ => None,
+    }
 }
 
 /// Whether every file of `path` in the profile is still there with its
 /// recorded contents; logs once and answers `false` if not. What `mount`
 /// has at hand is not asked; the directories fetched are handed to it.
-/// With the root recorded in the profile, its directories are asked
-/// together with the PathInfo: one round trip while the path is unchanged.
+/// The path's tree is asked together with its PathInfo (by the root of a
+/// PathInfo at hand, else the root the profile recorded): one round trip
+/// while the path is unchanged; a second one for its own tree if it
+/// changed, or if a directory on the way is no longer at hand.
 async fn still_matches(
     store: &Store,
     path: &str,
@@ -201,51 +227,61 @@ async fn still_matches(
     let Ok(sp) = StorePath::from_basename(path) else {
         return ignored("not a store path name");
     };
+    let known = mount.path_info(path);
     let recorded_root = files
         .first()
         .and_then(|f| f.root_digest())
-        .filter(|r| files.iter().all(|f| f.root_digest() == Some(*r)))
-        .filter(|r| mount.directory(r).is_none());
+        .filter(|r| files.iter().all(|f| f.root_digest() == Some(*r)));
+    let early_root = match &known {
+        Some(info) => root_dir(&info.node),
+        None => recorded_root,
+    }
+    .filter(|r| mount.directory(r).is_none());
     let info = async {
-        match mount.path_info(path) {
+        match known {
             Some(info) => Ok(Some(info)),
             None => store.path_infos.get_path_info(sp.digest()).await,
         }
     };
-    let early_closure = async {
-        match recorded_root {
+    let early_tree = async {
+        match early_root {
             Some(root) => Some(store.directories.get_closure(&root).await),
             None => None,
         }
     };
-    let (info, early_closure) = futures::join!(info, early_closure);
+    let (info, early_tree) = futures::join!(info, early_tree);
     let info = match info {
         Ok(Some(info)) if info.store_path.basename() == path => info,
         Ok(_) => return ignored("the server does not have it"),
         Err(e) => return ignored(&format!("looking it up failed: {e}")),
     };
-    let mut fetched: HashMap<B3Digest, std::sync::Arc<Directory>> = HashMap::new();
-    if let Node::Directory { digest, .. } = &info.node {
-        if mount.directory(digest).is_none() {
-            let closure = match early_closure {
-                Some(Ok(c)) if recorded_root == Some(*digest) => c,
-                // Not recorded, or the path changed since: its own tree.
-                _ => match store.directories.get_closure(digest).await {
-                    Ok(c) => c,
-                    Err(e) => return ignored(&format!("its directories failed: {e}")),
-                },
-            };
-            fetched = closure
-                .iter()
-                .map(|d| (d.digest(), std::sync::Arc::new(d.clone())))
-                .collect();
-            mount.keep_directories(closure);
+    let root = root_dir(&info.node);
+    let keep = |closure: Vec<Directory>| -> HashMap<B3Digest, Arc<Directory>> {
+        let closure: Vec<Arc<Directory>> = closure.into_iter().map(Arc::new).collect();
+        mount.keep_directories(&closure);
+        closure.into_iter().map(|d| (d.digest(), d)).collect()
+    };
+    let mut fetched: HashMap<B3Digest, Arc<Directory>> = HashMap::new();
+    let mut have_tree = false;
+    if let (Some(root), Some(Ok(tree))) = (root, early_tree) {
+        if early_root == Some(root) {
+            fetched = keep(tree);
+            have_tree = true;
         }
     }
-    let dir = |d: &B3Digest| fetched.get(d).cloned().or_else(|| mount.directory(d));
     for f in files {
-        let now = resolve(&info.node, &f.file, &dir);
-        let same = matches!(now, Some(Node::File { digest, size, .. })
+        let mut now = resolve(&info.node, &f.file, &fetched, mount);
+        if let (Err(NotAtHand), Some(root), false) = (&now, root, have_tree) {
+            // The path changed since it was recorded, or a directory the
+            // mount had was evicted (or is still arriving): its own tree.
+            match store.directories.get_closure(&root).await {
+                Ok(tree) => fetched.extend(keep(tree)),
+                Err(e) => return ignored(&format!("its directories failed: {e}")),
+            }
+            have_tree = true;
+            now = resolve(&info.node, &f.file, &fetched, mount);
+        }
+        let same = matches!(now, Ok(Some(Node::File { digest, size, .. }))
             if digest.to_hex() == f.digest && size == f.size);
         if !same {
             return ignored(&format!("{} is no longer the file recorded", f.file));
@@ -336,7 +372,7 @@ pub async fn prefetch(
         let digest = digest_of(f);
         let list = lists.get(&digest).cloned().flatten();
         let layout = match BlobLayout::from_answer(digest, f.size, list) {
-            Ok(l) => std::sync::Arc::new(l),
+            Ok(l) => Arc::new(l),
             Err(e) => {
                 tracing::warn!(file = %f.file, error = %e, "access profile: skipping a file");
                 continue;

@@ -97,6 +97,9 @@ pub struct BucketStore {
     last_refresh: Mutex<Option<Instant>>,
     /// Serialises listings caused by misses.
     refresh_gate: tokio::sync::Mutex<()>,
+    /// One rebuild of the catalog of store paths at a time in this
+    /// process: listings waiting on it read the snapshot it stored.
+    catalog_rebuild_gate: tokio::sync::Mutex<()>,
     base_cache: moka::future::Cache<B3Digest, (ChunkMeta, Bytes), DigestKeyBuildHasher>,
     recent: Mutex<RecentChunks>,
     /// When packs were last written by uploads since the last compaction.
@@ -165,6 +168,7 @@ impl BucketStore {
             table: RwLock::new(PackTable::default()),
             last_refresh: Mutex::new(None),
             refresh_gate: tokio::sync::Mutex::new(()),
+            catalog_rebuild_gate: tokio::sync::Mutex::new(()),
             recent: Mutex::new(RecentChunks::new(RECENT_BYTES)),
             uploaded_at: Mutex::new(None),
             marked: access::recent_marks(),

@@ -118,22 +118,40 @@ impl BucketStore {
         }
     }
 
-    /// Every stored path's entry, sorted by name, from the catalog.
+    /// Every stored path's entry, sorted by name, from the catalog; a
+    /// catalog lost or damaged is rebuilt from the PathInfos, once however
+    /// many listings of this process find it so at the same time (those
+    /// that waited read the snapshot the rebuild stored).
     pub(super) async fn catalog_entries(&self) -> StoreResult<Vec<CatalogEntry>> {
+        let mut rebuild_turn = None;
+        loop {
+            let why = match self.catalog_from_snapshot().await? {
+                Ok(entries) => return Ok(entries),
+                Err(why) => why,
+            };
+            if rebuild_turn.is_some() {
+                return self.rebuild_catalog(why).await;
+            }
+            rebuild_turn = Some(self.catalog_rebuild_gate.lock().await);
+        }
+    }
+
+    /// The catalog from its newest snapshot and the segments after it
+    /// (folding them into a new snapshot when they pile up), or why it
+    /// must be rebuilt.
+    async fn catalog_from_snapshot(&self) -> StoreResult<Result<Vec<CatalogEntry>, &'static str>> {
         let snapshots = self.list_prefix(CATALOG_SNAPSHOTS).await?;
         let Some(newest) = newest_snapshot(&snapshots) else {
-            return self.rebuild_catalog("no snapshot").await;
+            return Ok(Err("no snapshot"));
         };
         let Some(stored) = self.get_optional(&newest.location).await? else {
-            return self.rebuild_catalog("the newest snapshot vanished").await;
+            return Ok(Err("the newest snapshot vanished"));
         };
         let (mut catalog, folded) = match Catalog::from_snapshot(&stored) {
             Ok(read) => read,
             Err(e) => {
                 tracing::warn!(snapshot = %newest.location, error = %e, "catalog snapshot unreadable");
-                return self
-                    .rebuild_catalog("the newest snapshot is unreadable")
-                    .await;
+                return Ok(Err("the newest snapshot is unreadable"));
             }
         };
         let listed_at = SystemTime::now();
@@ -164,7 +182,7 @@ impl BucketStore {
                 tracing::warn!(error = %e, "cannot store a catalog snapshot");
             }
         }
-        Ok(catalog.into_sorted())
+        Ok(Ok(catalog.into_sorted()))
     }
 
     /// Applies the segments `names` (in name order) to `catalog`; one

@@ -6,7 +6,9 @@
 //! `import boto3, IPython` profile names 1,968 chunks whose stored frames
 //! hold 9,083.
 //!
-//! Where the asked chunks are at most half of a frame's bytes, they are
+//! Where the asked chunks are at most half of a frame's bytes, or the
+//! frame is a delta frame (its base would cost the reader another call
+//! and often more bytes than the chunks themselves), they are
 //! decoded (plain frames from the bytes in hand; delta frames' chunks
 //! through the store's decoded-chunk cache, with their bases, so the
 //! reader needs no base either), verified, and packed into new plain
@@ -37,9 +39,9 @@ fn repack_turns() -> &'static tokio::sync::Semaphore {
 /// `frames` (the stored frames holding `asked`) with those mostly made of
 /// chunks not asked for replaced by new frames of the asked chunks alone.
 /// Plain frames are decoded from the bytes in hand, one at a time, and
-/// only the asked chunks kept (memory: one frame and the asked bytes);
-/// chunks of delta frames come from `blobs` (its decoded-chunk cache and
-/// their bases).
+/// only copies of the asked chunks kept (memory: the stored frames handed
+/// in, one decoded frame, the asked bytes); chunks of delta frames come
+/// from `blobs` (its decoded-chunk cache and their bases).
 pub async fn exact_frames(
     blobs: &dyn BlobStore,
     asked: &[B3Digest],
@@ -61,7 +63,11 @@ pub async fn exact_frames(
             .copied()
             .collect();
         let wanted_bytes: u64 = wanted.iter().map(|c| c.size).sum();
-        if wanted.is_empty() || wanted_bytes * 2 > frame.raw_size() {
+        // A delta frame goes repacked however much of it is asked: as
+        // stored it needs its base, which a reader far away would ask in
+        // one more call (and calls in flight at once, each again).
+        let as_stored = frame.base.is_empty() && wanted_bytes * 2 > frame.raw_size();
+        if wanted.is_empty() || as_stored {
             out.push(frame);
             continue;
         }
@@ -149,6 +155,36 @@ mod tests {
     use super::*;
     use crate::bucket::BucketStore;
     use crate::testutil::{frame_of, pseudo_random};
+
+    #[tokio::test]
+    async fn a_delta_frame_goes_repacked_without_its_base_however_much_is_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = BucketStore::open(dir.path().to_str().unwrap())
+            .await
+            .unwrap();
+        let base = pseudo_random(40_000, 500);
+        let mut new = base.clone();
+        new[100..110].copy_from_slice(b"0123456789");
+        let other = pseudo_random(5_000, 501);
+        // The store answers the chunks (here from a plain frame of them);
+        // the frame the reader's call found is a delta frame of both.
+        bucket
+            .put_frames(vec![frame_of(&[&new, &other])])
+            .await
+            .unwrap();
+        let chunks = [&new, &other].map(|c| (ChunkMeta::of(c), Bytes::from(c.to_vec())));
+        let delta =
+            Frame::compress_with_base(&chunks, vec![ChunkMeta::of(&base)], &base, 3).unwrap();
+        // `new` is most of the frame: a plain frame would go as stored.
+        let asked = vec![B3Digest::of(&new)];
+        let out = exact_frames(bucket.as_ref(), &asked, vec![delta])
+            .await
+            .unwrap();
+        assert_eq!(out.len(), 1);
+        assert!(out[0].base.is_empty(), "no base for the reader to fetch");
+        assert_eq!(out[0].chunks, vec![ChunkMeta::of(&new)]);
+        assert_eq!(out[0].decode_verified().unwrap(), vec![Bytes::from(new)]);
+    }
 
     #[tokio::test]
     async fn a_frame_mostly_of_other_chunks_is_replaced_by_the_asked_ones() {

@@ -901,3 +901,53 @@ fn a_profile_records_files_the_kernel_learned_from_a_listing() {
     assert_eq!(profile.files[0].file, "sub/note");
     assert_eq!(profile.files[0].ranges, vec![[0, 5]]);
 }
+
+/// What a mount has at hand in the next test: its root directory only
+/// (the ones below evicted, or still arriving).
+struct RootAtHand(Arc<Directory>);
+
+impl MountSide for RootAtHand {
+    fn directory(&self, digest: &B3Digest) -> Option<Arc<Directory>> {
+        (self.0.digest() == *digest).then(|| self.0.clone())
+    }
+}
+
+#[test]
+fn a_profile_check_missing_a_directory_at_hand_asks_for_the_tree() {
+    let server = Server::new();
+    let store = server.store();
+    let pkg = StorePath::from_basename(PKG).unwrap();
+    let (root, root_dir) = server.rt.block_on(async {
+        let info = store.path_infos.get_path_info(pkg.digest()).await;
+        let Node::Directory { digest, .. } = info.unwrap().unwrap().node else {
+            panic!("pkg is a directory");
+        };
+        let tree = store.directories.get_closure(&digest).await.unwrap();
+        let dir = tree.into_iter().find(|d| d.digest() == digest).unwrap();
+        (digest, Arc::new(dir))
+    });
+    // sub/note, recorded with the path's root: unchanged.
+    let profile = Profile {
+        files: vec![lazix_castore::profile::FileReads {
+            path: PKG.into(),
+            file: "sub/note".into(),
+            digest: blob_of(b"note\n").to_hex(),
+            size: 5,
+            ranges: vec![[0, 5]],
+            root: Some(root.to_hex()),
+        }],
+    };
+    let fetcher =
+        ChunkFetcher::new(store.blobs.clone(), 1 << 20, None, Duration::from_secs(10)).unwrap();
+    let report = server
+        .rt
+        .block_on(crate::profile::prefetch(
+            &store,
+            &fetcher,
+            &profile,
+            &RootAtHand(root_dir),
+        ))
+        .unwrap();
+    assert_eq!(report.ignored_paths, 0, "a matching profile was ignored");
+    assert_eq!(report.files, 1);
+}
