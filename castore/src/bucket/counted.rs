@@ -210,7 +210,8 @@ impl ObjectStore for Counted {
         &'a self,
         locations: BoxStream<'a, Result<Path>>,
     ) -> BoxStream<'a, Result<Path>> {
-        add(&self.counters.deletes);
-        self.inner.delete_stream(locations)
+        let counters = &self.counters;
+        self.inner
+            .delete_stream(locations.inspect(move |_| add(&counters.deletes)).boxed())
     }
 }

@@ -92,6 +92,8 @@ const RECENT_BYTES: u64 = 128 * 1024 * 1024;
 /// A store in an object store (local folder or bucket). Share it behind an
 /// `Arc`.
 pub struct BucketStore {
+    /// This store, for work it starts in the background.
+    me: std::sync::Weak<BucketStore>,
     objects: Arc<dyn ObjectStore>,
     table: RwLock<PackTable>,
     last_refresh: Mutex<Option<Instant>>,
@@ -158,7 +160,8 @@ impl BucketStore {
             inner: objects,
             counters: requests.clone(),
         });
-        let store = Arc::new(Self {
+        let store = Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             requests,
             local_root,
             regzip: std::sync::atomic::AtomicBool::new(true),

@@ -3,7 +3,7 @@
 //! errors turned into the store's.
 
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::PutPayload;
 
@@ -50,6 +50,21 @@ impl BucketStore {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(object_err(e)),
         }
+    }
+
+    /// Deletes objects, many per request where the object store can (S3's
+    /// multi-object delete); those already gone are fine.
+    pub(super) async fn delete_objects(&self, paths: Vec<ObjectPath>) -> StoreResult<()> {
+        let mut deleted = self
+            .objects
+            .delete_stream(futures::stream::iter(paths.into_iter().map(Ok)).boxed());
+        while let Some(result) = deleted.next().await {
+            match result {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(object_err(e)),
+            }
+        }
+        Ok(())
     }
 
     /// An object's bytes, or `None` if absent.

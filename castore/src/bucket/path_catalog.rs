@@ -1,10 +1,14 @@
 //! The catalog of store paths in the bucket (format and rules:
 //! [`crate::catalog`]): segments written as paths are stored and deleted,
 //! changes made at once by several tasks sharing one segment; listings
-//! read the newest snapshot plus the segments it lacks, fold many loose
-//! segments into a new snapshot, and rebuild the catalog from the
-//! PathInfos when no snapshot reads. GC stores a snapshot from its walk.
+//! read the newest snapshot plus the segments it lacks, and rebuild the
+//! catalog from the PathInfos when no snapshot reads. Upkeep — folding
+//! many loose segments into a new snapshot, deleting segments and
+//! snapshots no reader needs — runs in the background, one at a time, so
+//! that neither a listing nor a write waits for it. GC stores a snapshot
+//! from its walk.
 
+use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -52,6 +56,40 @@ pub(super) struct CatalogWriter {
     writing: tokio::sync::Mutex<()>,
     /// Segments stored by this writer since it last folded.
     since_fold: std::sync::atomic::AtomicU64,
+    /// The catalog's upkeep running in the background, if any.
+    upkeep: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// The catalog as a reader assembled it from the newest snapshot, and what
+/// upkeep that reading showed due.
+struct Assembled {
+    catalog: Catalog,
+    /// The snapshot read, and the segments it includes.
+    snapshot: ObjectMeta,
+    folded: HashSet<String>,
+    /// Every segment listed after the snapshot, and when.
+    listed: Vec<String>,
+    listed_at: SystemTime,
+    /// Segments listed that the snapshot lacks, and how many of them were
+    /// gone when read.
+    loose: usize,
+    vanished: usize,
+}
+
+impl Assembled {
+    /// Whether enough loose segments were read to fold them into a new
+    /// snapshot. A segment listed and gone meanwhile was pruned under this
+    /// reader: its answer stands, but no snapshot is stored from it.
+    fn fold_due(&self) -> bool {
+        self.loose >= FOLD_AT && self.vanished == 0
+    }
+
+    /// Whether many segments already folded into the snapshot are still
+    /// stored (every reader lists them) and the snapshot is settled, so
+    /// they can go.
+    fn prune_due(&self) -> bool {
+        self.listed.len() - self.loose >= FOLD_AT && settled(&self.snapshot)
+    }
 }
 
 impl BucketStore {
@@ -69,7 +107,6 @@ impl BucketStore {
             .lock()
             .expect("catalog changes")
             .push((records, done));
-        let mut fold = false;
         {
             let _turn = self.catalog_writer.writing.lock().await;
             let batch =
@@ -87,23 +124,16 @@ impl BucketStore {
                         >= FOLD_EVERY
                 {
                     since_fold.store(0, std::sync::atomic::Ordering::Relaxed);
-                    fold = true;
+                    self.start_catalog_upkeep();
                 }
                 for w in waiters {
                     let _ = w.send(result.as_ref().map(|_| ()).map_err(StoreError::duplicate));
                 }
             }
         }
-        let written = written
-            .await
-            .map_err(|_| StoreError::Unavailable("catalog writer stopped".into()))?;
-        if fold {
-            // A listing folds what is loose; its answer is not needed.
-            if let Err(e) = self.catalog_entries().await {
-                tracing::warn!(error = %e, "cannot fold the catalog's segments");
-            }
-        }
         written
+            .await
+            .map_err(|_| StoreError::Unavailable("catalog writer stopped".into()))?
     }
 
     /// Records that the path `digest` was deleted (its PathInfo is gone
@@ -137,9 +167,22 @@ impl BucketStore {
     }
 
     /// The catalog from its newest snapshot and the segments after it
-    /// (folding them into a new snapshot when they pile up), or why it
-    /// must be rebuilt.
+    /// (starting the upkeep in the background when that reading shows it
+    /// due), or why it must be rebuilt.
     async fn catalog_from_snapshot(&self) -> StoreResult<Result<Vec<CatalogEntry>, &'static str>> {
+        let assembled = match self.assemble_catalog().await? {
+            Ok(assembled) => assembled,
+            Err(why) => return Ok(Err(why)),
+        };
+        if assembled.fold_due() || assembled.prune_due() {
+            self.start_catalog_upkeep();
+        }
+        Ok(Ok(assembled.catalog.into_sorted()))
+    }
+
+    /// Reads the newest snapshot and applies the segments it lacks, or
+    /// says why the catalog must be rebuilt.
+    async fn assemble_catalog(&self) -> StoreResult<Result<Assembled, &'static str>> {
         let snapshots = self.list_prefix(CATALOG_SNAPSHOTS).await?;
         let Some(newest) = newest_snapshot(&snapshots) else {
             return Ok(Err("no snapshot"));
@@ -167,22 +210,78 @@ impl BucketStore {
             .cloned()
             .collect();
         let vanished = self.apply_segments(&mut catalog, &loose).await?;
-        // A segment listed and gone meanwhile was pruned under this
-        // reader: its answer stands, but it stores no snapshot from it.
-        if loose.len() >= FOLD_AT && vanished == 0 {
+        Ok(Ok(Assembled {
+            catalog,
+            snapshot: newest.clone(),
+            folded,
+            listed,
+            listed_at,
+            loose: loose.len(),
+            vanished,
+        }))
+    }
+
+    /// Starts the catalog's upkeep in the background unless it is running
+    /// already: its outcome is logged, nobody waits for it.
+    pub(super) fn start_catalog_upkeep(&self) {
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        let mut running = self.catalog_writer.upkeep.lock().expect("catalog upkeep");
+        if running.as_ref().is_some_and(|task| !task.is_finished()) {
+            return;
+        }
+        *running = Some(tokio::spawn(async move {
+            if let Err(e) = me.catalog_upkeep().await {
+                tracing::warn!(error = %e, "catalog upkeep failed; the next listing retries");
+            }
+        }));
+    }
+
+    /// Waits for the catalog's upkeep running in the background, if any
+    /// (a process about to exit, tests).
+    pub async fn catalog_upkeep_done(&self) {
+        let running = self
+            .catalog_writer
+            .upkeep
+            .lock()
+            .expect("catalog upkeep")
+            .take();
+        if let Some(task) = running {
+            let _ = task.await;
+        }
+    }
+
+    /// Folds the loose segments into a new snapshot when there are many
+    /// (or builds the first one), and deletes what no reader needs any
+    /// more.
+    async fn catalog_upkeep(&self) -> StoreResult<()> {
+        let Ok(assembled) = self.assemble_catalog().await? else {
+            // No snapshot yet (a new store's first writes) or a damaged
+            // one: rebuilt now, as a listing would.
+            return self.catalog_entries().await.map(drop);
+        };
+        if assembled.fold_due() {
             tracing::info!(
-                segments = loose.len(),
-                paths = catalog.len(),
+                segments = assembled.loose,
+                paths = assembled.catalog.len(),
                 "folding catalog segments into a snapshot"
             );
-            if let Err(e) = self
-                .store_catalog_snapshot(&catalog, listed, listed_at)
+            let stored = assembled.catalog.snapshot(assembled.listed)?;
+            self.put_durable(
+                &timestamped_at(CATALOG_SNAPSHOTS, assembled.listed_at),
+                stored,
+            )
+            .await?;
+            // What it read may be the settled snapshot.
+            self.prune_catalog(Some((&assembled.snapshot.location, &assembled.folded)))
                 .await
-            {
-                tracing::warn!(error = %e, "cannot store a catalog snapshot");
-            }
+        } else if assembled.prune_due() {
+            self.prune_catalog(Some((&assembled.snapshot.location, &assembled.folded)))
+                .await
+        } else {
+            Ok(())
         }
-        Ok(Ok(catalog.into_sorted()))
     }
 
     /// Applies the segments `names` (in name order) to `catalog`; one
@@ -292,7 +391,7 @@ impl BucketStore {
         let stored = catalog.snapshot(folded)?;
         self.put_durable(&timestamped_at(CATALOG_SNAPSHOTS, listed_at), stored)
             .await?;
-        self.prune_catalog().await
+        self.prune_catalog(None).await
     }
 
     /// Every listing that is still running started less than
@@ -300,9 +399,15 @@ impl BucketStore {
     /// modification time, not their name: a snapshot from a long walk is
     /// named for its start) were there: it took the newest of those, no
     /// older than the newest stored before the grace (the *settled* one),
-    /// and reads segments from a little before it. Older snapshots, and
-    /// segments before that point, are deleted.
-    async fn prune_catalog(&self) -> StoreResult<()> {
+    /// and reads segments from a little before it, skipping those folded
+    /// into it. Older snapshots, segments before that point and segments
+    /// folded into the settled snapshot (every snapshot after it includes
+    /// them) are deleted. `known` is a snapshot whose folded segments the
+    /// caller has read already.
+    async fn prune_catalog(
+        &self,
+        known: Option<(&ObjectPath, &HashSet<String>)>,
+    ) -> StoreResult<()> {
         let mut snapshots: Vec<ObjectMeta> = self
             .list_prefix(CATALOG_SNAPSHOTS)
             .await?
@@ -310,30 +415,38 @@ impl BucketStore {
             .filter(|s| sane_time(&s.location))
             .collect();
         snapshots.sort_by(|a, b| b.location.cmp(&a.location));
-        let settled_before = SystemTime::now() - FOLD_GRACE;
-        let Some(settled) = snapshots
-            .iter()
-            .position(|s| SystemTime::from(s.last_modified) <= settled_before)
-        else {
+        let Some(settled_at) = snapshots.iter().position(settled) else {
             return Ok(());
         };
-        let older = &snapshots[settled + 1..];
-        if older.is_empty() {
-            return Ok(());
-        }
-        let keep_from = segments_from(&snapshots[settled].location);
-        let segments: Vec<ObjectMeta> = self
+        let settled = &snapshots[settled_at].location;
+        let read;
+        let folded = match known {
+            Some((name, folded)) if name == settled => folded,
+            _ => {
+                let Some(stored) = self.get_optional(settled).await? else {
+                    return Ok(());
+                };
+                read = Catalog::from_snapshot(&stored)?.1;
+                &read
+            }
+        };
+        let keep_from = segments_from(settled);
+        let segments: Vec<ObjectPath> = self
             .list_prefix(CATALOG_SEGMENTS)
             .await?
             .into_iter()
-            .filter(|m| m.location < keep_from)
+            .map(|m| m.location)
+            .filter(|name| *name < keep_from || folded.contains(name.as_ref()))
             .collect();
-        for segment in &segments {
-            self.delete_object(&segment.location).await?;
+        let older: Vec<ObjectPath> = snapshots[settled_at + 1..]
+            .iter()
+            .map(|s| s.location.clone())
+            .collect();
+        if segments.is_empty() && older.is_empty() {
+            return Ok(());
         }
-        for old in older {
-            self.delete_object(&old.location).await?;
-        }
+        self.delete_objects(segments.iter().chain(&older).cloned().collect())
+            .await?;
         tracing::info!(
             segments = segments.len(),
             snapshots = older.len(),
@@ -341,6 +454,12 @@ impl BucketStore {
         );
         Ok(())
     }
+}
+
+/// Whether a snapshot was stored long enough ago that every listing still
+/// running took it or a newer one.
+fn settled(snapshot: &ObjectMeta) -> bool {
+    SystemTime::from(snapshot.last_modified) <= SystemTime::now() - FOLD_GRACE
 }
 
 /// Where the segments a reader of `snapshot` applies start: a little
@@ -505,6 +624,65 @@ mod tests {
         let segments = store.list_prefix(CATALOG_SEGMENTS).await.unwrap();
         assert_eq!(segments.len(), 1, "{segments:?}");
         assert!(segments[0].location != old_segment);
+        assert_eq!(names(&store).await, expected);
+    }
+
+    #[tokio::test]
+    async fn a_listing_prunes_segments_folded_into_a_settled_snapshot() {
+        let (dir, store) = crate::testutil::temp_bucket().await;
+        // Segments written in the minute before a snapshot that folds them
+        // (a bulk write's last fold): every reader lists them.
+        let now = SystemTime::now();
+        let mut folded = Vec::new();
+        for i in 0..FOLD_AT as u8 + 8 {
+            let name = timestamped_at(CATALOG_SEGMENTS, now - Duration::from_secs(30));
+            store
+                .put(
+                    &name,
+                    segment(vec![record(entry(i).store_path.digest(), Some(&entry(i)))]),
+                )
+                .await
+                .unwrap();
+            folded.push(name.to_string());
+        }
+        let all = Catalog::from_entries((0..FOLD_AT as u8 + 8).map(entry));
+        let snapshot = timestamped_at(CATALOG_SNAPSHOTS, now);
+        store
+            .put(&snapshot, all.snapshot(folded.clone()).unwrap())
+            .await
+            .unwrap();
+        // One segment after it, not folded: it stays.
+        store
+            .put(
+                &timestamped(CATALOG_SEGMENTS),
+                segment(vec![record(entry(0).store_path.digest(), None)]),
+            )
+            .await
+            .unwrap();
+        let expected: BTreeSet<String> = (1..FOLD_AT as u8 + 8)
+            .map(|i| entry(i).store_path.basename())
+            .collect();
+
+        // Not settled yet: a listing still running may have taken an older
+        // snapshot and need the segments.
+        assert_eq!(names(&store).await, expected);
+        store.catalog_upkeep_done().await;
+        let segments = store.list_prefix(CATALOG_SEGMENTS).await.unwrap();
+        assert_eq!(segments.len(), folded.len() + 1);
+
+        // Settled: the next listing deletes the folded segments in the
+        // background; the answer stays the same.
+        std::fs::File::options()
+            .write(true)
+            .open(dir.path().join(snapshot.to_string()))
+            .unwrap()
+            .set_modified(now - FOLD_GRACE - Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(names(&store).await, expected);
+        store.catalog_upkeep_done().await;
+        let segments = store.list_prefix(CATALOG_SEGMENTS).await.unwrap();
+        assert_eq!(segments.len(), 1, "{segments:?}");
+        assert!(!folded.contains(&segments[0].location.to_string()));
         assert_eq!(names(&store).await, expected);
     }
 }
