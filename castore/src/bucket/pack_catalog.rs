@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::stream::{self, StreamExt, TryStreamExt};
-use lazix_proto::ext as lpb;
 
 use super::keys::{index_path, PACKS};
 use super::packs::{decode_index, FrameLocation, PackTable};
@@ -46,7 +45,9 @@ impl BucketStore {
                 .filter(|id| !table.has_pack(id))
                 .collect()
         };
-        let loaded: Vec<(String, StoreResult<lpb::PackIndex>)> = stream::iter(new_ids)
+        // Each index joins the table as it arrives: a store of 100,000
+        // packs never holds its decoded indexes all at once.
+        let mut loaded = stream::iter(new_ids)
             .map(|id| async move {
                 let got = self.get_optional(&index_path(&id)).await;
                 let parsed = match got {
@@ -56,11 +57,9 @@ impl BucketStore {
                 };
                 (id, parsed)
             })
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
-        let mut table = self.table.write().expect("pack table");
-        for (id, parsed) in loaded {
+            .buffer_unordered(CONCURRENCY);
+        while let Some((id, parsed)) = loaded.next().await {
+            let mut table = self.table.write().expect("pack table");
             match parsed.and_then(|index| table.add_pack(&id, &index, false)) {
                 Ok(()) => {}
                 Err(StoreError::Io(e)) => return Err(StoreError::Io(e)),

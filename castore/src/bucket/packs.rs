@@ -44,9 +44,13 @@ pub struct PackInfo {
 pub struct PackTable {
     by_chunk: HashMap<B3Digest, Arc<FrameLocation>, DigestKeyBuildHasher>,
     packs: HashMap<Arc<str>, PackInfo>,
-    /// (super-feature index, value) → a chunk with it (it may since have
-    /// moved into a delta frame: checked on lookup).
-    similar: HashMap<(u8, u32), B3Digest>,
+    /// (super-feature index, value) → a chunk with it, by its position in
+    /// `similar_chunks` (it may since have moved into a delta frame:
+    /// checked on lookup). Positions, not digests, since every chunk has
+    /// several super-features: this map is the table's largest part.
+    similar: HashMap<(u8, u32), u32>,
+    /// The chunks `similar` points at, each once.
+    similar_chunks: Vec<B3Digest>,
     /// Chunks some delta frame uses as base: they must stay in plain
     /// frames (deltas are one level deep).
     base_refs: HashSet<B3Digest, DigestKeyBuildHasher>,
@@ -138,9 +142,7 @@ impl PackTable {
                     .iter()
                     .zip(entry.sketches.chunks(SUPER_FEATURES))
                 {
-                    for (i, sf) in sketch.iter().enumerate().filter(|(_, sf)| **sf != 0) {
-                        self.similar.entry((i as u8, *sf)).or_insert(c.digest);
-                    }
+                    self.index_similar(c.digest, sketch);
                 }
             }
             for c in frame.chunks.iter() {
@@ -169,6 +171,30 @@ impl PackTable {
         Ok(())
     }
 
+    /// Files a chunk under those of its super-features no chunk holds
+    /// yet.
+    fn index_similar(&mut self, digest: B3Digest, sketch: &[u32]) {
+        let Ok(next) = u32::try_from(self.similar_chunks.len()) else {
+            return;
+        };
+        let mut filed = false;
+        for (i, sf) in sketch.iter().enumerate().filter(|(_, sf)| **sf != 0) {
+            if let std::collections::hash_map::Entry::Vacant(v) = self.similar.entry((i as u8, *sf))
+            {
+                v.insert(next);
+                filed = true;
+            }
+        }
+        if filed {
+            self.similar_chunks.push(digest);
+        }
+    }
+
+    /// The chunk filed under a super-feature.
+    fn similar_to(&self, feature: usize, value: u32) -> Option<u32> {
+        self.similar.get(&(feature as u8, value)).copied()
+    }
+
     /// The frame holding a chunk.
     pub fn locate(&self, digest: &B3Digest) -> Option<Arc<FrameLocation>> {
         self.by_chunk.get(digest).cloned()
@@ -182,22 +208,22 @@ impl PackTable {
     /// The stored chunk most like one with `sketch` (most super-features in
     /// common), if any shares one; it lives in a plain frame.
     pub fn most_similar(&self, sketch: &Sketch) -> Option<B3Digest> {
-        let mut best: Option<(B3Digest, usize)> = None;
+        let mut best: Option<(u32, usize)> = None;
         for (i, sf) in sketch.iter().enumerate() {
-            let Some(d) = self.similar.get(&(i as u8, *sf)) else {
+            let Some(at) = self.similar_to(i, *sf) else {
                 continue;
             };
             let score = sketch
                 .iter()
                 .enumerate()
-                .filter(|(j, v)| self.similar.get(&(*j as u8, **v)) == Some(d))
+                .filter(|(j, v)| self.similar_to(*j, **v) == Some(at))
                 .count();
             if best.is_none_or(|(_, s)| score > s) {
-                best = Some((*d, score));
+                best = Some((at, score));
             }
         }
         // Only a chunk in a plain frame can be a base.
-        best.map(|(d, _)| d)
+        best.and_then(|(at, _)| self.similar_chunks.get(at as usize).copied())
             .filter(|d| self.by_chunk.get(d).is_some_and(|l| l.base.is_empty()))
     }
 
