@@ -203,6 +203,7 @@ async fn generate(location: &str, shape: &Shape) -> Result<()> {
         let backend = BucketStore::open(location)
             .await
             .with_context(|| format!("opening {location}"))?;
+        let bucket = backend.clone();
         let store = Store::from_backend(backend);
         let known = KnownChunks::default();
         let stats = Arc::new(Mutex::new(TransferStats::default()));
@@ -226,6 +227,9 @@ async fn generate(location: &str, shape: &Shape) -> Result<()> {
             .buffer_unordered(shape.parallel)
             .try_collect::<Vec<_>>()
             .await?;
+        // What the catalog's background folds left loose is folded, as a
+        // server that keeps running would.
+        bucket.settle_catalog().await;
         let secs = started.elapsed().as_secs_f64();
         println!(
             "synth: {} paths ({} files each, {} bytes) into {location} in {secs:.1} s ({:.0} paths/s)",

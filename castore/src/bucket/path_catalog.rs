@@ -86,7 +86,8 @@ impl Assembled {
 
     /// Whether many segments already folded into the snapshot are still
     /// stored (every reader lists them) and the snapshot is settled, so
-    /// they can go.
+    /// they can go (if it is still the newest, see
+    /// [`BucketStore::prune_catalog`]).
     fn prune_due(&self) -> bool {
         self.listed.len() - self.loose >= FOLD_AT && settled(&self.snapshot)
     }
@@ -123,7 +124,8 @@ impl BucketStore {
                     && since_fold.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
                         >= FOLD_EVERY
                 {
-                    since_fold.store(0, std::sync::atomic::Ordering::Relaxed);
+                    // Counted down by the upkeep, which folds again if
+                    // this many were written while it ran.
                     self.start_catalog_upkeep();
                 }
                 for w in waiters {
@@ -232,23 +234,53 @@ impl BucketStore {
             return;
         }
         *running = Some(tokio::spawn(async move {
-            if let Err(e) = me.catalog_upkeep().await {
-                tracing::warn!(error = %e, "catalog upkeep failed; the next listing retries");
+            // Again while writers stored many segments meanwhile: a fold
+            // of a large catalog takes seconds, and writes do not wait.
+            loop {
+                me.catalog_writer
+                    .since_fold
+                    .store(0, std::sync::atomic::Ordering::Relaxed);
+                if let Err(e) = me.catalog_upkeep().await {
+                    tracing::warn!(error = %e, "catalog upkeep failed; the next listing retries");
+                    break;
+                }
+                if me
+                    .catalog_writer
+                    .since_fold
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    < FOLD_EVERY
+                {
+                    break;
+                }
             }
         }));
     }
 
+    /// Folds what a bulk write left loose and waits for it (a writer about
+    /// to exit): the next listing reads the snapshot and fewer than
+    /// [`FOLD_AT`] segments.
+    pub async fn settle_catalog(&self) {
+        self.catalog_upkeep_done().await;
+        self.start_catalog_upkeep();
+        self.catalog_upkeep_done().await;
+    }
+
     /// Waits for the catalog's upkeep running in the background, if any
-    /// (a process about to exit, tests).
+    /// (a bulk writer about to exit, tests). The task stays where it is
+    /// (so no second one starts meanwhile): this polls it.
     pub async fn catalog_upkeep_done(&self) {
-        let running = self
-            .catalog_writer
-            .upkeep
-            .lock()
-            .expect("catalog upkeep")
-            .take();
-        if let Some(task) = running {
-            let _ = task.await;
+        loop {
+            let running = self
+                .catalog_writer
+                .upkeep
+                .lock()
+                .expect("catalog upkeep")
+                .as_ref()
+                .is_some_and(|task| !task.is_finished());
+            if !running {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -400,10 +432,12 @@ impl BucketStore {
     /// named for its start) were there: it took the newest of those, no
     /// older than the newest stored before the grace (the *settled* one),
     /// and reads segments from a little before it, skipping those folded
-    /// into it. Older snapshots, segments before that point and segments
-    /// folded into the settled snapshot (every snapshot after it includes
-    /// them) are deleted. `known` is a snapshot whose folded segments the
-    /// caller has read already.
+    /// into it. Older snapshots and segments before that point are
+    /// deleted. When the settled snapshot is also the newest, so every
+    /// reader takes it, the segments it includes go too; `known` is a
+    /// snapshot whose folded segments the caller read. (Not when a newer
+    /// one exists: a snapshot is named for when its listing started, so a
+    /// newer name may lack a segment the settled one includes.)
     async fn prune_catalog(
         &self,
         known: Option<(&ObjectPath, &HashSet<String>)>,
@@ -419,16 +453,10 @@ impl BucketStore {
             return Ok(());
         };
         let settled = &snapshots[settled_at].location;
-        let read;
+        let no_folded = HashSet::new();
         let folded = match known {
-            Some((name, folded)) if name == settled => folded,
-            _ => {
-                let Some(stored) = self.get_optional(settled).await? else {
-                    return Ok(());
-                };
-                read = Catalog::from_snapshot(&stored)?.1;
-                &read
-            }
+            Some((name, folded)) if settled_at == 0 && name == settled => folded,
+            _ => &no_folded,
         };
         let keep_from = segments_from(settled);
         let segments: Vec<ObjectPath> = self
@@ -670,14 +698,30 @@ mod tests {
         let segments = store.list_prefix(CATALOG_SEGMENTS).await.unwrap();
         assert_eq!(segments.len(), folded.len() + 1);
 
-        // Settled: the next listing deletes the folded segments in the
-        // background; the answer stays the same.
+        // Settled, but a newer snapshot exists (named for a listing that
+        // started later, it may lack some of them): they stay.
         std::fs::File::options()
             .write(true)
             .open(dir.path().join(snapshot.to_string()))
             .unwrap()
             .set_modified(now - FOLD_GRACE - Duration::from_secs(5))
             .unwrap();
+        let newer = timestamped(CATALOG_SNAPSHOTS);
+        store
+            .put(&newer, all.snapshot(vec![]).unwrap())
+            .await
+            .unwrap();
+        let folded_set: HashSet<String> = folded.iter().cloned().collect();
+        store
+            .prune_catalog(Some((&snapshot, &folded_set)))
+            .await
+            .unwrap();
+        let segments = store.list_prefix(CATALOG_SEGMENTS).await.unwrap();
+        assert_eq!(segments.len(), folded.len() + 1);
+        store.delete_object(&newer).await.unwrap();
+
+        // Settled and the newest: the next listing deletes the folded
+        // segments in the background; the answer stays the same.
         assert_eq!(names(&store).await, expected);
         store.catalog_upkeep_done().await;
         let segments = store.list_prefix(CATALOG_SEGMENTS).await.unwrap();
