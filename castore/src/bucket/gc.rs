@@ -189,6 +189,10 @@ impl BucketStore {
         self.sweep_prefix(TOUCHED, cutoff, |_| true).await?;
         self.sweep_orphan_marks(cutoff, &live.paths).await?;
         report.bytes_freed += self.sweep_staging(cutoff).await?;
+        // The next opening reads the packs that stay from one object.
+        if let Err(e) = self.store_pack_snapshot().await {
+            tracing::warn!(error = %e, "cannot store a pack table snapshot");
+        }
         tracing::info!(?report, "garbage collection done");
         Ok(report)
     }

@@ -22,6 +22,8 @@
 //! - `touched/<ms>-<random>`: digests an upload relies on (see [`super::gc`]);
 //! - `catalog/segments/<ms>-<random>`, `catalog/snapshots/<ms>-<random>`:
 //!   the catalog of store paths (see [`crate::catalog`]);
+//! - `packtables/<ms>-<random>`: every pack index in one object, read at
+//!   open instead of each index (see [`super::pack_snapshot`]);
 //! - `locks/maintenance`: held by the one compaction or collection running.
 
 use std::time::SystemTime;
@@ -45,6 +47,8 @@ pub(super) const TOUCHED: &str = "touched";
 pub(super) const CATALOG_SEGMENTS: &str = "catalog/segments";
 /// Catalog snapshots.
 pub(super) const CATALOG_SNAPSHOTS: &str = "catalog/snapshots";
+/// Pack table snapshots.
+pub(super) const PACK_TABLES: &str = "packtables";
 /// Chunk lists, sharded.
 pub(super) const BLOBS: &str = "blobs";
 /// Directories, sharded.

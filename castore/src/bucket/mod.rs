@@ -8,6 +8,8 @@
 //! - [`counted`]: every object request counted by kind;
 //! - [`pack_catalog`]: the pack table (which pack and frame hold each chunk),
 //!   loaded at open and refreshed when another replica writes;
+//! - [`pack_snapshot`]: every pack index in one object, so that opening a
+//!   large store reads one object instead of every index;
 //! - [`path_catalog`]: the catalog of store paths (see [`crate::catalog`])
 //!   stored and read back, for listings;
 //! - [`reads`]: frames, chunk lists, directories and PathInfos read back;
@@ -35,6 +37,7 @@ mod manifests;
 mod mark_set;
 mod objects;
 mod pack_catalog;
+mod pack_snapshot;
 mod packs;
 mod path_catalog;
 mod reads;
@@ -118,6 +121,8 @@ pub struct BucketStore {
     runs: runs::MaintenanceRuns,
     /// Catalog changes on their way into a segment.
     catalog_writer: path_catalog::CatalogWriter,
+    /// Whether a pack table snapshot is being written in the background.
+    pack_snapshot_running: std::sync::atomic::AtomicBool,
     /// Requests made of `objects`.
     requests: Arc<counted::Counters>,
 }
@@ -167,6 +172,7 @@ impl BucketStore {
             regzip: std::sync::atomic::AtomicBool::new(true),
             runs: runs::MaintenanceRuns::default(),
             catalog_writer: Default::default(),
+            pack_snapshot_running: Default::default(),
             objects,
             table: RwLock::new(PackTable::default()),
             last_refresh: Mutex::new(None),

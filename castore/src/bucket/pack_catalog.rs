@@ -1,6 +1,7 @@
 //! The pack table: which pack and frame hold each chunk. Loaded from the
-//! pack indexes at open, re-listed when a lookup misses (another replica
-//! wrote) or a pack vanished (compaction or GC elsewhere).
+//! pack indexes at open (most from a snapshot of them, see
+//! [`super::pack_snapshot`]), re-listed when a lookup misses (another
+//! replica wrote) or a pack vanished (compaction or GC elsewhere).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::Instant;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use super::keys::{index_path, PACKS};
+use super::pack_snapshot::{READ_SNAPSHOT_FROM, WRITE_SNAPSHOT_FROM};
 use super::packs::{decode_index, FrameLocation, PackTable};
 use super::{BucketStore, CONCURRENCY, REFRESH_INTERVAL};
 use crate::digest::B3Digest;
@@ -29,7 +31,8 @@ impl BucketStore {
                     .map(String::from)
             })
             .collect();
-        let new_ids: Vec<String> = {
+        let opening = self.table.read().expect("pack table").is_empty();
+        let mut new_ids: Vec<String> = {
             let mut table = self.table.write().expect("pack table");
             // Packs deleted elsewhere (compaction, GC) first: their chunks
             // are in packs listed now, added below.
@@ -45,6 +48,18 @@ impl BucketStore {
                 .filter(|id| !table.has_pack(id))
                 .collect()
         };
+        // Opening a store of many packs: most indexes come from one
+        // snapshot object. (Not later: packs another replica wrote since
+        // are not in it.)
+        if opening && new_ids.len() >= READ_SNAPSHOT_FROM {
+            let wanted: HashSet<String> = new_ids.iter().cloned().collect();
+            let added = self.load_pack_snapshot(&wanted).await?;
+            new_ids.retain(|id| !added.contains(id));
+        }
+        if opening && new_ids.len() >= WRITE_SNAPSHOT_FROM {
+            // The next opening reads them from one object.
+            self.start_pack_snapshot();
+        }
         // Each index joins the table as it arrives: a store of 100,000
         // packs never holds its decoded indexes all at once.
         let mut loaded = stream::iter(new_ids)

@@ -60,6 +60,11 @@ pub struct PackTable {
 }
 
 impl PackTable {
+    /// Whether no pack is loaded (the store is being opened, or empty).
+    pub fn is_empty(&self) -> bool {
+        self.packs.is_empty()
+    }
+
     /// Whether a pack's index is loaded.
     pub fn has_pack(&self, id: &str) -> bool {
         self.packs.contains_key(id)

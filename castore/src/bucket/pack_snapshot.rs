@@ -1,0 +1,308 @@
+//! Every pack index in one object (a *pack table snapshot*), so that
+//! opening a store of 100,000 packs — a server's start, `lazix stats`,
+//! GC — reads one object instead of 100,000 indexes one by one.
+//!
+//! A reader takes the newest snapshot, adds the packs in it that are
+//! listed now, and reads the indexes of the others one by one: a snapshot
+//! is an aid, and one lost, damaged or stale costs only time (a pack's id
+//! is the digest of its bytes, so its index never changes).
+//!
+//! A snapshot is written from the newest one (its records of packs still
+//! listed) and the indexes of packs written since, streamed into a
+//! multipart upload, so memory stays bounded whatever the store's size:
+//! by GC after it collected, and in the background by a process that had
+//! to read many indexes one by one when it opened the store.
+//!
+//! Format (`packtables/<ms>-<random>`): zstd of records, each a pack id
+//! then its encoded `lazix.v1.PackIndex`, both prefixed with their length
+//! as a little-endian u32.
+
+use std::collections::HashSet;
+use std::io::Write;
+
+use futures::stream::{self, StreamExt, TryStreamExt};
+use object_store::path::Path as ObjectPath;
+use object_store::WriteMultipart;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::keys::{index_path, timestamped, PACKS, PACK_TABLES};
+use super::packs::decode_index;
+use super::{object_err, BucketStore, CONCURRENCY};
+use crate::error::{StoreError, StoreResult};
+
+/// New packs at open worth looking for in a snapshot.
+pub(super) const READ_SNAPSHOT_FROM: usize = 64;
+/// Indexes read one by one at open past which a new snapshot is written.
+pub(super) const WRITE_SNAPSHOT_FROM: usize = 1024;
+/// Longest pack id read back (BLAKE3 hex is 64 characters).
+const MAX_ID: u32 = 128;
+/// Largest pack index read back from a snapshot.
+const MAX_INDEX: u32 = 64 << 20;
+/// Snapshots kept besides the newest: a reader may be streaming one.
+const KEEP_OLDER: usize = 1;
+/// zstd level: indexes are mostly digests, which do not compress.
+const LEVEL: i32 = 1;
+/// Multipart parts uploaded at once.
+const PARTS_IN_FLIGHT: usize = 4;
+
+impl BucketStore {
+    /// Adds to the table the packs of the newest snapshot that are in
+    /// `wanted`; returns their ids. A snapshot that fails mid-way is
+    /// logged, and what it added stays (the rest is read one by one).
+    pub(super) async fn load_pack_snapshot(
+        &self,
+        wanted: &HashSet<String>,
+    ) -> StoreResult<HashSet<String>> {
+        let mut added = HashSet::new();
+        let Some(newest) = self.newest_pack_snapshot().await? else {
+            return Ok(added);
+        };
+        let read: StoreResult<()> = async {
+            let mut records = self.snapshot_records(&newest).await?;
+            while let Some((id, index)) = records.next().await? {
+                if !wanted.contains(&id) || added.contains(&id) {
+                    continue;
+                }
+                let parsed = decode_index(&id, &index).and_then(|index| {
+                    self.table
+                        .write()
+                        .expect("pack table")
+                        .add_pack(&id, &index, false)
+                });
+                match parsed {
+                    Ok(()) => {
+                        added.insert(id);
+                    }
+                    // Its own index is read instead.
+                    Err(e) => {
+                        tracing::warn!(pack = %id, error = %e, "pack index in the snapshot skipped")
+                    }
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = read {
+            tracing::warn!(snapshot = %newest, error = %e, added = added.len(), "pack table snapshot unreadable; reading the other indexes one by one");
+        }
+        Ok(added)
+    }
+
+    /// Writes a snapshot of every listed pack's index (from the newest
+    /// snapshot where it has them, the others read one at a time), then
+    /// deletes older snapshots but [`KEEP_OLDER`]. Returns the packs in it.
+    pub async fn store_pack_snapshot(&self) -> StoreResult<usize> {
+        let previous = self.newest_pack_snapshot().await?;
+        let listed: HashSet<String> = self
+            .list_prefix(PACKS)
+            .await?
+            .iter()
+            .filter_map(|m| {
+                m.location
+                    .filename()?
+                    .strip_suffix(".idx")
+                    .map(String::from)
+            })
+            .collect();
+        let at = timestamped(PACK_TABLES);
+        let upload = self.objects.put_multipart(&at).await.map_err(object_err)?;
+        let mut out = SnapshotWriter {
+            upload: WriteMultipart::new(upload),
+            encoder: {
+                let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), LEVEL)?;
+                // Rot in a snapshot is caught when it is read.
+                encoder.include_checksum(true)?;
+                encoder
+            },
+            written: HashSet::new(),
+        };
+        match self.fill_pack_snapshot(&mut out, previous, &listed).await {
+            Ok(()) => {}
+            Err(e) => {
+                let _ = out.upload.abort().await;
+                return Err(e);
+            }
+        }
+        let packs = out.written.len();
+        let rest = out.encoder.finish()?;
+        out.upload.write(&rest);
+        out.upload.finish().await.map_err(object_err)?;
+        tracing::info!(packs, snapshot = %at, "stored a pack table snapshot");
+
+        let mut older: Vec<ObjectPath> = self
+            .list_prefix(PACK_TABLES)
+            .await?
+            .into_iter()
+            .map(|m| m.location)
+            .filter(|name| *name < at)
+            .collect();
+        older.sort_by(|a, b| b.cmp(a));
+        self.delete_objects(older.into_iter().skip(KEEP_OLDER).collect())
+            .await?;
+        Ok(packs)
+    }
+
+    /// Starts [`BucketStore::store_pack_snapshot`] in the background unless
+    /// one is running already; its outcome is logged.
+    pub(super) fn start_pack_snapshot(&self) {
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        if self
+            .pack_snapshot_running
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        tokio::spawn(async move {
+            if let Err(e) = me.store_pack_snapshot().await {
+                tracing::warn!(error = %e, "cannot store a pack table snapshot");
+            }
+            me.pack_snapshot_running
+                .store(false, std::sync::atomic::Ordering::Release);
+        });
+    }
+
+    /// The records of `previous` for packs in `listed`, then the indexes
+    /// of the listed packs it lacks, read one at a time.
+    async fn fill_pack_snapshot(
+        &self,
+        out: &mut SnapshotWriter,
+        previous: Option<ObjectPath>,
+        listed: &HashSet<String>,
+    ) -> StoreResult<()> {
+        if let Some(previous) = previous {
+            let copied: StoreResult<()> = async {
+                let mut records = self.snapshot_records(&previous).await?;
+                while let Some((id, index)) = records.next().await? {
+                    if listed.contains(&id) && !out.written.contains(&id) {
+                        out.record(&id, &index)?;
+                        out.flush().await?;
+                    }
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(e) = copied {
+                // What was copied stays; the rest is read one by one.
+                tracing::warn!(snapshot = %previous, error = %e, "previous pack table snapshot unreadable");
+            }
+        }
+        let missing: Vec<String> = listed
+            .iter()
+            .filter(|id| !out.written.contains(*id))
+            .cloned()
+            .collect();
+        let mut indexes = stream::iter(missing)
+            .map(|id| async move { (self.get_optional(&index_path(&id)).await, id) })
+            .buffered(CONCURRENCY);
+        while let Some((got, id)) = indexes.next().await {
+            // Deleted meanwhile (compaction, GC): not in the snapshot.
+            let Some(index) = got? else {
+                continue;
+            };
+            out.record(&id, &index)?;
+            out.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// The newest snapshot's name, if any.
+    async fn newest_pack_snapshot(&self) -> StoreResult<Option<ObjectPath>> {
+        Ok(self
+            .list_prefix(PACK_TABLES)
+            .await?
+            .into_iter()
+            .map(|m| m.location)
+            .max())
+    }
+
+    /// The records of the snapshot `at`, streamed.
+    async fn snapshot_records(&self, at: &ObjectPath) -> StoreResult<SnapshotRecords> {
+        let got = self.objects.get(at).await.map_err(object_err)?;
+        let bytes = got.into_stream().map_err(std::io::Error::other);
+        Ok(SnapshotRecords {
+            decoded: Box::pin(async_compression::tokio::bufread::ZstdDecoder::new(
+                tokio_util::io::StreamReader::new(bytes),
+            )),
+        })
+    }
+}
+
+/// A stored snapshot being read, record by record.
+struct SnapshotRecords {
+    decoded: std::pin::Pin<Box<dyn AsyncRead + Send>>,
+}
+
+impl SnapshotRecords {
+    /// The next pack id and its encoded index; `None` at the end.
+    async fn next(&mut self) -> StoreResult<Option<(String, Vec<u8>)>> {
+        let Some(id) = read_field(&mut self.decoded, MAX_ID).await? else {
+            return Ok(None);
+        };
+        let index = read_field(&mut self.decoded, MAX_INDEX)
+            .await?
+            .ok_or_else(|| corrupt("a record cut short"))?;
+        let id = String::from_utf8(id).map_err(|_| corrupt("a pack id is not UTF-8"))?;
+        Ok(Some((id, index)))
+    }
+}
+
+/// A snapshot being written: records go through zstd into a multipart
+/// upload.
+struct SnapshotWriter {
+    upload: WriteMultipart,
+    encoder: zstd::stream::write::Encoder<'static, Vec<u8>>,
+    /// Packs recorded so far.
+    written: HashSet<String>,
+}
+
+impl SnapshotWriter {
+    /// Appends one pack's record (compressed into memory until the next
+    /// [`SnapshotWriter::flush`]).
+    fn record(&mut self, id: &str, index: &[u8]) -> StoreResult<()> {
+        for field in [id.as_bytes(), index] {
+            let len = u32::try_from(field.len())
+                .map_err(|_| StoreError::Invalid("a pack index over 4 GiB".into()))?;
+            self.encoder.write_all(&len.to_le_bytes())?;
+            self.encoder.write_all(field)?;
+        }
+        self.written.insert(id.to_string());
+        Ok(())
+    }
+
+    /// Hands what zstd has produced so far to the upload, waiting while
+    /// too many parts are in flight.
+    async fn flush(&mut self) -> StoreResult<()> {
+        let ready = std::mem::take(self.encoder.get_mut());
+        if !ready.is_empty() {
+            self.upload
+                .wait_for_capacity(PARTS_IN_FLIGHT)
+                .await
+                .map_err(object_err)?;
+            self.upload.write(&ready);
+        }
+        Ok(())
+    }
+}
+
+/// One length-prefixed field, at most `max` bytes; `None` at a clean end
+/// of the stream (before a field starts).
+async fn read_field(from: &mut (impl AsyncRead + Unpin), max: u32) -> StoreResult<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    if from.read(&mut len[..1]).await? == 0 {
+        return Ok(None);
+    }
+    from.read_exact(&mut len[1..]).await?;
+    let len = u32::from_le_bytes(len);
+    if len > max {
+        return Err(corrupt(&format!("a field of {len} bytes (at most {max})")));
+    }
+    let mut field = vec![0u8; len as usize];
+    from.read_exact(&mut field).await?;
+    Ok(Some(field))
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("pack table snapshot: {what}"))
+}

@@ -1,0 +1,134 @@
+//! The pack table snapshot: opening a store of many packs reads one object
+//! instead of every pack index; a stale, damaged or lost snapshot costs
+//! only time, never a chunk.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use lazix_castore::bucket::{BucketStore, GcOptions};
+use lazix_castore::digest::B3Digest;
+use lazix_castore::store::BlobStore;
+use lazix_castore::testutil::frame_of;
+
+async fn open_at(dir: &Path) -> Arc<BucketStore> {
+    BucketStore::open(dir.to_str().expect("utf-8"))
+        .await
+        .expect("open the store")
+}
+
+fn chunk(i: usize) -> Vec<u8> {
+    format!("chunk number {i}").into_bytes()
+}
+
+/// Stores chunks `from..to`, one pack each.
+async fn put_packs(store: &BucketStore, from: usize, to: usize) {
+    for i in from..to {
+        store
+            .put_frames(vec![frame_of(&[&chunk(i)])])
+            .await
+            .expect("put a frame");
+    }
+}
+
+/// Whether every chunk in `range` is readable from `store`.
+async fn all_readable(store: &BucketStore, range: std::ops::Range<usize>) -> bool {
+    for i in range {
+        let digest = B3Digest::of(&chunk(i));
+        if store.get_frames(&[digest]).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+fn packs_dir(dir: &Path) -> std::path::PathBuf {
+    dir.join("packs")
+}
+
+fn snapshots(dir: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir.join("packtables")).map_or(Vec::new(), |d| {
+        d.map(|e| e.expect("entry").path())
+            .filter(|p| !p.to_string_lossy().contains('#'))
+            .collect()
+    })
+}
+
+#[tokio::test]
+async fn opening_reads_one_snapshot_and_the_indexes_written_since() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open_at(dir.path()).await;
+    put_packs(&store, 0, 150).await;
+    assert_eq!(
+        std::fs::read_dir(packs_dir(dir.path())).unwrap().count(),
+        300
+    );
+    assert_eq!(store.store_pack_snapshot().await.expect("snapshot"), 150);
+    // After it: 20 packs more, and one of its packs deleted (as GC would).
+    put_packs(&store, 150, 170).await;
+    let gone = B3Digest::of(&chunk(7));
+    // A pack's id is the BLAKE3 of its bytes: here, chunk 7's one frame.
+    let gone_pack = packs_dir(dir.path()).join(format!(
+        "{}.pack",
+        B3Digest::of(&frame_of(&[&chunk(7)]).data).to_hex()
+    ));
+    assert!(gone_pack.exists(), "{gone_pack:?}");
+    std::fs::remove_file(gone_pack.with_extension("idx")).unwrap();
+    std::fs::remove_file(&gone_pack).unwrap();
+    drop(store);
+
+    let reopened = open_at(dir.path()).await;
+    let spent = reopened.object_requests();
+    // One snapshot and the 20 indexes written since, not 169.
+    assert!(spent.gets <= 1 + 20, "{spent}");
+    assert!(all_readable(&reopened, 0..7).await);
+    assert!(all_readable(&reopened, 8..170).await);
+    assert!(reopened.get_frames(&[gone]).await.is_err());
+}
+
+#[tokio::test]
+async fn a_damaged_or_lost_snapshot_falls_back_to_every_index() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open_at(dir.path()).await;
+    put_packs(&store, 0, 100).await;
+    store.store_pack_snapshot().await.expect("snapshot");
+    drop(store);
+    let found = snapshots(dir.path());
+    let [snapshot] = &found[..] else {
+        panic!("one snapshot: {found:?}");
+    };
+
+    // Cut short: what it holds is used, the rest read one by one.
+    let bytes = std::fs::read(snapshot).unwrap();
+    std::fs::write(snapshot, &bytes[..bytes.len() / 2]).unwrap();
+    let reopened = open_at(dir.path()).await;
+    assert!(all_readable(&reopened, 0..100).await);
+    drop(reopened);
+
+    // Garbage.
+    std::fs::write(snapshot, b"not a snapshot at all").unwrap();
+    let reopened = open_at(dir.path()).await;
+    assert!(reopened.object_requests().gets >= 100);
+    assert!(all_readable(&reopened, 0..100).await);
+    drop(reopened);
+
+    // Lost.
+    std::fs::remove_file(snapshot).unwrap();
+    let reopened = open_at(dir.path()).await;
+    assert!(all_readable(&reopened, 0..100).await);
+}
+
+#[tokio::test]
+async fn gc_stores_a_snapshot_and_keeps_one_older() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open_at(dir.path()).await;
+    put_packs(&store, 0, 70).await;
+    for round in 1..=3 {
+        store.gc(GcOptions::default()).await.expect("gc");
+        assert_eq!(snapshots(dir.path()).len(), round.min(2));
+    }
+    drop(store);
+    let reopened = open_at(dir.path()).await;
+    let spent = reopened.object_requests();
+    assert!(spent.gets <= 2, "{spent}");
+    assert!(all_readable(&reopened, 0..70).await);
+}
