@@ -21,16 +21,7 @@ impl BucketStore {
     /// parse is logged and its pack stays invisible.
     pub async fn refresh(&self) -> StoreResult<()> {
         *self.last_refresh.lock().expect("refresh clock") = Some(Instant::now());
-        let listed = self.list_prefix(PACKS).await?;
-        let listed_ids: HashSet<String> = listed
-            .iter()
-            .filter_map(|m| {
-                m.location
-                    .filename()?
-                    .strip_suffix(".idx")
-                    .map(String::from)
-            })
-            .collect();
+        let listed_ids = self.listed_pack_ids().await?;
         let opening = self.table.read().expect("pack table").is_empty();
         let mut new_ids: Vec<String> = {
             let mut table = self.table.write().expect("pack table");
@@ -82,6 +73,21 @@ impl BucketStore {
             }
         }
         Ok(())
+    }
+
+    /// The ids of the visible packs (those with an index) listed now.
+    pub(super) async fn listed_pack_ids(&self) -> StoreResult<HashSet<String>> {
+        Ok(self
+            .list_prefix(PACKS)
+            .await?
+            .iter()
+            .filter_map(|m| {
+                m.location
+                    .filename()?
+                    .strip_suffix(".idx")
+                    .map(String::from)
+            })
+            .collect())
     }
 
     /// Re-lists packs for a lookup that missed: at most once per

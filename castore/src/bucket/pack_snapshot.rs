@@ -25,7 +25,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::WriteMultipart;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::keys::{index_path, timestamped, PACKS, PACK_TABLES};
+use super::keys::{index_path, timestamped, PACK_TABLES};
 use super::packs::decode_index;
 use super::{object_err, BucketStore, CONCURRENCY};
 use crate::error::{StoreError, StoreResult};
@@ -93,17 +93,7 @@ impl BucketStore {
     /// deletes older snapshots but [`KEEP_OLDER`]. Returns the packs in it.
     pub async fn store_pack_snapshot(&self) -> StoreResult<usize> {
         let previous = self.newest_pack_snapshot().await?;
-        let listed: HashSet<String> = self
-            .list_prefix(PACKS)
-            .await?
-            .iter()
-            .filter_map(|m| {
-                m.location
-                    .filename()?
-                    .strip_suffix(".idx")
-                    .map(String::from)
-            })
-            .collect();
+        let listed = self.listed_pack_ids().await?;
         let at = timestamped(PACK_TABLES);
         let upload = self.objects.put_multipart(&at).await.map_err(object_err)?;
         let mut out = SnapshotWriter {
