@@ -112,7 +112,7 @@ serve_rounds --store "$BUCKET"; s3_cold=$cold s3_warm=$warm s3_cpu=$cpu_note
 echo "serve from S3, two replicas" >&2
 two_replicas; two_cold=$cold two_warm=$warm two_cpu=$cpu_note
 "$LAZIX" stats --store "$BUCKET" >&2
-stored=$("$LAZIX" stats --store "$BUCKET" --json | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["stored_bytes"], s["objects"])')
+stored=$("$LAZIX" stats --store "$BUCKET" --json --scan | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["stored_bytes"], s["objects"])')
 
 mibs() { awk -v b="$nar_bytes" -v t="$1" 'BEGIN {printf "%.0f", b/1048576/t}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }

@@ -6,14 +6,16 @@
 # Per size:
 #   - synth: seconds to write the store through the store API;
 #   - server start: seconds from `lazix serve` to its ports answering
-#     (it reads every pack index);
+#     (it reads the pack table snapshot and the indexes newer than it);
+#   - server peak: the serving process's peak resident memory (VmHWM)
+#     after its start and the root listing below;
 #   - narinfo: one path's narinfo over HTTP, median of 20 (ms);
 #   - ls root: `ls` of the mount's root through a fresh mount (s), and the
 #     object requests the server made for it (gets, and listings with the
 #     objects they returned), from its lazix_store_object_* metrics;
 #   - cold NAR: `lazix nar` of a fixed path from a fresh server (s);
-#   - stats: `lazix stats` (from the catalog) and `lazix stats --scan`
-#     (every PathInfo read), s;
+#   - stats: `lazix stats` (from the catalog and the pack table) and
+#     `lazix stats --scan` (every PathInfo read, every object listed), s;
 #   - gc: `lazix gc --grace 0` after deleting 10% of the paths (s, peak
 #     RSS from /usr/bin/time, object gets it printed).
 #
@@ -97,6 +99,7 @@ for n in $SIZES; do
   fi
   ls_s=$(since "$t")
   gets=$(( $(metric store_object_gets_total) - g0 ))
+  server_mib=$(awk '/^VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$spid/status")
   lists="$(( $(metric store_object_lists_total) - l0 )) ($(( $(metric store_objects_listed_total) - o0 )) objects)"
   kill "$mpid"; wait "$mpid" 2>/dev/null || true
   stop_serve
@@ -126,7 +129,7 @@ for n in $SIZES; do
   gc_gets=$(sed -n 's/^object requests: \([0-9]*\) gets.*/\1/p' "$work/gc-$n.txt")
   if [ "$BACKEND" = s3 ]; then size_mib=$(du -sm "$work/weed" | cut -f1); else size_mib=$(du -sm "$loc" | cut -f1); fi
 
-  rows+=("| $n | $synth_s | $size_mib | $open_s | $narinfo_ms | $ls_s ($listed) | $gets | $lists | $nar_s | $stats_s | $scan_s | $gc_s | $gc_mib | $gc_gets |")
+  rows+=("| $n | $synth_s | $size_mib | $open_s | $server_mib | $narinfo_ms | $ls_s ($listed) | $gets | $lists | $nar_s | $stats_s | $scan_s | $gc_s | $gc_mib | $gc_gets |")
   printf '%s\n' "${rows[-1]}" >&2
   [ "$BACKEND" = s3 ] || rm -rf "$loc"
 done
@@ -134,6 +137,6 @@ done
 echo
 echo "Synthetic stores on the $BACKEND backend (20 files of 2 KiB per path, a 1 MiB file every 50 paths):"
 echo
-echo "| paths | synth s | store MiB | server start s | narinfo ms (median of 20) | ls of the mount's root, s | object gets for that listing | listings (objects listed) | cold NAR s | stats s | stats --scan s | gc s (10% deleted) | gc peak MiB | gc object gets |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| paths | synth s | store MiB | server start s | server peak MiB | narinfo ms (median of 20) | ls of the mount's root, s | object gets for that listing | listings (objects listed) | cold NAR s | stats s | stats --scan s | gc s (10% deleted) | gc peak MiB | gc object gets |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"

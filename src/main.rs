@@ -1218,16 +1218,16 @@ fn serve_readings(
                 s.chunk_bytes as f64,
             ),
             r(
-                "store_objects",
-                "Objects in the store (as last counted)",
+                "store_pack_objects",
+                "Packs and pack indexes in the store (as last counted)",
                 Kind::Gauge,
-                s.objects as f64,
+                s.pack_objects as f64,
             ),
             r(
-                "store_stored_bytes",
-                "Bytes the store's objects take (as last counted)",
+                "store_pack_bytes",
+                "Bytes of the store's packs and pack indexes (as last counted)",
                 Kind::Gauge,
-                s.stored_bytes as f64,
+                s.pack_bytes as f64,
             ),
         ]);
     }
@@ -1260,12 +1260,22 @@ async fn stats(location: StoreLocation, json: bool, scan: bool) -> Result<()> {
         mib(s.chunk_bytes)
     );
     println!(
-        "stored bytes:  {} ({:.1} MiB in {} objects)",
-        s.stored_bytes,
-        mib(s.stored_bytes),
-        s.objects
+        "pack bytes:    {} ({:.1} MiB in {} packs and indexes)",
+        s.pack_bytes,
+        mib(s.pack_bytes),
+        s.pack_objects
     );
-    println!("dedup ratio:   {:.2}x (logical / stored)", s.dedup_ratio);
+    let over = match (s.objects, s.stored_bytes) {
+        (Some(objects), Some(bytes)) => {
+            println!(
+                "stored bytes:  {bytes} ({:.1} MiB in {objects} objects)",
+                mib(bytes)
+            );
+            "stored"
+        }
+        _ => "pack bytes",
+    };
+    println!("dedup ratio:   {:.2}x (logical / {over})", s.dedup_ratio);
     Ok(())
 }
 

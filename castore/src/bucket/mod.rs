@@ -42,6 +42,7 @@ mod packs;
 mod path_catalog;
 mod reads;
 mod recent;
+mod resemblance;
 mod runs;
 mod stats;
 mod writes;

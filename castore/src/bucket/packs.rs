@@ -16,6 +16,8 @@ use crate::error::{StoreError, StoreResult};
 use crate::frame::Frame;
 use crate::similarity::{Sketch, SUPER_FEATURES};
 
+use super::resemblance::ResemblanceIndex;
+
 /// Where one stored frame lives.
 #[derive(Debug)]
 pub struct FrameLocation {
@@ -37,6 +39,8 @@ pub struct PackInfo {
     pub level: u32,
     /// Its frames, in order.
     pub frames: Vec<Arc<FrameLocation>>,
+    /// Bytes of the pack and of its index as encoded.
+    pub stored_bytes: u64,
 }
 
 /// The chunk → frame map of every visible pack.
@@ -44,13 +48,9 @@ pub struct PackInfo {
 pub struct PackTable {
     by_chunk: HashMap<B3Digest, Arc<FrameLocation>, DigestKeyBuildHasher>,
     packs: HashMap<Arc<str>, PackInfo>,
-    /// (super-feature index, value) → a chunk with it, by its position in
-    /// `similar_chunks` (it may since have moved into a delta frame:
-    /// checked on lookup). Positions, not digests, since every chunk has
-    /// several super-features: this map is the table's largest part.
-    similar: HashMap<(u8, u32), u32>,
-    /// The chunks `similar` points at, each once.
-    similar_chunks: Vec<B3Digest>,
+    /// Which chunk carries each super-feature, bounded (it may since have
+    /// moved into a delta frame or gone: checked on lookup).
+    similar: ResemblanceIndex,
     /// Chunks some delta frame uses as base: they must stay in plain
     /// frames (deltas are one level deep).
     base_refs: HashSet<B3Digest, DigestKeyBuildHasher>,
@@ -136,6 +136,8 @@ impl PackTable {
     pub fn add_pack(&mut self, id: &str, index: &lpb::PackIndex, replace: bool) -> StoreResult<()> {
         let pack: Arc<str> = Arc::from(id);
         let frames = parse_index(&pack, index)?;
+        let pack_bytes = frames.last().map_or(0, |f| f.offset + f.length);
+        let stored_bytes = pack_bytes + index.encoded_len() as u64;
         for f in &frames {
             self.base_refs.extend(f.base.iter().map(|b| b.digest));
         }
@@ -147,7 +149,7 @@ impl PackTable {
                     .iter()
                     .zip(entry.sketches.chunks(SUPER_FEATURES))
                 {
-                    self.index_similar(c.digest, sketch);
+                    self.similar.file(c.digest, sketch);
                 }
             }
             for c in frame.chunks.iter() {
@@ -171,33 +173,10 @@ impl PackTable {
             PackInfo {
                 level: index.level,
                 frames,
+                stored_bytes,
             },
         );
         Ok(())
-    }
-
-    /// Files a chunk under those of its super-features no chunk holds
-    /// yet.
-    fn index_similar(&mut self, digest: B3Digest, sketch: &[u32]) {
-        let Ok(next) = u32::try_from(self.similar_chunks.len()) else {
-            return;
-        };
-        let mut filed = false;
-        for (i, sf) in sketch.iter().enumerate().filter(|(_, sf)| **sf != 0) {
-            if let std::collections::hash_map::Entry::Vacant(v) = self.similar.entry((i as u8, *sf))
-            {
-                v.insert(next);
-                filed = true;
-            }
-        }
-        if filed {
-            self.similar_chunks.push(digest);
-        }
-    }
-
-    /// The chunk filed under a super-feature.
-    fn similar_to(&self, feature: usize, value: u32) -> Option<u32> {
-        self.similar.get(&(feature as u8, value)).copied()
     }
 
     /// The frame holding a chunk.
@@ -213,22 +192,20 @@ impl PackTable {
     /// The stored chunk most like one with `sketch` (most super-features in
     /// common), if any shares one; it lives in a plain frame.
     pub fn most_similar(&self, sketch: &Sketch) -> Option<B3Digest> {
-        let mut best: Option<(u32, usize)> = None;
-        for (i, sf) in sketch.iter().enumerate() {
-            let Some(at) = self.similar_to(i, *sf) else {
-                continue;
-            };
-            let score = sketch
-                .iter()
-                .enumerate()
-                .filter(|(j, v)| self.similar_to(*j, **v) == Some(at))
-                .count();
+        let filed: Vec<Option<B3Digest>> = sketch
+            .iter()
+            .enumerate()
+            .map(|(i, sf)| self.similar.lookup(i, *sf))
+            .collect();
+        let mut best: Option<(B3Digest, usize)> = None;
+        for at in filed.iter().flatten() {
+            let score = filed.iter().filter(|d| d.as_ref() == Some(at)).count();
             if best.is_none_or(|(_, s)| score > s) {
-                best = Some((at, score));
+                best = Some((*at, score));
             }
         }
         // Only a chunk in a plain frame can be a base.
-        best.and_then(|(at, _)| self.similar_chunks.get(at as usize).copied())
+        best.map(|(at, _)| at)
             .filter(|d| self.by_chunk.get(d).is_some_and(|l| l.base.is_empty()))
     }
 
@@ -245,6 +222,13 @@ impl PackTable {
     /// Chunks indexed.
     pub fn chunk_count(&self) -> usize {
         self.by_chunk.len()
+    }
+
+    /// Objects the visible packs take (each pack and its index) and their
+    /// bytes.
+    pub fn pack_totals(&self) -> (u64, u64) {
+        let bytes = self.packs.values().map(|p| p.stored_bytes).sum();
+        (2 * self.packs.len() as u64, bytes)
     }
 
     /// Distinct chunks and their raw bytes (each counted in its home frame
