@@ -77,8 +77,9 @@ enum Command {
         policy: GcPolicy,
     },
     /// Print what a store holds: paths, their NAR bytes (logical), distinct
-    /// chunk bytes, stored bytes and objects, and the dedup ratio. Paths
-    /// are counted from the catalog of store paths (a few objects).
+    /// chunks and their bytes, packs and their bytes, and the dedup ratio,
+    /// from what the store keeps up to date (the catalog of store paths,
+    /// the pack table): a few object reads at any size.
     Stats {
         #[command(flatten)]
         location: StoreLocation,
@@ -86,8 +87,9 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Count paths by reading every PathInfo instead of the catalog of
-        /// store paths (slow on a large store; the catalog is rebuilt by
-        /// `lazix gc` should it drift).
+        /// store paths, and list every object for the store's whole size
+        /// (slow on a large store; the catalog is rebuilt by `lazix gc`
+        /// should it drift).
         #[arg(long)]
         scan: bool,
     },
@@ -1299,6 +1301,7 @@ async fn compact(location: StoreLocation) -> Result<()> {
 
 async fn serve(args: ServeArgs) -> Result<()> {
     let (location, backend) = args.location.open().await?;
+    backend.keep_pack_snapshot();
     if args.gc_every > 0 {
         tokio::spawn(gc_periodically(
             backend.clone(),

@@ -9,7 +9,8 @@
 //! - a *snapshot* is the catalog at some moment plus the names of the
 //!   segments it includes; a reader takes the newest snapshot and applies
 //!   the segments it does not include, in name order;
-//! - whoever reads many loose segments folds them into a new snapshot;
+//! - a process that reads many loose segments folds them into a new
+//!   snapshot in the background;
 //!   GC writes one from its full walk (which also rebuilds a lost catalog).
 //!
 //! The catalog is a listing aid, not the truth: a path is stored when its

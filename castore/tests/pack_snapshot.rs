@@ -132,3 +132,74 @@ async fn gc_stores_a_snapshot_and_keeps_one_older() {
     assert!(spent.gets <= 2, "{spent}");
     assert!(all_readable(&reopened, 0..70).await);
 }
+
+#[tokio::test]
+async fn a_record_changed_inside_a_snapshot_is_not_used() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open_at(dir.path()).await;
+    put_packs(&store, 0, 100).await;
+    store.store_pack_snapshot().await.expect("snapshot");
+    drop(store);
+    let found = snapshots(dir.path());
+    let [snapshot] = &found[..] else {
+        panic!("one snapshot: {found:?}");
+    };
+
+    // Rot that zstd's checksum would catch only at the end of the object:
+    // one byte of a record changed, the object compressed again whole.
+    let mut records = zstd::decode_all(&std::fs::read(snapshot).unwrap()[..]).unwrap();
+    let middle = records.len() / 2;
+    records[middle] ^= 0x40;
+    let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+    encoder.include_checksum(true).unwrap();
+    std::io::Write::write_all(&mut encoder, &records).unwrap();
+    std::fs::write(snapshot, encoder.finish().unwrap()).unwrap();
+
+    // Every chunk is found where it is (the records before the changed one
+    // are used, the rest read one by one), none at a changed digest.
+    let reopened = open_at(dir.path()).await;
+    let spent = reopened.object_requests();
+    assert!(spent.gets > 1 + 10, "the rest read one by one: {spent}");
+    assert!(spent.gets < 100, "the records before it are used: {spent}");
+    assert!(all_readable(&reopened, 0..100).await);
+    // A snapshot written from the damaged one copies only checked records.
+    assert_eq!(reopened.store_pack_snapshot().await.expect("snapshot"), 100);
+    drop(reopened);
+    let again = open_at(dir.path()).await;
+    assert!(
+        again.object_requests().gets <= 2,
+        "{}",
+        again.object_requests()
+    );
+    assert!(all_readable(&again, 0..100).await);
+}
+
+#[tokio::test]
+async fn a_snapshot_named_in_the_future_is_ignored_and_deleted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open_at(dir.path()).await;
+    put_packs(&store, 0, 70).await;
+    store.store_pack_snapshot().await.expect("snapshot");
+    // A replica whose clock runs years ahead stored a snapshot of only
+    // some packs.
+    let found = snapshots(dir.path());
+    let [good] = &found[..] else {
+        panic!("one snapshot: {found:?}");
+    };
+    let future = dir
+        .path()
+        .join("packtables/9999999999999999-0000000000000000");
+    std::fs::copy(good, &future).unwrap();
+    put_packs(&store, 70, 140).await;
+    store.store_pack_snapshot().await.expect("snapshot");
+    assert!(!future.exists(), "the future-named snapshot is deleted");
+    drop(store);
+    // The newest sane snapshot is read: all 140 packs in one object.
+    let reopened = open_at(dir.path()).await;
+    assert!(
+        reopened.object_requests().gets <= 2,
+        "{}",
+        reopened.object_requests()
+    );
+    assert!(all_readable(&reopened, 0..140).await);
+}

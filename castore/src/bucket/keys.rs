@@ -134,6 +134,18 @@ pub(super) fn time_of(location: &ObjectPath) -> Option<u64> {
     location.filename()?.split('-').next()?.parse().ok()
 }
 
+/// How far ahead of this machine's clock another writer's may run.
+const CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether a timestamped name (a snapshot's) holds a time, and not one in
+/// the future beyond [`CLOCK_SKEW`]: a replica's clock far ahead, or a
+/// stray key, would otherwise stay "newest" for ever, and readers would
+/// skip what everyone else wrote since.
+pub(super) fn sane_time(location: &ObjectPath) -> bool {
+    let ahead = millis(SystemTime::now()).saturating_add(CLOCK_SKEW.as_millis() as u64);
+    time_of(location).is_some_and(|t| t <= ahead)
+}
+
 /// Where a listing of objects under `prefix` named from time `ms` on
 /// starts (the names sort by time).
 pub(super) fn timestamped_from(prefix: &str, ms: u64) -> ObjectPath {

@@ -124,6 +124,9 @@ pub struct BucketStore {
     catalog_writer: path_catalog::CatalogWriter,
     /// Whether a pack table snapshot is being written in the background.
     pack_snapshot_running: std::sync::atomic::AtomicBool,
+    /// Whether opening read so many indexes one by one that a new pack
+    /// table snapshot would pay (see [`BucketStore::keep_pack_snapshot`]).
+    pack_snapshot_wanted: std::sync::atomic::AtomicBool,
     /// Requests made of `objects`.
     requests: Arc<counted::Counters>,
 }
@@ -174,6 +177,7 @@ impl BucketStore {
             runs: runs::MaintenanceRuns::default(),
             catalog_writer: Default::default(),
             pack_snapshot_running: Default::default(),
+            pack_snapshot_wanted: Default::default(),
             objects,
             table: RwLock::new(PackTable::default()),
             last_refresh: Mutex::new(None),

@@ -21,7 +21,8 @@ impl BucketStore {
     /// parse is logged and its pack stays invisible.
     pub async fn refresh(&self) -> StoreResult<()> {
         *self.last_refresh.lock().expect("refresh clock") = Some(Instant::now());
-        let listed_ids = self.listed_pack_ids().await?;
+        let listed = self.listed_packs().await?;
+        let listed_ids: HashSet<&str> = listed.iter().map(String::as_str).collect();
         let opening = self.table.read().expect("pack table").is_empty();
         let mut new_ids: Vec<String> = {
             let mut table = self.table.write().expect("pack table");
@@ -34,9 +35,10 @@ impl BucketStore {
             {
                 table.remove_pack(&gone);
             }
-            listed_ids
-                .into_iter()
+            listed
+                .iter()
                 .filter(|id| !table.has_pack(id))
+                .cloned()
                 .collect()
         };
         // Opening a store of many packs: most indexes come from one
@@ -48,11 +50,14 @@ impl BucketStore {
             new_ids.retain(|id| !added.contains(id));
         }
         if opening && new_ids.len() >= WRITE_SNAPSHOT_FROM {
-            // The next opening reads them from one object.
-            self.start_pack_snapshot();
+            // The next opening could read them from one object (a server
+            // writes it: `keep_pack_snapshot`).
+            self.pack_snapshot_wanted
+                .store(true, std::sync::atomic::Ordering::Release);
         }
         // Each index joins the table as it arrives: a store of 100,000
-        // packs never holds its decoded indexes all at once.
+        // packs never holds its decoded indexes all at once. (Oldest
+        // first, about: the resemblance index keeps the newest.)
         let mut loaded = stream::iter(new_ids)
             .map(|id| async move {
                 let got = self.get_optional(&index_path(&id)).await;
@@ -75,19 +80,20 @@ impl BucketStore {
         Ok(())
     }
 
-    /// The ids of the visible packs (those with an index) listed now.
-    pub(super) async fn listed_pack_ids(&self) -> StoreResult<HashSet<String>> {
-        Ok(self
+    /// The ids of the visible packs (those with an index) listed now,
+    /// oldest index first.
+    pub(super) async fn listed_packs(&self) -> StoreResult<Vec<String>> {
+        let mut listed: Vec<_> = self
             .list_prefix(PACKS)
             .await?
-            .iter()
+            .into_iter()
             .filter_map(|m| {
-                m.location
-                    .filename()?
-                    .strip_suffix(".idx")
-                    .map(String::from)
+                let id = m.location.filename()?.strip_suffix(".idx")?.to_string();
+                Some((m.last_modified, id))
             })
-            .collect())
+            .collect();
+        listed.sort_unstable();
+        Ok(listed.into_iter().map(|(_, id)| id).collect())
     }
 
     /// Re-lists packs for a lookup that missed: at most once per

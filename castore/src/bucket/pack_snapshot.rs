@@ -2,30 +2,37 @@
 //! opening a store of 100,000 packs — a server's start, `lazix stats`,
 //! GC — reads one object instead of 100,000 indexes one by one.
 //!
-//! A reader takes the newest snapshot, adds the packs in it that are
-//! listed now, and reads the indexes of the others one by one: a snapshot
-//! is an aid, and one lost, damaged or stale costs only time (a pack's id
-//! is the digest of its bytes, so its index never changes).
+//! A reader takes the newest snapshot (with a sane name, see
+//! [`super::keys::sane_time`]), adds the packs in it that are listed now,
+//! and reads the indexes of the others one by one: a snapshot is an aid,
+//! and one lost, damaged or stale costs only time (a pack's id is the
+//! digest of its bytes, so its index never changes). Each record carries
+//! its own digest, checked before it is used: zstd's checksum covers the
+//! whole object but is checked only at its end, and GC trusts the table
+//! to tell live packs from dead ones.
 //!
 //! A snapshot is written from the newest one (its records of packs still
-//! listed) and the indexes of packs written since, streamed into a
-//! multipart upload, so memory stays bounded whatever the store's size:
-//! by GC after it collected, and in the background by a process that had
-//! to read many indexes one by one when it opened the store.
+//! listed, each checked again) and the indexes of packs written since,
+//! oldest first, streamed into a multipart upload, so memory stays bounded
+//! whatever the store's size: by GC after it collected, and in the
+//! background by a server that had to read many indexes one by one when it
+//! opened the store ([`BucketStore::keep_pack_snapshot`]; a short-lived
+//! command would leave its upload unfinished).
 //!
 //! Format (`packtables/<ms>-<random>`): zstd of records, each a pack id
 //! then its encoded `lazix.v1.PackIndex`, both prefixed with their length
-//! as a little-endian u32.
+//! as a little-endian u32, then the BLAKE3 digest of those four fields.
 
 use std::collections::HashSet;
 use std::io::Write;
+use std::sync::atomic::Ordering;
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::WriteMultipart;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::keys::{index_path, timestamped, PACK_TABLES};
+use super::keys::{index_path, sane_time, timestamped, PACK_TABLES};
 use super::packs::decode_index;
 use super::{object_err, BucketStore, CONCURRENCY};
 use crate::error::{StoreError, StoreResult};
@@ -90,10 +97,11 @@ impl BucketStore {
 
     /// Writes a snapshot of every listed pack's index (from the newest
     /// snapshot where it has them, the others read one at a time), then
-    /// deletes older snapshots but [`KEEP_OLDER`]. Returns the packs in it.
+    /// deletes older snapshots but [`KEEP_OLDER`], and any named in the
+    /// future. Returns the packs in it.
     pub async fn store_pack_snapshot(&self) -> StoreResult<usize> {
         let previous = self.newest_pack_snapshot().await?;
-        let listed = self.listed_pack_ids().await?;
+        let listed = self.listed_packs().await?;
         let at = timestamped(PACK_TABLES);
         let upload = self.objects.put_multipart(&at).await.map_err(object_err)?;
         let mut out = SnapshotWriter {
@@ -114,58 +122,76 @@ impl BucketStore {
             }
         }
         let packs = out.written.len();
-        let rest = out.encoder.finish()?;
+        let rest = match out.encoder.finish() {
+            Ok(rest) => rest,
+            Err(e) => {
+                let _ = out.upload.abort().await;
+                return Err(e.into());
+            }
+        };
         out.upload.write(&rest);
         out.upload.finish().await.map_err(object_err)?;
         tracing::info!(packs, snapshot = %at, "stored a pack table snapshot");
 
-        let mut older: Vec<ObjectPath> = self
+        let (sane, future): (Vec<ObjectPath>, Vec<ObjectPath>) = self
             .list_prefix(PACK_TABLES)
             .await?
             .into_iter()
             .map(|m| m.location)
-            .filter(|name| *name < at)
-            .collect();
+            .partition(sane_time);
+        let mut older: Vec<ObjectPath> = sane.into_iter().filter(|name| *name < at).collect();
         older.sort_by(|a, b| b.cmp(a));
-        self.delete_objects(older.into_iter().skip(KEEP_OLDER).collect())
-            .await?;
+        let mut gone: Vec<ObjectPath> = older.into_iter().skip(KEEP_OLDER).collect();
+        gone.extend(future);
+        self.delete_objects(gone).await?;
         Ok(packs)
+    }
+
+    /// For a long-running process (a server): writes a pack table snapshot
+    /// in the background if opening the store read many indexes one by one
+    /// ([`WRITE_SNAPSHOT_FROM`]), so that the next opening reads them from
+    /// one object. Other commands do not: one that exits mid-upload would
+    /// leave an unfinished multipart upload behind.
+    pub fn keep_pack_snapshot(&self) {
+        if self.pack_snapshot_wanted.load(Ordering::Acquire) {
+            self.start_pack_snapshot();
+        }
     }
 
     /// Starts [`BucketStore::store_pack_snapshot`] in the background unless
     /// one is running already; its outcome is logged.
-    pub(super) fn start_pack_snapshot(&self) {
+    fn start_pack_snapshot(&self) {
         let Some(me) = self.me.upgrade() else {
             return;
         };
-        if self
-            .pack_snapshot_running
-            .swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
+        if self.pack_snapshot_running.swap(true, Ordering::AcqRel) {
             return;
         }
         tokio::spawn(async move {
-            if let Err(e) = me.store_pack_snapshot().await {
-                tracing::warn!(error = %e, "cannot store a pack table snapshot");
+            match me.store_pack_snapshot().await {
+                Ok(_) => me.pack_snapshot_wanted.store(false, Ordering::Release),
+                Err(e) => tracing::warn!(error = %e, "cannot store a pack table snapshot"),
             }
-            me.pack_snapshot_running
-                .store(false, std::sync::atomic::Ordering::Release);
+            me.pack_snapshot_running.store(false, Ordering::Release);
         });
     }
 
     /// The records of `previous` for packs in `listed`, then the indexes
-    /// of the listed packs it lacks, read one at a time.
+    /// of the listed packs it lacks, read one at a time, oldest first: a
+    /// reader files chunks in the snapshot's order, and the resemblance
+    /// index keeps the newest (see [`super::resemblance`]).
     async fn fill_pack_snapshot(
         &self,
         out: &mut SnapshotWriter,
         previous: Option<ObjectPath>,
-        listed: &HashSet<String>,
+        listed: &[String],
     ) -> StoreResult<()> {
         if let Some(previous) = previous {
+            let wanted: HashSet<&str> = listed.iter().map(String::as_str).collect();
             let copied: StoreResult<()> = async {
                 let mut records = self.snapshot_records(&previous).await?;
                 while let Some((id, index)) = records.next().await? {
-                    if listed.contains(&id) && !out.written.contains(&id) {
+                    if wanted.contains(id.as_str()) && !out.written.contains(&id) {
                         out.record(&id, &index)?;
                         out.flush().await?;
                     }
@@ -174,7 +200,8 @@ impl BucketStore {
             }
             .await;
             if let Err(e) = copied {
-                // What was copied stays; the rest is read one by one.
+                // What was copied was checked record by record and stays;
+                // the rest is read one by one.
                 tracing::warn!(snapshot = %previous, error = %e, "previous pack table snapshot unreadable");
             }
         }
@@ -197,13 +224,14 @@ impl BucketStore {
         Ok(())
     }
 
-    /// The newest snapshot's name, if any.
+    /// The newest snapshot's name (of those with a sane one), if any.
     async fn newest_pack_snapshot(&self) -> StoreResult<Option<ObjectPath>> {
         Ok(self
             .list_prefix(PACK_TABLES)
             .await?
             .into_iter()
             .map(|m| m.location)
+            .filter(sane_time)
             .max())
     }
 
@@ -225,7 +253,8 @@ struct SnapshotRecords {
 }
 
 impl SnapshotRecords {
-    /// The next pack id and its encoded index; `None` at the end.
+    /// The next pack id and its encoded index, checked against the
+    /// record's digest; `None` at the end.
     async fn next(&mut self) -> StoreResult<Option<(String, Vec<u8>)>> {
         let Some(id) = read_field(&mut self.decoded, MAX_ID).await? else {
             return Ok(None);
@@ -233,6 +262,11 @@ impl SnapshotRecords {
         let index = read_field(&mut self.decoded, MAX_INDEX)
             .await?
             .ok_or_else(|| corrupt("a record cut short"))?;
+        let mut digest = [0u8; 32];
+        self.decoded.read_exact(&mut digest).await?;
+        if record_digest(&id, &index) != digest {
+            return Err(corrupt("a record does not match its digest"));
+        }
         let id = String::from_utf8(id).map_err(|_| corrupt("a pack id is not UTF-8"))?;
         Ok(Some((id, index)))
     }
@@ -257,6 +291,8 @@ impl SnapshotWriter {
             self.encoder.write_all(&len.to_le_bytes())?;
             self.encoder.write_all(field)?;
         }
+        self.encoder
+            .write_all(&record_digest(id.as_bytes(), index))?;
         self.written.insert(id.to_string());
         Ok(())
     }
@@ -291,6 +327,16 @@ async fn read_field(from: &mut (impl AsyncRead + Unpin), max: u32) -> StoreResul
     let mut field = vec![0u8; len as usize];
     from.read_exact(&mut field).await?;
     Ok(Some(field))
+}
+
+/// The digest a record ends with: BLAKE3 of its fields as stored.
+fn record_digest(id: &[u8], index: &[u8]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    for field in [id, index] {
+        hasher.update(&(field.len() as u32).to_le_bytes());
+        hasher.update(field);
+    }
+    *hasher.finalize().as_bytes()
 }
 
 fn corrupt(what: &str) -> StoreError {

@@ -1,8 +1,9 @@
 //! The in-memory pack index: which frame of which pack holds each chunk.
 //!
-//! Built at open from every `packs/<id>.idx` object and extended as packs
-//! are written (here or, found by a refresh, by another replica). A pack
-//! without an index is invisible: the index is written last.
+//! Built at open from the pack indexes (most from a snapshot of them, see
+//! [`super::pack_snapshot`]) and extended as packs are written (here or,
+//! found by a refresh, by another replica). A pack without an index is
+//! invisible: the index is written last.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -19,7 +19,7 @@ use object_store::ObjectMeta;
 use tokio::sync::oneshot;
 
 use super::keys::{
-    millis, time_of, timestamped, timestamped_at, timestamped_from, CATALOG_SEGMENTS,
+    millis, sane_time, time_of, timestamped, timestamped_at, timestamped_from, CATALOG_SEGMENTS,
     CATALOG_SNAPSHOTS,
 };
 use super::{BucketStore, CONCURRENCY};
@@ -503,14 +503,6 @@ fn segments_from_time(ms: u64) -> ObjectPath {
         CATALOG_SEGMENTS,
         ms.saturating_sub(SEGMENT_SKEW.as_millis() as u64),
     )
-}
-
-/// Whether a snapshot's name holds a time, and not one in the future (a
-/// replica's clock far ahead would otherwise keep its snapshot newest, and
-/// readers would skip the segments of every other writer).
-fn sane_time(snapshot: &ObjectPath) -> bool {
-    let ahead = millis(SystemTime::now()).saturating_add(SEGMENT_SKEW.as_millis() as u64);
-    time_of(snapshot).is_some_and(|t| t <= ahead)
 }
 
 /// The snapshot readers take: the newest with a sane name.

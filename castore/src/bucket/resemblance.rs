@@ -15,10 +15,12 @@ use std::collections::HashMap;
 
 use crate::digest::B3Digest;
 
-/// Super-features per generation by default: two generations take at most
-/// about 100 MiB (a map entry and a share of a digest each), and hold every
-/// chunk of a store of some 1.4 million chunks.
-pub const DEFAULT_CAP: usize = 1 << 21;
+/// Super-features per generation by default: as many as a map of 2^21
+/// buckets holds without growing (7/8 of them), about 26 MiB, plus the
+/// digests of the chunks filed (32 MiB at most with three super-features
+/// each); two generations take at most about 120 MiB and hold every chunk
+/// of a store of some 1.2 million chunks.
+pub const DEFAULT_CAP: usize = (1 << 21) / 8 * 7;
 
 /// (super-feature index, value) → chunks carrying it, newest generation
 /// first.
