@@ -6,7 +6,8 @@
 # Per size:
 #   - synth: seconds to write the store through the store API;
 #   - server start: seconds from `lazix serve` to its ports answering
-#     (it reads the pack table snapshot and the indexes newer than it);
+#     (it reads the pack table snapshot synth stored at its end, as GC
+#     would have);
 #   - server peak: the serving process's peak resident memory (VmHWM)
 #     after its start and the root listing below;
 #   - narinfo: one path's narinfo over HTTP, median of 20 (ms);

@@ -228,8 +228,11 @@ async fn generate(location: &str, shape: &Shape) -> Result<()> {
             .try_collect::<Vec<_>>()
             .await?;
         // What the catalog's background folds left loose is folded, as a
-        // server that keeps running would.
+        // server that keeps running would; and the pack indexes go into
+        // one snapshot, as GC's next run (or a server's start) would write.
         bucket.settle_catalog().await;
+        let packs = bucket.store_pack_snapshot().await?;
+        eprintln!("synth: a pack table snapshot of {packs} packs stored");
         let secs = started.elapsed().as_secs_f64();
         println!(
             "synth: {} paths ({} files each, {} bytes) into {location} in {secs:.1} s ({:.0} paths/s)",
