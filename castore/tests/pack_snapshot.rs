@@ -53,6 +53,19 @@ fn snapshots(dir: &Path) -> Vec<std::path::PathBuf> {
     })
 }
 
+/// A store of 100 packs in `dir` with one snapshot of them; the
+/// snapshot's file.
+async fn one_snapshot_of_100_packs(dir: &Path) -> std::path::PathBuf {
+    let store = open_at(dir).await;
+    put_packs(&store, 0, 100).await;
+    store.store_pack_snapshot().await.expect("snapshot");
+    let found = snapshots(dir);
+    let [snapshot] = &found[..] else {
+        panic!("one snapshot: {found:?}");
+    };
+    snapshot.clone()
+}
+
 #[tokio::test]
 async fn opening_reads_one_snapshot_and_the_indexes_written_since() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -88,14 +101,7 @@ async fn opening_reads_one_snapshot_and_the_indexes_written_since() {
 #[tokio::test]
 async fn a_damaged_or_lost_snapshot_falls_back_to_every_index() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = open_at(dir.path()).await;
-    put_packs(&store, 0, 100).await;
-    store.store_pack_snapshot().await.expect("snapshot");
-    drop(store);
-    let found = snapshots(dir.path());
-    let [snapshot] = &found[..] else {
-        panic!("one snapshot: {found:?}");
-    };
+    let snapshot = &one_snapshot_of_100_packs(dir.path()).await;
 
     // Cut short: what it holds is used, the rest read one by one.
     let bytes = std::fs::read(snapshot).unwrap();
@@ -136,14 +142,7 @@ async fn gc_stores_a_snapshot_and_keeps_one_older() {
 #[tokio::test]
 async fn a_record_changed_inside_a_snapshot_is_not_used() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = open_at(dir.path()).await;
-    put_packs(&store, 0, 100).await;
-    store.store_pack_snapshot().await.expect("snapshot");
-    drop(store);
-    let found = snapshots(dir.path());
-    let [snapshot] = &found[..] else {
-        panic!("one snapshot: {found:?}");
-    };
+    let snapshot = &one_snapshot_of_100_packs(dir.path()).await;
 
     // Rot that zstd's checksum would catch only at the end of the object:
     // one byte of a record changed, the object compressed again whole.
