@@ -91,8 +91,8 @@ impl BucketStore {
                 .into_iter()
                 .filter(|id| {
                     table
-                        .pack(id)
-                        .is_some_and(|p| (p.level as i32) < COMPACT_LEVEL)
+                        .pack_level(id)
+                        .is_some_and(|level| (level as i32) < COMPACT_LEVEL)
                 })
                 .collect()
         };
@@ -140,7 +140,7 @@ impl BucketStore {
     ) -> StoreResult<()> {
         let Some(frames) = ({
             let table = self.table.read().expect("pack table");
-            table.pack(id).map(|p| p.frames.clone())
+            table.pack(id).map(|p| p.frames)
         }) else {
             return Ok(());
         };
@@ -178,7 +178,7 @@ impl BucketStore {
                     keep(&m.digest)
                         && table
                             .locate(&m.digest)
-                            .is_some_and(|home| Arc::ptr_eq(&home, loc))
+                            .is_some_and(|home| home.is_same_frame(loc))
                 })
                 .collect();
             report.duplicate_chunks += (loc.chunks.len() - kept.len()) as u64;
@@ -222,9 +222,7 @@ impl BucketStore {
         if rewritten.is_empty() {
             return Ok(None);
         }
-        let (new_id, size) = self
-            .write_pack(rewritten, COMPACT_LEVEL as u32, true)
-            .await?;
+        let (new_id, size) = self.write_pack(rewritten, COMPACT_LEVEL as u32).await?;
         report.bytes_after += size;
         Ok(Some(new_id))
     }

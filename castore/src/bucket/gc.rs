@@ -180,7 +180,7 @@ impl BucketStore {
             .table
             .read()
             .expect("pack table")
-            .bases_of_live(|d| live_chunks.contains(d));
+            .bases_of_live(|d| live_chunks.contains(d))?;
         live_chunks.extend(bases);
         live_chunks.seal();
         self.sweep_packs(&live_chunks, cutoff, opts.repack_below, &mut report)
@@ -253,7 +253,7 @@ impl BucketStore {
             .table
             .read()
             .expect("pack table")
-            .bases_of_live(|d| live.chunks.contains(d));
+            .bases_of_live(|d| live.chunks.contains(d))?;
         live.chunks.extend(bases);
         for set in [&mut live.chunks, &mut live.directories, &mut live.blobs] {
             set.seal();
@@ -365,9 +365,7 @@ impl BucketStore {
                 for f in &pack.frames {
                     for c in f.chunks.iter() {
                         all_raw += c.size;
-                        let home = table
-                            .locate(&c.digest)
-                            .is_some_and(|l| std::sync::Arc::ptr_eq(&l, f));
+                        let home = table.locate(&c.digest).is_some_and(|l| l.is_same_frame(f));
                         if home && live.contains(&c.digest) {
                             live_raw += c.size;
                         } else if home {

@@ -6,8 +6,9 @@
 //! - [`keys`]: where every kind of object lives (the key layout);
 //! - [`objects`]: object I/O (whole writes, durable writes, listings);
 //! - [`counted`]: every object request counted by kind;
-//! - [`pack_catalog`]: the pack table (which pack and frame hold each chunk),
-//!   loaded at open and refreshed when another replica writes;
+//! - [`pack_catalog`]: the pack table (which pack and frame hold each chunk,
+//!   [`packs`]), loaded at open and refreshed when another replica writes;
+//!   past a bound it lives on local disk ([`table_runs`]);
 //! - [`pack_snapshot`]: every pack index in one object, so that opening a
 //!   large store reads one object instead of every index;
 //! - [`path_catalog`]: the catalog of store paths (see [`crate::catalog`])
@@ -20,7 +21,8 @@
 //! - [`compact`], [`gc`] (its live sets compact in [`mark_set`]),
 //!   [`access`], [`lock`], [`stats`]: maintenance, [`runs`] counting it.
 //!
-//! The pack indexes are loaded into memory at open; a lookup that misses
+//! The pack indexes are loaded at open (into memory, then local disk past
+//! a bound, see [`packs::SpillPolicy`]); a lookup that misses
 //! re-lists `packs/` (at most every [`REFRESH_INTERVAL`], waiting for the
 //! next listing rather than failing) so packs written by another replica
 //! become readable.
@@ -45,6 +47,7 @@ mod recent;
 mod resemblance;
 mod runs;
 mod stats;
+mod table_runs;
 mod writes;
 
 use std::sync::{Arc, Mutex, RwLock};
@@ -74,6 +77,7 @@ use keys::path_info_path;
 pub use location::{local_folder, open_object_store};
 use objects::object_err;
 use packs::PackTable;
+pub use packs::SpillPolicy;
 use recent::RecentChunks;
 pub use runs::MaintenanceReading;
 pub use stats::StoreStats;
@@ -146,8 +150,15 @@ impl BucketStore {
     /// its pack indexes. Fails with a clear error when the location cannot
     /// be read (wrong credentials, no such bucket).
     pub async fn open(location: &str) -> StoreResult<Arc<Self>> {
+        Self::open_with_table(location, SpillPolicy::from_env()).await
+    }
+
+    /// [`BucketStore::open`] with its pack table written to local disk as
+    /// `policy` says (by default as the environment says, see
+    /// [`SpillPolicy::from_env`]).
+    pub async fn open_with_table(location: &str, policy: SpillPolicy) -> StoreResult<Arc<Self>> {
         let objects = open_object_store(location)?;
-        Self::with_objects_at(objects, local_folder(location))
+        Self::with_objects_at(objects, local_folder(location), policy)
             .await
             .map_err(|e| match e {
                 StoreError::Io(io) => StoreError::Unavailable(format!("{location}: {io}")),
@@ -157,12 +168,13 @@ impl BucketStore {
 
     /// A store over an already opened object store.
     pub async fn with_objects(objects: Arc<dyn ObjectStore>) -> StoreResult<Arc<Self>> {
-        Self::with_objects_at(objects, None).await
+        Self::with_objects_at(objects, None, SpillPolicy::from_env()).await
     }
 
     async fn with_objects_at(
         objects: Arc<dyn ObjectStore>,
         local_root: Option<std::path::PathBuf>,
+        policy: SpillPolicy,
     ) -> StoreResult<Arc<Self>> {
         let requests: Arc<counted::Counters> = Arc::default();
         let objects: Arc<dyn ObjectStore> = Arc::new(counted::Counted {
@@ -179,7 +191,7 @@ impl BucketStore {
             pack_snapshot_running: Default::default(),
             pack_snapshot_wanted: Default::default(),
             objects,
-            table: RwLock::new(PackTable::default()),
+            table: RwLock::new(PackTable::new(policy)),
             last_refresh: Mutex::new(None),
             refresh_gate: tokio::sync::Mutex::new(()),
             catalog_rebuild_gate: tokio::sync::Mutex::new(()),

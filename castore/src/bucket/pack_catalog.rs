@@ -71,7 +71,7 @@ impl BucketStore {
             .buffer_unordered(CONCURRENCY);
         while let Some((id, parsed)) = loaded.next().await {
             let mut table = self.table.write().expect("pack table");
-            match parsed.and_then(|index| table.add_pack(&id, &index, false)) {
+            match parsed.and_then(|index| table.add_pack(&id, &index)) {
                 Ok(()) => {}
                 Err(StoreError::Io(e)) => return Err(StoreError::Io(e)),
                 Err(e) => tracing::error!(pack = %id, error = %e, "pack left invisible"),
@@ -160,10 +160,5 @@ impl BucketStore {
             self.refresh().await?;
         }
         Ok(())
-    }
-
-    /// Chunks in the pack index.
-    pub fn chunk_count(&self) -> usize {
-        self.table.read().expect("pack table").chunk_count()
     }
 }

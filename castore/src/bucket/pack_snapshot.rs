@@ -74,7 +74,7 @@ impl BucketStore {
                     self.table
                         .write()
                         .expect("pack table")
-                        .add_pack(&id, &index, false)
+                        .add_pack(&id, &index)
                 });
                 match parsed {
                     Ok(()) => {

@@ -1,11 +1,15 @@
-//! The in-memory pack index: which frame of which pack holds each chunk.
+//! The pack table: which frame of which pack holds each chunk.
 //!
 //! Built at open from the pack indexes (most from a snapshot of them, see
 //! [`super::pack_snapshot`]) and extended as packs are written (here or,
 //! found by a refresh, by another replica). A pack without an index is
-//! invisible: the index is written last.
+//! invisible: the index is written last. Past a bound the table writes
+//! packs out to local disk ([`super::table_runs`]), so that its memory
+//! stays the same whatever the store's size.
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use lazix_proto::ext as lpb;
@@ -18,6 +22,7 @@ use crate::frame::Frame;
 use crate::similarity::{Sketch, SUPER_FEATURES};
 
 use super::resemblance::ResemblanceIndex;
+use super::table_runs::{self, merge_sorted, Entry, MergeSource, Run, RunPack, RunWriter};
 
 /// Where one stored frame lives.
 #[derive(Debug)]
@@ -34,7 +39,15 @@ pub struct FrameLocation {
     pub base: Arc<[ChunkMeta]>,
 }
 
+impl FrameLocation {
+    /// Whether both name the same stored frame.
+    pub fn is_same_frame(&self, other: &FrameLocation) -> bool {
+        self.pack == other.pack && self.offset == other.offset
+    }
+}
+
 /// One visible pack.
+#[derive(Clone)]
 pub struct PackInfo {
     /// zstd level of its frames (0: the ingest level).
     pub level: u32,
@@ -42,43 +55,203 @@ pub struct PackInfo {
     pub frames: Vec<Arc<FrameLocation>>,
     /// Bytes of the pack and of its index as encoded.
     pub stored_bytes: u64,
+    /// When the table learned of it (see [`RunPack::seq`]).
+    seq: u64,
 }
 
-/// The chunk → frame map of every visible pack.
-#[derive(Default)]
+/// Chunk records kept in memory by default before the table writes them
+/// to a run on local disk: about 25 MiB of table.
+pub const DEFAULT_SPILL_AT: usize = 1 << 18;
+
+/// When and where the pack table writes packs out to local disk.
+#[derive(Clone, Debug)]
+pub struct SpillPolicy {
+    /// Chunk records in memory that make a run.
+    pub at: usize,
+    /// Folder for the runs' private folder (none: the system's temporary
+    /// folder, `TMPDIR`).
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for SpillPolicy {
+    fn default() -> Self {
+        Self {
+            at: DEFAULT_SPILL_AT,
+            dir: None,
+        }
+    }
+}
+
+impl SpillPolicy {
+    /// The default, changed by `LAZIX_PACK_TABLE_SPILL_AT` (chunk records)
+    /// and `LAZIX_PACK_TABLE_DIR` (a folder) when set.
+    pub fn from_env() -> Self {
+        let mut policy = Self::default();
+        if let Some(at) = std::env::var("LAZIX_PACK_TABLE_SPILL_AT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            policy.at = at;
+        }
+        if let Some(dir) = std::env::var_os("LAZIX_PACK_TABLE_DIR") {
+            policy.dir = Some(dir.into());
+        }
+        policy
+    }
+}
+
+/// Runs of the same size class merged into one.
+const MERGE_FAN: usize = 4;
+
+/// A run and which of its packs are still there.
+struct RunSlot {
+    run: Run,
+    alive: Vec<bool>,
+    /// Chunk records of packs removed since the run was written.
+    dead_entries: u64,
+}
+
+impl RunSlot {
+    fn live_entries(&self) -> u64 {
+        self.run.entry_count().saturating_sub(self.dead_entries)
+    }
+}
+
+/// The chunk → frame map of every visible pack: the packs learned of
+/// lately in memory, the others in runs on local disk (see
+/// [`super::table_runs`]). Of two packs holding a chunk, its home is the
+/// one at the higher zstd level (a compacted pack), then the one learned
+/// of later.
 pub struct PackTable {
+    /// Home frame of each chunk of the packs in memory.
     by_chunk: HashMap<B3Digest, Arc<FrameLocation>, DigestKeyBuildHasher>,
+    /// The packs in memory.
     packs: HashMap<Arc<str>, PackInfo>,
+    /// Chunks some delta frame of the packs in memory uses as base: they
+    /// must stay in plain frames (deltas are one level deep).
+    base_refs: HashSet<B3Digest, DigestKeyBuildHasher>,
+    /// Chunk records of the packs in memory.
+    in_memory_chunks: usize,
+    /// Runs on disk by id (ids grow).
+    runs: BTreeMap<u64, RunSlot>,
+    /// Where each pack on disk is: run id and pack number in it.
+    on_disk: HashMap<Arc<str>, (u64, u32)>,
+    /// The highest zstd level of a pack on disk.
+    max_disk_level: Option<u32>,
+    next_seq: u64,
+    next_run: u64,
+    policy: SpillPolicy,
+    /// Chunk records in memory that make a run now (raised after a failed
+    /// write, so a full disk is not retried at every pack).
+    spill_at: usize,
+    /// The runs' private folder (after `runs`: dropped after them).
+    spill_dir: Option<tempfile::TempDir>,
     /// Which chunk carries each super-feature, bounded (it may since have
     /// moved into a delta frame or gone: checked on lookup).
     similar: ResemblanceIndex,
-    /// Chunks some delta frame uses as base: they must stay in plain
-    /// frames (deltas are one level deep).
-    base_refs: HashSet<B3Digest, DigestKeyBuildHasher>,
     /// Chunks a compaction may be turning into deltas right now: not to be
     /// picked as bases meanwhile.
     delta_pending: HashSet<B3Digest, DigestKeyBuildHasher>,
 }
 
+impl Default for PackTable {
+    fn default() -> Self {
+        Self::new(SpillPolicy::default())
+    }
+}
+
+/// Logs a failed read of a run: the table answers "not here" (a reader
+/// then gets an error, a writer stores the chunk again).
+fn run_read_failed(e: &std::io::Error) {
+    tracing::error!(error = %e, "cannot read the pack table's files on local disk");
+}
+
 impl PackTable {
+    /// An empty table that writes packs to disk as `policy` says.
+    pub fn new(policy: SpillPolicy) -> Self {
+        Self {
+            by_chunk: HashMap::default(),
+            packs: HashMap::new(),
+            base_refs: HashSet::default(),
+            in_memory_chunks: 0,
+            runs: BTreeMap::new(),
+            on_disk: HashMap::new(),
+            max_disk_level: None,
+            next_seq: 0,
+            next_run: 0,
+            spill_at: policy.at.max(1),
+            policy,
+            spill_dir: None,
+            similar: ResemblanceIndex::default(),
+            delta_pending: HashSet::default(),
+        }
+    }
+
     /// Whether no pack is loaded (the store is being opened, or empty).
     pub fn is_empty(&self) -> bool {
-        self.packs.is_empty()
+        self.packs.is_empty() && self.on_disk.is_empty()
     }
 
     /// Whether a pack's index is loaded.
     pub fn has_pack(&self, id: &str) -> bool {
-        self.packs.contains_key(id)
+        self.packs.contains_key(id) || self.on_disk.contains_key(id)
     }
 
     /// Every visible pack's id.
     pub fn pack_ids(&self) -> Vec<Arc<str>> {
-        self.packs.keys().cloned().collect()
+        self.packs
+            .keys()
+            .chain(self.on_disk.keys())
+            .cloned()
+            .collect()
     }
 
-    /// A visible pack.
-    pub fn pack(&self, id: &str) -> Option<&PackInfo> {
-        self.packs.get(id)
+    /// The zstd level of a visible pack.
+    pub fn pack_level(&self, id: &str) -> Option<u32> {
+        match self.packs.get(id) {
+            Some(p) => Some(p.level),
+            None => self.run_pack(id).map(|(_, p)| p.level),
+        }
+    }
+
+    fn run_pack(&self, id: &str) -> Option<(&RunSlot, &RunPack)> {
+        let (run, no) = self.on_disk.get(id)?;
+        let slot = self.runs.get(run)?;
+        Some((slot, slot.run.packs.get(*no as usize)?))
+    }
+
+    /// A visible pack (its frames read from disk if it is there).
+    pub fn pack(&self, id: &str) -> Option<PackInfo> {
+        if let Some(p) = self.packs.get(id) {
+            return Some(p.clone());
+        }
+        let (slot, p) = self.run_pack(id)?;
+        let frames: std::io::Result<Vec<Arc<FrameLocation>>> = (p.first_frame
+            ..p.first_frame + p.frames)
+            .map(|f| slot.run.frame(f).map(Arc::new))
+            .collect();
+        match frames {
+            Ok(frames) => Some(PackInfo {
+                level: p.level,
+                frames,
+                stored_bytes: p.stored_bytes,
+                seq: p.seq,
+            }),
+            Err(e) => {
+                run_read_failed(&e);
+                None
+            }
+        }
+    }
+
+    /// Whether some delta frame uses the chunk as a base (an unreadable run
+    /// says yes: the chunk then stays plain).
+    fn is_base(&self, digest: &B3Digest) -> bool {
+        self.base_refs.contains(digest)
+            || self
+                .runs
+                .values()
+                .any(|slot| slot.run.is_base(digest).unwrap_or(true))
     }
 
     /// Claims bases for a frame about to be delta-encoded, atomically with
@@ -87,7 +260,7 @@ impl PackTable {
     /// are not themselves being delta-encoded, marked as bases, and the
     /// frame's chunks are marked pending until [`PackTable::settle`].
     pub fn claim_bases(&mut self, own: &[B3Digest], sketches: &[Option<Sketch>]) -> Vec<B3Digest> {
-        if own.iter().any(|d| self.base_refs.contains(d)) {
+        if own.iter().any(|d| self.is_base(d)) {
             return Vec::new();
         }
         let mut seen = HashSet::new();
@@ -118,6 +291,7 @@ impl PackTable {
     pub fn remove_pack(&mut self, id: &str) {
         if let Some(info) = self.packs.remove(id) {
             for f in &info.frames {
+                self.in_memory_chunks = self.in_memory_chunks.saturating_sub(f.chunks.len());
                 for c in f.chunks.iter() {
                     if self
                         .by_chunk
@@ -129,14 +303,27 @@ impl PackTable {
                 }
             }
         }
+        if let Some((run, no)) = self.on_disk.remove(id) {
+            if let Some(slot) = self.runs.get_mut(&run) {
+                if let Some(alive) = slot.alive.get_mut(no as usize) {
+                    if std::mem::replace(alive, false) {
+                        slot.dead_entries += slot.run.packs[no as usize].chunks;
+                    }
+                }
+            }
+            if let Err(e) = self.merge_runs() {
+                tracing::warn!(error = %e, "cannot merge the pack table's files on local disk");
+            }
+        }
     }
 
-    /// Adds a pack's frames; a chunk already held by another pack keeps
-    /// its location unless `replace` (a compacted pack taking over) or the
-    /// new pack is compressed at a higher level.
-    pub fn add_pack(&mut self, id: &str, index: &lpb::PackIndex, replace: bool) -> StoreResult<()> {
+    /// Adds a pack's frames (a pack added again replaces its old self).
+    pub fn add_pack(&mut self, id: &str, index: &lpb::PackIndex) -> StoreResult<()> {
         let pack: Arc<str> = Arc::from(id);
         let frames = parse_index(&pack, index)?;
+        if self.has_pack(id) {
+            self.remove_pack(id);
+        }
         let pack_bytes = frames.last().map_or(0, |f| f.offset + f.length);
         let stored_bytes = pack_bytes + index.encoded_len() as u64;
         for f in &frames {
@@ -153,41 +340,94 @@ impl PackTable {
                     self.similar.file(c.digest, sketch);
                 }
             }
+            self.in_memory_chunks += frame.chunks.len();
             for c in frame.chunks.iter() {
-                // A compacted pack is the better home for a chunk held
-                // twice (a compaction killed before deleting the old pack).
-                let take = replace
-                    || match self.by_chunk.get(&c.digest) {
-                        None => true,
-                        Some(l) => self
-                            .packs
-                            .get(&l.pack)
-                            .is_some_and(|p| p.level < index.level),
-                    };
+                // Learned of last: the home unless the other is at a
+                // higher level (a compacted pack).
+                let take = match self.by_chunk.get(&c.digest) {
+                    None => true,
+                    Some(l) => self
+                        .packs
+                        .get(&l.pack)
+                        .is_none_or(|p| p.level <= index.level),
+                };
                 if take {
                     self.by_chunk.insert(c.digest, frame.clone());
                 }
             }
         }
+        let seq = self.next_seq;
+        self.next_seq += 1;
         self.packs.insert(
             pack,
             PackInfo {
                 level: index.level,
                 frames,
                 stored_bytes,
+                seq,
             },
         );
+        if self.in_memory_chunks >= self.spill_at {
+            if let Err(e) = self.spill() {
+                tracing::warn!(error = %e, "cannot write the pack table to local disk; keeping it in memory");
+                self.spill_at = self.in_memory_chunks.saturating_mul(2);
+            }
+        }
         Ok(())
     }
 
     /// The frame holding a chunk.
     pub fn locate(&self, digest: &B3Digest) -> Option<Arc<FrameLocation>> {
-        self.by_chunk.get(digest).cloned()
+        let in_memory = self.by_chunk.get(digest).map(|l| {
+            let rank = self.packs.get(&l.pack).map_or((0, 0), |p| (p.level, p.seq));
+            (rank, l)
+        });
+        // Packs in memory were learned of after every pack on disk.
+        if let Some((rank, l)) = in_memory {
+            if self.max_disk_level.is_none_or(|max| rank.0 >= max) {
+                return Some(l.clone());
+            }
+        }
+        let mut best: Option<((u32, u64), &RunSlot, u32)> = None;
+        for slot in self.runs.values() {
+            match slot.run.best(digest, &slot.alive) {
+                Ok(Some(e)) => {
+                    let rank = slot.run.packs[e.pack as usize].rank();
+                    if best.is_none_or(|(r, _, _)| rank > r) {
+                        best = Some((rank, slot, e.frame));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => run_read_failed(&e),
+            }
+        }
+        match (in_memory, best) {
+            (Some((mem, l)), Some((disk, _, _))) if mem > disk => Some(l.clone()),
+            (_, Some((_, slot, frame))) => match slot.run.frame(frame) {
+                Ok(f) => Some(Arc::new(f)),
+                Err(e) => {
+                    run_read_failed(&e);
+                    in_memory.map(|(_, l)| l.clone())
+                }
+            },
+            (Some((_, l)), None) => Some(l.clone()),
+            (None, None) => None,
+        }
     }
 
     /// Whether a chunk is stored.
     pub fn contains(&self, digest: &B3Digest) -> bool {
         self.by_chunk.contains_key(digest)
+            || self
+                .runs
+                .values()
+                .any(|slot| match slot.run.best(digest, &slot.alive) {
+                    Ok(found) => found.is_some(),
+                    Err(e) => {
+                        run_read_failed(&e);
+                        false
+                    }
+                })
     }
 
     /// The stored chunk most like one with `sketch` (most super-features in
@@ -207,35 +447,53 @@ impl PackTable {
         }
         // Only a chunk in a plain frame can be a base.
         best.map(|(at, _)| at)
-            .filter(|d| self.by_chunk.get(d).is_some_and(|l| l.base.is_empty()))
+            .filter(|d| self.locate(d).is_some_and(|l| l.base.is_empty()))
     }
 
     /// The bases of every delta frame holding a chunk `live` says is
-    /// live (each frame's bases once per live chunk it holds).
-    pub fn bases_of_live(&self, live: impl Fn(&B3Digest) -> bool) -> Vec<B3Digest> {
-        self.by_chunk
+    /// live (frames on disk count whether or not they are the chunk's
+    /// home, which keeps more, never less).
+    pub fn bases_of_live(&self, live: impl Fn(&B3Digest) -> bool) -> StoreResult<Vec<B3Digest>> {
+        let mut bases: Vec<B3Digest> = self
+            .by_chunk
             .iter()
             .filter(|(d, l)| !l.base.is_empty() && live(d))
             .flat_map(|(_, l)| l.base.iter().map(|b| b.digest))
-            .collect()
-    }
-
-    /// Chunks indexed.
-    pub fn chunk_count(&self) -> usize {
-        self.by_chunk.len()
+            .collect();
+        for slot in self.runs.values() {
+            for frame in slot.run.frames() {
+                let (rec, chunks, base) = frame?;
+                if base.is_empty() || !slot.alive.get(rec.pack as usize).copied().unwrap_or(false) {
+                    continue;
+                }
+                if chunks.iter().any(|c| live(&c.digest)) {
+                    bases.extend(base.iter().map(|b| b.digest));
+                }
+            }
+        }
+        Ok(bases)
     }
 
     /// Objects the visible packs take (each pack and its index) and their
     /// bytes.
     pub fn pack_totals(&self) -> (u64, u64) {
-        let bytes = self.packs.values().map(|p| p.stored_bytes).sum();
-        (2 * self.packs.len() as u64, bytes)
+        let in_memory: u64 = self.packs.values().map(|p| p.stored_bytes).sum();
+        let on_disk: u64 = self
+            .on_disk
+            .keys()
+            .filter_map(|id| self.run_pack(id))
+            .map(|(_, p)| p.stored_bytes)
+            .sum();
+        (
+            2 * (self.packs.len() + self.on_disk.len()) as u64,
+            in_memory + on_disk,
+        )
     }
 
-    /// Distinct chunks and their raw bytes (each counted in its home frame
-    /// only).
-    pub fn chunk_totals(&self) -> (u64, u64) {
-        let (mut count, mut bytes) = (0, 0);
+    /// Distinct chunks and their raw bytes (each counted once), reading
+    /// the runs on disk in digest order.
+    pub fn chunk_totals(&self) -> StoreResult<(u64, u64)> {
+        let mut in_memory: Vec<(B3Digest, u64)> = Vec::with_capacity(self.by_chunk.len());
         for frame in self.packs.values().flat_map(|p| p.frames.iter()) {
             for c in frame.chunks.iter() {
                 if self
@@ -243,12 +501,190 @@ impl PackTable {
                     .get(&c.digest)
                     .is_some_and(|home| Arc::ptr_eq(home, frame))
                 {
-                    count += 1;
-                    bytes += c.size;
+                    in_memory.push((c.digest, c.size));
                 }
             }
         }
-        (count, bytes)
+        in_memory.sort_unstable();
+        let mut in_memory = in_memory.into_iter().peekable();
+        let sources: Vec<Box<dyn Iterator<Item = std::io::Result<Entry>> + '_>> = self
+            .runs
+            .values()
+            .map(|slot| {
+                Box::new(slot.run.entries().filter(move |e| {
+                    e.as_ref().map_or(true, |e| {
+                        slot.alive.get(e.pack as usize).copied().unwrap_or(false)
+                    })
+                })) as Box<dyn Iterator<Item = std::io::Result<Entry>>>
+            })
+            .collect();
+        let (mut count, mut bytes) = (0u64, 0u64);
+        let mut last: Option<[u8; 32]> = None;
+        for e in merge_sorted(sources, |e: &Entry| e.digest) {
+            let e = e?;
+            if last == Some(e.digest) {
+                continue;
+            }
+            last = Some(e.digest);
+            // Chunks in memory before this one.
+            while let Some((_, size)) = in_memory.next_if(|(d, _)| d.as_bytes() < &e.digest) {
+                count += 1;
+                bytes += size;
+            }
+            in_memory.next_if(|(d, _)| d.as_bytes() == &e.digest);
+            count += 1;
+            bytes += e.size;
+        }
+        for (_, size) in in_memory {
+            count += 1;
+            bytes += size;
+        }
+        Ok((count, bytes))
+    }
+
+    /// Writes the packs in memory to a new run on disk, then merges runs
+    /// that piled up.
+    fn spill(&mut self) -> std::io::Result<()> {
+        if self.spill_dir.is_none() {
+            let mut builder = tempfile::Builder::new();
+            builder.prefix("lazix-pack-table-");
+            self.spill_dir = Some(match &self.policy.dir {
+                Some(dir) => {
+                    std::fs::create_dir_all(dir)?;
+                    builder.tempdir_in(dir)?
+                }
+                None => builder.tempdir()?,
+            });
+        }
+        let dir = self
+            .spill_dir
+            .as_ref()
+            .expect("made above")
+            .path()
+            .to_owned();
+        let id = self.next_run;
+        self.next_run += 1;
+        let mut w = RunWriter::create(&dir, id)?;
+        let mut packs: Vec<(&Arc<str>, &PackInfo)> = self.packs.iter().collect();
+        packs.sort_unstable_by_key(|(_, p)| p.seq);
+        let mut entries: Vec<Entry> = Vec::with_capacity(self.in_memory_chunks);
+        for (id, info) in packs {
+            let no = w.pack(id.clone(), info.level, info.seq, info.stored_bytes);
+            for f in &info.frames {
+                let frame = w.frame(f.offset, f.length, &f.chunks, &f.base)?;
+                entries.extend(f.chunks.iter().map(|c| Entry {
+                    digest: *c.digest.as_bytes(),
+                    pack: no,
+                    frame,
+                    size: c.size,
+                }));
+            }
+        }
+        let ranks: Vec<(u32, u64)> = w.packs().iter().map(RunPack::rank).collect();
+        entries.sort_unstable_by_key(|e| (e.digest, Reverse(ranks[e.pack as usize])));
+        let mut bases: Vec<B3Digest> = self.base_refs.iter().copied().collect();
+        bases.sort_unstable();
+        let run = w.finish(entries.into_iter().map(Ok), bases.into_iter().map(Ok))?;
+        tracing::debug!(
+            run = id,
+            packs = run.packs.len(),
+            chunks = run.entry_count(),
+            "pack table written to local disk"
+        );
+        self.take_run(id, run);
+        // Released, not only cleared.
+        self.by_chunk = HashMap::default();
+        self.packs = HashMap::new();
+        self.base_refs = HashSet::default();
+        self.in_memory_chunks = 0;
+        self.spill_at = self.policy.at.max(1);
+        self.merge_runs()
+    }
+
+    fn take_run(&mut self, id: u64, run: Run) {
+        for (no, p) in run.packs.iter().enumerate() {
+            self.on_disk.insert(p.id.clone(), (id, no as u32));
+            self.max_disk_level = self.max_disk_level.max(Some(p.level));
+        }
+        self.runs.insert(
+            id,
+            RunSlot {
+                alive: vec![true; run.packs.len()],
+                dead_entries: 0,
+                run,
+            },
+        );
+    }
+
+    /// Runs to merge now: one with more records of removed packs than
+    /// live ones (rewritten alone), else [`MERGE_FAN`] of one size class.
+    fn runs_to_merge(&self) -> Vec<u64> {
+        if let Some((id, _)) = self
+            .runs
+            .iter()
+            .find(|(_, s)| s.dead_entries > s.live_entries())
+        {
+            return vec![*id];
+        }
+        let class = |n: u64| {
+            let mut x = n / self.policy.at.max(1) as u64;
+            let mut c = 0;
+            while x >= MERGE_FAN as u64 {
+                x /= MERGE_FAN as u64;
+                c += 1;
+            }
+            c
+        };
+        let mut by_class: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        for (id, slot) in &self.runs {
+            by_class
+                .entry(class(slot.live_entries()))
+                .or_default()
+                .push(*id);
+        }
+        by_class
+            .into_values()
+            .find(|ids| ids.len() >= MERGE_FAN)
+            .map(|ids| ids.into_iter().take(MERGE_FAN).collect())
+            .unwrap_or_default()
+    }
+
+    /// Merges runs until none is due.
+    fn merge_runs(&mut self) -> std::io::Result<()> {
+        loop {
+            let ids = self.runs_to_merge();
+            if ids.is_empty() {
+                return Ok(());
+            }
+            let Some(dir) = self.spill_dir.as_ref().map(|d| d.path().to_owned()) else {
+                return Ok(());
+            };
+            let id = self.next_run;
+            self.next_run += 1;
+            let sources: Vec<MergeSource<'_>> = ids
+                .iter()
+                .filter_map(|i| self.runs.get(i))
+                .map(|s| MergeSource {
+                    run: &s.run,
+                    alive: &s.alive,
+                })
+                .collect();
+            let merged = table_runs::merge(&dir, id, &sources)?;
+            tracing::debug!(runs = ?ids, into = id, chunks = merged.entry_count(), "pack table runs merged");
+            for old in &ids {
+                self.runs.remove(old);
+            }
+            self.max_disk_level = None;
+            for slot in self.runs.values() {
+                for p in &slot.run.packs {
+                    self.max_disk_level = self.max_disk_level.max(Some(p.level));
+                }
+            }
+            if merged.packs.is_empty() {
+                continue;
+            }
+            self.take_run(id, merged);
+        }
     }
 }
 

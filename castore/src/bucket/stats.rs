@@ -81,7 +81,7 @@ impl BucketStore {
     async fn count_packs(&self, stats: &mut StoreStats) -> StoreResult<()> {
         self.refresh().await?;
         let table = self.table.read().expect("pack table");
-        (stats.chunks, stats.chunk_bytes) = table.chunk_totals();
+        (stats.chunks, stats.chunk_bytes) = table.chunk_totals()?;
         (stats.pack_objects, stats.pack_bytes) = table.pack_totals();
         stats.dedup_ratio = ratio(stats.logical_bytes, stats.pack_bytes);
         Ok(())

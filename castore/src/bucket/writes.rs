@@ -233,13 +233,12 @@ impl BucketStore {
     }
 
     /// Writes a pack of frames (its index last, which makes it visible) and
-    /// adds it to the table; `replace` lets it take over chunks held by
-    /// other packs (compaction). Returns the pack's id and size.
+    /// adds it to the table (where a compacted pack, at a higher level,
+    /// takes over the chunks it holds). Returns the pack's id and size.
     pub(crate) async fn write_pack(
         &self,
         frames: Vec<(Frame, Vec<Option<Sketch>>)>,
         level: u32,
-        replace: bool,
     ) -> StoreResult<(String, u64)> {
         let pack = tokio::task::spawn_blocking(move || NewPack::build(&frames, level))
             .await
@@ -251,7 +250,7 @@ impl BucketStore {
         self.table
             .write()
             .expect("pack table")
-            .add_pack(&pack.id, &pack.index, replace)?;
+            .add_pack(&pack.id, &pack.index)?;
         Ok((pack.id, pack.bytes.len() as u64))
     }
 
@@ -319,7 +318,7 @@ impl BucketStore {
         }
         // Stored as uploaded: ingest stays fast; compaction later
         // recompresses harder and finds deltas.
-        self.write_pack(framed, 0, false).await?;
+        self.write_pack(framed, 0).await?;
         *self.uploaded_at.lock().expect("upload clock") = Some(Instant::now());
         Ok(())
     }
