@@ -154,3 +154,24 @@ async fn packs_removed_from_disk_are_forgotten() {
     assert!(all_readable(&store, 0..100).await);
     assert_eq!(store.stats().await.expect("stats").chunks, 100);
 }
+
+#[tokio::test]
+async fn files_left_by_a_killed_process_are_removed_and_a_living_ones_kept() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let table_dir = tempfile::tempdir().expect("temp dir");
+    // No process has a pid above the kernel's maximum (2^22).
+    let dead = table_dir.path().join("lazix-pack-table-999999999-abcdef");
+    let living = table_dir
+        .path()
+        .join(format!("lazix-pack-table-{}-abcdef", std::process::id()));
+    let other = table_dir.path().join("someone-elses");
+    for d in [&dead, &living, &other] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("run-0.entries"), b"x").unwrap();
+    }
+    let store = open_spilling(dir.path(), table_dir.path()).await;
+    put_packs(&store, 0, 40).await;
+    assert!(!dead.exists(), "a dead process's files stay");
+    assert!(living.join("run-0.entries").exists());
+    assert!(other.join("run-0.entries").exists());
+}

@@ -168,19 +168,21 @@ impl BucketStore {
                 .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
             // Only chunks this frame is the table's home for: others are
             // held by another pack already.
-            let table = self.table.read().expect("pack table");
-            let kept: Vec<(ChunkMeta, Bytes)> = loc
-                .chunks
-                .iter()
-                .copied()
-                .zip(datas)
-                .filter(|(m, _)| {
-                    keep(&m.digest)
+            // (An unreadable table stops the compaction: "elsewhere" must
+            // not be guessed, the old pack is deleted after.)
+            let mut kept: Vec<(ChunkMeta, Bytes)> = Vec::new();
+            {
+                let table = self.table.read().expect("pack table");
+                for (m, data) in loc.chunks.iter().copied().zip(datas) {
+                    if keep(&m.digest)
                         && table
-                            .locate(&m.digest)
+                            .home(&m.digest)?
                             .is_some_and(|home| home.is_same_frame(loc))
-                })
-                .collect();
+                    {
+                        kept.push((m, data));
+                    }
+                }
+            }
             report.duplicate_chunks += (loc.chunks.len() - kept.len()) as u64;
             if !kept.is_empty() {
                 live.push(LiveFrame { chunks: kept });

@@ -176,11 +176,8 @@ impl BucketStore {
         live_chunks.extend(self.touched_since(started).await?);
         live_chunks.seal();
         // Their delta bases stay too (a touch mark names the chunk only).
-        let bases = self
-            .table
-            .read()
-            .expect("pack table")
-            .bases_of_live(|d| live_chunks.contains(d))?;
+        let scan = self.table.read().expect("pack table").scan();
+        let bases = scan.bases_of_live(|d| live_chunks.contains(d))?;
         live_chunks.extend(bases);
         live_chunks.seal();
         self.sweep_packs(&live_chunks, cutoff, opts.repack_below, &mut report)
@@ -249,11 +246,8 @@ impl BucketStore {
         }
         // Bases of live delta frames stay.
         live.chunks.seal();
-        let bases = self
-            .table
-            .read()
-            .expect("pack table")
-            .bases_of_live(|d| live.chunks.contains(d))?;
+        let scan = self.table.read().expect("pack table").scan();
+        let bases = scan.bases_of_live(|d| live.chunks.contains(d))?;
         live.chunks.extend(bases);
         for set in [&mut live.chunks, &mut live.directories, &mut live.blobs] {
             set.seal();
@@ -365,7 +359,7 @@ impl BucketStore {
                 for f in &pack.frames {
                     for c in f.chunks.iter() {
                         all_raw += c.size;
-                        let home = table.locate(&c.digest).is_some_and(|l| l.is_same_frame(f));
+                        let home = table.home(&c.digest)?.is_some_and(|l| l.is_same_frame(f));
                         if home && live.contains(&c.digest) {
                             live_raw += c.size;
                         } else if home {

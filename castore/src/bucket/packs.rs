@@ -100,12 +100,38 @@ impl SpillPolicy {
     }
 }
 
+/// Name of a process's folder of runs: this, its pid, `-`, random.
+const SPILL_PREFIX: &str = "lazix-pack-table-";
+
+/// Removes the folders of runs left in `parent` by processes that are
+/// gone (killed before they could remove their own).
+fn remove_dead_processes_tables(parent: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SPILL_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            tracing::info!(folder = %entry.path().display(), "removing the pack table files of a process that is gone");
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Runs of the same size class merged into one.
 const MERGE_FAN: usize = 4;
 
 /// A run and which of its packs are still there.
 struct RunSlot {
-    run: Run,
+    run: Arc<Run>,
     alive: Vec<bool>,
     /// Chunk records of packs removed since the run was written.
     dead_entries: u64,
@@ -146,6 +172,9 @@ pub struct PackTable {
     spill_at: usize,
     /// The runs' private folder (after `runs`: dropped after them).
     spill_dir: Option<tempfile::TempDir>,
+    /// No merge before this after one failed (a full disk is not retried
+    /// at every pack).
+    merges_paused_until: Option<std::time::Instant>,
     /// Which chunk carries each super-feature, bounded (it may since have
     /// moved into a delta frame or gone: checked on lookup).
     similar: ResemblanceIndex,
@@ -182,6 +211,7 @@ impl PackTable {
             spill_at: policy.at.max(1),
             policy,
             spill_dir: None,
+            merges_paused_until: None,
             similar: ResemblanceIndex::default(),
             delta_pending: HashSet::default(),
         }
@@ -311,9 +341,7 @@ impl PackTable {
                     }
                 }
             }
-            if let Err(e) = self.merge_runs() {
-                tracing::warn!(error = %e, "cannot merge the pack table's files on local disk");
-            }
+            self.merge_runs();
         }
     }
 
@@ -370,14 +398,28 @@ impl PackTable {
         if self.in_memory_chunks >= self.spill_at {
             if let Err(e) = self.spill() {
                 tracing::warn!(error = %e, "cannot write the pack table to local disk; keeping it in memory");
-                self.spill_at = self.in_memory_chunks.saturating_mul(2);
+                self.spill_at = self
+                    .in_memory_chunks
+                    .saturating_mul(2)
+                    .max(self.policy.at.max(1));
             }
         }
         Ok(())
     }
 
-    /// The frame holding a chunk.
+    /// The frame holding a chunk (an unreadable run is logged and its
+    /// chunks are not found: for readers, who then get an error).
     pub fn locate(&self, digest: &B3Digest) -> Option<Arc<FrameLocation>> {
+        self.home(digest).unwrap_or_else(|e| {
+            run_read_failed(&e);
+            None
+        })
+    }
+
+    /// The frame holding a chunk, or the error reading a run: for GC and
+    /// compaction, which delete a pack when it is no chunk's home and so
+    /// must not take "unreadable" for "elsewhere".
+    pub fn home(&self, digest: &B3Digest) -> std::io::Result<Option<Arc<FrameLocation>>> {
         let in_memory = self.by_chunk.get(digest).map(|l| {
             let rank = self.packs.get(&l.pack).map_or((0, 0), |p| (p.level, p.seq));
             (rank, l)
@@ -385,34 +427,29 @@ impl PackTable {
         // Packs in memory were learned of after every pack on disk.
         if let Some((rank, l)) = in_memory {
             if self.max_disk_level.is_none_or(|max| rank.0 >= max) {
-                return Some(l.clone());
+                return Ok(Some(l.clone()));
             }
         }
         let mut best: Option<((u32, u64), &RunSlot, u32)> = None;
         for slot in self.runs.values() {
-            match slot.run.best(digest, &slot.alive) {
-                Ok(Some(e)) => {
-                    let rank = slot.run.packs[e.pack as usize].rank();
-                    if best.is_none_or(|(r, _, _)| rank > r) {
-                        best = Some((rank, slot, e.frame));
-                    }
+            if let Some(e) = slot.run.best(digest, &slot.alive)? {
+                let rank = slot
+                    .run
+                    .packs
+                    .get(e.pack as usize)
+                    .ok_or_else(|| std::io::Error::other("pack table run: record of no pack"))?
+                    .rank();
+                if best.is_none_or(|(r, _, _)| rank > r) {
+                    best = Some((rank, slot, e.frame));
                 }
-                Ok(None) => {}
-                Err(e) => run_read_failed(&e),
             }
         }
-        match (in_memory, best) {
+        Ok(match (in_memory, best) {
             (Some((mem, l)), Some((disk, _, _))) if mem > disk => Some(l.clone()),
-            (_, Some((_, slot, frame))) => match slot.run.frame(frame) {
-                Ok(f) => Some(Arc::new(f)),
-                Err(e) => {
-                    run_read_failed(&e);
-                    in_memory.map(|(_, l)| l.clone())
-                }
-            },
+            (_, Some((_, slot, frame))) => Some(Arc::new(slot.run.frame(frame)?)),
             (Some((_, l)), None) => Some(l.clone()),
             (None, None) => None,
-        }
+        })
     }
 
     /// Whether a chunk is stored.
@@ -450,28 +487,36 @@ impl PackTable {
             .filter(|d| self.locate(d).is_some_and(|l| l.base.is_empty()))
     }
 
-    /// The bases of every delta frame holding a chunk `live` says is
-    /// live (frames on disk count whether or not they are the chunk's
-    /// home, which keeps more, never less).
-    pub fn bases_of_live(&self, live: impl Fn(&B3Digest) -> bool) -> StoreResult<Vec<B3Digest>> {
-        let mut bases: Vec<B3Digest> = self
-            .by_chunk
-            .iter()
-            .filter(|(d, l)| !l.base.is_empty() && live(d))
-            .flat_map(|(_, l)| l.base.iter().map(|b| b.digest))
-            .collect();
-        for slot in self.runs.values() {
-            for frame in slot.run.frames() {
-                let (rec, chunks, base) = frame?;
-                if base.is_empty() || !slot.alive.get(rec.pack as usize).copied().unwrap_or(false) {
-                    continue;
-                }
-                if chunks.iter().any(|c| live(&c.digest)) {
-                    bases.extend(base.iter().map(|b| b.digest));
+    /// What walks of the whole table read, taken now, so they can read
+    /// the runs on disk without holding the table (runs never change).
+    pub fn scan(&self) -> TableScan {
+        let mut homes: Vec<(B3Digest, u64)> = Vec::with_capacity(self.by_chunk.len());
+        for frame in self.packs.values().flat_map(|p| p.frames.iter()) {
+            for c in frame.chunks.iter() {
+                if self
+                    .by_chunk
+                    .get(&c.digest)
+                    .is_some_and(|home| Arc::ptr_eq(home, frame))
+                {
+                    homes.push((c.digest, c.size));
                 }
             }
         }
-        Ok(bases)
+        homes.sort_unstable();
+        TableScan {
+            in_memory: homes,
+            in_memory_deltas: self
+                .by_chunk
+                .iter()
+                .filter(|(_, l)| !l.base.is_empty())
+                .map(|(d, l)| (*d, l.clone()))
+                .collect(),
+            runs: self
+                .runs
+                .values()
+                .map(|s| (s.run.clone(), s.alive.clone()))
+                .collect(),
+        }
     }
 
     /// Objects the visible packs take (each pack and its index) and their
@@ -490,71 +535,18 @@ impl PackTable {
         )
     }
 
-    /// Distinct chunks and their raw bytes (each counted once), reading
-    /// the runs on disk in digest order.
-    pub fn chunk_totals(&self) -> StoreResult<(u64, u64)> {
-        let mut in_memory: Vec<(B3Digest, u64)> = Vec::with_capacity(self.by_chunk.len());
-        for frame in self.packs.values().flat_map(|p| p.frames.iter()) {
-            for c in frame.chunks.iter() {
-                if self
-                    .by_chunk
-                    .get(&c.digest)
-                    .is_some_and(|home| Arc::ptr_eq(home, frame))
-                {
-                    in_memory.push((c.digest, c.size));
-                }
-            }
-        }
-        in_memory.sort_unstable();
-        let mut in_memory = in_memory.into_iter().peekable();
-        let sources: Vec<Box<dyn Iterator<Item = std::io::Result<Entry>> + '_>> = self
-            .runs
-            .values()
-            .map(|slot| {
-                Box::new(slot.run.entries().filter(move |e| {
-                    e.as_ref().map_or(true, |e| {
-                        slot.alive.get(e.pack as usize).copied().unwrap_or(false)
-                    })
-                })) as Box<dyn Iterator<Item = std::io::Result<Entry>>>
-            })
-            .collect();
-        let (mut count, mut bytes) = (0u64, 0u64);
-        let mut last: Option<[u8; 32]> = None;
-        for e in merge_sorted(sources, |e: &Entry| e.digest) {
-            let e = e?;
-            if last == Some(e.digest) {
-                continue;
-            }
-            last = Some(e.digest);
-            // Chunks in memory before this one.
-            while let Some((_, size)) = in_memory.next_if(|(d, _)| d.as_bytes() < &e.digest) {
-                count += 1;
-                bytes += size;
-            }
-            in_memory.next_if(|(d, _)| d.as_bytes() == &e.digest);
-            count += 1;
-            bytes += e.size;
-        }
-        for (_, size) in in_memory {
-            count += 1;
-            bytes += size;
-        }
-        Ok((count, bytes))
-    }
-
     /// Writes the packs in memory to a new run on disk, then merges runs
     /// that piled up.
     fn spill(&mut self) -> std::io::Result<()> {
         if self.spill_dir.is_none() {
-            let mut builder = tempfile::Builder::new();
-            builder.prefix("lazix-pack-table-");
-            self.spill_dir = Some(match &self.policy.dir {
-                Some(dir) => {
-                    std::fs::create_dir_all(dir)?;
-                    builder.tempdir_in(dir)?
-                }
-                None => builder.tempdir()?,
-            });
+            let parent = self.policy.dir.clone().unwrap_or_else(std::env::temp_dir);
+            std::fs::create_dir_all(&parent)?;
+            remove_dead_processes_tables(&parent);
+            self.spill_dir = Some(
+                tempfile::Builder::new()
+                    .prefix(&format!("{SPILL_PREFIX}{}-", std::process::id()))
+                    .tempdir_in(&parent)?,
+            );
         }
         let dir = self
             .spill_dir
@@ -591,17 +583,19 @@ impl PackTable {
             chunks = run.entry_count(),
             "pack table written to local disk"
         );
-        self.take_run(id, run);
+        self.take_run(id, Arc::new(run));
         // Released, not only cleared.
         self.by_chunk = HashMap::default();
         self.packs = HashMap::new();
         self.base_refs = HashSet::default();
         self.in_memory_chunks = 0;
         self.spill_at = self.policy.at.max(1);
-        self.merge_runs()
+        // The spill itself is done: a merge that fails leaves more runs.
+        self.merge_runs();
+        Ok(())
     }
 
-    fn take_run(&mut self, id: u64, run: Run) {
+    fn take_run(&mut self, id: u64, run: Arc<Run>) {
         for (no, p) in run.packs.iter().enumerate() {
             self.on_disk.insert(p.id.clone(), (id, no as u32));
             self.max_disk_level = self.max_disk_level.max(Some(p.level));
@@ -649,8 +643,23 @@ impl PackTable {
             .unwrap_or_default()
     }
 
-    /// Merges runs until none is due.
-    fn merge_runs(&mut self) -> std::io::Result<()> {
+    /// Merges runs until none is due; a failed merge is logged and pauses
+    /// merging for a minute (the runs stay as they are, all readable).
+    fn merge_runs(&mut self) {
+        if self
+            .merges_paused_until
+            .is_some_and(|t| std::time::Instant::now() < t)
+        {
+            return;
+        }
+        if let Err(e) = self.try_merge_runs() {
+            tracing::warn!(error = %e, "cannot merge the pack table's files on local disk");
+            self.merges_paused_until =
+                Some(std::time::Instant::now() + std::time::Duration::from_secs(60));
+        }
+    }
+
+    fn try_merge_runs(&mut self) -> std::io::Result<()> {
         loop {
             let ids = self.runs_to_merge();
             if ids.is_empty() {
@@ -683,8 +692,84 @@ impl PackTable {
             if merged.packs.is_empty() {
                 continue;
             }
-            self.take_run(id, merged);
+            self.take_run(id, Arc::new(merged));
         }
+    }
+}
+
+/// The table as it was when [`PackTable::scan`] took it: the chunks in
+/// memory and the runs on disk.
+pub struct TableScan {
+    /// Chunks of the packs in memory and their sizes, by digest.
+    in_memory: Vec<(B3Digest, u64)>,
+    /// Chunks in memory whose home is a delta frame.
+    in_memory_deltas: Vec<(B3Digest, Arc<FrameLocation>)>,
+    /// The runs and which of their packs are still there.
+    runs: Vec<(Arc<Run>, Vec<bool>)>,
+}
+
+impl TableScan {
+    /// The bases of every delta frame holding a chunk `live` says is
+    /// live (frames on disk count whether or not they are the chunk's
+    /// home, which keeps more, never less).
+    pub fn bases_of_live(&self, live: impl Fn(&B3Digest) -> bool) -> StoreResult<Vec<B3Digest>> {
+        let mut bases: Vec<B3Digest> = self
+            .in_memory_deltas
+            .iter()
+            .filter(|(d, _)| live(d))
+            .flat_map(|(_, l)| l.base.iter().map(|b| b.digest))
+            .collect();
+        for (run, alive) in &self.runs {
+            for frame in run.frames() {
+                let (rec, chunks, base) = frame?;
+                if base.is_empty() || !alive.get(rec.pack as usize).copied().unwrap_or(false) {
+                    continue;
+                }
+                if chunks.iter().any(|c| live(&c.digest)) {
+                    bases.extend(base.iter().map(|b| b.digest));
+                }
+            }
+        }
+        Ok(bases)
+    }
+
+    /// Distinct chunks and their raw bytes (each counted once), reading
+    /// the runs on disk in digest order.
+    pub fn chunk_totals(&self) -> StoreResult<(u64, u64)> {
+        let mut in_memory = self.in_memory.iter().copied().peekable();
+        let sources: Vec<Box<dyn Iterator<Item = std::io::Result<Entry>> + '_>> = self
+            .runs
+            .iter()
+            .map(|(run, alive)| {
+                Box::new(run.entries().filter(move |e| {
+                    e.as_ref().map_or(true, |e| {
+                        alive.get(e.pack as usize).copied().unwrap_or(false)
+                    })
+                })) as Box<dyn Iterator<Item = std::io::Result<Entry>>>
+            })
+            .collect();
+        let (mut count, mut bytes) = (0u64, 0u64);
+        let mut last: Option<[u8; 32]> = None;
+        for e in merge_sorted(sources, |e: &Entry| e.digest) {
+            let e = e?;
+            if last == Some(e.digest) {
+                continue;
+            }
+            last = Some(e.digest);
+            // Chunks in memory before this one.
+            while let Some((_, size)) = in_memory.next_if(|(d, _)| d.as_bytes() < &e.digest) {
+                count += 1;
+                bytes += size;
+            }
+            in_memory.next_if(|(d, _)| d.as_bytes() == &e.digest);
+            count += 1;
+            bytes += e.size;
+        }
+        for (_, size) in in_memory {
+            count += 1;
+            bytes += size;
+        }
+        Ok((count, bytes))
     }
 }
 

@@ -80,9 +80,12 @@ impl BucketStore {
     /// Chunks and packs counted from the pack table (brought up to date).
     async fn count_packs(&self, stats: &mut StoreStats) -> StoreResult<()> {
         self.refresh().await?;
-        let table = self.table.read().expect("pack table");
-        (stats.chunks, stats.chunk_bytes) = table.chunk_totals()?;
-        (stats.pack_objects, stats.pack_bytes) = table.pack_totals();
+        let scan = {
+            let table = self.table.read().expect("pack table");
+            (stats.pack_objects, stats.pack_bytes) = table.pack_totals();
+            table.scan()
+        };
+        (stats.chunks, stats.chunk_bytes) = scan.chunk_totals()?;
         stats.dedup_ratio = ratio(stats.logical_bytes, stats.pack_bytes);
         Ok(())
     }

@@ -308,6 +308,7 @@ pub struct Run {
     frames: File,
     frame_count: u32,
     metas: File,
+    meta_count: u64,
     /// Its packs, in the order their frames are stored.
     pub packs: Vec<RunPack>,
 }
@@ -365,13 +366,29 @@ impl Run {
 
     /// A frame's chunks and bases.
     pub fn frame_metas(&self, rec: &FrameRecord) -> io::Result<(Vec<ChunkMeta>, Vec<ChunkMeta>)> {
-        let n = rec.chunks as usize + rec.bases as usize;
+        let n = self.metas_of(rec)?;
         let mut buf = vec![0u8; n * META];
         self.metas
             .read_exact_at(&mut buf, rec.metas_at * META as u64)?;
         let mut all: Vec<ChunkMeta> = buf.chunks_exact(META).map(decode_meta).collect();
         let base = all.split_off(rec.chunks as usize);
         Ok((all, base))
+    }
+
+    /// How many metas a frame has, checked against the file (a damaged
+    /// record must not size an allocation).
+    fn metas_of(&self, rec: &FrameRecord) -> io::Result<usize> {
+        let n = rec.chunks as u64 + rec.bases as u64;
+        if rec
+            .metas_at
+            .checked_add(n)
+            .is_none_or(|end| end > self.meta_count)
+        {
+            return Err(io::Error::other(
+                "pack table run: a frame's chunks lie past its file",
+            ));
+        }
+        Ok(n as usize)
     }
 
     /// A frame as the rest of the table shows it.
@@ -411,7 +428,10 @@ impl Run {
                 Err(e) => return Some(Err(e)),
             };
             // Metas are stored in frame order: read on.
-            let n = rec.chunks as usize + rec.bases as usize;
+            let n = match self.metas_of(&rec) {
+                Ok(n) => n,
+                Err(e) => return Some(Err(e)),
+            };
             let mut buf = vec![0u8; n * META];
             if let Err(e) = metas.read_exact(&mut buf) {
                 return Some(Err(e));
@@ -453,15 +473,19 @@ impl Drop for RemovedUnlessKept {
 impl RunWriter {
     /// Starts run `id` in `dir`.
     pub fn create(dir: &Path, id: u64) -> io::Result<Self> {
-        let paths = run_paths(dir, id);
-        // Files of an earlier attempt with this id (a failed write) go.
-        for p in &paths {
+        // Files of an earlier attempt with this id (a failed write) go,
+        // and so do these if this one fails.
+        let paths = RemovedUnlessKept {
+            paths: run_paths(dir, id),
+            keep: false,
+        };
+        for p in &paths.paths {
             let _ = std::fs::remove_file(p);
         }
-        let frames = BufWriter::with_capacity(256 * 1024, create(&paths[2])?);
-        let metas = BufWriter::with_capacity(256 * 1024, create(&paths[3])?);
+        let frames = BufWriter::with_capacity(256 * 1024, create(&paths.paths[2])?);
+        let metas = BufWriter::with_capacity(256 * 1024, create(&paths.paths[3])?);
         Ok(Self {
-            paths: RemovedUnlessKept { paths, keep: false },
+            paths,
             frames,
             frame_count: 0,
             metas,
@@ -558,6 +582,7 @@ impl RunWriter {
             frames,
             frame_count: self.frame_count,
             metas,
+            meta_count: self.meta_count,
             packs: self.packs,
         })
     }
