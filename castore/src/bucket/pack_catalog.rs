@@ -24,7 +24,9 @@ impl BucketStore {
         let listed = self.listed_packs().await?;
         let listed_ids: HashSet<&str> = listed.iter().map(String::as_str).collect();
         let opening = self.table.read().expect("pack table").is_empty();
-        let mut new_ids: Vec<String> = {
+        // Ids borrowed from the listing: a store of a million packs holds
+        // its ids once while opening.
+        let mut new_ids: Vec<&str> = {
             let mut table = self.table.write().expect("pack table");
             // Packs deleted elsewhere (compaction, GC) first: their chunks
             // are in packs listed now, added below.
@@ -37,17 +39,17 @@ impl BucketStore {
             }
             listed
                 .iter()
+                .map(String::as_str)
                 .filter(|id| !table.has_pack(id))
-                .cloned()
                 .collect()
         };
         // Opening a store of many packs: most indexes come from one
         // snapshot object. (Not later: packs another replica wrote since
         // are not in it.)
         if opening && new_ids.len() >= READ_SNAPSHOT_FROM {
-            let wanted: HashSet<String> = new_ids.iter().cloned().collect();
-            let added = self.load_pack_snapshot(&wanted).await?;
-            new_ids.retain(|id| !added.contains(id));
+            let mut wanted: HashSet<&str> = new_ids.iter().copied().collect();
+            self.load_pack_snapshot(&mut wanted).await?;
+            new_ids.retain(|id| wanted.contains(id));
         }
         if opening && new_ids.len() >= WRITE_SNAPSHOT_FROM {
             // The next opening could read them from one object (a server
@@ -58,7 +60,7 @@ impl BucketStore {
         // Each index joins the table as it arrives: a store of 100,000
         // packs never holds its decoded indexes all at once. (Oldest
         // first, about: the resemblance index keeps the newest.)
-        let mut loaded = stream::iter(new_ids)
+        let mut loaded = stream::iter(new_ids.into_iter().map(str::to_owned))
             .map(|id| async move {
                 let got = self.get_optional(&index_path(&id)).await;
                 let parsed = match got {
@@ -77,7 +79,38 @@ impl BucketStore {
                 Err(e) => tracing::error!(pack = %id, error = %e, "pack left invisible"),
             }
         }
+        drop(loaded);
+        self.keep_table_merged();
         Ok(())
+    }
+
+    /// Merges the pack table's runs on local disk when they piled up, in
+    /// the background (one merge at a time, then the next if one is due),
+    /// so lookups never wait for a merge; without a runtime, here.
+    pub(super) fn keep_table_merged(&self) {
+        let Some(plan) = self.table.write().expect("pack table").merge_due() else {
+            return;
+        };
+        let Some(me) = self.me.upgrade() else {
+            let merged = plan.merge();
+            self.table
+                .write()
+                .expect("pack table")
+                .merge_done(plan, merged);
+            return;
+        };
+        let work = move || {
+            let merged = plan.merge();
+            me.table
+                .write()
+                .expect("pack table")
+                .merge_done(plan, merged);
+            me.keep_table_merged();
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(work)),
+            Err(_) => work(),
+        }
     }
 
     /// The ids of the visible packs (those with an index) listed now,

@@ -54,20 +54,18 @@ const PARTS_IN_FLIGHT: usize = 4;
 
 impl BucketStore {
     /// Adds to the table the packs of the newest snapshot that are in
-    /// `wanted`; returns their ids. A snapshot that fails mid-way is
-    /// logged, and what it added stays (the rest is read one by one).
-    pub(super) async fn load_pack_snapshot(
-        &self,
-        wanted: &HashSet<String>,
-    ) -> StoreResult<HashSet<String>> {
-        let mut added = HashSet::new();
+    /// `wanted`, taking each out of it (what stays is to be read one by
+    /// one). A snapshot that fails mid-way is logged, and what it added
+    /// stays.
+    pub(super) async fn load_pack_snapshot(&self, wanted: &mut HashSet<&str>) -> StoreResult<()> {
         let Some(newest) = self.newest_pack_snapshot().await? else {
-            return Ok(added);
+            return Ok(());
         };
+        let mut added = 0usize;
         let read: StoreResult<()> = async {
             let mut records = self.snapshot_records(&newest).await?;
             while let Some((id, index)) = records.next().await? {
-                if !wanted.contains(&id) || added.contains(&id) {
+                if !wanted.contains(id.as_str()) {
                     continue;
                 }
                 let parsed = decode_index(&id, &index).and_then(|index| {
@@ -78,7 +76,8 @@ impl BucketStore {
                 });
                 match parsed {
                     Ok(()) => {
-                        added.insert(id);
+                        wanted.remove(id.as_str());
+                        added += 1;
                     }
                     // Its own index is read instead.
                     Err(e) => {
@@ -90,9 +89,9 @@ impl BucketStore {
         }
         .await;
         if let Err(e) = read {
-            tracing::warn!(snapshot = %newest, error = %e, added = added.len(), "pack table snapshot unreadable; reading the other indexes one by one");
+            tracing::warn!(snapshot = %newest, error = %e, added, "pack table snapshot unreadable; reading the other indexes one by one");
         }
-        Ok(added)
+        Ok(())
     }
 
     /// Writes a snapshot of every listed pack's index (from the newest

@@ -175,6 +175,8 @@ pub struct PackTable {
     /// No merge before this after one failed (a full disk is not retried
     /// at every pack).
     merges_paused_until: Option<std::time::Instant>,
+    /// Whether a merge is under way (one at a time).
+    merge_running: bool,
     /// Which chunk carries each super-feature, bounded (it may since have
     /// moved into a delta frame or gone: checked on lookup).
     similar: ResemblanceIndex,
@@ -212,6 +214,7 @@ impl PackTable {
             policy,
             spill_dir: None,
             merges_paused_until: None,
+            merge_running: false,
             similar: ResemblanceIndex::default(),
             delta_pending: HashSet::default(),
         }
@@ -341,7 +344,6 @@ impl PackTable {
                     }
                 }
             }
-            self.merge_runs();
         }
     }
 
@@ -590,8 +592,6 @@ impl PackTable {
         self.base_refs = HashSet::default();
         self.in_memory_chunks = 0;
         self.spill_at = self.policy.at.max(1);
-        // The spill itself is done: a merge that fails leaves more runs.
-        self.merge_runs();
         Ok(())
     }
 
@@ -643,57 +643,120 @@ impl PackTable {
             .unwrap_or_default()
     }
 
-    /// Merges runs until none is due; a failed merge is logged and pauses
-    /// merging for a minute (the runs stay as they are, all readable).
-    fn merge_runs(&mut self) {
-        if self
-            .merges_paused_until
-            .is_some_and(|t| std::time::Instant::now() < t)
+    /// A merge of runs to do now, if one is due and none is under way
+    /// (see [`MergePlan`]); the caller does it without holding the table
+    /// and hands the result to [`PackTable::merge_done`].
+    pub fn merge_due(&mut self) -> Option<MergePlan> {
+        if self.merge_running
+            || self
+                .merges_paused_until
+                .is_some_and(|t| std::time::Instant::now() < t)
         {
-            return;
+            return None;
         }
-        if let Err(e) = self.try_merge_runs() {
-            tracing::warn!(error = %e, "cannot merge the pack table's files on local disk");
-            self.merges_paused_until =
-                Some(std::time::Instant::now() + std::time::Duration::from_secs(60));
+        let ids = self.runs_to_merge();
+        if ids.is_empty() {
+            return None;
         }
+        let dir = self.spill_dir.as_ref()?.path().to_owned();
+        let id = self.next_run;
+        self.next_run += 1;
+        self.merge_running = true;
+        Some(MergePlan {
+            dir,
+            id,
+            sources: ids
+                .iter()
+                .filter_map(|i| {
+                    self.runs
+                        .get(i)
+                        .map(|s| (*i, s.run.clone(), s.alive.clone()))
+                })
+                .collect(),
+        })
     }
 
-    fn try_merge_runs(&mut self) -> std::io::Result<()> {
-        loop {
-            let ids = self.runs_to_merge();
-            if ids.is_empty() {
-                return Ok(());
+    /// Puts a merged run in place of its sources. Packs removed (or added
+    /// again) while it was being written are marked gone in it. A failed
+    /// merge is logged and pauses merging for a minute (the runs stay as
+    /// they are, all readable).
+    pub fn merge_done(&mut self, plan: MergePlan, merged: std::io::Result<Run>) {
+        self.merge_running = false;
+        let merged = match merged {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot merge the pack table's files on local disk");
+                self.merges_paused_until =
+                    Some(std::time::Instant::now() + std::time::Duration::from_secs(60));
+                return;
             }
-            let Some(dir) = self.spill_dir.as_ref().map(|d| d.path().to_owned()) else {
-                return Ok(());
-            };
-            let id = self.next_run;
-            self.next_run += 1;
-            let sources: Vec<MergeSource<'_>> = ids
-                .iter()
-                .filter_map(|i| self.runs.get(i))
-                .map(|s| MergeSource {
-                    run: &s.run,
-                    alive: &s.alive,
-                })
-                .collect();
-            let merged = table_runs::merge(&dir, id, &sources)?;
-            tracing::debug!(runs = ?ids, into = id, chunks = merged.entry_count(), "pack table runs merged");
-            for old in &ids {
-                self.runs.remove(old);
-            }
-            self.max_disk_level = None;
-            for slot in self.runs.values() {
-                for p in &slot.run.packs {
-                    self.max_disk_level = self.max_disk_level.max(Some(p.level));
-                }
-            }
-            if merged.packs.is_empty() {
-                continue;
-            }
-            self.take_run(id, Arc::new(merged));
+        };
+        // The merged run's packs are the sources' packs that were there
+        // when it started, in order: each is still there if the table
+        // still says it is where it was.
+        let still: Vec<bool> = plan
+            .sources
+            .iter()
+            .flat_map(|(run_id, run, alive)| {
+                run.packs
+                    .iter()
+                    .enumerate()
+                    .filter(|(no, _)| alive.get(*no).copied().unwrap_or(false))
+                    .map(|(no, p)| self.on_disk.get(&p.id) == Some(&(*run_id, no as u32)))
+            })
+            .collect();
+        if still.len() != merged.packs.len() {
+            tracing::error!("a merged pack table run does not match its sources; dropped");
+            return;
         }
+        tracing::debug!(runs = ?plan.sources.iter().map(|s| s.0).collect::<Vec<_>>(), into = plan.id, chunks = merged.entry_count(), "pack table runs merged");
+        for (run_id, _, _) in &plan.sources {
+            self.runs.remove(run_id);
+        }
+        let mut dead_entries = 0;
+        for (no, (p, there)) in merged.packs.iter().zip(&still).enumerate() {
+            if *there {
+                self.on_disk.insert(p.id.clone(), (plan.id, no as u32));
+            } else {
+                dead_entries += p.chunks;
+            }
+        }
+        if still.contains(&true) {
+            self.runs.insert(
+                plan.id,
+                RunSlot {
+                    run: Arc::new(merged),
+                    alive: still,
+                    dead_entries,
+                },
+            );
+        }
+        self.max_disk_level = self
+            .runs
+            .values()
+            .flat_map(|s| s.run.packs.iter().map(|p| p.level))
+            .max();
+    }
+}
+
+/// Runs to merge, taken as they were when the merge started: merging
+/// reads only them (immutable), so it runs without holding the table.
+pub struct MergePlan {
+    dir: PathBuf,
+    id: u64,
+    /// Each run's id, the run, and which of its packs were there.
+    sources: Vec<(u64, Arc<Run>, Vec<bool>)>,
+}
+
+impl MergePlan {
+    /// Writes the merged run (blocking file I/O).
+    pub fn merge(&self) -> std::io::Result<Run> {
+        let sources: Vec<MergeSource<'_>> = self
+            .sources
+            .iter()
+            .map(|(_, run, alive)| MergeSource { run, alive })
+            .collect();
+        table_runs::merge(&self.dir, self.id, &sources)
     }
 }
 

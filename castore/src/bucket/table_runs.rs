@@ -7,9 +7,10 @@
 //! and the digests some delta frame uses as base, sorted too. A lookup
 //! reads one block of 128 records per run, found through a small in-memory
 //! index of each block's first digest. Runs are merged when they pile up
-//! (four of a size into one), which also drops the packs removed since they
-//! were written; until then a removed pack's records stay on disk and the
-//! table skips them. The files are a cache of the pack indexes in the
+//! (four of a size into one), in the background while lookups go on in the
+//! old runs, which also drops the packs removed since they were written;
+//! until then a removed pack's records stay on disk and the table skips
+//! them. The files are a cache of the pack indexes in the
 //! store: nothing is lost with them, and a new process builds its own.
 //!
 //! Like a log-structured merge tree, this favours writes (a run is written
@@ -181,7 +182,10 @@ impl<const REC: usize> Sorted<REC> {
             let n = (self.len - first).min(BLOCK as u64) as usize;
             self.file
                 .read_exact_at(&mut buf[..n * REC], first * REC as u64)?;
-            for r in buf[..n * REC].chunks_exact(REC) {
+            let records = &buf[..n * REC];
+            // The block's records are sorted: skip the smaller ones.
+            let skip = partition_point_records::<REC>(records, digest);
+            for r in records[skip * REC..].chunks_exact(REC) {
                 let r: &[u8; REC] = r.try_into().expect("a record");
                 match r[..32].cmp(&digest[..]) {
                     std::cmp::Ordering::Less => {}
@@ -225,6 +229,20 @@ impl Read for At<'_> {
 /// A buffered sequential read of a file from its start.
 fn read_from_start(file: &File) -> BufReader<At<'_>> {
     BufReader::with_capacity(256 * 1024, At { file, pos: 0 })
+}
+
+/// How many of `records` (sorted) are below `digest`.
+fn partition_point_records<const REC: usize>(records: &[u8], digest: &[u8; 32]) -> usize {
+    let (mut lo, mut hi) = (0, records.len() / REC);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if records[mid * REC..mid * REC + 32] < digest[..] {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
 }
 
 /// A sequential read of fixed-size records.

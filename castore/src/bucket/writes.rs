@@ -251,6 +251,7 @@ impl BucketStore {
             .write()
             .expect("pack table")
             .add_pack(&pack.id, &pack.index)?;
+        self.keep_table_merged();
         Ok((pack.id, pack.bytes.len() as u64))
     }
 
@@ -258,6 +259,7 @@ impl BucketStore {
     /// (so it is never visible without its frames), then its frames.
     pub(crate) async fn delete_pack(&self, id: &str) -> StoreResult<()> {
         self.table.write().expect("pack table").remove_pack(id);
+        self.keep_table_merged();
         for path in [index_path(id), pack_path(id)] {
             self.delete_object(&path).await?;
         }
