@@ -72,15 +72,19 @@ impl BucketStore {
             })
             .buffer_unordered(CONCURRENCY);
         while let Some((id, parsed)) = loaded.next().await {
-            let mut table = self.table.write().expect("pack table");
-            match parsed.and_then(|index| table.add_pack(&id, &index)) {
+            let added = {
+                let mut table = self.table.write().expect("pack table");
+                parsed.and_then(|index| table.add_pack(&id, &index))
+            };
+            match added {
                 Ok(()) => {}
                 Err(StoreError::Io(e)) => return Err(StoreError::Io(e)),
                 Err(e) => tracing::error!(pack = %id, error = %e, "pack left invisible"),
             }
+            // Runs written while opening a large store are merged as they
+            // pile up, not after.
+            self.keep_table_merged();
         }
-        drop(loaded);
-        self.keep_table_merged();
         Ok(())
     }
 
@@ -88,6 +92,9 @@ impl BucketStore {
     /// the background (one merge at a time, then the next if one is due),
     /// so lookups never wait for a merge; without a runtime, here.
     pub(super) fn keep_table_merged(&self) {
+        if !self.table.read().expect("pack table").merge_may_be_due() {
+            return;
+        }
         let Some(plan) = self.table.write().expect("pack table").merge_due() else {
             return;
         };
@@ -100,7 +107,11 @@ impl BucketStore {
             return;
         };
         let work = move || {
-            let merged = plan.merge();
+            // A panic must not leave merging stopped for good.
+            let merged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plan.merge()))
+                .unwrap_or_else(|_| {
+                    Err(std::io::Error::other("a merge of pack table runs panicked"))
+                });
             me.table
                 .write()
                 .expect("pack table")

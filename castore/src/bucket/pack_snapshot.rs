@@ -78,6 +78,7 @@ impl BucketStore {
                     Ok(()) => {
                         wanted.remove(id.as_str());
                         added += 1;
+                        self.keep_table_merged();
                     }
                     // Its own index is read instead.
                     Err(e) => {

@@ -537,8 +537,8 @@ impl PackTable {
         )
     }
 
-    /// Writes the packs in memory to a new run on disk, then merges runs
-    /// that piled up.
+    /// Writes the packs in memory to a new run on disk (merges come after,
+    /// see [`PackTable::merge_due`]).
     fn spill(&mut self) -> std::io::Result<()> {
         if self.spill_dir.is_none() {
             let parent = self.policy.dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -643,6 +643,17 @@ impl PackTable {
             .unwrap_or_default()
     }
 
+    /// Whether [`PackTable::merge_due`] may have work (cheap: for a read
+    /// lock, before taking the write lock).
+    pub fn merge_may_be_due(&self) -> bool {
+        !self.merge_running
+            && (self.runs.len() >= MERGE_FAN
+                || self
+                    .runs
+                    .values()
+                    .any(|s| s.dead_entries > s.live_entries()))
+    }
+
     /// A merge of runs to do now, if one is due and none is under way
     /// (see [`MergePlan`]); the caller does it without holding the table
     /// and hands the result to [`PackTable::merge_done`].
@@ -707,6 +718,8 @@ impl PackTable {
             .collect();
         if still.len() != merged.packs.len() {
             tracing::error!("a merged pack table run does not match its sources; dropped");
+            self.merges_paused_until =
+                Some(std::time::Instant::now() + std::time::Duration::from_secs(60));
             return;
         }
         tracing::debug!(runs = ?plan.sources.iter().map(|s| s.0).collect::<Vec<_>>(), into = plan.id, chunks = merged.entry_count(), "pack table runs merged");
@@ -921,4 +934,60 @@ impl NewPack {
 /// Decodes a stored index.
 pub fn decode_index(id: &str, data: &[u8]) -> StoreResult<lpb::PackIndex> {
     lpb::PackIndex::decode(data).map_err(|e| StoreError::Corrupt(format!("pack index {id}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::frame_of;
+
+    fn chunks_of(i: usize) -> [Vec<u8>; 2] {
+        [format!("pack {i}, chunk a"), format!("pack {i}, chunk b")].map(String::into_bytes)
+    }
+
+    fn pack(i: usize) -> NewPack {
+        let [a, b] = chunks_of(i);
+        NewPack::build(&[(frame_of(&[&a, &b]), vec![None, None])], 3)
+    }
+
+    fn first_chunk(i: usize) -> B3Digest {
+        B3Digest::of(&chunks_of(i)[0])
+    }
+
+    #[test]
+    fn packs_removed_or_added_again_during_a_merge_are_gone_from_the_merged_run() {
+        let dir = tempfile::tempdir().unwrap();
+        // Every pack (two chunks) is written to a run of its own.
+        let mut table = PackTable::new(SpillPolicy {
+            at: 2,
+            dir: Some(dir.path().to_owned()),
+        });
+        let packs: Vec<NewPack> = (0..5).map(pack).collect();
+        for p in &packs[..4] {
+            table.add_pack(&p.id, &p.index).unwrap();
+        }
+        let plan = table.merge_due().expect("four runs of a size are due");
+        // While the merge is written: pack 0 removed, pack 1 added again
+        // (a new run of its own), pack 4 added.
+        table.remove_pack(&packs[0].id);
+        table.add_pack(&packs[1].id, &packs[1].index).unwrap();
+        table.add_pack(&packs[4].id, &packs[4].index).unwrap();
+        assert!(table.merge_due().is_none(), "one merge at a time");
+        let merged = plan.merge();
+        table.merge_done(plan, merged);
+
+        assert!(!table.has_pack(&packs[0].id));
+        assert!(table.locate(&first_chunk(0)).is_none());
+        for (i, p) in packs.iter().enumerate().skip(1) {
+            assert!(table.has_pack(&p.id), "pack {i}");
+            let home = table.locate(&first_chunk(i)).expect("found");
+            assert_eq!(home.pack.as_ref(), p.id, "pack {i}");
+        }
+        assert_eq!(table.pack_ids().len(), 4);
+        assert_eq!(table.scan().chunk_totals().unwrap().0, 8);
+        // Pack 1's copy in the merged run is gone: removing its new copy
+        // leaves its chunks nowhere.
+        table.remove_pack(&packs[1].id);
+        assert!(table.locate(&first_chunk(1)).is_none());
+    }
 }
