@@ -92,6 +92,16 @@ fn pack_files(dir: &Path) -> u64 {
     std::fs::read_dir(dir.join("packs")).map_or(0, |d| d.count() as u64)
 }
 
+/// The stats of `store` (600 chunks, in `dir`), checked: its packs are
+/// those in the folder, and a table kept in memory counts the same.
+async fn checked_stats(store: &BucketStore, dir: &Path) -> StoreStats {
+    let stats = store.stats().await.expect("stats");
+    assert_eq!(stats.chunks, 600);
+    assert_eq!(stats.pack_objects, pack_files(dir));
+    same_counts(&stats, &open_in_memory(dir).await.stats().await.unwrap());
+    stats
+}
+
 fn same_counts(a: &StoreStats, b: &StoreStats) {
     assert_eq!(
         (a.chunks, a.chunk_bytes, a.pack_objects, a.pack_bytes),
@@ -115,13 +125,7 @@ async fn a_table_on_disk_answers_as_the_table_in_memory() {
     );
     assert!(all_readable(&store, 0..600).await);
 
-    let on_disk = store.stats().await.expect("stats");
-    assert_eq!(on_disk.chunks, 600);
-    assert_eq!(on_disk.pack_objects, pack_files(dir.path()));
-    same_counts(
-        &on_disk,
-        &open_in_memory(dir.path()).await.stats().await.unwrap(),
-    );
+    let on_disk = checked_stats(&store, dir.path()).await;
 
     // Chunks on disk are known as stored: putting them again writes nothing.
     put_packs(&store, 0, 600).await;
@@ -132,13 +136,7 @@ async fn a_table_on_disk_answers_as_the_table_in_memory() {
     let report = store.compact().await.expect("compact");
     assert_eq!(report.packs_rewritten, 300);
     assert!(all_readable(&store, 0..600).await);
-    let compacted = store.stats().await.expect("stats");
-    assert_eq!(compacted.chunks, 600);
-    assert_eq!(compacted.pack_objects, pack_files(dir.path()));
-    same_counts(
-        &compacted,
-        &open_in_memory(dir.path()).await.stats().await.unwrap(),
-    );
+    let compacted = checked_stats(&store, dir.path()).await;
     // A second opening spilling to disk, from the packs written since.
     let table_dir2 = tempfile::tempdir().expect("temp dir");
     let reopened = open_spilling(dir.path(), table_dir2.path()).await;
