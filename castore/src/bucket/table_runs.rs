@@ -119,6 +119,13 @@ fn encode_meta(m: &ChunkMeta) -> [u8; META] {
     r
 }
 
+/// A frame's metas as read (its chunks, then its bases), decoded.
+fn split_metas(buf: &[u8], rec: &FrameRecord) -> (Vec<ChunkMeta>, Vec<ChunkMeta>) {
+    let mut chunks: Vec<ChunkMeta> = buf.chunks_exact(META).map(decode_meta).collect();
+    let base = chunks.split_off((rec.chunks as usize).min(chunks.len()));
+    (chunks, base)
+}
+
 fn decode_meta(r: &[u8]) -> ChunkMeta {
     let digest: [u8; 32] = r[..32].try_into().expect("32 bytes");
     ChunkMeta {
@@ -320,7 +327,7 @@ fn run_paths(dir: &Path, id: u64) -> [PathBuf; 4] {
 
 /// An immutable run of packs on local disk; its files go with it.
 pub struct Run {
-    paths: [PathBuf; 4],
+    _files: RemovedOnDrop,
     entries: Sorted<ENTRY>,
     bases: Sorted<BASE>,
     frames: File,
@@ -329,14 +336,6 @@ pub struct Run {
     meta_count: u64,
     /// Its packs, in the order their frames are stored.
     pub packs: Vec<RunPack>,
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        for p in &self.paths {
-            let _ = std::fs::remove_file(p);
-        }
-    }
 }
 
 impl Run {
@@ -383,14 +382,12 @@ impl Run {
     }
 
     /// A frame's chunks and bases.
-    pub fn frame_metas(&self, rec: &FrameRecord) -> io::Result<(Vec<ChunkMeta>, Vec<ChunkMeta>)> {
+    fn frame_metas(&self, rec: &FrameRecord) -> io::Result<(Vec<ChunkMeta>, Vec<ChunkMeta>)> {
         let n = self.metas_of(rec)?;
         let mut buf = vec![0u8; n * META];
         self.metas
             .read_exact_at(&mut buf, rec.metas_at * META as u64)?;
-        let mut all: Vec<ChunkMeta> = buf.chunks_exact(META).map(decode_meta).collect();
-        let base = all.split_off(rec.chunks as usize);
-        Ok((all, base))
+        Ok(split_metas(&buf, rec))
     }
 
     /// How many metas a frame has, checked against the file (a damaged
@@ -454,9 +451,8 @@ impl Run {
             if let Err(e) = metas.read_exact(&mut buf) {
                 return Some(Err(e));
             }
-            let mut all: Vec<ChunkMeta> = buf.chunks_exact(META).map(decode_meta).collect();
-            let base = all.split_off(rec.chunks as usize);
-            Some(Ok((rec, all, base)))
+            let (chunks, base) = split_metas(&buf, &rec);
+            Some(Ok((rec, chunks, base)))
         })
     }
 }
@@ -464,7 +460,7 @@ impl Run {
 /// Writes a run: packs and their frames first, in order, then the sorted
 /// records. Its files are removed if it is dropped unfinished.
 pub struct RunWriter {
-    paths: RemovedUnlessKept,
+    paths: RemovedOnDrop,
     frames: BufWriter<File>,
     frame_count: u32,
     metas: BufWriter<File>,
@@ -472,18 +468,15 @@ pub struct RunWriter {
     packs: Vec<RunPack>,
 }
 
-/// Files that go when dropped, unless kept.
-struct RemovedUnlessKept {
+/// Files that go when dropped: a run's, or an unfinished writer's.
+struct RemovedOnDrop {
     paths: [PathBuf; 4],
-    keep: bool,
 }
 
-impl Drop for RemovedUnlessKept {
+impl Drop for RemovedOnDrop {
     fn drop(&mut self) {
-        if !self.keep {
-            for p in &self.paths {
-                let _ = std::fs::remove_file(p);
-            }
+        for p in &self.paths {
+            let _ = std::fs::remove_file(p);
         }
     }
 }
@@ -493,9 +486,8 @@ impl RunWriter {
     pub fn create(dir: &Path, id: u64) -> io::Result<Self> {
         // Files of an earlier attempt with this id (a failed write) go,
         // and so do these if this one fails.
-        let paths = RemovedUnlessKept {
+        let paths = RemovedOnDrop {
             paths: run_paths(dir, id),
-            keep: false,
         };
         for p in &paths.paths {
             let _ = std::fs::remove_file(p);
@@ -572,7 +564,7 @@ impl RunWriter {
     /// Writes the chunk records (sorted by digest, each digest's best
     /// first) and the base digests (sorted) and makes the run.
     pub fn finish(
-        mut self,
+        self,
         entries: impl Iterator<Item = io::Result<Entry>>,
         bases: impl Iterator<Item = io::Result<B3Digest>>,
     ) -> io::Result<Run> {
@@ -592,9 +584,9 @@ impl RunWriter {
         let bases = b.finish()?;
         let frames = self.frames.into_inner().map_err(|e| e.into_error())?;
         let metas = self.metas.into_inner().map_err(|e| e.into_error())?;
-        self.paths.keep = true;
+        // The run's files now go with the run.
         Ok(Run {
-            paths: self.paths.paths.clone(),
+            _files: self.paths,
             entries,
             bases,
             frames,
