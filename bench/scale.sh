@@ -22,6 +22,14 @@
 #
 #   bash bench/scale.sh                 # SIZES="1000 10000" for a quick run
 #   BACKEND=s3 bash bench/scale.sh      # the same on SeaweedFS
+#
+# A store of 10^6 paths takes longer to write than a sitting may have:
+# with KEEP=DIR (folder backend) the store of N paths is written in
+# DIR/store-N in slabs of 100,000 paths and kept between runs; a later run
+# goes on from the last whole slab (DIR/store-N.synthesized holds the
+# count and the seconds spent), and SYNTH_ONLY=1 stops after writing. The
+# measurements end with GC, so a measured store is removed.
+#   KEEP=/var/tmp/lazix-scale SIZES=1000000 SYNTH_ONLY=1 nice bash bench/scale.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -41,9 +49,32 @@ fresh_store() {
     [ -n "${weed_pid:-}" ] && { kill "$weed_pid"; wait "$weed_pid" 2>/dev/null || true; rm -rf "$work/weed"; }
     start_weed
     loc=$BUCKET; where=(--store "$BUCKET")
+  elif [ -n "${KEEP:-}" ]; then
+    mkdir -p "$KEEP"; loc=$KEEP/store-$1; where=(--data "$loc")
   else
     loc=$work/store-$1; where=(--data "$loc")
   fi
+}
+# synth_store N: writes the store's N paths; sets $synth_s.
+synth_store() {
+  if [ -z "${KEEP:-}" ] || [ "$BACKEND" = s3 ]; then
+    local t; t=$(now)
+    "$SYNTH" synth --store "$loc" --paths "$1" >&2
+    synth_s=$(since "$t")
+    return
+  fi
+  local written=0 secs=0 slab t
+  [ -f "$loc.synthesized" ] && read -r written secs <"$loc.synthesized"
+  while [ "$written" -lt "$1" ]; do
+    slab=$(( $1 - written < 100000 ? $1 - written : 100000 ))
+    echo "synth: paths $written.. of $1 into $loc" >&2
+    t=$(now)
+    "$SYNTH" synth --store "$loc" --first "$written" --paths "$slab" >&2
+    secs=$(awk -v a="$secs" -v b="$(since "$t")" 'BEGIN {printf "%.1f", a + b}')
+    written=$((written + slab))
+    echo "$written $secs" >"$loc.synthesized"
+  done
+  synth_s=$secs
 }
 serve_on() { # -> $spid $gport $hport $start_s (seconds until it listened)
   gport=$(free_port); hport=$(free_port)
@@ -69,9 +100,8 @@ rows=()
 for n in $SIZES; do
   fresh_store "$n"
   echo "synthesising $n paths ($BACKEND)" >&2
-  t=$(now)
-  "$SYNTH" synth --store "$loc" --paths "$n" >&2
-  synth_s=$(since "$t")
+  synth_store "$n"
+  [ -n "${SYNTH_ONLY:-}" ] && continue
   fixed=$("$SYNTH" synth-path 1 $((n / 2)))
   hash=$(basename "$fixed" | cut -c1-32)
 
@@ -132,8 +162,9 @@ for n in $SIZES; do
 
   rows+=("| $n | $synth_s | $size_mib | $open_s | $server_mib | $narinfo_ms | $ls_s ($listed) | $gets | $lists | $nar_s | $stats_s | $scan_s | $gc_s | $gc_mib | $gc_gets |")
   printf '%s\n' "${rows[-1]}" >&2
-  [ "$BACKEND" = s3 ] || rm -rf "$loc"
+  [ "$BACKEND" = s3 ] || rm -rf "$loc" "$loc.synthesized"
 done
+[ -n "${SYNTH_ONLY:-}" ] && exit 0
 
 echo
 echo "Synthetic stores on the $BACKEND backend (20 files of 2 KiB per path, a 1 MiB file every 50 paths):"
