@@ -21,6 +21,7 @@ use object_store::PutPayload;
 
 use super::keys::{index_path, pack_path, path_info_path, touch_path, MANIFESTS, PACKS, TOUCHED};
 use super::mark_set::MarkSet;
+use super::packs::HomeTally;
 use super::{object_err, BucketStore};
 use crate::digest::B3Digest;
 use crate::error::{StoreError, StoreResult};
@@ -337,6 +338,13 @@ impl BucketStore {
                 Some((id.to_string(), m.size))
             })
             .collect();
+        // Which chunks each pack is the home of, from one walk of the
+        // table in digest order (not a lookup per chunk). A pack learned
+        // of after it is left for the next collection.
+        let tallies = {
+            let scan = self.table.read().expect("pack table").scan();
+            scan.home_tallies(|d| live.contains(d))?
+        };
         for (id, size) in old_packs {
             // A pack without an index, older than the grace period: left by
             // a writer killed between the two (the index follows at once).
@@ -347,27 +355,22 @@ impl BucketStore {
                 report.bytes_freed += size;
                 continue;
             }
+            let Some(&HomeTally {
+                live_raw,
+                dead_chunks,
+            }) = tallies.get(id.as_str())
+            else {
+                continue;
+            };
             // Live raw bytes whose home is this pack, against all of it.
-            let (live_raw, all_raw, dead_chunks) = {
-                let table = self.table.read().expect("pack table");
-                let Some(pack) = table.pack(&id) else {
-                    continue;
-                };
-                let mut live_raw = 0u64;
-                let mut all_raw = 0u64;
-                let mut dead = 0u64;
-                for f in &pack.frames {
-                    for c in f.chunks.iter() {
-                        all_raw += c.size;
-                        let home = table.home(&c.digest)?.is_some_and(|l| l.is_same_frame(f));
-                        if home && live.contains(&c.digest) {
-                            live_raw += c.size;
-                        } else if home {
-                            dead += 1;
-                        }
-                    }
-                }
-                (live_raw, all_raw, dead)
+            let Some(all_raw) = self.table.read().expect("pack table").pack(&id).map(|p| {
+                p.frames
+                    .iter()
+                    .flat_map(|f| f.chunks.iter())
+                    .map(|c| c.size)
+                    .sum::<u64>()
+            }) else {
+                continue;
             };
             if live_raw == 0 {
                 self.delete_pack(&id).await?;

@@ -492,21 +492,29 @@ impl PackTable {
     /// What walks of the whole table read, taken now, so they can read
     /// the runs on disk without holding the table (runs never change).
     pub fn scan(&self) -> TableScan {
-        let mut homes: Vec<(B3Digest, u64)> = Vec::with_capacity(self.by_chunk.len());
-        for frame in self.packs.values().flat_map(|p| p.frames.iter()) {
-            for c in frame.chunks.iter() {
-                if self
-                    .by_chunk
-                    .get(&c.digest)
-                    .is_some_and(|home| Arc::ptr_eq(home, frame))
-                {
-                    homes.push((c.digest, c.size));
+        let mut homes: Vec<MemoryHome> = Vec::with_capacity(self.by_chunk.len());
+        for (id, pack) in &self.packs {
+            for frame in pack.frames.iter() {
+                for c in frame.chunks.iter() {
+                    if self
+                        .by_chunk
+                        .get(&c.digest)
+                        .is_some_and(|home| Arc::ptr_eq(home, frame))
+                    {
+                        homes.push(MemoryHome {
+                            digest: c.digest,
+                            size: c.size,
+                            pack: id.clone(),
+                            rank: (pack.level, pack.seq),
+                        });
+                    }
                 }
             }
         }
-        homes.sort_unstable();
+        homes.sort_unstable_by_key(|h| h.digest);
         TableScan {
             in_memory: homes,
+            in_memory_packs: self.packs.keys().cloned().collect(),
             in_memory_deltas: self
                 .by_chunk
                 .iter()
@@ -773,11 +781,37 @@ impl MergePlan {
     }
 }
 
+/// A chunk whose home is a pack in memory, as a scan took it.
+struct MemoryHome {
+    digest: B3Digest,
+    size: u64,
+    pack: Arc<str>,
+    rank: (u32, u64),
+}
+
+/// A chunk record of a run, with what a walk ranks it by.
+struct RunHome<'a> {
+    digest: [u8; 32],
+    size: u64,
+    pack: &'a Arc<str>,
+    rank: (u32, u64),
+}
+
+/// What GC's sweep decides a pack's fate by: of the chunks whose home it
+/// is, the raw bytes of the live ones and how many are dead.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HomeTally {
+    pub live_raw: u64,
+    pub dead_chunks: u64,
+}
+
 /// The table as it was when [`PackTable::scan`] took it: the chunks in
 /// memory and the runs on disk.
 pub struct TableScan {
-    /// Chunks of the packs in memory and their sizes, by digest.
-    in_memory: Vec<(B3Digest, u64)>,
+    /// Chunks whose home is a pack in memory, by digest.
+    in_memory: Vec<MemoryHome>,
+    /// The packs in memory.
+    in_memory_packs: Vec<Arc<str>>,
     /// Chunks in memory whose home is a delta frame.
     in_memory_deltas: Vec<(B3Digest, Arc<FrameLocation>)>,
     /// The runs and which of their packs are still there.
@@ -809,43 +843,113 @@ impl TableScan {
         Ok(bases)
     }
 
-    /// Distinct chunks and their raw bytes (each counted once), reading
-    /// the runs on disk in digest order.
-    pub fn chunk_totals(&self) -> StoreResult<(u64, u64)> {
-        let mut in_memory = self.in_memory.iter().copied().peekable();
-        let sources: Vec<Box<dyn Iterator<Item = std::io::Result<Entry>> + '_>> = self
+    /// Calls `each` once for every stored chunk, in digest order, with
+    /// its raw size and its home pack (the rule of [`PackTable::home`]:
+    /// the higher level, then the later), reading the runs on disk from
+    /// start to end instead of looking each chunk up.
+    fn for_each_home(&self, mut each: impl FnMut(&B3Digest, u64, &Arc<str>)) -> StoreResult<()> {
+        let sources: Vec<Box<dyn Iterator<Item = std::io::Result<RunHome<'_>>> + '_>> = self
             .runs
             .iter()
             .map(|(run, alive)| {
-                Box::new(run.entries().filter(move |e| {
-                    e.as_ref().map_or(true, |e| {
-                        alive.get(e.pack as usize).copied().unwrap_or(false)
+                Box::new(run.entries().filter_map(move |e| {
+                    let e = match e {
+                        Ok(e) => e,
+                        Err(e) => return Some(Err(e)),
+                    };
+                    if !alive.get(e.pack as usize).copied().unwrap_or(false) {
+                        return None;
+                    }
+                    Some(match run.packs.get(e.pack as usize) {
+                        Some(p) => Ok(RunHome {
+                            digest: e.digest,
+                            size: e.size,
+                            pack: &p.id,
+                            rank: p.rank(),
+                        }),
+                        None => Err(std::io::Error::other("pack table run: record of no pack")),
                     })
-                })) as Box<dyn Iterator<Item = std::io::Result<Entry>>>
+                })) as Box<dyn Iterator<Item = std::io::Result<RunHome<'_>>>>
             })
             .collect();
-        let (mut count, mut bytes) = (0u64, 0u64);
-        let mut last: Option<[u8; 32]> = None;
-        for e in merge_sorted(sources, |e: &Entry| e.digest) {
-            let e = e?;
-            if last == Some(e.digest) {
-                continue;
+        let mut memory = self.in_memory.iter().peekable();
+        // The chunks in memory before `disk` (all that are left without
+        // one), then `disk`'s chunk from whichever side ranks higher.
+        let mut emit = |disk: Option<&RunHome<'_>>| {
+            while let Some(m) =
+                memory.next_if(|m| disk.is_none_or(|d| m.digest.as_bytes() < &d.digest))
+            {
+                each(&m.digest, m.size, &m.pack);
             }
-            last = Some(e.digest);
-            // Chunks in memory before this one.
-            while let Some((_, size)) = in_memory.next_if(|(d, _)| d.as_bytes() < &e.digest) {
-                count += 1;
-                bytes += size;
+            let Some(d) = disk else { return };
+            match memory.next_if(|m| m.digest.as_bytes() == &d.digest) {
+                Some(m) if m.rank > d.rank => each(&m.digest, m.size, &m.pack),
+                _ => each(&B3Digest::from(d.digest), d.size, d.pack),
             }
-            in_memory.next_if(|(d, _)| d.as_bytes() == &e.digest);
-            count += 1;
-            bytes += e.size;
+        };
+        let mut best: Option<RunHome<'_>> = None;
+        for record in merge_sorted(sources, |r: &RunHome<'_>| r.digest) {
+            let record = record?;
+            match &best {
+                Some(b) if b.digest == record.digest => {
+                    if record.rank > b.rank {
+                        best = Some(record);
+                    }
+                }
+                _ => {
+                    if let Some(done) = best.replace(record) {
+                        emit(Some(&done));
+                    }
+                }
+            }
         }
-        for (_, size) in in_memory {
+        if let Some(done) = best {
+            emit(Some(&done));
+        }
+        emit(None);
+        Ok(())
+    }
+
+    /// Distinct chunks and their raw bytes (each counted once).
+    pub fn chunk_totals(&self) -> StoreResult<(u64, u64)> {
+        let (mut count, mut bytes) = (0u64, 0u64);
+        self.for_each_home(|_, size, _| {
             count += 1;
             bytes += size;
-        }
+        })?;
         Ok((count, bytes))
+    }
+
+    /// Each pack's [`HomeTally`] by `live`, for every pack of the scan
+    /// (a pack that is no chunk's home has an empty one).
+    pub fn home_tallies(
+        &self,
+        live: impl Fn(&B3Digest) -> bool,
+    ) -> StoreResult<HashMap<Arc<str>, HomeTally>> {
+        let on_disk = self.runs.iter().flat_map(|(run, alive)| {
+            run.packs
+                .iter()
+                .zip(alive)
+                .filter(|(_, alive)| **alive)
+                .map(|(p, _)| p.id.clone())
+        });
+        let mut tallies: HashMap<Arc<str>, HomeTally> = self
+            .in_memory_packs
+            .iter()
+            .cloned()
+            .chain(on_disk)
+            .map(|id| (id, HomeTally::default()))
+            .collect();
+        self.for_each_home(|digest, size, pack| {
+            if let Some(t) = tallies.get_mut(pack) {
+                if live(digest) {
+                    t.live_raw += size;
+                } else {
+                    t.dead_chunks += 1;
+                }
+            }
+        })?;
+        Ok(tallies)
     }
 }
 
@@ -989,5 +1093,57 @@ mod tests {
         // leaves its chunks nowhere.
         table.remove_pack(&packs[1].id);
         assert!(table.locate(&first_chunk(1)).is_none());
+    }
+
+    #[test]
+    fn a_walk_of_the_table_finds_each_chunks_home_as_a_lookup_does() {
+        let dir = tempfile::tempdir().unwrap();
+        // Packs 1 and 2 (five chunk records) go to a run on disk; packs 3
+        // and 4 stay in memory.
+        let mut table = PackTable::new(SpillPolicy {
+            at: 5,
+            dir: Some(dir.path().to_owned()),
+        });
+        let [v, w, x, y, z]: [&[u8]; 5] = [
+            b"chunk v",
+            b"chunk w",
+            b"chunk x",
+            b"chunk y!",
+            b"chunk z!!",
+        ];
+        let build = |chunks: &[&[u8]], level| {
+            NewPack::build(&[(frame_of(chunks), vec![None; chunks.len()])], level)
+        };
+        let p1 = build(&[x, y, v], 3);
+        let p2 = build(&[y, z], 17); // compacted: the home of y and z
+        let p3 = build(&[x, z, w], 3); // later than p1: the home of x
+        let p4 = build(&[y], 3); // later, but below p2's level
+        for p in [&p1, &p2, &p3, &p4] {
+            table.add_pack(&p.id, &p.index).unwrap();
+        }
+        assert_eq!(table.runs.len(), 1, "packs 1 and 2 on disk");
+        assert_eq!(table.packs.len(), 2, "packs 3 and 4 in memory");
+
+        let home = |c: &[u8]| table.home(&B3Digest::of(c)).unwrap().unwrap().pack.clone();
+        let expected = [(x, &p3), (y, &p2), (z, &p2), (w, &p3), (v, &p1)];
+        for (c, p) in expected {
+            assert_eq!(home(c).as_ref(), p.id);
+        }
+        let scan = table.scan();
+        let all: u64 = [v, w, x, y, z].iter().map(|c| c.len() as u64).sum();
+        assert_eq!(scan.chunk_totals().unwrap(), (5, all));
+
+        let live = [B3Digest::of(x), B3Digest::of(z)];
+        let tallies = scan.home_tallies(|d| live.contains(d)).unwrap();
+        let tally = |p: &NewPack| tallies[p.id.as_str()];
+        let t = |live_raw: usize, dead_chunks| HomeTally {
+            live_raw: live_raw as u64,
+            dead_chunks,
+        };
+        assert_eq!(tally(&p1), t(0, 1)); // v
+        assert_eq!(tally(&p2), t(z.len(), 1)); // z live, y dead
+        assert_eq!(tally(&p3), t(x.len(), 1)); // x live, w dead
+        assert_eq!(tally(&p4), t(0, 0)); // no chunk's home
+        assert_eq!(tallies.len(), 4);
     }
 }
