@@ -19,7 +19,9 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::PutPayload;
 
-use super::keys::{index_path, pack_path, path_info_path, touch_path, MANIFESTS, PACKS, TOUCHED};
+use super::keys::{
+    index_path, pack_path, path_info_path, touch_path, BLOBS, MANIFESTS, PACKS, TOUCHED,
+};
 use super::mark_set::MarkSet;
 use super::packs::HomeTally;
 use super::{object_err, BucketStore};
@@ -197,7 +199,10 @@ impl BucketStore {
 
     async fn mark(&self, cutoff: SystemTime, report: &mut GcReport) -> StoreResult<Live> {
         let mut live = Live::default();
-        let mut files: HashSet<B3Digest> = HashSet::new();
+        // Every non-empty file, by the prefix of its digest: most files
+        // are one chunk, so a full set of digests would cost as much as
+        // the chunks' mark set several times over.
+        let mut files = MarkSet::default();
         // The walk also makes the catalog anew: it includes every segment
         // stored before it starts.
         let (folded, listed_at) = self.catalog_segments_now().await?;
@@ -223,7 +228,7 @@ impl BucketStore {
                     super::nonempty_files(&closure, &mut files)?;
                 }
                 Node::File { digest, size, .. } if size > 0 => {
-                    files.insert(digest);
+                    files.insert(&digest);
                 }
                 _ => {}
             }
@@ -236,9 +241,7 @@ impl BucketStore {
             tracing::warn!(error = %e, "cannot store the catalog snapshot");
         }
         drop(catalog);
-        let made_of = self.file_chunks(files).await?;
-        live.chunks.extend(made_of.chunks);
-        live.blobs.extend(made_of.listed);
+        self.mark_file_chunks(files, &mut live).await?;
         // What uploads in progress rely on.
         for d in self.touched_since(cutoff).await? {
             live.chunks.insert(&d);
@@ -254,6 +257,32 @@ impl BucketStore {
             set.seal();
         }
         Ok(live)
+    }
+
+    /// Marks what the live `files` are made of: each is its own chunk
+    /// when it is one chunk; the chunk lists of the others are found by
+    /// listing them (one listing, not a lookup per file) and read, and
+    /// their chunks marked. A dead file whose digest prefix is a live
+    /// one's keeps its list and chunks (rarely: a little garbage).
+    async fn mark_file_chunks(&self, mut files: MarkSet, live: &mut Live) -> StoreResult<()> {
+        files.seal();
+        let listed: Vec<B3Digest> = self
+            .list_prefix(BLOBS)
+            .await?
+            .iter()
+            .filter_map(|m| B3Digest::from_hex(m.location.filename()?))
+            .filter(|d| files.contains(d))
+            .collect();
+        for batch in listed.chunks(1024) {
+            for (blob, list) in batch.iter().zip(self.blob_chunk_lists(batch).await?) {
+                if let Some(list) = list {
+                    live.blobs.insert(blob);
+                    live.chunks.extend(list.iter().map(|c| c.digest));
+                }
+            }
+        }
+        live.chunks.absorb(files);
+        Ok(())
     }
 
     /// Deletes, in a local store, the staging files (`NAME#N`) of writers

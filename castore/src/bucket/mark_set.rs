@@ -57,6 +57,13 @@ impl MarkSet {
         self.sorted.binary_search(&k).is_ok() || self.fresh.contains(&k)
     }
 
+    /// Adds every digest of another set.
+    pub(super) fn absorb(&mut self, other: MarkSet) {
+        self.fresh.extend(other.sorted);
+        self.fresh.extend(other.fresh);
+        self.merge();
+    }
+
     /// Distinct prefixes held (after [`MarkSet::seal`]).
     pub(super) fn len(&self) -> usize {
         self.sorted.len() + self.fresh.len()

@@ -26,13 +26,15 @@ use crate::similarity::{sketch, Sketch};
 use crate::store::{BlobChunks, BlobStore, DirectoryStore};
 
 /// Adds the digests of the non-empty files of `dirs` to `files`.
-pub(super) fn nonempty_files(dirs: &[Directory], files: &mut HashSet<B3Digest>) -> StoreResult<()> {
+pub(super) fn nonempty_files(
+    dirs: &[Directory],
+    files: &mut impl Extend<B3Digest>,
+) -> StoreResult<()> {
     for dir in dirs {
         for f in dir.proto().files.iter().filter(|f| f.size > 0) {
-            files
-                .insert(B3Digest::try_from(&f.digest).map_err(|e| {
-                    StoreError::Corrupt(format!("directory {}: {e}", dir.digest()))
-                })?);
+            let digest = B3Digest::try_from(&f.digest)
+                .map_err(|e| StoreError::Corrupt(format!("directory {}: {e}", dir.digest())))?;
+            files.extend([digest]);
         }
     }
     Ok(())
@@ -74,14 +76,6 @@ fn merge_signatures(stored: PathInfo, new: PathInfo) -> StoreResult<Option<PathI
     merged.signatures.extend(added);
     merged.root_signatures.extend(added_roots);
     Ok(Some(merged))
-}
-
-/// What a set of files is made of (see [`BucketStore::file_chunks`]).
-pub(super) struct FileChunks {
-    /// Every chunk, once.
-    pub(super) chunks: HashSet<B3Digest>,
-    /// The files that have a stored chunk list.
-    pub(super) listed: Vec<B3Digest>,
 }
 
 impl BucketStore {
@@ -194,7 +188,7 @@ impl BucketStore {
             }
             _ => {}
         }
-        let chunks: Vec<B3Digest> = self.file_chunks(files).await?.chunks.into_iter().collect();
+        let chunks: Vec<B3Digest> = self.file_chunks(files).await?.into_iter().collect();
         for batch in chunks.chunks(4096) {
             self.recheck_packs(batch).await?;
             if self.locate(batch).await.is_err() {
@@ -207,29 +201,26 @@ impl BucketStore {
     /// What these non-empty files are made of: a file whose digest is a
     /// stored chunk is that one chunk; the others' chunk lists are read (in
     /// batches), and a file with no list is taken as one chunk.
-    pub(super) async fn file_chunks(&self, files: HashSet<B3Digest>) -> StoreResult<FileChunks> {
+    pub(super) async fn file_chunks(
+        &self,
+        files: HashSet<B3Digest>,
+    ) -> StoreResult<HashSet<B3Digest>> {
         let (single, multi): (Vec<B3Digest>, Vec<B3Digest>) = {
             let table = self.table.read().expect("pack table");
             files.into_iter().partition(|f| table.contains(f))
         };
-        let mut out = FileChunks {
-            chunks: single.into_iter().collect(),
-            listed: Vec::new(),
-        };
+        let mut chunks: HashSet<B3Digest> = single.into_iter().collect();
         for batch in multi.chunks(1024) {
             for (blob, list) in batch.iter().zip(self.get_blob_chunks(batch).await?) {
                 match list {
-                    Some(list) => {
-                        out.listed.push(*blob);
-                        out.chunks.extend(list.iter().map(|c| c.digest));
-                    }
+                    Some(list) => chunks.extend(list.iter().map(|c| c.digest)),
                     None => {
-                        out.chunks.insert(*blob);
+                        chunks.insert(*blob);
                     }
                 }
             }
         }
-        Ok(out)
+        Ok(chunks)
     }
 
     /// Writes a pack of frames (its index last, which makes it visible) and
