@@ -199,10 +199,8 @@ impl BucketStore {
 
     async fn mark(&self, cutoff: SystemTime, report: &mut GcReport) -> StoreResult<Live> {
         let mut live = Live::default();
-        // Every non-empty file, by the prefix of its digest: most files
-        // are one chunk, so a full set of digests would cost as much as
-        // the chunks' mark set several times over.
-        let mut files = MarkSet::default();
+        // Every non-empty file goes into the chunks' mark set: most files
+        // are one chunk; the others are found by their chunk lists below.
         // The walk also makes the catalog anew: it includes every segment
         // stored before it starts.
         let (folded, listed_at) = self.catalog_segments_now().await?;
@@ -225,10 +223,10 @@ impl BucketStore {
                 Node::Directory { digest, .. } => {
                     let closure = self.get_closure(&digest).await?;
                     live.directories.extend(closure.iter().map(|d| d.digest()));
-                    super::nonempty_files(&closure, &mut files)?;
+                    super::nonempty_files(&closure, &mut live.chunks)?;
                 }
                 Node::File { digest, size, .. } if size > 0 => {
-                    files.insert(&digest);
+                    live.chunks.insert(&digest);
                 }
                 _ => {}
             }
@@ -241,7 +239,7 @@ impl BucketStore {
             tracing::warn!(error = %e, "cannot store the catalog snapshot");
         }
         drop(catalog);
-        self.mark_file_chunks(files, &mut live).await?;
+        self.mark_listed_chunks(&mut live).await?;
         // What uploads in progress rely on.
         for d in self.touched_since(cutoff).await? {
             live.chunks.insert(&d);
@@ -259,30 +257,42 @@ impl BucketStore {
         Ok(live)
     }
 
-    /// Marks what the live `files` are made of: each is its own chunk
-    /// when it is one chunk; the chunk lists of the others are found by
-    /// listing them (one listing, not a lookup per file) and read, and
-    /// their chunks marked. A dead file whose digest prefix is a live
-    /// one's keeps its list and chunks (rarely: a little garbage).
-    async fn mark_file_chunks(&self, mut files: MarkSet, live: &mut Live) -> StoreResult<()> {
-        files.seal();
-        let listed: Vec<B3Digest> = self
-            .list_prefix(BLOBS)
-            .await?
-            .iter()
-            .filter_map(|m| B3Digest::from_hex(m.location.filename()?))
-            .filter(|d| files.contains(d))
-            .collect();
-        for batch in listed.chunks(1024) {
-            for (blob, list) in batch.iter().zip(self.blob_chunk_lists(batch).await?) {
-                if let Some(list) = list {
-                    live.blobs.insert(blob);
-                    live.chunks.extend(list.iter().map(|c| c.digest));
+    /// Marks the chunks of the live files that are more than one chunk:
+    /// `live.chunks` holds every live file's digest when this is called
+    /// (a one-chunk file is its chunk); the stored chunk lists are listed
+    /// (one listing, not a lookup per file), and those of live files read.
+    /// A dead file whose digest prefix is a live one's keeps its list and
+    /// chunks (rarely: a little garbage).
+    async fn mark_listed_chunks(&self, live: &mut Live) -> StoreResult<()> {
+        live.chunks.seal();
+        // Kept apart until the listing ends: the set answers quickly only
+        // while nothing is added to it.
+        let mut listed_chunks = MarkSet::default();
+        let mut lists = self.objects.list(Some(&BLOBS.into()));
+        let mut batch = Vec::new();
+        loop {
+            let next = lists.next().await.transpose().map_err(object_err)?;
+            if let Some(d) = next
+                .as_ref()
+                .and_then(|m| B3Digest::from_hex(m.location.filename()?))
+                .filter(|d| live.chunks.contains(d))
+            {
+                batch.push(d);
+            }
+            if batch.len() == 1024 || (next.is_none() && !batch.is_empty()) {
+                let listed = std::mem::take(&mut batch);
+                for (blob, list) in listed.iter().zip(self.blob_chunk_lists(&listed).await?) {
+                    if let Some(list) = list {
+                        live.blobs.insert(blob);
+                        listed_chunks.extend(list.iter().map(|c| c.digest));
+                    }
                 }
             }
+            if next.is_none() {
+                live.chunks.absorb(listed_chunks);
+                return Ok(());
+            }
         }
-        live.chunks.absorb(files);
-        Ok(())
     }
 
     /// Deletes, in a local store, the staging files (`NAME#N`) of writers
@@ -335,17 +345,23 @@ impl BucketStore {
         cutoff: SystemTime,
         dead: impl Fn(&str) -> bool,
     ) -> StoreResult<(u64, u64)> {
-        let listed = self.list_prefix(prefix).await?;
-        let doomed: Vec<object_store::ObjectMeta> = listed
-            .into_iter()
-            .filter(|m| SystemTime::from(m.last_modified) < cutoff)
-            .filter(|m| m.location.filename().is_some_and(&dead))
-            .collect();
-        let n = doomed.len() as u64;
-        let bytes = doomed.iter().map(|m| m.size).sum();
-        futures::stream::iter(doomed)
-            .map(|m| async move { self.delete_object(&m.location).await })
-            .buffer_unordered(super::CONCURRENCY)
+        let (mut n, mut bytes) = (0u64, 0u64);
+        // Deleted as the listing goes: a listing of millions of objects is
+        // never held.
+        self.objects
+            .list(Some(&prefix.into()))
+            .map_err(object_err)
+            .try_filter(|m| {
+                let doomed = SystemTime::from(m.last_modified) < cutoff
+                    && m.location.filename().is_some_and(&dead);
+                std::future::ready(doomed)
+            })
+            .inspect_ok(|m| {
+                n += 1;
+                bytes += m.size;
+            })
+            .map_ok(|m| async move { self.delete_object(&m.location).await })
+            .try_buffer_unordered(super::CONCURRENCY)
             .try_collect::<()>()
             .await?;
         Ok((n, bytes))
@@ -358,15 +374,17 @@ impl BucketStore {
         repack_below: f64,
         report: &mut GcReport,
     ) -> StoreResult<()> {
-        let listed = self.list_prefix(PACKS).await?;
-        let old_packs: Vec<(String, u64)> = listed
-            .iter()
-            .filter(|m| SystemTime::from(m.last_modified) < cutoff)
-            .filter_map(|m| {
-                let id = m.location.filename()?.strip_suffix(".pack")?;
-                Some((id.to_string(), m.size))
+        let old_packs: Vec<(String, u64)> = self
+            .objects
+            .list(Some(&PACKS.into()))
+            .map_err(object_err)
+            .try_filter_map(|m| {
+                let old = SystemTime::from(m.last_modified) < cutoff;
+                let id = m.location.filename().and_then(|f| f.strip_suffix(".pack"));
+                std::future::ready(Ok(id.filter(|_| old).map(|id| (id.to_string(), m.size))))
             })
-            .collect();
+            .try_collect()
+            .await?;
         // Which chunks each pack is the home of, from one walk of the
         // table in digest order (not a lookup per chunk). A pack learned
         // of after it is left for the next collection.
