@@ -30,6 +30,10 @@
 # count and the seconds spent), and SYNTH_ONLY=1 stops after writing. The
 # measurements end with GC, so a measured store is removed.
 #   KEEP=/var/tmp/lazix-scale SIZES=1000000 SYNTH_ONLY=1 nice bash bench/scale.sh
+# SYNTH_FLAGS adds `lazix-bench synth` flags: the default shape takes about
+# 75 KB a path on the folder (75 GB at 10^6); with
+# SYNTH_FLAGS="--file-size 256 --large-every 1000" paths, directories and
+# chunks per path stay as they are and the bytes shrink to about 30 GB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -39,6 +43,7 @@ cargo build --release --locked -p lazix-bench >&2
 SYNTH=$PWD/target/release/lazix-bench
 SIZES=${SIZES:-"1000 10000 100000"}
 BACKEND=${BACKEND:-folder}
+read -r -a synth_flags <<<"${SYNTH_FLAGS:-}"
 bench_workdir scale-bench
 mnt=$work/mnt; mkdir -p "$mnt"
 
@@ -59,7 +64,7 @@ fresh_store() {
 synth_store() {
   if [ -z "${KEEP:-}" ] || [ "$BACKEND" = s3 ]; then
     local t; t=$(now)
-    "$SYNTH" synth --store "$loc" --paths "$1" >&2
+    "$SYNTH" synth --store "$loc" --paths "$1" "${synth_flags[@]}" >&2
     synth_s=$(since "$t")
     return
   fi
@@ -69,7 +74,7 @@ synth_store() {
     slab=$(( $1 - written < 100000 ? $1 - written : 100000 ))
     echo "synth: paths $written.. of $1 into $loc" >&2
     t=$(now)
-    "$SYNTH" synth --store "$loc" --first "$written" --paths "$slab" >&2
+    "$SYNTH" synth --store "$loc" --first "$written" --paths "$slab" "${synth_flags[@]}" >&2
     secs=$(awk -v a="$secs" -v b="$(since "$t")" 'BEGIN {printf "%.1f", a + b}')
     written=$((written + slab))
     echo "$written $secs" >"$loc.synthesized"
@@ -167,7 +172,7 @@ done
 [ -n "${SYNTH_ONLY:-}" ] && exit 0
 
 echo
-echo "Synthetic stores on the $BACKEND backend (20 files of 2 KiB per path, a 1 MiB file every 50 paths):"
+echo "Synthetic stores on the $BACKEND backend (20 files of 2 KiB per path, a 1 MiB file every 50 paths${SYNTH_FLAGS:+; synth flags $SYNTH_FLAGS}):"
 echo
 echo "| paths | synth s | store MiB | server start s | server peak MiB | narinfo ms (median of 20) | ls of the mount's root, s | object gets for that listing | listings (objects listed) | cold NAR s | stats s | stats --scan s | gc s (10% deleted) | gc peak MiB | gc object gets |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
