@@ -192,7 +192,7 @@ impl BucketStore {
             .iter()
             .flat_map(|f| f.chunks.iter().map(|(m, _)| m.digest))
             .collect();
-        let result = self.rewrite(live, report).await;
+        let result = self.rewrite(live, report, keep).await;
         self.table.write().expect("pack table").settle(&claimed);
         // Incompressible frames come out byte-identical: the new pack can
         // be the old one (same content, same id), which must then stay.
@@ -203,16 +203,18 @@ impl BucketStore {
         Ok(())
     }
 
-    /// Recompresses a pack's live frames into one new pack; returns its id
-    /// (`None` when nothing was live).
+    /// Recompresses a pack's live frames into one new pack, with deltas
+    /// against bases `keep` wants only; returns its id (`None` when
+    /// nothing was live).
     async fn rewrite(
         &self,
         live: Vec<LiveFrame>,
         report: &mut CompactReport,
+        keep: &(dyn Fn(&B3Digest) -> bool + Sync),
     ) -> StoreResult<Option<String>> {
         let mut rewritten = Vec::with_capacity(live.len());
         for f in live {
-            let (frame, sketches) = self.recompress(f).await?;
+            let (frame, sketches) = self.recompress(f, keep).await?;
             if !frame.base.is_empty() {
                 report.delta_frames += 1;
             }
@@ -245,9 +247,14 @@ impl BucketStore {
     /// Compresses a frame's chunks at [`COMPACT_LEVEL`], as a delta
     /// against near-duplicates in plain frames when that pays (never when
     /// one of its chunks is itself a base, nor against a chunk being made a
-    /// delta concurrently). The caller settles the claim once the new pack
-    /// is in the table.
-    async fn recompress(&self, f: LiveFrame) -> StoreResult<(Frame, Vec<Option<Sketch>>)> {
+    /// delta concurrently, nor against one `keep` does not want: GC's
+    /// sweep deletes those). The caller settles the claim once the new
+    /// pack is in the table.
+    async fn recompress(
+        &self,
+        f: LiveFrame,
+        keep: &(dyn Fn(&B3Digest) -> bool + Sync),
+    ) -> StoreResult<(Frame, Vec<Option<Sketch>>)> {
         let chunks = f.chunks;
         let (chunks, sketches) = tokio::task::spawn_blocking(move || {
             let sketches: Vec<Option<Sketch>> = chunks.iter().map(|(_, b)| sketch(b)).collect();
@@ -260,7 +267,7 @@ impl BucketStore {
             .table
             .write()
             .expect("pack table")
-            .claim_bases(&own, &sketches);
+            .claim_bases(&own, &sketches, keep);
         let mut base_meta = Vec::new();
         let mut base = Vec::new();
         if !bases.is_empty() {

@@ -59,7 +59,8 @@ pub struct GcReport {
     pub paths_expired: u64,
     /// PathInfos found (all live).
     pub paths: u64,
-    /// Live chunks.
+    /// Live chunks (by digest prefix; the digests of live files made of
+    /// several chunks count too: they are marked alike).
     pub live_chunks: u64,
     /// Directories deleted.
     pub directories_deleted: u64,
@@ -74,6 +75,9 @@ pub struct GcReport {
     /// Bytes of objects deleted, less bytes of packs written.
     pub bytes_freed: u64,
 }
+
+/// Objects deleted together by a sweep (S3 takes up to 1,000 a request).
+const DELETE_BATCH: usize = 1000;
 
 /// PathInfos walked between two progress lines while marking.
 const MARK_PROGRESS_EVERY: u64 = 10_000;
@@ -179,8 +183,10 @@ impl BucketStore {
         live_chunks.extend(self.touched_since(started).await?);
         live_chunks.seal();
         // Their delta bases stay too (a touch mark names the chunk only).
-        let scan = self.table.read().expect("pack table").scan();
-        let bases = scan.bases_of_live(|d| live_chunks.contains(d))?;
+        let bases = {
+            let scan = self.table.read().expect("pack table").scan();
+            scan.bases_of_live(|d| live_chunks.contains(d))?
+        };
         live_chunks.extend(bases);
         live_chunks.seal();
         self.sweep_packs(&live_chunks, cutoff, opts.repack_below, &mut report)
@@ -239,17 +245,20 @@ impl BucketStore {
             tracing::warn!(error = %e, "cannot store the catalog snapshot");
         }
         drop(catalog);
-        self.mark_listed_chunks(&mut live).await?;
-        // What uploads in progress rely on.
+        // What uploads in progress rely on (a chunk list they rely on has
+        // its chunks marked below, as a live file's).
         for d in self.touched_since(cutoff).await? {
             live.chunks.insert(&d);
             live.directories.insert(&d);
             live.blobs.insert(&d);
         }
+        self.mark_listed_chunks(&mut live).await?;
         // Bases of live delta frames stay.
         live.chunks.seal();
-        let scan = self.table.read().expect("pack table").scan();
-        let bases = scan.bases_of_live(|d| live.chunks.contains(d))?;
+        let bases = {
+            let scan = self.table.read().expect("pack table").scan();
+            scan.bases_of_live(|d| live.chunks.contains(d))?
+        };
         live.chunks.extend(bases);
         for set in [&mut live.chunks, &mut live.directories, &mut live.blobs] {
             set.seal();
@@ -258,8 +267,9 @@ impl BucketStore {
     }
 
     /// Marks the chunks of the live files that are more than one chunk:
-    /// `live.chunks` holds every live file's digest when this is called
-    /// (a one-chunk file is its chunk); the stored chunk lists are listed
+    /// `live.chunks` holds every live file's digest (and the touched
+    /// ones) when this is called (a one-chunk file is its chunk); the
+    /// stored chunk lists are listed
     /// (one listing, not a lookup per file), and those of live files read.
     /// A dead file whose digest prefix is a live one's keeps its list and
     /// chunks (rarely: a little garbage).
@@ -356,12 +366,16 @@ impl BucketStore {
                     && m.location.filename().is_some_and(&dead);
                 std::future::ready(doomed)
             })
-            .inspect_ok(|m| {
+            .map_ok(|m| {
                 n += 1;
                 bytes += m.size;
+                m.location
             })
-            .map_ok(|m| async move { self.delete_object(&m.location).await })
-            .try_buffer_unordered(super::CONCURRENCY)
+            // Many per request where the object store can (S3's
+            // multi-object delete).
+            .try_chunks(DELETE_BATCH)
+            .map_err(|e| e.1)
+            .and_then(|batch| self.delete_objects(batch))
             .try_collect::<()>()
             .await?;
         Ok((n, bytes))
@@ -386,8 +400,10 @@ impl BucketStore {
             .try_collect()
             .await?;
         // Which chunks each pack is the home of, from one walk of the
-        // table in digest order (not a lookup per chunk). A pack learned
-        // of after it is left for the next collection.
+        // table in digest order (not a lookup per chunk), taken once: a
+        // pack added since (a repack's output, an upload) is younger than
+        // the cutoff, so never among the old packs; one learned of
+        // otherwise since is left for the next collection.
         let tallies = {
             let scan = self.table.read().expect("pack table").scan();
             scan.home_tallies(|d| live.contains(d))?
@@ -409,7 +425,7 @@ impl BucketStore {
             else {
                 continue;
             };
-            // Live raw bytes whose home is this pack, against all of it.
+            // All its raw bytes, against the live ones whose home it is.
             let Some(all_raw) = self.table.read().expect("pack table").pack(&id).map(|p| {
                 p.frames
                     .iter()

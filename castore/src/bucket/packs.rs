@@ -290,9 +290,15 @@ impl PackTable {
     /// Claims bases for a frame about to be delta-encoded, atomically with
     /// respect to other frames: none if one of the frame's own chunks is a
     /// base (it must stay plain); else the most similar plain chunks that
-    /// are not themselves being delta-encoded, marked as bases, and the
-    /// frame's chunks are marked pending until [`PackTable::settle`].
-    pub fn claim_bases(&mut self, own: &[B3Digest], sketches: &[Option<Sketch>]) -> Vec<B3Digest> {
+    /// `usable` accepts (GC: only live ones, which its sweep keeps) and
+    /// that are not themselves being delta-encoded, marked as bases, and
+    /// the frame's chunks are marked pending until [`PackTable::settle`].
+    pub fn claim_bases(
+        &mut self,
+        own: &[B3Digest],
+        sketches: &[Option<Sketch>],
+        usable: &(dyn Fn(&B3Digest) -> bool + Sync),
+    ) -> Vec<B3Digest> {
         if own.iter().any(|d| self.is_base(d)) {
             return Vec::new();
         }
@@ -301,7 +307,9 @@ impl PackTable {
             .iter()
             .flatten()
             .filter_map(|s| self.most_similar(s))
-            .filter(|d| !own.contains(d) && !self.delta_pending.contains(d) && seen.insert(*d))
+            .filter(|d| {
+                usable(d) && !own.contains(d) && !self.delta_pending.contains(d) && seen.insert(*d)
+            })
             .collect();
         if !picked.is_empty() {
             self.base_refs.extend(picked.iter().copied());
@@ -512,6 +520,8 @@ impl PackTable {
             }
         }
         homes.sort_unstable_by_key(|h| h.digest);
+        // A frame holding a chunk twice is its home once.
+        homes.dedup_by_key(|h| h.digest);
         TableScan {
             in_memory: homes,
             in_memory_packs: self.packs.keys().cloned().collect(),
@@ -843,10 +853,10 @@ impl TableScan {
         Ok(bases)
     }
 
-    /// Calls `each` once for every stored chunk, in digest order, with
-    /// its raw size and its home pack (the rule of [`PackTable::home`]:
-    /// the higher level, then the later), reading the runs on disk from
-    /// start to end instead of looking each chunk up.
+    /// Calls `each` once for every chunk [`PackTable::home`] finds, in
+    /// digest order, with its raw size and its home pack (the higher
+    /// level, then the later), reading the runs on disk from start to end
+    /// instead of looking each chunk up.
     fn for_each_home(&self, mut each: impl FnMut(&B3Digest, u64, &Arc<str>)) -> StoreResult<()> {
         let sources: Vec<Box<dyn Iterator<Item = std::io::Result<RunHome<'_>>> + '_>> = self
             .runs

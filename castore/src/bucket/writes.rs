@@ -248,13 +248,16 @@ impl BucketStore {
 
     /// Deletes a pack whose chunks are all held elsewhere: its index first
     /// (so it is never visible without its frames), then its frames.
+    ///
+    /// The table forgets the pack only once its index is gone: a refresh
+    /// running meanwhile either still finds the pack in the table or no
+    /// longer finds its index, and so never adds it back (with the newest
+    /// rank, the home of chunks it no longer holds).
     pub(crate) async fn delete_pack(&self, id: &str) -> StoreResult<()> {
+        self.delete_object(&index_path(id)).await?;
         self.table.write().expect("pack table").remove_pack(id);
         self.keep_table_merged();
-        for path in [index_path(id), pack_path(id)] {
-            self.delete_object(&path).await?;
-        }
-        Ok(())
+        self.delete_object(&pack_path(id)).await
     }
 
     /// [`crate::store::BlobStore::put_frames`].
