@@ -59,6 +59,21 @@ pub struct PackInfo {
     seq: u64,
 }
 
+impl PackInfo {
+    /// Its rank among the packs holding a chunk: the chunk's home is the
+    /// pack of the highest (see [`rank_of`]).
+    fn rank(&self) -> (u32, u64) {
+        rank_of(self.level, self.seq)
+    }
+}
+
+/// The one rule for a chunk's home among the packs holding it: the
+/// highest `(level, seq)`, that is the higher zstd level (a compacted
+/// pack), then the one the table learned of later.
+pub(super) fn rank_of(level: u32, seq: u64) -> (u32, u64) {
+    (level, seq)
+}
+
 /// Chunk records kept in memory by default before the table writes them
 /// to a run on local disk: about 25 MiB of table.
 pub const DEFAULT_SPILL_AT: usize = 1 << 18;
@@ -387,7 +402,7 @@ impl PackTable {
                     Some(l) => self
                         .packs
                         .get(&l.pack)
-                        .is_none_or(|p| p.level <= index.level),
+                        .is_none_or(|p| p.rank() < rank_of(index.level, self.next_seq)),
                 };
                 if take {
                     self.by_chunk.insert(c.digest, frame.clone());
@@ -431,7 +446,7 @@ impl PackTable {
     /// must not take "unreadable" for "elsewhere".
     pub fn home(&self, digest: &B3Digest) -> std::io::Result<Option<Arc<FrameLocation>>> {
         let in_memory = self.by_chunk.get(digest).map(|l| {
-            let rank = self.packs.get(&l.pack).map_or((0, 0), |p| (p.level, p.seq));
+            let rank = self.packs.get(&l.pack).map_or((0, 0), PackInfo::rank);
             (rank, l)
         });
         // Packs in memory were learned of after every pack on disk.
@@ -513,7 +528,7 @@ impl PackTable {
                             digest: c.digest,
                             size: c.size,
                             pack: id.clone(),
-                            rank: (pack.level, pack.seq),
+                            rank: pack.rank(),
                         });
                     }
                 }

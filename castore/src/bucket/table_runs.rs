@@ -156,7 +156,7 @@ pub struct RunPack {
 impl RunPack {
     /// Which of two packs is a chunk's home: the greater.
     pub fn rank(&self) -> (u32, u64) {
-        (self.level, self.seq)
+        super::packs::rank_of(self.level, self.seq)
     }
 }
 
