@@ -408,6 +408,8 @@ impl BucketStore {
             let scan = self.table.read().expect("pack table").scan();
             scan.home_tallies(|d| live.contains(d))?
         };
+        // Deleted in batches (S3 deletes 1,000 objects a request).
+        let mut dead_packs: Vec<String> = Vec::new();
         for (id, size) in old_packs {
             // A pack without an index, older than the grace period: left by
             // a writer killed between the two (the index follows at once).
@@ -436,7 +438,10 @@ impl BucketStore {
                 continue;
             };
             if live_raw == 0 {
-                self.delete_pack(&id).await?;
+                dead_packs.push(id);
+                if dead_packs.len() == DELETE_BATCH {
+                    self.delete_dead_packs(&mut dead_packs).await?;
+                }
                 report.packs_deleted += 1;
                 report.chunks_freed += dead_chunks;
                 report.bytes_freed += size;
@@ -447,6 +452,17 @@ impl BucketStore {
                 report.bytes_freed += size.saturating_sub(written);
             }
         }
+        self.delete_dead_packs(&mut dead_packs).await
+    }
+
+    /// Deletes the packs gathered (none live chunk's home), in one batch.
+    async fn delete_dead_packs(&self, ids: &mut Vec<String>) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let batch: Vec<&str> = ids.iter().map(String::as_str).collect();
+        self.delete_packs(&batch).await?;
+        ids.clear();
         Ok(())
     }
 }

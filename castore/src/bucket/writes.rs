@@ -254,10 +254,23 @@ impl BucketStore {
     /// longer finds its index, and so never adds it back (with the newest
     /// rank, the home of chunks it no longer holds).
     pub(crate) async fn delete_pack(&self, id: &str) -> StoreResult<()> {
-        self.delete_object(&index_path(id)).await?;
-        self.table.write().expect("pack table").remove_pack(id);
+        self.delete_packs(&[id]).await
+    }
+
+    /// Deletes packs as [`BucketStore::delete_pack`] does, many per
+    /// request where the object store can (GC deletes thousands).
+    pub(crate) async fn delete_packs(&self, ids: &[&str]) -> StoreResult<()> {
+        self.delete_objects(ids.iter().map(|id| index_path(id)).collect())
+            .await?;
+        {
+            let mut table = self.table.write().expect("pack table");
+            for id in ids {
+                table.remove_pack(id);
+            }
+        }
         self.keep_table_merged();
-        self.delete_object(&pack_path(id)).await
+        self.delete_objects(ids.iter().map(|id| pack_path(id)).collect())
+            .await
     }
 
     /// [`crate::store::BlobStore::put_frames`].
