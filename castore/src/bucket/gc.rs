@@ -205,8 +205,6 @@ impl BucketStore {
 
     async fn mark(&self, cutoff: SystemTime, report: &mut GcReport) -> StoreResult<Live> {
         let mut live = Live::default();
-        // Every non-empty file goes into the chunks' mark set: most files
-        // are one chunk; the others are found by their chunk lists below.
         // The walk also makes the catalog anew: it includes every segment
         // stored before it starts.
         let (folded, listed_at) = self.catalog_segments_now().await?;
@@ -229,6 +227,8 @@ impl BucketStore {
                 Node::Directory { digest, .. } => {
                     let closure = self.get_closure(&digest).await?;
                     live.directories.extend(closure.iter().map(|d| d.digest()));
+                    // Every non-empty file goes into the chunks' set: most
+                    // are one chunk; the others' chunk lists are read below.
                     super::nonempty_files(&closure, &mut live.chunks)?;
                 }
                 Node::File { digest, size, .. } if size > 0 => {
@@ -267,12 +267,11 @@ impl BucketStore {
     }
 
     /// Marks the chunks of the live files that are more than one chunk:
-    /// `live.chunks` holds every live file's digest (and the touched
-    /// ones) when this is called (a one-chunk file is its chunk); the
-    /// stored chunk lists are listed
-    /// (one listing, not a lookup per file), and those of live files read.
-    /// A dead file whose digest prefix is a live one's keeps its list and
-    /// chunks (rarely: a little garbage).
+    /// `live.chunks` holds every live file's digest (and the touched ones)
+    /// when this is called (a one-chunk file is its chunk); the stored
+    /// chunk lists are listed (one listing, not a lookup per file) and
+    /// those of live files read. A dead file whose digest prefix is a live
+    /// one's keeps its list and chunks (rarely: a little garbage).
     async fn mark_listed_chunks(&self, live: &mut Live) -> StoreResult<()> {
         live.chunks.seal();
         // Kept apart until the listing ends: the set answers quickly only
@@ -455,7 +454,8 @@ impl BucketStore {
         self.delete_dead_packs(&mut dead_packs).await
     }
 
-    /// Deletes the packs gathered (none live chunk's home), in one batch.
+    /// Deletes the packs gathered (none of them a live chunk's home), in
+    /// one batch.
     async fn delete_dead_packs(&self, ids: &mut Vec<String>) -> StoreResult<()> {
         if ids.is_empty() {
             return Ok(());
