@@ -205,15 +205,19 @@ async fn generate(location: &str, shape: &Shape) -> Result<()> {
             .with_context(|| format!("opening {location}"))?;
         let bucket = backend.clone();
         let store = Store::from_backend(backend);
-        let known = KnownChunks::default();
         let stats = Arc::new(Mutex::new(TransferStats::default()));
         let started = Instant::now();
         let done = std::sync::atomic::AtomicU64::new(0);
         stream::iter(shape.first..shape.first + shape.paths)
             .map(|i| {
-                let (store, known, stats, done) = (&store, known.clone(), stats.clone(), &done);
+                let (store, stats, done) = (&store, stats.clone(), &done);
                 async move {
-                    put_one(store, shape, known, stats, i).await?;
+                    // Chunks known stored are each path's own: shared
+                    // between paths written at once, one path could skip a
+                    // chunk another has not finished writing and put its
+                    // PathInfo first ("refers to data that is not
+                    // stored"); the store skips what it has anyway.
+                    put_one(store, shape, KnownChunks::default(), stats, i).await?;
                     let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                     if n.is_multiple_of(10_000) {
                         eprintln!(
