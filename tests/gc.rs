@@ -334,7 +334,9 @@ fn paths_not_accessed_lately_expire(store: Store) {
 /// `lazix gc`, as `lazix stats` shows.
 #[test]
 fn serve_collects_garbage_periodically() {
-    let store = Store::folder_with(&["--gc-every", "1", "--grace", "0"]);
+    // A grace of a few seconds, as in use: with none, a collection between
+    // the push's pack and its PathInfo would rightly delete the pack.
+    let store = Store::folder_with(&["--gc-every", "1", "--grace", "3"]);
     let dir = tempfile::tempdir().unwrap();
     let data = pseudo_random(1_000_000, 801);
     let a = tree(dir.path(), "periodic-a", &[("f", data.clone())]);

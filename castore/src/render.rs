@@ -17,6 +17,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::future::Either;
 use futures::{stream, Stream, StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -30,6 +31,7 @@ use crate::nix::nar::NarEncoder;
 use crate::node::Node;
 use crate::read::BlobLayout;
 use crate::store::{BlobStore, Store};
+use crate::trust::chunk_list_digest;
 
 /// Blobs whose chunk lists are resolved per call.
 const BLOBS_PER_LOOKUP: usize = 512;
@@ -85,28 +87,25 @@ enum Out {
 #[derive(Clone, Copy)]
 struct WholeFile {
     digest: B3Digest,
-    /// BLAKE3 of the list itself: remembered once proved.
-    list: B3Digest,
+    /// The file and its list ([`proved_key`]): remembered once proved.
+    list: (B3Digest, B3Digest),
     first: bool,
     last: bool,
 }
 
-/// Chunk lists (by their own BLAKE3) this process has seen hash to their
-/// file: streamed again without hashing. Bounded by count.
-fn proved_lists() -> &'static moka::sync::Cache<B3Digest, ()> {
-    static PROVED: std::sync::OnceLock<moka::sync::Cache<B3Digest, ()>> =
+/// Chunk lists this process has seen hash to their file, by file and list
+/// (a list proved for one file says nothing of another file of the same
+/// size answered with it): streamed again without hashing. Bounded by
+/// count.
+fn proved_lists() -> &'static moka::sync::Cache<(B3Digest, B3Digest), ()> {
+    static PROVED: std::sync::OnceLock<moka::sync::Cache<(B3Digest, B3Digest), ()>> =
         std::sync::OnceLock::new();
     PROVED.get_or_init(|| moka::sync::Cache::new(256 * 1024))
 }
 
-/// BLAKE3 over a chunk list's (digest, size) pairs.
-fn list_digest(list: &[ChunkMeta]) -> B3Digest {
-    let mut h = blake3::Hasher::new();
-    for c in list {
-        h.update(c.digest.as_bytes());
-        h.update(&c.size.to_le_bytes());
-    }
-    B3Digest::from(*h.finalize().as_bytes())
+/// What [`proved_lists`] knows a proved list by.
+fn proved_key(file: B3Digest, list: &[ChunkMeta]) -> (B3Digest, B3Digest) {
+    (file, chunk_list_digest(list))
 }
 
 /// The proof in progress of one output stream (files come one at a time).
@@ -116,7 +115,13 @@ struct Proof {
 }
 
 impl Proof {
-    fn piece(&mut self, bytes: &Bytes, whole: Option<WholeFile>) -> StoreResult<()> {
+    /// Adds a piece; an error says which file's chunk list is to blame,
+    /// if one is.
+    fn piece(
+        &mut self,
+        bytes: &Bytes,
+        whole: Option<WholeFile>,
+    ) -> Result<(), (StoreError, Option<B3Digest>)> {
         let Some(w) = whole else {
             return Ok(());
         };
@@ -124,20 +129,23 @@ impl Proof {
             self.hasher = Some(blake3::Hasher::new());
         }
         let Some(h) = self.hasher.as_mut() else {
-            return Err(StoreError::Corrupt(format!(
-                "blob {}: proof out of order",
-                w.digest
-            )));
+            return Err((
+                StoreError::Corrupt(format!("blob {}: proof out of order", w.digest)),
+                None,
+            ));
         };
         h.update(bytes);
         if w.last {
             let got = B3Digest::from(*h.finalize().as_bytes());
             self.hasher = None;
             if got != w.digest {
-                return Err(StoreError::Corrupt(format!(
-                    "blob {}: its chunks hash to {got}: the chunk list is wrong",
-                    w.digest
-                )));
+                return Err((
+                    StoreError::Corrupt(format!(
+                        "blob {}: its chunks hash to {got}: the chunk list is wrong",
+                        w.digest
+                    )),
+                    Some(w.digest),
+                ));
             }
             proved_lists().insert(w.list, ());
         }
@@ -445,6 +453,7 @@ impl NarPlan {
             segments.push(cur);
         }
         let blobs2 = blobs.clone();
+        let blobs3 = blobs.clone();
         stream::iter(segments)
             .map(move |seg| expand(blobs.clone(), seg))
             .buffered(2)
@@ -454,16 +463,30 @@ impl NarPlan {
             .try_buffered(WINDOWS_AHEAD)
             .map_ok(|pieces| stream::iter(pieces.into_iter().map(Ok::<_, StoreError>)))
             .try_flatten()
-            .scan((Proof::default(), false), |state, piece| {
+            .scan((Proof::default(), false), move |state, piece| {
                 let (proof, failed) = state;
                 // Nothing follows an error.
                 if *failed {
-                    return futures::future::ready(None);
+                    return Either::Left(futures::future::ready(None));
                 }
-                let out =
-                    piece.and_then(|(bytes, whole)| proof.piece(&bytes, whole).map(|()| bytes));
+                let (out, refused) = match piece {
+                    Err(e) => (Err(e), None),
+                    Ok((bytes, whole)) => match proof.piece(&bytes, whole) {
+                        Ok(()) => (Ok(bytes), None),
+                        Err((e, refused)) => (Err(e), refused),
+                    },
+                };
                 *failed = out.is_err();
-                futures::future::ready(Some(out))
+                match refused {
+                    None => Either::Left(futures::future::ready(Some(out))),
+                    Some(blob) => {
+                        let blobs = blobs3.clone();
+                        Either::Right(async move {
+                            blobs.refuse_chunk_list(&blob).await;
+                            Some(out)
+                        })
+                    }
+                }
             })
     }
 }
@@ -502,11 +525,17 @@ async fn expand(blobs: Arc<dyn BlobStore>, segment: Vec<Planned>) -> StoreResult
                 } else {
                     None
                 };
-                let layout = BlobLayout::from_answer(digest, size, answer)?;
+                let layout = match BlobLayout::from_answer(digest, size, answer) {
+                    Ok(layout) => layout,
+                    Err(e) => {
+                        blobs.refuse_chunk_list(&digest).await;
+                        return Err(e);
+                    }
+                };
                 // A file streamed whole from a list not yet proved is
                 // hashed on its way out.
                 let proving = (layout.chunks().len() > 1 && skip == 0 && take == size)
-                    .then(|| list_digest(layout.chunks()))
+                    .then(|| proved_key(digest, layout.chunks()))
                     .filter(|l| !proved_lists().contains_key(l));
                 let count = layout.chunks().len();
                 for (i, piece) in layout.pieces(skip, skip + take).into_iter().enumerate() {

@@ -545,3 +545,63 @@ async fn a_gc_repack_makes_no_delta_against_a_chunk_the_sweep_deletes() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_wrong_chunk_list_in_a_readers_caches_fails_one_render_and_is_dropped() {
+    use lazix_castore::disk::DiskChunkLists;
+    use lazix_castore::store::{cached, disk_chunk_lists, CacheConfig};
+
+    let (dir, bucket, plain) = open().await;
+    let (a, b) = (random(1_000_000, 21), random(1_000_000, 22));
+    let nar = files_nar(&[("a", &a), ("b", &b)]);
+    let node = ingest(&plain, &nar).await.unwrap();
+    let (a_digest, b_digest) = (
+        lazix_castore::B3Digest::of(&a),
+        lazix_castore::B3Digest::of(&b),
+    );
+    let listed = bucket.get_blob_chunks(&[a_digest, b_digest]).await.unwrap();
+    let (a_list, b_list) = (listed[0].clone().unwrap(), listed[1].clone().unwrap());
+    assert!(a_list.len() > 1 && b_list.len() > 1, "multi-chunk files");
+    // A reader as the proxy is: memory caches over lists kept on disk.
+    let lists = DiskChunkLists::open(&dir.path().join("lists"), 1 << 20).unwrap();
+    let reader = cached(
+        Store {
+            blobs: disk_chunk_lists(bucket.clone(), lists.clone()),
+            ..Store::from_backend(bucket.clone())
+        },
+        CacheConfig::default(),
+    );
+    // b proved first: its list, answered for a (same size), must still be
+    // proved against a.
+    let mut out = Vec::new();
+    render_nar(&reader, &node, &mut out).await.unwrap();
+    assert!(out == nar);
+    let wrong: Vec<(&str, Vec<lazix_castore::chunk::ChunkMeta>)> = vec![
+        // Every chunk genuine, sizes add up: only the file's digest tells.
+        ("another file's list", b_list.clone()),
+        // Does not add up to the file's size.
+        ("a short list", a_list[..a_list.len() - 1].to_vec()),
+    ];
+    for (what, list) in wrong {
+        // Kept earlier from a server since mended: memory cache gone
+        // (a new process), the list on disk.
+        let reader = cached(
+            Store {
+                blobs: disk_chunk_lists(bucket.clone(), lists.clone()),
+                ..Store::from_backend(bucket.clone())
+            },
+            CacheConfig::default(),
+        );
+        lists.forget(&a_digest);
+        lists.put(&a_digest, Some(&list));
+        let mut out = Vec::new();
+        let err = render_nar(&reader, &node, &mut out).await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{what}: {err}");
+        assert_eq!(lists.get(&a_digest), None, "{what}: still on disk");
+        // The same reader asks the store again and renders it right.
+        let mut out = Vec::new();
+        render_nar(&reader, &node, &mut out).await.unwrap();
+        assert!(out == nar, "{what}: rendered wrong");
+        assert_eq!(lists.get(&a_digest), Some(Some(a_list.clone())), "{what}");
+    }
+}

@@ -25,7 +25,6 @@ use lazix_castore::catalog::CatalogEntry;
 use lazix_castore::chunk::ChunkMeta;
 use lazix_castore::digest::DigestKeyBuildHasher;
 use lazix_castore::directory::Directory;
-use lazix_castore::disk::DiskChunkLists;
 use lazix_castore::nix::store_path::StorePath;
 use lazix_castore::read::trusted::{AdmitError, TrustedReads};
 use lazix_castore::read::BlobLayout;
@@ -233,10 +232,6 @@ pub struct LazyFs {
     path_infos: moka::sync::Cache<[u8; 20], Arc<PathInfo>, DigestKeyBuildHasher>,
     directories: moka::sync::Cache<B3Digest, Arc<Directory>, DigestKeyBuildHasher>,
     chunk_lists: moka::sync::Cache<B3Digest, Arc<BlobLayout>, DigestKeyBuildHasher>,
-    /// The chunk lists kept on disk below the store (with a cache folder):
-    /// a list refused here is dropped there too, or the disk would answer
-    /// it again on every read and remount.
-    kept_lists: Option<DiskChunkLists>,
     /// The directory each multi-chunk file was last found in, so a missing
     /// list is asked with its neighbours' (see [`LIST_BATCH`]).
     found_in: moka::sync::Cache<B3Digest, B3Digest, DigestKeyBuildHasher>,
@@ -429,7 +424,6 @@ impl LazyFs {
                 .max_capacity(32 * 1024 * 1024)
                 .weigher(|_: &B3Digest, l: &Arc<BlobLayout>| l.weight().min(u32::MAX as u64) as u32)
                 .build_with_hasher(DigestKeyBuildHasher::default()),
-            kept_lists: None,
             found_in: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .build_with_hasher(DigestKeyBuildHasher::default()),
@@ -455,17 +449,14 @@ impl LazyFs {
         }
     }
 
-    /// Drops from `lists` (the disk layer under this mount's store) every
-    /// chunk list this mount refuses.
-    pub fn forget_refused_lists_in(&mut self, lists: DiskChunkLists) {
-        self.kept_lists = Some(lists);
-    }
-
-    /// A list of `blob` was refused: not kept on disk any more.
+    /// A list of `blob` was refused: the layers under this mount that keep
+    /// lists (the disk cache) drop it, or they would answer it again on
+    /// every read and remount.
     fn refused_list(&self, blob: &B3Digest) {
-        if let Some(lists) = &self.kept_lists {
-            lists.forget(blob);
-        }
+        let refused = self.store.blobs.refuse_chunk_list(blob);
+        let _ = self
+            .rt
+            .block_on(async { tokio::time::timeout(self.cfg.timeout, refused).await });
     }
 
     /// Records every read into `recorder` from now on.

@@ -57,14 +57,10 @@ pub struct MountOptions {
 /// after `lazix prefetch`, asks no list again. Below the trust guard, so a
 /// kept list is checked like a fetched one; a list the reader refuses
 /// must be dropped from the returned lists.
-fn with_lists_on_disk(
-    mut store: Store,
-    dir: &Path,
-    cache_bytes: u64,
-) -> Result<(Store, DiskChunkLists), StoreError> {
+fn with_lists_on_disk(mut store: Store, dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
     let lists = DiskChunkLists::open(dir, Quotas::of(cache_bytes).lists)?;
-    store.blobs = disk_chunk_lists(store.blobs, lists.clone());
-    Ok((store, lists))
+    store.blobs = disk_chunk_lists(store.blobs, lists);
+    Ok(store)
 }
 
 /// Fetches what `profile` names into the disk cache at `cache_dir` (with
@@ -77,9 +73,7 @@ pub async fn prefetch_to_disk(
     timeout: Duration,
     profile: &profile::Profile,
 ) -> Result<(profile::PrefetchReport, StatsSnapshot), StoreError> {
-    // A list the prefetch refuses (it skips the file) stays until a mount
-    // reading the file refuses it too and drops it.
-    let (store, _) = with_lists_on_disk(store, cache_dir, cache_bytes)?;
+    let store = with_lists_on_disk(store, cache_dir, cache_bytes)?;
     let fetcher = ChunkFetcher::new(
         store.blobs.clone(),
         64 * 1024 * 1024,
@@ -201,12 +195,9 @@ pub fn mount(
     opts: MountOptions,
 ) -> Result<Mounted, MountError> {
     let quotas = Quotas::of(opts.cache_bytes);
-    let (store, kept_lists) = match &opts.cache_dir {
-        Some(dir) => {
-            let (store, lists) = with_lists_on_disk(store, dir, opts.cache_bytes)?;
-            (store, Some(lists))
-        }
-        None => (store, None),
+    let store = match &opts.cache_dir {
+        Some(dir) => with_lists_on_disk(store, dir, opts.cache_bytes)?,
+        None => store,
     };
     let fetcher = Arc::new(ChunkFetcher::new(
         store.blobs.clone(),
@@ -224,9 +215,6 @@ pub fn mount(
     let caches = CacheGauges::new(fetcher.clone(), whole.clone());
     let kernel = Arc::new(fuse::KernelNotifier::default());
     let mut fs = LazyFs::new(rt, store, fetcher, whole, kernel.clone(), opts.fs);
-    if let Some(lists) = kept_lists {
-        fs.forget_refused_lists_in(lists);
-    }
     if let Some(r) = opts.recorder {
         fs.record_into(r);
     }

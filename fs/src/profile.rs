@@ -375,6 +375,7 @@ pub async fn prefetch(
             Ok(l) => Arc::new(l),
             Err(e) => {
                 tracing::warn!(file = %f.file, error = %e, "access profile: skipping a file");
+                store.blobs.refuse_chunk_list(&digest).await;
                 continue;
             }
         };

@@ -200,6 +200,10 @@ impl BlobStore for Bounded {
     async fn chunk_list_digests(&self, root: &B3Digest) -> StoreResult<Option<ChunkListsDigest>> {
         self.within(self.inner.blobs.chunk_list_digests(root)).await
     }
+
+    async fn refuse_chunk_list(&self, blob: &B3Digest) {
+        self.inner.blobs.refuse_chunk_list(blob).await
+    }
 }
 
 #[async_trait]

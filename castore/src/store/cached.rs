@@ -238,6 +238,12 @@ impl BlobStore for CachedBlobs {
     async fn chunk_list_digests(&self, root: &B3Digest) -> StoreResult<Option<ChunkListsDigest>> {
         self.inner.chunk_list_digests(root).await
     }
+
+    async fn refuse_chunk_list(&self, blob: &B3Digest) {
+        self.lists.invalidate(blob).await;
+        self.single_chunk.invalidate(blob).await;
+        self.inner.refuse_chunk_list(blob).await
+    }
 }
 
 impl CachedBlobs {

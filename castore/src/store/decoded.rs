@@ -216,6 +216,10 @@ impl BlobStore for DecodedChunks {
     async fn chunk_list_digests(&self, root: &B3Digest) -> StoreResult<Option<ChunkListsDigest>> {
         self.inner.chunk_list_digests(root).await
     }
+
+    async fn refuse_chunk_list(&self, blob: &B3Digest) {
+        self.inner.refuse_chunk_list(blob).await
+    }
 }
 
 #[cfg(test)]

@@ -179,6 +179,9 @@ impl BlobStore for DiskFrames {
     async fn chunk_list_digests(&self, root: &B3Digest) -> StoreResult<Option<ChunkListsDigest>> {
         self.inner.chunk_list_digests(root).await
     }
+    async fn refuse_chunk_list(&self, blob: &B3Digest) {
+        self.inner.refuse_chunk_list(blob).await
+    }
 }
 
 /// `inner` with the chunk lists it answers kept in `lists`.
@@ -267,6 +270,13 @@ impl BlobStore for DiskLists {
 
     async fn chunk_list_digests(&self, root: &B3Digest) -> StoreResult<Option<ChunkListsDigest>> {
         self.inner.chunk_list_digests(root).await
+    }
+    async fn refuse_chunk_list(&self, blob: &B3Digest) {
+        let lists = self.lists.clone();
+        let blob_ = *blob;
+        // Dropped from disk even if the thread pool is gone: best effort.
+        let _ = blocking(move || lists.forget(&blob_)).await;
+        self.inner.refuse_chunk_list(blob).await
     }
 }
 

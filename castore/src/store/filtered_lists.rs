@@ -63,14 +63,25 @@ impl BlobStore for FilteredLists {
         blobs: &[B3Digest],
     ) -> StoreResult<Vec<Option<Vec<ChunkMeta>>>> {
         let answers = self.inner.get_blob_chunks(blobs).await?;
-        blobs
-            .iter()
-            .zip(answers)
-            .map(|(blob, answer)| (self.filter)(blob, answer))
-            .collect()
+        let mut out = Vec::with_capacity(answers.len());
+        for (blob, answer) in blobs.iter().zip(answers) {
+            match (self.filter)(blob, answer) {
+                Ok(list) => out.push(list),
+                Err(e) => {
+                    // Whatever below kept it must not answer it again.
+                    self.inner.refuse_chunk_list(blob).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn chunk_list_digests(&self, root: &B3Digest) -> StoreResult<Option<ChunkListsDigest>> {
         self.inner.chunk_list_digests(root).await
+    }
+
+    async fn refuse_chunk_list(&self, blob: &B3Digest) {
+        self.inner.refuse_chunk_list(blob).await
     }
 }

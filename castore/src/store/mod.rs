@@ -132,6 +132,16 @@ pub trait BlobStore: Send + Sync {
         let _ = root;
         Ok(None)
     }
+
+    /// A reader refused the chunk list (or "no list") this store answered
+    /// for `blob`: it does not fit the file, its chunks do not hash to it,
+    /// or it is not the signed one. A layer that keeps answers (in memory,
+    /// on disk) drops its copy, so the next read asks below again instead
+    /// of failing on it for good; every layer over another store passes
+    /// this on. Stores that keep nothing answered ignore it.
+    async fn refuse_chunk_list(&self, blob: &B3Digest) {
+        let _ = blob;
+    }
 }
 
 /// Directories (Merkle nodes).

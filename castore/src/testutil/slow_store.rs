@@ -98,6 +98,10 @@ impl BlobStore for SlowStore {
         self.blob_list_reads.fetch_add(1, Ordering::SeqCst);
         self.inner.blobs.get_blob_chunks(blobs).await
     }
+
+    async fn refuse_chunk_list(&self, blob: &B3Digest) {
+        self.inner.blobs.refuse_chunk_list(blob).await
+    }
 }
 
 #[async_trait]

@@ -662,8 +662,7 @@ fn a_batch_the_store_refuses_is_asked_again_alone_and_a_refused_list_leaves_the_
         blobs: lazix_castore::store::disk_chunk_lists(refusing, lists.clone()),
         ..server.store()
     };
-    let mut mount = Mount::new(&server, store);
-    mount.fs.forget_refused_lists_in(lists.clone());
+    let mount = Mount::new(&server, store);
     mount.lookup(&path("big")).unwrap();
     assert_eq!(mount.read_all(&path("medium"), 1 << 16).unwrap(), c.medium);
     assert!(lists.get(&medium).is_some(), "medium's list is kept");
