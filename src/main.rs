@@ -994,7 +994,10 @@ fn read_token(path: &Option<PathBuf>) -> Result<Option<String>> {
 }
 
 async fn delete(location: StoreLocation, paths: &[String]) -> Result<()> {
-    let (_, store) = location.open().await?;
+    let at = location.location()?;
+    let store = BucketStore::open_path_infos(&at)
+        .await
+        .with_context(|| format!("opening the store at {at}"))?;
     for p in paths {
         let path = store_path_arg(p)?;
         if store.delete_path_info(path.digest()).await? {

@@ -70,6 +70,8 @@ impl Planned {
 enum Out {
     Literal(Bytes),
     Chunk {
+        /// The file whose chunk list named it.
+        blob: B3Digest,
         meta: ChunkMeta,
         skip: usize,
         take: usize,
@@ -540,6 +542,7 @@ async fn expand(blobs: Arc<dyn BlobStore>, segment: Vec<Planned>) -> StoreResult
                 let count = layout.chunks().len();
                 for (i, piece) in layout.pieces(skip, skip + take).into_iter().enumerate() {
                     out.push(Out::Chunk {
+                        blob: digest,
                         meta: piece.chunk,
                         skip: piece.skip,
                         take: piece.take,
@@ -601,41 +604,60 @@ async fn fetch_window(
     if chunks.len() != digests.len() {
         return Err(StoreError::Corrupt("short chunk answer".into()));
     }
-    tokio::task::spawn_blocking(move || {
+    // An error names the file whose chunk list is to blame, if one is.
+    let decoded = tokio::task::spawn_blocking(move || {
         let mut chunks = chunks.into_iter();
         window
             .into_iter()
             .map(|o| match o {
                 Out::Literal(b) => Ok((b, None)),
                 Out::Chunk {
+                    blob,
                     meta,
                     skip,
                     take,
                     whole,
                 } => {
                     let c = chunks.next().expect("counted");
-                    if c.digest != meta.digest || c.size != meta.size {
-                        return Err(StoreError::Corrupt(format!(
-                            "asked for chunk {}, got {}",
-                            meta.digest, c.digest
-                        )));
+                    if c.digest != meta.digest {
+                        return Err((
+                            StoreError::Corrupt(format!(
+                                "asked for chunk {}, got {}",
+                                meta.digest, c.digest
+                            )),
+                            None,
+                        ));
                     }
-                    let bytes = c.decode_verified()?;
-                    if bytes.len() < skip + take {
-                        return Err(StoreError::Corrupt(format!(
-                            "chunk {} has {} bytes, its list says {}",
-                            meta.digest,
-                            bytes.len(),
-                            meta.size
-                        )));
+                    let bytes = c.decode_verified().map_err(|e| (e, None))?;
+                    // The chunk is genuine: a size other than the list's is
+                    // the list's lie.
+                    if c.size != meta.size || bytes.len() < skip + take {
+                        return Err((
+                            StoreError::Corrupt(format!(
+                                "blob {blob}: chunk {} has {} bytes, its list says {}",
+                                meta.digest,
+                                bytes.len(),
+                                meta.size
+                            )),
+                            Some(blob),
+                        ));
                     }
                     Ok((bytes.slice(skip..skip + take), whole))
                 }
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()
     })
     .await
-    .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+    .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+    match decoded {
+        Ok(pieces) => Ok(pieces),
+        Err((e, blamed)) => {
+            if let Some(blob) = blamed {
+                blobs.refuse_chunk_list(&blob).await;
+            }
+            Err(e)
+        }
+    }
 }
 
 /// Writes the NAR of `root` to `out`; returns its size and sha256.

@@ -213,3 +213,35 @@ async fn a_writer_that_serves_no_listing_folds_its_own_segments() {
     let spent = store.object_requests().since(&before);
     assert!(spent.gets <= 1 + 2 * 64, "{spent}");
 }
+
+#[tokio::test]
+async fn deleting_paths_reads_no_pack_table() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open_at(dir.path()).await;
+    for i in 0..2 {
+        store.put_path_info(info(i)).await.expect("put");
+    }
+    drop(store);
+    let editor = BucketStore::open_path_infos(dir.path().to_str().expect("utf-8"))
+        .await
+        .expect("open for PathInfos");
+    assert!(editor
+        .delete_path_info(path(0).digest())
+        .await
+        .expect("delete"));
+    assert!(!editor
+        .delete_path_info(path(0).digest())
+        .await
+        .expect("again"));
+    // Opening a whole store lists its packs; this lists nothing.
+    assert_eq!(editor.object_requests().lists, 0);
+    let reopened = open_at(dir.path()).await;
+    assert_eq!(
+        listed(&reopened).await,
+        BTreeSet::from([path(1).basename()])
+    );
+    assert_eq!(
+        stored(&reopened).await,
+        BTreeSet::from([path(1).basename()])
+    );
+}

@@ -581,6 +581,14 @@ async fn a_wrong_chunk_list_in_a_readers_caches_fails_one_render_and_is_dropped(
         ("another file's list", b_list.clone()),
         // Does not add up to the file's size.
         ("a short list", a_list[..a_list.len() - 1].to_vec()),
+        // Adds up, but names its chunks with each other's sizes.
+        ("sizes swapped", {
+            let mut l = a_list.clone();
+            let (x, y) = (l[0].size, l[1].size);
+            assert_ne!(x, y, "pseudo-random chunks differ");
+            (l[0].size, l[1].size) = (y, x);
+            l
+        }),
     ];
     for (what, list) in wrong {
         // Kept earlier from a server since mended: memory cache gone

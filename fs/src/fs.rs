@@ -1371,6 +1371,8 @@ impl LazyFs {
                     got: data.len() as u64,
                 };
                 tracing::error!(error = %e, "read failed");
+                self.chunk_lists.invalidate(&blob);
+                self.refused_list(&blob);
                 return Err(e);
             }
             out.extend_from_slice(&data[piece.skip..piece.skip + piece.take]);

@@ -196,7 +196,13 @@ async fn blob_layout(
                 .ok_or_else(|| Status::data_loss(format!("blob {blob}: frame lacks it")))?
         }
     };
-    BlobLayout::from_answer(blob, size, list).map_err(to_status)
+    match BlobLayout::from_answer(blob, size, list) {
+        Ok(layout) => Ok(layout),
+        Err(e) => {
+            store.blobs.refuse_chunk_list(&blob).await;
+            Err(to_status(e))
+        }
+    }
 }
 
 #[tonic::async_trait]

@@ -176,12 +176,33 @@ impl BucketStore {
         local_root: Option<std::path::PathBuf>,
         policy: SpillPolicy,
     ) -> StoreResult<Arc<Self>> {
+        let store = Self::unloaded(objects, local_root, policy);
+        store.refresh().await?;
+        Ok(store)
+    }
+
+    /// Opens the store at `location` to change its PathInfos only (`lazix
+    /// delete`): its pack table, which a store of a million packs takes a
+    /// minute to load, is never loaded.
+    pub async fn open_path_infos(location: &str) -> StoreResult<PathInfoEditor> {
+        let objects = open_object_store(location)?;
+        Ok(PathInfoEditor {
+            store: Self::unloaded(objects, local_folder(location), SpillPolicy::from_env()),
+        })
+    }
+
+    /// A store object whose pack table is still empty.
+    fn unloaded(
+        objects: Arc<dyn ObjectStore>,
+        local_root: Option<std::path::PathBuf>,
+        policy: SpillPolicy,
+    ) -> Arc<Self> {
         let requests: Arc<counted::Counters> = Arc::default();
         let objects: Arc<dyn ObjectStore> = Arc::new(counted::Counted {
             inner: objects,
             counters: requests.clone(),
         });
-        let store = Arc::new_cyclic(|me| Self {
+        Arc::new_cyclic(|me| Self {
             me: me.clone(),
             requests,
             local_root,
@@ -204,9 +225,7 @@ impl BucketStore {
                     (b.len() + 64).min(u32::MAX as usize) as u32
                 })
                 .build_with_hasher(DigestKeyBuildHasher::default()),
-        });
-        store.refresh().await?;
-        Ok(store)
+        })
     }
 
     /// From now on, compaction (and GC's repacking) in this process stores
@@ -229,6 +248,25 @@ impl BucketStore {
             .lock()
             .expect("upload clock")
             .is_some_and(|t| t.elapsed() >= quiet)
+    }
+}
+
+/// A store opened to change PathInfos only (see
+/// [`BucketStore::open_path_infos`]): without its pack table it could
+/// answer no chunk read or write, so it offers none.
+pub struct PathInfoEditor {
+    store: Arc<BucketStore>,
+}
+
+impl PathInfoEditor {
+    /// See [`BucketStore::delete_path_info`].
+    pub async fn delete_path_info(&self, digest: &[u8; 20]) -> StoreResult<bool> {
+        self.store.delete_path_info(digest).await
+    }
+
+    /// The requests it made of its object store so far.
+    pub fn object_requests(&self) -> ObjectRequests {
+        self.store.object_requests()
     }
 }
 

@@ -64,17 +64,21 @@ impl BlobStore for FilteredLists {
     ) -> StoreResult<Vec<Option<Vec<ChunkMeta>>>> {
         let answers = self.inner.get_blob_chunks(blobs).await?;
         let mut out = Vec::with_capacity(answers.len());
+        let mut first_error = None;
         for (blob, answer) in blobs.iter().zip(answers) {
             match (self.filter)(blob, answer) {
                 Ok(list) => out.push(list),
                 Err(e) => {
                     // Whatever below kept it must not answer it again.
                     self.inner.refuse_chunk_list(blob).await;
-                    return Err(e);
+                    first_error.get_or_insert(e);
                 }
             }
         }
-        Ok(out)
+        match first_error {
+            None => Ok(out),
+            Some(e) => Err(e),
+        }
     }
 
     async fn chunk_list_digests(&self, root: &B3Digest) -> StoreResult<Option<ChunkListsDigest>> {
