@@ -156,9 +156,7 @@ for n in $SIZES; do
   scan_s=$(since "$t")
 
   # GC after deleting every tenth path.
-  for i in $(seq 0 10 $((n - 1))); do "$SYNTH" synth-path 1 "$i"; done >"$work/delete-$n.txt"
-  # Few invocations: each opens the store (its pack table: a minute at
-  # 10^6 paths); xargs's default buffer (128 KiB) would make 40 at 10^6.
+  "$SYNTH" synth-path 1 0 10 "$n" >"$work/delete-$n.txt"
   xargs -a "$work/delete-$n.txt" -s 1500000 -n 25000 "$LAZIX" delete "${where[@]}" >/dev/null 2>&1
   t=$(now)
   /usr/bin/time -f '%M' -o "$work/gc-rss-$n.txt" "$LAZIX" gc "${where[@]}" --grace 0 >"$work/gc-$n.txt" 2>&1

@@ -9,6 +9,7 @@
 //! `--large-every`-th path also holds a 1 MiB file. Each path references
 //! the one before it and one further back, as closures do.
 
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -179,13 +180,24 @@ fn parse(args: &[String]) -> Result<(String, Shape)> {
     Ok((store.context("--store LOCATION is needed")?, shape))
 }
 
-/// Names path `i` of a synthetic store, for scripts (`lazix-bench
-/// synth-path SEED I`).
+/// Names path `i` of a synthetic store, or every `STEP`th path from `I`
+/// up to `END`, one per line, for scripts (`lazix-bench synth-path SEED I
+/// [STEP END]`: a script naming 10^5 paths needs no 10^5 processes).
 pub fn print_path(args: &[String]) -> Result<()> {
-    let [seed, i] = args else {
-        bail!("usage: lazix-bench synth-path SEED I");
+    const USAGE: &str = "usage: lazix-bench synth-path SEED I [STEP END]";
+    let (seed, first, step, end) = match args {
+        [seed, i] => (seed, i.parse::<u64>()?, 1, i.parse::<u64>()? + 1),
+        [seed, i, step, end] => (seed, i.parse()?, step.parse()?, end.parse()?),
+        _ => bail!(USAGE),
     };
-    println!("{}", store_path(seed.parse()?, i.parse()?)?.to_absolute());
+    if step == 0 {
+        bail!(USAGE);
+    }
+    let seed = seed.parse()?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for i in (first..end).step_by(step as usize) {
+        writeln!(out, "{}", store_path(seed, i)?.to_absolute())?;
+    }
     Ok(())
 }
 
