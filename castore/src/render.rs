@@ -527,13 +527,8 @@ async fn expand(blobs: Arc<dyn BlobStore>, segment: Vec<Planned>) -> StoreResult
                 } else {
                     None
                 };
-                let layout = match BlobLayout::from_answer(digest, size, answer) {
-                    Ok(layout) => layout,
-                    Err(e) => {
-                        blobs.refuse_chunk_list(&digest).await;
-                        return Err(e);
-                    }
-                };
+                let layout =
+                    BlobLayout::from_store_answer(blobs.as_ref(), digest, size, answer).await?;
                 // A file streamed whole from a list not yet proved is
                 // hashed on its way out.
                 let proving = (layout.chunks().len() > 1 && skip == 0 && take == size)

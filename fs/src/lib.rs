@@ -56,7 +56,7 @@ pub struct MountOptions {
 /// (within its share of the quota `cache_bytes`): a remount, or a mount
 /// after `lazix prefetch`, asks no list again. Below the trust guard, so a
 /// kept list is checked like a fetched one; a list the reader refuses
-/// must be dropped from the returned lists.
+/// leaves it through `BlobStore::refuse_chunk_list`.
 fn with_lists_on_disk(mut store: Store, dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
     let lists = DiskChunkLists::open(dir, Quotas::of(cache_bytes).lists)?;
     store.blobs = disk_chunk_lists(store.blobs, lists);

@@ -371,14 +371,14 @@ pub async fn prefetch(
     for f in &files {
         let digest = digest_of(f);
         let list = lists.get(&digest).cloned().flatten();
-        let layout = match BlobLayout::from_answer(digest, f.size, list) {
-            Ok(l) => Arc::new(l),
-            Err(e) => {
-                tracing::warn!(file = %f.file, error = %e, "access profile: skipping a file");
-                store.blobs.refuse_chunk_list(&digest).await;
-                continue;
-            }
-        };
+        let layout =
+            match BlobLayout::from_store_answer(store.blobs.as_ref(), digest, f.size, list).await {
+                Ok(l) => Arc::new(l),
+                Err(e) => {
+                    tracing::warn!(file = %f.file, error = %e, "access profile: skipping a file");
+                    continue;
+                }
+            };
         mount.keep_layout(&layout);
         report.files += 1;
         for r in &f.ranges {

@@ -196,13 +196,9 @@ async fn blob_layout(
                 .ok_or_else(|| Status::data_loss(format!("blob {blob}: frame lacks it")))?
         }
     };
-    match BlobLayout::from_answer(blob, size, list) {
-        Ok(layout) => Ok(layout),
-        Err(e) => {
-            store.blobs.refuse_chunk_list(&blob).await;
-            Err(to_status(e))
-        }
-    }
+    BlobLayout::from_store_answer(store.blobs.as_ref(), blob, size, list)
+        .await
+        .map_err(to_status)
 }
 
 #[tonic::async_trait]

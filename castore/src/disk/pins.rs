@@ -74,14 +74,9 @@ async fn chunks_of(store: &Store, node: &Node) -> Result<Vec<B3Digest>, StoreErr
         .collect();
     let mut out = Vec::new();
     for (digest, size) in files {
+        let list = lists.get(&digest).cloned().flatten();
         let layout =
-            match BlobLayout::from_answer(digest, size, lists.get(&digest).cloned().flatten()) {
-                Ok(layout) => layout,
-                Err(e) => {
-                    store.blobs.refuse_chunk_list(&digest).await;
-                    return Err(e);
-                }
-            };
+            BlobLayout::from_store_answer(store.blobs.as_ref(), digest, size, list).await?;
         out.extend(layout.chunks().iter().map(|c| c.digest));
     }
     Ok(out)

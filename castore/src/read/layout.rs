@@ -46,6 +46,23 @@ impl BlobLayout {
         size > SINGLE_CHUNK_MAX
     }
 
+    /// [`BlobLayout::from_answer`] for an answer `blobs` gave: a list
+    /// refused is also refused to `blobs`
+    /// ([`crate::store::BlobStore::refuse_chunk_list`]), so no cache under
+    /// it answers it again.
+    pub async fn from_store_answer(
+        blobs: &dyn crate::store::BlobStore,
+        blob: B3Digest,
+        size: u64,
+        answer: Option<Vec<ChunkMeta>>,
+    ) -> StoreResult<Self> {
+        let layout = Self::from_answer(blob, size, answer);
+        if layout.is_err() {
+            blobs.refuse_chunk_list(&blob).await;
+        }
+        layout
+    }
+
     /// The layout from a store's answer to a chunk-list lookup (`None`: the
     /// store has no list, so the blob is one chunk, or nothing if empty).
     /// A list that does not fit the file is `Corrupt`.
