@@ -92,102 +92,142 @@ pub fn record(digest: &[u8; 20], entry: Option<&CatalogEntry>) -> lpb::CatalogRe
     }
 }
 
-/// The catalog as a reader assembles it.
+/// The catalog as a reader assembles it: its entries in listing order,
+/// one per store path, in one vector (a map beside it would cost a second
+/// copy of a catalog that a server holds while it answers a listing).
 #[derive(Default, Debug)]
 pub struct Catalog {
-    entries: HashMap<[u8; 20], CatalogEntry>,
+    sorted: Vec<CatalogEntry>,
 }
 
+/// Changes read from segments, in order: a store path's digest and the
+/// entry it has now (`None`: removed).
+pub type Changes = Vec<([u8; 20], Option<CatalogEntry>)>;
+
 impl Catalog {
-    /// A catalog holding `entries`.
+    /// A catalog holding `entries` (of two for one store path, the later).
     pub fn from_entries(entries: impl IntoIterator<Item = CatalogEntry>) -> Self {
-        Self {
-            entries: entries
-                .into_iter()
-                .map(|e| (*e.store_path.digest(), e))
-                .collect(),
+        let mut sorted: Vec<CatalogEntry> = entries.into_iter().collect();
+        // A snapshot is stored in order: checked, not sorted again.
+        if !sorted.is_sorted_by(|a, b| listing_order(a, b).is_lt()) {
+            // Stable: of two entries for one path, the later stays after.
+            sorted.sort_by(listing_order);
+            sorted.dedup_by(|later, kept| {
+                let same = later.store_path.digest() == kept.store_path.digest();
+                if same {
+                    std::mem::swap(later, kept);
+                }
+                same
+            });
         }
+        Self { sorted }
     }
 
     /// Reads a stored snapshot: the catalog and the segments it includes.
+    /// Each stage's copy is dropped before the next is built: at a million
+    /// paths a copy is about 150 MB, and a server's listing peak is the
+    /// sum of those held at once.
     pub fn from_snapshot(stored: &[u8]) -> StoreResult<(Self, HashSet<String>)> {
-        let mut decoded = Vec::new();
-        zstd::Decoder::new(stored)
-            .map_err(|e| StoreError::Corrupt(format!("catalog snapshot: {e}")))?
-            .take(MAX_SNAPSHOT_BYTES + 1)
-            .read_to_end(&mut decoded)
+        let snapshot = {
+            let mut decoded = Vec::new();
+            zstd::Decoder::new(stored)
+                .map_err(|e| StoreError::Corrupt(format!("catalog snapshot: {e}")))?
+                .take(MAX_SNAPSHOT_BYTES + 1)
+                .read_to_end(&mut decoded)
+                .map_err(|e| StoreError::Corrupt(format!("catalog snapshot: {e}")))?;
+            if decoded.len() as u64 > MAX_SNAPSHOT_BYTES {
+                return Err(crate::limits::over_limit(
+                    "a catalog snapshot",
+                    format!("{MAX_SNAPSHOT_BYTES} bytes"),
+                ));
+            }
+            lpb::CatalogSnapshot::decode(decoded.as_slice())
+                .map_err(|e| StoreError::Corrupt(format!("catalog snapshot: {e}")))?
+        };
+        let lpb::CatalogSnapshot {
+            folded,
+            entries,
+            nar_sizes,
+        } = snapshot;
+        let entries = entries_with_sizes(&entries, &nar_sizes)
             .map_err(|e| StoreError::Corrupt(format!("catalog snapshot: {e}")))?;
-        if decoded.len() as u64 > MAX_SNAPSHOT_BYTES {
-            return Err(crate::limits::over_limit(
-                "a catalog snapshot",
-                format!("{MAX_SNAPSHOT_BYTES} bytes"),
-            ));
-        }
-        let snapshot = lpb::CatalogSnapshot::decode(decoded.as_slice())
-            .map_err(|e| StoreError::Corrupt(format!("catalog snapshot: {e}")))?;
-        let entries = entries_with_sizes(&snapshot.entries, &snapshot.nar_sizes)
-            .map_err(|e| StoreError::Corrupt(format!("catalog snapshot: {e}")))?;
-        Ok((
-            Self::from_entries(entries),
-            snapshot.folded.into_iter().collect(),
-        ))
+        Ok((Self::from_entries(entries), folded.into_iter().collect()))
     }
 
     /// Applies a stored segment's changes in order; a segment that does
     /// not read changes nothing.
     pub fn apply(&mut self, stored_segment: &[u8]) -> StoreResult<()> {
-        let segment = lpb::CatalogSegment::decode(stored_segment)
-            .map_err(|e| StoreError::Corrupt(format!("catalog segment: {e}")))?;
-        let changes = segment
-            .records
-            .iter()
-            .map(change)
-            .collect::<StoreResult<Vec<_>>>()?;
-        for (digest, entry) in changes {
-            match entry {
-                None => self.entries.remove(&digest),
-                Some(entry) => self.entries.insert(digest, entry),
-            };
-        }
+        let changes = changes_of(stored_segment)?;
+        self.apply_changes(changes);
         Ok(())
+    }
+
+    /// Applies changes (of several segments at once: one pass over the
+    /// catalog), the later of two for one path winning.
+    pub fn apply_changes(&mut self, changes: Changes) {
+        if changes.is_empty() {
+            return;
+        }
+        let last: HashMap<[u8; 20], Option<CatalogEntry>> = changes.into_iter().collect();
+        self.sorted
+            .retain(|e| !last.contains_key(e.store_path.digest()));
+        let mut added: Vec<CatalogEntry> = last.into_values().flatten().collect();
+        if added.is_empty() {
+            return;
+        }
+        added.sort_unstable_by(listing_order);
+        // Two sorted runs: a stable sort merges them in one pass.
+        self.sorted.extend(added);
+        self.sorted.sort_by(listing_order);
     }
 
     /// Paths in the catalog.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.sorted.len()
     }
 
     /// Whether the catalog holds no path.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.sorted.is_empty()
     }
 
     /// The snapshot to store: these entries, including the segments
     /// `folded`.
     pub fn snapshot(&self, folded: Vec<String>) -> StoreResult<Bytes> {
-        let sorted = self.sorted();
         let snapshot = lpb::CatalogSnapshot {
             folded,
-            entries: sorted.iter().map(CatalogEntry::to_proto).collect(),
-            nar_sizes: sorted.iter().map(|e| e.nar_size).collect(),
+            entries: self.sorted.iter().map(CatalogEntry::to_proto).collect(),
+            nar_sizes: self.sorted.iter().map(|e| e.nar_size).collect(),
         };
-        let encoded = zstd::bulk::compress(&snapshot.encode_to_vec(), SNAPSHOT_LEVEL)?;
-        Ok(Bytes::from(encoded))
+        let encoded = snapshot.encode_to_vec();
+        drop(snapshot);
+        let compressed = zstd::bulk::compress(&encoded, SNAPSHOT_LEVEL)?;
+        Ok(Bytes::from(compressed))
     }
 
-    /// The entries, sorted by store path basename (the order `ls` shows).
-    pub fn sorted(&self) -> Vec<CatalogEntry> {
-        let mut out: Vec<CatalogEntry> = self.entries.values().cloned().collect();
-        out.sort_by_cached_key(|e| e.store_path.basename());
-        out
-    }
-
-    /// The entries, sorted, consuming the catalog.
+    /// The entries, sorted by store path basename (the order `ls` shows),
+    /// consuming the catalog.
     pub fn into_sorted(self) -> Vec<CatalogEntry> {
-        let mut out: Vec<CatalogEntry> = self.entries.into_values().collect();
-        out.sort_by_cached_key(|e| e.store_path.basename());
-        out
+        self.sorted
     }
+}
+
+/// The changes a stored segment records, in order, each checked.
+pub fn changes_of(stored_segment: &[u8]) -> StoreResult<Changes> {
+    let segment = lpb::CatalogSegment::decode(stored_segment)
+        .map_err(|e| StoreError::Corrupt(format!("catalog segment: {e}")))?;
+    segment.records.iter().map(change).collect()
+}
+
+/// The order of a listing: by basename, which is the order of the hash
+/// parts (all 32 characters, distinct within a catalog), which is the
+/// order of the digests read from their last byte: nixbase32 writes the
+/// digest's 5-bit groups from the most significant of it read as a
+/// little-endian number, in an alphabet in ASCII order. Compared without
+/// making a string per entry (a million of them at a million paths).
+fn listing_order(a: &CatalogEntry, b: &CatalogEntry) -> std::cmp::Ordering {
+    let (a, b) = (a.store_path.digest(), b.store_path.digest());
+    a.iter().rev().cmp(b.iter().rev())
 }
 
 /// Entries sent or stored beside their NAR sizes (`sizes[i]` is
@@ -296,6 +336,44 @@ mod tests {
         };
         assert!(c.apply(&segment(vec![bad])).is_err());
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn entries_out_of_order_are_sorted_and_the_later_of_two_kept() {
+        let mut newer = entry(3);
+        newer.nar_size = 999;
+        let catalog = Catalog::from_entries([entry(3), entry(1), entry(2), newer.clone()]);
+        assert_eq!(catalog.len(), 3);
+        let mut expected = vec![entry(1), entry(2), newer];
+        expected.sort_by_key(|e| e.store_path.basename());
+        assert_eq!(catalog.into_sorted(), expected);
+    }
+
+    #[test]
+    fn listing_order_is_the_order_of_basenames() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut entries: Vec<CatalogEntry> = (0..500)
+            .map(|i| {
+                let mut e = entry(0);
+                let mut digest = [0u8; 20];
+                for b in digest.iter_mut() {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    *b = (state >> 56) as u8;
+                }
+                // Runs of equal leading bytes too, where the order is decided late.
+                digest[19] = (i % 3) as u8;
+                digest[18] = (i % 2) as u8;
+                e.store_path =
+                    StorePath::from_parts(digest, &format!("n{}", 500 - i)).expect("path");
+                e
+            })
+            .collect();
+        let mut by_basename = entries.clone();
+        by_basename.sort_by_key(|e| e.store_path.basename());
+        entries.sort_unstable_by(listing_order);
+        assert_eq!(entries, by_basename);
     }
 
     #[test]

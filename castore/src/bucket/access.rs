@@ -89,17 +89,58 @@ impl BucketStore {
 
     /// Deletes access marks (and access profiles) older than `cutoff`
     /// whose path is not in `live` (hash parts).
-    pub(crate) async fn sweep_orphan_marks(
+    pub(super) async fn sweep_orphan_marks(
         &self,
         cutoff: SystemTime,
-        live: &std::collections::HashSet<String>,
+        live: &super::mark_set::MarkSet,
     ) -> StoreResult<()> {
-        self.sweep_prefix(ACCESSED, cutoff, |name| !live.contains(name))
-            .await?;
+        // Named by hash part; a name that is none is no live path's.
+        let orphan =
+            |name: &str| nixbase32::decode(name, 20).map_or(true, |d| !live.contains_bytes(&d));
+        self.sweep_prefix(ACCESSED, cutoff, orphan).await?;
         // Access profiles go with their paths too (one deleted by another
         // route than `delete_path_info`).
-        self.sweep_prefix(super::keys::PROFILES, cutoff, |name| !live.contains(name))
+        self.sweep_prefix(super::keys::PROFILES, cutoff, orphan)
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bucket::keys::profile_path;
+    use crate::bucket::mark_set::MarkSet;
+
+    #[tokio::test]
+    async fn marks_of_live_paths_stay_and_orphans_go() {
+        let (_dir, store) = crate::testutil::temp_bucket().await;
+        let live: Vec<[u8; 20]> = (0..50u8).map(|i| [i; 20]).collect();
+        // Gone: another digest, one sharing no prefix with a live one, and
+        // a name that is no hash part at all.
+        let gone = [[200u8; 20], [201u8; 20]];
+        for d in live.iter().chain(&gone) {
+            for path in [access_path(d), profile_path(d)] {
+                store.put(&path, Default::default()).await.unwrap();
+            }
+        }
+        let not_a_hash = object_store::path::Path::from(format!("{ACCESSED}/not-a-hash"));
+        store.put(&not_a_hash, Default::default()).await.unwrap();
+        let mut set = MarkSet::default();
+        for d in &live {
+            set.insert_bytes(d);
+        }
+        set.seal();
+        let later = SystemTime::now() + Duration::from_secs(60);
+        store.sweep_orphan_marks(later, &set).await.unwrap();
+        for d in &live {
+            assert!(store.exists(&access_path(d)).await.unwrap());
+            assert!(store.exists(&profile_path(d)).await.unwrap());
+        }
+        for d in &gone {
+            assert!(!store.exists(&access_path(d)).await.unwrap());
+            assert!(!store.exists(&profile_path(d)).await.unwrap());
+        }
+        assert!(!store.exists(&not_a_hash).await.unwrap());
     }
 }

@@ -18,16 +18,24 @@ pub(super) struct MarkSet {
     fresh: Vec<u64>,
 }
 
-fn key(d: &B3Digest) -> u64 {
+/// The first 8 bytes of a digest (of a chunk, or of a store path: any of
+/// at least 8 bytes), as the set keeps them.
+fn key(digest: &[u8]) -> u64 {
     let mut prefix = [0u8; 8];
-    prefix.copy_from_slice(&d.as_bytes()[..8]);
+    let n = digest.len().min(8);
+    prefix[..n].copy_from_slice(&digest[..n]);
     u64::from_be_bytes(prefix)
 }
 
 impl MarkSet {
     /// Adds a digest.
     pub(super) fn insert(&mut self, d: &B3Digest) {
-        self.fresh.push(key(d));
+        self.insert_bytes(d.as_bytes());
+    }
+
+    /// Adds a digest given as bytes (a store path's, say).
+    pub(super) fn insert_bytes(&mut self, digest: &[u8]) {
+        self.fresh.push(key(digest));
         if self.fresh.len() >= MERGE_AT.max(self.sorted.len() / 2) {
             self.merge();
         }
@@ -53,7 +61,12 @@ impl MarkSet {
     /// Only after [`MarkSet::seal`]; a digest inserted since is found too,
     /// more slowly.
     pub(super) fn contains(&self, d: &B3Digest) -> bool {
-        let k = key(d);
+        self.contains_bytes(d.as_bytes())
+    }
+
+    /// [`MarkSet::contains`] for a digest given as bytes.
+    pub(super) fn contains_bytes(&self, digest: &[u8]) -> bool {
+        let k = key(digest);
         self.sorted.binary_search(&k).is_ok() || self.fresh.contains(&k)
     }
 

@@ -199,6 +199,7 @@ impl BucketStore {
                 return Ok(Err("the newest snapshot is unreadable"));
             }
         };
+        drop(stored);
         let listed_at = SystemTime::now();
         let listed: Vec<String> = self
             .list_prefix_after(CATALOG_SEGMENTS, &segments_from(&newest.location))
@@ -328,15 +329,19 @@ impl BucketStore {
             .try_collect()
             .await?;
         let mut vanished = 0;
+        let mut changes = Vec::new();
         for (name, stored) in names.iter().zip(read) {
             let Some(stored) = stored else {
                 vanished += 1;
                 continue;
             };
-            if let Err(e) = catalog.apply(&stored) {
-                tracing::warn!(segment = %name, error = %e, "catalog segment skipped");
+            match crate::catalog::changes_of(&stored) {
+                Ok(more) => changes.extend(more),
+                Err(e) => tracing::warn!(segment = %name, error = %e, "catalog segment skipped"),
             }
         }
+        // All at once: one pass over a large catalog, not one a segment.
+        catalog.apply_changes(changes);
         Ok(vanished)
     }
 
