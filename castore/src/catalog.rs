@@ -149,9 +149,10 @@ impl Catalog {
             entries,
             nar_sizes,
         } = snapshot;
-        let entries = entries_with_sizes(&entries, &nar_sizes)
+        let checked = entries_with_sizes(&entries, &nar_sizes)
             .map_err(|e| StoreError::Corrupt(format!("catalog snapshot: {e}")))?;
-        Ok((Self::from_entries(entries), folded.into_iter().collect()))
+        drop((entries, nar_sizes));
+        Ok((Self::from_entries(checked), folded.into_iter().collect()))
     }
 
     /// Applies a stored segment's changes in order; a segment that does
@@ -171,14 +172,16 @@ impl Catalog {
         let last: HashMap<[u8; 20], Option<CatalogEntry>> = changes.into_iter().collect();
         self.sorted
             .retain(|e| !last.contains_key(e.store_path.digest()));
-        let mut added: Vec<CatalogEntry> = last.into_values().flatten().collect();
+        let added: Vec<CatalogEntry> = last.into_values().flatten().collect();
         if added.is_empty() {
             return;
         }
-        added.sort_unstable_by(listing_order);
-        // Two sorted runs: a stable sort merges them in one pass.
+        // Unstable (digests are distinct now): a stable sort would take
+        // scratch space of half the catalog, at every listing that finds
+        // paths added in loose segments.
+        self.sorted.reserve_exact(added.len());
         self.sorted.extend(added);
-        self.sorted.sort_by(listing_order);
+        self.sorted.sort_unstable_by(listing_order);
     }
 
     /// Paths in the catalog.
@@ -294,6 +297,31 @@ mod tests {
     }
 
     #[test]
+    fn changes_of_several_segments_applied_at_once_end_as_applied_one_by_one() {
+        let first = segment(vec![
+            record(entry(1).store_path.digest(), None),
+            record(entry(4).store_path.digest(), Some(&entry(4))),
+        ]);
+        let second = segment(vec![
+            record(entry(1).store_path.digest(), Some(&entry(1))),
+            record(entry(4).store_path.digest(), None),
+            record(entry(5).store_path.digest(), Some(&entry(5))),
+        ]);
+        let start = || Catalog::from_entries([entry(1), entry(2)]);
+        let mut one_by_one = start();
+        one_by_one.apply(&first).unwrap();
+        one_by_one.apply(&second).unwrap();
+        let mut at_once = start();
+        let mut changes = changes_of(&first).unwrap();
+        changes.extend(changes_of(&second).unwrap());
+        at_once.apply_changes(changes);
+        let mut expected = vec![entry(1), entry(2), entry(5)];
+        expected.sort_by_key(|e| e.store_path.basename());
+        assert_eq!(one_by_one.into_sorted(), expected);
+        assert_eq!(at_once.into_sorted(), expected);
+    }
+
+    #[test]
     fn segments_apply_in_order_on_a_snapshot() {
         let snap = Catalog::from_entries([entry(1), entry(2)])
             .snapshot(vec!["s0".into()])
@@ -344,9 +372,12 @@ mod tests {
         newer.nar_size = 999;
         let catalog = Catalog::from_entries([entry(3), entry(1), entry(2), newer.clone()]);
         assert_eq!(catalog.len(), 3);
-        let mut expected = vec![entry(1), entry(2), newer];
+        let mut expected = vec![entry(1), entry(2), newer.clone()];
         expected.sort_by_key(|e| e.store_path.basename());
         assert_eq!(catalog.into_sorted(), expected);
+        // In order but for one path twice, back to back: the later stays.
+        let twice = Catalog::from_entries([entry(3), newer.clone()]);
+        assert_eq!(twice.into_sorted(), vec![newer]);
     }
 
     #[test]

@@ -88,7 +88,8 @@ impl BucketStore {
     }
 
     /// Deletes access marks (and access profiles) older than `cutoff`
-    /// whose path is not in `live` (hash parts).
+    /// whose path is not in `live` (store path digests, by their names'
+    /// hash parts).
     pub(super) async fn sweep_orphan_marks(
         &self,
         cutoff: SystemTime,
@@ -116,9 +117,12 @@ mod tests {
     async fn marks_of_live_paths_stay_and_orphans_go() {
         let (_dir, store) = crate::testutil::temp_bucket().await;
         let live: Vec<[u8; 20]> = (0..50u8).map(|i| [i; 20]).collect();
-        // Gone: another digest, one sharing no prefix with a live one, and
-        // a name that is no hash part at all.
-        let gone = [[200u8; 20], [201u8; 20]];
+        // Gone: a digest unlike any live one, one whose hash part starts
+        // as a live one's does (the same last bytes), and a name that is
+        // no hash part at all.
+        let mut near = [7u8; 20];
+        near[0] = 200;
+        let gone = [[200u8; 20], near];
         for d in live.iter().chain(&gone) {
             for path in [access_path(d), profile_path(d)] {
                 store.put(&path, Default::default()).await.unwrap();
