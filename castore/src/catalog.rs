@@ -155,14 +155,6 @@ impl Catalog {
         Ok((Self::from_entries(checked), folded.into_iter().collect()))
     }
 
-    /// Applies a stored segment's changes in order; a segment that does
-    /// not read changes nothing.
-    pub fn apply(&mut self, stored_segment: &[u8]) -> StoreResult<()> {
-        let changes = changes_of(stored_segment)?;
-        self.apply_changes(changes);
-        Ok(())
-    }
-
     /// Applies changes (of several segments at once: one pass over the
     /// catalog), the later of two for one path winning.
     pub fn apply_changes(&mut self, changes: Changes) {
@@ -282,6 +274,12 @@ mod tests {
     use super::*;
     use crate::digest::B3Digest;
 
+    /// A stored segment's changes applied, as a reader of one would.
+    fn apply(catalog: &mut Catalog, stored_segment: &[u8]) -> StoreResult<()> {
+        catalog.apply_changes(changes_of(stored_segment)?);
+        Ok(())
+    }
+
     fn entry(i: u8) -> CatalogEntry {
         let mut digest = [0u8; 20];
         digest[0] = i;
@@ -309,8 +307,8 @@ mod tests {
         ]);
         let start = || Catalog::from_entries([entry(1), entry(2)]);
         let mut one_by_one = start();
-        one_by_one.apply(&first).unwrap();
-        one_by_one.apply(&second).unwrap();
+        apply(&mut one_by_one, &first).unwrap();
+        apply(&mut one_by_one, &second).unwrap();
         let mut at_once = start();
         let mut changes = changes_of(&first).unwrap();
         changes.extend(changes_of(&second).unwrap());
@@ -328,20 +326,24 @@ mod tests {
             .expect("snapshot");
         let (mut catalog, folded) = Catalog::from_snapshot(&snap).expect("read back");
         assert_eq!(folded, HashSet::from(["s0".to_string()]));
-        catalog
-            .apply(&segment(vec![
+        apply(
+            &mut catalog,
+            &segment(vec![
                 record(entry(3).store_path.digest(), Some(&entry(3))),
                 record(entry(1).store_path.digest(), None),
-            ]))
-            .expect("apply");
+            ]),
+        )
+        .expect("apply");
         // Removed then added again later: present.
-        catalog
-            .apply(&segment(vec![
+        apply(
+            &mut catalog,
+            &segment(vec![
                 record(entry(1).store_path.digest(), None),
                 record(entry(1).store_path.digest(), Some(&entry(1))),
                 record(entry(2).store_path.digest(), None),
-            ]))
-            .expect("apply");
+            ]),
+        )
+        .expect("apply");
         assert_eq!(catalog.into_sorted(), vec![entry(1), entry(3)]);
     }
 
@@ -349,20 +351,20 @@ mod tests {
     fn damaged_objects_are_refused_with_an_error() {
         assert!(Catalog::from_snapshot(b"not zstd").is_err());
         let mut c = Catalog::default();
-        assert!(c.apply(b"\xff\xff\xff").is_err());
+        assert!(apply(&mut c, b"\xff\xff\xff").is_err());
         // A record filed under another path's digest.
         let wrong = segment(vec![
             record(entry(2).store_path.digest(), Some(&entry(2))),
             record(&[9; 20], Some(&entry(1))),
         ]);
-        assert!(c.apply(&wrong).is_err());
+        assert!(apply(&mut c, &wrong).is_err());
         // A name that is no store path.
         let bad = lpb::CatalogRecord {
             store_path_digest: Bytes::copy_from_slice(&[1; 20]),
             entry: Some(entry(1).node.to_entry(Bytes::from_static(b"../etc"))),
             nar_size: 1,
         };
-        assert!(c.apply(&segment(vec![bad])).is_err());
+        assert!(apply(&mut c, &segment(vec![bad])).is_err());
         assert!(c.is_empty());
     }
 
