@@ -8,7 +8,11 @@
 //!   writing at once never overwrite each other;
 //! - a *snapshot* is the catalog at some moment plus the names of the
 //!   segments it includes; a reader takes the newest snapshot and applies
-//!   the segments it does not include, in name order;
+//!   the segments it does not include, in name order ([`Overlay`]);
+//! - a snapshot is stored as a stream (see [`SNAPSHOT_MAGIC`]): a reader
+//!   merges the segments' changes into it as it reads, so a listing holds
+//!   the changes, not the catalog, whatever the store's size. Snapshots
+//!   stored before that format (one protobuf message) are read whole;
 //! - a process that reads many loose segments folds them into a new
 //!   snapshot in the background;
 //!   GC writes one from its full walk (which also rebuilds a lost catalog).
@@ -19,7 +23,6 @@
 //! Object names and I/O: [`crate::bucket`] (`path_catalog`).
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
 
 use bytes::Bytes;
 use lazix_proto::castore as cpb;
@@ -31,14 +34,33 @@ use crate::nix::store_path::StorePath;
 use crate::node::Node;
 use crate::pathinfo::PathInfo;
 
-/// Largest decoded snapshot read (about ten million paths): a damaged
-/// object cannot make a reader allocate without bound.
+/// Largest decoded snapshot of the older format read whole (about ten
+/// million paths): a damaged object cannot make a reader allocate without
+/// bound.
 pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
+
+/// What a snapshot stored as a stream starts with, once decoded. It is
+/// followed by fields, each its length as a little-endian u32 and then its
+/// bytes: a `lazix.v1.CatalogSnapshot` holding only the names of the
+/// segments folded in ([`snapshot_head`]); one `lazix.v1.CatalogRecord`
+/// per path, in listing order, without the digest its name carries
+/// ([`snapshot_record`]); an empty field; then the number of records as a
+/// little-endian u64, and the end. (A snapshot of the older format is one
+/// `CatalogSnapshot`, whose encoding never starts with this byte.)
+pub const SNAPSHOT_MAGIC: &[u8; 16] = b"LAZIX-CATALOG-2\n";
+
+/// Largest head of a snapshot stored as a stream (the folded segments'
+/// names: about a million).
+pub const MAX_HEAD_BYTES: u32 = 64 << 20;
+
+/// Largest record of a snapshot stored as a stream (a store path's name
+/// and its root node: a symlink's target is the longest part).
+pub const MAX_RECORD_BYTES: u32 = 1 << 20;
 
 /// zstd level of snapshots: fast, since a writer folds every few dozen
 /// segments (a snapshot of 100,000 paths is about 7 MB before
 /// compression).
-const SNAPSHOT_LEVEL: i32 = 3;
+pub const SNAPSHOT_LEVEL: i32 = 3;
 
 /// One store path as a listing of the store's root shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,56 +145,39 @@ impl Catalog {
         Self { sorted }
     }
 
-    /// Reads a stored snapshot: the catalog and the segments it includes.
-    /// Each stage's copy is dropped before the next is built: at a million
-    /// paths a copy is about 150 MB, and a server's listing peak is the
-    /// sum of those held at once.
-    pub fn from_snapshot(stored: &[u8]) -> StoreResult<(Self, HashSet<String>)> {
-        let snapshot = {
-            let mut decoded = Vec::new();
-            zstd::Decoder::new(stored)
-                .map_err(|e| StoreError::Corrupt(format!("catalog snapshot: {e}")))?
-                .take(MAX_SNAPSHOT_BYTES + 1)
-                .read_to_end(&mut decoded)
-                .map_err(|e| StoreError::Corrupt(format!("catalog snapshot: {e}")))?;
-            if decoded.len() as u64 > MAX_SNAPSHOT_BYTES {
-                return Err(crate::limits::over_limit(
-                    "a catalog snapshot",
-                    format!("{MAX_SNAPSHOT_BYTES} bytes"),
-                ));
-            }
-            lpb::CatalogSnapshot::decode(decoded.as_slice())
-                .map_err(|e| StoreError::Corrupt(format!("catalog snapshot: {e}")))?
-        };
+    /// Reads a snapshot of the older format (one `CatalogSnapshot`
+    /// message, decoded from zstd by the caller, who bounds its size): the
+    /// catalog and the segments it includes. Each stage's copy is dropped
+    /// before the next is built.
+    pub fn from_old_snapshot(decoded: &[u8]) -> StoreResult<(Self, Vec<String>)> {
         let lpb::CatalogSnapshot {
             folded,
             entries,
             nar_sizes,
-        } = snapshot;
+        } = lpb::CatalogSnapshot::decode(decoded)
+            .map_err(|e| StoreError::Corrupt(format!("catalog snapshot: {e}")))?;
         let checked = entries_with_sizes(&entries, &nar_sizes)
             .map_err(|e| StoreError::Corrupt(format!("catalog snapshot: {e}")))?;
         drop((entries, nar_sizes));
-        Ok((Self::from_entries(checked), folded.into_iter().collect()))
+        Ok((Self::from_entries(checked), folded))
     }
 
     /// Applies changes (of several segments at once: one pass over the
     /// catalog), the later of two for one path winning.
     pub fn apply_changes(&mut self, changes: Changes) {
-        if changes.is_empty() {
+        let overlay = Overlay::of(changes);
+        if overlay.changed.is_empty() {
             return;
         }
-        let last: HashMap<[u8; 20], Option<CatalogEntry>> = changes.into_iter().collect();
-        self.sorted
-            .retain(|e| !last.contains_key(e.store_path.digest()));
-        let added: Vec<CatalogEntry> = last.into_values().flatten().collect();
-        if added.is_empty() {
+        self.sorted.retain(|e| !overlay.replaces(e));
+        if overlay.added.is_empty() {
             return;
         }
         // Unstable (digests are distinct now): a stable sort would take
         // scratch space of half the catalog, at every listing that finds
         // paths added in loose segments.
-        self.sorted.reserve_exact(added.len());
-        self.sorted.extend(added);
+        self.sorted.reserve_exact(overlay.added.len());
+        self.sorted.extend(overlay.added);
         self.sorted.sort_unstable_by(listing_order);
     }
 
@@ -186,18 +191,21 @@ impl Catalog {
         self.sorted.is_empty()
     }
 
-    /// The snapshot to store: these entries, including the segments
-    /// `folded`.
-    pub fn snapshot(&self, folded: Vec<String>) -> StoreResult<Bytes> {
-        let snapshot = lpb::CatalogSnapshot {
+    /// The entries in listing order.
+    pub fn iter(&self) -> impl Iterator<Item = &CatalogEntry> {
+        self.sorted.iter()
+    }
+
+    /// A snapshot of the older format, decoded (tests show such snapshots
+    /// still read; nothing writes them any more).
+    #[cfg(any(test, feature = "testutil"))]
+    pub fn old_snapshot(&self, folded: Vec<String>) -> Vec<u8> {
+        lpb::CatalogSnapshot {
             folded,
             entries: self.sorted.iter().map(CatalogEntry::to_proto).collect(),
             nar_sizes: self.sorted.iter().map(|e| e.nar_size).collect(),
-        };
-        let encoded = snapshot.encode_to_vec();
-        drop(snapshot);
-        let compressed = zstd::bulk::compress(&encoded, SNAPSHOT_LEVEL)?;
-        Ok(Bytes::from(compressed))
+        }
+        .encode_to_vec()
     }
 
     /// The entries, sorted by store path basename (the order `ls` shows),
@@ -205,6 +213,97 @@ impl Catalog {
     pub fn into_sorted(self) -> Vec<CatalogEntry> {
         self.sorted
     }
+}
+
+/// Changes read from loose segments, ready to be merged into a catalog
+/// read in listing order: of two changes of one path the later wins, and a
+/// path changed at all is dropped from what is read (its entry now, if
+/// any, comes from the changes).
+#[derive(Default, Debug)]
+pub struct Overlay {
+    changed: HashSet<[u8; 20]>,
+    /// The entries the changes add, in listing order.
+    added: std::collections::VecDeque<CatalogEntry>,
+}
+
+impl Overlay {
+    /// The overlay of `changes`, given in the order they were made.
+    pub fn of(changes: Changes) -> Self {
+        let last: HashMap<[u8; 20], Option<CatalogEntry>> = changes.into_iter().collect();
+        let changed = last.keys().copied().collect();
+        let mut added: Vec<CatalogEntry> = last.into_values().flatten().collect();
+        added.sort_unstable_by(listing_order);
+        Self {
+            changed,
+            added: added.into(),
+        }
+    }
+
+    /// Whether `entry`, read from a snapshot, is replaced or removed.
+    pub fn replaces(&self, entry: &CatalogEntry) -> bool {
+        self.changed.contains(entry.store_path.digest())
+    }
+
+    /// The next entry the changes add that comes before `next` in listing
+    /// order (`None`: the end of what is read, so any), taken out.
+    pub fn added_before(&mut self, next: Option<&CatalogEntry>) -> Option<CatalogEntry> {
+        let first = self.added.front()?;
+        match next {
+            Some(next) if listing_order(first, next).is_gt() => None,
+            _ => self.added.pop_front(),
+        }
+    }
+}
+
+/// The head of a snapshot stored as a stream: the segments it includes.
+pub fn snapshot_head(folded: Vec<String>) -> Vec<u8> {
+    lpb::CatalogSnapshot {
+        folded,
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// The segments a snapshot's head says it includes.
+pub fn folded_of_head(head: &[u8]) -> StoreResult<Vec<String>> {
+    let head = lpb::CatalogSnapshot::decode(head)
+        .map_err(|e| StoreError::Corrupt(format!("catalog snapshot head: {e}")))?;
+    if !head.entries.is_empty() || !head.nar_sizes.is_empty() {
+        return Err(StoreError::Corrupt(
+            "catalog snapshot head: entries in the head".into(),
+        ));
+    }
+    Ok(head.folded)
+}
+
+/// One path's record in a snapshot stored as a stream.
+pub fn snapshot_record(entry: &CatalogEntry) -> Vec<u8> {
+    lpb::CatalogRecord {
+        store_path_digest: Bytes::new(),
+        entry: Some(entry.to_proto()),
+        nar_size: entry.nar_size,
+    }
+    .encode_to_vec()
+}
+
+/// A snapshot's record read back and checked, given the digest of the
+/// path before it (records are in listing order, one per path).
+pub fn entry_of_snapshot_record(
+    record: &[u8],
+    previous: Option<&[u8; 20]>,
+) -> StoreResult<CatalogEntry> {
+    let corrupt = |what: String| StoreError::Corrupt(format!("catalog snapshot record: {what}"));
+    let record = lpb::CatalogRecord::decode(record).map_err(|e| corrupt(e.to_string()))?;
+    let entry = record
+        .entry
+        .as_ref()
+        .ok_or_else(|| corrupt("no entry".into()))?;
+    let entry =
+        CatalogEntry::from_proto(entry, record.nar_size).map_err(|e| corrupt(e.to_string()))?;
+    if previous.is_some_and(|p| digest_order(p, entry.store_path.digest()).is_ge()) {
+        return Err(corrupt(format!("{} out of order", entry.store_path)));
+    }
+    Ok(entry)
 }
 
 /// The changes a stored segment records, in order, each checked.
@@ -221,7 +320,11 @@ pub fn changes_of(stored_segment: &[u8]) -> StoreResult<Changes> {
 /// little-endian number, in an alphabet in ASCII order. Compared without
 /// making a string per entry (a million of them at a million paths).
 fn listing_order(a: &CatalogEntry, b: &CatalogEntry) -> std::cmp::Ordering {
-    let (a, b) = (a.store_path.digest(), b.store_path.digest());
+    digest_order(a.store_path.digest(), b.store_path.digest())
+}
+
+/// [`listing_order`] of two paths' digests.
+fn digest_order(a: &[u8; 20], b: &[u8; 20]) -> std::cmp::Ordering {
     a.iter().rev().cmp(b.iter().rev())
 }
 
@@ -321,11 +424,9 @@ mod tests {
 
     #[test]
     fn segments_apply_in_order_on_a_snapshot() {
-        let snap = Catalog::from_entries([entry(1), entry(2)])
-            .snapshot(vec!["s0".into()])
-            .expect("snapshot");
-        let (mut catalog, folded) = Catalog::from_snapshot(&snap).expect("read back");
-        assert_eq!(folded, HashSet::from(["s0".to_string()]));
+        let snap = Catalog::from_entries([entry(1), entry(2)]).old_snapshot(vec!["s0".into()]);
+        let (mut catalog, folded) = Catalog::from_old_snapshot(&snap).expect("read back");
+        assert_eq!(folded, vec!["s0".to_string()]);
         apply(
             &mut catalog,
             &segment(vec![
@@ -349,7 +450,7 @@ mod tests {
 
     #[test]
     fn damaged_objects_are_refused_with_an_error() {
-        assert!(Catalog::from_snapshot(b"not zstd").is_err());
+        assert!(Catalog::from_old_snapshot(b"\xff\xff\xff").is_err());
         let mut c = Catalog::default();
         assert!(apply(&mut c, b"\xff\xff\xff").is_err());
         // A record filed under another path's digest.
@@ -424,5 +525,97 @@ mod tests {
         let named = entry(1).node.to_entry(Bytes::from_static(b"x/../y"));
         assert!(entries_with_sizes(&[named], &[1]).is_err());
         assert!(entries_with_sizes(&[cpb::Entry { entry: None }], &[1]).is_err());
+    }
+
+    /// What a reader of a snapshot stored as a stream does: each record
+    /// decoded in turn, the overlay merged in.
+    fn merged(records: &[Vec<u8>], mut overlay: Overlay) -> StoreResult<Vec<CatalogEntry>> {
+        let mut out = Vec::new();
+        let mut previous: Option<[u8; 20]> = None;
+        for record in records {
+            let entry = entry_of_snapshot_record(record, previous.as_ref())?;
+            previous = Some(*entry.store_path.digest());
+            if overlay.replaces(&entry) {
+                continue;
+            }
+            while let Some(added) = overlay.added_before(Some(&entry)) {
+                out.push(added);
+            }
+            out.push(entry);
+        }
+        while let Some(added) = overlay.added_before(None) {
+            out.push(added);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn changes_merged_into_records_as_read_end_as_applied_to_the_catalog() {
+        let base = Catalog::from_entries((1..=9).filter(|i| i % 2 == 1).map(entry));
+        let mut newer = entry(3);
+        newer.nar_size = 7;
+        let changes = || -> Changes {
+            vec![
+                (*entry(0).store_path.digest(), Some(entry(0))),
+                (*entry(3).store_path.digest(), None),
+                (*entry(4).store_path.digest(), Some(entry(4))),
+                (*entry(3).store_path.digest(), Some(newer.clone())),
+                (*entry(9).store_path.digest(), None),
+                (*entry(12).store_path.digest(), Some(entry(12))),
+                (*entry(12).store_path.digest(), None),
+                (*entry(20).store_path.digest(), Some(entry(20))),
+            ]
+        };
+        let records: Vec<Vec<u8>> = base.iter().map(snapshot_record).collect();
+        let streamed = merged(&records, Overlay::of(changes())).expect("merged");
+        let mut applied = base;
+        applied.apply_changes(changes());
+        let applied = applied.into_sorted();
+        assert_eq!(streamed, applied);
+        let mut names: Vec<String> = streamed.iter().map(|e| e.store_path.basename()).collect();
+        names.sort();
+        let mut expected: Vec<String> = [0, 1, 3, 4, 5, 7, 20]
+            .map(|i| entry(i).store_path.basename())
+            .to_vec();
+        expected.sort();
+        assert_eq!(names, expected);
+        assert!(streamed.contains(&newer));
+    }
+
+    #[test]
+    fn snapshot_records_out_of_order_twice_or_damaged_are_refused() {
+        let sorted = Catalog::from_entries([entry(1), entry(2), entry(3)]).into_sorted();
+        let records: Vec<Vec<u8>> = sorted.iter().map(snapshot_record).collect();
+        assert_eq!(
+            merged(&records, Overlay::default()).expect("in order"),
+            sorted
+        );
+        let swapped = vec![records[1].clone(), records[0].clone()];
+        assert!(merged(&swapped, Overlay::default()).is_err());
+        let twice = vec![records[0].clone(), records[0].clone()];
+        assert!(merged(&twice, Overlay::default()).is_err());
+        // No entry; a name that is no store path; not protobuf.
+        let empty = lpb::CatalogRecord::default().encode_to_vec();
+        assert!(entry_of_snapshot_record(&empty, None).is_err());
+        let bad = lpb::CatalogRecord {
+            entry: Some(entry(1).node.to_entry(Bytes::from_static(b"../etc"))),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        assert!(entry_of_snapshot_record(&bad, None).is_err());
+        assert!(entry_of_snapshot_record(b"\xff\xff\xff", None).is_err());
+    }
+
+    #[test]
+    fn a_snapshot_head_holds_the_folded_names_and_nothing_else() {
+        let head = snapshot_head(vec!["a".into(), "b".into()]);
+        assert_eq!(folded_of_head(&head).expect("head"), vec!["a", "b"]);
+        let old = Catalog::from_entries([entry(1)]).old_snapshot(vec!["a".into()]);
+        assert!(folded_of_head(&old).is_err());
+        // An old snapshot never starts as a new one does.
+        assert!(!old.starts_with(&SNAPSHOT_MAGIC[..1]));
+        assert!(!Catalog::default()
+            .old_snapshot(vec![])
+            .starts_with(&SNAPSHOT_MAGIC[..1]));
     }
 }

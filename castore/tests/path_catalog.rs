@@ -196,6 +196,51 @@ async fn a_lost_or_damaged_catalog_is_rebuilt_from_the_path_infos() {
 }
 
 #[tokio::test]
+async fn a_snapshot_damaged_past_its_head_fails_one_listing_and_the_next_rebuilds() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open_at(dir.path()).await;
+    let puts = (0..2000u32).map(|i| {
+        let store = store.clone();
+        async move { store.put_path_info(info(i)).await }
+    });
+    futures::future::try_join_all(puts).await.expect("puts");
+    store.settle_catalog().await;
+    let truth = stored(&store).await;
+    assert_eq!(listed(&store).await, truth);
+    store.catalog_upkeep_done().await;
+
+    // The newest snapshot cut in half, stored again as sound zstd: its
+    // head reads, its records end early.
+    let snapshots = dir.path().join("catalog/snapshots");
+    let newest = std::fs::read_dir(&snapshots)
+        .expect("snapshots")
+        .map(|e| e.expect("entry").path())
+        .max()
+        .expect("a snapshot");
+    let decoded = zstd::decode_all(std::fs::read(&newest).expect("read").as_slice()).expect("zstd");
+    assert!(decoded.len() > 20_000, "{} bytes", decoded.len());
+    let cut = zstd::encode_all(&decoded[..decoded.len() / 2], 3).expect("zstd");
+    std::fs::write(&newest, cut).expect("damage it");
+
+    let listing = store
+        .list_catalog()
+        .await
+        .expect("the snapshot's head reads");
+    let got: Result<Vec<_>, _> = listing.try_collect().await;
+    let e = got.expect_err("a listing of a damaged snapshot fails");
+    assert!(e.to_string().contains("catalog snapshot"), "{e}");
+    // The next listing rebuilds the catalog, and stores a new snapshot.
+    assert_eq!(listed(&store).await, truth);
+    let newer = std::fs::read_dir(&snapshots)
+        .expect("snapshots")
+        .map(|e| e.expect("entry").path())
+        .max()
+        .expect("a snapshot");
+    assert!(newer > newest, "{newer:?} after {newest:?}");
+    assert_eq!(listed(&store).await, truth);
+}
+
+#[tokio::test]
 async fn a_writer_that_serves_no_listing_folds_its_own_segments() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = open_at(dir.path()).await;

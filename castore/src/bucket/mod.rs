@@ -12,7 +12,10 @@
 //! - [`pack_snapshot`]: every pack index in one object, so that opening a
 //!   large store reads one object instead of every index;
 //! - [`path_catalog`]: the catalog of store paths (see [`crate::catalog`])
-//!   stored and read back, for listings;
+//!   stored and read back, for listings; its snapshots streamed
+//!   ([`catalog_snapshot`]);
+//! - [`record_file`]: objects written and read as streams of records (the
+//!   snapshots above);
 //! - [`reads`]: frames, chunk lists, directories and PathInfos read back;
 //! - [`manifests`]: each root's chunk-list digests in one object, for
 //!   readers that verify root signatures;
@@ -28,6 +31,7 @@
 //! become readable.
 
 mod access;
+mod catalog_snapshot;
 mod compact;
 mod counted;
 mod durable;
@@ -44,6 +48,7 @@ mod packs;
 mod path_catalog;
 mod reads;
 mod recent;
+mod record_file;
 mod resemblance;
 mod runs;
 mod stats;
@@ -56,7 +61,6 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
-use futures::StreamExt;
 use object_store::ObjectStore;
 
 use crate::catalog::CatalogEntry;
@@ -110,6 +114,9 @@ pub struct BucketStore {
     /// One rebuild of the catalog of store paths at a time in this
     /// process: listings waiting on it read the snapshot it stored.
     catalog_rebuild_gate: tokio::sync::Mutex<()>,
+    /// Catalog snapshots a listing of this process found damaged past
+    /// their head: the next listing rebuilds instead of reading them.
+    damaged_catalog_snapshots: Mutex<std::collections::HashSet<String>>,
     base_cache: moka::future::Cache<B3Digest, (ChunkMeta, Bytes), DigestKeyBuildHasher>,
     recent: Mutex<RecentChunks>,
     /// When packs were last written by uploads since the last compaction.
@@ -216,6 +223,7 @@ impl BucketStore {
             last_refresh: Mutex::new(None),
             refresh_gate: tokio::sync::Mutex::new(()),
             catalog_rebuild_gate: tokio::sync::Mutex::new(()),
+            damaged_catalog_snapshots: Mutex::default(),
             recent: Mutex::new(RecentChunks::new(RECENT_BYTES)),
             uploaded_at: Mutex::new(None),
             marked: access::recent_marks(),
@@ -344,8 +352,7 @@ impl PathInfoStore for BucketStore {
     }
 
     async fn list_catalog(&self) -> StoreResult<BoxStream<'static, StoreResult<CatalogEntry>>> {
-        let entries = self.catalog_entries().await?;
-        Ok(futures::stream::iter(entries.into_iter().map(Ok)).boxed())
+        self.catalog_listing().await
     }
 
     async fn get_profile(&self, digest: &[u8; 20]) -> StoreResult<Option<Bytes>> {

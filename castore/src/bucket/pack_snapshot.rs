@@ -24,17 +24,15 @@
 //! as a little-endian u32, then the BLAKE3 digest of those four fields.
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::sync::atomic::Ordering;
 
-use futures::stream::{self, StreamExt, TryStreamExt};
+use futures::stream::{self, StreamExt};
 use object_store::path::Path as ObjectPath;
-use object_store::WriteMultipart;
-use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::keys::{index_path, sane_time, timestamped, PACK_TABLES};
 use super::packs::decode_index;
-use super::{object_err, BucketStore, CONCURRENCY};
+use super::record_file::{RecordReader, RecordWriter};
+use super::{BucketStore, CONCURRENCY};
 use crate::error::{StoreError, StoreResult};
 
 /// New packs at open worth looking for in a snapshot.
@@ -49,8 +47,6 @@ const MAX_INDEX: u32 = 64 << 20;
 const KEEP_OLDER: usize = 1;
 /// zstd level: indexes are mostly digests, which do not compress.
 const LEVEL: i32 = 1;
-/// Multipart parts uploaded at once.
-const PARTS_IN_FLIGHT: usize = 4;
 
 impl BucketStore {
     /// Adds to the table the packs of the newest snapshot that are in
@@ -103,34 +99,16 @@ impl BucketStore {
         let previous = self.newest_pack_snapshot().await?;
         let listed = self.listed_packs().await?;
         let at = timestamped(PACK_TABLES);
-        let upload = self.objects.put_multipart(&at).await.map_err(object_err)?;
         let mut out = SnapshotWriter {
-            upload: WriteMultipart::new(upload),
-            encoder: {
-                let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), LEVEL)?;
-                // Rot in a snapshot is caught when it is read.
-                encoder.include_checksum(true)?;
-                encoder
-            },
+            file: RecordWriter::create(self, &at, LEVEL).await?,
             written: HashSet::new(),
         };
-        match self.fill_pack_snapshot(&mut out, previous, &listed).await {
-            Ok(()) => {}
-            Err(e) => {
-                let _ = out.upload.abort().await;
-                return Err(e);
-            }
+        if let Err(e) = self.fill_pack_snapshot(&mut out, previous, &listed).await {
+            out.file.abort().await;
+            return Err(e);
         }
         let packs = out.written.len();
-        let rest = match out.encoder.finish() {
-            Ok(rest) => rest,
-            Err(e) => {
-                let _ = out.upload.abort().await;
-                return Err(e.into());
-            }
-        };
-        out.upload.write(&rest);
-        out.upload.finish().await.map_err(object_err)?;
+        out.file.finish().await?;
         tracing::info!(packs, snapshot = %at, "stored a pack table snapshot");
 
         let (sane, future): (Vec<ObjectPath>, Vec<ObjectPath>) = self
@@ -237,47 +215,43 @@ impl BucketStore {
 
     /// The records of the snapshot `at`, streamed.
     async fn snapshot_records(&self, at: &ObjectPath) -> StoreResult<SnapshotRecords> {
-        let got = self.objects.get(at).await.map_err(object_err)?;
-        let bytes = got.into_stream().map_err(std::io::Error::other);
-        Ok(SnapshotRecords {
-            decoded: Box::pin(async_compression::tokio::bufread::ZstdDecoder::new(
-                tokio_util::io::StreamReader::new(bytes),
-            )),
-        })
+        RecordReader::open(self, at, "pack table snapshot")
+            .await?
+            .map(|file| SnapshotRecords { file })
+            .ok_or_else(|| StoreError::NotFound(format!("pack table snapshot {at}")))
     }
 }
 
 /// A stored snapshot being read, record by record.
 struct SnapshotRecords {
-    decoded: std::pin::Pin<Box<dyn AsyncRead + Send>>,
+    file: RecordReader,
 }
 
 impl SnapshotRecords {
     /// The next pack id and its encoded index, checked against the
     /// record's digest; `None` at the end.
     async fn next(&mut self) -> StoreResult<Option<(String, Vec<u8>)>> {
-        let Some(id) = read_field(&mut self.decoded, MAX_ID).await? else {
+        let Some(id) = self.file.field(MAX_ID).await? else {
             return Ok(None);
         };
-        let index = read_field(&mut self.decoded, MAX_INDEX)
+        let index = self
+            .file
+            .field(MAX_INDEX)
             .await?
-            .ok_or_else(|| corrupt("a record cut short"))?;
+            .ok_or_else(|| self.file.corrupt("a record cut short"))?;
         let mut digest = [0u8; 32];
-        self.decoded.read_exact(&mut digest).await?;
+        self.file.raw(&mut digest).await?;
         if record_digest(&id, &index) != digest {
-            return Err(corrupt("a record does not match its digest"));
+            return Err(self.file.corrupt("a record does not match its digest"));
         }
-        let id = String::from_utf8(id).map_err(|_| corrupt("a pack id is not UTF-8"))?;
+        let id = String::from_utf8(id).map_err(|_| self.file.corrupt("a pack id is not UTF-8"))?;
         Ok(Some((id, index)))
     }
 }
 
-/// A snapshot being written: records go through zstd into a multipart
-/// upload.
+/// A snapshot being written, and the packs recorded so far.
 struct SnapshotWriter {
-    upload: WriteMultipart,
-    encoder: zstd::stream::write::Encoder<'static, Vec<u8>>,
-    /// Packs recorded so far.
+    file: RecordWriter,
     written: HashSet<String>,
 }
 
@@ -285,48 +259,17 @@ impl SnapshotWriter {
     /// Appends one pack's record (compressed into memory until the next
     /// [`SnapshotWriter::flush`]).
     fn record(&mut self, id: &str, index: &[u8]) -> StoreResult<()> {
-        for field in [id.as_bytes(), index] {
-            let len = u32::try_from(field.len())
-                .map_err(|_| StoreError::Invalid("a pack index over 4 GiB".into()))?;
-            self.encoder.write_all(&len.to_le_bytes())?;
-            self.encoder.write_all(field)?;
-        }
-        self.encoder
-            .write_all(&record_digest(id.as_bytes(), index))?;
+        self.file.field(id.as_bytes())?;
+        self.file.field(index)?;
+        self.file.raw(&record_digest(id.as_bytes(), index))?;
         self.written.insert(id.to_string());
         Ok(())
     }
 
-    /// Hands what zstd has produced so far to the upload, waiting while
-    /// too many parts are in flight.
+    /// Hands what is compressed so far to the upload.
     async fn flush(&mut self) -> StoreResult<()> {
-        let ready = std::mem::take(self.encoder.get_mut());
-        if !ready.is_empty() {
-            self.upload
-                .wait_for_capacity(PARTS_IN_FLIGHT)
-                .await
-                .map_err(object_err)?;
-            self.upload.write(&ready);
-        }
-        Ok(())
+        self.file.flush().await
     }
-}
-
-/// One length-prefixed field, at most `max` bytes; `None` at a clean end
-/// of the stream (before a field starts).
-async fn read_field(from: &mut (impl AsyncRead + Unpin), max: u32) -> StoreResult<Option<Vec<u8>>> {
-    let mut len = [0u8; 4];
-    if from.read(&mut len[..1]).await? == 0 {
-        return Ok(None);
-    }
-    from.read_exact(&mut len[1..]).await?;
-    let len = u32::from_le_bytes(len);
-    if len > max {
-        return Err(corrupt(&format!("a field of {len} bytes (at most {max})")));
-    }
-    let mut field = vec![0u8; len as usize];
-    from.read_exact(&mut field).await?;
-    Ok(Some(field))
 }
 
 /// The digest a record ends with: BLAKE3 of its fields as stored.
@@ -337,8 +280,4 @@ fn record_digest(id: &[u8], index: &[u8]) -> [u8; 32] {
         hasher.update(field);
     }
     *hasher.finalize().as_bytes()
-}
-
-fn corrupt(what: &str) -> StoreError {
-    StoreError::Corrupt(format!("pack table snapshot: {what}"))
 }

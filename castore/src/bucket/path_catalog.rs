@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use futures::stream::{self, StreamExt, TryStreamExt};
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use lazix_proto::ext as lpb;
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectMeta;
@@ -23,7 +23,7 @@ use super::keys::{
     CATALOG_SNAPSHOTS,
 };
 use super::{BucketStore, CONCURRENCY};
-use crate::catalog::{segment, Catalog, CatalogEntry};
+use crate::catalog::{segment, Catalog, CatalogEntry, Changes, Overlay};
 use crate::error::{StoreError, StoreResult};
 use crate::store::PathInfoStore;
 
@@ -63,7 +63,9 @@ pub(super) struct CatalogWriter {
 /// The catalog as a reader assembled it from the newest snapshot, and what
 /// upkeep that reading showed due.
 struct Assembled {
-    catalog: Catalog,
+    /// The snapshot's entries with the loose segments' changes merged in,
+    /// as they are read.
+    entries: BoxStream<'static, StoreResult<CatalogEntry>>,
     /// The snapshot read, and the segments it includes.
     snapshot: ObjectMeta,
     folded: HashSet<String>,
@@ -150,11 +152,14 @@ impl BucketStore {
         }
     }
 
-    /// Every stored path's entry, sorted by name, from the catalog; a
-    /// catalog lost or damaged is rebuilt from the PathInfos, once however
-    /// many listings of this process find it so at the same time (those
-    /// that waited read the snapshot the rebuild stored).
-    pub(super) async fn catalog_entries(&self) -> StoreResult<Vec<CatalogEntry>> {
+    /// Every stored path's entry, sorted by name, from the catalog, as
+    /// it is read; a catalog lost or damaged is rebuilt from the
+    /// PathInfos, once however many listings of this process find it so at
+    /// the same time (those that waited read the snapshot the rebuild
+    /// stored).
+    pub(super) async fn catalog_listing(
+        &self,
+    ) -> StoreResult<BoxStream<'static, StoreResult<CatalogEntry>>> {
         let mut rebuild_turn = None;
         loop {
             let why = match self.catalog_from_snapshot().await? {
@@ -162,7 +167,8 @@ impl BucketStore {
                 Err(why) => why,
             };
             if rebuild_turn.is_some() {
-                return self.rebuild_catalog(why).await;
+                let rebuilt = self.rebuild_catalog(why).await?;
+                return Ok(stream::iter(rebuilt.into_iter().map(Ok)).boxed());
             }
             rebuild_turn = Some(self.catalog_rebuild_gate.lock().await);
         }
@@ -171,7 +177,9 @@ impl BucketStore {
     /// The catalog from its newest snapshot and the segments after it
     /// (starting the upkeep in the background when that reading shows it
     /// due), or why it must be rebuilt.
-    async fn catalog_from_snapshot(&self) -> StoreResult<Result<Vec<CatalogEntry>, &'static str>> {
+    async fn catalog_from_snapshot(
+        &self,
+    ) -> StoreResult<Result<BoxStream<'static, StoreResult<CatalogEntry>>, &'static str>> {
         let assembled = match self.assemble_catalog().await? {
             Ok(assembled) => assembled,
             Err(why) => return Ok(Err(why)),
@@ -179,27 +187,28 @@ impl BucketStore {
         if assembled.fold_due() || assembled.prune_due() {
             self.start_catalog_upkeep();
         }
-        Ok(Ok(assembled.catalog.into_sorted()))
+        Ok(Ok(assembled.entries))
     }
 
-    /// Reads the newest snapshot and applies the segments it lacks, or
-    /// says why the catalog must be rebuilt.
+    /// Opens the newest snapshot and reads the segments it lacks, or says
+    /// why the catalog must be rebuilt.
     async fn assemble_catalog(&self) -> StoreResult<Result<Assembled, &'static str>> {
         let snapshots = self.list_prefix(CATALOG_SNAPSHOTS).await?;
         let Some(newest) = newest_snapshot(&snapshots) else {
             return Ok(Err("no snapshot"));
         };
-        let Some(stored) = self.get_optional(&newest.location).await? else {
-            return Ok(Err("the newest snapshot vanished"));
-        };
-        let (mut catalog, folded) = match Catalog::from_snapshot(&stored) {
-            Ok(read) => read,
+        if self.catalog_snapshot_damaged(&newest.location) {
+            return Ok(Err("the newest snapshot is damaged"));
+        }
+        let (folded, snapshot) = match self.open_catalog_snapshot(&newest.location).await {
+            Ok(Some(opened)) => opened,
+            Ok(None) => return Ok(Err("the newest snapshot vanished")),
+            Err(StoreError::Io(e)) => return Err(StoreError::Io(e)),
             Err(e) => {
                 tracing::warn!(snapshot = %newest.location, error = %e, "catalog snapshot unreadable");
                 return Ok(Err("the newest snapshot is unreadable"));
             }
         };
-        drop(stored);
         let listed_at = SystemTime::now();
         let listed: Vec<String> = self
             .list_prefix_after(CATALOG_SEGMENTS, &segments_from(&newest.location))
@@ -212,9 +221,10 @@ impl BucketStore {
             .filter(|name| !folded.contains(*name))
             .cloned()
             .collect();
-        let vanished = self.apply_segments(&mut catalog, &loose).await?;
+        let (changes, vanished) = self.read_segments(&loose).await?;
+        let entries = self.merged_listing(&newest.location, snapshot, Overlay::of(changes));
         Ok(Ok(Assembled {
-            catalog,
+            entries,
             snapshot: newest.clone(),
             folded,
             listed,
@@ -292,20 +302,21 @@ impl BucketStore {
         let Ok(assembled) = self.assemble_catalog().await? else {
             // No snapshot yet (a new store's first writes) or a damaged
             // one: rebuilt now, as a listing would.
-            return self.catalog_entries().await.map(drop);
+            return self.catalog_listing().await.map(drop);
         };
         if assembled.fold_due() {
+            let paths = self
+                .write_catalog_snapshot(
+                    &timestamped_at(CATALOG_SNAPSHOTS, assembled.listed_at),
+                    assembled.listed,
+                    assembled.entries,
+                )
+                .await?;
             tracing::info!(
                 segments = assembled.loose,
-                paths = assembled.catalog.len(),
-                "folding catalog segments into a snapshot"
+                paths,
+                "folded catalog segments into a snapshot"
             );
-            let stored = assembled.catalog.snapshot(assembled.listed)?;
-            self.put_durable(
-                &timestamped_at(CATALOG_SNAPSHOTS, assembled.listed_at),
-                stored,
-            )
-            .await?;
             // What it read may be the settled snapshot.
             self.prune_catalog(Some((&assembled.snapshot.location, &assembled.folded)))
                 .await
@@ -317,10 +328,10 @@ impl BucketStore {
         }
     }
 
-    /// Applies the segments `names` (in name order) to `catalog`; one
-    /// gone meanwhile (folded and deleted) or unreadable is skipped.
-    /// Returns how many were gone.
-    async fn apply_segments(&self, catalog: &mut Catalog, names: &[String]) -> StoreResult<usize> {
+    /// The changes the segments `names` record, in name order; one gone
+    /// meanwhile (folded and deleted) or unreadable is skipped. Returns
+    /// them and how many segments were gone.
+    async fn read_segments(&self, names: &[String]) -> StoreResult<(Changes, usize)> {
         let mut names = names.to_vec();
         names.sort();
         let read: Vec<Option<bytes::Bytes>> = stream::iter(names.clone())
@@ -340,9 +351,7 @@ impl BucketStore {
                 Err(e) => tracing::warn!(segment = %name, error = %e, "catalog segment skipped"),
             }
         }
-        // All at once: one pass over a large catalog, not one a segment.
-        catalog.apply_changes(changes);
-        Ok(vanished)
+        Ok((changes, vanished))
     }
 
     /// The catalog from a walk of every PathInfo that started after the
@@ -362,7 +371,8 @@ impl BucketStore {
         // whose removal record was lost must not come back).
         let from = segments_from_time(millis(listed_at)).to_string();
         let recent: Vec<String> = folded.iter().filter(|n| **n >= from).cloned().collect();
-        self.apply_segments(&mut catalog, &recent).await?;
+        // All at once: one pass over a large catalog, not one a segment.
+        catalog.apply_changes(self.read_segments(&recent).await?.0);
         Ok(catalog)
     }
 
@@ -425,9 +435,12 @@ impl BucketStore {
         folded: Vec<String>,
         listed_at: SystemTime,
     ) -> StoreResult<()> {
-        let stored = catalog.snapshot(folded)?;
-        self.put_durable(&timestamped_at(CATALOG_SNAPSHOTS, listed_at), stored)
-            .await?;
+        self.write_catalog_snapshot(
+            &timestamped_at(CATALOG_SNAPSHOTS, listed_at),
+            folded,
+            stream::iter(catalog.iter().cloned().map(Ok)),
+        )
+        .await?;
         self.prune_catalog(None).await
     }
 
@@ -539,12 +552,26 @@ mod tests {
 
     async fn names(store: &BucketStore) -> BTreeSet<String> {
         store
-            .catalog_entries()
+            .catalog_listing()
             .await
             .expect("catalog")
-            .into_iter()
-            .map(|e| e.store_path.basename())
-            .collect()
+            .map_ok(|e| e.store_path.basename())
+            .try_collect()
+            .await
+            .expect("listing")
+    }
+
+    /// Stores a snapshot of `catalog` at `at`, as a fold or GC would.
+    async fn put_snapshot(
+        store: &BucketStore,
+        at: &ObjectPath,
+        catalog: &Catalog,
+        folded: Vec<String>,
+    ) {
+        store
+            .write_catalog_snapshot(at, folded, stream::iter(catalog.iter().cloned().map(Ok)))
+            .await
+            .expect("snapshot");
     }
 
     #[tokio::test]
@@ -573,10 +600,12 @@ mod tests {
             .unwrap();
         let old = Catalog::from_entries([entry(1), entry(2)]);
         let old_snapshot = timestamped_at(CATALOG_SNAPSHOTS, long_ago);
+        // Of the format stored before snapshots were streams.
+        let old_format = old.old_snapshot(vec![old_segment.to_string()]);
         store
             .put(
                 &old_snapshot,
-                old.snapshot(vec![old_segment.to_string()]).unwrap(),
+                zstd::encode_all(old_format.as_slice(), 3).unwrap().into(),
             )
             .await
             .unwrap();
@@ -584,33 +613,18 @@ mod tests {
         // A settled snapshot (older than the grace) and a segment after it.
         let settled = Catalog::from_entries([entry(1), entry(2), entry(3)]);
         let settled_snapshot = timestamped_at(CATALOG_SNAPSHOTS, a_while_ago);
-        store
-            .put(&settled_snapshot, settled.snapshot(vec![]).unwrap())
-            .await
-            .unwrap();
+        put_snapshot(&store, &settled_snapshot, &settled, vec![]).await;
         date(&settled_snapshot, a_while_ago);
         // A snapshot from a long walk: named for its start long ago, but
         // stored just now, so not settled; and one from a clock far ahead,
         // never taken.
         let walked = timestamped_at(CATALOG_SNAPSHOTS, long_ago - Duration::from_secs(60));
-        store
-            .put(
-                &walked,
-                Catalog::from_entries([entry(9)]).snapshot(vec![]).unwrap(),
-            )
-            .await
-            .unwrap();
+        put_snapshot(&store, &walked, &Catalog::from_entries([entry(9)]), vec![]).await;
         let ahead = timestamped_at(
             CATALOG_SNAPSHOTS,
             SystemTime::now() + Duration::from_secs(3600),
         );
-        store
-            .put(
-                &ahead,
-                Catalog::from_entries([entry(8)]).snapshot(vec![]).unwrap(),
-            )
-            .await
-            .unwrap();
+        put_snapshot(&store, &ahead, &Catalog::from_entries([entry(8)]), vec![]).await;
         store
             .put(
                 &timestamped(CATALOG_SEGMENTS),
@@ -672,10 +686,7 @@ mod tests {
         }
         let all = Catalog::from_entries((0..FOLD_AT as u8 + 8).map(entry));
         let snapshot = timestamped_at(CATALOG_SNAPSHOTS, now);
-        store
-            .put(&snapshot, all.snapshot(folded.clone()).unwrap())
-            .await
-            .unwrap();
+        put_snapshot(&store, &snapshot, &all, folded.clone()).await;
         // One segment after it, not folded: it stays.
         store
             .put(
@@ -704,10 +715,7 @@ mod tests {
             .set_modified(now - FOLD_GRACE - Duration::from_secs(5))
             .unwrap();
         let newer = timestamped(CATALOG_SNAPSHOTS);
-        store
-            .put(&newer, all.snapshot(vec![]).unwrap())
-            .await
-            .unwrap();
+        put_snapshot(&store, &newer, &all, vec![]).await;
         let folded_set: HashSet<String> = folded.iter().cloned().collect();
         store
             .prune_catalog(Some((&snapshot, &folded_set)))

@@ -48,7 +48,9 @@ impl BucketStore {
     /// what the catalog and the pack table read.
     pub async fn stats(&self) -> StoreResult<StoreStats> {
         let mut stats = StoreStats::default();
-        for entry in self.catalog_entries().await? {
+        let mut entries = self.catalog_listing().await?;
+        while let Some(entry) = entries.next().await {
+            let entry = entry?;
             stats.paths += 1;
             stats.logical_bytes += entry.nar_size;
         }
