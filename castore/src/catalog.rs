@@ -25,6 +25,7 @@
 use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
+use futures::stream::{BoxStream, Stream, StreamExt};
 use lazix_proto::castore as cpb;
 use lazix_proto::ext as lpb;
 use prost::Message;
@@ -162,25 +163,6 @@ impl Catalog {
         Ok((Self::from_entries(checked), folded))
     }
 
-    /// Applies changes (of several segments at once: one pass over the
-    /// catalog), the later of two for one path winning.
-    pub fn apply_changes(&mut self, changes: Changes) {
-        let overlay = Overlay::of(changes);
-        if overlay.changed.is_empty() {
-            return;
-        }
-        self.sorted.retain(|e| !overlay.replaces(e));
-        if overlay.added.is_empty() {
-            return;
-        }
-        // Unstable (digests are distinct now): a stable sort would take
-        // scratch space of half the catalog, at every listing that finds
-        // paths added in loose segments.
-        self.sorted.reserve_exact(overlay.added.len());
-        self.sorted.extend(overlay.added);
-        self.sorted.sort_unstable_by(listing_order);
-    }
-
     /// Paths in the catalog.
     pub fn len(&self) -> usize {
         self.sorted.len()
@@ -192,6 +174,7 @@ impl Catalog {
     }
 
     /// The entries in listing order.
+    #[cfg(test)]
     pub fn iter(&self) -> impl Iterator<Item = &CatalogEntry> {
         self.sorted.iter()
     }
@@ -219,7 +202,7 @@ impl Catalog {
 /// read in listing order: of two changes of one path the later wins, and a
 /// path changed at all is dropped from what is read (its entry now, if
 /// any, comes from the changes).
-#[derive(Default, Debug)]
+#[derive(Clone, Default, Debug)]
 pub struct Overlay {
     changed: HashSet<[u8; 20]>,
     /// The entries the changes add, in listing order.
@@ -253,6 +236,45 @@ impl Overlay {
             _ => self.added.pop_front(),
         }
     }
+}
+
+/// `sorted` (entries in listing order, one per path: a snapshot's, a
+/// sorted walk's) with `overlay` merged in, as a stream: the catalog now,
+/// in listing order, holding nothing but the overlay and one entry.
+pub fn merged(
+    sorted: impl Stream<Item = StoreResult<CatalogEntry>> + Send + 'static,
+    overlay: Overlay,
+) -> BoxStream<'static, StoreResult<CatalogEntry>> {
+    struct Merge {
+        sorted: BoxStream<'static, StoreResult<CatalogEntry>>,
+        overlay: Overlay,
+        /// The next entry of `sorted` not replaced, read ahead.
+        held: Option<CatalogEntry>,
+        ended: bool,
+    }
+    let start = Merge {
+        sorted: sorted.boxed(),
+        overlay,
+        held: None,
+        ended: false,
+    };
+    futures::stream::unfold(Some(start), |state| async move {
+        let mut m = state?;
+        while m.held.is_none() && !m.ended {
+            match m.sorted.next().await {
+                Some(Ok(entry)) if !m.overlay.replaces(&entry) => m.held = Some(entry),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Some((Err(e), None)),
+                None => m.ended = true,
+            }
+        }
+        let next = m
+            .overlay
+            .added_before(m.held.as_ref())
+            .or_else(|| m.held.take())?;
+        Some((Ok(next), Some(m)))
+    })
+    .boxed()
 }
 
 /// The head of a snapshot stored as a stream: the segments it includes.
@@ -319,7 +341,7 @@ pub fn changes_of(stored_segment: &[u8]) -> StoreResult<Changes> {
 /// digest's 5-bit groups from the most significant of it read as a
 /// little-endian number, in an alphabet in ASCII order. Compared without
 /// making a string per entry (a million of them at a million paths).
-fn listing_order(a: &CatalogEntry, b: &CatalogEntry) -> std::cmp::Ordering {
+pub fn listing_order(a: &CatalogEntry, b: &CatalogEntry) -> std::cmp::Ordering {
     digest_order(a.store_path.digest(), b.store_path.digest())
 }
 
@@ -379,8 +401,18 @@ mod tests {
 
     /// A stored segment's changes applied, as a reader of one would.
     fn apply(catalog: &mut Catalog, stored_segment: &[u8]) -> StoreResult<()> {
-        catalog.apply_changes(changes_of(stored_segment)?);
+        let changes = changes_of(stored_segment)?;
+        *catalog = Catalog::from_entries(applied(std::mem::take(catalog), changes));
         Ok(())
+    }
+
+    /// `changes` merged into `catalog` as a listing does.
+    fn applied(catalog: Catalog, changes: Changes) -> Vec<CatalogEntry> {
+        let sorted = futures::stream::iter(catalog.into_sorted().into_iter().map(Ok));
+        futures::executor::block_on(merged(sorted, Overlay::of(changes)).collect::<Vec<_>>())
+            .into_iter()
+            .collect::<StoreResult<_>>()
+            .expect("merged")
     }
 
     fn entry(i: u8) -> CatalogEntry {
@@ -412,14 +444,13 @@ mod tests {
         let mut one_by_one = start();
         apply(&mut one_by_one, &first).unwrap();
         apply(&mut one_by_one, &second).unwrap();
-        let mut at_once = start();
         let mut changes = changes_of(&first).unwrap();
         changes.extend(changes_of(&second).unwrap());
-        at_once.apply_changes(changes);
+        let at_once = applied(start(), changes);
         let mut expected = vec![entry(1), entry(2), entry(5)];
         expected.sort_by_key(|e| e.store_path.basename());
         assert_eq!(one_by_one.into_sorted(), expected);
-        assert_eq!(at_once.into_sorted(), expected);
+        assert_eq!(at_once, expected);
     }
 
     #[test]
@@ -527,30 +558,21 @@ mod tests {
         assert!(entries_with_sizes(&[cpb::Entry { entry: None }], &[1]).is_err());
     }
 
-    /// What a reader of a snapshot stored as a stream does: each record
-    /// decoded in turn, the overlay merged in.
-    fn merged(records: &[Vec<u8>], mut overlay: Overlay) -> StoreResult<Vec<CatalogEntry>> {
-        let mut out = Vec::new();
+    /// A snapshot's records read back in turn, as a reader does.
+    fn read_records(records: &[Vec<u8>]) -> StoreResult<Vec<CatalogEntry>> {
         let mut previous: Option<[u8; 20]> = None;
-        for record in records {
-            let entry = entry_of_snapshot_record(record, previous.as_ref())?;
-            previous = Some(*entry.store_path.digest());
-            if overlay.replaces(&entry) {
-                continue;
-            }
-            while let Some(added) = overlay.added_before(Some(&entry)) {
-                out.push(added);
-            }
-            out.push(entry);
-        }
-        while let Some(added) = overlay.added_before(None) {
-            out.push(added);
-        }
-        Ok(out)
+        records
+            .iter()
+            .map(|record| {
+                let entry = entry_of_snapshot_record(record, previous.as_ref())?;
+                previous = Some(*entry.store_path.digest());
+                Ok(entry)
+            })
+            .collect()
     }
 
     #[test]
-    fn changes_merged_into_records_as_read_end_as_applied_to_the_catalog() {
+    fn changes_merged_into_a_snapshot_as_read_end_as_made_one_by_one() {
         let base = Catalog::from_entries((1..=9).filter(|i| i % 2 == 1).map(entry));
         let mut newer = entry(3);
         newer.nar_size = 7;
@@ -567,11 +589,23 @@ mod tests {
             ]
         };
         let records: Vec<Vec<u8>> = base.iter().map(snapshot_record).collect();
-        let streamed = merged(&records, Overlay::of(changes())).expect("merged");
-        let mut applied = base;
-        applied.apply_changes(changes());
-        let applied = applied.into_sorted();
-        assert_eq!(streamed, applied);
+        let read = Catalog::from_entries(read_records(&records).expect("records"));
+        let streamed = applied(read, changes());
+        // The model: each change made in turn to a map.
+        let mut model: HashMap<[u8; 20], CatalogEntry> = base
+            .into_sorted()
+            .into_iter()
+            .map(|e| (*e.store_path.digest(), e))
+            .collect();
+        for (digest, change) in changes() {
+            match change {
+                Some(entry) => model.insert(digest, entry),
+                None => model.remove(&digest),
+            };
+        }
+        let mut expected: Vec<CatalogEntry> = model.into_values().collect();
+        expected.sort_by_key(|e| e.store_path.basename());
+        assert_eq!(streamed, expected);
         let mut names: Vec<String> = streamed.iter().map(|e| e.store_path.basename()).collect();
         names.sort();
         let mut expected: Vec<String> = [0, 1, 3, 4, 5, 7, 20]
@@ -586,14 +620,11 @@ mod tests {
     fn snapshot_records_out_of_order_twice_or_damaged_are_refused() {
         let sorted = Catalog::from_entries([entry(1), entry(2), entry(3)]).into_sorted();
         let records: Vec<Vec<u8>> = sorted.iter().map(snapshot_record).collect();
-        assert_eq!(
-            merged(&records, Overlay::default()).expect("in order"),
-            sorted
-        );
+        assert_eq!(read_records(&records).expect("in order"), sorted);
         let swapped = vec![records[1].clone(), records[0].clone()];
-        assert!(merged(&swapped, Overlay::default()).is_err());
+        assert!(read_records(&swapped).is_err());
         let twice = vec![records[0].clone(), records[0].clone()];
-        assert!(merged(&twice, Overlay::default()).is_err());
+        assert!(read_records(&twice).is_err());
         // No entry; a name that is no store path; not protobuf.
         let empty = lpb::CatalogRecord::default().encode_to_vec();
         assert!(entry_of_snapshot_record(&empty, None).is_err());

@@ -5,6 +5,7 @@
 
 pub mod bucket;
 pub mod catalog;
+pub mod catalog_sort;
 pub mod chunk;
 pub mod chunker;
 pub mod digest;

@@ -13,7 +13,7 @@ use object_store::path::Path as ObjectPath;
 use super::record_file::{RecordReader, RecordWriter};
 use super::BucketStore;
 use crate::catalog::{
-    entry_of_snapshot_record, folded_of_head, snapshot_head, snapshot_record, Catalog,
+    entry_of_snapshot_record, folded_of_head, merged, snapshot_head, snapshot_record, Catalog,
     CatalogEntry, Overlay, MAX_HEAD_BYTES, MAX_RECORD_BYTES, MAX_SNAPSHOT_BYTES, SNAPSHOT_LEVEL,
     SNAPSHOT_MAGIC,
 };
@@ -163,32 +163,30 @@ impl BucketStore {
     ) -> BoxStream<'static, StoreResult<CatalogEntry>> {
         let store = self.me.clone();
         let at = at.to_string();
-        let start = Merge {
-            snapshot,
-            overlay,
-            held: None,
-            ended: false,
-        };
-        futures::stream::unfold(Some(start), move |state| {
+        let read = futures::stream::unfold(Some(snapshot), move |state| {
             let (store, at) = (store.clone(), at.clone());
             async move {
-                let mut merge = state?;
-                match merge.next().await {
-                    Ok(Some(entry)) => Some((Ok(entry), Some(merge))),
+                let mut snapshot = state?;
+                match snapshot.next().await {
+                    Ok(Some(entry)) => Some((Ok(entry), Some(snapshot))),
                     Ok(None) => None,
                     Err(e) => {
                         if damage(&e) {
                             tracing::warn!(snapshot = %at, error = %e, "catalog snapshot damaged; the next listing rebuilds the catalog");
                             if let Some(store) = store.upgrade() {
-                                store.damaged_catalog_snapshots.lock().expect("damaged snapshots").insert(at);
+                                store
+                                    .damaged_catalog_snapshots
+                                    .lock()
+                                    .expect("damaged snapshots")
+                                    .insert(at);
                             }
                         }
                         Some((Err(e), None))
                     }
                 }
             }
-        })
-        .boxed()
+        });
+        merged(read, overlay)
     }
 
     /// Whether the snapshot `at` was found damaged by a listing of this
@@ -205,29 +203,4 @@ impl BucketStore {
 /// store's being unreachable).
 fn damage(e: &StoreError) -> bool {
     matches!(e, StoreError::Corrupt(_) | StoreError::Invalid(_))
-}
-
-/// A snapshot's entries with an overlay merged in.
-struct Merge {
-    snapshot: SnapshotEntries,
-    overlay: Overlay,
-    /// The snapshot's next entry, read ahead of the overlay's.
-    held: Option<CatalogEntry>,
-    ended: bool,
-}
-
-impl Merge {
-    async fn next(&mut self) -> StoreResult<Option<CatalogEntry>> {
-        while self.held.is_none() && !self.ended {
-            match self.snapshot.next().await? {
-                Some(entry) if !self.overlay.replaces(&entry) => self.held = Some(entry),
-                Some(_) => {}
-                None => self.ended = true,
-            }
-        }
-        Ok(self
-            .overlay
-            .added_before(self.held.as_ref())
-            .or_else(|| self.held.take()))
-    }
 }

@@ -24,6 +24,7 @@ use super::keys::{
 use super::mark_set::MarkSet;
 use super::packs::HomeTally;
 use super::{object_err, BucketStore};
+use crate::catalog_sort::{CatalogSorter, RUN_ENTRIES};
 use crate::digest::B3Digest;
 use crate::error::{StoreError, StoreResult};
 use crate::node::Node;
@@ -208,7 +209,7 @@ impl BucketStore {
         // The walk also makes the catalog anew: it includes every segment
         // stored before it starts.
         let (folded, listed_at) = self.catalog_segments_now().await?;
-        let mut catalog = Vec::new();
+        let mut catalog = CatalogSorter::new(RUN_ENTRIES);
         let mut infos = self.list_path_infos();
         let walk_started = std::time::Instant::now();
         while let Some(info) = infos.next().await {
@@ -222,7 +223,7 @@ impl BucketStore {
                 );
             }
             live.paths.insert_bytes(info.store_path.digest());
-            catalog.push(crate::catalog::CatalogEntry::of(&info));
+            catalog.push(crate::catalog::CatalogEntry::of(&info))?;
             match info.node {
                 Node::Directory { digest, .. } => {
                     let closure = self.get_closure(&digest).await?;
@@ -237,11 +238,17 @@ impl BucketStore {
                 _ => {}
             }
         }
-        let catalog = self.catalog_from_walk(catalog, &folded, listed_at).await?;
-        if let Err(e) = self
-            .store_catalog_snapshot(&catalog, folded, listed_at)
-            .await
-        {
+        let catalog = self
+            .catalog_from_walk(catalog.finish()?, &folded, listed_at)
+            .await?;
+        let stored = match catalog.entries() {
+            Ok(entries) => {
+                self.store_catalog_snapshot(entries, folded, listed_at)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = stored {
             tracing::warn!(error = %e, "cannot store the catalog snapshot");
         }
         drop(catalog);

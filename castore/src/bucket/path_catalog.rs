@@ -23,7 +23,8 @@ use super::keys::{
     CATALOG_SNAPSHOTS,
 };
 use super::{BucketStore, CONCURRENCY};
-use crate::catalog::{segment, Catalog, CatalogEntry, Changes, Overlay};
+use crate::catalog::{merged, segment, CatalogEntry, Changes, Overlay};
+use crate::catalog_sort::{CatalogSorter, SortedRuns, RUN_ENTRIES};
 use crate::error::{StoreError, StoreResult};
 use crate::store::PathInfoStore;
 
@@ -92,6 +93,23 @@ impl Assembled {
     /// [`BucketStore::prune_catalog`]).
     fn prune_due(&self) -> bool {
         self.listed.len() - self.loose >= FOLD_AT && settled(&self.snapshot)
+    }
+}
+
+/// The catalog a walk of every PathInfo made: its entries sorted on local
+/// disk, and the changes recorded while it ran.
+pub(super) struct WalkedCatalog {
+    walked: SortedRuns,
+    overlay: Overlay,
+}
+
+impl WalkedCatalog {
+    /// Its entries in listing order, read from the start.
+    pub(super) fn entries(&self) -> StoreResult<BoxStream<'static, StoreResult<CatalogEntry>>> {
+        Ok(merged(
+            stream::iter(self.walked.pass()?),
+            self.overlay.clone(),
+        ))
     }
 }
 
@@ -167,8 +185,7 @@ impl BucketStore {
                 Err(why) => why,
             };
             if rebuild_turn.is_some() {
-                let rebuilt = self.rebuild_catalog(why).await?;
-                return Ok(stream::iter(rebuilt.into_iter().map(Ok)).boxed());
+                return self.rebuild_catalog(why).await;
             }
             rebuild_turn = Some(self.catalog_rebuild_gate.lock().await);
         }
@@ -354,61 +371,66 @@ impl BucketStore {
         Ok((changes, vanished))
     }
 
-    /// The catalog from a walk of every PathInfo that started after the
-    /// segments `folded` were listed, those segments applied on top: a
-    /// path whose segment was stored but whose PathInfo was not yet when
-    /// the walk passed is kept, and a removal recorded in them still
-    /// counts.
+    /// The catalog from a walk of every PathInfo (its entries sorted in
+    /// `walked`) that started after the segments `folded` were listed,
+    /// those segments applied on top: a path whose segment was stored but
+    /// whose PathInfo was not yet when the walk passed is kept, and a
+    /// removal recorded in them still counts.
     pub(super) async fn catalog_from_walk(
         &self,
-        walked: Vec<CatalogEntry>,
+        walked: SortedRuns,
         folded: &[String],
         listed_at: SystemTime,
-    ) -> StoreResult<Catalog> {
-        let mut catalog = Catalog::from_entries(walked);
+    ) -> StoreResult<WalkedCatalog> {
         // Only segments that may have been in flight while the walk ran:
         // older ones are in the PathInfos the walk read (an old addition
         // whose removal record was lost must not come back).
         let from = segments_from_time(millis(listed_at)).to_string();
         let recent: Vec<String> = folded.iter().filter(|n| **n >= from).cloned().collect();
-        // All at once: one pass over a large catalog, not one a segment.
-        catalog.apply_changes(self.read_segments(&recent).await?.0);
-        Ok(catalog)
+        let (changes, _) = self.read_segments(&recent).await?;
+        Ok(WalkedCatalog {
+            walked,
+            overlay: Overlay::of(changes),
+        })
     }
 
     /// The catalog made anew from every PathInfo (a lost or damaged
-    /// catalog, a store from before catalogs), stored as a snapshot.
-    async fn rebuild_catalog(&self, why: &str) -> StoreResult<Vec<CatalogEntry>> {
+    /// catalog, a store from before catalogs), stored as a snapshot; its
+    /// entries as they are read back from the walk's sorted runs.
+    async fn rebuild_catalog(
+        &self,
+        why: &str,
+    ) -> StoreResult<BoxStream<'static, StoreResult<CatalogEntry>>> {
         // A store's first listings find no snapshot: not news.
         tracing::debug!(
             why,
             "rebuilding the catalog of store paths from the PathInfos"
         );
         let (folded, listed_at) = self.catalog_segments_now().await?;
-        let entries: Vec<CatalogEntry> = self
-            .list_path_infos()
-            .map_ok(|info| CatalogEntry::of(&info))
-            .try_collect()
-            .await?;
-        let catalog = self.catalog_from_walk(entries, &folded, listed_at).await?;
-        if !catalog.is_empty() {
-            tracing::info!(
-                why,
-                paths = catalog.len(),
-                "rebuilt the catalog of store paths"
-            );
+        let mut sorter = CatalogSorter::new(RUN_ENTRIES);
+        let mut walked = 0u64;
+        let mut infos = self.list_path_infos();
+        while let Some(info) = infos.next().await {
+            sorter.push(CatalogEntry::of(&info?))?;
+            walked += 1;
         }
+        let catalog = self
+            .catalog_from_walk(sorter.finish()?, &folded, listed_at)
+            .await?;
         // An empty store stays without objects: walking it is free.
-        let nothing = catalog.is_empty() && folded.is_empty();
-        if !nothing {
-            if let Err(e) = self
-                .store_catalog_snapshot(&catalog, folded, listed_at)
+        if walked > 0 || !folded.is_empty() {
+            match self
+                .store_catalog_snapshot(catalog.entries()?, folded, listed_at)
                 .await
             {
-                tracing::warn!(error = %e, "cannot store a catalog snapshot");
+                Ok(paths) if paths > 0 => {
+                    tracing::info!(why, paths, "rebuilt the catalog of store paths")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot store a catalog snapshot"),
             }
         }
-        Ok(catalog.into_sorted())
+        catalog.entries()
     }
 
     /// Names of every catalog segment stored now, and when they were
@@ -425,23 +447,25 @@ impl BucketStore {
         Ok((names, at))
     }
 
-    /// Stores `catalog` as the newest snapshot, including the segments
+    /// Stores `entries` (in listing order) as the newest snapshot, including the segments
     /// `folded`, which were listed at `listed_at` (the snapshot is named
     /// for that time: readers take the segments from a little before it),
     /// then deletes what no reader needs any more.
     pub(super) async fn store_catalog_snapshot(
         &self,
-        catalog: &Catalog,
+        entries: BoxStream<'static, StoreResult<CatalogEntry>>,
         folded: Vec<String>,
         listed_at: SystemTime,
-    ) -> StoreResult<()> {
-        self.write_catalog_snapshot(
-            &timestamped_at(CATALOG_SNAPSHOTS, listed_at),
-            folded,
-            stream::iter(catalog.iter().cloned().map(Ok)),
-        )
-        .await?;
-        self.prune_catalog(None).await
+    ) -> StoreResult<u64> {
+        let paths = self
+            .write_catalog_snapshot(
+                &timestamped_at(CATALOG_SNAPSHOTS, listed_at),
+                folded,
+                entries,
+            )
+            .await?;
+        self.prune_catalog(None).await?;
+        Ok(paths)
     }
 
     /// Every listing that is still running started less than
@@ -536,7 +560,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::catalog::record;
+    use crate::catalog::{record, Catalog};
     use crate::nix::store_path::StorePath;
     use crate::node::Node;
 
@@ -639,9 +663,10 @@ mod tests {
         assert_eq!(names(&store).await, expected);
         // A new snapshot: the one before the settled snapshot goes, with
         // the segment from before it; the recent segment stays.
+        let entries = Catalog::from_entries([entry(2), entry(3)]).into_sorted();
         store
             .store_catalog_snapshot(
-                &Catalog::from_entries([entry(2), entry(3)]),
+                stream::iter(entries.into_iter().map(Ok)).boxed(),
                 vec![],
                 SystemTime::now(),
             )
