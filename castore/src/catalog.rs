@@ -115,9 +115,10 @@ pub fn record(digest: &[u8; 20], entry: Option<&CatalogEntry>) -> lpb::CatalogRe
     }
 }
 
-/// The catalog as a reader assembles it: its entries in listing order,
-/// one per store path, in one vector (a map beside it would cost a second
-/// copy of a catalog that a server holds while it answers a listing).
+/// A catalog in memory: its entries in listing order, one per store path,
+/// in one vector. Only what is bounded is held so (a run of an external
+/// sort) or what cannot be streamed (a snapshot of the older format):
+/// listings, folds and walks stream the catalog.
 #[derive(Default, Debug)]
 pub struct Catalog {
     sorted: Vec<CatalogEntry>,
@@ -164,11 +165,13 @@ impl Catalog {
     }
 
     /// Paths in the catalog.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.sorted.len()
     }
 
     /// Whether the catalog holds no path.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.sorted.is_empty()
     }
@@ -277,13 +280,21 @@ pub fn merged(
     .boxed()
 }
 
-/// The head of a snapshot stored as a stream: the segments it includes.
-pub fn snapshot_head(folded: Vec<String>) -> Vec<u8> {
-    lpb::CatalogSnapshot {
+/// The head of a snapshot stored as a stream: the segments it includes
+/// (refused over [`MAX_HEAD_BYTES`], which no reader would take).
+pub fn snapshot_head(folded: Vec<String>) -> StoreResult<Vec<u8>> {
+    let head = lpb::CatalogSnapshot {
         folded,
         ..Default::default()
     }
-    .encode_to_vec()
+    .encode_to_vec();
+    if head.len() > MAX_HEAD_BYTES as usize {
+        return Err(crate::limits::over_limit(
+            "a catalog snapshot's head",
+            format!("{MAX_HEAD_BYTES} bytes"),
+        ));
+    }
+    Ok(head)
 }
 
 /// The segments a snapshot's head says it includes.
@@ -298,34 +309,61 @@ pub fn folded_of_head(head: &[u8]) -> StoreResult<Vec<String>> {
     Ok(head.folded)
 }
 
-/// One path's record in a snapshot stored as a stream.
-pub fn snapshot_record(entry: &CatalogEntry) -> Vec<u8> {
-    lpb::CatalogRecord {
+/// One path's record in a snapshot stored as a stream (or a sort's run),
+/// refused over [`MAX_RECORD_BYTES`], which no reader would take.
+pub fn snapshot_record(entry: &CatalogEntry) -> StoreResult<Vec<u8>> {
+    let record = lpb::CatalogRecord {
         store_path_digest: Bytes::new(),
         entry: Some(entry.to_proto()),
         nar_size: entry.nar_size,
     }
-    .encode_to_vec()
+    .encode_to_vec();
+    if record.len() > MAX_RECORD_BYTES as usize {
+        return Err(crate::limits::over_limit(
+            "a catalog record",
+            format!("{MAX_RECORD_BYTES} bytes"),
+        ));
+    }
+    Ok(record)
 }
 
-/// A snapshot's record read back and checked, given the digest of the
-/// path before it (records are in listing order, one per path).
-pub fn entry_of_snapshot_record(
-    record: &[u8],
-    previous: Option<&[u8; 20]>,
-) -> StoreResult<CatalogEntry> {
-    let corrupt = |what: String| StoreError::Corrupt(format!("catalog snapshot record: {what}"));
-    let record = lpb::CatalogRecord::decode(record).map_err(|e| corrupt(e.to_string()))?;
-    let entry = record
-        .entry
-        .as_ref()
-        .ok_or_else(|| corrupt("no entry".into()))?;
-    let entry =
-        CatalogEntry::from_proto(entry, record.nar_size).map_err(|e| corrupt(e.to_string()))?;
-    if previous.is_some_and(|p| digest_order(p, entry.store_path.digest()).is_ge()) {
-        return Err(corrupt(format!("{} out of order", entry.store_path)));
+/// Records of a snapshot (or a sort's run) read back in turn: each is
+/// checked, and so is their order (listing order, one per path).
+#[derive(Default, Debug)]
+pub struct OrderedRecords {
+    previous: Option<[u8; 20]>,
+    read: u64,
+}
+
+impl OrderedRecords {
+    /// The entry `record` holds, checked, and checked to follow the one
+    /// before.
+    pub fn entry(&mut self, record: &[u8]) -> StoreResult<CatalogEntry> {
+        let corrupt =
+            |what: String| StoreError::Corrupt(format!("catalog snapshot record: {what}"));
+        let record = lpb::CatalogRecord::decode(record).map_err(|e| corrupt(e.to_string()))?;
+        let entry = record
+            .entry
+            .as_ref()
+            .ok_or_else(|| corrupt("no entry".into()))?;
+        let entry =
+            CatalogEntry::from_proto(entry, record.nar_size).map_err(|e| corrupt(e.to_string()))?;
+        let digest = *entry.store_path.digest();
+        if self
+            .previous
+            .is_some_and(|p| digest_order(&p, &digest).is_ge())
+        {
+            return Err(corrupt(format!("{} out of order", entry.store_path)));
+        }
+        self.previous = Some(digest);
+        self.read += 1;
+        Ok(entry)
     }
-    Ok(entry)
+
+    /// Records read so far.
+    pub fn read(&self) -> u64 {
+        self.read
+    }
 }
 
 /// The changes a stored segment records, in order, each checked.
@@ -560,15 +598,8 @@ mod tests {
 
     /// A snapshot's records read back in turn, as a reader does.
     fn read_records(records: &[Vec<u8>]) -> StoreResult<Vec<CatalogEntry>> {
-        let mut previous: Option<[u8; 20]> = None;
-        records
-            .iter()
-            .map(|record| {
-                let entry = entry_of_snapshot_record(record, previous.as_ref())?;
-                previous = Some(*entry.store_path.digest());
-                Ok(entry)
-            })
-            .collect()
+        let mut reading = OrderedRecords::default();
+        records.iter().map(|record| reading.entry(record)).collect()
     }
 
     #[test]
@@ -588,7 +619,7 @@ mod tests {
                 (*entry(20).store_path.digest(), Some(entry(20))),
             ]
         };
-        let records: Vec<Vec<u8>> = base.iter().map(snapshot_record).collect();
+        let records: Vec<Vec<u8>> = base.iter().map(|e| snapshot_record(e).unwrap()).collect();
         let read = Catalog::from_entries(read_records(&records).expect("records"));
         let streamed = applied(read, changes());
         // The model: each change made in turn to a map.
@@ -619,7 +650,7 @@ mod tests {
     #[test]
     fn snapshot_records_out_of_order_twice_or_damaged_are_refused() {
         let sorted = Catalog::from_entries([entry(1), entry(2), entry(3)]).into_sorted();
-        let records: Vec<Vec<u8>> = sorted.iter().map(snapshot_record).collect();
+        let records: Vec<Vec<u8>> = sorted.iter().map(|e| snapshot_record(e).unwrap()).collect();
         assert_eq!(read_records(&records).expect("in order"), sorted);
         let swapped = vec![records[1].clone(), records[0].clone()];
         assert!(read_records(&swapped).is_err());
@@ -627,19 +658,19 @@ mod tests {
         assert!(read_records(&twice).is_err());
         // No entry; a name that is no store path; not protobuf.
         let empty = lpb::CatalogRecord::default().encode_to_vec();
-        assert!(entry_of_snapshot_record(&empty, None).is_err());
+        assert!(read_records(&[empty]).is_err());
         let bad = lpb::CatalogRecord {
             entry: Some(entry(1).node.to_entry(Bytes::from_static(b"../etc"))),
             ..Default::default()
         }
         .encode_to_vec();
-        assert!(entry_of_snapshot_record(&bad, None).is_err());
-        assert!(entry_of_snapshot_record(b"\xff\xff\xff", None).is_err());
+        assert!(read_records(&[bad]).is_err());
+        assert!(read_records(&[b"\xff\xff\xff".to_vec()]).is_err());
     }
 
     #[test]
     fn a_snapshot_head_holds_the_folded_names_and_nothing_else() {
-        let head = snapshot_head(vec!["a".into(), "b".into()]);
+        let head = snapshot_head(vec!["a".into(), "b".into()]).unwrap();
         assert_eq!(folded_of_head(&head).expect("head"), vec!["a", "b"]);
         let old = Catalog::from_entries([entry(1)]).old_snapshot(vec!["a".into()]);
         assert!(folded_of_head(&old).is_err());

@@ -9,13 +9,15 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, BufWriter, Read};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use crate::catalog::{
-    entry_of_snapshot_record, listing_order, snapshot_record, Catalog, CatalogEntry,
-    MAX_RECORD_BYTES,
+    listing_order, snapshot_record, Catalog, CatalogEntry, OrderedRecords, MAX_RECORD_BYTES,
 };
-use crate::error::{StoreError, StoreResult};
+use crate::error::StoreResult;
+use crate::framing::{read_field, write_field};
 
 /// Entries sorted in memory before they are written to a run: about
 /// 15 MB of entries.
@@ -25,7 +27,7 @@ pub const RUN_ENTRIES: usize = 1 << 16;
 pub struct CatalogSorter {
     run_entries: usize,
     buffer: Vec<CatalogEntry>,
-    runs: Vec<File>,
+    runs: Vec<Arc<File>>,
 }
 
 impl CatalogSorter {
@@ -60,33 +62,32 @@ impl CatalogSorter {
         let sorted = Catalog::from_entries(std::mem::take(&mut self.buffer)).into_sorted();
         let mut out = BufWriter::new(tempfile::tempfile()?);
         for entry in &sorted {
-            let record = snapshot_record(entry);
-            out.write_all(&(record.len() as u32).to_le_bytes())?;
-            out.write_all(&record)?;
+            write_field(&mut out, &snapshot_record(entry)?)?;
         }
         let file = out.into_inner().map_err(|e| e.into_error())?;
-        self.runs.push(file);
+        self.runs.push(Arc::new(file));
         Ok(())
     }
 }
 
 /// Runs written by a [`CatalogSorter`].
 pub struct SortedRuns {
-    runs: Vec<File>,
+    runs: Vec<Arc<File>>,
 }
 
 impl SortedRuns {
-    /// A pass over every entry in listing order, one per path. Passes go
-    /// one after another: each starts the runs' files over.
+    /// A pass over every entry in listing order, one per path (passes
+    /// read at their own offsets: several may run at once).
     pub fn pass(&self) -> StoreResult<SortedPass> {
         let mut heads = BinaryHeap::with_capacity(self.runs.len());
         let mut readers = Vec::with_capacity(self.runs.len());
         for (run, file) in self.runs.iter().enumerate() {
-            let mut file = file.try_clone()?;
-            file.seek(SeekFrom::Start(0))?;
             let mut reader = RunReader {
-                file: BufReader::new(file),
-                previous: None,
+                file: BufReader::new(FileFrom {
+                    file: file.clone(),
+                    at: 0,
+                }),
+                records: OrderedRecords::default(),
             };
             if let Some(entry) = reader.next()? {
                 heads.push(Head { entry, run });
@@ -144,28 +145,30 @@ impl Iterator for SortedPass {
 
 /// A run being read back, checked to be in order.
 struct RunReader {
-    file: BufReader<File>,
-    previous: Option<[u8; 20]>,
+    file: BufReader<FileFrom>,
+    records: OrderedRecords,
 }
 
 impl RunReader {
     fn next(&mut self) -> StoreResult<Option<CatalogEntry>> {
-        let mut len = [0u8; 4];
-        if self.file.read(&mut len[..1])? == 0 {
-            return Ok(None);
+        match read_field(&mut self.file, MAX_RECORD_BYTES)? {
+            Some(record) => self.records.entry(&record).map(Some),
+            None => Ok(None),
         }
-        self.file.read_exact(&mut len[1..])?;
-        let len = u32::from_le_bytes(len);
-        if len > MAX_RECORD_BYTES {
-            return Err(StoreError::Corrupt(format!(
-                "catalog sort run: a record of {len} bytes"
-            )));
-        }
-        let mut record = vec![0u8; len as usize];
-        self.file.read_exact(&mut record)?;
-        let entry = entry_of_snapshot_record(&record, self.previous.as_ref())?;
-        self.previous = Some(*entry.store_path.digest());
-        Ok(Some(entry))
+    }
+}
+
+/// A file read from an offset of its own (no shared file position).
+struct FileFrom {
+    file: Arc<File>,
+    at: u64,
+}
+
+impl Read for FileFrom {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
     }
 }
 
@@ -225,9 +228,11 @@ mod tests {
         for i in 0..100 {
             sorter.push(entry(i, 1)).unwrap();
         }
-        // Paths added again later, in another run: their later entry wins.
-        for i in [3, 50, 99] {
-            sorter.push(entry(i, 2)).unwrap();
+        // Paths added again later, in other runs: the latest entry wins.
+        for size in [5, 4, 3, 2] {
+            for i in [3, 50, 99] {
+                sorter.push(entry(i, size)).unwrap();
+            }
         }
         let runs = sorter.finish().unwrap();
         let mut expected: Vec<CatalogEntry> = (0..100)
@@ -236,9 +241,13 @@ mod tests {
         expected.sort_by_key(|e| e.store_path.basename());
         let first: Vec<CatalogEntry> = runs.pass().unwrap().collect::<StoreResult<_>>().unwrap();
         assert_eq!(first, expected);
-        // A second pass reads the same.
-        let second: Vec<CatalogEntry> = runs.pass().unwrap().collect::<StoreResult<_>>().unwrap();
-        assert_eq!(second, expected);
+        // Two more passes at once read the same.
+        let (mut a, mut b) = (runs.pass().unwrap(), runs.pass().unwrap());
+        for want in &expected {
+            assert_eq!(&a.next().unwrap().unwrap(), want);
+            assert_eq!(&b.next().unwrap().unwrap(), want);
+        }
+        assert!(a.next().is_none() && b.next().is_none());
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod directory;
 pub mod disk;
 pub mod error;
 pub mod frame;
+pub mod framing;
 pub mod ingest;
 pub mod limits;
 pub mod nix;

@@ -13,9 +13,8 @@ use object_store::path::Path as ObjectPath;
 use super::record_file::{RecordReader, RecordWriter};
 use super::BucketStore;
 use crate::catalog::{
-    entry_of_snapshot_record, folded_of_head, merged, snapshot_head, snapshot_record, Catalog,
-    CatalogEntry, Overlay, MAX_HEAD_BYTES, MAX_RECORD_BYTES, MAX_SNAPSHOT_BYTES, SNAPSHOT_LEVEL,
-    SNAPSHOT_MAGIC,
+    folded_of_head, merged, snapshot_head, snapshot_record, Catalog, CatalogEntry, OrderedRecords,
+    Overlay, MAX_HEAD_BYTES, MAX_RECORD_BYTES, MAX_SNAPSHOT_BYTES, SNAPSHOT_LEVEL, SNAPSHOT_MAGIC,
 };
 use crate::error::{StoreError, StoreResult};
 
@@ -27,9 +26,7 @@ pub(super) enum SnapshotEntries {
     /// A snapshot stored as a stream, being decoded.
     Streamed {
         file: RecordReader,
-        /// Records read so far, and the last one's digest.
-        read: u64,
-        previous: Option<[u8; 20]>,
+        records: OrderedRecords,
         ended: bool,
     },
     /// A snapshot of the older format, read whole.
@@ -40,14 +37,13 @@ impl SnapshotEntries {
     /// The next entry, checked; `None` once the snapshot's end is read
     /// and found whole.
     pub(super) async fn next(&mut self) -> StoreResult<Option<CatalogEntry>> {
-        let (file, read, previous, ended) = match self {
+        let (file, records, ended) = match self {
             Self::Whole(entries) => return Ok(entries.next()),
             Self::Streamed {
                 file,
-                read,
-                previous,
+                records,
                 ended,
-            } => (file, read, previous, ended),
+            } => (file, records, ended),
         };
         if *ended {
             return Ok(None);
@@ -59,18 +55,15 @@ impl SnapshotEntries {
         if record.is_empty() {
             let mut count = [0u8; 8];
             file.raw(&mut count).await?;
-            let count = u64::from_le_bytes(count);
-            if count != *read {
+            let (count, read) = (u64::from_le_bytes(count), records.read());
+            if count != read {
                 return Err(file.corrupt(&format!("{read} records, its end says {count}")));
             }
             file.end().await?;
             *ended = true;
             return Ok(None);
         }
-        let entry = entry_of_snapshot_record(&record, previous.as_ref())?;
-        *read += 1;
-        *previous = Some(*entry.store_path.digest());
-        Ok(Some(entry))
+        records.entry(&record).map(Some)
     }
 }
 
@@ -103,8 +96,7 @@ impl BucketStore {
         let folded = folded_of_head(&head)?;
         let entries = SnapshotEntries::Streamed {
             file,
-            read: 0,
-            previous: None,
+            records: OrderedRecords::default(),
             ended: false,
         };
         Ok(Some((folded.into_iter().collect(), entries)))
@@ -123,10 +115,10 @@ impl BucketStore {
         let mut file = RecordWriter::create(self, at, SNAPSHOT_LEVEL).await?;
         let written: StoreResult<u64> = async {
             file.raw(SNAPSHOT_MAGIC)?;
-            file.field(&snapshot_head(folded))?;
+            file.field(&snapshot_head(folded)?)?;
             let mut paths = 0u64;
             while let Some(entry) = entries.next().await {
-                file.field(&snapshot_record(&entry?))?;
+                file.field(&snapshot_record(&entry?)?)?;
                 paths += 1;
                 if paths.is_multiple_of(FLUSH_EVERY) {
                     file.flush().await?;
@@ -203,4 +195,92 @@ impl BucketStore {
 /// store's being unreachable).
 fn damage(e: &StoreError) -> bool {
     matches!(e, StoreError::Corrupt(_) | StoreError::Invalid(_))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::digest::B3Digest;
+    use crate::framing::write_field;
+    use crate::nix::store_path::StorePath;
+    use crate::node::Node;
+
+    fn entry(i: u8) -> CatalogEntry {
+        let mut digest = [0u8; 20];
+        digest[0] = i;
+        CatalogEntry {
+            store_path: StorePath::from_parts(digest, &format!("p{i}")).expect("path"),
+            node: Node::File {
+                digest: B3Digest::of(&[i]),
+                size: 1,
+                executable: false,
+            },
+            nar_size: 1,
+        }
+    }
+
+    /// A snapshot's decoded bytes: three records, the end saying `count`,
+    /// then `after`.
+    fn decoded(count: u64, after: &[u8]) -> Vec<u8> {
+        let mut out = SNAPSHOT_MAGIC.to_vec();
+        write_field(&mut out, &snapshot_head(vec!["s".into()]).unwrap()).unwrap();
+        for i in 1..=3 {
+            write_field(&mut out, &snapshot_record(&entry(i)).unwrap()).unwrap();
+        }
+        write_field(&mut out, &[]).unwrap();
+        out.extend(count.to_le_bytes());
+        out.extend(after);
+        out
+    }
+
+    fn compressed(decoded: &[u8]) -> Vec<u8> {
+        let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        encoder.include_checksum(true).unwrap();
+        encoder.write_all(decoded).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    /// Stores `stored` as a snapshot and reads it to its end.
+    async fn read_back(store: &BucketStore, stored: Vec<u8>) -> StoreResult<Vec<CatalogEntry>> {
+        let at = ObjectPath::from("catalog/snapshots/test");
+        store.put(&at, stored.into()).await.unwrap();
+        let (folded, mut entries) = store.open_catalog_snapshot(&at).await?.expect("stored");
+        assert!(folded.contains("s"));
+        let mut out = Vec::new();
+        while let Some(entry) = entries.next().await? {
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn snapshots_cut_forged_or_rotten_are_refused_as_damage() {
+        let (_dir, store) = crate::testutil::temp_bucket().await;
+        let sound = read_back(&store, compressed(&decoded(3, b""))).await;
+        assert_eq!(sound.unwrap(), vec![entry(1), entry(2), entry(3)]);
+
+        let whole = decoded(3, b"");
+        let end_marker = whole.len() - 8 - 4;
+        let mut oversized = whole[..end_marker].to_vec();
+        oversized.extend(u32::MAX.to_le_bytes());
+        let mut rotten = compressed(&whole);
+        *rotten.last_mut().unwrap() ^= 1;
+        for (case, stored) in [
+            ("a count that is wrong", compressed(&decoded(4, b""))),
+            ("bytes after the end", compressed(&decoded(3, b"x"))),
+            ("no end", compressed(&whole[..end_marker])),
+            (
+                "cut inside the count",
+                compressed(&whole[..whole.len() - 3]),
+            ),
+            ("a length over the bound", compressed(&oversized)),
+            ("zstd cut short", compressed(&whole)[..40].to_vec()),
+            ("the checksum wrong", rotten),
+        ] {
+            let e = read_back(&store, stored).await.expect_err(case);
+            assert!(damage(&e), "{case}: {e:?}");
+        }
+    }
 }

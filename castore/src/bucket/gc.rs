@@ -209,7 +209,9 @@ impl BucketStore {
         // The walk also makes the catalog anew: it includes every segment
         // stored before it starts.
         let (folded, listed_at) = self.catalog_segments_now().await?;
-        let mut catalog = CatalogSorter::new(RUN_ENTRIES);
+        // The catalog is an aid: a sort that cannot spill (local disk
+        // full) costs the snapshot, not the collection.
+        let mut catalog = Some(CatalogSorter::new(RUN_ENTRIES));
         let mut infos = self.list_path_infos();
         let walk_started = std::time::Instant::now();
         while let Some(info) = infos.next().await {
@@ -223,7 +225,12 @@ impl BucketStore {
                 );
             }
             live.paths.insert_bytes(info.store_path.digest());
-            catalog.push(crate::catalog::CatalogEntry::of(&info))?;
+            if let Some(sorter) = &mut catalog {
+                if let Err(e) = sorter.push(crate::catalog::CatalogEntry::of(&info)) {
+                    tracing::warn!(error = %e, "cannot sort the catalog; no catalog snapshot this time");
+                    catalog = None;
+                }
+            }
             match info.node {
                 Node::Directory { digest, .. } => {
                     let closure = self.get_closure(&digest).await?;
@@ -238,20 +245,11 @@ impl BucketStore {
                 _ => {}
             }
         }
-        let catalog = self
-            .catalog_from_walk(catalog.finish()?, &folded, listed_at)
-            .await?;
-        let stored = match catalog.entries() {
-            Ok(entries) => {
-                self.store_catalog_snapshot(entries, folded, listed_at)
-                    .await
+        if let Some(sorter) = catalog {
+            if let Err(e) = self.store_walked_catalog(sorter, folded, listed_at).await {
+                tracing::warn!(error = %e, "cannot store the catalog snapshot");
             }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = stored {
-            tracing::warn!(error = %e, "cannot store the catalog snapshot");
         }
-        drop(catalog);
         // What uploads in progress rely on (a chunk list they rely on has
         // its chunks marked below, as a live file's).
         for d in self.touched_since(cutoff).await? {

@@ -394,6 +394,22 @@ impl BucketStore {
         })
     }
 
+    /// Stores the catalog a walk made (GC's): its entries, sorted by
+    /// `walked`, with the segments in flight merged in; returns the paths
+    /// stored.
+    pub(super) async fn store_walked_catalog(
+        &self,
+        walked: CatalogSorter,
+        folded: Vec<String>,
+        listed_at: SystemTime,
+    ) -> StoreResult<u64> {
+        let catalog = self
+            .catalog_from_walk(walked.finish()?, &folded, listed_at)
+            .await?;
+        self.store_catalog_snapshot(catalog.entries()?, folded, listed_at)
+            .await
+    }
+
     /// The catalog made anew from every PathInfo (a lost or damaged
     /// catalog, a store from before catalogs), stored as a snapshot; its
     /// entries as they are read back from the walk's sorted runs.

@@ -10,7 +10,7 @@ use std::io::Write;
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::WriteMultipart;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncSeekExt};
 
 use super::{object_err, BucketStore};
 use crate::error::{StoreError, StoreResult};
@@ -49,10 +49,7 @@ impl RecordWriter {
     /// Appends one field (compressed into memory until the next
     /// [`RecordWriter::flush`]).
     pub(super) fn field(&mut self, bytes: &[u8]) -> StoreResult<()> {
-        let len = u32::try_from(bytes.len())
-            .map_err(|_| StoreError::Invalid("a record field over 4 GiB".into()))?;
-        self.encoder.write_all(&len.to_le_bytes())?;
-        self.encoder.write_all(bytes)?;
+        crate::framing::write_field(&mut self.encoder, bytes)?;
         Ok(())
     }
 
@@ -77,7 +74,7 @@ impl RecordWriter {
     }
 
     /// Ends the stream and completes the upload; on an error the upload is
-    /// aborted.
+    /// aborted (none is left unfinished in the bucket).
     pub(super) async fn finish(self) -> StoreResult<()> {
         let Self {
             mut upload,
@@ -89,6 +86,12 @@ impl RecordWriter {
                 let _ = upload.abort().await;
                 return Err(e.into());
             }
+        }
+        // Every part uploaded first: `finish` returns a failed part's
+        // error without aborting.
+        if let Err(e) = upload.wait_for_capacity(0).await {
+            let _ = upload.abort().await;
+            return Err(object_err(e));
         }
         upload.finish().await.map_err(object_err)?;
         Ok(())
@@ -109,7 +112,12 @@ pub(super) struct RecordReader {
 
 impl RecordReader {
     /// Opens the object `at` (`what` names it in errors); `None` if it is
-    /// not there.
+    /// not there. A bucket's object is first copied whole to an anonymous
+    /// temporary file, at the network's pace: read as its consumer goes
+    /// (a slow listing client, a fold uploading as it reads), one GET
+    /// would outlast the client's request timeout, and the object could
+    /// be pruned before a retry. A local folder's is read in place (an
+    /// open file outlives its deletion).
     pub(super) async fn open(
         store: &BucketStore,
         at: &ObjectPath,
@@ -120,10 +128,18 @@ impl RecordReader {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(object_err(e)),
         };
-        let bytes = got.into_stream().map_err(std::io::Error::other);
-        let decoder = async_compression::tokio::bufread::ZstdDecoder::new(
-            tokio_util::io::StreamReader::new(bytes),
-        );
+        let mut body =
+            tokio_util::io::StreamReader::new(got.into_stream().map_err(std::io::Error::other));
+        let source: std::pin::Pin<Box<dyn AsyncBufRead + Send>> = if store.local_root.is_some() {
+            Box::pin(body)
+        } else {
+            let mut spool = tokio::fs::File::from_std(tempfile::tempfile()?);
+            // The store's error or the local disk's: not the object's.
+            tokio::io::copy(&mut body, &mut spool).await?;
+            spool.seek(std::io::SeekFrom::Start(0)).await?;
+            Box::pin(tokio::io::BufReader::new(spool))
+        };
+        let decoder = async_compression::tokio::bufread::ZstdDecoder::new(source);
         Ok(Some(Self {
             decoded: Box::pin(tokio::io::BufReader::with_capacity(READ_AHEAD, decoder)),
             what,
@@ -148,11 +164,8 @@ impl RecordReader {
             .read_exact(&mut len[1..])
             .await
             .map_err(|e| read_err(what, e))?;
-        let len = u32::from_le_bytes(len);
-        if len > max {
-            return Err(self.corrupt(&format!("a field of {len} bytes (at most {max})")));
-        }
-        let mut field = vec![0u8; len as usize];
+        let len = crate::framing::field_len(len, max).map_err(|e| read_err(what, e))?;
+        let mut field = vec![0u8; len];
         self.decoded
             .read_exact(&mut field)
             .await
@@ -234,5 +247,23 @@ fn read_err(what: &str, e: std::io::Error) -> StoreError {
         StoreError::Io(e)
     } else {
         StoreError::Corrupt(format!("{what}: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stores_errors_stay_io_and_others_are_the_objects_damage() {
+        let transport = std::io::Error::other(object_store::Error::Generic {
+            store: "S3",
+            source: "connection reset".into(),
+        });
+        assert!(matches!(read_err("x", transport), StoreError::Io(_)));
+        let cut = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "cut");
+        assert!(matches!(read_err("x", cut), StoreError::Corrupt(_)));
+        let zstd = std::io::Error::other("Data corruption detected");
+        assert!(matches!(read_err("x", zstd), StoreError::Corrupt(_)));
     }
 }
