@@ -288,13 +288,7 @@ pub fn snapshot_head(folded: Vec<String>) -> StoreResult<Vec<u8>> {
         ..Default::default()
     }
     .encode_to_vec();
-    if head.len() > MAX_HEAD_BYTES as usize {
-        return Err(crate::limits::over_limit(
-            "a catalog snapshot's head",
-            format!("{MAX_HEAD_BYTES} bytes"),
-        ));
-    }
-    Ok(head)
+    at_most(head, MAX_HEAD_BYTES, "a catalog snapshot's head")
 }
 
 /// The segments a snapshot's head says it includes.
@@ -318,13 +312,15 @@ pub fn snapshot_record(entry: &CatalogEntry) -> StoreResult<Vec<u8>> {
         nar_size: entry.nar_size,
     }
     .encode_to_vec();
-    if record.len() > MAX_RECORD_BYTES as usize {
-        return Err(crate::limits::over_limit(
-            "a catalog record",
-            format!("{MAX_RECORD_BYTES} bytes"),
-        ));
+    at_most(record, MAX_RECORD_BYTES, "a catalog record")
+}
+
+/// `field`, unless it is longer than `max` (what a reader refuses).
+fn at_most(field: Vec<u8>, max: u32, what: &str) -> StoreResult<Vec<u8>> {
+    if field.len() > max as usize {
+        return Err(crate::limits::over_limit(what, format!("{max} bytes")));
     }
-    Ok(record)
+    Ok(field)
 }
 
 /// Records of a snapshot (or a sort's run) read back in turn: each is
@@ -435,7 +431,6 @@ pub fn segment(records: Vec<lpb::CatalogRecord>) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::digest::B3Digest;
 
     /// A stored segment's changes applied, as a reader of one would.
     fn apply(catalog: &mut Catalog, stored_segment: &[u8]) -> StoreResult<()> {
@@ -453,19 +448,7 @@ mod tests {
             .expect("merged")
     }
 
-    fn entry(i: u8) -> CatalogEntry {
-        let mut digest = [0u8; 20];
-        digest[0] = i;
-        CatalogEntry {
-            store_path: StorePath::from_parts(digest, &format!("p{i}")).expect("path"),
-            node: Node::File {
-                digest: B3Digest::of(&[i]),
-                size: 1,
-                executable: false,
-            },
-            nar_size: 100 + i as u64,
-        }
-    }
+    use crate::testutil::catalog_entry as entry;
 
     #[test]
     fn changes_of_several_segments_applied_at_once_end_as_applied_one_by_one() {

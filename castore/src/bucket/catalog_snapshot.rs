@@ -202,24 +202,9 @@ mod tests {
     use std::io::Write;
 
     use super::*;
-    use crate::digest::B3Digest;
     use crate::framing::write_field;
-    use crate::nix::store_path::StorePath;
-    use crate::node::Node;
 
-    fn entry(i: u8) -> CatalogEntry {
-        let mut digest = [0u8; 20];
-        digest[0] = i;
-        CatalogEntry {
-            store_path: StorePath::from_parts(digest, &format!("p{i}")).expect("path"),
-            node: Node::File {
-                digest: B3Digest::of(&[i]),
-                size: 1,
-                executable: false,
-            },
-            nar_size: 1,
-        }
-    }
+    use crate::testutil::catalog_entry as entry;
 
     /// A snapshot's decoded bytes: three records, the end saying `count`,
     /// then `after`.

@@ -77,3 +77,20 @@ pub async fn temp_bucket() -> (
         .expect("a store in a temporary folder");
     (dir, store)
 }
+
+/// A catalog entry for path `i`: its digest starts with `i` and is zero
+/// after, so entries list in the order of `i`.
+pub fn catalog_entry(i: u8) -> crate::catalog::CatalogEntry {
+    let mut digest = [0u8; 20];
+    digest[0] = i;
+    crate::catalog::CatalogEntry {
+        store_path: crate::nix::store_path::StorePath::from_parts(digest, &format!("p{i}"))
+            .expect("path"),
+        node: crate::node::Node::File {
+            digest: crate::digest::B3Digest::of(&[i]),
+            size: 1,
+            executable: false,
+        },
+        nar_size: 100 + i as u64,
+    }
+}
