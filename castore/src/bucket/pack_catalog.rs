@@ -22,14 +22,13 @@ impl BucketStore {
     pub async fn refresh(&self) -> StoreResult<()> {
         *self.last_refresh.lock().expect("refresh clock") = Some(Instant::now());
         let listed = self.listed_packs().await?;
-        let listed_ids: HashSet<&str> = listed.iter().map(String::as_str).collect();
         let opening = self.table.read().expect("pack table").is_empty();
-        // Ids borrowed from the listing: a store of a million packs holds
-        // its ids once while opening.
-        let mut new_ids: Vec<&str> = {
+        // Packs deleted elsewhere (compaction, GC) first: their chunks are
+        // in packs listed now, added below. (Opening, none is known yet:
+        // no set of every listed id.)
+        if !opening {
+            let listed_ids: HashSet<&str> = listed.iter().map(String::as_str).collect();
             let mut table = self.table.write().expect("pack table");
-            // Packs deleted elsewhere (compaction, GC) first: their chunks
-            // are in packs listed now, added below.
             for gone in table
                 .pack_ids()
                 .into_iter()
@@ -37,6 +36,11 @@ impl BucketStore {
             {
                 table.remove_pack(&gone);
             }
+        }
+        // Ids borrowed from the listing: a store of a million packs holds
+        // its ids once while opening.
+        let mut new_ids: Vec<&str> = {
+            let table = self.table.read().expect("pack table");
             listed
                 .iter()
                 .map(String::as_str)
@@ -45,11 +49,17 @@ impl BucketStore {
         };
         // Opening a store of many packs: most indexes come from one
         // snapshot object. (Not later: packs another replica wrote since
-        // are not in it.)
+        // are not in it.) The ids still wanted are a set meanwhile, and
+        // back in listing order after.
         if opening && new_ids.len() >= READ_SNAPSHOT_FROM {
-            let mut wanted: HashSet<&str> = new_ids.iter().copied().collect();
+            let mut wanted: HashSet<&str> = new_ids.drain(..).collect();
+            new_ids.shrink_to_fit();
             self.load_pack_snapshot(&mut wanted).await?;
-            new_ids.retain(|id| wanted.contains(id));
+            new_ids = listed
+                .iter()
+                .map(String::as_str)
+                .filter(|id| wanted.contains(id))
+                .collect();
         }
         if opening && new_ids.len() >= WRITE_SNAPSHOT_FROM {
             // The next opening could read them from one object (a server
