@@ -3,18 +3,11 @@
 //! only time, never a chunk.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use lazix_castore::bucket::{BucketStore, GcOptions};
 use lazix_castore::digest::B3Digest;
 use lazix_castore::store::BlobStore;
-use lazix_castore::testutil::frame_of;
-
-async fn open_at(dir: &Path) -> Arc<BucketStore> {
-    BucketStore::open(dir.to_str().expect("utf-8"))
-        .await
-        .expect("open the store")
-}
+use lazix_castore::testutil::{bucket_at as open_at, frame_of, put_pack_each};
 
 fn chunk(i: usize) -> Vec<u8> {
     format!("chunk number {i}").into_bytes()
@@ -22,12 +15,7 @@ fn chunk(i: usize) -> Vec<u8> {
 
 /// Stores chunks `from..to`, one pack each.
 async fn put_packs(store: &BucketStore, from: usize, to: usize) {
-    for i in from..to {
-        store
-            .put_frames(vec![frame_of(&[&chunk(i)])])
-            .await
-            .expect("put a frame");
-    }
+    put_pack_each(store, (from..to).map(chunk)).await;
 }
 
 /// Whether every chunk in `range` is readable from `store`.

@@ -115,6 +115,9 @@ impl BucketStore {
                 regzip_frames: a.regzip_frames + r.regzip_frames,
                 duplicate_chunks: a.duplicate_chunks + r.duplicate_chunks,
             });
+        // The journal of the packs it changed stays for replicas to read;
+        // entries no replica reads any more go.
+        self.prune_pack_journal().await?;
         tracing::info!(?report, "compaction done");
         Ok(report)
     }

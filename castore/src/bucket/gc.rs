@@ -194,6 +194,8 @@ impl BucketStore {
             .await?;
         // Old touch marks have done their job.
         self.sweep_prefix(TOUCHED, cutoff, |_| true).await?;
+        // And journal entries no replica reads any more.
+        self.prune_pack_journal().await?;
         self.sweep_orphan_marks(cutoff, &live.paths).await?;
         report.bytes_freed += self.sweep_staging(cutoff).await?;
         // The next opening reads the packs that stay from one object.

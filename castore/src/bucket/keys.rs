@@ -24,6 +24,8 @@
 //!   the catalog of store paths (see [`crate::catalog`]);
 //! - `packtables/<ms>-<random>`: every pack index in one object, read at
 //!   open instead of each index (see [`super::pack_snapshot`]);
+//! - `packlog/<ms>-<random>`: packs added and removed lately, read by
+//!   replicas catching up (see [`super::pack_journal`]);
 //! - `locks/maintenance`: held by the one compaction or collection running.
 
 use std::time::SystemTime;
@@ -49,6 +51,8 @@ pub(super) const CATALOG_SEGMENTS: &str = "catalog/segments";
 pub(super) const CATALOG_SNAPSHOTS: &str = "catalog/snapshots";
 /// Pack table snapshots.
 pub(super) const PACK_TABLES: &str = "packtables";
+/// The pack journal.
+pub(super) const PACK_JOURNAL: &str = "packlog";
 /// Chunk lists, sharded.
 pub(super) const BLOBS: &str = "blobs";
 /// Directories, sharded.
@@ -135,7 +139,7 @@ pub(super) fn time_of(location: &ObjectPath) -> Option<u64> {
 }
 
 /// How far ahead of this machine's clock another writer's may run.
-const CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(60);
+pub(super) const CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Whether a timestamped name (a snapshot's) holds a time, and not one in
 /// the future beyond [`CLOCK_SKEW`]: a replica's clock far ahead, or a

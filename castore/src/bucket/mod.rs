@@ -11,6 +11,8 @@
 //!   past a bound it lives on local disk ([`table_runs`]);
 //! - [`pack_snapshot`]: every pack index in one object, so that opening a
 //!   large store reads one object instead of every index;
+//! - [`pack_journal`]: packs added and removed lately, so that a replica
+//!   catches up on others' writes without listing every pack;
 //! - [`path_catalog`]: the catalog of store paths (see [`crate::catalog`])
 //!   stored and read back, for listings; its snapshots streamed
 //!   ([`catalog_snapshot`]);
@@ -25,10 +27,10 @@
 //!   [`access`], [`lock`], [`stats`]: maintenance, [`runs`] counting it.
 //!
 //! The pack indexes are loaded at open (into memory, then local disk past
-//! a bound, see [`packs::SpillPolicy`]); a lookup that misses
-//! re-lists `packs/` (at most every [`REFRESH_INTERVAL`], waiting for the
-//! next listing rather than failing) so packs written by another replica
-//! become readable.
+//! a bound, see [`packs::SpillPolicy`]); a lookup that misses catches up
+//! on the pack journal (at most every [`REFRESH_INTERVAL`], waiting for
+//! the next time rather than failing) so packs written by another replica
+//! become readable, and lists `packs/` in full only now and then.
 
 mod access;
 mod catalog_snapshot;
@@ -43,6 +45,7 @@ mod manifests;
 mod mark_set;
 mod objects;
 mod pack_catalog;
+mod pack_journal;
 mod pack_snapshot;
 mod packs;
 mod path_catalog;
@@ -89,7 +92,7 @@ use writes::nonempty_files;
 
 /// Objects read or written at once by one call.
 const CONCURRENCY: usize = 16;
-/// Shortest time between two re-listings of `packs/` caused by misses.
+/// Shortest time between two catch-ups on the pack journal caused by misses.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 /// Chunks hashed per step when checking a blob's chunk list (bounds memory).
 const VERIFY_WINDOW: usize = 64;
@@ -109,6 +112,10 @@ pub struct BucketStore {
     objects: Arc<dyn ObjectStore>,
     table: RwLock<PackTable>,
     last_refresh: Mutex<Option<Instant>>,
+    /// Where catching up on the pack journal starts next.
+    journal: Mutex<pack_journal::JournalCursor>,
+    /// One catching up on the pack journal at a time.
+    journal_gate: tokio::sync::Mutex<()>,
     /// Serialises listings caused by misses.
     refresh_gate: tokio::sync::Mutex<()>,
     /// One rebuild of the catalog of store paths at a time in this
@@ -221,6 +228,8 @@ impl BucketStore {
             objects,
             table: RwLock::new(PackTable::new(policy)),
             last_refresh: Mutex::new(None),
+            journal: Mutex::default(),
+            journal_gate: tokio::sync::Mutex::new(()),
             refresh_gate: tokio::sync::Mutex::new(()),
             catalog_rebuild_gate: tokio::sync::Mutex::new(()),
             damaged_catalog_snapshots: Mutex::default(),

@@ -1,11 +1,13 @@
 //! The pack table: which pack and frame hold each chunk. Loaded from the
 //! pack indexes at open (most from a snapshot of them, see
-//! [`super::pack_snapshot`]), re-listed when a lookup misses (another
-//! replica wrote) or a pack vanished (compaction or GC elsewhere).
+//! [`super::pack_snapshot`]), caught up from the pack journal (see
+//! [`super::pack_journal`]) when a lookup misses (another replica wrote)
+//! or a pack vanished (compaction or GC elsewhere), re-listed in full when
+//! that does not explain it.
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 
@@ -17,9 +19,20 @@ use crate::digest::B3Digest;
 use crate::error::{StoreError, StoreResult};
 
 impl BucketStore {
-    /// Loads the index of every pack not yet known. An index that does not
-    /// parse is logged and its pack stays invisible.
+    /// Lists `packs/` in full: loads the index of every pack not yet
+    /// known and forgets packs gone. An index that does not parse is logged
+    /// and its pack stays invisible.
     pub async fn refresh(&self) -> StoreResult<()> {
+        let began = SystemTime::now();
+        self.list_packs_in_full().await?;
+        self.journal
+            .lock()
+            .expect("pack journal cursor")
+            .listed_in_full(began);
+        Ok(())
+    }
+
+    async fn list_packs_in_full(&self) -> StoreResult<()> {
         *self.last_refresh.lock().expect("refresh clock") = Some(Instant::now());
         let listed = self.listed_packs().await?;
         let opening = self.table.read().expect("pack table").is_empty();
@@ -154,12 +167,12 @@ impl BucketStore {
         Ok(listed.into_iter().map(|(_, id)| id).collect())
     }
 
-    /// Re-lists packs for a lookup that missed: at most once per
-    /// [`REFRESH_INTERVAL`] (a reader asking for chunks nobody has cannot
-    /// make the server list the bucket in a loop), waiting for the next
-    /// allowed listing rather than failing (a chunk another replica just
-    /// stored is found within that interval). Concurrent misses share one
-    /// listing.
+    /// Catches up on the pack journal for a lookup that missed: at most
+    /// once per [`REFRESH_INTERVAL`] (a reader asking for chunks nobody
+    /// has cannot make the server read the bucket in a loop), waiting for
+    /// the next allowed time rather than failing (a chunk another replica
+    /// just stored is found within that interval). Concurrent misses share
+    /// one catching up.
     pub(super) async fn refresh_for_miss(&self) -> StoreResult<()> {
         let asked = Instant::now();
         let _one_at_a_time = self.refresh_gate.lock().await;
@@ -174,11 +187,14 @@ impl BucketStore {
                 tokio::time::sleep(REFRESH_INTERVAL - since).await;
             }
         }
-        self.refresh().await
+        *self.last_refresh.lock().expect("refresh clock") = Some(Instant::now());
+        self.catch_up_packs().await
     }
 
-    /// Frame locations of `digests`, re-listing packs once if any is
-    /// unknown; `NotFound` names the first chunk still missing.
+    /// Frame locations of `digests`, catching up on the pack journal once
+    /// if any is unknown (and listing packs in full if one still is and
+    /// the last full listing was long enough ago); `NotFound` names the
+    /// first chunk still missing.
     pub(super) async fn locate(
         &self,
         digests: &[B3Digest],
@@ -191,15 +207,50 @@ impl BucketStore {
             Ok(locs) => Ok(locs),
             Err(_) => {
                 self.refresh_for_miss().await?;
-                lookup(&self.table.read().expect("pack table"))
-                    .map_err(|missing| StoreError::NotFound(format!("chunk {missing}")))
+                let second = lookup(&self.table.read().expect("pack table"));
+                match second {
+                    Ok(locs) => Ok(locs),
+                    Err(missing) => {
+                        if !self.full_listing_for_miss_allowed() {
+                            return Err(StoreError::NotFound(format!("chunk {missing}")));
+                        }
+                        self.refresh().await?;
+                        lookup(&self.table.read().expect("pack table"))
+                            .map_err(|missing| StoreError::NotFound(format!("chunk {missing}")))
+                    }
+                }
             }
         }
     }
 
-    /// Re-lists packs if a pack the table holds any of `digests` in no
-    /// longer exists (deleted by a garbage collection in another process or
-    /// replica): one existence check per distinct pack.
+    /// Whether a lookup that still misses after catching up may list
+    /// `packs/` in full (a pack whose journal entry is missing); at most
+    /// every [`super::pack_journal::FULL_LISTING_EVERY`].
+    fn full_listing_for_miss_allowed(&self) -> bool {
+        self.journal
+            .lock()
+            .expect("pack journal cursor")
+            .full_listing_allowed()
+    }
+
+    /// Brings the table up to date after `gone` (packs it holds) vanished:
+    /// catches up on the journal, and lists `packs/` in full if one of
+    /// them is still in the table (its removal was not journaled).
+    pub(super) async fn refresh_for_gone(&self, gone: &[&str]) -> StoreResult<()> {
+        self.catch_up_packs().await?;
+        let unexplained = {
+            let table = self.table.read().expect("pack table");
+            gone.iter().any(|id| table.has_pack(id))
+        };
+        if unexplained {
+            self.refresh().await?;
+        }
+        Ok(())
+    }
+
+    /// Brings the table up to date if a pack it holds any of `digests` in
+    /// no longer exists (deleted by a garbage collection in another process
+    /// or replica): one existence check per distinct pack.
     pub(super) async fn recheck_packs(&self, digests: &[B3Digest]) -> StoreResult<()> {
         let packs: HashSet<Arc<str>> = {
             let table = self.table.read().expect("pack table");
@@ -209,13 +260,19 @@ impl BucketStore {
                 .map(|l| l.pack.clone())
                 .collect()
         };
-        let gone: Vec<bool> = stream::iter(packs)
-            .map(|p| async move { self.exists(&index_path(&p)).await.map(|e| !e) })
+        let gone: Vec<Arc<str>> = stream::iter(packs)
+            .map(|p| async move {
+                self.exists(&index_path(&p))
+                    .await
+                    .map(|e| (!e).then_some(p))
+            })
             .buffer_unordered(CONCURRENCY)
+            .try_filter_map(|gone| std::future::ready(Ok(gone)))
             .try_collect()
             .await?;
-        if gone.contains(&true) {
-            self.refresh().await?;
+        if !gone.is_empty() {
+            let gone: Vec<&str> = gone.iter().map(AsRef::as_ref).collect();
+            self.refresh_for_gone(&gone).await?;
         }
         Ok(())
     }

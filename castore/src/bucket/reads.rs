@@ -189,8 +189,8 @@ impl BucketStore {
             ReadOutcome::Frames(f) => Ok(f),
             // A pack compacted or collected meanwhile (here or by another
             // process): its chunks are in packs a fresh listing shows.
-            ReadOutcome::PackGone(_) => {
-                self.refresh().await?;
+            ReadOutcome::PackGone(gone) => {
+                self.refresh_for_gone(&[gone.as_ref()]).await?;
                 match self.read_frames(digests).await? {
                     ReadOutcome::Frames(f) => Ok(f),
                     ReadOutcome::PackGone(pack) => Err(StoreError::Corrupt(format!(

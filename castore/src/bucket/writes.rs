@@ -12,6 +12,7 @@ use lazix_proto::ext as lpb;
 use prost::Message;
 
 use super::keys::{index_path, pack_path, path_info_path, sharded, BLOBS, DIRECTORIES};
+use super::pack_journal::PackChange;
 use super::packs::NewPack;
 use super::{BucketStore, CONCURRENCY, VERIFY_PARALLEL, VERIFY_WINDOW};
 use crate::chunk::ChunkMeta;
@@ -238,6 +239,8 @@ impl BucketStore {
             .await?;
         self.put_durable(&index_path(&pack.id), pack.encoded_index().into())
             .await?;
+        self.journal_packs(&[PackChange::Added(pack.id.clone())])
+            .await?;
         self.table
             .write()
             .expect("pack table")
@@ -262,6 +265,11 @@ impl BucketStore {
     pub(crate) async fn delete_packs(&self, ids: &[&str]) -> StoreResult<()> {
         self.delete_objects(ids.iter().map(|id| index_path(id)).collect())
             .await?;
+        let removed: Vec<PackChange> = ids
+            .iter()
+            .map(|id| PackChange::Removed(id.to_string()))
+            .collect();
+        self.journal_packs(&removed).await?;
         {
             let mut table = self.table.write().expect("pack table");
             for id in ids {

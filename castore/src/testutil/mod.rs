@@ -72,10 +72,29 @@ pub async fn temp_bucket() -> (
     std::sync::Arc<crate::bucket::BucketStore>,
 ) {
     let dir = tempfile::tempdir().expect("temporary folder");
-    let store = crate::bucket::BucketStore::open(dir.path().to_str().expect("UTF-8 path"))
-        .await
-        .expect("a store in a temporary folder");
+    let store = bucket_at(dir.path()).await;
     (dir, store)
+}
+
+/// The store in folder `dir` (made if new), opened as a server opens it.
+pub async fn bucket_at(dir: &std::path::Path) -> std::sync::Arc<crate::bucket::BucketStore> {
+    crate::bucket::BucketStore::open(dir.to_str().expect("UTF-8 path"))
+        .await
+        .expect("open the store")
+}
+
+/// Stores each of `chunks` in a pack of its own (one frame of one chunk).
+pub async fn put_pack_each(
+    store: &crate::bucket::BucketStore,
+    chunks: impl IntoIterator<Item = Vec<u8>>,
+) {
+    use crate::store::BlobStore;
+    for chunk in chunks {
+        store
+            .put_frames(vec![frame_of(&[&chunk])])
+            .await
+            .expect("put a frame");
+    }
 }
 
 /// A catalog entry for path `i`: its digest starts with `i` and is zero
