@@ -128,9 +128,9 @@ async fn a_pack_without_an_entry_is_found_by_the_next_full_listing() {
         readable(&b, 200).await,
         Err(StoreError::NotFound(_))
     ));
-    // A full listing (at open, in maintenance, or for a miss minutes
-    // later) finds it.
-    b.refresh().await.expect("full listing");
+    // A full listing (at open, in maintenance, or for a miss once
+    // `FULL_LISTING_EVERY` has passed, as here) finds it.
+    b.allow_full_listing_now();
     readable(&b, 200).await.expect("found by the full listing");
 
     // A pack deleted without an entry: the vanished pack is still in B's
@@ -145,7 +145,7 @@ async fn a_pack_without_an_entry_is_found_by_the_next_full_listing() {
 }
 
 #[tokio::test]
-async fn a_damaged_entry_falls_back_to_a_full_listing() {
+async fn a_damaged_entry_is_skipped_and_its_pack_found_by_a_full_listing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let a = store_of_200_packs(dir.path()).await;
     let b = open_at(dir.path()).await;
@@ -154,10 +154,98 @@ async fn a_damaged_entry_falls_back_to_a_full_listing() {
         panic!("one entry");
     };
     std::fs::write(entry, b"+not a pack id\n").unwrap();
+    // Skipped; a full listing is not due yet (B listed at open).
+    assert!(matches!(
+        readable(&b, 200).await,
+        Err(StoreError::NotFound(_))
+    ));
+    // Once it is, the pack is found.
+    b.allow_full_listing_now();
     let before = b.object_requests();
     readable(&b, 200).await.expect("found by the full listing");
     let spent = spent_since(&b, &before);
     assert!(spent.listed >= 400, "listed in full: {spent}");
+    // Skipped from then on: later misses neither read it again nor list
+    // every pack again.
+    put_packs(&a, 201, 202).await;
+    let before = b.object_requests();
+    readable(&b, 201)
+        .await
+        .expect("a later pack, from the journal");
+    let nobody = b.get_frames(&[B3Digest::of(b"stored nowhere")]).await;
+    assert!(matches!(nobody, Err(StoreError::NotFound(_))), "{nobody:?}");
+    let spent = spent_since(&b, &before);
+    assert!(spent.listed <= 2 * 2, "{spent}");
+    assert!(
+        spent.gets <= 3,
+        "the new entry, its index, its frame: {spent}"
+    );
+}
+
+#[tokio::test]
+async fn a_pack_removed_and_written_again_stays_and_misses_share_one_full_listing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = store_of_200_packs(dir.path()).await;
+    put_packs(&a, 200, 201).await;
+    let [entry] = &journal(dir.path())[..] else {
+        panic!("one entry");
+    };
+    let added = std::fs::read_to_string(entry).unwrap();
+    let id = added
+        .trim()
+        .strip_prefix('+')
+        .expect("an addition")
+        .to_string();
+    let b = open_at(dir.path()).await;
+    readable(&b, 200).await.expect("known at open");
+    // A pack deleted and written again with the same bytes (its id is
+    // their digest): the removal and the addition arrive in one catching
+    // up, in either order of their names; the pack stays.
+    for (k, (first, second)) in [("a", "b"), ("d", "c")].into_iter().enumerate() {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        std::fs::write(
+            dir.path().join(format!("packlog/{at:016}-{first}")),
+            format!("-{id}\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join(format!("packlog/{at:016}-{second}")),
+            format!("+{id}\n"),
+        )
+        .unwrap();
+        put_packs(&a, 201 + k, 202 + k).await; // a miss makes B catch up
+        readable(&b, 201 + k)
+            .await
+            .expect("read through the journal");
+        let before = b.object_requests();
+        readable(&b, 200)
+            .await
+            .expect("the pack removed and added stays");
+        let spent = spent_since(&b, &before);
+        assert_eq!(spent.lists, 0, "found where it was: {spent}");
+    }
+
+    // Misses all at once when a full listing is due: one listing.
+    b.allow_full_listing_now();
+    let before = b.object_requests();
+    let misses = (0..8).map(|i| {
+        let b = b.clone();
+        tokio::spawn(async move {
+            b.get_frames(&[B3Digest::of(format!("nowhere {i}").as_bytes())])
+                .await
+        })
+    });
+    for miss in futures::future::join_all(misses).await {
+        assert!(matches!(miss.unwrap(), Err(StoreError::NotFound(_))));
+    }
+    let spent = spent_since(&b, &before);
+    assert!(
+        (400..800).contains(&spent.listed),
+        "one full listing, not one a miss: {spent}"
+    );
 }
 
 #[tokio::test]

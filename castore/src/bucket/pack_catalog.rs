@@ -23,6 +23,14 @@ impl BucketStore {
     /// known and forgets packs gone. An index that does not parse is logged
     /// and its pack stays invisible.
     pub async fn refresh(&self) -> StoreResult<()> {
+        // Never beside a catching up on the journal: this listing's picture
+        // of `packs/` may predate what that applies.
+        let _not_beside_catching_up = self.journal_gate.lock().await;
+        self.refresh_locked().await
+    }
+
+    /// [`BucketStore::refresh`], the journal gate already held.
+    pub(super) async fn refresh_locked(&self) -> StoreResult<()> {
         let began = SystemTime::now();
         self.list_packs_in_full().await?;
         self.journal
@@ -210,11 +218,8 @@ impl BucketStore {
                 let second = lookup(&self.table.read().expect("pack table"));
                 match second {
                     Ok(locs) => Ok(locs),
-                    Err(missing) => {
-                        if !self.full_listing_for_miss_allowed() {
-                            return Err(StoreError::NotFound(format!("chunk {missing}")));
-                        }
-                        self.refresh().await?;
+                    Err(_) => {
+                        self.full_listing_for_miss().await?;
                         lookup(&self.table.read().expect("pack table"))
                             .map_err(|missing| StoreError::NotFound(format!("chunk {missing}")))
                     }
@@ -223,14 +228,21 @@ impl BucketStore {
         }
     }
 
-    /// Whether a lookup that still misses after catching up may list
-    /// `packs/` in full (a pack whose journal entry is missing); at most
-    /// every [`super::pack_journal::FULL_LISTING_EVERY`].
-    fn full_listing_for_miss_allowed(&self) -> bool {
-        self.journal
+    /// Lists `packs/` in full for a lookup still missing after catching up
+    /// (a pack whose journal entry is missing), at most every
+    /// [`super::pack_journal::FULL_LISTING_EVERY`]; concurrent misses wait
+    /// for the one listing rather than starting more.
+    async fn full_listing_for_miss(&self) -> StoreResult<()> {
+        let _one_at_a_time = self.refresh_gate.lock().await;
+        let claimed = self
+            .journal
             .lock()
             .expect("pack journal cursor")
-            .full_listing_allowed()
+            .claim_full_listing();
+        if claimed {
+            self.refresh().await?;
+        }
+        Ok(())
     }
 
     /// Brings the table up to date after `gone` (packs it holds) vanished:

@@ -19,12 +19,12 @@
 //!
 //! The journal is an aid, never the truth: the full listing stays at
 //! open, in maintenance, when a vanished pack is still in the table after
-//! catching up, and for misses at most every [`FULL_LISTING_EVERY`], so a
-//! pack whose entry is missing (a writer killed between index and entry,
-//! a server of an older version, a clock far behind) is found all the same,
-//! only later. Entries older than [`JOURNAL_KEEP`] are deleted by
-//! compaction and GC; a replica whose cursor is older than half that lists
-//! in full.
+//! catching up, and for misses (or a damaged entry) at most every
+//! [`FULL_LISTING_EVERY`], so a pack whose entry is missing (a writer
+//! killed between index and entry, or that could not store it, a server of
+//! an older version, a clock far behind) is found all the same, only
+//! later. Entries older than [`JOURNAL_KEEP`] are deleted by compaction
+//! and GC; a replica that has not caught up for half that lists in full.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime};
@@ -51,6 +51,9 @@ pub(super) const FULL_LISTING_EVERY: Duration = Duration::from_secs(300);
 /// Largest journal entry read (GC deletes at most a thousand packs per
 /// entry, 66 KB); a larger one is taken as damage.
 const MAX_ENTRY_BYTES: usize = 4 << 20;
+/// Most entries one catching up reads; past that a full listing costs
+/// fewer requests (a listing page holds 1,000 keys).
+const MAX_CATCH_UP_ENTRIES: usize = 2_000;
 
 /// One change a journal entry records.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,31 +70,52 @@ pub(super) struct JournalCursor {
     /// The journal time (ms) the next listing starts from; `None` before
     /// the first full listing.
     from_ms: Option<u64>,
-    /// When the cursor was last moved.
-    moved_at: Option<Instant>,
-    /// When `packs/` was last listed in full.
+    /// When this replica last caught up (or listed in full): entries it
+    /// has not read are pruned only a day after they were stored.
+    caught_up_at: Option<Instant>,
+    /// When the last full listing of `packs/` started.
     full_at: Option<Instant>,
-    /// Entries from `from_ms` on already applied.
+    /// Entries from `from_ms` on already applied (or written here, or
+    /// found damaged): never read again.
     applied: HashSet<String>,
 }
 
 impl JournalCursor {
     /// A full listing of `packs/` started at `began` (wall clock) and
     /// finished: the journal from a little before it on is still to read.
+    /// (A clock of this machine's running ahead of the writers' by more
+    /// than [`JOURNAL_LAG`] would skip their next entries: their packs are
+    /// then found by full listings only.)
     pub(super) fn listed_in_full(&mut self, began: SystemTime) {
-        self.from_ms = Some(millis(began).saturating_sub(JOURNAL_LAG.as_millis() as u64));
-        self.moved_at = Some(Instant::now());
-        self.full_at = Some(Instant::now());
-        let from = self.from_ms.unwrap_or(0);
+        let from = millis(began).saturating_sub(JOURNAL_LAG.as_millis() as u64);
+        self.from_ms = Some(from);
+        self.caught_up_at = Some(Instant::now());
+        self.full_at.get_or_insert_with(Instant::now);
         self.applied
             .retain(|name| time_of(&name.as_str().into()).is_some_and(|t| t >= from));
     }
 
-    /// Whether a lookup still missing after catching up may list `packs/`
-    /// in full.
-    pub(super) fn full_listing_allowed(&self) -> bool {
-        self.full_at
-            .is_none_or(|at| at.elapsed() >= FULL_LISTING_EVERY)
+    /// Takes the next full listing of `packs/` for a lookup still missing
+    /// after catching up, if the last one started at least
+    /// [`FULL_LISTING_EVERY`] ago; claimed before it starts, so misses
+    /// meanwhile do not start more.
+    pub(super) fn claim_full_listing(&mut self) -> bool {
+        let allowed = self
+            .full_at
+            .is_none_or(|at| at.elapsed() >= FULL_LISTING_EVERY);
+        if allowed {
+            self.full_at = Some(Instant::now());
+        }
+        allowed
+    }
+
+    /// Whether catching up could miss entries: never listed, or not
+    /// caught up for so long that entries may have been pruned unread.
+    fn stale(&self) -> bool {
+        self.from_ms.is_none()
+            || self
+                .caught_up_at
+                .is_none_or(|at| at.elapsed() >= JOURNAL_KEEP / 2)
     }
 }
 
@@ -140,114 +164,156 @@ pub(super) fn decode_entry(name: &str, data: &[u8]) -> StoreResult<Vec<PackChang
 }
 
 impl BucketStore {
-    /// Records `changes` in the journal (after the objects changed).
-    pub(super) async fn journal_packs(&self, changes: &[PackChange]) -> StoreResult<()> {
+    /// Records `changes` in the journal (after the objects changed). The
+    /// journal is an aid: an entry that cannot be stored is logged, and
+    /// other replicas find the change by a full listing, later.
+    pub(super) async fn journal_packs(&self, changes: &[PackChange]) {
         if changes.is_empty() {
-            return Ok(());
+            return;
         }
-        self.put(&timestamped(PACK_JOURNAL), encode_entry(changes))
-            .await
+        let name = timestamped(PACK_JOURNAL);
+        match self.put(&name, encode_entry(changes)).await {
+            // Its own entries this replica need not read back.
+            Ok(()) => drop(
+                self.journal
+                    .lock()
+                    .expect("pack journal cursor")
+                    .applied
+                    .insert(name.to_string()),
+            ),
+            Err(e) => tracing::warn!(
+                error = %e,
+                changes = changes.len(),
+                "cannot store a pack journal entry; other replicas see these packs later"
+            ),
+        }
     }
 
     /// Applies the journal entries stored since this replica last caught
-    /// up: packs other replicas wrote join the table, packs they deleted
-    /// leave it. Lists `packs/` in full instead when the cursor is unset
-    /// or so old that entries it needs may have been pruned.
+    /// up: packs other replicas deleted leave the table, packs they wrote
+    /// join it. Lists `packs/` in full instead when the cursor is unset or
+    /// stale, or when more entries wait than a listing costs; a damaged
+    /// entry is skipped, and listed in full for when allowed (see
+    /// [`JournalCursor::claim_full_listing`]). One at a time, and never
+    /// beside a full listing (whose picture of `packs/` predates it).
     pub(super) async fn catch_up_packs(&self) -> StoreResult<()> {
         let _one_at_a_time = self.journal_gate.lock().await;
         let began = SystemTime::now();
         let (from_ms, stale) = {
             let cursor = self.journal.lock().expect("pack journal cursor");
-            let stale = cursor
-                .moved_at
-                .is_none_or(|at| at.elapsed() >= JOURNAL_KEEP / 2);
-            (cursor.from_ms, stale)
+            (cursor.from_ms, cursor.stale())
         };
         let Some(from_ms) = from_ms.filter(|_| !stale) else {
-            return self.refresh().await;
+            return self.refresh_locked().await;
         };
         let listed = self
             .list_prefix_after(PACK_JOURNAL, &timestamped_from(PACK_JOURNAL, from_ms))
             .await?;
-        let mut names: Vec<String> = {
+        let listed_names: HashSet<String> = listed.iter().map(|m| m.location.to_string()).collect();
+        let mut fresh: Vec<(String, u64)> = {
             let cursor = self.journal.lock().expect("pack journal cursor");
             listed
-                .into_iter()
-                .map(|m| m.location.to_string())
-                .filter(|name| !cursor.applied.contains(name))
+                .iter()
+                .filter(|m| !cursor.applied.contains(m.location.as_ref()))
+                .map(|m| (m.location.to_string(), m.size))
                 .collect()
         };
-        names.sort_unstable();
-        // Entries read a few at a time, applied in the order they were made.
-        let mut entries = stream::iter(names.iter().cloned())
-            .map(|name| async move {
+        if fresh.len() > MAX_CATCH_UP_ENTRIES {
+            // Fewer requests listing every pack than reading them all.
+            return self.refresh_locked().await;
+        }
+        fresh.sort_unstable();
+        let mut damaged = false;
+        let mut changes = Vec::new();
+        let mut entries = stream::iter(fresh.iter().cloned())
+            .map(|(name, size)| async move {
+                if size > MAX_ENTRY_BYTES as u64 {
+                    return Err(StoreError::Corrupt(format!(
+                        "pack journal entry {name}: too large"
+                    )));
+                }
                 let data = self.get_optional(&name.as_str().into()).await?;
                 // One pruned meanwhile was older than any this needs.
                 data.map_or(Ok(Vec::new()), |d| decode_entry(&name, &d))
             })
             .buffered(CONCURRENCY);
-        let mut changes = Vec::new();
         while let Some(entry) = entries.next().await {
             match entry {
                 Ok(c) => changes.extend(c),
                 Err(StoreError::Corrupt(why)) => {
                     // What it said is lost: only a full listing knows.
-                    tracing::warn!(%why, "damaged pack journal entry; listing packs in full");
-                    return self.refresh().await;
+                    tracing::warn!(%why, "damaged pack journal entry skipped");
+                    damaged = true;
                 }
                 Err(e) => return Err(e),
             }
         }
         drop(entries);
         self.apply_pack_changes(changes).await?;
-        let mut cursor = self.journal.lock().expect("pack journal cursor");
-        cursor.applied.extend(names);
-        let next = millis(began).saturating_sub(JOURNAL_LAG.as_millis() as u64);
-        cursor.from_ms = Some(next.max(cursor.from_ms.unwrap_or(0)));
-        cursor.moved_at = Some(Instant::now());
-        let from = cursor.from_ms.unwrap_or(0);
-        cursor
-            .applied
-            .retain(|name| time_of(&name.as_str().into()).is_some_and(|t| t >= from));
+        let full_due = {
+            let mut cursor = self.journal.lock().expect("pack journal cursor");
+            // Entries gone from the journal are not kept in mind.
+            cursor.applied.retain(|name| listed_names.contains(name));
+            // The newest entry's own time, not this machine's clock, moves
+            // the cursor on (a lag before it, for writers a little behind
+            // it); names in the future beyond clock skew do not count.
+            let now_ms = millis(began);
+            let newest = fresh
+                .iter()
+                .filter_map(|(name, _)| time_of(&name.as_str().into()))
+                .filter(|t| *t <= now_ms.saturating_add(CLOCK_SKEW.as_millis() as u64))
+                .max();
+            cursor
+                .applied
+                .extend(fresh.into_iter().map(|(name, _)| name));
+            if let Some(newest) = newest {
+                let next = newest
+                    .min(now_ms)
+                    .saturating_sub(JOURNAL_LAG.as_millis() as u64);
+                cursor.from_ms = Some(next.max(from_ms));
+            }
+            cursor.caught_up_at = Some(Instant::now());
+            damaged && cursor.claim_full_listing()
+        };
+        if full_due {
+            self.refresh_locked().await?;
+        }
         Ok(())
     }
 
-    /// Applies `changes` in order; the indexes of added packs not yet
-    /// known are read a few at a time as they come.
+    /// Applies `changes`: every removal first, then every addition whose
+    /// index is still there (so `-X` then `+X`, a pack written again with
+    /// the same bytes, and `+X` then `-X`, both end as the bucket is). The
+    /// indexes of added packs not yet known are read a few at a time.
     async fn apply_pack_changes(&self, changes: Vec<PackChange>) -> StoreResult<()> {
-        let mut fetched = stream::iter(changes)
-            .map(|change| async move {
-                let index = match &change {
-                    PackChange::Added(id)
-                        if !self.table.read().expect("pack table").has_pack(id) =>
-                    {
-                        Some(self.get_optional(&index_path(id)).await)
-                    }
-                    _ => None,
-                };
-                (change, index)
-            })
+        let mut added = Vec::new();
+        {
+            let mut table = self.table.write().expect("pack table");
+            for change in changes {
+                match change {
+                    PackChange::Removed(id) => table.remove_pack(&id),
+                    PackChange::Added(id) => added.push(id),
+                }
+            }
+        }
+        self.keep_table_merged();
+        let mut seen = HashSet::new();
+        added.retain(|id| seen.insert(id.clone()));
+        added.retain(|id| !self.table.read().expect("pack table").has_pack(id));
+        let mut fetched = stream::iter(added)
+            .map(|id| async move { (self.get_optional(&index_path(&id)).await, id) })
             .buffered(CONCURRENCY);
-        while let Some((change, index)) = fetched.next().await {
-            match (change, index) {
-                (PackChange::Removed(id), _) => {
-                    self.table.write().expect("pack table").remove_pack(&id);
-                }
-                (PackChange::Added(_), None) => {}
-                // Deleted since: its removal is in a later entry.
-                (PackChange::Added(_), Some(Ok(None))) => {}
-                (PackChange::Added(id), Some(Ok(Some(data)))) => {
-                    let added = {
-                        let mut table = self.table.write().expect("pack table");
-                        decode_index(&id, &data).and_then(|index| table.add_pack(&id, &index))
-                    };
-                    match added {
-                        Ok(()) => {}
-                        Err(StoreError::Io(e)) => return Err(StoreError::Io(e)),
-                        Err(e) => tracing::error!(pack = %id, error = %e, "pack left invisible"),
-                    }
-                }
-                (PackChange::Added(_), Some(Err(e))) => return Err(e),
+        while let Some((index, id)) = fetched.next().await {
+            // `None`: deleted since; its removal is in a later entry.
+            let Some(data) = index? else { continue };
+            let added = {
+                let mut table = self.table.write().expect("pack table");
+                decode_index(&id, &data).and_then(|index| table.add_pack(&id, &index))
+            };
+            match added {
+                Ok(()) => {}
+                Err(StoreError::Io(e)) => return Err(StoreError::Io(e)),
+                Err(e) => tracing::error!(pack = %id, error = %e, "pack left invisible"),
             }
             self.keep_table_merged();
         }
@@ -260,6 +326,13 @@ impl BucketStore {
         let cutoff = SystemTime::now() - JOURNAL_KEEP;
         let (n, _) = self.sweep_prefix(PACK_JOURNAL, cutoff, |_| true).await?;
         Ok(n)
+    }
+
+    /// Lets the next lookup that misses list `packs/` in full at once, as
+    /// if [`FULL_LISTING_EVERY`] had passed (for tests).
+    #[cfg(any(test, feature = "testutil"))]
+    pub fn allow_full_listing_now(&self) {
+        self.journal.lock().expect("pack journal cursor").full_at = None;
     }
 }
 

@@ -240,7 +240,7 @@ impl BucketStore {
         self.put_durable(&index_path(&pack.id), pack.encoded_index().into())
             .await?;
         self.journal_packs(&[PackChange::Added(pack.id.clone())])
-            .await?;
+            .await;
         self.table
             .write()
             .expect("pack table")
@@ -269,7 +269,7 @@ impl BucketStore {
             .iter()
             .map(|id| PackChange::Removed(id.to_string()))
             .collect();
-        self.journal_packs(&removed).await?;
+        self.journal_packs(&removed).await;
         {
             let mut table = self.table.write().expect("pack table");
             for id in ids {
