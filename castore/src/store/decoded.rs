@@ -191,11 +191,16 @@ impl BlobStore for DecodedChunks {
                 } else {
                     &self.chunks
                 };
+                // A copy of its own: a slice would keep its whole frame's
+                // buffer alive while any chunk of it stays, and the cache
+                // would hold far more than it weighs (a 256 MiB cache took
+                // 700 MiB).
+                let owned = Bytes::copy_from_slice(bytes);
                 self.counters
                     .bytes
-                    .fetch_add(u64::from(weight(bytes)), Ordering::Relaxed);
+                    .fetch_add(u64::from(weight(&owned)), Ordering::Relaxed);
                 self.counters.entries.fetch_add(1, Ordering::Relaxed);
-                cache.insert(meta.digest, bytes.clone()).await;
+                cache.insert(meta.digest, owned).await;
             }
             fetched = chunks_in_order(&misses, decoded)?;
         }
