@@ -289,4 +289,31 @@ mod tests {
             decoded.chunks.entry_count() + decoded.redeflated.entry_count()
         );
     }
+
+    #[tokio::test]
+    async fn cached_chunks_hold_no_part_of_their_frames_buffer() {
+        let (_dir, inner) = crate::testutil::temp_bucket().await;
+        let (a, b) = (
+            crate::testutil::pseudo_random(40 << 10, 1),
+            crate::testutil::pseudo_random(40 << 10, 2),
+        );
+        inner.put_frames(vec![frame_of(&[&a, &b])]).await.unwrap();
+        let decoded = DecodedChunks::new(inner, 16 << 20);
+        let (da, db) = (B3Digest::of(&a), B3Digest::of(&b));
+        let got = decoded.get_chunks(&[da]).await.unwrap();
+        assert_eq!(got[0].decode_verified().unwrap(), a);
+        decoded.chunks.run_pending_tasks().await;
+        let (ca, cb) = (
+            decoded.chunks.get(&da).await.expect("a cached"),
+            decoded
+                .chunks
+                .get(&db)
+                .await
+                .expect("b cached with its frame"),
+        );
+        // Slices of one decoded frame would sit back to back in one buffer
+        // (keeping all of it alive while either stays).
+        assert_ne!(ca.as_ptr().wrapping_add(ca.len()), cb.as_ptr());
+        assert_eq!((&ca[..], &cb[..]), (&a[..], &b[..]));
+    }
 }
