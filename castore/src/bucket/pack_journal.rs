@@ -344,6 +344,23 @@ mod tests {
         format!("{n:02x}").repeat(32)
     }
 
+    #[tokio::test]
+    async fn a_store_without_a_journal_yet_catches_up_on_nothing() {
+        // A store written by servers of an earlier version has no
+        // `packlog/` at all.
+        let (dir, store) = crate::testutil::temp_bucket().await;
+        assert!(!dir.path().join(PACK_JOURNAL).exists());
+        store
+            .catch_up_packs()
+            .await
+            .expect("nothing to catch up on");
+        let missing = store.locate(&[crate::digest::B3Digest::of(b"none")]).await;
+        assert!(
+            matches!(missing, Err(StoreError::NotFound(_))),
+            "{missing:?}"
+        );
+    }
+
     #[test]
     fn entries_read_back_as_written() {
         let changes = vec![
