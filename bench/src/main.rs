@@ -14,11 +14,15 @@
 //! synthetic store (see `synth.rs`); `lazix-bench synth-path SEED I` names
 //! its path `I`.
 //!
+//! `lazix-bench misses LOCATION` prints what chunk lookups that miss
+//! cost a server of that store (see `misses.rs`).
+//!
 //! `lazix-bench layouts STORE_PATH...` prints the stored bytes and object
 //! counts of the peers' layouts for the same paths: the classic binary
 //! cache (one zstd NAR per path) and Attic's (the whole NAR cut with FastCDC
 //! 16/64/256 KiB, deduplicated, zstd per chunk).
 
+mod misses;
 mod synth;
 mod verify_costs;
 
@@ -260,7 +264,7 @@ fn frame_sizes(files: &[PathBuf]) -> Result<()> {
 
 fn main() -> Result<()> {
     const USAGE: &str =
-        "usage: lazix-bench chunk-params DIR... | lazix-bench frame-sizes DIR... | lazix-bench verify-costs DIR... | lazix-bench layouts STORE_PATH... | lazix-bench synth --store LOCATION [--paths N …] | lazix-bench synth-path SEED I";
+        "usage: lazix-bench chunk-params DIR... | lazix-bench frame-sizes DIR... | lazix-bench verify-costs DIR... | lazix-bench layouts STORE_PATH... | lazix-bench synth --store LOCATION [--paths N …] | lazix-bench synth-path SEED I | lazix-bench misses LOCATION";
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, dirs)) = args.split_first() else {
         bail!(USAGE);
@@ -268,6 +272,7 @@ fn main() -> Result<()> {
     match cmd.as_str() {
         "synth" => return synth::run(dirs),
         "synth-path" => return synth::print_path(dirs),
+        "misses" => return misses::run(dirs),
         _ => {}
     }
     if dirs.is_empty() {

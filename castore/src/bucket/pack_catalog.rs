@@ -32,6 +32,10 @@ impl BucketStore {
     /// [`BucketStore::refresh`], the journal gate already held.
     pub(super) async fn refresh_locked(&self) -> StoreResult<()> {
         let began = SystemTime::now();
+        self.journal
+            .lock()
+            .expect("pack journal cursor")
+            .listing_in_full();
         self.list_packs_in_full().await?;
         self.journal
             .lock()

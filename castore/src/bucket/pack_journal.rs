@@ -11,11 +11,13 @@
 //! pack's index, so the pack is readable when its entry is seen) and
 //! `-<pack id>` (written after the index was deleted). Each replica keeps a
 //! cursor: where its next listing of the journal starts, [`JOURNAL_LAG`]
-//! before its last one began, so entries named by a clock a little behind
-//! or stored a little late are still seen; the entries it applied since the
-//! cursor are remembered by name and not read twice. Applying is
+//! before the newest entry it listed (or before its last full listing
+//! began), so entries named by a clock a little behind or stored a little
+//! late are still seen; the entries since the cursor that it applied (or
+//! wrote itself) are remembered by name and not read twice. Applying is
 //! idempotent: a `+` whose index is gone by now adds nothing, a `-` of an
-//! unknown pack removes nothing.
+//! unknown pack removes nothing, and a `-` of a pack this replica wrote
+//! since removes it only if its index is gone.
 //!
 //! The journal is an aid, never the truth: the full listing stays at
 //! open, in maintenance, when a vanished pack is still in the table after
@@ -39,9 +41,9 @@ use super::packs::decode_index;
 use super::{BucketStore, CONCURRENCY};
 use crate::error::{StoreError, StoreResult};
 
-/// How far before its last listing of the journal a replica's next one
-/// starts: a writer's clock may be [`CLOCK_SKEW`] behind, and an entry is
-/// named before it is stored.
+/// How far before the newest entry it listed a replica's next listing of
+/// the journal starts: a writer's clock may be [`CLOCK_SKEW`] behind, and
+/// an entry is named before it is stored.
 pub(super) const JOURNAL_LAG: Duration = Duration::from_secs(2 * CLOCK_SKEW.as_secs());
 /// How long journal entries are kept.
 pub(super) const JOURNAL_KEEP: Duration = Duration::from_secs(24 * 3600);
@@ -73,8 +75,13 @@ pub(super) struct JournalCursor {
     /// When this replica last caught up (or listed in full): entries it
     /// has not read are pruned only a day after they were stored.
     caught_up_at: Option<Instant>,
-    /// When the last full listing of `packs/` started.
+    /// When the last full listing of `packs/` started (at open, in
+    /// maintenance, or for a miss).
     full_at: Option<Instant>,
+    /// Packs this replica wrote, with the journal time of their entry: a
+    /// removal read later (another replica deleted the pack before this one
+    /// wrote the same bytes again) is checked against the bucket.
+    written_here: std::collections::HashMap<String, u64>,
     /// Entries from `from_ms` on already applied (or written here, or
     /// found damaged): never read again.
     applied: HashSet<String>,
@@ -90,9 +97,20 @@ impl JournalCursor {
         let from = millis(began).saturating_sub(JOURNAL_LAG.as_millis() as u64);
         self.from_ms = Some(from);
         self.caught_up_at = Some(Instant::now());
-        self.full_at.get_or_insert_with(Instant::now);
+        self.forget_before(from);
+    }
+
+    /// A full listing of `packs/` starts now.
+    pub(super) fn listing_in_full(&mut self) {
+        self.full_at = Some(Instant::now());
+    }
+
+    /// Forgets what is older than the cursor `from`: entries, and packs
+    /// written here.
+    fn forget_before(&mut self, from: u64) {
         self.applied
-            .retain(|name| time_of(&name.as_str().into()).is_some_and(|t| t >= from));
+            .retain(|name| time_of(&name.as_str().into()).is_none_or(|t| t >= from));
+        self.written_here.retain(|_, at| *at >= from);
     }
 
     /// Takes the next full listing of `packs/` for a lookup still missing
@@ -174,13 +192,16 @@ impl BucketStore {
         let name = timestamped(PACK_JOURNAL);
         match self.put(&name, encode_entry(changes)).await {
             // Its own entries this replica need not read back.
-            Ok(()) => drop(
-                self.journal
-                    .lock()
-                    .expect("pack journal cursor")
-                    .applied
-                    .insert(name.to_string()),
-            ),
+            Ok(()) => {
+                let mut cursor = self.journal.lock().expect("pack journal cursor");
+                let at = time_of(&name).unwrap_or(0);
+                for change in changes {
+                    if let PackChange::Added(id) = change {
+                        cursor.written_here.insert(id.clone(), at);
+                    }
+                }
+                cursor.applied.insert(name.to_string());
+            }
             Err(e) => tracing::warn!(
                 error = %e,
                 changes = changes.len(),
@@ -252,15 +273,19 @@ impl BucketStore {
         self.apply_pack_changes(changes).await?;
         let full_due = {
             let mut cursor = self.journal.lock().expect("pack journal cursor");
-            // Entries gone from the journal are not kept in mind.
-            cursor.applied.retain(|name| listed_names.contains(name));
+            let now_ms = millis(began);
+            // Entries gone from the journal are not kept in mind (those
+            // this replica wrote while it listed are not listed yet).
+            cursor.applied.retain(|name| {
+                listed_names.contains(name)
+                    || time_of(&name.as_str().into()).is_some_and(|t| t >= now_ms)
+            });
             // The newest entry's own time, not this machine's clock, moves
             // the cursor on (a lag before it, for writers a little behind
             // it); names in the future beyond clock skew do not count.
-            let now_ms = millis(began);
-            let newest = fresh
+            let newest = listed_names
                 .iter()
-                .filter_map(|(name, _)| time_of(&name.as_str().into()))
+                .filter_map(|name| time_of(&name.as_str().into()))
                 .filter(|t| *t <= now_ms.saturating_add(CLOCK_SKEW.as_millis() as u64))
                 .max();
             cursor
@@ -270,7 +295,9 @@ impl BucketStore {
                 let next = newest
                     .min(now_ms)
                     .saturating_sub(JOURNAL_LAG.as_millis() as u64);
-                cursor.from_ms = Some(next.max(from_ms));
+                let from = next.max(from_ms);
+                cursor.from_ms = Some(from);
+                cursor.forget_before(from);
             }
             cursor.caught_up_at = Some(Instant::now());
             damaged && cursor.claim_full_listing()
@@ -287,13 +314,34 @@ impl BucketStore {
     /// indexes of added packs not yet known are read a few at a time.
     async fn apply_pack_changes(&self, changes: Vec<PackChange>) -> StoreResult<()> {
         let mut added = Vec::new();
+        let mut removed = Vec::new();
+        for change in changes {
+            match change {
+                PackChange::Removed(id) => removed.push(id),
+                PackChange::Added(id) => added.push(id),
+            }
+        }
+        // A pack this replica wrote since may be the same bytes written
+        // again after another replica deleted them: it goes only if its
+        // index is gone.
+        let rewritten: Vec<String> = {
+            let cursor = self.journal.lock().expect("pack journal cursor");
+            removed
+                .iter()
+                .filter(|id| cursor.written_here.contains_key(*id))
+                .cloned()
+                .collect()
+        };
+        let mut kept = HashSet::new();
+        for id in rewritten {
+            if self.exists(&index_path(&id)).await? {
+                kept.insert(id);
+            }
+        }
         {
             let mut table = self.table.write().expect("pack table");
-            for change in changes {
-                match change {
-                    PackChange::Removed(id) => table.remove_pack(&id),
-                    PackChange::Added(id) => added.push(id),
-                }
+            for id in removed.iter().filter(|id| !kept.contains(*id)) {
+                table.remove_pack(id);
             }
         }
         self.keep_table_merged();
