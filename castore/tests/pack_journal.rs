@@ -310,3 +310,25 @@ async fn maintenance_prunes_entries_no_replica_reads_any_more() {
         readable(&store, i).await.expect("chunks stay");
     }
 }
+
+#[tokio::test]
+async fn entries_stored_before_a_full_listing_are_never_read() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = store_of_200_packs(dir.path()).await;
+    // A burst of writes just before B opens: more entries than one
+    // catching up reads before it lists in full instead.
+    let at = now_ms();
+    for i in 0..2_100 {
+        let id = format!("{i:064x}");
+        write_entry(dir.path(), at, &format!("burst{i:05}"), &format!("+{id}\n"));
+    }
+    let b = open_at(dir.path()).await;
+    put_packs(&a, 200, 201).await;
+    let before = b.object_requests();
+    readable(&b, 200).await.expect("from the journal");
+    let spent = spent_since(&b, &before);
+    // One listing of the journal; the burst, covered by B's listing at
+    // open, is neither read nor a reason to list every pack again.
+    assert_eq!(spent.lists, 1, "{spent}");
+    assert!(spent.gets <= 3, "{spent}");
+}

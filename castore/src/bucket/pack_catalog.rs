@@ -36,11 +36,14 @@ impl BucketStore {
             .lock()
             .expect("pack journal cursor")
             .listing_in_full();
+        // Journal entries stored before the listing starts say nothing it
+        // will not see: catching up later need not read them.
+        let covered = self.journal_entries_from(began).await?;
         self.list_packs_in_full().await?;
         self.journal
             .lock()
             .expect("pack journal cursor")
-            .listed_in_full(began);
+            .listed_in_full(began, covered);
         Ok(())
     }
 

@@ -45,8 +45,10 @@ use crate::error::{StoreError, StoreResult};
 /// the journal starts: a writer's clock may be [`CLOCK_SKEW`] behind, and
 /// an entry is named before it is stored.
 pub(super) const JOURNAL_LAG: Duration = Duration::from_secs(2 * CLOCK_SKEW.as_secs());
-/// How long journal entries are kept.
-pub(super) const JOURNAL_KEEP: Duration = Duration::from_secs(24 * 3600);
+/// How long journal entries are kept: a replica that has not caught up
+/// for half that lists `packs/` in full instead. Short, because a local
+/// folder's listing walks every entry (S3's starts at the cursor).
+pub(super) const JOURNAL_KEEP: Duration = Duration::from_secs(2 * 3600);
 /// Shortest time between two full listings of `packs/` caused by lookups
 /// that still miss after catching up.
 pub(super) const FULL_LISTING_EVERY: Duration = Duration::from_secs(300);
@@ -73,7 +75,7 @@ pub(super) struct JournalCursor {
     /// the first full listing.
     from_ms: Option<u64>,
     /// When this replica last caught up (or listed in full): entries it
-    /// has not read are pruned only a day after they were stored.
+    /// has not read are pruned only [`JOURNAL_KEEP`] after they were stored.
     caught_up_at: Option<Instant>,
     /// When the last full listing of `packs/` started (at open, in
     /// maintenance, or for a miss).
@@ -93,10 +95,12 @@ impl JournalCursor {
     /// (A clock of this machine's running ahead of the writers' by more
     /// than [`JOURNAL_LAG`] would skip their next entries: their packs are
     /// then found by full listings only.)
-    pub(super) fn listed_in_full(&mut self, began: SystemTime) {
-        let from = millis(began).saturating_sub(JOURNAL_LAG.as_millis() as u64);
+    /// `covered`: the journal entries listed just before it started.
+    pub(super) fn listed_in_full(&mut self, began: SystemTime, covered: Vec<String>) {
+        let from = cursor_at_full_listing(began);
         self.from_ms = Some(from);
         self.caught_up_at = Some(Instant::now());
+        self.applied.extend(covered);
         self.forget_before(from);
     }
 
@@ -135,6 +139,11 @@ impl JournalCursor {
                 .caught_up_at
                 .is_none_or(|at| at.elapsed() >= JOURNAL_KEEP / 2)
     }
+}
+
+/// Where catching up starts after a full listing that began at `began`.
+fn cursor_at_full_listing(began: SystemTime) -> u64 {
+    millis(began).saturating_sub(JOURNAL_LAG.as_millis() as u64)
 }
 
 /// The text of a journal entry.
@@ -208,6 +217,18 @@ impl BucketStore {
                 "cannot store a pack journal entry; other replicas see these packs later"
             ),
         }
+    }
+
+    /// The names of the journal entries a catching up after a full listing
+    /// that begins at `began` would list.
+    pub(super) async fn journal_entries_from(&self, began: SystemTime) -> StoreResult<Vec<String>> {
+        let from = cursor_at_full_listing(began);
+        Ok(self
+            .list_prefix_after(PACK_JOURNAL, &timestamped_from(PACK_JOURNAL, from))
+            .await?
+            .into_iter()
+            .map(|m| m.location.to_string())
+            .collect())
     }
 
     /// Applies the journal entries stored since this replica last caught
