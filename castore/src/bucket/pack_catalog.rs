@@ -17,6 +17,7 @@ use super::packs::{decode_index, FrameLocation, PackTable};
 use super::{BucketStore, CONCURRENCY, REFRESH_INTERVAL};
 use crate::digest::B3Digest;
 use crate::error::{StoreError, StoreResult};
+use lazix_proto::ext as lpb;
 
 impl BucketStore {
     /// Lists `packs/` in full: loads the index of every pack not yet
@@ -110,19 +111,30 @@ impl BucketStore {
             })
             .buffer_unordered(CONCURRENCY);
         while let Some((id, parsed)) = loaded.next().await {
-            let added = {
-                let mut table = self.table.write().expect("pack table");
-                parsed.and_then(|index| table.add_pack(&id, &index))
-            };
-            match added {
-                Ok(()) => {}
-                Err(StoreError::Io(e)) => return Err(StoreError::Io(e)),
-                Err(e) => tracing::error!(pack = %id, error = %e, "pack left invisible"),
-            }
-            // Runs written while opening a large store are merged as they
-            // pile up, not after.
-            self.keep_table_merged();
+            self.add_read_index(&id, parsed)?;
         }
+        Ok(())
+    }
+
+    /// Adds pack `id` to the table from its index as read: one that could
+    /// not be read or does not parse leaves the pack invisible (logged);
+    /// only an I/O error is the caller's. Runs written meanwhile (opening
+    /// a large store) are merged as they pile up, not after.
+    pub(super) fn add_read_index(
+        &self,
+        id: &str,
+        parsed: StoreResult<lpb::PackIndex>,
+    ) -> StoreResult<()> {
+        let added = {
+            let mut table = self.table.write().expect("pack table");
+            parsed.and_then(|index| table.add_pack(id, &index))
+        };
+        match added {
+            Ok(()) => {}
+            Err(StoreError::Io(e)) => return Err(StoreError::Io(e)),
+            Err(e) => tracing::error!(pack = %id, error = %e, "pack left invisible"),
+        }
+        self.keep_table_merged();
         Ok(())
     }
 

@@ -375,16 +375,7 @@ impl BucketStore {
         while let Some((index, id)) = fetched.next().await {
             // `None`: deleted since; its removal is in a later entry.
             let Some(data) = index? else { continue };
-            let added = {
-                let mut table = self.table.write().expect("pack table");
-                decode_index(&id, &data).and_then(|index| table.add_pack(&id, &index))
-            };
-            match added {
-                Ok(()) => {}
-                Err(StoreError::Io(e)) => return Err(StoreError::Io(e)),
-                Err(e) => tracing::error!(pack = %id, error = %e, "pack left invisible"),
-            }
-            self.keep_table_merged();
+            self.add_read_index(&id, decode_index(&id, &data))?;
         }
         Ok(())
     }
