@@ -81,15 +81,22 @@ fn write_entry(dir: &Path, at: u128, suffix: &str, text: &str) {
     std::fs::write(dir.join(format!("packlog/{at:016}-{suffix}")), text).unwrap();
 }
 
+/// Two replicas of one store of 200 packs (see [`store_of_200_packs`]):
+/// A wrote it, B opened it after.
+async fn two_replicas() -> (tempfile::TempDir, Arc<BucketStore>, Arc<BucketStore>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = store_of_200_packs(dir.path()).await;
+    let b = open_at(dir.path()).await;
+    (dir, a, b)
+}
+
 fn spent_since(store: &BucketStore, before: &ObjectRequests) -> ObjectRequests {
     store.object_requests().since(before)
 }
 
 #[tokio::test]
 async fn a_replica_catches_up_on_packs_written_and_deleted_elsewhere_without_listing_them() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let a = store_of_200_packs(dir.path()).await;
-    let b = open_at(dir.path()).await;
+    let (dir, a, b) = two_replicas().await;
     let at_open = b.object_requests();
     assert!(at_open.listed >= 400, "open lists every pack: {at_open}");
 
@@ -138,9 +145,7 @@ async fn a_replica_catches_up_on_packs_written_and_deleted_elsewhere_without_lis
 
 #[tokio::test]
 async fn a_pack_without_an_entry_is_found_by_the_next_full_listing() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let a = store_of_200_packs(dir.path()).await;
-    let b = open_at(dir.path()).await;
+    let (dir, a, b) = two_replicas().await;
     // A writer killed between the index and its entry (or one of an
     // older version): nothing in the journal.
     put_packs(&a, 200, 201).await;
@@ -169,9 +174,7 @@ async fn a_pack_without_an_entry_is_found_by_the_next_full_listing() {
 
 #[tokio::test]
 async fn a_damaged_entry_is_skipped_and_its_pack_found_by_a_full_listing() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let a = store_of_200_packs(dir.path()).await;
-    let b = open_at(dir.path()).await;
+    let (dir, a, b) = two_replicas().await;
     put_packs(&a, 200, 201).await;
     let [entry] = &journal(dir.path())[..] else {
         panic!("one entry");
@@ -255,9 +258,7 @@ async fn a_pack_removed_and_written_again_stays_and_misses_share_one_full_listin
 
 #[tokio::test]
 async fn a_pack_written_here_again_survives_an_older_removal_read_later() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let a = store_of_200_packs(dir.path()).await;
-    let b = open_at(dir.path()).await;
+    let (dir, a, b) = two_replicas().await;
     // B writes a pack; another replica's removal of the same bytes (it
     // deleted them before B wrote them again) reaches B only later.
     put_packs(&b, 300, 301).await;

@@ -4,19 +4,13 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::Arc;
 
 use futures::TryStreamExt;
 use lazix_castore::bucket::{BucketStore, GcOptions};
 use lazix_castore::nix::store_path::StorePath;
 use lazix_castore::store::PathInfoStore;
+use lazix_castore::testutil::bucket_at as open_at;
 use lazix_castore::{Node, PathInfo};
-
-async fn open_at(dir: &Path) -> Arc<BucketStore> {
-    BucketStore::open(dir.to_str().expect("utf-8"))
-        .await
-        .expect("open the store")
-}
 
 fn path(i: u32) -> StorePath {
     let mut digest = [7u8; 20];

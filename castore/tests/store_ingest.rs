@@ -9,6 +9,7 @@ use lazix_castore::ingest::{ingest_nar, ChunkUploader, IngestError, KnownChunks,
 use lazix_castore::nix::nar::NarEncoder;
 use lazix_castore::render::render_nar;
 use lazix_castore::store::BlobStore;
+use lazix_castore::testutil::bucket_at as open_at;
 use lazix_castore::testutil::frame_of;
 use lazix_castore::{Node, Store, StoreError};
 
@@ -38,10 +39,6 @@ fn sample_nar(big: &[u8]) -> Vec<u8> {
     e.close();
     e.close();
     e.take()
-}
-
-async fn open_at(dir: &std::path::Path) -> Arc<BucketStore> {
-    BucketStore::open(dir.to_str().unwrap()).await.unwrap()
 }
 
 async fn open() -> (tempfile::TempDir, Arc<BucketStore>, Store) {

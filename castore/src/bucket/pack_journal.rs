@@ -222,13 +222,18 @@ impl BucketStore {
     /// The names of the journal entries a catching up after a full listing
     /// that begins at `began` would list.
     pub(super) async fn journal_entries_from(&self, began: SystemTime) -> StoreResult<Vec<String>> {
-        let from = cursor_at_full_listing(began);
         Ok(self
-            .list_prefix_after(PACK_JOURNAL, &timestamped_from(PACK_JOURNAL, from))
+            .journal_from(cursor_at_full_listing(began))
             .await?
             .into_iter()
             .map(|m| m.location.to_string())
             .collect())
+    }
+
+    /// The journal entries named from time `from_ms` on.
+    async fn journal_from(&self, from_ms: u64) -> StoreResult<Vec<object_store::ObjectMeta>> {
+        self.list_prefix_after(PACK_JOURNAL, &timestamped_from(PACK_JOURNAL, from_ms))
+            .await
     }
 
     /// Applies the journal entries stored since this replica last caught
@@ -248,9 +253,7 @@ impl BucketStore {
         let Some(from_ms) = from_ms.filter(|_| !stale) else {
             return self.refresh_locked().await;
         };
-        let listed = self
-            .list_prefix_after(PACK_JOURNAL, &timestamped_from(PACK_JOURNAL, from_ms))
-            .await?;
+        let listed = self.journal_from(from_ms).await?;
         let listed_names: HashSet<String> = listed.iter().map(|m| m.location.to_string()).collect();
         let mut fresh: Vec<(String, u64)> = {
             let cursor = self.journal.lock().expect("pack journal cursor");
