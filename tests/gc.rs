@@ -47,21 +47,32 @@ impl Store {
     }
 
     /// `lazix stats --json`, which must agree with `lazix stats --scan`
-    /// (every PathInfo read instead of the catalog of store paths).
+    /// (every PathInfo read instead of the catalog of store paths). A
+    /// server collecting garbage meanwhile may change the store between
+    /// the two: they are taken again (a few times) until one pair was
+    /// taken with nothing changing in between.
     fn stats(&self) -> serde_json::Value {
-        let counted: serde_json::Value =
-            serde_json::from_slice(&run(self.cmd("stats").arg("--json")).stdout).unwrap();
-        let scanned: serde_json::Value =
-            serde_json::from_slice(&run(self.cmd("stats").args(["--json", "--scan"])).stdout)
-                .unwrap();
-        for key in [
+        const KEYS: [&str; 6] = [
             "paths",
             "logical_bytes",
             "chunks",
             "chunk_bytes",
             "pack_objects",
             "pack_bytes",
-        ] {
+        ];
+        let take = |args: &[&str]| -> serde_json::Value {
+            serde_json::from_slice(&run(self.cmd("stats").args(args)).stdout).unwrap()
+        };
+        let (mut counted, mut scanned) = (take(&["--json"]), take(&["--json", "--scan"]));
+        for _ in 0..5 {
+            let again = take(&["--json"]);
+            if again == counted {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            (counted, scanned) = (take(&["--json"]), take(&["--json", "--scan"]));
+        }
+        for key in KEYS {
             assert_eq!(
                 counted[key], scanned[key],
                 "{key}: {counted} against {scanned}"
