@@ -84,11 +84,12 @@ impl BucketStore {
     async fn compact_locked(&self) -> StoreResult<CompactReport> {
         *self.uploaded_at.lock().expect("upload clock") = None;
         self.refresh().await?;
-        let candidates: Vec<Arc<str>> = {
+        let candidates: Vec<String> = {
             let table = self.table.read().expect("pack table");
             table
                 .pack_ids()
                 .into_iter()
+                .map(|id| id.to_hex())
                 .filter(|id| {
                     table
                         .pack_level(id)

@@ -434,7 +434,7 @@ impl BucketStore {
             let Some(&HomeTally {
                 live_raw,
                 dead_chunks,
-            }) = tallies.get(id.as_str())
+            }) = super::keys::pack_id(&id).and_then(|p| tallies.get(&p))
             else {
                 continue;
             };

@@ -37,6 +37,18 @@ use crate::nix::nixbase32;
 
 /// Packs and their indexes.
 pub(super) const PACKS: &str = "packs";
+
+/// A pack's id as the pack table keeps it: the 32 bytes its name spells
+/// in hex (a third of the memory of the name as a string, which counts at
+/// a million packs).
+pub type PackId = B3Digest;
+
+/// The id a pack's name spells, if it is one: 64 lower-case hex digits
+/// (anything else under `packs/` is no pack of ours).
+pub fn pack_id(name: &str) -> Option<PackId> {
+    let id = B3Digest::from_hex(name)?;
+    (!name.bytes().any(|b| b.is_ascii_uppercase())).then_some(id)
+}
 /// PathInfos.
 pub(super) const PATH_INFOS: &str = "pathinfo";
 /// Access marks.

@@ -29,10 +29,11 @@ use std::sync::atomic::Ordering;
 use futures::stream::{self, StreamExt};
 use object_store::path::Path as ObjectPath;
 
-use super::keys::{index_path, sane_time, timestamped, PACK_TABLES};
+use super::keys::{index_path, pack_id, sane_time, timestamped, PackId, PACK_TABLES};
 use super::packs::decode_index;
 use super::record_file::{RecordReader, RecordWriter};
 use super::{BucketStore, CONCURRENCY};
+use crate::digest::DigestKeyBuildHasher;
 use crate::error::{StoreError, StoreResult};
 
 /// New packs at open worth looking for in a snapshot.
@@ -53,7 +54,10 @@ impl BucketStore {
     /// `wanted`, taking each out of it (what stays is to be read one by
     /// one). A snapshot that fails mid-way is logged, and what it added
     /// stays.
-    pub(super) async fn load_pack_snapshot(&self, wanted: &mut HashSet<&str>) -> StoreResult<()> {
+    pub(super) async fn load_pack_snapshot(
+        &self,
+        wanted: &mut HashSet<&PackId, DigestKeyBuildHasher>,
+    ) -> StoreResult<()> {
         let Some(newest) = self.newest_pack_snapshot().await? else {
             return Ok(());
         };
@@ -61,18 +65,19 @@ impl BucketStore {
         let read: StoreResult<()> = async {
             let mut records = self.snapshot_records(&newest).await?;
             while let Some((id, index)) = records.next().await? {
-                if !wanted.contains(id.as_str()) {
+                if !wanted.contains(&id) {
                     continue;
                 }
-                let parsed = decode_index(&id, &index).and_then(|index| {
+                let name = id.to_hex();
+                let parsed = decode_index(&name, &index).and_then(|index| {
                     self.table
                         .write()
                         .expect("pack table")
-                        .add_pack(&id, &index)
+                        .add_pack(&name, &index)
                 });
                 match parsed {
                     Ok(()) => {
-                        wanted.remove(id.as_str());
+                        wanted.remove(&id);
                         added += 1;
                         self.keep_table_merged();
                     }
@@ -101,7 +106,7 @@ impl BucketStore {
         let at = timestamped(PACK_TABLES);
         let mut out = SnapshotWriter {
             file: RecordWriter::create(self, &at, LEVEL).await?,
-            written: HashSet::new(),
+            written: HashSet::default(),
         };
         if let Err(e) = self.fill_pack_snapshot(&mut out, previous, &listed).await {
             out.file.abort().await;
@@ -162,14 +167,14 @@ impl BucketStore {
         &self,
         out: &mut SnapshotWriter,
         previous: Option<ObjectPath>,
-        listed: &[String],
+        listed: &[PackId],
     ) -> StoreResult<()> {
         if let Some(previous) = previous {
-            let wanted: HashSet<&str> = listed.iter().map(String::as_str).collect();
+            let wanted: HashSet<&PackId, DigestKeyBuildHasher> = listed.iter().collect();
             let copied: StoreResult<()> = async {
                 let mut records = self.snapshot_records(&previous).await?;
                 while let Some((id, index)) = records.next().await? {
-                    if wanted.contains(id.as_str()) && !out.written.contains(&id) {
+                    if wanted.contains(&id) && !out.written.contains(&id) {
                         out.record(&id, &index)?;
                         out.flush().await?;
                     }
@@ -183,13 +188,13 @@ impl BucketStore {
                 tracing::warn!(snapshot = %previous, error = %e, "previous pack table snapshot unreadable");
             }
         }
-        let missing: Vec<String> = listed
+        let missing: Vec<PackId> = listed
             .iter()
             .filter(|id| !out.written.contains(*id))
-            .cloned()
+            .copied()
             .collect();
         let mut indexes = stream::iter(missing)
-            .map(|id| async move { (self.get_optional(&index_path(&id)).await, id) })
+            .map(|id| async move { (self.get_optional(&index_path(&id.to_hex())).await, id) })
             .buffered(CONCURRENCY);
         while let Some((got, id)) = indexes.next().await {
             // Deleted meanwhile (compaction, GC): not in the snapshot.
@@ -230,7 +235,7 @@ struct SnapshotRecords {
 impl SnapshotRecords {
     /// The next pack id and its encoded index, checked against the
     /// record's digest; `None` at the end.
-    async fn next(&mut self) -> StoreResult<Option<(String, Vec<u8>)>> {
+    async fn next(&mut self) -> StoreResult<Option<(PackId, Vec<u8>)>> {
         let Some(id) = self.file.field(MAX_ID).await? else {
             return Ok(None);
         };
@@ -244,7 +249,10 @@ impl SnapshotRecords {
         if record_digest(&id, &index) != digest {
             return Err(self.file.corrupt("a record does not match its digest"));
         }
-        let id = String::from_utf8(id).map_err(|_| self.file.corrupt("a pack id is not UTF-8"))?;
+        let id = std::str::from_utf8(&id)
+            .ok()
+            .and_then(pack_id)
+            .ok_or_else(|| self.file.corrupt("a record's pack id is no pack's name"))?;
         Ok(Some((id, index)))
     }
 }
@@ -252,17 +260,18 @@ impl SnapshotRecords {
 /// A snapshot being written, and the packs recorded so far.
 struct SnapshotWriter {
     file: RecordWriter,
-    written: HashSet<String>,
+    written: HashSet<PackId, DigestKeyBuildHasher>,
 }
 
 impl SnapshotWriter {
     /// Appends one pack's record (compressed into memory until the next
     /// [`SnapshotWriter::flush`]).
-    fn record(&mut self, id: &str, index: &[u8]) -> StoreResult<()> {
-        self.file.field(id.as_bytes())?;
+    fn record(&mut self, id: &PackId, index: &[u8]) -> StoreResult<()> {
+        let name = id.to_hex();
+        self.file.field(name.as_bytes())?;
         self.file.field(index)?;
-        self.file.raw(&record_digest(id.as_bytes(), index))?;
-        self.written.insert(id.to_string());
+        self.file.raw(&record_digest(name.as_bytes(), index))?;
+        self.written.insert(*id);
         Ok(())
     }
 

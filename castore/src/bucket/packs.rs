@@ -21,6 +21,7 @@ use crate::error::{StoreError, StoreResult};
 use crate::frame::Frame;
 use crate::similarity::{Sketch, SUPER_FEATURES};
 
+use super::keys::{pack_id, PackId};
 use super::resemblance::ResemblanceIndex;
 use super::table_runs::{self, merge_sorted, Entry, MergeSource, Run, RunPack, RunWriter};
 
@@ -173,10 +174,10 @@ pub struct PackTable {
     base_refs: HashSet<B3Digest, DigestKeyBuildHasher>,
     /// Chunk records of the packs in memory.
     in_memory_chunks: usize,
-    /// Runs on disk by id (ids grow).
+    /// Runs on disk by id (ids grow). A pack on disk is found by id in
+    /// each run's own index (no map of every pack: at a million packs
+    /// that was most of a server's memory); it is live in one run at most.
     runs: BTreeMap<u64, RunSlot>,
-    /// Where each pack on disk is: run id and pack number in it.
-    on_disk: HashMap<Arc<str>, (u64, u32)>,
     /// The highest zstd level of a pack on disk.
     max_disk_level: Option<u32>,
     next_seq: u64,
@@ -221,7 +222,6 @@ impl PackTable {
             base_refs: HashSet::default(),
             in_memory_chunks: 0,
             runs: BTreeMap::new(),
-            on_disk: HashMap::new(),
             max_disk_level: None,
             next_seq: 0,
             next_run: 0,
@@ -237,20 +237,36 @@ impl PackTable {
 
     /// Whether no pack is loaded (the store is being opened, or empty).
     pub fn is_empty(&self) -> bool {
-        self.packs.is_empty() && self.on_disk.is_empty()
+        self.packs.is_empty() && self.runs.values().all(|s| !s.alive.contains(&true))
     }
 
     /// Whether a pack's index is loaded.
     pub fn has_pack(&self, id: &str) -> bool {
-        self.packs.contains_key(id) || self.on_disk.contains_key(id)
+        self.packs.contains_key(id) || self.run_pack(id).is_some()
     }
 
-    /// Every visible pack's id.
-    pub fn pack_ids(&self) -> Vec<Arc<str>> {
+    /// [`PackTable::has_pack`] for an id as bytes (a pack listing's).
+    pub fn has_pack_id(&self, id: &PackId) -> bool {
+        self.run_pack_by_id(id).is_some()
+            || (!self.packs.is_empty() && self.packs.contains_key(id.to_hex().as_str()))
+    }
+
+    /// Every visible pack's id (as 32 bytes: at a million packs their
+    /// names as strings would take a hundred megabytes more).
+    pub fn pack_ids(&self) -> Vec<PackId> {
+        let on_disk = self.runs.values().flat_map(|slot| {
+            slot.run
+                .packs
+                .iter()
+                .zip(&slot.alive)
+                .filter(|(_, alive)| **alive)
+                .map(|(p, _)| p.id)
+        });
+        // Packs in memory have ids that parse (`add_pack` checks).
         self.packs
             .keys()
-            .chain(self.on_disk.keys())
-            .cloned()
+            .filter_map(|id| pack_id(id))
+            .chain(on_disk)
             .collect()
     }
 
@@ -258,14 +274,26 @@ impl PackTable {
     pub fn pack_level(&self, id: &str) -> Option<u32> {
         match self.packs.get(id) {
             Some(p) => Some(p.level),
-            None => self.run_pack(id).map(|(_, p)| p.level),
+            None => self
+                .run_pack(id)
+                .map(|(_, slot, no)| slot.run.packs[no].level),
         }
     }
 
-    fn run_pack(&self, id: &str) -> Option<(&RunSlot, &RunPack)> {
-        let (run, no) = self.on_disk.get(id)?;
-        let slot = self.runs.get(run)?;
-        Some((slot, slot.run.packs.get(*no as usize)?))
+    /// Where a live pack on disk is: its run's id, the run, and its number
+    /// there.
+    fn run_pack(&self, id: &str) -> Option<(u64, &RunSlot, usize)> {
+        self.run_pack_by_id(&pack_id(id)?)
+    }
+
+    fn run_pack_by_id(&self, id: &PackId) -> Option<(u64, &RunSlot, usize)> {
+        self.runs.iter().find_map(|(run_id, slot)| {
+            slot.run
+                .pack_numbers(id)
+                .map(|no| no as usize)
+                .find(|&no| slot.alive.get(no).copied().unwrap_or(false))
+                .map(|no| (*run_id, slot, no))
+        })
     }
 
     /// A visible pack (its frames read from disk if it is there).
@@ -273,7 +301,8 @@ impl PackTable {
         if let Some(p) = self.packs.get(id) {
             return Some(p.clone());
         }
-        let (slot, p) = self.run_pack(id)?;
+        let (_, slot, no) = self.run_pack(id)?;
+        let p = &slot.run.packs[no];
         let frames: std::io::Result<Vec<Arc<FrameLocation>>> = (p.first_frame
             ..p.first_frame + p.frames)
             .map(|f| slot.run.frame(f).map(Arc::new))
@@ -359,19 +388,21 @@ impl PackTable {
                 }
             }
         }
-        if let Some((run, no)) = self.on_disk.remove(id) {
+        if let Some((run, _, no)) = self.run_pack(id) {
             if let Some(slot) = self.runs.get_mut(&run) {
-                if let Some(alive) = slot.alive.get_mut(no as usize) {
-                    if std::mem::replace(alive, false) {
-                        slot.dead_entries += slot.run.packs[no as usize].chunks;
-                    }
-                }
+                slot.alive[no] = false;
+                slot.dead_entries += slot.run.packs[no].chunks;
             }
         }
     }
 
     /// Adds a pack's frames (a pack added again replaces its old self).
     pub fn add_pack(&mut self, id: &str, index: &lpb::PackIndex) -> StoreResult<()> {
+        if pack_id(id).is_none() {
+            return Err(StoreError::Corrupt(format!(
+                "pack {id:?}: not a pack's name (64 lower-case hex digits)"
+            )));
+        }
         let pack: Arc<str> = Arc::from(id);
         let frames = parse_index(&pack, index)?;
         if self.has_pack(id) {
@@ -517,6 +548,8 @@ impl PackTable {
     pub fn scan(&self) -> TableScan {
         let mut homes: Vec<MemoryHome> = Vec::with_capacity(self.by_chunk.len());
         for (id, pack) in &self.packs {
+            // Packs in memory have ids that parse (`add_pack` checks).
+            let Some(id) = pack_id(id) else { continue };
             for frame in pack.frames.iter() {
                 for c in frame.chunks.iter() {
                     if self
@@ -527,7 +560,7 @@ impl PackTable {
                         homes.push(MemoryHome {
                             digest: c.digest,
                             size: c.size,
-                            pack: id.clone(),
+                            pack: id,
                             rank: pack.rank(),
                         });
                     }
@@ -539,7 +572,7 @@ impl PackTable {
         homes.dedup_by_key(|h| h.digest);
         TableScan {
             in_memory: homes,
-            in_memory_packs: self.packs.keys().cloned().collect(),
+            in_memory_packs: self.packs.keys().filter_map(|id| pack_id(id)).collect(),
             in_memory_deltas: self
                 .by_chunk
                 .iter()
@@ -557,17 +590,17 @@ impl PackTable {
     /// Objects the visible packs take (each pack and its index) and their
     /// bytes.
     pub fn pack_totals(&self) -> (u64, u64) {
-        let in_memory: u64 = self.packs.values().map(|p| p.stored_bytes).sum();
-        let on_disk: u64 = self
-            .on_disk
-            .keys()
-            .filter_map(|id| self.run_pack(id))
-            .map(|(_, p)| p.stored_bytes)
-            .sum();
-        (
-            2 * (self.packs.len() + self.on_disk.len()) as u64,
-            in_memory + on_disk,
-        )
+        let (mut packs, mut bytes) = (
+            self.packs.len() as u64,
+            self.packs.values().map(|p| p.stored_bytes).sum::<u64>(),
+        );
+        for slot in self.runs.values() {
+            for (p, _) in slot.run.packs.iter().zip(&slot.alive).filter(|(_, a)| **a) {
+                packs += 1;
+                bytes += p.stored_bytes;
+            }
+        }
+        (2 * packs, bytes)
     }
 
     /// Writes the packs in memory to a new run on disk (merges come after,
@@ -596,7 +629,9 @@ impl PackTable {
         packs.sort_unstable_by_key(|(_, p)| p.seq);
         let mut entries: Vec<Entry> = Vec::with_capacity(self.in_memory_chunks);
         for (id, info) in packs {
-            let no = w.pack(id.clone(), info.level, info.seq, info.stored_bytes);
+            let id = pack_id(id)
+                .ok_or_else(|| std::io::Error::other("pack table: a pack named by no id"))?;
+            let no = w.pack(id, info.level, info.seq, info.stored_bytes);
             for f in &info.frames {
                 let frame = w.frame(f.offset, f.length, &f.chunks, &f.base)?;
                 entries.extend(f.chunks.iter().map(|c| Entry {
@@ -629,8 +664,7 @@ impl PackTable {
     }
 
     fn take_run(&mut self, id: u64, run: Arc<Run>) {
-        for (no, p) in run.packs.iter().enumerate() {
-            self.on_disk.insert(p.id.clone(), (id, no as u32));
+        for p in &run.packs {
             self.max_disk_level = self.max_disk_level.max(Some(p.level));
         }
         self.runs.insert(
@@ -737,7 +771,8 @@ impl PackTable {
         };
         // The merged run's packs are the sources' packs that were there
         // when it started, in order: each is still there if the table
-        // still says it is where it was.
+        // still has it live where it was (removing a pack, or adding it
+        // again, marks it gone there).
         let still: Vec<bool> = plan
             .sources
             .iter()
@@ -746,7 +781,11 @@ impl PackTable {
                     .iter()
                     .enumerate()
                     .filter(|(no, _)| alive.get(*no).copied().unwrap_or(false))
-                    .map(|(no, p)| self.on_disk.get(&p.id) == Some(&(*run_id, no as u32)))
+                    .map(|(no, _)| {
+                        self.runs
+                            .get(run_id)
+                            .is_some_and(|s| s.alive.get(no).copied().unwrap_or(false))
+                    })
             })
             .collect();
         if still.len() != merged.packs.len() {
@@ -759,14 +798,13 @@ impl PackTable {
         for (run_id, _, _) in &plan.sources {
             self.runs.remove(run_id);
         }
-        let mut dead_entries = 0;
-        for (no, (p, there)) in merged.packs.iter().zip(&still).enumerate() {
-            if *there {
-                self.on_disk.insert(p.id.clone(), (plan.id, no as u32));
-            } else {
-                dead_entries += p.chunks;
-            }
-        }
+        let dead_entries = merged
+            .packs
+            .iter()
+            .zip(&still)
+            .filter(|(_, there)| !**there)
+            .map(|(p, _)| p.chunks)
+            .sum();
         if still.contains(&true) {
             self.runs.insert(
                 plan.id,
@@ -810,15 +848,15 @@ impl MergePlan {
 struct MemoryHome {
     digest: B3Digest,
     size: u64,
-    pack: Arc<str>,
+    pack: PackId,
     rank: (u32, u64),
 }
 
 /// A chunk record of a run, with what a walk ranks it by.
-struct RunHome<'a> {
+struct RunHome {
     digest: [u8; 32],
     size: u64,
-    pack: &'a Arc<str>,
+    pack: PackId,
     rank: (u32, u64),
 }
 
@@ -836,7 +874,7 @@ pub struct TableScan {
     /// Chunks whose home is a pack in memory, by digest.
     in_memory: Vec<MemoryHome>,
     /// The packs in memory.
-    in_memory_packs: Vec<Arc<str>>,
+    in_memory_packs: Vec<PackId>,
     /// Chunks in memory whose home is a delta frame.
     in_memory_deltas: Vec<(B3Digest, Arc<FrameLocation>)>,
     /// The runs and which of their packs are still there.
@@ -872,8 +910,8 @@ impl TableScan {
     /// digest order, with its raw size and its home pack (the higher
     /// level, then the later), reading the runs on disk from start to end
     /// instead of looking each chunk up.
-    fn for_each_home(&self, mut each: impl FnMut(&B3Digest, u64, &Arc<str>)) -> StoreResult<()> {
-        let sources: Vec<Box<dyn Iterator<Item = std::io::Result<RunHome<'_>>> + '_>> = self
+    fn for_each_home(&self, mut each: impl FnMut(&B3Digest, u64, &PackId)) -> StoreResult<()> {
+        let sources: Vec<Box<dyn Iterator<Item = std::io::Result<RunHome>> + '_>> = self
             .runs
             .iter()
             .map(|(run, alive)| {
@@ -889,18 +927,18 @@ impl TableScan {
                         Some(p) => Ok(RunHome {
                             digest: e.digest,
                             size: e.size,
-                            pack: &p.id,
+                            pack: p.id,
                             rank: p.rank(),
                         }),
                         None => Err(std::io::Error::other("pack table run: record of no pack")),
                     })
-                })) as Box<dyn Iterator<Item = std::io::Result<RunHome<'_>>>>
+                })) as Box<dyn Iterator<Item = std::io::Result<RunHome>>>
             })
             .collect();
         let mut memory = self.in_memory.iter().peekable();
         // The chunks in memory before `disk` (all that are left without
         // one), then `disk`'s chunk from whichever side ranks higher.
-        let mut emit = |disk: Option<&RunHome<'_>>| {
+        let mut emit = |disk: Option<&RunHome>| {
             while let Some(m) =
                 memory.next_if(|m| disk.is_none_or(|d| m.digest.as_bytes() < &d.digest))
             {
@@ -909,11 +947,11 @@ impl TableScan {
             let Some(d) = disk else { return };
             match memory.next_if(|m| m.digest.as_bytes() == &d.digest) {
                 Some(m) if m.rank > d.rank => each(&m.digest, m.size, &m.pack),
-                _ => each(&B3Digest::from(d.digest), d.size, d.pack),
+                _ => each(&B3Digest::from(d.digest), d.size, &d.pack),
             }
         };
-        let mut best: Option<RunHome<'_>> = None;
-        for record in merge_sorted(sources, |r: &RunHome<'_>| r.digest) {
+        let mut best: Option<RunHome> = None;
+        for record in merge_sorted(sources, |r: &RunHome| r.digest) {
             let record = record?;
             match &best {
                 Some(b) if b.digest == record.digest => {
@@ -950,18 +988,18 @@ impl TableScan {
     pub fn home_tallies(
         &self,
         live: impl Fn(&B3Digest) -> bool,
-    ) -> StoreResult<HashMap<Arc<str>, HomeTally>> {
+    ) -> StoreResult<HashMap<PackId, HomeTally, DigestKeyBuildHasher>> {
         let on_disk = self.runs.iter().flat_map(|(run, alive)| {
             run.packs
                 .iter()
                 .zip(alive)
                 .filter(|(_, alive)| **alive)
-                .map(|(p, _)| p.id.clone())
+                .map(|(p, _)| p.id)
         });
-        let mut tallies: HashMap<Arc<str>, HomeTally> = self
+        let mut tallies: HashMap<PackId, HomeTally, DigestKeyBuildHasher> = self
             .in_memory_packs
             .iter()
-            .cloned()
+            .copied()
             .chain(on_disk)
             .map(|id| (id, HomeTally::default()))
             .collect();
@@ -1121,6 +1159,56 @@ mod tests {
     }
 
     #[test]
+    fn a_pack_on_disk_removed_and_added_again_is_found_once_in_its_new_run() {
+        let dir = tempfile::tempdir().unwrap();
+        // Every pack (two chunks) is written to a run of its own.
+        let mut table = PackTable::new(SpillPolicy {
+            at: 2,
+            dir: Some(dir.path().to_owned()),
+        });
+        let packs: Vec<NewPack> = (0..3).map(pack).collect();
+        for p in &packs {
+            table.add_pack(&p.id, &p.index).unwrap();
+        }
+        let (_, bytes) = table.pack_totals();
+        table.remove_pack(&packs[1].id);
+        assert!(!table.has_pack(&packs[1].id));
+        assert!(table.pack(&packs[1].id).is_none());
+        assert_eq!(table.pack_ids().len(), 2);
+        table.add_pack(&packs[1].id, &packs[1].index).unwrap();
+        assert_eq!(table.runs.len(), 4, "the old run keeps a dead copy");
+        assert!(table.has_pack(&packs[1].id));
+        assert!(table.has_pack_id(&pack_id(&packs[1].id).unwrap()));
+        assert_eq!(table.pack_level(&packs[1].id), Some(3));
+        assert_eq!(table.pack_ids().len(), 3);
+        assert_eq!(table.pack_totals(), (6, bytes));
+        let home = table.locate(&first_chunk(1)).expect("found");
+        assert_eq!(home.pack.as_ref(), packs[1].id);
+        // Removed again: nowhere, although a run still holds its records.
+        table.remove_pack(&packs[1].id);
+        assert!(!table.has_pack(&packs[1].id));
+        assert!(table.locate(&first_chunk(1)).is_none());
+        assert!(!table.is_empty());
+        for p in [&packs[0], &packs[2]] {
+            table.remove_pack(&p.id);
+        }
+        assert!(table.is_empty(), "runs of dead packs only");
+    }
+
+    #[test]
+    fn a_pack_whose_name_is_no_pack_id_is_refused() {
+        let mut table = PackTable::default();
+        let p = pack(0);
+        for name in ["pack-0", &p.id.to_uppercase(), &p.id[..63]] {
+            assert!(matches!(
+                table.add_pack(name, &p.index),
+                Err(StoreError::Corrupt(_))
+            ));
+        }
+        assert!(table.is_empty());
+    }
+
+    #[test]
     fn a_walk_of_the_table_finds_each_chunks_home_as_a_lookup_does() {
         let dir = tempfile::tempdir().unwrap();
         // Packs 1 and 2 (five chunk records) go to a run on disk; packs 3
@@ -1160,7 +1248,7 @@ mod tests {
 
         let live = [B3Digest::of(x), B3Digest::of(z)];
         let tallies = scan.home_tallies(|d| live.contains(d)).unwrap();
-        let tally = |p: &NewPack| tallies[p.id.as_str()];
+        let tally = |p: &NewPack| tallies[&pack_id(&p.id).expect("a pack id")];
         let t = |live_raw: usize, dead_chunks| HomeTally {
             live_raw: live_raw as u64,
             dead_chunks,

@@ -24,11 +24,11 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use crate::chunk::ChunkMeta;
 use crate::digest::B3Digest;
 
+use super::keys::PackId;
 use super::packs::FrameLocation;
 
 /// Records per block of a sorted file: a lookup reads one block (or two
@@ -134,11 +134,12 @@ fn decode_meta(r: &[u8]) -> ChunkMeta {
     }
 }
 
-/// One pack of a run (kept in memory: a few dozen bytes per pack, against
-/// the hundreds of chunks it holds).
+/// One pack of a run (kept in memory: 72 bytes a pack, its id as 32
+/// bytes rather than 64 hex digits, against the hundreds of chunks it
+/// holds).
 #[derive(Clone, Debug)]
 pub struct RunPack {
-    pub id: Arc<str>,
+    pub id: PackId,
     /// zstd level of its frames.
     pub level: u32,
     /// When the table learned of it: of two packs holding a chunk, the one
@@ -336,9 +337,24 @@ pub struct Run {
     meta_count: u64,
     /// Its packs, in the order their frames are stored.
     pub packs: Vec<RunPack>,
+    /// Their numbers in the order of their ids (4 bytes a pack: what
+    /// finds a pack by id, instead of a map of every pack on disk).
+    by_id: Vec<u32>,
 }
 
 impl Run {
+    /// The numbers of pack `id` in this run (one, or none; more only if
+    /// it was added again before the run was written).
+    pub fn pack_numbers<'a>(&'a self, id: &'a PackId) -> impl Iterator<Item = u32> + 'a {
+        let first = self
+            .by_id
+            .partition_point(|&no| self.packs[no as usize].id < *id);
+        self.by_id[first..]
+            .iter()
+            .copied()
+            .take_while(move |&no| self.packs[no as usize].id == *id)
+    }
+
     /// Chunk records (one per chunk of each frame, removed packs included).
     pub fn entry_count(&self) -> u64 {
         self.entries.len
@@ -415,7 +431,7 @@ impl Run {
             .ok_or_else(|| io::Error::other("pack table run: frame of no pack"))?;
         let (chunks, base) = self.frame_metas(&rec)?;
         Ok(FrameLocation {
-            pack: pack.id.clone(),
+            pack: pack.id.to_hex().into(),
             offset: rec.offset,
             length: rec.length,
             chunks: chunks.into(),
@@ -506,7 +522,7 @@ impl RunWriter {
 
     /// Starts a pack: the frames written next are its own. Returns its
     /// number in the run.
-    pub fn pack(&mut self, id: Arc<str>, level: u32, seq: u64, stored_bytes: u64) -> u32 {
+    pub fn pack(&mut self, id: PackId, level: u32, seq: u64, stored_bytes: u64) -> u32 {
         self.packs.push(RunPack {
             id,
             level,
@@ -584,8 +600,11 @@ impl RunWriter {
         let bases = b.finish()?;
         let frames = self.frames.into_inner().map_err(|e| e.into_error())?;
         let metas = self.metas.into_inner().map_err(|e| e.into_error())?;
+        let mut by_id: Vec<u32> = (0..self.packs.len() as u32).collect();
+        by_id.sort_unstable_by_key(|&no| self.packs[no as usize].id);
         // The run's files now go with the run.
         Ok(Run {
+            by_id,
             _files: self.paths,
             entries,
             bases,
@@ -662,7 +681,7 @@ pub fn merge(dir: &Path, id: u64, sources: &[MergeSource<'_>]) -> io::Result<Run
         for (old, p) in s.run.packs.iter().enumerate() {
             let keep = s.alive.get(old).copied().unwrap_or(false);
             if keep {
-                pack_map[old] = w.pack(p.id.clone(), p.level, p.seq, p.stored_bytes);
+                pack_map[old] = w.pack(p.id, p.level, p.seq, p.stored_bytes);
             }
             for _ in 0..p.frames {
                 let (no, frame) = frames.next().ok_or_else(|| {
@@ -724,13 +743,18 @@ mod tests {
         }
     }
 
+    /// The id of pack `p` of the test run `run`.
+    fn pack_id(run: u64, p: u32) -> PackId {
+        B3Digest::of(format!("pack{run}-{p}").as_bytes())
+    }
+
     /// A run of `packs` packs of two frames of three chunks each (pack p
     /// holds chunks 6p..6p+6; the second frame has a base).
     fn run(dir: &Path, id: u64, packs: u32, seq: u64) -> Run {
         let mut w = RunWriter::create(dir, id).unwrap();
         let mut entries = Vec::new();
         for p in 0..packs {
-            let no = w.pack(Arc::from(format!("pack{id}-{p}")), 3, seq + p as u64, 1000);
+            let no = w.pack(pack_id(id, p), 3, seq + p as u64, 1000);
             for f in 0..2u32 {
                 let chunks: Vec<ChunkMeta> = (0..3).map(|c| meta(p * 6 + f * 3 + c)).collect();
                 let base = if f == 1 { vec![meta(9999)] } else { vec![] };
@@ -762,7 +786,11 @@ mod tests {
         for i in 0..600 {
             let e = r.best(&meta(i).digest, &alive).unwrap().expect("found");
             let frame = r.frame(e.frame).unwrap();
-            assert_eq!(frame.pack.as_ref(), format!("pack1-{}", i / 6));
+            assert_eq!(frame.pack.as_ref(), pack_id(1, i / 6).to_hex());
+            assert_eq!(
+                r.pack_numbers(&pack_id(1, i / 6)).collect::<Vec<_>>(),
+                [i / 6]
+            );
             assert!(frame.chunks.contains(&meta(i)));
             assert_eq!(e.size, meta(i).size);
             assert_eq!(frame.base.len(), if i % 6 >= 3 { 1 } else { 0 });
@@ -810,11 +838,16 @@ mod tests {
             // Both runs hold chunks 0..300: b's packs were learned of
             // later, so b's frame is the home.
             let frame = merged.frame(e.frame).unwrap();
-            assert_eq!(frame.pack.as_ref(), format!("pack2-{}", i / 6));
+            assert_eq!(frame.pack.as_ref(), pack_id(2, i / 6).to_hex());
             assert!(frame.chunks.contains(&meta(i)));
         }
         // Pack a-3's frames are gone from the merged run.
-        assert!(merged.packs.iter().all(|p| p.id.as_ref() != "pack1-3"));
+        assert!(merged.packs.iter().all(|p| p.id != pack_id(1, 3)));
+        assert_eq!(merged.pack_numbers(&pack_id(1, 3)).count(), 0);
+        // Numbers still find their packs by id after the merge.
+        for (no, p) in merged.packs.iter().enumerate() {
+            assert_eq!(merged.pack_numbers(&p.id).collect::<Vec<_>>(), [no as u32]);
+        }
         assert!(merged.is_base(&meta(9999).digest).unwrap());
         // The frames walk agrees with the records.
         let chunks: u64 = merged.frames().map(|f| f.unwrap().1.len() as u64).sum();
