@@ -7,7 +7,6 @@
 //! packs out to local disk ([`super::table_runs`]), so that its memory
 //! stays the same whatever the store's size.
 
-use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -643,7 +642,13 @@ impl PackTable {
             }
         }
         let ranks: Vec<(u32, u64)> = w.packs().iter().map(RunPack::rank).collect();
-        entries.sort_unstable_by_key(|e| (e.digest, Reverse(ranks[e.pack as usize])));
+        // By digest, each digest's best first (see `table_runs::prefix`).
+        entries.sort_unstable_by(|a, b| {
+            table_runs::prefix(&a.digest)
+                .cmp(&table_runs::prefix(&b.digest))
+                .then_with(|| a.digest.cmp(&b.digest))
+                .then_with(|| ranks[b.pack as usize].cmp(&ranks[a.pack as usize]))
+        });
         let mut bases: Vec<B3Digest> = self.base_refs.iter().copied().collect();
         bases.sort_unstable();
         let run = w.finish(entries.into_iter().map(Ok), bases.into_iter().map(Ok))?;
@@ -951,7 +956,9 @@ impl TableScan {
             }
         };
         let mut best: Option<RunHome> = None;
-        for record in merge_sorted(sources, |r: &RunHome| r.digest) {
+        for record in merge_sorted(sources, |r: &RunHome| {
+            (table_runs::prefix(&r.digest), r.digest)
+        }) {
             let record = record?;
             match &best {
                 Some(b) if b.digest == record.digest => {

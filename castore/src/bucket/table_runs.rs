@@ -169,7 +169,11 @@ struct Sorted<const REC: usize> {
     block_starts: Vec<u64>,
 }
 
-fn prefix(digest: &[u8]) -> u64 {
+/// A digest's first 8 bytes as a big-endian number: ordered as the
+/// digests are (of two random digests the prefixes nearly always differ,
+/// so sorting and merging by `(prefix, digest)` compares whole digests
+/// only on a tie).
+pub fn prefix(digest: &[u8]) -> u64 {
     u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
@@ -719,7 +723,7 @@ pub fn merge(dir: &Path, id: u64, sources: &[MergeSource<'_>]) -> io::Result<Run
     let ranks_ref = &ranks;
     let entries = merge_sorted(entries, move |e: &Entry| {
         let rank = ranks_ref.get(e.pack as usize).copied().unwrap_or_default();
-        (e.digest, Reverse(rank))
+        (prefix(&e.digest), e.digest, Reverse(rank))
     });
     let bases: Vec<Box<dyn Iterator<Item = io::Result<B3Digest>> + '_>> = sources
         .iter()
@@ -728,7 +732,7 @@ pub fn merge(dir: &Path, id: u64, sources: &[MergeSource<'_>]) -> io::Result<Run
                 as Box<dyn Iterator<Item = io::Result<B3Digest>>>
         })
         .collect();
-    let bases = merge_sorted(bases, |d: &B3Digest| *d);
+    let bases = merge_sorted(bases, |d: &B3Digest| (prefix(d.as_bytes()), *d));
     w.finish(entries, bases)
 }
 
