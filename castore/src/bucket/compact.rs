@@ -22,7 +22,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
-use super::keys::pack_path;
+use super::keys::{pack_path, PackId};
 use super::BucketStore;
 use crate::chunk::ChunkMeta;
 use crate::digest::B3Digest;
@@ -84,24 +84,22 @@ impl BucketStore {
     async fn compact_locked(&self) -> StoreResult<CompactReport> {
         *self.uploaded_at.lock().expect("upload clock") = None;
         self.refresh().await?;
-        let candidates: Vec<String> = {
-            let table = self.table.read().expect("pack table");
-            table
-                .pack_ids()
-                .into_iter()
-                .map(|id| id.to_hex())
-                .filter(|id| {
-                    table
-                        .pack_level(id)
-                        .is_some_and(|level| (level as i32) < COMPACT_LEVEL)
-                })
-                .collect()
-        };
+        let candidates: Vec<PackId> = self
+            .table
+            .read()
+            .expect("pack table")
+            .pack_levels()
+            .into_iter()
+            .filter(|(_, level)| (*level as i32) < COMPACT_LEVEL)
+            .map(|(id, _)| id)
+            .collect();
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
         let reports: Vec<CompactReport> = futures::stream::iter(candidates)
             .map(|id| async move {
                 let mut r = CompactReport::default();
-                self.compact_pack(&id, &mut r, &|_| true).await.map(|()| r)
+                self.compact_pack(&id.to_hex(), &mut r, &|_| true)
+                    .await
+                    .map(|()| r)
             })
             .buffer_unordered(parallel)
             .try_collect()

@@ -422,19 +422,21 @@ impl BucketStore {
         // Deleted in batches (S3 deletes 1,000 objects a request).
         let mut dead_packs: Vec<String> = Vec::new();
         for (id, size) in old_packs {
+            let tally = super::keys::pack_id(&id).and_then(|p| tallies.get(&p).copied());
             // A pack without an index, older than the grace period: left by
             // a writer killed between the two (the index follows at once).
-            let indexed = self.table.read().expect("pack table").has_pack(&id);
+            // (One in the tallies is in the table: no search for it.)
+            let indexed = tally.is_some() || self.table.read().expect("pack table").has_pack(&id);
             if !indexed && !self.exists(&index_path(&id)).await? {
                 tracing::info!(pack = %id, "removing a pack whose writer died before its index");
                 self.delete_object(&pack_path(&id)).await?;
                 report.bytes_freed += size;
                 continue;
             }
-            let Some(&HomeTally {
+            let Some(HomeTally {
                 live_raw,
                 dead_chunks,
-            }) = super::keys::pack_id(&id).and_then(|p| tallies.get(&p))
+            }) = tally
             else {
                 continue;
             };

@@ -55,24 +55,21 @@ impl BucketStore {
         // Packs deleted elsewhere (compaction, GC) first: their chunks are
         // in packs listed now, added below. (Opening, none is known yet:
         // no set of every listed id.)
-        if !opening {
-            let listed_ids: HashSet<&PackId, DigestKeyBuildHasher> = listed.iter().collect();
-            let mut table = self.table.write().expect("pack table");
-            for gone in table
-                .pack_ids()
-                .into_iter()
-                .filter(|id| !listed_ids.contains(id))
-            {
-                table.remove_pack(&gone.to_hex());
-            }
-        }
         // Ids borrowed from the listing: a store of a million packs holds
         // its ids once while opening.
         let mut new_ids: Vec<&PackId> = if opening {
             listed.iter().collect()
         } else {
-            let table = self.table.read().expect("pack table");
-            listed.iter().filter(|id| !table.has_pack_id(id)).collect()
+            // Sets of both sides, not a search of the table per listed
+            // pack (of every run on disk: seconds at a million packs).
+            let listed_ids: HashSet<&PackId, DigestKeyBuildHasher> = listed.iter().collect();
+            let mut table = self.table.write().expect("pack table");
+            let known: HashSet<PackId, DigestKeyBuildHasher> =
+                table.pack_ids().into_iter().collect();
+            for gone in known.iter().filter(|id| !listed_ids.contains(id)) {
+                table.remove_pack(&gone.to_hex());
+            }
+            listed.iter().filter(|id| !known.contains(*id)).collect()
         };
         // Opening a store of many packs: most indexes come from one
         // snapshot object. (Not later: packs another replica wrote since
@@ -105,23 +102,31 @@ impl BucketStore {
             })
             .buffer_unordered(CONCURRENCY);
         while let Some((id, parsed)) = loaded.next().await {
-            self.add_read_index(&id, parsed)?;
+            self.add_read_index(&id, parsed, opening)?;
         }
         Ok(())
     }
 
     /// Adds pack `id` to the table from its index as read: one that could
     /// not be read or does not parse leaves the pack invisible (logged);
-    /// only an I/O error is the caller's. Runs written meanwhile (opening
-    /// a large store) are merged as they pile up, not after.
+    /// only an I/O error is the caller's. `opening`: the table cannot hold
+    /// it yet (see [`PackTable::add_new_pack`]). Runs written meanwhile
+    /// (opening a large store) are merged as they pile up, not after.
     pub(super) fn add_read_index(
         &self,
         id: &str,
         parsed: StoreResult<lpb::PackIndex>,
+        opening: bool,
     ) -> StoreResult<()> {
         let added = {
             let mut table = self.table.write().expect("pack table");
-            parsed.and_then(|index| table.add_pack(id, &index))
+            parsed.and_then(|index| {
+                if opening {
+                    table.add_new_pack(id, &index)
+                } else {
+                    table.add_pack(id, &index)
+                }
+            })
         };
         match added {
             Ok(()) => {}

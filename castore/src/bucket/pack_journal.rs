@@ -378,7 +378,7 @@ impl BucketStore {
         while let Some((index, id)) = fetched.next().await {
             // `None`: deleted since; its removal is in a later entry.
             let Some(data) = index? else { continue };
-            self.add_read_index(&id, decode_index(&id, &data))?;
+            self.add_read_index(&id, decode_index(&id, &data), false)?;
         }
         Ok(())
     }

@@ -73,7 +73,7 @@ impl BucketStore {
                     self.table
                         .write()
                         .expect("pack table")
-                        .add_pack(&name, &index)
+                        .add_new_pack(&name, &index)
                 });
                 match parsed {
                     Ok(()) => {

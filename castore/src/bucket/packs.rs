@@ -244,12 +244,6 @@ impl PackTable {
         self.packs.contains_key(id) || self.run_pack(id).is_some()
     }
 
-    /// [`PackTable::has_pack`] for an id as bytes (a pack listing's).
-    pub fn has_pack_id(&self, id: &PackId) -> bool {
-        self.run_pack_by_id(id).is_some()
-            || (!self.packs.is_empty() && self.packs.contains_key(id.to_hex().as_str()))
-    }
-
     /// Every visible pack's id (as 32 bytes: at a million packs their
     /// names as strings would take a hundred megabytes more).
     pub fn pack_ids(&self) -> Vec<PackId> {
@@ -267,16 +261,6 @@ impl PackTable {
             .filter_map(|id| pack_id(id))
             .chain(on_disk)
             .collect()
-    }
-
-    /// The zstd level of a visible pack.
-    pub fn pack_level(&self, id: &str) -> Option<u32> {
-        match self.packs.get(id) {
-            Some(p) => Some(p.level),
-            None => self
-                .run_pack(id)
-                .map(|(_, slot, no)| slot.run.packs[no].level),
-        }
     }
 
     /// Where a live pack on disk is: its run's id, the run, and its number
@@ -397,6 +381,40 @@ impl PackTable {
 
     /// Adds a pack's frames (a pack added again replaces its old self).
     pub fn add_pack(&mut self, id: &str, index: &lpb::PackIndex) -> StoreResult<()> {
+        self.insert_pack(id, index, true)
+    }
+
+    /// [`PackTable::add_pack`] for a pack the table cannot hold yet (each
+    /// pack a store's opening lists, added once): no search of every run
+    /// for an older copy, which at a million packs cost seconds.
+    pub fn add_new_pack(&mut self, id: &str, index: &lpb::PackIndex) -> StoreResult<()> {
+        self.insert_pack(id, index, false)
+    }
+
+    /// Every visible pack's id and zstd level.
+    pub fn pack_levels(&self) -> Vec<(PackId, u32)> {
+        let on_disk = self.runs.values().flat_map(|slot| {
+            slot.run
+                .packs
+                .iter()
+                .zip(&slot.alive)
+                .filter(|(_, alive)| **alive)
+                .map(|(p, _)| (p.id, p.level))
+        });
+        // Packs in memory have ids that parse (`add_pack` checks).
+        self.packs
+            .iter()
+            .filter_map(|(id, p)| Some((pack_id(id)?, p.level)))
+            .chain(on_disk)
+            .collect()
+    }
+
+    fn insert_pack(
+        &mut self,
+        id: &str,
+        index: &lpb::PackIndex,
+        may_hold_it: bool,
+    ) -> StoreResult<()> {
         if pack_id(id).is_none() {
             return Err(StoreError::Corrupt(format!(
                 "pack {id:?}: not a pack's name (64 lower-case hex digits)"
@@ -404,7 +422,7 @@ impl PackTable {
         }
         let pack: Arc<str> = Arc::from(id);
         let frames = parse_index(&pack, index)?;
-        if self.has_pack(id) {
+        if may_hold_it && self.has_pack(id) {
             self.remove_pack(id);
         }
         let pack_bytes = frames.last().map_or(0, |f| f.offset + f.length);
@@ -1185,8 +1203,15 @@ mod tests {
         table.add_pack(&packs[1].id, &packs[1].index).unwrap();
         assert_eq!(table.runs.len(), 4, "the old run keeps a dead copy");
         assert!(table.has_pack(&packs[1].id));
-        assert!(table.has_pack_id(&pack_id(&packs[1].id).unwrap()));
-        assert_eq!(table.pack_level(&packs[1].id), Some(3));
+        let id = pack_id(&packs[1].id).unwrap();
+        assert_eq!(
+            table
+                .pack_levels()
+                .iter()
+                .filter(|(p, _)| *p == id)
+                .collect::<Vec<_>>(),
+            [&(id, 3)]
+        );
         assert_eq!(table.pack_ids().len(), 3);
         assert_eq!(table.pack_totals(), (6, bytes));
         let home = table.locate(&first_chunk(1)).expect("found");

@@ -347,8 +347,9 @@ pub struct Run {
 }
 
 impl Run {
-    /// The numbers of pack `id` in this run (one, or none; more only if
-    /// it was added again before the run was written).
+    /// The numbers of pack `id` in this run: one or none (a run is
+    /// written from packs in memory, one per id, or merged from the live
+    /// packs of other runs, each live in one run at most).
     pub fn pack_numbers<'a>(&'a self, id: &'a PackId) -> impl Iterator<Item = u32> + 'a {
         let first = self
             .by_id
