@@ -247,20 +247,24 @@ impl PackTable {
     /// Every visible pack's id (as 32 bytes: at a million packs their
     /// names as strings would take a hundred megabytes more).
     pub fn pack_ids(&self) -> Vec<PackId> {
-        let on_disk = self.runs.values().flat_map(|slot| {
+        // Packs in memory have ids that parse (`add_pack` checks).
+        self.packs
+            .keys()
+            .filter_map(|id| pack_id(id))
+            .chain(self.live_packs_on_disk().map(|p| p.id))
+            .collect()
+    }
+
+    /// The packs on disk that are still there.
+    fn live_packs_on_disk(&self) -> impl Iterator<Item = &RunPack> {
+        self.runs.values().flat_map(|slot| {
             slot.run
                 .packs
                 .iter()
                 .zip(&slot.alive)
                 .filter(|(_, alive)| **alive)
-                .map(|(p, _)| p.id)
-        });
-        // Packs in memory have ids that parse (`add_pack` checks).
-        self.packs
-            .keys()
-            .filter_map(|id| pack_id(id))
-            .chain(on_disk)
-            .collect()
+                .map(|(p, _)| p)
+        })
     }
 
     /// Where a live pack on disk is: its run's id, the run, and its number
@@ -393,19 +397,11 @@ impl PackTable {
 
     /// Every visible pack's id and zstd level.
     pub fn pack_levels(&self) -> Vec<(PackId, u32)> {
-        let on_disk = self.runs.values().flat_map(|slot| {
-            slot.run
-                .packs
-                .iter()
-                .zip(&slot.alive)
-                .filter(|(_, alive)| **alive)
-                .map(|(p, _)| (p.id, p.level))
-        });
         // Packs in memory have ids that parse (`add_pack` checks).
         self.packs
             .iter()
             .filter_map(|(id, p)| Some((pack_id(id)?, p.level)))
-            .chain(on_disk)
+            .chain(self.live_packs_on_disk().map(|p| (p.id, p.level)))
             .collect()
     }
 
@@ -611,11 +607,9 @@ impl PackTable {
             self.packs.len() as u64,
             self.packs.values().map(|p| p.stored_bytes).sum::<u64>(),
         );
-        for slot in self.runs.values() {
-            for (p, _) in slot.run.packs.iter().zip(&slot.alive).filter(|(_, a)| **a) {
-                packs += 1;
-                bytes += p.stored_bytes;
-            }
+        for p in self.live_packs_on_disk() {
+            packs += 1;
+            bytes += p.stored_bytes;
         }
         (2 * packs, bytes)
     }
@@ -1146,14 +1140,18 @@ mod tests {
         B3Digest::of(&chunks_of(i)[0])
     }
 
+    /// A table that writes every pack (two chunks) to a run of its own.
+    fn run_per_pack_table(dir: &tempfile::TempDir) -> PackTable {
+        PackTable::new(SpillPolicy {
+            at: 2,
+            dir: Some(dir.path().to_owned()),
+        })
+    }
+
     #[test]
     fn packs_removed_or_added_again_during_a_merge_are_gone_from_the_merged_run() {
         let dir = tempfile::tempdir().unwrap();
-        // Every pack (two chunks) is written to a run of its own.
-        let mut table = PackTable::new(SpillPolicy {
-            at: 2,
-            dir: Some(dir.path().to_owned()),
-        });
+        let mut table = run_per_pack_table(&dir);
         let packs: Vec<NewPack> = (0..5).map(pack).collect();
         for p in &packs[..4] {
             table.add_pack(&p.id, &p.index).unwrap();
@@ -1186,11 +1184,7 @@ mod tests {
     #[test]
     fn a_pack_on_disk_removed_and_added_again_is_found_once_in_its_new_run() {
         let dir = tempfile::tempdir().unwrap();
-        // Every pack (two chunks) is written to a run of its own.
-        let mut table = PackTable::new(SpillPolicy {
-            at: 2,
-            dir: Some(dir.path().to_owned()),
-        });
+        let mut table = run_per_pack_table(&dir);
         let packs: Vec<NewPack> = (0..3).map(pack).collect();
         for p in &packs {
             table.add_pack(&p.id, &p.index).unwrap();
