@@ -247,12 +247,7 @@ impl PackTable {
     /// Every visible pack's id (as 32 bytes: at a million packs their
     /// names as strings would take a hundred megabytes more).
     pub fn pack_ids(&self) -> Vec<PackId> {
-        // Packs in memory have ids that parse (`add_pack` checks).
-        self.packs
-            .keys()
-            .filter_map(|id| pack_id(id))
-            .chain(self.live_packs_on_disk().map(|p| p.id))
-            .collect()
+        self.pack_levels().into_iter().map(|(id, _)| id).collect()
     }
 
     /// The packs on disk that are still there.
