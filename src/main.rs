@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -79,13 +79,24 @@ enum Command {
     /// Print what a store holds: paths, their NAR bytes (logical), distinct
     /// chunks and their bytes, packs and their bytes, and the dedup ratio,
     /// from what the store keeps up to date (the catalog of store paths,
-    /// the pack table): a few object reads at any size.
+    /// the pack table). Answers from the newest count stored in the store
+    /// (by a server every --stats-every, by `lazix gc`, by an earlier
+    /// `lazix stats`) if it is at most --max-age old: one listing and one
+    /// read at any size. Otherwise counts now (opening the pack table: on
+    /// a store of a million packs, as long as a server's start) and stores
+    /// the count.
     Stats {
         #[command(flatten)]
         location: StoreLocation,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Count now even when a recent count is stored.
+        #[arg(long)]
+        count: bool,
+        /// Oldest stored count answered from, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        max_age: u64,
         /// Count paths by reading every PathInfo instead of the catalog of
         /// store paths, and list every object for the store's whole size
         /// (slow on a large store; the catalog is rebuilt by `lazix gc`
@@ -456,8 +467,9 @@ struct ServeArgs {
     #[command(flatten)]
     gc: GcPolicy,
     /// Count what the store holds (what `lazix stats` prints) every this
-    /// many seconds in the background, for the `lazix_store_…` metrics; 0
-    /// turns it off.
+    /// many seconds in the background, for the `lazix_store_…` metrics,
+    /// and store the count for `lazix stats` to answer from; 0 turns it
+    /// off.
     #[arg(long, default_value_t = 600)]
     stats_every: u64,
 }
@@ -729,8 +741,10 @@ async fn main() -> Result<()> {
         Command::Stats {
             location,
             json,
+            count,
+            max_age,
             scan,
-        } => stats(location, json, scan).await,
+        } => stats(location, json, if count { 0 } else { max_age }, scan).await,
         Command::Keygen { name, dir } => keygen(&name, &dir),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "lazix", &mut std::io::stdout());
@@ -1040,6 +1054,22 @@ async fn gc_periodically(store: Arc<BucketStore>, every: Duration, options: GcOp
     }
 }
 
+/// Hands the memory freed since the process started back to the system.
+///
+/// Opening a store of a million packs peaks at about twice what the open
+/// table then holds (the listing of every pack, runs being merged, the
+/// resemblance index's generations); glibc keeps what its per-thread
+/// arenas freed, so without this the server's resident memory stays at
+/// the opening's peak for its whole life.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it
+    // takes no pointer and is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Counts what the store holds every `every` into `into` (the first count
 /// at once).
 async fn count_periodically(
@@ -1052,7 +1082,13 @@ async fn count_periodically(
     loop {
         ticks.tick().await;
         match store.stats().await {
-            Ok(s) => *into.lock().expect("store counts") = Some(s),
+            Ok(s) => {
+                // `lazix stats` answers from it.
+                if let Err(e) = store.store_counts(&s).await {
+                    tracing::warn!(error = %e, "cannot store the store's counts");
+                }
+                *into.lock().expect("store counts") = Some(s);
+            }
             Err(e) => tracing::warn!(error = %e, "counting the store failed"),
         }
     }
@@ -1239,20 +1275,51 @@ fn serve_readings(
     out
 }
 
-async fn stats(location: StoreLocation, json: bool, scan: bool) -> Result<()> {
-    let (location, store) = location.open().await?;
-    let s = if scan {
-        store.stats_scan().await
+/// `lazix stats`: the newest stored count at most `max_age` seconds old,
+/// else a count made now (and stored).
+async fn stats(place: StoreLocation, json: bool, max_age: u64, scan: bool) -> Result<()> {
+    let location = place.location()?;
+    let stored = if scan || max_age == 0 {
+        None
     } else {
-        store.stats().await
-    }
-    .with_context(|| format!("counting {location}"))?;
+        // A store that cannot be read this way is opened below, where its
+        // error is reported.
+        BucketStore::stored_counts(&location, Duration::from_secs(max_age))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "no stored counts");
+                None
+            })
+    };
+    let s = match stored {
+        Some(s) => s,
+        None => {
+            let (location, store) = place.open().await?;
+            let s = if scan {
+                store.stats_scan().await
+            } else {
+                store.stats().await
+            }
+            .with_context(|| format!("counting {location}"))?;
+            if let Err(e) = store.store_counts(&s).await {
+                tracing::warn!(error = %e, "cannot store the count in the store");
+            }
+            s
+        }
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());
     }
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let age = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis()
+        .saturating_sub(u128::from(s.counted_at_ms))
+        / 1000;
     println!("store:         {location}");
+    println!("counted:       {age} s ago (--count counts now)");
     println!("paths:         {}", s.paths);
     println!(
         "logical bytes: {} ({:.1} MiB of NAR)",
@@ -1304,6 +1371,7 @@ async fn compact(location: StoreLocation) -> Result<()> {
 
 async fn serve(args: ServeArgs) -> Result<()> {
     let (location, backend) = args.location.open().await?;
+    release_freed_memory();
     backend.keep_pack_snapshot();
     if args.gc_every > 0 {
         tokio::spawn(gc_periodically(

@@ -46,7 +46,7 @@ impl Store {
         }
     }
 
-    /// `lazix stats --json`, which must agree with `lazix stats --scan`
+    /// `lazix stats --json --count`, which must agree with `lazix stats --scan`
     /// (every PathInfo read instead of the catalog of store paths). A
     /// server collecting garbage meanwhile may change the store between
     /// the two: they are taken again (a few times) until one pair was
@@ -63,14 +63,17 @@ impl Store {
         let take = |args: &[&str]| -> serde_json::Value {
             serde_json::from_slice(&run(self.cmd("stats").args(args)).stdout).unwrap()
         };
-        let (mut counted, mut scanned) = (take(&["--json"]), take(&["--json", "--scan"]));
+        // Counted now (`--count`): a stored count is the server's.
+        let count = || take(&["--json", "--count"]);
+        let same = |a: &serde_json::Value, b: &serde_json::Value| KEYS.iter().all(|k| a[k] == b[k]);
+        let (mut counted, mut scanned) = (count(), take(&["--json", "--scan"]));
         for _ in 0..5 {
-            let again = take(&["--json"]);
-            if again == counted {
+            let again = count();
+            if same(&again, &counted) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(300));
-            (counted, scanned) = (take(&["--json"]), take(&["--json", "--scan"]));
+            (counted, scanned) = (count(), take(&["--json", "--scan"]));
         }
         for key in KEYS {
             assert_eq!(
@@ -339,6 +342,41 @@ fn paths_not_accessed_lately_expire(store: Store) {
     assert!(lazix_nar(server, &used) == nix_dump(&used));
     let gone = server.client("path-info").args([&idle]).output().unwrap();
     assert!(!gone.status.success());
+}
+
+/// `lazix stats` answers from the newest count stored in the store while
+/// it is recent enough (it is not counted again: a path pushed since is
+/// not in it), `--count` counts now and stores that count, and a count
+/// older than `--max-age` is not answered from.
+#[test]
+fn stats_answers_from_the_newest_stored_count() {
+    // No count of the server's own in between.
+    let store = Store::folder_with(&["--stats-every", "0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let a = tree(dir.path(), "counted-a", &[("f", b"a\n".to_vec())]);
+    let b = tree(dir.path(), "counted-b", &[("f", b"b\n".to_vec())]);
+    let stats = |args: &[&str]| -> serde_json::Value {
+        serde_json::from_slice(&run(store.cmd("stats").arg("--json").args(args)).stdout).unwrap()
+    };
+    lazix_push(&store.server, &[&a]);
+    let counted = stats(&["--count"]);
+    assert_eq!(counted["paths"], 1, "{counted}");
+    lazix_push(&store.server, &[&b]);
+    let answered = stats(&[]);
+    assert_eq!(answered, counted, "answered from the stored count");
+    let text = stdout(&run(&mut store.cmd("stats")));
+    assert!(
+        text.contains("counted:") && text.contains("s ago"),
+        "{text}"
+    );
+    assert!(text.contains("paths:         1"), "{text}");
+    assert_eq!(stats(&["--max-age", "0"])["paths"], 2);
+    // That count was stored: answered from now on.
+    std::thread::sleep(Duration::from_millis(10));
+    let recounted = stats(&[]);
+    assert_eq!(recounted["paths"], 2, "{recounted}");
+    assert!(n(&recounted, "counted_at_ms") > n(&counted, "counted_at_ms"));
+    assert_eq!(stats(&["--count"])["paths"], 2);
 }
 
 /// `serve --gc-every`: a deleted path's data goes without anyone running

@@ -26,6 +26,8 @@
 //!   open instead of each index (see [`super::pack_snapshot`]);
 //! - `packlog/<ms>-<random>`: packs added and removed lately, read by
 //!   replicas catching up (see [`super::pack_journal`]);
+//! - `counts/<ms>-<random>`: what the store held when last counted (JSON,
+//!   see [`super::stats`]), the newest few kept;
 //! - `locks/maintenance`: held by the one compaction or collection running.
 
 use std::time::SystemTime;
@@ -65,6 +67,8 @@ pub(super) const CATALOG_SNAPSHOTS: &str = "catalog/snapshots";
 pub(super) const PACK_TABLES: &str = "packtables";
 /// The pack journal.
 pub(super) const PACK_JOURNAL: &str = "packlog";
+/// Stored counts of what the store holds.
+pub(super) const COUNTS: &str = "counts";
 /// Chunk lists, sharded.
 pub(super) const BLOBS: &str = "blobs";
 /// Directories, sharded.

@@ -3,22 +3,40 @@
 //! deduplication, and the bytes the store really keeps (after
 //! compression), with the ratios between them.
 //!
-//! Everything but the count of every object comes from what the store
-//! keeps up to date anyway (the catalog of store paths, the pack table),
-//! so counting costs a few object reads whatever the store's size. Every
-//! object (directories, chunk lists, PathInfos, marks besides the packs)
-//! is counted only by `--scan`, which lists the whole bucket: at 10^5
-//! paths that is hundreds of thousands of keys.
+//! Counting reads what the store keeps up to date anyway (the catalog of
+//! store paths, the pack table), never a PathInfo. But the pack table
+//! must be open, which for a store of a million packs is a server's start
+//! (about 40 s): so every count is also stored (`counts/<ms>-<random>`,
+//! JSON, the newest [`KEEP_COUNTS`] kept), by the server every
+//! `--stats-every` and by whoever counts, and `lazix stats` answers from
+//! the newest stored count when it is recent enough, in a listing and a
+//! read whatever the store's size. Every object (directories, chunk lists,
+//! PathInfos, marks besides the packs) is counted only by `--scan`, which
+//! lists the whole bucket: at 10^5 paths that is hundreds of thousands of
+//! keys.
 
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
 use futures::StreamExt;
 
-use super::BucketStore;
-use crate::error::StoreResult;
+use super::keys::{millis, sane_time, time_of, timestamped, COUNTS};
+use super::{local_folder, open_object_store, BucketStore, SpillPolicy};
+use crate::error::{StoreError, StoreResult};
 use crate::store::PathInfoStore;
 
+/// Stored counts kept besides the newest (older ones are deleted by the
+/// writer of a new one).
+pub const KEEP_COUNTS: usize = 3;
+/// Largest stored count read back: a few hundred bytes of JSON.
+const MAX_COUNTS_BYTES: u64 = 64 << 10;
+
 /// A store's size, logical against stored.
-#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StoreStats {
+    /// When it was counted (ms since the epoch).
+    #[serde(default)]
+    pub counted_at_ms: u64,
     /// Store paths (PathInfos).
     pub paths: u64,
     /// Sum of the paths' NAR sizes: the logical bytes.
@@ -47,7 +65,10 @@ impl BucketStore {
     /// packs from the pack table. No PathInfo is read, nothing listed but
     /// what the catalog and the pack table read.
     pub async fn stats(&self) -> StoreResult<StoreStats> {
-        let mut stats = StoreStats::default();
+        let mut stats = StoreStats {
+            counted_at_ms: millis(SystemTime::now()),
+            ..StoreStats::default()
+        };
         let mut entries = self.catalog_listing().await?;
         while let Some(entry) = entries.next().await {
             let entry = entry?;
@@ -62,7 +83,10 @@ impl BucketStore {
     /// instead of the catalog and listing every object (`lazix stats
     /// --scan`).
     pub async fn stats_scan(&self) -> StoreResult<StoreStats> {
-        let mut stats = StoreStats::default();
+        let mut stats = StoreStats {
+            counted_at_ms: millis(SystemTime::now()),
+            ..StoreStats::default()
+        };
         let mut infos = self.list_path_infos();
         while let Some(info) = infos.next().await {
             stats.paths += 1;
@@ -79,9 +103,11 @@ impl BucketStore {
         Ok(stats)
     }
 
-    /// Chunks and packs counted from the pack table (brought up to date).
+    /// Chunks and packs counted from the pack table, brought up to date
+    /// from the pack journal (what other replicas wrote and deleted
+    /// lately; a full listing only when this replica's cursor is stale).
     async fn count_packs(&self, stats: &mut StoreStats) -> StoreResult<()> {
-        self.refresh().await?;
+        self.catch_up_packs().await?;
         let scan = {
             let table = self.table.read().expect("pack table");
             (stats.pack_objects, stats.pack_bytes) = table.pack_totals();
@@ -90,6 +116,71 @@ impl BucketStore {
         (stats.chunks, stats.chunk_bytes) = scan.chunk_totals()?;
         stats.dedup_ratio = ratio(stats.logical_bytes, stats.pack_bytes);
         Ok(())
+    }
+
+    /// Stores `counts` (see the module's doc) and deletes stored counts
+    /// older than the newest [`KEEP_COUNTS`].
+    pub async fn store_counts(&self, counts: &StoreStats) -> StoreResult<()> {
+        let json = serde_json::to_vec(counts)
+            .map_err(|e| StoreError::Corrupt(format!("store counts: {e}")))?;
+        self.put(&timestamped(COUNTS), Bytes::from(json)).await?;
+        let mut stored: Vec<_> = self
+            .list_prefix(COUNTS)
+            .await?
+            .into_iter()
+            .map(|m| m.location)
+            .filter(sane_time)
+            .collect();
+        stored.sort_unstable();
+        let old = stored.len().saturating_sub(KEEP_COUNTS);
+        stored.truncate(old);
+        if !stored.is_empty() {
+            self.delete_objects(stored).await?;
+        }
+        Ok(())
+    }
+
+    /// The newest stored counts of the store at `location` counted within
+    /// `max_age`, read without opening the pack table (one listing of
+    /// `counts/` and one read). `None` when there is none that recent, or
+    /// the newest does not parse (logged).
+    pub async fn stored_counts(
+        location: &str,
+        max_age: Duration,
+    ) -> StoreResult<Option<StoreStats>> {
+        let store = Self::unloaded(
+            open_object_store(location)?,
+            local_folder(location),
+            SpillPolicy::default(),
+        );
+        let Some(newest) = store
+            .list_prefix(COUNTS)
+            .await?
+            .into_iter()
+            .filter(|m| sane_time(&m.location))
+            .max_by(|a, b| a.location.cmp(&b.location))
+        else {
+            return Ok(None);
+        };
+        let now = millis(SystemTime::now());
+        let counted = time_of(&newest.location).unwrap_or(0);
+        if now.saturating_sub(counted) > max_age.as_millis() as u64 {
+            return Ok(None);
+        }
+        if newest.size > MAX_COUNTS_BYTES {
+            tracing::warn!(at = %newest.location, "stored counts too large; counting anew");
+            return Ok(None);
+        }
+        let Some(json) = store.get_optional(&newest.location).await? else {
+            return Ok(None);
+        };
+        match serde_json::from_slice::<StoreStats>(&json) {
+            Ok(counts) => Ok(Some(counts)),
+            Err(e) => {
+                tracing::warn!(at = %newest.location, error = %e, "stored counts do not parse; counting anew");
+                Ok(None)
+            }
+        }
     }
 }
 
@@ -115,7 +206,15 @@ mod tests {
         let store = BucketStore::open(dir.path().to_str().unwrap())
             .await
             .unwrap();
-        assert_eq!(store.stats().await.unwrap(), StoreStats::default());
+        let empty = store.stats().await.unwrap();
+        assert!(empty.counted_at_ms > 0, "{empty:?}");
+        assert_eq!(
+            StoreStats {
+                counted_at_ms: 0,
+                ..empty
+            },
+            StoreStats::default()
+        );
         store
             .put_frames(vec![frame_of(&[b"chunk a", b"chunk bb"])])
             .await
@@ -149,9 +248,60 @@ mod tests {
                 objects: None,
                 stored_bytes: None,
                 dedup_ratio: 0.0,
+                counted_at_ms: stats.counted_at_ms,
                 ..scanned
             },
             stats
+        );
+    }
+
+    #[tokio::test]
+    async fn the_newest_stored_count_is_read_without_opening_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = dir.path().to_str().unwrap();
+        let hour = Duration::from_secs(3600);
+        assert_eq!(
+            BucketStore::stored_counts(location, hour).await.unwrap(),
+            None
+        );
+        let store = BucketStore::open(location).await.unwrap();
+        let mut counts = Vec::new();
+        for n in 0..KEEP_COUNTS + 2 {
+            store
+                .put_frames(vec![frame_of(&[format!("chunk {n}").as_bytes()])])
+                .await
+                .unwrap();
+            let c = store.stats().await.unwrap();
+            assert_eq!(c.chunks, n as u64 + 1);
+            store.store_counts(&c).await.unwrap();
+            counts.push(c);
+        }
+        // The newest is answered, as it was counted; older ones beyond
+        // KEEP_COUNTS are deleted by the writer of a newer one.
+        let newest = counts.last().unwrap();
+        assert_eq!(
+            BucketStore::stored_counts(location, hour).await.unwrap(),
+            Some(*newest)
+        );
+        assert!(newest.counted_at_ms > 0);
+        assert_eq!(store.list_prefix(COUNTS).await.unwrap().len(), KEEP_COUNTS);
+        // Too old for the caller: none.
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(
+            BucketStore::stored_counts(location, Duration::ZERO)
+                .await
+                .unwrap(),
+            None
+        );
+        // A newest count that does not parse is no answer (counted anew).
+        let damaged = timestamped(COUNTS);
+        store
+            .put(&damaged, Bytes::from_static(b"{\"paths\": \"many\"}"))
+            .await
+            .unwrap();
+        assert_eq!(
+            BucketStore::stored_counts(location, hour).await.unwrap(),
+            None
         );
     }
 }
