@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -1036,6 +1036,7 @@ async fn gc(location: StoreLocation, policy: GcPolicy) -> Result<()> {
         "object requests: {}",
         store.object_requests().since(&before)
     );
+    count_after_gc(&store).await;
     Ok(())
 }
 
@@ -1048,9 +1049,20 @@ async fn gc_periodically(store: Arc<BucketStore>, every: Duration, options: GcOp
     loop {
         ticks.tick().await;
         match store.gc(options).await {
-            Ok(r) => tracing::info!("{}", gc_summary(&r)),
+            Ok(r) => {
+                tracing::info!("{}", gc_summary(&r));
+                count_after_gc(&store).await;
+            }
             Err(e) => tracing::warn!(error = %e, "periodic garbage collection failed"),
         }
+    }
+}
+
+/// After a collection (the maintenance lock released), a count stored for
+/// `lazix stats`: the ones stored before it no longer hold.
+async fn count_after_gc(store: &BucketStore) {
+    if let Err(e) = store.count_and_store().await {
+        tracing::warn!(error = %e, "cannot count the store after collecting");
     }
 }
 
@@ -1081,14 +1093,9 @@ async fn count_periodically(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        match store.stats().await {
-            Ok(s) => {
-                // `lazix stats` answers from it.
-                if let Err(e) = store.store_counts(&s).await {
-                    tracing::warn!(error = %e, "cannot store the store's counts");
-                }
-                *into.lock().expect("store counts") = Some(s);
-            }
+        // Stored: `lazix stats` answers from it.
+        match store.count_and_store().await {
+            Ok(s) => *into.lock().expect("store counts") = Some(s),
             Err(e) => tracing::warn!(error = %e, "counting the store failed"),
         }
     }
@@ -1282,29 +1289,20 @@ async fn stats(place: StoreLocation, json: bool, max_age: u64, scan: bool) -> Re
     let stored = if scan || max_age == 0 {
         None
     } else {
-        // A store that cannot be read this way is opened below, where its
-        // error is reported.
         BucketStore::stored_counts(&location, Duration::from_secs(max_age))
             .await
-            .unwrap_or_else(|e| {
-                tracing::debug!(error = %e, "no stored counts");
-                None
-            })
+            .with_context(|| format!("reading the stored counts of {location}"))?
     };
     let s = match stored {
         Some(s) => s,
         None => {
             let (location, store) = place.open().await?;
-            let s = if scan {
+            if scan {
                 store.stats_scan().await
             } else {
-                store.stats().await
+                store.count_and_store().await
             }
-            .with_context(|| format!("counting {location}"))?;
-            if let Err(e) = store.store_counts(&s).await {
-                tracing::warn!(error = %e, "cannot store the count in the store");
-            }
-            s
+            .with_context(|| format!("counting {location}"))?
         }
     };
     if json {
@@ -1312,14 +1310,11 @@ async fn stats(place: StoreLocation, json: bool, max_age: u64, scan: bool) -> Re
         return Ok(());
     }
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-    let age = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis()
-        .saturating_sub(u128::from(s.counted_at_ms))
-        / 1000;
     println!("store:         {location}");
-    println!("counted:       {age} s ago (--count counts now)");
+    println!(
+        "counted:       {} s ago (--count counts now)",
+        s.age().as_secs()
+    );
     println!("paths:         {}", s.paths);
     println!(
         "logical bytes: {} ({:.1} MiB of NAR)",

@@ -346,8 +346,8 @@ fn paths_not_accessed_lately_expire(store: Store) {
 
 /// `lazix stats` answers from the newest count stored in the store while
 /// it is recent enough (it is not counted again: a path pushed since is
-/// not in it), `--count` counts now and stores that count, and a count
-/// older than `--max-age` is not answered from.
+/// not in it), `--count` counts now and stores that count, a count older
+/// than `--max-age` is not answered from, and `lazix gc` stores a new one.
 #[test]
 fn stats_answers_from_the_newest_stored_count() {
     // No count of the server's own in between.
@@ -377,6 +377,13 @@ fn stats_answers_from_the_newest_stored_count() {
     assert_eq!(recounted["paths"], 2, "{recounted}");
     assert!(n(&recounted, "counted_at_ms") > n(&counted, "counted_at_ms"));
     assert_eq!(stats(&["--count"])["paths"], 2);
+    // `lazix gc` stores a count after collecting: the ones before it no
+    // longer hold.
+    run(store.cmd("delete").arg(&b));
+    store.gc(0);
+    let collected = stats(&[]);
+    assert_eq!(collected["paths"], 1, "{collected}");
+    assert!(n(&collected, "counted_at_ms") > n(&recounted, "counted_at_ms"));
 }
 
 /// `serve --gc-every`: a deleted path's data goes without anyone running

@@ -202,17 +202,6 @@ impl BucketStore {
         if let Err(e) = self.store_pack_snapshot().await {
             tracing::warn!(error = %e, "cannot store a pack table snapshot");
         }
-        // `lazix stats` answers from this count until the next one (the
-        // mark set is no longer needed: the count's memory is its own).
-        drop(live_chunks);
-        match self.stats().await {
-            Ok(counts) => {
-                if let Err(e) = self.store_counts(&counts).await {
-                    tracing::warn!(error = %e, "cannot store the store's counts");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot count the store after collecting"),
-        }
         tracing::info!(?report, "garbage collection done");
         Ok(report)
     }

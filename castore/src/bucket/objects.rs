@@ -7,6 +7,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::PutPayload;
 
+use super::keys::sane_time;
 use super::{durable, BucketStore};
 use crate::error::{StoreError, StoreResult};
 
@@ -42,6 +43,25 @@ impl BucketStore {
             .try_collect()
             .await
             .map_err(object_err)
+    }
+
+    /// Deletes the objects under `prefix` (named `<ms>-<random>`, see
+    /// [`super::keys::timestamped`]) but the newest `keep`, and any named in
+    /// the future beyond the clock skew (it would stay "newest" for ever).
+    pub(super) async fn keep_newest(&self, prefix: &str, keep: usize) -> StoreResult<()> {
+        let (mut sane, future): (Vec<ObjectPath>, Vec<ObjectPath>) = self
+            .list_prefix(prefix)
+            .await?
+            .into_iter()
+            .map(|m| m.location)
+            .partition(sane_time);
+        sane.sort_unstable_by(|a, b| b.cmp(a));
+        let mut gone: Vec<ObjectPath> = sane.into_iter().skip(keep).collect();
+        gone.extend(future);
+        if gone.is_empty() {
+            return Ok(());
+        }
+        self.delete_objects(gone).await
     }
 
     /// Deletes an object; one already gone is fine.

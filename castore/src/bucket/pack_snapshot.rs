@@ -98,8 +98,8 @@ impl BucketStore {
 
     /// Writes a snapshot of every listed pack's index (from the newest
     /// snapshot where it has them, the others read one at a time), then
-    /// deletes older snapshots but [`KEEP_OLDER`], and any named in the
-    /// future. Returns the packs in it.
+    /// deletes snapshots but the newest and [`KEEP_OLDER`] more, and any
+    /// named in the future. Returns the packs in it.
     pub async fn store_pack_snapshot(&self) -> StoreResult<usize> {
         let previous = self.newest_pack_snapshot().await?;
         let listed = self.listed_packs().await?;
@@ -116,17 +116,7 @@ impl BucketStore {
         out.file.finish().await?;
         tracing::info!(packs, snapshot = %at, "stored a pack table snapshot");
 
-        let (sane, future): (Vec<ObjectPath>, Vec<ObjectPath>) = self
-            .list_prefix(PACK_TABLES)
-            .await?
-            .into_iter()
-            .map(|m| m.location)
-            .partition(sane_time);
-        let mut older: Vec<ObjectPath> = sane.into_iter().filter(|name| *name < at).collect();
-        older.sort_by(|a, b| b.cmp(a));
-        let mut gone: Vec<ObjectPath> = older.into_iter().skip(KEEP_OLDER).collect();
-        gone.extend(future);
-        self.delete_objects(gone).await?;
+        self.keep_newest(PACK_TABLES, 1 + KEEP_OLDER).await?;
         Ok(packs)
     }
 

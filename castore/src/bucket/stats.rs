@@ -4,29 +4,34 @@
 //! compression), with the ratios between them.
 //!
 //! Counting reads what the store keeps up to date anyway (the catalog of
-//! store paths, the pack table), never a PathInfo. But the pack table
-//! must be open, which for a store of a million packs is a server's start
-//! (about 40 s): so every count is also stored (`counts/<ms>-<random>`,
-//! JSON, the newest [`KEEP_COUNTS`] kept), by the server every
-//! `--stats-every` and by whoever counts, and `lazix stats` answers from
-//! the newest stored count when it is recent enough, in a listing and a
-//! read whatever the store's size. Every object (directories, chunk lists,
+//! store paths, the pack table caught up from the pack journal), never a
+//! PathInfo. But the pack table must be open, which for a store of a
+//! million packs is a server's start (about 40 s): so a count is also
+//! stored (`counts/<ms>-<random>`, named by when it was counted, JSON; the
+//! newest [`KEEP_COUNTS`] kept), by the server every `--stats-every`, by
+//! `lazix gc` after it collects and by `lazix stats` when it counted, and
+//! `lazix stats` answers from the newest stored count when it is recent
+//! enough, in a listing and a read whatever the store's size. A server's
+//! count sees packs through the journal: one whose entry was lost (its
+//! writer killed in between) is counted after the next full listing (a
+//! miss, maintenance, a restart). Every object (directories, chunk lists,
 //! PathInfos, marks besides the packs) is counted only by `--scan`, which
-//! lists the whole bucket: at 10^5 paths that is hundreds of thousands of
-//! keys.
+//! lists the whole bucket (at 10^5 paths hundreds of thousands of keys)
+//! and is never stored: its paths come from PathInfos, its ratio is over
+//! every object.
 
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::keys::{millis, sane_time, time_of, timestamped, COUNTS};
+use super::keys::{millis, sane_time, time_of, timestamped_at, COUNTS};
 use super::{local_folder, open_object_store, BucketStore, SpillPolicy};
 use crate::error::{StoreError, StoreResult};
 use crate::store::PathInfoStore;
 
-/// Stored counts kept besides the newest (older ones are deleted by the
-/// writer of a new one).
+/// Stored counts kept, the newest (older ones are deleted by the writer
+/// of a new one).
 pub const KEEP_COUNTS: usize = 3;
 /// Largest stored count read back: a few hundred bytes of JSON.
 const MAX_COUNTS_BYTES: u64 = 64 << 10;
@@ -57,6 +62,13 @@ pub struct StoreStats {
     /// Logical bytes per stored byte (deduplication and compression): over
     /// every object's bytes after a scan, else over the packs' bytes.
     pub dedup_ratio: f64,
+}
+
+impl StoreStats {
+    /// How long ago it was counted.
+    pub fn age(&self) -> Duration {
+        Duration::from_millis(millis(SystemTime::now()).saturating_sub(self.counted_at_ms))
+    }
 }
 
 impl BucketStore {
@@ -118,26 +130,25 @@ impl BucketStore {
         Ok(())
     }
 
-    /// Stores `counts` (see the module's doc) and deletes stored counts
-    /// older than the newest [`KEEP_COUNTS`].
-    pub async fn store_counts(&self, counts: &StoreStats) -> StoreResult<()> {
+    /// Counts (as [`BucketStore::stats`]) and stores the count for `lazix
+    /// stats` to answer from; a count that cannot be stored is logged.
+    pub async fn count_and_store(&self) -> StoreResult<StoreStats> {
+        let counts = self.stats().await?;
+        if let Err(e) = self.store_counts(&counts).await {
+            tracing::warn!(error = %e, "cannot store the store's counts");
+        }
+        Ok(counts)
+    }
+
+    /// Stores `counts` under the time they were counted (see the module's
+    /// doc) and deletes all stored counts but the newest [`KEEP_COUNTS`].
+    async fn store_counts(&self, counts: &StoreStats) -> StoreResult<()> {
         let json = serde_json::to_vec(counts)
             .map_err(|e| StoreError::Corrupt(format!("store counts: {e}")))?;
-        self.put(&timestamped(COUNTS), Bytes::from(json)).await?;
-        let mut stored: Vec<_> = self
-            .list_prefix(COUNTS)
-            .await?
-            .into_iter()
-            .map(|m| m.location)
-            .filter(sane_time)
-            .collect();
-        stored.sort_unstable();
-        let old = stored.len().saturating_sub(KEEP_COUNTS);
-        stored.truncate(old);
-        if !stored.is_empty() {
-            self.delete_objects(stored).await?;
-        }
-        Ok(())
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(counts.counted_at_ms);
+        self.put(&timestamped_at(COUNTS, at), Bytes::from(json))
+            .await?;
+        self.keep_newest(COUNTS, KEEP_COUNTS).await
     }
 
     /// The newest stored counts of the store at `location` counted within
@@ -162,9 +173,10 @@ impl BucketStore {
         else {
             return Ok(None);
         };
-        let now = millis(SystemTime::now());
-        let counted = time_of(&newest.location).unwrap_or(0);
-        if now.saturating_sub(counted) > max_age.as_millis() as u64 {
+        let too_old = |counted_at_ms: u64| {
+            millis(SystemTime::now()).saturating_sub(counted_at_ms) > max_age.as_millis() as u64
+        };
+        if too_old(time_of(&newest.location).unwrap_or(0)) {
             return Ok(None);
         }
         if newest.size > MAX_COUNTS_BYTES {
@@ -175,7 +187,13 @@ impl BucketStore {
             return Ok(None);
         };
         match serde_json::from_slice::<StoreStats>(&json) {
-            Ok(counts) => Ok(Some(counts)),
+            Ok(counts) if too_old(counts.counted_at_ms) => Ok(None),
+            // The ratio again from the counts it is made of (a float need
+            // not come back from JSON to the same bits).
+            Ok(counts) => Ok(Some(StoreStats {
+                dedup_ratio: ratio(counts.logical_bytes, counts.pack_bytes),
+                ..counts
+            })),
             Err(e) => {
                 tracing::warn!(at = %newest.location, error = %e, "stored counts do not parse; counting anew");
                 Ok(None)
@@ -294,7 +312,7 @@ mod tests {
             None
         );
         // A newest count that does not parse is no answer (counted anew).
-        let damaged = timestamped(COUNTS);
+        let damaged = super::super::keys::timestamped(COUNTS);
         store
             .put(&damaged, Bytes::from_static(b"{\"paths\": \"many\"}"))
             .await
