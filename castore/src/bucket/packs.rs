@@ -250,12 +250,13 @@ impl PackTable {
         self.pack_levels().into_iter().map(|(id, _)| id).collect()
     }
 
-    /// The packs on disk that are still there.
-    fn live_packs_on_disk(&self) -> impl Iterator<Item = &RunPack> {
+    /// The packs on disk that are still there, read from the runs' files
+    /// (a run whose file fails is logged and read no further).
+    fn live_packs_on_disk(&self) -> impl Iterator<Item = RunPack> + '_ {
         self.runs.values().flat_map(|slot| {
             slot.run
-                .packs
-                .iter()
+                .packs()
+                .map_while(|p| p.inspect_err(run_read_failed).ok())
                 .zip(&slot.alive)
                 .filter(|(_, alive)| **alive)
                 .map(|(p, _)| p)
@@ -272,6 +273,9 @@ impl PackTable {
         self.runs.iter().find_map(|(run_id, slot)| {
             slot.run
                 .pack_numbers(id)
+                .inspect_err(run_read_failed)
+                .ok()?
+                .into_iter()
                 .map(|no| no as usize)
                 .find(|&no| slot.alive.get(no).copied().unwrap_or(false))
                 .map(|no| (*run_id, slot, no))
@@ -284,7 +288,7 @@ impl PackTable {
             return Some(p.clone());
         }
         let (_, slot, no) = self.run_pack(id)?;
-        let p = &slot.run.packs[no];
+        let p = slot.run.pack(no as u32).inspect_err(run_read_failed).ok()?;
         let frames: std::io::Result<Vec<Arc<FrameLocation>>> = (p.first_frame
             ..p.first_frame + p.frames)
             .map(|f| slot.run.frame(f).map(Arc::new))
@@ -373,7 +377,13 @@ impl PackTable {
         if let Some((run, _, no)) = self.run_pack(id) {
             if let Some(slot) = self.runs.get_mut(&run) {
                 slot.alive[no] = false;
-                slot.dead_entries += slot.run.packs[no].chunks;
+                // Unreadable, the pack's records count as live: a merge
+                // comes later, never a wrong answer.
+                slot.dead_entries += slot
+                    .run
+                    .pack(no as u32)
+                    .inspect_err(run_read_failed)
+                    .map_or(0, |p| p.chunks);
             }
         }
     }
@@ -497,12 +507,7 @@ impl PackTable {
         let mut best: Option<((u32, u64), &RunSlot, u32)> = None;
         for slot in self.runs.values() {
             if let Some(e) = slot.run.best(digest, &slot.alive)? {
-                let rank = slot
-                    .run
-                    .packs
-                    .get(e.pack as usize)
-                    .ok_or_else(|| std::io::Error::other("pack table run: record of no pack"))?
-                    .rank();
+                let rank = slot.run.pack(e.pack)?.rank();
                 if best.is_none_or(|(r, _, _)| rank > r) {
                     best = Some((rank, slot, e.frame));
                 }
@@ -661,7 +666,7 @@ impl PackTable {
         let run = w.finish(entries.into_iter().map(Ok), bases.into_iter().map(Ok))?;
         tracing::debug!(
             run = id,
-            packs = run.packs.len(),
+            packs = run.pack_count(),
             chunks = run.entry_count(),
             "pack table written to local disk"
         );
@@ -676,13 +681,11 @@ impl PackTable {
     }
 
     fn take_run(&mut self, id: u64, run: Arc<Run>) {
-        for p in &run.packs {
-            self.max_disk_level = self.max_disk_level.max(Some(p.level));
-        }
+        self.max_disk_level = self.max_disk_level.max(run.max_level());
         self.runs.insert(
             id,
             RunSlot {
-                alive: vec![true; run.packs.len()],
+                alive: vec![true; run.pack_count()],
                 dead_entries: 0,
                 run,
             },
@@ -789,18 +792,16 @@ impl PackTable {
             .sources
             .iter()
             .flat_map(|(run_id, run, alive)| {
-                run.packs
-                    .iter()
-                    .enumerate()
-                    .filter(|(no, _)| alive.get(*no).copied().unwrap_or(false))
-                    .map(|(no, _)| {
+                (0..run.pack_count())
+                    .filter(|no| alive.get(*no).copied().unwrap_or(false))
+                    .map(|no| {
                         self.runs
                             .get(run_id)
                             .is_some_and(|s| s.alive.get(no).copied().unwrap_or(false))
                     })
             })
             .collect();
-        if still.len() != merged.packs.len() {
+        if still.len() != merged.pack_count() {
             tracing::error!("a merged pack table run does not match its sources; dropped");
             self.merges_paused_until =
                 Some(std::time::Instant::now() + std::time::Duration::from_secs(60));
@@ -811,8 +812,8 @@ impl PackTable {
             self.runs.remove(run_id);
         }
         let dead_entries = merged
-            .packs
-            .iter()
+            .packs()
+            .map_while(|p| p.inspect_err(run_read_failed).ok())
             .zip(&still)
             .filter(|(_, there)| !**there)
             .map(|(p, _)| p.chunks)
@@ -827,11 +828,7 @@ impl PackTable {
                 },
             );
         }
-        self.max_disk_level = self
-            .runs
-            .values()
-            .flat_map(|s| s.run.packs.iter().map(|p| p.level))
-            .max();
+        self.max_disk_level = self.runs.values().filter_map(|s| s.run.max_level()).max();
     }
 }
 
@@ -923,10 +920,18 @@ impl TableScan {
     /// level, then the later), reading the runs on disk from start to end
     /// instead of looking each chunk up.
     fn for_each_home(&self, mut each: impl FnMut(&B3Digest, u64, &PackId)) -> StoreResult<()> {
+        // Each run's packs, read once for the walk (the records come in
+        // digest order, their packs in any).
+        let packs: Vec<Vec<RunPack>> = self
+            .runs
+            .iter()
+            .map(|(run, _)| run.packs().collect::<std::io::Result<Vec<_>>>())
+            .collect::<std::io::Result<_>>()?;
         let sources: Vec<Box<dyn Iterator<Item = std::io::Result<RunHome>> + '_>> = self
             .runs
             .iter()
-            .map(|(run, alive)| {
+            .zip(&packs)
+            .map(|((run, alive), packs)| {
                 Box::new(run.entries().filter_map(move |e| {
                     let e = match e {
                         Ok(e) => e,
@@ -935,7 +940,7 @@ impl TableScan {
                     if !alive.get(e.pack as usize).copied().unwrap_or(false) {
                         return None;
                     }
-                    Some(match run.packs.get(e.pack as usize) {
+                    Some(match packs.get(e.pack as usize) {
                         Some(p) => Ok(RunHome {
                             digest: e.digest,
                             size: e.size,
@@ -1003,13 +1008,14 @@ impl TableScan {
         &self,
         live: impl Fn(&B3Digest) -> bool,
     ) -> StoreResult<HashMap<PackId, HomeTally, DigestKeyBuildHasher>> {
-        let on_disk = self.runs.iter().flat_map(|(run, alive)| {
-            run.packs
-                .iter()
-                .zip(alive)
-                .filter(|(_, alive)| **alive)
-                .map(|(p, _)| p.id)
-        });
+        let mut on_disk = Vec::new();
+        for (run, alive) in &self.runs {
+            for (p, alive) in run.packs().zip(alive) {
+                if *alive {
+                    on_disk.push(p?.id);
+                }
+            }
+        }
         let mut tallies: HashMap<PackId, HomeTally, DigestKeyBuildHasher> = self
             .in_memory_packs
             .iter()

@@ -13,6 +13,11 @@
 //! them. The files are a cache of the pack indexes in the
 //! store: nothing is lost with them, and a new process builds its own.
 //!
+//! A run's packs are on disk too (fixed records by number, and their ids
+//! sorted for finding one by id), so that what a run keeps in memory is a
+//! few bytes per block of records, whatever the number of its packs: at a
+//! million packs their records in memory were 77 bytes a pack.
+//!
 //! Like a log-structured merge tree, this favours writes (a run is written
 //! sequentially once per merge level) and reads that ask for a few
 //! chunks at a time; reads that walk everything (GC, `stats`) stream the
@@ -44,6 +49,11 @@ const BASE: usize = 32;
 const FRAME: usize = 40;
 /// A chunk meta record: digest, size (u64).
 const META: usize = 40;
+/// A pack record: id, level (u32), frames (u32), seq (u64), stored bytes
+/// (u64), first frame (u32), padding (u32), chunks (u64).
+const PACK: usize = 72;
+/// A pack's id and its number in the run (u32), sorted by id.
+const PACK_ID: usize = 36;
 
 /// Where one chunk is, in one run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,9 +144,8 @@ fn decode_meta(r: &[u8]) -> ChunkMeta {
     }
 }
 
-/// One pack of a run (kept in memory: 72 bytes a pack, its id as 32
-/// bytes rather than 64 hex digits, against the hundreds of chunks it
-/// holds).
+/// One pack of a run (a 72-byte record in the run's pack file; in memory
+/// only while the run is written and while a walk reads it).
 #[derive(Clone, Debug)]
 pub struct RunPack {
     pub id: PackId,
@@ -158,6 +167,33 @@ impl RunPack {
     /// Which of two packs is a chunk's home: the greater.
     pub fn rank(&self) -> (u32, u64) {
         super::packs::rank_of(self.level, self.seq)
+    }
+
+    fn encode(&self) -> [u8; PACK] {
+        let mut r = [0u8; PACK];
+        r[..32].copy_from_slice(self.id.as_bytes());
+        r[32..36].copy_from_slice(&self.level.to_le_bytes());
+        r[36..40].copy_from_slice(&self.frames.to_le_bytes());
+        r[40..48].copy_from_slice(&self.seq.to_le_bytes());
+        r[48..56].copy_from_slice(&self.stored_bytes.to_le_bytes());
+        r[56..60].copy_from_slice(&self.first_frame.to_le_bytes());
+        r[64..72].copy_from_slice(&self.chunks.to_le_bytes());
+        r
+    }
+
+    fn decode(r: &[u8; PACK]) -> Self {
+        let u32_at = |i: usize| u32::from_le_bytes(r[i..i + 4].try_into().expect("4 bytes"));
+        let u64_at = |i: usize| u64::from_le_bytes(r[i..i + 8].try_into().expect("8 bytes"));
+        let id: [u8; 32] = r[..32].try_into().expect("32 bytes");
+        Self {
+            id: id.into(),
+            level: u32_at(32),
+            frames: u32_at(36),
+            seq: u64_at(40),
+            stored_bytes: u64_at(48),
+            first_frame: u32_at(56),
+            chunks: u64_at(64),
+        }
     }
 }
 
@@ -326,8 +362,9 @@ fn create(path: &Path) -> io::Result<File> {
 }
 
 /// The files of run `id` in `dir`.
-fn run_paths(dir: &Path, id: u64) -> [PathBuf; 4] {
-    ["entries", "bases", "frames", "metas"].map(|part| dir.join(format!("run-{id}.{part}")))
+fn run_paths(dir: &Path, id: u64) -> [PathBuf; 6] {
+    ["entries", "bases", "frames", "metas", "packs", "packids"]
+        .map(|part| dir.join(format!("run-{id}.{part}")))
 }
 
 /// An immutable run of packs on local disk; its files go with it.
@@ -340,24 +377,54 @@ pub struct Run {
     metas: File,
     meta_count: u64,
     /// Its packs, in the order their frames are stored.
-    pub packs: Vec<RunPack>,
-    /// Their numbers in the order of their ids (4 bytes a pack: what
-    /// finds a pack by id, instead of a map of every pack on disk).
-    by_id: Vec<u32>,
+    packs: File,
+    pack_count: u32,
+    /// Their ids and numbers, sorted by id.
+    pack_ids: Sorted<PACK_ID>,
+    /// The highest zstd level of its packs (`None`: no pack).
+    max_level: Option<u32>,
 }
 
 impl Run {
     /// The numbers of pack `id` in this run: one or none (a run is
     /// written from packs in memory, one per id, or merged from the live
     /// packs of other runs, each live in one run at most).
-    pub fn pack_numbers<'a>(&'a self, id: &'a PackId) -> impl Iterator<Item = u32> + 'a {
-        let first = self
-            .by_id
-            .partition_point(|&no| self.packs[no as usize].id < *id);
-        self.by_id[first..]
-            .iter()
-            .copied()
-            .take_while(move |&no| self.packs[no as usize].id == *id)
+    pub fn pack_numbers(&self, id: &PackId) -> io::Result<Vec<u32>> {
+        let mut numbers = Vec::new();
+        self.pack_ids.find(id.as_bytes(), |r| {
+            numbers.push(u32::from_le_bytes(r[32..36].try_into().expect("4 bytes")));
+            true
+        })?;
+        Ok(numbers)
+    }
+
+    /// How many packs it holds (removed ones included).
+    pub fn pack_count(&self) -> usize {
+        self.pack_count as usize
+    }
+
+    /// Its pack number `no`.
+    pub fn pack(&self, no: u32) -> io::Result<RunPack> {
+        if no >= self.pack_count {
+            return Err(io::Error::other("pack table run: no such pack"));
+        }
+        let mut r = [0u8; PACK];
+        self.packs.read_exact_at(&mut r, no as u64 * PACK as u64)?;
+        Ok(RunPack::decode(&r))
+    }
+
+    /// Its packs, in order (their number is their position).
+    pub fn packs(&self) -> impl Iterator<Item = io::Result<RunPack>> + '_ {
+        Records::<PACK> {
+            reader: read_from_start(&self.packs),
+            left: self.pack_count as u64,
+        }
+        .map(|r| r.map(|r| RunPack::decode(&r)))
+    }
+
+    /// The highest zstd level of its packs, removed ones included.
+    pub fn max_level(&self) -> Option<u32> {
+        self.max_level
     }
 
     /// Chunk records (one per chunk of each frame, removed packs included).
@@ -430,10 +497,7 @@ impl Run {
     /// A frame as the rest of the table shows it.
     pub fn frame(&self, frame: u32) -> io::Result<FrameLocation> {
         let rec = self.frame_record(frame)?;
-        let pack = self
-            .packs
-            .get(rec.pack as usize)
-            .ok_or_else(|| io::Error::other("pack table run: frame of no pack"))?;
+        let pack = self.pack(rec.pack)?;
         let (chunks, base) = self.frame_metas(&rec)?;
         Ok(FrameLocation {
             pack: pack.id.to_hex().into(),
@@ -491,7 +555,7 @@ pub struct RunWriter {
 
 /// Files that go when dropped: a run's, or an unfinished writer's.
 struct RemovedOnDrop {
-    paths: [PathBuf; 4],
+    paths: [PathBuf; 6],
 }
 
 impl Drop for RemovedOnDrop {
@@ -577,7 +641,7 @@ impl RunWriter {
         Ok(no)
     }
 
-    /// The packs written so far.
+    /// The packs written so far (in memory until the run is finished).
     pub fn packs(&self) -> &[RunPack] {
         &self.packs
     }
@@ -605,11 +669,25 @@ impl RunWriter {
         let bases = b.finish()?;
         let frames = self.frames.into_inner().map_err(|e| e.into_error())?;
         let metas = self.metas.into_inner().map_err(|e| e.into_error())?;
-        let mut by_id: Vec<u32> = (0..self.packs.len() as u32).collect();
+        let pack_count = u32::try_from(self.packs.len())
+            .map_err(|_| io::Error::other("pack table run: too many packs"))?;
+        let mut out = BufWriter::with_capacity(256 * 1024, create(&self.paths.paths[4])?);
+        for p in &self.packs {
+            out.write_all(&p.encode())?;
+        }
+        let packs = out.into_inner().map_err(|e| e.into_error())?;
+        let mut by_id: Vec<u32> = (0..pack_count).collect();
         by_id.sort_unstable_by_key(|&no| self.packs[no as usize].id);
+        let mut ids = SortedWriter::<PACK_ID>::create(&self.paths.paths[5])?;
+        for no in by_id {
+            let mut r = [0u8; PACK_ID];
+            r[..32].copy_from_slice(self.packs[no as usize].id.as_bytes());
+            r[32..].copy_from_slice(&no.to_le_bytes());
+            ids.push(&r)?;
+        }
+        let pack_ids = ids.finish()?;
         // The run's files now go with the run.
         Ok(Run {
-            by_id,
             _files: self.paths,
             entries,
             bases,
@@ -617,7 +695,10 @@ impl RunWriter {
             frame_count: self.frame_count,
             metas,
             meta_count: self.meta_count,
-            packs: self.packs,
+            packs,
+            pack_count,
+            pack_ids,
+            max_level: self.packs.iter().map(|p| p.level).max(),
         })
     }
 }
@@ -679,11 +760,12 @@ pub fn merge(dir: &Path, id: u64, sources: &[MergeSource<'_>]) -> io::Result<Run
     let mut pack_maps: Vec<Vec<u32>> = Vec::with_capacity(sources.len());
     let mut frame_maps: Vec<Vec<u32>> = Vec::with_capacity(sources.len());
     for s in sources {
-        let mut pack_map = vec![u32::MAX; s.run.packs.len()];
+        let mut pack_map = vec![u32::MAX; s.run.pack_count()];
         let mut frame_map = vec![u32::MAX; s.run.frame_count as usize];
         // A pack's frames are stored together, packs in order.
         let mut frames = s.run.frames().enumerate();
-        for (old, p) in s.run.packs.iter().enumerate() {
+        for (old, p) in s.run.packs().enumerate() {
+            let p = p?;
             let keep = s.alive.get(old).copied().unwrap_or(false);
             if keep {
                 pack_map[old] = w.pack(p.id, p.level, p.seq, p.stored_bytes);
@@ -792,10 +874,7 @@ mod tests {
             let e = r.best(&meta(i).digest, &alive).unwrap().expect("found");
             let frame = r.frame(e.frame).unwrap();
             assert_eq!(frame.pack.as_ref(), pack_id(1, i / 6).to_hex());
-            assert_eq!(
-                r.pack_numbers(&pack_id(1, i / 6)).collect::<Vec<_>>(),
-                [i / 6]
-            );
+            assert_eq!(r.pack_numbers(&pack_id(1, i / 6)).unwrap(), [i / 6]);
             assert!(frame.chunks.contains(&meta(i)));
             assert_eq!(e.size, meta(i).size);
             assert_eq!(frame.base.len(), if i % 6 >= 3 { 1 } else { 0 });
@@ -832,7 +911,8 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(merged.packs.len(), 99);
+        assert_eq!(merged.pack_count(), 99);
+        assert_eq!(merged.max_level(), Some(3));
         assert_eq!(merged.entry_count(), 99 * 6);
         let alive = vec![true; 99];
         for i in 0..300 {
@@ -847,12 +927,18 @@ mod tests {
             assert!(frame.chunks.contains(&meta(i)));
         }
         // Pack a-3's frames are gone from the merged run.
-        assert!(merged.packs.iter().all(|p| p.id != pack_id(1, 3)));
-        assert_eq!(merged.pack_numbers(&pack_id(1, 3)).count(), 0);
-        // Numbers still find their packs by id after the merge.
-        for (no, p) in merged.packs.iter().enumerate() {
-            assert_eq!(merged.pack_numbers(&p.id).collect::<Vec<_>>(), [no as u32]);
+        let packs: Vec<RunPack> = merged.packs().map(Result::unwrap).collect();
+        assert_eq!(packs.len(), 99);
+        assert!(packs.iter().all(|p| p.id != pack_id(1, 3)));
+        assert!(merged.pack_numbers(&pack_id(1, 3)).unwrap().is_empty());
+        // Numbers still find their packs by id after the merge, and read
+        // by number as in order.
+        for (no, p) in packs.iter().enumerate() {
+            assert_eq!(merged.pack_numbers(&p.id).unwrap(), [no as u32]);
+            let by_number = merged.pack(no as u32).unwrap();
+            assert_eq!((by_number.id, by_number.seq), (p.id, p.seq));
         }
+        assert!(merged.pack(99).is_err());
         assert!(merged.is_base(&meta(9999).digest).unwrap());
         // The frames walk agrees with the records.
         let chunks: u64 = merged.frames().map(|f| f.unwrap().1.len() as u64).sum();
