@@ -1055,6 +1055,8 @@ async fn gc_periodically(store: Arc<BucketStore>, every: Duration, options: GcOp
             }
             Err(e) => tracing::warn!(error = %e, "periodic garbage collection failed"),
         }
+        // Nor are the mark sets.
+        release_freed_memory();
     }
 }
 
@@ -1068,11 +1070,11 @@ async fn count_after_gc(store: &BucketStore) {
 
 /// Hands the memory freed since the process started back to the system.
 ///
-/// Opening a store of a million packs peaks at about twice what the open
-/// table then holds (the listing of every pack, runs being merged, the
-/// resemblance index's generations); glibc keeps what its per-thread
-/// arenas freed, so without this the server's resident memory stays at
-/// the opening's peak for its whole life.
+/// Opening a store of a million packs peaks at about three times what the
+/// open table then holds (the listing of every pack, runs being merged,
+/// the resemblance index's generations), a count or a collection at more;
+/// glibc keeps what its per-thread arenas freed, so without this the
+/// server's resident memory stays at its highest for its whole life.
 fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists; it
@@ -1098,6 +1100,8 @@ async fn count_periodically(
             Ok(s) => *into.lock().expect("store counts") = Some(s),
             Err(e) => tracing::warn!(error = %e, "counting the store failed"),
         }
+        // The walk's buffers (each run's packs) are not kept.
+        release_freed_memory();
     }
 }
 

@@ -17,6 +17,7 @@ async fn open_spilling(dir: &Path, table_dir: &Path) -> Arc<BucketStore> {
     let policy = SpillPolicy {
         at: 16,
         dir: Some(table_dir.to_owned()),
+        ..SpillPolicy::default()
     };
     BucketStore::open_with_table(dir.to_str().expect("utf-8"), policy)
         .await
@@ -28,6 +29,7 @@ async fn open_in_memory(dir: &Path) -> Arc<BucketStore> {
     let policy = SpillPolicy {
         at: usize::MAX,
         dir: None,
+        ..SpillPolicy::default()
     };
     BucketStore::open_with_table(dir.to_str().expect("utf-8"), policy)
         .await

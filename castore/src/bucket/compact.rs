@@ -88,7 +88,7 @@ impl BucketStore {
             .table
             .read()
             .expect("pack table")
-            .pack_levels()
+            .pack_levels()?
             .into_iter()
             .filter(|(_, level)| (*level as i32) < COMPACT_LEVEL)
             .map(|(id, _)| id)

@@ -65,7 +65,7 @@ impl BucketStore {
             let listed_ids: HashSet<&PackId, DigestKeyBuildHasher> = listed.iter().collect();
             let mut table = self.table.write().expect("pack table");
             let known: HashSet<PackId, DigestKeyBuildHasher> =
-                table.pack_ids().into_iter().collect();
+                table.pack_ids()?.into_iter().collect();
             for gone in known.iter().filter(|id| !listed_ids.contains(id)) {
                 table.remove_pack(&gone.to_hex());
             }

@@ -78,7 +78,8 @@ pub(super) fn rank_of(level: u32, seq: u64) -> (u32, u64) {
 /// to a run on local disk: about 25 MiB of table.
 pub const DEFAULT_SPILL_AT: usize = 1 << 18;
 
-/// When and where the pack table writes packs out to local disk.
+/// When and where the pack table writes packs out to local disk, and
+/// what else of it stays in memory.
 #[derive(Clone, Debug)]
 pub struct SpillPolicy {
     /// Chunk records in memory that make a run.
@@ -86,6 +87,10 @@ pub struct SpillPolicy {
     /// Folder for the runs' private folder (none: the system's temporary
     /// folder, `TMPDIR`).
     pub dir: Option<PathBuf>,
+    /// Super-features per generation of the resemblance index (see
+    /// [`super::resemblance`]; 0: none kept, compaction then finds no
+    /// delta bases).
+    pub resemblance_features: usize,
 }
 
 impl Default for SpillPolicy {
@@ -93,13 +98,15 @@ impl Default for SpillPolicy {
         Self {
             at: DEFAULT_SPILL_AT,
             dir: None,
+            resemblance_features: super::resemblance::DEFAULT_CAP,
         }
     }
 }
 
 impl SpillPolicy {
-    /// The default, changed by `LAZIX_PACK_TABLE_SPILL_AT` (chunk records)
-    /// and `LAZIX_PACK_TABLE_DIR` (a folder) when set.
+    /// The default, changed by `LAZIX_PACK_TABLE_SPILL_AT` (chunk records),
+    /// `LAZIX_PACK_TABLE_DIR` (a folder) and `LAZIX_RESEMBLANCE_FEATURES`
+    /// (super-features per generation) when set.
     pub fn from_env() -> Self {
         let mut policy = Self::default();
         if let Some(at) = std::env::var("LAZIX_PACK_TABLE_SPILL_AT")
@@ -107,6 +114,12 @@ impl SpillPolicy {
             .and_then(|v| v.parse().ok())
         {
             policy.at = at;
+        }
+        if let Some(cap) = std::env::var("LAZIX_RESEMBLANCE_FEATURES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            policy.resemblance_features = cap;
         }
         if let Some(dir) = std::env::var_os("LAZIX_PACK_TABLE_DIR") {
             policy.dir = Some(dir.into());
@@ -225,11 +238,11 @@ impl PackTable {
             next_seq: 0,
             next_run: 0,
             spill_at: policy.at.max(1),
+            similar: ResemblanceIndex::with_cap(policy.resemblance_features),
             policy,
             spill_dir: None,
             merges_paused_until: None,
             merge_running: false,
-            similar: ResemblanceIndex::default(),
             delta_pending: HashSet::default(),
         }
     }
@@ -245,18 +258,18 @@ impl PackTable {
     }
 
     /// Every visible pack's id (as 32 bytes: at a million packs their
-    /// names as strings would take a hundred megabytes more).
-    pub fn pack_ids(&self) -> Vec<PackId> {
-        self.pack_levels().into_iter().map(|(id, _)| id).collect()
+    /// names as strings would take a hundred megabytes more), or the error
+    /// reading a run's packs (no partial list: a caller removes what is
+    /// not in it).
+    pub fn pack_ids(&self) -> std::io::Result<Vec<PackId>> {
+        Ok(self.pack_levels()?.into_iter().map(|(id, _)| id).collect())
     }
 
-    /// The packs on disk that are still there, read from the runs' files
-    /// (a run whose file fails is logged and read no further).
-    fn live_packs_on_disk(&self) -> impl Iterator<Item = RunPack> + '_ {
+    /// The packs on disk that are still there, read from the runs' files.
+    fn live_packs_on_disk(&self) -> impl Iterator<Item = std::io::Result<RunPack>> + '_ {
         self.runs.values().flat_map(|slot| {
             slot.run
                 .packs()
-                .map_while(|p| p.inspect_err(run_read_failed).ok())
                 .zip(&slot.alive)
                 .filter(|(_, alive)| **alive)
                 .map(|(p, _)| p)
@@ -401,12 +414,15 @@ impl PackTable {
     }
 
     /// Every visible pack's id and zstd level.
-    pub fn pack_levels(&self) -> Vec<(PackId, u32)> {
+    pub fn pack_levels(&self) -> std::io::Result<Vec<(PackId, u32)>> {
         // Packs in memory have ids that parse (`add_pack` checks).
         self.packs
             .iter()
-            .filter_map(|(id, p)| Some((pack_id(id)?, p.level)))
-            .chain(self.live_packs_on_disk().map(|p| (p.id, p.level)))
+            .filter_map(|(id, p)| Some(Ok((pack_id(id)?, p.level))))
+            .chain(
+                self.live_packs_on_disk()
+                    .map(|p| p.map(|p| (p.id, p.level))),
+            )
             .collect()
     }
 
@@ -504,9 +520,19 @@ impl PackTable {
                 return Ok(Some(l.clone()));
             }
         }
-        let mut best: Option<((u32, u64), &RunSlot, u32)> = None;
+        let mut found: Vec<(&RunSlot, Entry)> = Vec::new();
         for slot in self.runs.values() {
             if let Some(e) = slot.run.best(digest, &slot.alive)? {
+                found.push((slot, e));
+            }
+        }
+        // A pack's rank is read from disk only when there is another copy
+        // to compare it with (most chunks are in one pack).
+        let mut best: Option<((u32, u64), &RunSlot, u32)> = None;
+        if let ([(slot, e)], None) = (found.as_slice(), &in_memory) {
+            best = Some(((0, 0), slot, e.frame));
+        } else {
+            for (slot, e) in found {
                 let rank = slot.run.pack(e.pack)?.rank();
                 if best.is_none_or(|(r, _, _)| rank > r) {
                     best = Some((rank, slot, e.frame));
@@ -602,16 +628,17 @@ impl PackTable {
 
     /// Objects the visible packs take (each pack and its index) and their
     /// bytes.
-    pub fn pack_totals(&self) -> (u64, u64) {
+    pub fn pack_totals(&self) -> std::io::Result<(u64, u64)> {
         let (mut packs, mut bytes) = (
             self.packs.len() as u64,
             self.packs.values().map(|p| p.stored_bytes).sum::<u64>(),
         );
         for p in self.live_packs_on_disk() {
+            let p = p?;
             packs += 1;
             bytes += p.stored_bytes;
         }
-        (2 * packs, bytes)
+        Ok((2 * packs, bytes))
     }
 
     /// Writes the packs in memory to a new run on disk (merges come after,
@@ -811,12 +838,18 @@ impl PackTable {
         for (run_id, _, _) in &plan.sources {
             self.runs.remove(run_id);
         }
-        let dead_entries = merged
-            .packs()
-            .map_while(|p| p.inspect_err(run_read_failed).ok())
-            .zip(&still)
+        // Unreadable, a pack's records count as live: a merge comes
+        // later, never a wrong answer.
+        let dead_entries = still
+            .iter()
+            .enumerate()
             .filter(|(_, there)| !**there)
-            .map(|(p, _)| p.chunks)
+            .map(|(no, _)| {
+                merged
+                    .pack(no as u32)
+                    .inspect_err(run_read_failed)
+                    .map_or(0, |p| p.chunks)
+            })
             .sum();
         if still.contains(&true) {
             self.runs.insert(
@@ -920,12 +953,16 @@ impl TableScan {
     /// level, then the later), reading the runs on disk from start to end
     /// instead of looking each chunk up.
     fn for_each_home(&self, mut each: impl FnMut(&B3Digest, u64, &PackId)) -> StoreResult<()> {
-        // Each run's packs, read once for the walk (the records come in
-        // digest order, their packs in any).
-        let packs: Vec<Vec<RunPack>> = self
+        // Each run's packs' ids and ranks, read once for the walk (the
+        // records come in digest order, their packs in any).
+        let packs: Vec<Vec<(PackId, (u32, u64))>> = self
             .runs
             .iter()
-            .map(|(run, _)| run.packs().collect::<std::io::Result<Vec<_>>>())
+            .map(|(run, _)| {
+                run.packs()
+                    .map(|p| p.map(|p| (p.id, p.rank())))
+                    .collect::<std::io::Result<Vec<_>>>()
+            })
             .collect::<std::io::Result<_>>()?;
         let sources: Vec<Box<dyn Iterator<Item = std::io::Result<RunHome>> + '_>> = self
             .runs
@@ -941,11 +978,11 @@ impl TableScan {
                         return None;
                     }
                     Some(match packs.get(e.pack as usize) {
-                        Some(p) => Ok(RunHome {
+                        Some((id, rank)) => Ok(RunHome {
                             digest: e.digest,
                             size: e.size,
-                            pack: p.id,
-                            rank: p.rank(),
+                            pack: *id,
+                            rank: *rank,
                         }),
                         None => Err(std::io::Error::other("pack table run: record of no pack")),
                     })
@@ -1011,8 +1048,9 @@ impl TableScan {
         let mut on_disk = Vec::new();
         for (run, alive) in &self.runs {
             for (p, alive) in run.packs().zip(alive) {
+                let p = p?;
                 if *alive {
-                    on_disk.push(p?.id);
+                    on_disk.push(p.id);
                 }
             }
         }
@@ -1146,6 +1184,7 @@ mod tests {
         PackTable::new(SpillPolicy {
             at: 2,
             dir: Some(dir.path().to_owned()),
+            ..SpillPolicy::default()
         })
     }
 
@@ -1174,7 +1213,7 @@ mod tests {
             let home = table.locate(&first_chunk(i)).expect("found");
             assert_eq!(home.pack.as_ref(), p.id, "pack {i}");
         }
-        assert_eq!(table.pack_ids().len(), 4);
+        assert_eq!(table.pack_ids().unwrap().len(), 4);
         assert_eq!(table.scan().chunk_totals().unwrap().0, 8);
         // Pack 1's copy in the merged run is gone: removing its new copy
         // leaves its chunks nowhere.
@@ -1190,11 +1229,11 @@ mod tests {
         for p in &packs {
             table.add_pack(&p.id, &p.index).unwrap();
         }
-        let (_, bytes) = table.pack_totals();
+        let (_, bytes) = table.pack_totals().unwrap();
         table.remove_pack(&packs[1].id);
         assert!(!table.has_pack(&packs[1].id));
         assert!(table.pack(&packs[1].id).is_none());
-        assert_eq!(table.pack_ids().len(), 2);
+        assert_eq!(table.pack_ids().unwrap().len(), 2);
         table.add_pack(&packs[1].id, &packs[1].index).unwrap();
         assert_eq!(table.runs.len(), 4, "the old run keeps a dead copy");
         assert!(table.has_pack(&packs[1].id));
@@ -1202,13 +1241,14 @@ mod tests {
         assert_eq!(
             table
                 .pack_levels()
+                .unwrap()
                 .iter()
                 .filter(|(p, _)| *p == id)
                 .collect::<Vec<_>>(),
             [&(id, 3)]
         );
-        assert_eq!(table.pack_ids().len(), 3);
-        assert_eq!(table.pack_totals(), (6, bytes));
+        assert_eq!(table.pack_ids().unwrap().len(), 3);
+        assert_eq!(table.pack_totals().unwrap(), (6, bytes));
         let home = table.locate(&first_chunk(1)).expect("found");
         assert_eq!(home.pack.as_ref(), packs[1].id);
         // Removed again: nowhere, although a run still holds its records.
@@ -1243,6 +1283,7 @@ mod tests {
         let mut table = PackTable::new(SpillPolicy {
             at: 5,
             dir: Some(dir.path().to_owned()),
+            ..SpillPolicy::default()
         });
         let [v, w, x, y, z]: [&[u8]; 5] = [
             b"chunk v",

@@ -17,9 +17,12 @@ use crate::digest::B3Digest;
 
 /// Super-features per generation by default: as many as a map of 2^21
 /// buckets holds without growing (7/8 of them), about 26 MiB, plus the
-/// digests of the chunks filed (32 MiB at most with three super-features
-/// each); two generations take at most about 120 MiB and hold every chunk
-/// of a store of some 1.2 million chunks.
+/// digests of the chunks filed (32 bytes each, at least one feature each:
+/// 20–64 MiB with their vector's slack); two generations take at most
+/// about 180 MiB (measured: 65–105 MB held on stores of 1.5 and 14
+/// million chunks) and hold every chunk of a store of some 1.2 million
+/// chunks. `LAZIX_RESEMBLANCE_FEATURES` changes it (see
+/// [`super::SpillPolicy::from_env`]); memory scales with it.
 pub const DEFAULT_CAP: usize = (1 << 21) / 8 * 7;
 
 /// (super-feature index, value) → chunks carrying it, newest generation
@@ -55,18 +58,26 @@ impl Default for ResemblanceIndex {
 }
 
 impl ResemblanceIndex {
-    /// An empty index of at most two generations of `cap` super-features.
+    /// An empty index of at most two generations of `cap` super-features
+    /// (0: it files nothing; otherwise room for one chunk's at least).
     pub fn with_cap(cap: usize) -> Self {
         Self {
             newer: Generation::default(),
             older: Generation::default(),
-            cap: cap.max(1),
+            cap: if cap == 0 {
+                0
+            } else {
+                cap.max(crate::similarity::SUPER_FEATURES)
+            },
         }
     }
 
     /// Files a chunk under those of its super-features (`0`: none) no
     /// chunk of the newer generation carries yet.
     pub fn file(&mut self, digest: B3Digest, sketch: &[u32]) {
+        if self.cap == 0 {
+            return;
+        }
         // Room for all of this chunk's features, so the newer map never
         // outgrows the cap (and its buckets never double).
         if self.newer.by_feature.len() + sketch.len() > self.cap {
@@ -145,6 +156,17 @@ mod tests {
         }
         assert_eq!(index.lookup(0, 1), None);
         assert!(index.newer.chunks.len() + index.older.chunks.len() <= 2 * cap);
+    }
+
+    #[test]
+    fn a_cap_of_zero_files_nothing() {
+        let mut index = ResemblanceIndex::with_cap(0);
+        for n in 0..1000u32 {
+            index.file(chunk(n), &[n + 1, n + 2, n + 3]);
+        }
+        assert_eq!(index.len(), 0);
+        assert_eq!(index.lookup(0, 1), None);
+        assert!(index.newer.chunks.is_empty() && index.older.chunks.is_empty());
     }
 
     #[test]

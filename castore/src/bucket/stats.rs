@@ -122,7 +122,7 @@ impl BucketStore {
         self.catch_up_packs().await?;
         let scan = {
             let table = self.table.read().expect("pack table");
-            (stats.pack_objects, stats.pack_bytes) = table.pack_totals();
+            (stats.pack_objects, stats.pack_bytes) = table.pack_totals()?;
             table.scan()
         };
         (stats.chunks, stats.chunk_bytes) = scan.chunk_totals()?;

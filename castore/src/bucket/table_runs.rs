@@ -14,8 +14,9 @@
 //! store: nothing is lost with them, and a new process builds its own.
 //!
 //! A run's packs are on disk too (fixed records by number, and their ids
-//! sorted for finding one by id), so that what a run keeps in memory is a
-//! few bytes per block of records, whatever the number of its packs: at a
+//! sorted for finding one by id, in blocks of 16), so that what a run
+//! keeps in memory is 8 bytes per block of records and a byte a pack
+//! (whether it is still there), whatever the number of its packs: at a
 //! million packs their records in memory were 77 bytes a pack.
 //!
 //! Like a log-structured merge tree, this favours writes (a run is written
@@ -39,6 +40,10 @@ use super::packs::FrameLocation;
 /// Records per block of a sorted file: a lookup reads one block (or two
 /// when a digest's records straddle blocks).
 const BLOCK: usize = 128;
+/// Records per block of a run's pack ids: smaller, since a pack is looked
+/// up by id in every run (removing a pack, GC's catching up), against 8
+/// bytes in memory per block.
+const PACK_ID_BLOCK: usize = 16;
 /// A location record: digest, pack number in the run (u32), frame number
 /// in the run (u32), chunk size (u64).
 const ENTRY: usize = 48;
@@ -199,7 +204,7 @@ impl RunPack {
 
 /// A file of fixed-size records sorted by their first 32 bytes, with the
 /// first 8 bytes of each block's first record in memory.
-struct Sorted<const REC: usize> {
+struct Sorted<const REC: usize, const BLK: usize = BLOCK> {
     file: File,
     len: u64,
     block_starts: Vec<u64>,
@@ -213,7 +218,7 @@ pub fn prefix(digest: &[u8]) -> u64 {
     u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
-impl<const REC: usize> Sorted<REC> {
+impl<const REC: usize, const BLK: usize> Sorted<REC, BLK> {
     /// Calls `each` with every record of `digest`, in file order, until it
     /// returns false.
     fn find(&self, digest: &[u8; 32], mut each: impl FnMut(&[u8; REC]) -> bool) -> io::Result<()> {
@@ -224,10 +229,10 @@ impl<const REC: usize> Sorted<REC> {
             .block_starts
             .partition_point(|&p| p < wanted)
             .saturating_sub(1);
-        let mut buf = vec![0u8; BLOCK * REC];
-        while (block as u64) * (BLOCK as u64) < self.len {
-            let first = block as u64 * BLOCK as u64;
-            let n = (self.len - first).min(BLOCK as u64) as usize;
+        let mut buf = vec![0u8; BLK * REC];
+        while (block as u64) * (BLK as u64) < self.len {
+            let first = block as u64 * BLK as u64;
+            let n = (self.len - first).min(BLK as u64) as usize;
             self.file
                 .read_exact_at(&mut buf[..n * REC], first * REC as u64)?;
             let records = &buf[..n * REC];
@@ -308,18 +313,22 @@ impl<const REC: usize> Iterator for Records<'_, REC> {
         }
         self.left -= 1;
         let mut r = [0u8; REC];
-        Some(self.reader.read_exact(&mut r).map(|()| r))
+        Some(self.reader.read_exact(&mut r).map(|()| r).inspect_err(|_| {
+            // Part of a record may be read: what follows would decode
+            // shifted.
+            self.left = 0;
+        }))
     }
 }
 
-struct SortedWriter<const REC: usize> {
+struct SortedWriter<const REC: usize, const BLK: usize = BLOCK> {
     out: BufWriter<File>,
     len: u64,
     block_starts: Vec<u64>,
     last: Option<[u8; 32]>,
 }
 
-impl<const REC: usize> SortedWriter<REC> {
+impl<const REC: usize, const BLK: usize> SortedWriter<REC, BLK> {
     fn create(path: &Path) -> io::Result<Self> {
         Ok(Self {
             out: BufWriter::with_capacity(256 * 1024, create(path)?),
@@ -335,7 +344,7 @@ impl<const REC: usize> SortedWriter<REC> {
             return Err(io::Error::other("pack table run: records out of order"));
         }
         self.last = Some(key);
-        if self.len.is_multiple_of(BLOCK as u64) {
+        if self.len.is_multiple_of(BLK as u64) {
             self.block_starts.push(prefix(&key));
         }
         self.out.write_all(r)?;
@@ -343,7 +352,7 @@ impl<const REC: usize> SortedWriter<REC> {
         Ok(())
     }
 
-    fn finish(self) -> io::Result<Sorted<REC>> {
+    fn finish(self) -> io::Result<Sorted<REC, BLK>> {
         let file = self.out.into_inner().map_err(|e| e.into_error())?;
         Ok(Sorted {
             file,
@@ -380,7 +389,7 @@ pub struct Run {
     packs: File,
     pack_count: u32,
     /// Their ids and numbers, sorted by id.
-    pack_ids: Sorted<PACK_ID>,
+    pack_ids: Sorted<PACK_ID, PACK_ID_BLOCK>,
     /// The highest zstd level of its packs (`None`: no pack).
     max_level: Option<u32>,
 }
@@ -678,7 +687,7 @@ impl RunWriter {
         let packs = out.into_inner().map_err(|e| e.into_error())?;
         let mut by_id: Vec<u32> = (0..pack_count).collect();
         by_id.sort_unstable_by_key(|&no| self.packs[no as usize].id);
-        let mut ids = SortedWriter::<PACK_ID>::create(&self.paths.paths[5])?;
+        let mut ids = SortedWriter::<PACK_ID, PACK_ID_BLOCK>::create(&self.paths.paths[5])?;
         for no in by_id {
             let mut r = [0u8; PACK_ID];
             r[..32].copy_from_slice(self.packs[no as usize].id.as_bytes());
