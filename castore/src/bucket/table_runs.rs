@@ -60,6 +60,16 @@ const PACK: usize = 72;
 /// A pack's id and its number in the run (u32), sorted by id.
 const PACK_ID: usize = 36;
 
+/// The little-endian u32 at byte `i` of a record.
+fn u32_at(r: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes(r[i..i + 4].try_into().expect("4 bytes"))
+}
+
+/// The little-endian u64 at byte `i` of a record.
+fn u64_at(r: &[u8], i: usize) -> u64 {
+    u64::from_le_bytes(r[i..i + 8].try_into().expect("8 bytes"))
+}
+
 /// Where one chunk is, in one run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -82,9 +92,9 @@ impl Entry {
     fn decode(r: &[u8; ENTRY]) -> Self {
         Self {
             digest: r[..32].try_into().expect("32 bytes"),
-            pack: u32::from_le_bytes(r[32..36].try_into().expect("4 bytes")),
-            frame: u32::from_le_bytes(r[36..40].try_into().expect("4 bytes")),
-            size: u64::from_le_bytes(r[40..48].try_into().expect("8 bytes")),
+            pack: u32_at(r, 32),
+            frame: u32_at(r, 36),
+            size: u64_at(r, 40),
         }
     }
 }
@@ -114,15 +124,13 @@ impl FrameRecord {
     }
 
     fn decode(r: &[u8; FRAME]) -> Self {
-        let u32_at = |i: usize| u32::from_le_bytes(r[i..i + 4].try_into().expect("4 bytes"));
-        let u64_at = |i: usize| u64::from_le_bytes(r[i..i + 8].try_into().expect("8 bytes"));
         Self {
-            pack: u32_at(0),
-            chunks: u32_at(4),
-            bases: u32_at(8),
-            offset: u64_at(16),
-            length: u64_at(24),
-            metas_at: u64_at(32),
+            pack: u32_at(r, 0),
+            chunks: u32_at(r, 4),
+            bases: u32_at(r, 8),
+            offset: u64_at(r, 16),
+            length: u64_at(r, 24),
+            metas_at: u64_at(r, 32),
         }
     }
 }
@@ -145,7 +153,7 @@ fn decode_meta(r: &[u8]) -> ChunkMeta {
     let digest: [u8; 32] = r[..32].try_into().expect("32 bytes");
     ChunkMeta {
         digest: digest.into(),
-        size: u64::from_le_bytes(r[32..40].try_into().expect("8 bytes")),
+        size: u64_at(r, 32),
     }
 }
 
@@ -187,17 +195,15 @@ impl RunPack {
     }
 
     fn decode(r: &[u8; PACK]) -> Self {
-        let u32_at = |i: usize| u32::from_le_bytes(r[i..i + 4].try_into().expect("4 bytes"));
-        let u64_at = |i: usize| u64::from_le_bytes(r[i..i + 8].try_into().expect("8 bytes"));
         let id: [u8; 32] = r[..32].try_into().expect("32 bytes");
         Self {
             id: id.into(),
-            level: u32_at(32),
-            frames: u32_at(36),
-            seq: u64_at(40),
-            stored_bytes: u64_at(48),
-            first_frame: u32_at(56),
-            chunks: u64_at(64),
+            level: u32_at(r, 32),
+            frames: u32_at(r, 36),
+            seq: u64_at(r, 40),
+            stored_bytes: u64_at(r, 48),
+            first_frame: u32_at(r, 56),
+            chunks: u64_at(r, 64),
         }
     }
 }
@@ -401,7 +407,7 @@ impl Run {
     pub fn pack_numbers(&self, id: &PackId) -> io::Result<Vec<u32>> {
         let mut numbers = Vec::new();
         self.pack_ids.find(id.as_bytes(), |r| {
-            numbers.push(u32::from_le_bytes(r[32..36].try_into().expect("4 bytes")));
+            numbers.push(u32_at(r, 32));
             true
         })?;
         Ok(numbers)
