@@ -322,4 +322,33 @@ mod tests {
             None
         );
     }
+
+    #[tokio::test]
+    async fn an_oversized_stored_count_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = dir.path().to_str().unwrap();
+        let store = BucketStore::open(location).await.unwrap();
+        let counts = store.count_and_store().await.unwrap();
+        let hour = Duration::from_secs(3600);
+        assert_eq!(
+            BucketStore::stored_counts(location, hour).await.unwrap(),
+            Some(counts)
+        );
+        // Valid JSON padded past the bound: not read (no allocation of
+        // its size), counted anew instead.
+        let mut padded = serde_json::to_vec(&counts).unwrap();
+        padded.extend(std::iter::repeat_n(b' ', MAX_COUNTS_BYTES as usize + 1));
+        std::thread::sleep(Duration::from_millis(2));
+        store
+            .put(
+                &super::super::keys::timestamped(COUNTS),
+                Bytes::from(padded),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            BucketStore::stored_counts(location, hour).await.unwrap(),
+            None
+        );
+    }
 }
