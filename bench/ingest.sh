@@ -7,7 +7,9 @@
 #   bash bench/ingest.sh [STABLE_DIR] [NIGHTLY_DIR]
 #
 # Prints a Markdown table (paste into docs/benchmarks.md). Both tools read the same
-# store path with a warm page cache (it is read once before measuring).
+# store path with a warm page cache (it is read once before measuring). CPU
+# columns: user + system seconds per GB of NAR, lazix's client (`lazix
+# push`) and server (`lazix serve`, from /proc) apart, and `nix copy`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -30,6 +32,10 @@ wait_port "$port"
 stored() { # apparent bytes and object count of a folder
   find "$1" -type f -printf '%s\n' | awk '{s+=$1; n++} END {printf "%d %d\n", s, n}'
 }
+cpu_of_pid() { # user + system seconds a running process has used
+  awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"
+}
+per_gb() { awk -v s="$1" -v b="$2" 'BEGIN {printf "%.2f", s/(b/1e9)}'; }
 mib() { awk -v b="$1" 'BEGIN {printf "%.0f", b/1048576}'; }
 rate() { awk -v b="$1" -v t="$2" 'BEGIN {printf "%.0f", b/1048576/t}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
@@ -40,13 +46,21 @@ measure() { # name path
   local nar_size
   nar_size=$(nix path-info --json "$path" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["narSize"])')
 
-  local t0 t1 t2 t3
+  local t0 t1 t2 t3 s0 s1
+  s0=$(cpu_of_pid "$server")
   t0=$(now)
-  "$LAZIX" push --json --server "grpc://127.0.0.1:$port" "$path" >"$work/report-$name.json" 2>/dev/null
+  /usr/bin/time -f '%U %S' -o "$work/time-push" \
+    "$LAZIX" push --json --server "grpc://127.0.0.1:$port" "$path" >"$work/report-$name.json" 2>/dev/null
   t1=$(now)
+  s1=$(cpu_of_pid "$server")
   t2=$(now)
-  nix copy --to "file://$work/binary-cache?compression=zstd" "$path"
+  /usr/bin/time -f '%U %S' -o "$work/time-copy" \
+    nix copy --to "file://$work/binary-cache?compression=zstd" "$path"
   t3=$(now)
+  local client_cpu server_cpu copy_cpu
+  client_cpu=$(awk '{print $1 + $2}' "$work/time-push")
+  server_cpu=$(awk -v a="$s0" -v b="$s1" 'BEGIN {print b - a}')
+  copy_cpu=$(awk '{print $1 + $2}' "$work/time-copy")
 
   local lt nt sent
   lt=$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b-a}')
@@ -54,13 +68,14 @@ measure() { # name path
   sent=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bytes_sent"])' "$work/report-$name.json")
   read -r ls lo < <(stored "$work/lazix")
   read -r ns no < <(stored "$work/binary-cache")
-  printf '| %s | %s | %s (%.1f s) | %s (%.1f s) | %s | %s | %s (%s objects) | %s (%s objects) | %s |\n' \
+  printf '| %s | %s | %s (%.1f s) | %s (%.1f s) | %s | %s + %s | %s | %s | %s (%s objects) | %s (%s objects) | %s |\n' \
     "$name" "$(mib "$nar_size")" \
     "$(rate "$nar_size" "$lt")" "$lt" "$(rate "$nar_size" "$nt")" "$nt" "$(ratio "$nt" "$lt")" \
+    "$(per_gb "$client_cpu" "$nar_size")" "$(per_gb "$server_cpu" "$nar_size")" "$(per_gb "$copy_cpu" "$nar_size")" \
     "$(mib "$sent")" "$(mib "$ls")" "$lo" "$(mib "$ns")" "$no" "$(ratio "$ls" "$ns")"
 }
 
-echo "| push | NAR MiB | lazix MB/s | nix copy zstd MB/s | speed-up | lazix sent MiB | lazix stored MiB (cumulative) | binary cache MiB (cumulative) | stored ratio |"
-echo "|---|---|---|---|---|---|---|---|---|"
+echo "| push | NAR MiB | lazix MB/s | nix copy zstd MB/s | speed-up | lazix CPU-s/GB (client + server) | nix copy CPU-s/GB | lazix sent MiB | lazix stored MiB (cumulative) | binary cache MiB (cumulative) | stored ratio |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
 measure stable "$sp"
 measure "nightly (after stable)" "$np"

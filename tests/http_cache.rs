@@ -360,6 +360,17 @@ fn bad_uploads_are_refused_and_leave_no_trace() {
         walk_files(&srv.data.path().join("packs")).len(),
         packs_before
     );
+    // Its narinfo uploaded again with a signature is served with it at
+    // once (the narinfo rendered before, now cached, is dropped).
+    let signed_ni = narinfo("nar/c.nar", &right_hash, &path);
+    let sig = format!("lazix-uploader-1:{}", "A".repeat(86) + "==");
+    let mut signed_text = std::fs::read_to_string(&signed_ni).unwrap();
+    signed_text.push_str(&format!("Sig: {sig}\n"));
+    std::fs::write(&signed_ni, signed_text).unwrap();
+    assert_eq!(put(&format!("{hash}.narinfo"), &signed_ni, &auth), 201);
+    let (status, body, _) = curl(&[&format!("{}/{hash}.narinfo", srv.http)]);
+    assert_eq!(status, 200);
+    assert_eq!(narinfo_field(&String::from_utf8(body).unwrap(), "Sig"), sig);
 }
 
 #[test]

@@ -67,14 +67,25 @@ pub async fn cache_info(State(st): State<AppState>, headers: HeaderMap) -> Respo
         .into_response()
 }
 
+/// The store path digest of a URL's hash part; `Err` is why it is none
+/// (a bad request).
+fn path_digest(hash_part: &str) -> Result<[u8; 20], String> {
+    if hash_part.len() != HASH_PART_LEN {
+        return Err("malformed store path hash\n".into());
+    }
+    parse_hash_part(hash_part).map_err(|e| format!("{e}\n"))
+}
+
 /// Looks up a PathInfo by hash part; `Err` is the response to send.
 async fn lookup(st: &AppState, hash_part: &str) -> Result<PathInfo, Response> {
-    if hash_part.len() != HASH_PART_LEN {
-        return Err(text(StatusCode::BAD_REQUEST, "malformed store path hash\n"));
-    }
-    let digest =
-        parse_hash_part(hash_part).map_err(|e| text(StatusCode::BAD_REQUEST, format!("{e}\n")))?;
-    match st.store.path_infos.get_path_info(&digest).await {
+    let digest = path_digest(hash_part).map_err(|e| text(StatusCode::BAD_REQUEST, e))?;
+    lookup_digest(st, &digest).await
+}
+
+/// Looks up a PathInfo by store path digest; `Err` is the response to
+/// send.
+async fn lookup_digest(st: &AppState, digest: &[u8; 20]) -> Result<PathInfo, Response> {
+    match st.store.path_infos.get_path_info(digest).await {
         Ok(Some(info)) => Ok(info),
         Ok(None) => Err((
             StatusCode::NOT_FOUND,
@@ -122,31 +133,7 @@ pub async fn top_level(
         return r.into_response();
     }
     if let Some(hash) = file.strip_suffix(".narinfo") {
-        let info = match lookup(&st, hash).await {
-            Ok(i) => i,
-            Err(r) => return r,
-        };
-        let compression = st.cfg.nar_compression;
-        let mut ni = info.to_narinfo(nar_url(&info, compression), compression.name());
-        if compression == NarCompression::None {
-            ni.file_hash = Some(info.nar_sha256);
-            ni.file_size = Some(info.nar_size);
-        }
-        let fp = info.fingerprint();
-        for key in &st.cfg.signing_keys {
-            let sig = key.sign(&fp);
-            if !ni.signatures.contains(&sig) {
-                ni.signatures.push(sig);
-            }
-        }
-        return (
-            [
-                (header::CONTENT_TYPE, "text/x-nix-narinfo"),
-                (header::CACHE_CONTROL, NARINFO_CACHE),
-            ],
-            ni.render(),
-        )
-            .into_response();
+        return narinfo(&st, hash).await;
     }
     if let Some(hash) = file.strip_suffix(".ls") {
         let info = match lookup(&st, hash).await {
@@ -168,6 +155,62 @@ pub async fn top_level(
             .into_response();
     }
     text(StatusCode::NOT_FOUND, "not found\n")
+}
+
+/// `GET /<hash>.narinfo`: from the rendered-text cache while the path is
+/// hot, else rendered (with this server's signatures added) and kept.
+async fn narinfo(st: &AppState, hash_part: &str) -> Response {
+    let digest = match path_digest(hash_part) {
+        Ok(d) => d,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let body = match st.narinfos.get(&digest).await {
+        Some(text) => text,
+        None => {
+            let info = match lookup_digest(st, &digest).await {
+                Ok(i) => i,
+                Err(r) => return r,
+            };
+            let text = bytes::Bytes::from(render_narinfo(st, &info));
+            st.narinfos.insert(digest, text.clone()).await;
+            text
+        }
+    };
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/x-nix-narinfo"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static(NARINFO_CACHE),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// A path's narinfo as this server serves it: its NAR URL and, for plain
+/// NARs, FileHash/FileSize; the path's own signatures plus this server's.
+fn render_narinfo(st: &AppState, info: &PathInfo) -> String {
+    let compression = st.cfg.nar_compression;
+    let mut ni = info.to_narinfo(nar_url(info, compression), compression.name());
+    if compression == NarCompression::None {
+        ni.file_hash = Some(info.nar_sha256);
+        ni.file_size = Some(info.nar_size);
+    }
+    if !st.cfg.signing_keys.is_empty() {
+        let fp = info.fingerprint();
+        for key in &st.cfg.signing_keys {
+            let sig = key.sign(&fp);
+            if !ni.signatures.contains(&sig) {
+                ni.signatures.push(sig);
+            }
+        }
+    }
+    ni.render()
 }
 
 /// Nix's `.ls` JSON document from the flat listing (NAR order: a parent

@@ -105,7 +105,21 @@ struct AppState {
     /// NarHash): a hot NAR is served without fetching its directories or
     /// planning again.
     plans: moka::future::Cache<([u8; 20], [u8; 32]), Arc<lazix_castore::render::NarPlan>>,
+    /// Rendered narinfo text of recently asked paths, by store path
+    /// digest: a hot narinfo is answered without copying its PathInfo,
+    /// rendering or signing it again. Hits only (a miss may be filled by
+    /// the next upload); an upload here drops its path's entry, and the
+    /// short time to live bounds how long a change made elsewhere (a
+    /// gRPC upload, another replica, GC) stays unseen.
+    narinfos: moka::future::Cache<[u8; 20], bytes::Bytes>,
 }
+
+/// Bytes of rendered narinfo text kept.
+const NARINFO_TEXT_BYTES: u64 = 16 * 1024 * 1024;
+
+/// How long a rendered narinfo is reused: added to the PathInfo cache's
+/// own time to live, a change made elsewhere shows within seconds.
+const NARINFO_TEXT_TTL: Duration = Duration::from_secs(5);
 
 /// Bytes of NAR plans kept (framing bytes and piece lists).
 const PLAN_CACHE_BYTES: u64 = 64 * 1024 * 1024;
@@ -131,6 +145,11 @@ pub fn router(mut store: Store, cfg: HttpConfig) -> Router {
             .weigher(|_, p: &Arc<lazix_castore::render::NarPlan>| {
                 p.weight().min(u32::MAX as u64) as u32
             })
+            .build(),
+        narinfos: moka::future::Cache::builder()
+            .max_capacity(NARINFO_TEXT_BYTES)
+            .weigher(|_, text: &bytes::Bytes| (text.len() + 64).min(u32::MAX as usize) as u32)
+            .time_to_live(NARINFO_TEXT_TTL)
             .build(),
     };
     let routes = Router::new()

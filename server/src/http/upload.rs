@@ -218,6 +218,7 @@ pub async fn put_top_level(
         ca: ni.ca,
     };
     let path = info.store_path.to_absolute();
+    let digest = *info.store_path.digest();
     let stored = info.clone();
     if let Err(e) = st.store.path_infos.put_path_info(info).await {
         tracing::error!(error = %e, %path, "recording an uploaded path failed");
@@ -229,6 +230,9 @@ pub async fn put_top_level(
         };
         return (status, format!("{e}\n")).into_response();
     }
+    // Its narinfo is served from now on as stored now (root signatures,
+    // added next, are not part of it).
+    st.narinfos.invalidate(&digest).await;
     // The server computed this NAR's hash and its root from the same bytes
     // (the NAR it ingested): it signs the root with its keys.
     if !st.cfg.signing_keys.is_empty() {
