@@ -23,10 +23,28 @@ sp=$(nix store add-path --name rust-stable "$STABLE")
 np=$(nix store add-path --name rust-nightly "$NIGHTLY")
 
 work=$(mktemp -d /var/tmp/lazix-bench.XXXXXX)
+# Both stores are written to a file system made for this run (an ext4
+# image on a loop device), so that neither pays for the history of the
+# machine's own (an ext4 that has seen millions of files deleted spends
+# much of a writer's time looking for free inodes; lazix writes thousands
+# of objects, `nix copy` three files). FRESH_FS=0 writes to /var/tmp.
+fs_img=
+if [ "${FRESH_FS:-1}" != 0 ]; then
+  fs_img=$work.img
+  truncate -s 16G "$fs_img"
+  mkfs.ext4 -q -F "$fs_img"
+  mount -o loop "$fs_img" "$work"
+fi
 port=$(free_port)
 "$LAZIX" serve --data "$work/lazix" --grpc "127.0.0.1:$port" 2>"$work/serve.log" &
 server=$!
-trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
+cleanup() {
+  kill "$server" 2>/dev/null || true
+  wait "$server" 2>/dev/null || true
+  if [ -n "$fs_img" ]; then umount "$work"; rm -f "$fs_img"; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
 wait_port "$port"
 
 stored() { # apparent bytes and object count of a folder

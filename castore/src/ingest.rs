@@ -11,9 +11,11 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::future::{FutureExt, Shared};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use tokio::io::AsyncRead;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::chunk::{Chunk, ChunkMeta, ChunkPayload};
@@ -80,6 +82,10 @@ pub struct TransferStats {
     pub bytes_sent: u64,
 }
 
+/// Resolves (`Ok`) once one batch's chunks are stored; `Err` when that
+/// batch failed (its own task reports why).
+type BatchStored = Shared<oneshot::Receiver<()>>;
+
 /// Digests known to be stored already, shared across the ingests of one
 /// session so a chunk is checked and sent at most once.
 pub type KnownChunks = Arc<Mutex<HashSet<B3Digest>>>;
@@ -94,7 +100,13 @@ pub struct ChunkUploader {
     last_group: FrameGroup,
     pending_lists: Vec<BlobChunks>,
     pending_list_bytes: u64,
+    /// Chunk batches being checked and uploaded.
     in_flight: FuturesUnordered<JoinHandle<StoreResult<()>>>,
+    /// Batches sent and not yet seen stored: what the next chunk lists
+    /// wait for.
+    unsettled: Vec<BatchStored>,
+    /// Chunk lists waiting for their batches, then being registered.
+    lists_in_flight: FuturesUnordered<JoinHandle<StoreResult<()>>>,
 }
 
 impl ChunkUploader {
@@ -115,6 +127,8 @@ impl ChunkUploader {
             pending_lists: Vec::new(),
             pending_list_bytes: 0,
             in_flight: FuturesUnordered::new(),
+            unsettled: Vec::new(),
+            lists_in_flight: FuturesUnordered::new(),
         }
     }
 
@@ -159,22 +173,30 @@ impl ChunkUploader {
         Ok(())
     }
 
-    /// Registers the queued chunk lists once their chunks are stored,
-    /// without waiting for the server to check them: chunk uploads go on
-    /// meanwhile ([`ChunkUploader::flush`] waits for everything).
+    /// Registers the queued chunk lists once the batches holding their
+    /// chunks (those sent so far) are stored. Nothing waits here: chunking
+    /// and later batches go on meanwhile, so neither side idles while the
+    /// other catches up ([`ChunkUploader::flush`] waits for everything).
     async fn register_lists(&mut self) -> StoreResult<()> {
         self.send_batch().await?;
-        while !self.in_flight.is_empty() {
-            self.next_done().await?;
-        }
         let lists = std::mem::take(&mut self.pending_lists);
         self.pending_list_bytes = 0;
-        if !lists.is_empty() {
-            let blobs = self.blobs.clone();
-            self.in_flight.push(tokio::spawn(
-                async move { blobs.put_blob_chunks(lists).await },
-            ));
+        if lists.is_empty() {
+            return Ok(());
         }
+        self.unsettled.retain(|b| !matches!(b.peek(), Some(Ok(()))));
+        let batches = self.unsettled.clone();
+        let blobs = self.blobs.clone();
+        self.lists_in_flight.push(tokio::spawn(async move {
+            for stored in batches {
+                if stored.await.is_err() {
+                    // That batch failed and reports why: a list of
+                    // chunks not stored is not sent.
+                    return Ok(());
+                }
+            }
+            blobs.put_blob_chunks(lists).await
+        }));
         Ok(())
     }
 
@@ -186,6 +208,8 @@ impl ChunkUploader {
         self.pending_bytes = 0;
         let blobs = self.blobs.clone();
         let stats = self.stats.clone();
+        let (stored, stored_rx) = oneshot::channel();
+        self.unsettled.push(stored_rx.shared());
         self.in_flight.push(tokio::spawn(async move {
             let digests: Vec<B3Digest> = batch.iter().map(|(c, _)| c.digest).collect();
             let missing: HashSet<B3Digest> =
@@ -205,6 +229,7 @@ impl ChunkUploader {
                 })
                 .collect();
             if to_send.is_empty() {
+                let _ = stored.send(());
                 return Ok(());
             }
             let frames = tokio::task::spawn_blocking(move || {
@@ -223,6 +248,7 @@ impl ChunkUploader {
                 )
             });
             blobs.put_frames(frames).await?;
+            let _ = stored.send(());
             let mut s = stats.lock().expect("stats");
             s.chunks_sent += n;
             s.raw_bytes_sent += raw;
@@ -244,14 +270,14 @@ impl ChunkUploader {
 
     /// Sends everything queued and waits until it is stored.
     pub async fn flush(&mut self) -> StoreResult<()> {
-        self.send_batch().await?;
-        while !self.in_flight.is_empty() {
-            self.next_done().await?;
-        }
         self.register_lists().await?;
         while !self.in_flight.is_empty() {
             self.next_done().await?;
         }
+        while let Some(res) = self.lists_in_flight.next().await {
+            res.map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        }
+        self.unsettled.clear();
         Ok(())
     }
 }

@@ -125,7 +125,7 @@ pub struct BucketStore {
     /// their head: the next listing rebuilds instead of reading them.
     damaged_catalog_snapshots: Mutex<std::collections::HashSet<String>>,
     base_cache: moka::future::Cache<B3Digest, (ChunkMeta, Bytes), DigestKeyBuildHasher>,
-    recent: Mutex<RecentChunks>,
+    recent: Arc<Mutex<RecentChunks>>,
     /// When packs were last written by uploads since the last compaction.
     uploaded_at: Mutex<Option<Instant>>,
     /// Paths whose access mark this process wrote lately.
@@ -233,7 +233,7 @@ impl BucketStore {
             refresh_gate: tokio::sync::Mutex::new(()),
             catalog_rebuild_gate: tokio::sync::Mutex::new(()),
             damaged_catalog_snapshots: Mutex::default(),
-            recent: Mutex::new(RecentChunks::new(RECENT_BYTES)),
+            recent: Arc::new(Mutex::new(RecentChunks::new(RECENT_BYTES))),
             uploaded_at: Mutex::new(None),
             marked: access::recent_marks(),
             base_cache: moka::future::Cache::builder()

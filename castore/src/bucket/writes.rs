@@ -311,25 +311,28 @@ impl BucketStore {
                 .collect()
         };
         // Verify everything before anything is written, one frame at a
-        // time: a frame's decoded bytes (at most MAX_FRAME_RAW) are dropped
-        // once its chunks are checked and sketched, whatever the frames
-        // inflate to in all.
-        let mut framed: Vec<(Frame, Vec<Option<Sketch>>)> = Vec::with_capacity(fresh.len());
-        for f in fresh {
-            let (f, datas, sketches) = tokio::task::spawn_blocking(move || {
-                let datas = f.decode_verified()?;
-                let sketches: Vec<Option<Sketch>> = datas.iter().map(|d| sketch(d)).collect();
-                Ok::<_, StoreError>((f, datas, sketches))
-            })
-            .await
-            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
-            let mut recent = self.recent.lock().expect("recent chunks");
-            for (m, d) in f.chunks.iter().zip(datas) {
-                recent.insert(m.digest, d);
-            }
-            drop(recent);
-            framed.push((f, sketches));
-        }
+        // time: a frame's decoded bytes (at most MAX_FRAME_RAW) go to the
+        // bounded recent chunks (or are dropped) once its chunks are
+        // checked and sketched, whatever the frames inflate to in all. One
+        // blocking task for the call, not one per frame.
+        let recent = self.recent.clone();
+        let framed: Vec<(Frame, Vec<Option<Sketch>>)> = tokio::task::spawn_blocking(move || {
+            fresh
+                .into_iter()
+                .map(|f| {
+                    let datas = f.decode_verified()?;
+                    let sketches: Vec<Option<Sketch>> = datas.iter().map(|d| sketch(d)).collect();
+                    let mut recent = recent.lock().expect("recent chunks");
+                    for (m, d) in f.chunks.iter().zip(datas) {
+                        recent.insert(m.digest, d);
+                    }
+                    drop(recent);
+                    Ok((f, sketches))
+                })
+                .collect::<StoreResult<_>>()
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
         if framed.is_empty() {
             return Ok(());
         }
