@@ -38,6 +38,10 @@ const BATCH_CHUNKS: usize = 2048;
 const MAX_IN_FLIGHT: usize = 4;
 /// Chunk lists registered per call.
 const LIST_BATCH: usize = 256;
+/// Calls registering chunk lists at once (each waits for its batches
+/// first): a server slower to check lists than to take chunks slows the
+/// upload instead of piling up calls.
+const MAX_LISTS_IN_FLIGHT: usize = 4;
 /// Bytes of blobs whose chunk lists are registered together: soon after
 /// their chunks arrive, so the server checks them from the chunks it just
 /// received instead of reading them back.
@@ -197,6 +201,15 @@ impl ChunkUploader {
             }
             blobs.put_blob_chunks(lists).await
         }));
+        // Lists refused show here, not only once the whole NAR is sent.
+        while let Some(Some(done)) = self.lists_in_flight.next().now_or_never() {
+            done.map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        }
+        while self.lists_in_flight.len() > MAX_LISTS_IN_FLIGHT {
+            if let Some(done) = self.lists_in_flight.next().await {
+                done.map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+            }
+        }
         Ok(())
     }
 

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use lazix_castore::nix::nixbase32;
 use lazix_castore::nix::store_path::{parse_hash_part, HASH_PART_LEN};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use lazix_castore::render::{self, ListedNode, NarPlan};
@@ -167,12 +168,19 @@ async fn narinfo(st: &AppState, hash_part: &str) -> Response {
     let body = match st.narinfos.get(&digest).await {
         Some(text) => text,
         None => {
+            let uploads = st.narinfo_uploads.load(Ordering::SeqCst);
             let info = match lookup_digest(st, &digest).await {
                 Ok(i) => i,
                 Err(r) => return r,
             };
             let text = bytes::Bytes::from(render_narinfo(st, &info));
             st.narinfos.insert(digest, text.clone()).await;
+            // An upload that stored a newer PathInfo meanwhile may have
+            // dropped this path's entry before the insert above: the
+            // text read before it must not stay.
+            if st.narinfo_uploads.load(Ordering::SeqCst) != uploads {
+                st.narinfos.invalidate(&digest).await;
+            }
             text
         }
     };

@@ -112,6 +112,10 @@ struct AppState {
     /// short time to live bounds how long a change made elsewhere (a
     /// gRPC upload, another replica, GC) stays unseen.
     narinfos: moka::future::Cache<[u8; 20], bytes::Bytes>,
+    /// Moves on at every narinfo upload here: a narinfo rendered from a
+    /// PathInfo read before an upload is not kept (see
+    /// `download::narinfo`).
+    narinfo_uploads: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Bytes of rendered narinfo text kept.
@@ -151,6 +155,7 @@ pub fn router(mut store: Store, cfg: HttpConfig) -> Router {
             .weigher(|_, text: &bytes::Bytes| (text.len() + 64).min(u32::MAX as usize) as u32)
             .time_to_live(NARINFO_TEXT_TTL)
             .build(),
+        narinfo_uploads: Arc::default(),
     };
     let routes = Router::new()
         .route("/lazix-stats", get(download::stats))

@@ -232,6 +232,8 @@ pub async fn put_top_level(
     }
     // Its narinfo is served from now on as stored now (root signatures,
     // added next, are not part of it).
+    st.narinfo_uploads
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     st.narinfos.invalidate(&digest).await;
     // The server computed this NAR's hash and its root from the same bytes
     // (the NAR it ingested): it signs the root with its keys.
