@@ -451,6 +451,16 @@ struct ServeArgs {
     /// stored as their contents, the costliest to rebuild).
     #[arg(long, default_value_t = 1024)]
     decoded_cache_mib: u64,
+    /// MiB of local disk for gzip files stored as their contents, kept as
+    /// the gzip bytes they are deflated back to: a restarted server reads
+    /// them instead of deflating again at zlib's level (the costliest
+    /// decoding it does); 0 turns it off.
+    #[arg(long, default_value_t = 256)]
+    redeflated_disk_mib: u64,
+    /// Folder of that disk cache (chunks are named by digest and checked
+    /// when read, so servers of different stores may share one).
+    #[arg(long, default_value_os_t = default_cache_dir().join("server-redeflated"))]
+    redeflated_disk_dir: PathBuf,
     /// HTTP connections served at once; more wait in the accept queue (a
     /// bound on the server's memory under any load).
     #[arg(long, default_value_t = lazix_server::http::DEFAULT_MAX_CONNECTIONS)]
@@ -1399,9 +1409,22 @@ async fn serve(args: ServeArgs) -> Result<()> {
     // it, each Read of a chunk decoded its whole frame again).
     let mut decoded = None;
     if args.decoded_cache_mib > 0 {
+        let redeflated_disk = match args.redeflated_disk_mib {
+            0 => None,
+            mib => Some(Arc::new(
+                lazix_castore::disk::DiskCache::open(&args.redeflated_disk_dir, mib * 1024 * 1024)
+                    .with_context(|| {
+                        format!(
+                            "opening the re-deflated chunk cache in {}",
+                            args.redeflated_disk_dir.display()
+                        )
+                    })?,
+            )),
+        };
         let (blobs, counters) = lazix_castore::store::decoded_chunks_counted(
             store.blobs,
             args.decoded_cache_mib * 1024 * 1024,
+            redeflated_disk,
         );
         store.blobs = blobs;
         decoded = Some(counters);

@@ -56,6 +56,9 @@ pub struct Server {
     /// `http://127.0.0.1:PORT` of the binary-cache shim.
     pub http: String,
     pub data: tempfile::TempDir,
+    /// Its disk cache of re-deflated chunks (`--redeflated-disk-dir`),
+    /// kept across restarts, never the user's.
+    pub redeflated: tempfile::TempDir,
     /// The upload token it was started with (`--upload-token-file`), which
     /// [`Server::client`] commands present.
     pub token: Option<String>,
@@ -127,7 +130,12 @@ impl Server {
     pub fn start_on(host: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let grpc_host = host.to_string();
         let data = tempfile::tempdir().unwrap();
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let redeflated = tempfile::tempdir().unwrap();
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if !extra.iter().any(|a| a == "--redeflated-disk-dir") {
+            extra.push("--redeflated-disk-dir".into());
+            extra.push(redeflated.path().display().to_string());
+        }
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -157,6 +165,7 @@ impl Server {
             addr: format!("grpc://127.0.0.1:{port}"),
             http: format!("http://127.0.0.1:{http_port}"),
             data,
+            redeflated,
         }
     }
 

@@ -266,6 +266,20 @@ impl DiskCache {
                 *self.chunks.lock().expect("chunk map").get(digest)?
             }
         };
+        self.read_indexed(id)
+    }
+
+    /// [`DiskCache::frame_of`] among the frames this process has indexed
+    /// only (no look for other processes' new files): for a caller that
+    /// asks for many chunks the folder mostly lacks.
+    pub fn indexed_frame_of(&self, digest: &B3Digest) -> Option<(B3Digest, Frame)> {
+        let id = *self.chunks.lock().expect("chunk map").get(digest)?;
+        self.read_indexed(id)
+    }
+
+    /// The indexed frame `id`, read and counted as a use; a vanished or
+    /// damaged file is dropped from the index.
+    fn read_indexed(&self, id: B3Digest) -> Option<(B3Digest, Frame)> {
         self.frames.get(&id)?;
         match self.read_frame(&id) {
             Ok(frame) => Some((id, frame)),

@@ -1,7 +1,9 @@
 //! A cache of decoded, verified chunks in front of any store, for servers
 //! that render NARs: a hit costs a copy instead of a decompression and a
 //! hash. Bounded by raw bytes; gzip-contents chunks, costly to rebuild,
-//! kept apart so a stream of cheap chunks does not evict them.
+//! kept apart so a stream of cheap chunks does not evict them, and
+//! optionally also kept on local disk as the bytes they became, so that a
+//! restarted server does not deflate them again.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +17,7 @@ use super::cached::{fill_misses, hits_and_misses};
 use super::{BlobChunks, BlobStore};
 use crate::chunk::{Chunk, ChunkMeta, ChunkPayload};
 use crate::digest::{B3Digest, DigestKeyBuildHasher};
+use crate::disk::DiskCache;
 use crate::error::StoreResult;
 use crate::frame::Frame;
 use crate::read::bases::{frames_with_bases, FramesWithBases};
@@ -32,6 +35,12 @@ struct DecodedChunks {
     /// and changelogs of /usr/share: 34 MiB). In the main cache a stream
     /// of cheap chunks larger than it would evict them on every pass.
     redeflated: Cache<B3Digest, Bytes, DigestKeyBuildHasher>,
+    /// Re-deflated chunks on local disk, as plain frames of the gzip bytes
+    /// they became: they outlive the process (a server restarted, or
+    /// another one on the machine, reads them instead of deflating at
+    /// zlib's level again). Read back like any frame from a disk cache:
+    /// decoded and checked by BLAKE3; a damaged one is dropped.
+    redeflated_disk: Option<Arc<DiskCache>>,
     counters: Arc<DecodedCacheCounters>,
 }
 
@@ -90,15 +99,18 @@ const REDEFLATED_SHARE: u64 = 8;
 /// Wraps `blobs` with a cache of up to `bytes` of decoded, verified chunks.
 /// `get_chunks` then answers [`ChunkPayload::Verified`] chunks.
 pub fn decoded_chunks(blobs: Arc<dyn BlobStore>, bytes: u64) -> Arc<dyn BlobStore> {
-    decoded_chunks_counted(blobs, bytes).0
+    decoded_chunks_counted(blobs, bytes, None).0
 }
 
-/// [`decoded_chunks`], with its counters.
+/// [`decoded_chunks`], with its counters, and re-deflated chunks also
+/// kept in `redeflated_disk` (see [`DecodedChunks`]).
 pub fn decoded_chunks_counted(
     blobs: Arc<dyn BlobStore>,
     bytes: u64,
+    redeflated_disk: Option<Arc<DiskCache>>,
 ) -> (Arc<dyn BlobStore>, Arc<DecodedCacheCounters>) {
-    let cache = DecodedChunks::new(blobs, bytes);
+    let mut cache = DecodedChunks::new(blobs, bytes);
+    cache.redeflated_disk = redeflated_disk;
     let counters = cache.counters.clone();
     (Arc::new(cache), counters)
 }
@@ -127,8 +139,51 @@ impl DecodedChunks {
             inner: blobs,
             chunks,
             redeflated,
+            redeflated_disk: None,
             counters,
         }
+    }
+
+    /// The re-deflated chunks among `digests` that the disk keeps, decoded
+    /// and checked (a damaged frame is dropped from the disk and its
+    /// chunks left to the store); and the digests still missing.
+    async fn read_redeflated_disk(
+        &self,
+        digests: Vec<B3Digest>,
+    ) -> (Vec<(ChunkMeta, Bytes)>, Vec<B3Digest>) {
+        let Some(disk) = self.redeflated_disk.clone() else {
+            return (Vec::new(), digests);
+        };
+        let asked = digests.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            let mut decoded: Vec<(ChunkMeta, Bytes)> = Vec::new();
+            let mut have: HashSet<B3Digest> = HashSet::new();
+            for d in &digests {
+                if have.contains(d) {
+                    continue;
+                }
+                let Some((id, frame)) = disk.indexed_frame_of(d) else {
+                    continue;
+                };
+                match frame.decode_verified() {
+                    Ok(chunks) => {
+                        have.extend(frame.chunks.iter().map(|m| m.digest));
+                        decoded.extend(frame.chunks.iter().copied().zip(chunks));
+                    }
+                    Err(e) => {
+                        tracing::warn!(frame = %id, error = %e, "dropping a damaged re-deflated frame on disk");
+                        disk.remove(&id);
+                    }
+                }
+            }
+            let missing = digests.into_iter().filter(|d| !have.contains(d)).collect();
+            (decoded, missing)
+        })
+        .await;
+        found.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "reading re-deflated chunks from disk failed");
+            (Vec::new(), asked)
+        })
     }
 
     /// A decoded chunk from either cache.
@@ -137,6 +192,43 @@ impl DecodedChunks {
             Some(b) => Some(b),
             None => self.redeflated.get(digest).await,
         }
+    }
+}
+
+impl DecodedChunks {
+    /// Writes the re-deflated chunks of `regzip_frames` (their bytes in
+    /// `decoded`) to the disk, one plain frame per frame, in the
+    /// background: the answer does not wait for it.
+    fn keep_redeflated_on_disk(
+        &self,
+        regzip_frames: &[Vec<ChunkMeta>],
+        decoded: &[(ChunkMeta, Bytes)],
+    ) {
+        let Some(disk) = self.redeflated_disk.clone() else {
+            return;
+        };
+        if regzip_frames.is_empty() {
+            return;
+        }
+        let by_digest: std::collections::HashMap<B3Digest, &Bytes> =
+            decoded.iter().map(|(m, b)| (m.digest, b)).collect();
+        let plain: Vec<Vec<(ChunkMeta, Bytes)>> = regzip_frames
+            .iter()
+            .filter_map(|metas| {
+                metas
+                    .iter()
+                    .map(|m| by_digest.get(&m.digest).map(|b| (*m, (*b).clone())))
+                    .collect()
+            })
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            for chunks in plain {
+                match Frame::compress(&chunks) {
+                    Ok(frame) => disk.store(&frame),
+                    Err(e) => tracing::warn!(error = %e, "cannot frame re-deflated chunks"),
+                }
+            }
+        });
     }
 }
 
@@ -171,20 +263,30 @@ impl BlobStore for DecodedChunks {
             .fetch_add(misses.len() as u64, Ordering::Relaxed);
         let mut fetched = Vec::new();
         if !misses.is_empty() {
+            let (from_disk, from_store) = self.read_redeflated_disk(misses.clone()).await;
             // Whole frames are decoded: their other chunks are cached too
             // (a NAR renderer usually wants them next).
-            let FramesWithBases { frames, known } = frames_with_bases(
-                misses.clone(),
-                |ds| async move { self.inner.get_frames(&ds).await },
-                |d| async move { self.cached(&d).await },
-            )
-            .await?;
-            let redeflated: HashSet<B3Digest> = frames
+            let FramesWithBases { frames, known } = if from_store.is_empty() {
+                FramesWithBases::default()
+            } else {
+                frames_with_bases(
+                    from_store,
+                    |ds| async move { self.inner.get_frames(&ds).await },
+                    |d| async move { self.cached(&d).await },
+                )
+                .await?
+            };
+            let regzip_frames: Vec<Vec<ChunkMeta>> = frames
                 .iter()
                 .filter(|f| crate::regzip::is_regzip(&f.data))
-                .flat_map(|f| f.chunks.iter().map(|c| c.digest))
+                .map(|f| f.chunks.clone())
                 .collect();
-            let decoded = decode_frames(frames, known).await?;
+            let mut redeflated: HashSet<B3Digest> =
+                regzip_frames.iter().flatten().map(|c| c.digest).collect();
+            redeflated.extend(from_disk.iter().map(|(m, _)| m.digest));
+            let mut decoded = decode_frames(frames, known).await?;
+            self.keep_redeflated_on_disk(&regzip_frames, &decoded);
+            decoded.extend(from_disk);
             for (meta, bytes) in &decoded {
                 let cache = if redeflated.contains(&meta.digest) {
                     &self.redeflated
@@ -288,6 +390,72 @@ mod tests {
             c.entries,
             decoded.chunks.entry_count() + decoded.redeflated.entry_count()
         );
+    }
+
+    #[tokio::test]
+    async fn re_deflated_chunks_kept_on_disk_outlive_the_process_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = BucketStore::open(dir.path().join("store").to_str().unwrap())
+            .await
+            .unwrap();
+        let gz = Bytes::from(crate::testutil::gzip9(&crate::testutil::wordy_text(3000)));
+        let gz_meta = ChunkMeta {
+            digest: B3Digest::of(&gz),
+            size: gz.len() as u64,
+        };
+        let regzip = Frame::compress_regzip(&[(gz_meta, gz.clone())], 3)
+            .unwrap()
+            .expect("zlib deflates it back exactly");
+        let plain = crate::testutil::pseudo_random(64 << 10, 7);
+        inner
+            .put_frames(vec![regzip, frame_of(&[&plain])])
+            .await
+            .unwrap();
+        let counting = SlowStore::new(inner, Duration::ZERO);
+        let disk_dir = dir.path().join("redeflated");
+        let server = |disk: Arc<DiskCache>| {
+            let mut d = DecodedChunks::new(counting.clone(), 16 << 20);
+            d.redeflated_disk = Some(disk);
+            d
+        };
+        let first = server(Arc::new(DiskCache::open(&disk_dir, 1 << 20).unwrap()));
+        let got = first
+            .get_chunks(&[gz_meta.digest, B3Digest::of(&plain)])
+            .await
+            .unwrap();
+        assert_eq!(got[0].decode_verified().unwrap(), gz);
+        assert_eq!(got[1].decode_verified().unwrap(), plain);
+        // Written in the background: only the re-deflated chunk.
+        let disk = DiskCache::open(&disk_dir, 1 << 20).unwrap();
+        for _ in 0..200 {
+            if disk.frame_id_of(&gz_meta.digest).is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(disk.frame_id_of(&gz_meta.digest).is_some());
+        assert!(disk.frame_id_of(&B3Digest::of(&plain)).is_none());
+
+        // A restarted server (empty memory, the disk reopened) reads it
+        // from the disk, not from the store.
+        let reads = counting.frames_read();
+        let second = server(Arc::new(DiskCache::open(&disk_dir, 1 << 20).unwrap()));
+        let again = second.get_chunks(&[gz_meta.digest]).await.unwrap();
+        assert_eq!(again[0].decode_verified().unwrap(), gz);
+        assert_eq!(counting.frames_read(), reads, "read from the store again");
+
+        // A damaged file on disk is dropped and the chunk read from the
+        // store, still right.
+        let id = disk.frame_id_of(&gz_meta.digest).unwrap();
+        let file = crate::disk::shard_path(&disk_dir.join("frames"), &id);
+        let mut bytes = std::fs::read(&file).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&file, bytes).unwrap();
+        let third = server(Arc::new(DiskCache::open(&disk_dir, 1 << 20).unwrap()));
+        let repaired = third.get_chunks(&[gz_meta.digest]).await.unwrap();
+        assert_eq!(repaired[0].decode_verified().unwrap(), gz);
+        assert!(counting.frames_read() > reads, "the damaged copy was used");
     }
 
     #[tokio::test]
