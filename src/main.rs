@@ -458,9 +458,12 @@ struct ServeArgs {
     #[arg(long, default_value_t = 256)]
     redeflated_disk_mib: u64,
     /// Folder of that disk cache (chunks are named by digest and checked
-    /// when read, so servers of different stores may share one).
-    #[arg(long, default_value_os_t = default_cache_dir().join("server-redeflated"))]
-    redeflated_disk_dir: PathBuf,
+    /// when read); never a mount's or proxy's cache folder, whose frames
+    /// its quota would evict. Default
+    /// `$XDG_CACHE_HOME/lazix/server-redeflated`, skipped with a warning
+    /// when it cannot be made there.
+    #[arg(long)]
+    redeflated_disk_dir: Option<PathBuf>,
     /// HTTP connections served at once; more wait in the accept queue (a
     /// bound on the server's memory under any load).
     #[arg(long, default_value_t = lazix_server::http::DEFAULT_MAX_CONNECTIONS)]
@@ -698,6 +701,31 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .parse::<u64>()
         .map(|n| n * mult)
         .map_err(|_| format!("invalid size {s:?}"))
+}
+
+/// `lazix serve`'s disk cache of re-deflated chunks with `mib` MiB: in
+/// `dir` (an error if it cannot be opened), else in the default folder
+/// (`None` with a warning if that cannot be: a service without a writable
+/// home still serves, deflating again after a restart).
+fn open_redeflated_disk(
+    dir: Option<&std::path::Path>,
+    mib: u64,
+) -> Result<Option<Arc<lazix_castore::disk::DiskCache>>> {
+    use lazix_castore::disk::DiskCache;
+    let bytes = mib * 1024 * 1024;
+    if let Some(dir) = dir {
+        let cache = DiskCache::open(dir, bytes)
+            .with_context(|| format!("opening the re-deflated chunk cache in {}", dir.display()))?;
+        return Ok(Some(Arc::new(cache)));
+    }
+    let dir = default_cache_dir().join("server-redeflated");
+    match DiskCache::open(&dir, bytes) {
+        Ok(cache) => Ok(Some(Arc::new(cache))),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "no disk cache of re-deflated chunks (set --redeflated-disk-dir)");
+            Ok(None)
+        }
+    }
 }
 
 /// `$XDG_CACHE_HOME/lazix`, else `~/.cache/lazix`.
@@ -1411,15 +1439,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if args.decoded_cache_mib > 0 {
         let redeflated_disk = match args.redeflated_disk_mib {
             0 => None,
-            mib => Some(Arc::new(
-                lazix_castore::disk::DiskCache::open(&args.redeflated_disk_dir, mib * 1024 * 1024)
-                    .with_context(|| {
-                        format!(
-                            "opening the re-deflated chunk cache in {}",
-                            args.redeflated_disk_dir.display()
-                        )
-                    })?,
-            )),
+            mib => open_redeflated_disk(args.redeflated_disk_dir.as_deref(), mib)?,
         };
         let (blobs, counters) = lazix_castore::store::decoded_chunks_counted(
             store.blobs,

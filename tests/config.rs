@@ -147,3 +147,54 @@ lazy = true
         "{said}"
     );
 }
+
+#[test]
+fn serve_starts_without_its_default_disk_cache_but_not_without_one_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    // A file where the cache folder would go: no folder can be made there.
+    let blocked = dir.path().join("not-a-folder");
+    std::fs::write(&blocked, "x").unwrap();
+    let port = free_port();
+    let data = dir.path().join("data");
+    let serve = |extra: &[&str]| {
+        let mut c = lazix();
+        c.env("XDG_CACHE_HOME", &blocked)
+            .args(["serve", "--data"])
+            .arg(&data)
+            .args(["--grpc", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .stderr(std::process::Stdio::piped());
+        c
+    };
+    // The default folder cannot be made: it serves anyway, and says why.
+    let mut server = serve(&[]).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            server.try_wait().unwrap().is_none(),
+            "serve exited without its default disk cache"
+        );
+        assert!(Instant::now() < deadline, "serve did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status();
+    let out = server.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("no disk cache of re-deflated chunks"),
+        "{said}"
+    );
+    // A folder asked for that cannot be made is an error naming it.
+    let asked = blocked.join("cache");
+    let out = serve(&["--redeflated-disk-dir", asked.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("re-deflated chunk cache") && said.contains("not-a-folder"),
+        "{said}"
+    );
+}

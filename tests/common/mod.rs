@@ -41,6 +41,13 @@ pub fn stdout(out: &Output) -> String {
 pub fn lazix() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_lazix"));
     c.env("NIX_CONFIG", NIX_CONFIG).env("LAZIX_LOG", "warn");
+    // Default cache folders (a server's re-deflated chunks, a mount's
+    // cache when a test gives none) under the build's scratch folder,
+    // never the user's.
+    c.env(
+        "XDG_CACHE_HOME",
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
+    );
     c
 }
 

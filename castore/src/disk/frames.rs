@@ -277,6 +277,12 @@ impl DiskCache {
         self.read_indexed(id)
     }
 
+    /// Whether a frame this process has indexed holds `digest` (a lookup
+    /// in memory, no file read).
+    pub fn indexes(&self, digest: &B3Digest) -> bool {
+        self.chunks.lock().expect("chunk map").contains_key(digest)
+    }
+
     /// The indexed frame `id`, read and counted as a use; a vanished or
     /// damaged file is dropped from the index.
     fn read_indexed(&self, id: B3Digest) -> Option<(B3Digest, Frame)> {

@@ -41,8 +41,15 @@ struct DecodedChunks {
     /// zlib's level again). Read back like any frame from a disk cache:
     /// decoded and checked by BLAKE3; a damaged one is dropped.
     redeflated_disk: Option<Arc<DiskCache>>,
+    /// Writes to `redeflated_disk` under way; past [`DISK_WRITES`] a
+    /// frame is not written (a cache: the next pass writes it).
+    disk_writes: Arc<tokio::sync::Semaphore>,
     counters: Arc<DecodedCacheCounters>,
 }
+
+/// Re-deflated frames written to disk at once (each holds its decoded
+/// bytes until written).
+const DISK_WRITES: usize = 2;
 
 /// What a decoded-chunk cache did, for metrics: chunks asked for and
 /// found or not, chunks evicted for room, and its size now.
@@ -140,6 +147,7 @@ impl DecodedChunks {
             chunks,
             redeflated,
             redeflated_disk: None,
+            disk_writes: Arc::new(tokio::sync::Semaphore::new(DISK_WRITES)),
             counters,
         }
     }
@@ -154,6 +162,11 @@ impl DecodedChunks {
         let Some(disk) = self.redeflated_disk.clone() else {
             return (Vec::new(), digests);
         };
+        // Most misses are plain chunks the disk never holds: no file work
+        // (nor a blocking task) unless the index names one.
+        if !digests.iter().any(|d| disk.indexes(d)) {
+            return (Vec::new(), digests);
+        }
         let asked = digests.clone();
         let found = tokio::task::spawn_blocking(move || {
             let mut decoded: Vec<(ChunkMeta, Bytes)> = Vec::new();
@@ -210,6 +223,9 @@ impl DecodedChunks {
         if regzip_frames.is_empty() {
             return;
         }
+        let Ok(writing) = self.disk_writes.clone().try_acquire_owned() else {
+            return;
+        };
         let by_digest: std::collections::HashMap<B3Digest, &Bytes> =
             decoded.iter().map(|(m, b)| (m.digest, b)).collect();
         let plain: Vec<Vec<(ChunkMeta, Bytes)>> = regzip_frames
@@ -222,6 +238,7 @@ impl DecodedChunks {
             })
             .collect();
         tokio::task::spawn_blocking(move || {
+            let _writing = writing;
             for chunks in plain {
                 match Frame::compress(&chunks) {
                     Ok(frame) => disk.store(&frame),
