@@ -1172,6 +1172,12 @@ fn serve_readings(
                 d.misses as f64,
             ),
             r(
+                "decoded_cache_disk_hits",
+                "Chunks not in memory read from the re-deflated disk cache instead of the store",
+                Kind::Counter,
+                d.disk_hits as f64,
+            ),
+            r(
                 "decoded_cache_evictions",
                 "Chunks evicted from the decoded-chunk cache for room",
                 Kind::Counter,

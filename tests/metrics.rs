@@ -207,6 +207,8 @@ fn serve_counts_its_decoded_cache_its_maintenance_and_the_store() {
     };
     assert!(value(&s, "lazix_decoded_cache_misses_total", &[]) >= 1.0);
     assert!(value(&s, "lazix_decoded_cache_hits_total", &[]) >= 1.0);
+    // Nothing here is gzip stored as its contents: none from the disk.
+    assert_eq!(value(&s, "lazix_decoded_cache_disk_hits_total", &[]), 0.0);
     assert!(value(&s, "lazix_decoded_cache_bytes", &[]) > 1_000_000.0);
     assert!(value(&s, "lazix_decoded_cache_entries", &[]) >= 1.0);
     assert_eq!(value(&s, "lazix_compaction_failures_total", &[]), 0.0);

@@ -57,6 +57,7 @@ const DISK_WRITES: usize = 2;
 pub struct DecodedCacheCounters {
     hits: AtomicU64,
     misses: AtomicU64,
+    disk_hits: AtomicU64,
     evictions: AtomicU64,
     /// Weight held (added on insert, taken off on every removal).
     bytes: AtomicU64,
@@ -68,8 +69,11 @@ pub struct DecodedCacheCounters {
 pub struct DecodedCacheReading {
     /// Chunks answered from the cache.
     pub hits: u64,
-    /// Chunks decoded from frames.
+    /// Chunks decoded from frames (not in memory).
     pub misses: u64,
+    /// Of those, chunks read from the re-deflated disk cache instead of
+    /// the store.
+    pub disk_hits: u64,
     /// Chunks evicted for room.
     pub evictions: u64,
     /// Bytes held (raw chunk bytes plus a small overhead each).
@@ -88,6 +92,7 @@ impl DecodedCacheCounters {
         DecodedCacheReading {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
+            disk_hits: self.disk_hits.load(Ordering::Relaxed),
             evictions: self.evictions.load(Ordering::Relaxed),
             bytes,
             entries,
@@ -301,6 +306,9 @@ impl BlobStore for DecodedChunks {
             let mut redeflated: HashSet<B3Digest> =
                 regzip_frames.iter().flatten().map(|c| c.digest).collect();
             redeflated.extend(from_disk.iter().map(|(m, _)| m.digest));
+            self.counters
+                .disk_hits
+                .fetch_add(from_disk.len() as u64, Ordering::Relaxed);
             let mut decoded = decode_frames(frames, known).await?;
             self.keep_redeflated_on_disk(&regzip_frames, &decoded);
             decoded.extend(from_disk);
@@ -473,6 +481,9 @@ mod tests {
         let repaired = third.get_chunks(&[gz_meta.digest]).await.unwrap();
         assert_eq!(repaired[0].decode_verified().unwrap(), gz);
         assert!(counting.frames_read() > reads, "the damaged copy was used");
+        assert_eq!(first.counters.read().disk_hits, 0);
+        assert_eq!(second.counters.read().disk_hits, 1);
+        assert_eq!(third.counters.read().disk_hits, 0);
     }
 
     #[tokio::test]
