@@ -362,20 +362,27 @@ mod tests {
     use crate::bucket::BucketStore;
     use crate::testutil::{frame_of, SlowStore};
 
+    /// A gzip file of `words` words, its chunk, and the frame storing it
+    /// as its contents (what compaction makes of it).
+    fn gzip_stored_as_contents(words: usize) -> (Bytes, ChunkMeta, Frame) {
+        let gz = Bytes::from(crate::testutil::gzip9(&crate::testutil::wordy_text(words)));
+        let meta = ChunkMeta {
+            digest: B3Digest::of(&gz),
+            size: gz.len() as u64,
+        };
+        let frame = Frame::compress_regzip(&[(meta, gz.clone())], 3)
+            .unwrap()
+            .expect("zlib deflates it back exactly");
+        (gz, meta, frame)
+    }
+
     #[tokio::test]
     async fn re_deflated_chunks_outlive_a_stream_of_plain_ones() {
         let dir = tempfile::tempdir().unwrap();
         let inner = BucketStore::open(dir.path().to_str().unwrap())
             .await
             .unwrap();
-        let gz = Bytes::from(crate::testutil::gzip9(&crate::testutil::wordy_text(2000)));
-        let gz_meta = ChunkMeta {
-            digest: B3Digest::of(&gz),
-            size: gz.len() as u64,
-        };
-        let regzip = Frame::compress_regzip(&[(gz_meta, gz.clone())], 3)
-            .unwrap()
-            .expect("zlib deflates it back exactly");
+        let (gz, gz_meta, regzip) = gzip_stored_as_contents(2000);
         let plain: Vec<Vec<u8>> = (0..32)
             .map(|i| crate::testutil::pseudo_random(64 << 10, i))
             .collect();
@@ -423,14 +430,7 @@ mod tests {
         let inner = BucketStore::open(dir.path().join("store").to_str().unwrap())
             .await
             .unwrap();
-        let gz = Bytes::from(crate::testutil::gzip9(&crate::testutil::wordy_text(3000)));
-        let gz_meta = ChunkMeta {
-            digest: B3Digest::of(&gz),
-            size: gz.len() as u64,
-        };
-        let regzip = Frame::compress_regzip(&[(gz_meta, gz.clone())], 3)
-            .unwrap()
-            .expect("zlib deflates it back exactly");
+        let (gz, gz_meta, regzip) = gzip_stored_as_contents(3000);
         let plain = crate::testutil::pseudo_random(64 << 10, 7);
         inner
             .put_frames(vec![regzip, frame_of(&[&plain])])
