@@ -314,12 +314,18 @@ impl BucketStore {
         // time: a frame's decoded bytes (at most MAX_FRAME_RAW) go to the
         // bounded recent chunks (or are dropped) once its chunks are
         // checked and sketched, whatever the frames inflate to in all. One
-        // blocking task for the call, not one per frame.
+        // blocking task for the call, not one per frame; it stops at the
+        // next frame once the caller is gone (a client that hung up).
         let recent = self.recent.clone();
+        let caller = std::sync::Arc::new(());
+        let caller_gone = std::sync::Arc::downgrade(&caller);
         let framed: Vec<(Frame, Vec<Option<Sketch>>)> = tokio::task::spawn_blocking(move || {
             fresh
                 .into_iter()
                 .map(|f| {
+                    if caller_gone.strong_count() == 0 {
+                        return Err(StoreError::Unavailable("the upload was abandoned".into()));
+                    }
                     let datas = f.decode_verified()?;
                     let sketches: Vec<Option<Sketch>> = datas.iter().map(|d| sketch(d)).collect();
                     let mut recent = recent.lock().expect("recent chunks");
@@ -333,6 +339,7 @@ impl BucketStore {
         })
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        drop(caller);
         if framed.is_empty() {
             return Ok(());
         }
@@ -471,5 +478,49 @@ impl BucketStore {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::digest::B3Digest;
+    use crate::testutil::{frame_of, pseudo_random, temp_bucket};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abandoned_upload_stops_decoding_and_stores_nothing() {
+        let (dir, store) = temp_bucket().await;
+        let datas: Vec<Vec<u8>> = (0..200).map(|i| pseudo_random(64 << 10, i)).collect();
+        let frames = datas.iter().map(|d| frame_of(&[d])).collect();
+        // The caller gives up (a client hanging up) long before 200
+        // frames are decoded, checked and sketched.
+        let upload = store.store_frames(frames);
+        assert!(tokio::time::timeout(Duration::from_millis(2), upload)
+            .await
+            .is_err());
+        // Frames decoded so far (each lands in the recent chunks, which
+        // hold all of these), read until the count stops moving.
+        let decoded = || {
+            let recent = store.recent.lock().expect("recent chunks");
+            datas
+                .iter()
+                .filter(|d| recent.get(&B3Digest::of(d)).is_some())
+                .count()
+        };
+        let mut last = usize::MAX;
+        for _ in 0..150 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = decoded();
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        assert!(last < datas.len(), "all {last} frames were decoded");
+        let packs = std::fs::read_dir(dir.path().join("packs"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(packs, 0);
     }
 }
