@@ -211,9 +211,7 @@ impl DecodedChunks {
             None => self.redeflated.get(digest).await,
         }
     }
-}
 
-impl DecodedChunks {
     /// Writes the re-deflated chunks of `regzip_frames` (their bytes in
     /// `decoded`) to the disk, one plain frame per frame, in the
     /// background: the answer does not wait for it.
@@ -292,7 +290,7 @@ impl BlobStore for DecodedChunks {
                 FramesWithBases::default()
             } else {
                 frames_with_bases(
-                    from_store,
+                    from_store.clone(),
                     |ds| async move { self.inner.get_frames(&ds).await },
                     |d| async move { self.cached(&d).await },
                 )
@@ -308,7 +306,7 @@ impl BlobStore for DecodedChunks {
             redeflated.extend(from_disk.iter().map(|(m, _)| m.digest));
             self.counters
                 .disk_hits
-                .fetch_add(from_disk.len() as u64, Ordering::Relaxed);
+                .fetch_add((misses.len() - from_store.len()) as u64, Ordering::Relaxed);
             let mut decoded = decode_frames(frames, known).await?;
             self.keep_redeflated_on_disk(&regzip_frames, &decoded);
             decoded.extend(from_disk);
