@@ -90,6 +90,12 @@ pub struct TransferStats {
 /// batch failed (its own task reports why).
 type BatchStored = Shared<oneshot::Receiver<()>>;
 
+/// The outcome of an upload task (a task that panicked or was cancelled
+/// is an I/O error).
+fn joined(res: Result<StoreResult<()>, tokio::task::JoinError>) -> StoreResult<()> {
+    res.map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+}
+
 /// Digests known to be stored already, shared across the ingests of one
 /// session so a chunk is checked and sent at most once.
 pub type KnownChunks = Arc<Mutex<HashSet<B3Digest>>>;
@@ -203,11 +209,11 @@ impl ChunkUploader {
         }));
         // Lists refused show here, not only once the whole NAR is sent.
         while let Some(Some(done)) = self.lists_in_flight.next().now_or_never() {
-            done.map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+            joined(done)?;
         }
         while self.lists_in_flight.len() > MAX_LISTS_IN_FLIGHT {
             if let Some(done) = self.lists_in_flight.next().await {
-                done.map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+                joined(done)?;
             }
         }
         Ok(())
@@ -276,7 +282,7 @@ impl ChunkUploader {
 
     async fn next_done(&mut self) -> StoreResult<()> {
         if let Some(res) = self.in_flight.next().await {
-            res.map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+            joined(res)?;
         }
         Ok(())
     }
@@ -288,7 +294,7 @@ impl ChunkUploader {
             self.next_done().await?;
         }
         while let Some(res) = self.lists_in_flight.next().await {
-            res.map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+            joined(res)?;
         }
         self.unsettled.clear();
         Ok(())
