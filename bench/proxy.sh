@@ -13,6 +13,11 @@
 # (--no-check-sigs): the same work for both.
 #
 #   bash bench/proxy.sh          (RTT_MS=20 MBIT=100 by default)
+#
+# KEEP=DIR keeps the upstream's store and the zstd cache in DIR, so a
+# second run (e.g. with LAZIX_BIN=another build) measures only; the copies
+# start from empty client stores and an empty proxy cache every run.
+# ONLY=stable copies the first version only (quicker, for trials).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -21,7 +26,14 @@ RTT_MS=${RTT_MS:-20}
 MBIT=${MBIT:-100}
 STABLE=${STABLE:-$HOME/.rustup/toolchains/stable-x86_64-unknown-linux-gnu}
 NIGHTLY=${NIGHTLY:-$HOME/.rustup/toolchains/nightly-x86_64-unknown-linux-gnu}
-bench_workdir proxy-bench
+if [ -n "${KEEP:-}" ]; then
+  work=$KEEP
+  mkdir -p "$work"
+  trap 'for p in $(jobs -p); do kill "$p" 2>/dev/null || true; done' EXIT
+  rm -rf "$work"/client-* "$work/proxy-cache" "$work"/*.count
+else
+  bench_workdir proxy-bench
+fi
 one_way=$(awk -v r="$RTT_MS" 'BEGIN {print r / 2}')
 
 stable=$(nix store add-path --name rust-stable "$STABLE")
@@ -33,11 +45,13 @@ nar_mib() { mib "$(nix path-info --json "$1" | python3 -c 'import json,sys; prin
 gport=$(free_port)
 "$LAZIX" serve --data "$work/lazix" --grpc "127.0.0.1:$gport" --compact-after 0 2>"$work/serve.log" &
 wait_port "$gport"
-"$LAZIX" push --server "grpc://127.0.0.1:$gport" "$stable" "$nightly" 2>&1 | tail -1 >&2
-"$LAZIX" compact --data "$work/lazix" >&2
-
-# The classic binary cache, zstd-compressed NARs, served by nginx.
-nix copy --to "file://$work/zstd?compression=zstd" "$stable" "$nightly"
+if [ ! -e "$work/made" ]; then
+  "$LAZIX" push --server "grpc://127.0.0.1:$gport" "$stable" "$nightly" 2>&1 | tail -1 >&2
+  "$LAZIX" compact --data "$work/lazix" >&2
+  # The classic binary cache, zstd-compressed NARs, served by nginx.
+  nix copy --to "file://$work/zstd?compression=zstd" "$stable" "$nightly"
+  touch "$work/made"
+fi
 start_nginx "$work/zstd"
 
 # The links: one in front of nginx, one in front of the upstream's gRPC.
@@ -62,7 +76,7 @@ copy() { # label store url path
 
 link_name=nginx; link nginx "$nport"; nginx_link=$LINK_PORT
 copy zstd-stable "$work/client-zstd" "http://127.0.0.1:$nginx_link" "$stable"
-copy zstd-nightly "$work/client-zstd" "http://127.0.0.1:$nginx_link" "$nightly"
+[ "${ONLY:-}" = stable ] || copy zstd-nightly "$work/client-zstd" "http://127.0.0.1:$nginx_link" "$nightly"
 kill "$LINK_PID"
 
 link_name=grpc; link grpc "$gport"; grpc_link=$LINK_PORT
@@ -71,7 +85,7 @@ pport=$(free_port)
   --cache-dir "$work/proxy-cache" 2>"$work/proxy.log" &
 wait_port "$pport"
 copy proxy-stable "$work/client-proxy" "http://127.0.0.1:$pport" "$stable"
-copy proxy-nightly "$work/client-proxy" "http://127.0.0.1:$pport" "$nightly"
+[ "${ONLY:-}" = stable ] || copy proxy-nightly "$work/client-proxy" "http://127.0.0.1:$pport" "$nightly"
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 echo
@@ -79,7 +93,7 @@ echo "rust-stable $(nar_mib "$stable") MiB of NAR, rust-nightly $(nar_mib "$nigh
 echo
 echo "| copy | zstd binary cache (nginx) | lazix proxy | time ratio | bytes ratio |"
 echo "|---|---|---|---|---|"
-for v in stable nightly; do
+for v in stable $([ "${ONLY:-}" = stable ] || echo nightly); do
   what=$([ $v = stable ] && echo "stable, empty store" || echo "nightly after stable")
   echo "| $what | ${T[zstd-$v]} s, $(mib "${B[zstd-$v]}") MiB | ${T[proxy-$v]} s, $(mib "${B[proxy-$v]}") MiB | $(ratio "${T[proxy-$v]}" "${T[zstd-$v]}") | $(ratio "${B[proxy-$v]}" "${B[zstd-$v]}") |"
 done

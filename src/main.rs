@@ -1585,6 +1585,7 @@ async fn proxy(args: ProxyArgs) -> Result<()> {
         disk,
         lists,
         Duration::from_secs(args.timeout.max(1)),
+        args.decoded_cache_mib * 1024 * 1024,
     );
     let cfg = HttpConfig {
         signing_keys: signing_keys(&args.signing_keys)?,
@@ -1592,7 +1593,8 @@ async fn proxy(args: ProxyArgs) -> Result<()> {
         tls: None,
         priority: args.priority,
         nar_compression: NarCompression::None,
-        decoded_cache_bytes: args.decoded_cache_mib * 1024 * 1024,
+        // The proxy's store has its decoded cache already.
+        decoded_cache_bytes: 0,
         max_connections: lazix_server::http::DEFAULT_MAX_CONNECTIONS,
         header_timeout: lazix_server::http::HEADER_TIMEOUT,
         stats: Some(proxy.stats()),

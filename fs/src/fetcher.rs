@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use lazix_castore::digest::DigestKeyBuildHasher;
 use lazix_castore::frame::Frame;
-use lazix_castore::read::bases::{frames_with_bases, FramesWithBases};
+use lazix_castore::read::bases::{each_cached, frames_with_bases, FramesWithBases};
 use lazix_castore::read::decode::decode_each;
 use lazix_castore::read::single_flight::{Claim, SingleFlight, Turn, Waiter};
 use lazix_castore::store::BlobStore;
@@ -379,9 +379,11 @@ impl ChunkFetcher {
         let FramesWithBases { frames, known } = frames_with_bases(
             batch.to_vec(),
             |digests| async move { self.remote_frames(&digests, exact).await },
-            |d| {
-                let hit = self.memory.get(&d).or_else(|| self.disk_lookup(&d));
-                async move { hit }
+            |ds| {
+                each_cached(ds, |d| {
+                    let hit = self.memory.get(&d).or_else(|| self.disk_lookup(&d));
+                    async move { hit }
+                })
             },
         )
         .await?;

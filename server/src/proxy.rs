@@ -31,8 +31,8 @@ use lazix_castore::directory::Directory;
 use lazix_castore::disk::{DiskCache, DiskChunkLists};
 use lazix_castore::frame::Frame;
 use lazix_castore::store::{
-    cached, disk_chunk_lists, disk_frames, BlobChunks, BlobStore, CacheConfig, DirectoryStore,
-    DiskCounters, PathInfoStore,
+    cached, decoded_chunks_sharing, disk_chunk_lists, disk_frames, BlobChunks, BlobStore,
+    CacheConfig, DecodedChunkCache, DirectoryStore, DiskCounters, PathInfoStore,
 };
 use lazix_castore::trust::ChunkListsDigest;
 use lazix_castore::{B3Digest, PathInfo, Store, StoreError, StoreResult};
@@ -49,24 +49,53 @@ pub struct ProxyStore {
 
 impl ProxyStore {
     /// `upstream` (the gRPC client) behind the disk cache `disk` (frames)
-    /// and `lists` (chunk lists) and the memory caches, each upstream call
+    /// and `lists` (chunk lists) and the memory caches (`decoded_bytes` of
+    /// decoded chunks for rendering; none when 0), each upstream call
     /// bounded by `timeout`.
-    pub fn new(upstream: Store, disk: DiskCache, lists: DiskChunkLists, timeout: Duration) -> Self {
+    pub fn new(
+        upstream: Store,
+        disk: DiskCache,
+        lists: DiskChunkLists,
+        timeout: Duration,
+        decoded_bytes: u64,
+    ) -> Self {
         let counters = Arc::new(DiskCounters::default());
         let bounded = Arc::new(Bounded {
             inner: upstream,
             timeout,
         });
+        // Frames fetched are decoded and verified once, by the disk layer
+        // before it keeps them; their chunks go straight to the decoded
+        // cache the renderer reads, so neither a frame cache in memory
+        // (the disk and the page cache hold frames) nor a second decoding
+        // is needed.
+        let decoded = (decoded_bytes > 0).then(|| DecodedChunkCache::new(decoded_bytes));
         let store = Store {
             blobs: disk_chunk_lists(
-                disk_frames(bounded.clone(), disk.clone(), counters.clone()),
+                disk_frames(
+                    bounded.clone(),
+                    disk.clone(),
+                    counters.clone(),
+                    decoded.clone(),
+                ),
                 lists,
             ),
             directories: bounded.clone(),
             path_infos: Arc::new(NotHereWhenDown(bounded)),
         };
+        let config = match decoded {
+            Some(_) => CacheConfig {
+                chunk_bytes: 0,
+                ..CacheConfig::default()
+            },
+            None => CacheConfig::default(),
+        };
+        let mut store = cached(store, config);
+        if let Some(cache) = decoded {
+            store.blobs = decoded_chunks_sharing(store.blobs, cache);
+        }
         Self {
-            store: cached(store, CacheConfig::default()),
+            store,
             counters,
             disk,
         }

@@ -17,7 +17,7 @@ use crate::digest::B3Digest;
 use crate::disk::DiskCache;
 use crate::error::StoreError;
 use crate::nix::store_path::StorePath;
-use crate::read::bases::frames_with_bases;
+use crate::read::bases::{frames_with_bases, nothing_cached};
 use crate::read::decode::decode_frames;
 use crate::read::BlobLayout;
 use crate::{Node, Store};
@@ -114,7 +114,7 @@ pub async fn pin(
             let got = frames_with_bases(
                 batch.to_vec(),
                 |ds| async move { store.blobs.get_frames(&ds).await },
-                |_| async { None },
+                nothing_cached,
             )
             .await?;
             // Every frame verified before it is kept (bases included).

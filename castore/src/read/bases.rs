@@ -29,7 +29,9 @@ pub struct FramesWithBases {
 
 /// The frames holding `digests` (`fetch`), plus the frames of base chunks
 /// their delta frames need that neither they hold nor `cached` has (one
-/// more `fetch`), plus the bytes of those `cached` has.
+/// more `fetch`), plus the bytes of those `cached` has. `cached` is asked
+/// once, for all the missing bases (a disk lookup is one blocking task,
+/// not one per base).
 pub async fn frames_with_bases<E, F, FFut, C, CFut>(
     digests: Vec<B3Digest>,
     fetch: F,
@@ -39,26 +41,48 @@ where
     E: From<StoreError>,
     F: Fn(Vec<B3Digest>) -> FFut,
     FFut: Future<Output = Result<Vec<Frame>, E>>,
-    C: Fn(B3Digest) -> CFut,
-    CFut: Future<Output = Option<Bytes>>,
+    C: FnOnce(Vec<B3Digest>) -> CFut,
+    CFut: Future<Output = HashMap<B3Digest, Bytes>>,
 {
     let mut frames = fetch(digests).await?;
-    let mut known = HashMap::new();
-    let mut wanted = Vec::new();
-    for d in missing_bases(&frames) {
-        match cached(d).await {
-            Some(b) => {
-                known.insert(d, b);
-            }
-            None => wanted.push(d),
-        }
+    let missing = missing_bases(&frames);
+    if missing.is_empty() {
+        return Ok(FramesWithBases {
+            frames,
+            known: HashMap::new(),
+        });
     }
+    let known = cached(missing.clone()).await;
+    let wanted: Vec<B3Digest> = missing
+        .into_iter()
+        .filter(|d| !known.contains_key(d))
+        .collect();
     if !wanted.is_empty() {
         let base_frames = fetch(wanted).await?;
         check_plain(&base_frames)?;
         frames.extend(base_frames);
     }
     Ok(FramesWithBases { frames, known })
+}
+
+/// A `cached` for [`frames_with_bases`] that has nothing.
+pub async fn nothing_cached(_: Vec<B3Digest>) -> HashMap<B3Digest, Bytes> {
+    HashMap::new()
+}
+
+/// A `cached` for [`frames_with_bases`] from a lookup of one digest.
+pub async fn each_cached<G, GFut>(digests: Vec<B3Digest>, get: G) -> HashMap<B3Digest, Bytes>
+where
+    G: Fn(B3Digest) -> GFut,
+    GFut: Future<Output = Option<Bytes>>,
+{
+    let mut known = HashMap::new();
+    for d in digests {
+        if let Some(b) = get(d).await {
+            known.insert(d, b);
+        }
+    }
+    known
 }
 
 /// `Corrupt` unless every frame is plain: frames fetched as bases.
@@ -141,9 +165,11 @@ mod tests {
         let got = frames_with_bases(
             vec![B3Digest::of(&new1), B3Digest::of(&new2)],
             |ds| store.fetch(ds),
-            |d| {
-                let hit = (d == B3Digest::of(&old2)).then(|| Bytes::from(old2.clone()));
-                async move { hit }
+            |ds| {
+                each_cached(ds, |d| {
+                    let hit = (d == B3Digest::of(&old2)).then(|| Bytes::from(old2.clone()));
+                    async move { hit }
+                })
             },
         )
         .await
@@ -162,12 +188,8 @@ mod tests {
             frames: vec![delta(&c, &b), delta(&b, &a)],
             calls: Mutex::default(),
         };
-        let got = frames_with_bases(
-            vec![B3Digest::of(&c)],
-            |ds| store.fetch(ds),
-            |_| async { None },
-        )
-        .await;
+        let got =
+            frames_with_bases(vec![B3Digest::of(&c)], |ds| store.fetch(ds), nothing_cached).await;
         assert!(matches!(got, Err(StoreError::Corrupt(_))));
     }
 

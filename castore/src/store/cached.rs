@@ -96,8 +96,10 @@ type FrameOutcome = Result<Option<Arc<Frame>>, Arc<StoreError>>;
 
 struct CachedBlobs {
     inner: Arc<dyn BlobStore>,
-    /// Each chunk's frame (a frame is shared by the keys of its chunks).
-    frames: Cache<B3Digest, Arc<Frame>, DigestKeyBuildHasher>,
+    /// Each chunk's frame (a frame is shared by the keys of its chunks);
+    /// `None` when configured with no bytes for frames (a layer above
+    /// keeps decoded chunks, one below keeps frames on disk).
+    frames: Option<Cache<B3Digest, Arc<Frame>, DigestKeyBuildHasher>>,
     /// Chunks being read from the backend right now.
     in_flight: SingleFlight<B3Digest, FrameOutcome, DigestKeyBuildHasher>,
     lists: Cache<B3Digest, Arc<Vec<ChunkMeta>>, DigestKeyBuildHasher>,
@@ -131,13 +133,15 @@ pub fn cached(inner: Store, config: CacheConfig) -> Store {
     Store {
         blobs: Arc::new(CachedBlobs {
             inner: inner.blobs,
-            frames: Cache::builder()
-                .max_capacity(config.chunk_bytes)
-                // Each chunk's key carries its share of the frame.
-                .weigher(|_: &B3Digest, f: &Arc<Frame>| {
-                    (f.data.len() / f.chunks.len().max(1)).min(u32::MAX as usize) as u32 + 64
-                })
-                .build_with_hasher(DigestKeyBuildHasher::default()),
+            frames: (config.chunk_bytes > 0).then(|| {
+                Cache::builder()
+                    .max_capacity(config.chunk_bytes)
+                    // Each chunk's key carries its share of the frame.
+                    .weigher(|_: &B3Digest, f: &Arc<Frame>| {
+                        (f.data.len() / f.chunks.len().max(1)).min(u32::MAX as usize) as u32 + 64
+                    })
+                    .build_with_hasher(DigestKeyBuildHasher::default())
+            }),
             in_flight: SingleFlight::default(),
             lists: Cache::builder()
                 .max_capacity(config.metadata_bytes / 2)
@@ -183,8 +187,13 @@ impl BlobStore for CachedBlobs {
     }
 
     async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
-        let (found, misses) =
-            hits_and_misses(digests, |d| async move { self.frames.get(&d).await }).await;
+        let (found, misses) = hits_and_misses(digests, |d| async move {
+            match &self.frames {
+                Some(frames) => frames.get(&d).await,
+                None => None,
+            }
+        })
+        .await;
         let mut frames: Vec<Arc<Frame>> = found.into_iter().flatten().collect();
         frames.extend(self.read_shared(&misses).await?);
         // Each frame once, in order of first request.
@@ -303,7 +312,9 @@ impl CachedBlobs {
         for f in self.inner.get_frames(digests).await? {
             let f = Arc::new(f);
             for c in &f.chunks {
-                self.frames.insert(c.digest, f.clone()).await;
+                if let Some(frames) = &self.frames {
+                    frames.insert(c.digest, f.clone()).await;
+                }
                 by_chunk.insert(c.digest, f.clone());
             }
         }

@@ -20,7 +20,7 @@ use crate::digest::{B3Digest, DigestKeyBuildHasher};
 use crate::disk::DiskCache;
 use crate::error::StoreResult;
 use crate::frame::Frame;
-use crate::read::bases::{frames_with_bases, FramesWithBases};
+use crate::read::bases::{each_cached, frames_with_bases, FramesWithBases};
 use crate::read::decode::{chunks_in_order, decode_frames};
 use crate::trust::ChunkListsDigest;
 
@@ -28,13 +28,7 @@ use crate::trust::ChunkListsDigest;
 /// costs a copy instead of a decompression and a hash. Bounded by raw bytes.
 struct DecodedChunks {
     inner: Arc<dyn BlobStore>,
-    chunks: Cache<B3Digest, Bytes, DigestKeyBuildHasher>,
-    /// Chunks of gzip-contents frames ([`crate::regzip`]), kept apart: each
-    /// cost a deflate at zlib's level to rebuild, many times a plain
-    /// chunk's zstd decoding, yet they are few bytes (all the man pages
-    /// and changelogs of /usr/share: 34 MiB). In the main cache a stream
-    /// of cheap chunks larger than it would evict them on every pass.
-    redeflated: Cache<B3Digest, Bytes, DigestKeyBuildHasher>,
+    cache: DecodedChunkCache,
     /// Re-deflated chunks on local disk, as plain frames of the gzip bytes
     /// they became: they outlive the process (a server restarted, or
     /// another one on the machine, reads them instead of deflating at
@@ -44,7 +38,89 @@ struct DecodedChunks {
     /// Writes to `redeflated_disk` under way; past [`DISK_WRITES`] a
     /// frame is not written (a cache: the next pass writes it).
     disk_writes: Arc<tokio::sync::Semaphore>,
+}
+
+/// The memory of a decoded-chunk layer: verified chunks by digest. It can
+/// be shared with a layer below that decodes and verifies frames anyway
+/// (the proxy's disk layer checks every frame it fetches before keeping
+/// it): what that layer [`keep`](Self::keep)s here is not decoded again
+/// above.
+#[derive(Clone)]
+pub struct DecodedChunkCache {
+    chunks: Cache<B3Digest, Bytes, DigestKeyBuildHasher>,
+    /// Chunks of gzip-contents frames ([`crate::regzip`]), kept apart: each
+    /// cost a deflate at zlib's level to rebuild, many times a plain
+    /// chunk's zstd decoding, yet they are few bytes (all the man pages
+    /// and changelogs of /usr/share: 34 MiB). In the main cache a stream
+    /// of cheap chunks larger than it would evict them on every pass.
+    redeflated: Cache<B3Digest, Bytes, DigestKeyBuildHasher>,
     counters: Arc<DecodedCacheCounters>,
+}
+
+impl DecodedChunkCache {
+    /// A cache of up to `bytes` of decoded chunks.
+    pub fn new(bytes: u64) -> Self {
+        let redeflated_bytes = bytes / REDEFLATED_SHARE;
+        let counters = Arc::new(DecodedCacheCounters::default());
+        let cache = |capacity: u64| {
+            let c = counters.clone();
+            Cache::builder()
+                .max_capacity(capacity)
+                .weigher(|_: &B3Digest, b: &Bytes| weight(b))
+                .eviction_listener(move |_, b: Bytes, cause| {
+                    if cause == moka::notification::RemovalCause::Size {
+                        c.evictions.fetch_add(1, Ordering::Relaxed);
+                    }
+                    c.bytes.fetch_sub(u64::from(weight(&b)), Ordering::Relaxed);
+                    c.entries.fetch_sub(1, Ordering::Relaxed);
+                })
+                .build_with_hasher(DigestKeyBuildHasher::default())
+        };
+        Self {
+            chunks: cache(bytes - redeflated_bytes),
+            redeflated: cache(redeflated_bytes),
+            counters,
+        }
+    }
+
+    /// Keeps a chunk the caller decoded and verified against `digest`.
+    pub async fn keep(&self, digest: B3Digest, bytes: &Bytes) {
+        self.insert(&self.chunks, digest, bytes).await;
+    }
+
+    async fn insert(
+        &self,
+        cache: &Cache<B3Digest, Bytes, DigestKeyBuildHasher>,
+        digest: B3Digest,
+        bytes: &Bytes,
+    ) {
+        // A copy of its own: a slice would keep its whole frame's buffer
+        // alive while any chunk of it stays, and the cache would hold far
+        // more than it weighs (a 256 MiB cache took 700 MiB).
+        let owned = Bytes::copy_from_slice(bytes);
+        self.counters
+            .bytes
+            .fetch_add(u64::from(weight(&owned)), Ordering::Relaxed);
+        self.counters.entries.fetch_add(1, Ordering::Relaxed);
+        cache.insert(digest, owned).await;
+    }
+
+    /// A decoded chunk from either part.
+    pub(crate) async fn get(&self, digest: &B3Digest) -> Option<Bytes> {
+        match self.chunks.get(digest).await {
+            Some(b) => Some(b),
+            None => self.redeflated.get(digest).await,
+        }
+    }
+
+    /// Every chunk of `frame`, if all are here.
+    async fn frame(&self, frame: &Frame) -> Option<Vec<(ChunkMeta, Bytes)>> {
+        let mut out = Vec::with_capacity(frame.chunks.len());
+        for meta in &frame.chunks {
+            out.push((*meta, self.chunks.get(&meta.digest).await?));
+        }
+        Some(out)
+    }
 }
 
 /// Re-deflated frames written to disk at once (each holds its decoded
@@ -121,39 +197,28 @@ pub fn decoded_chunks_counted(
     bytes: u64,
     redeflated_disk: Option<Arc<DiskCache>>,
 ) -> (Arc<dyn BlobStore>, Arc<DecodedCacheCounters>) {
-    let mut cache = DecodedChunks::new(blobs, bytes);
-    cache.redeflated_disk = redeflated_disk;
+    let cache = DecodedChunkCache::new(bytes);
     let counters = cache.counters.clone();
-    (Arc::new(cache), counters)
+    let mut layer = DecodedChunks::new(blobs, cache);
+    layer.redeflated_disk = redeflated_disk;
+    (Arc::new(layer), counters)
+}
+
+/// [`decoded_chunks`] over `cache`, which a layer below may fill.
+pub fn decoded_chunks_sharing(
+    blobs: Arc<dyn BlobStore>,
+    cache: DecodedChunkCache,
+) -> Arc<dyn BlobStore> {
+    Arc::new(DecodedChunks::new(blobs, cache))
 }
 
 impl DecodedChunks {
-    fn new(blobs: Arc<dyn BlobStore>, bytes: u64) -> Self {
-        let redeflated_bytes = bytes / REDEFLATED_SHARE;
-        let counters = Arc::new(DecodedCacheCounters::default());
-        let cache = |capacity: u64| {
-            let c = counters.clone();
-            Cache::builder()
-                .max_capacity(capacity)
-                .weigher(|_: &B3Digest, b: &Bytes| weight(b))
-                .eviction_listener(move |_, b: Bytes, cause| {
-                    if cause == moka::notification::RemovalCause::Size {
-                        c.evictions.fetch_add(1, Ordering::Relaxed);
-                    }
-                    c.bytes.fetch_sub(u64::from(weight(&b)), Ordering::Relaxed);
-                    c.entries.fetch_sub(1, Ordering::Relaxed);
-                })
-                .build_with_hasher(DigestKeyBuildHasher::default())
-        };
-        let chunks = cache(bytes - redeflated_bytes);
-        let redeflated = cache(redeflated_bytes);
+    fn new(blobs: Arc<dyn BlobStore>, cache: DecodedChunkCache) -> Self {
         Self {
             inner: blobs,
-            chunks,
-            redeflated,
+            cache,
             redeflated_disk: None,
             disk_writes: Arc::new(tokio::sync::Semaphore::new(DISK_WRITES)),
-            counters,
         }
     }
 
@@ -206,10 +271,7 @@ impl DecodedChunks {
 
     /// A decoded chunk from either cache.
     async fn cached(&self, digest: &B3Digest) -> Option<Bytes> {
-        match self.chunks.get(digest).await {
-            Some(b) => Some(b),
-            None => self.redeflated.get(digest).await,
-        }
+        self.cache.get(digest).await
     }
 
     /// Writes the re-deflated chunks of `regzip_frames` (their bytes in
@@ -275,10 +337,11 @@ impl BlobStore for DecodedChunks {
             })
         })
         .await;
-        self.counters
+        let counters = &self.cache.counters;
+        counters
             .hits
             .fetch_add((digests.len() - misses.len()) as u64, Ordering::Relaxed);
-        self.counters
+        counters
             .misses
             .fetch_add(misses.len() as u64, Ordering::Relaxed);
         let mut fetched = Vec::new();
@@ -292,7 +355,7 @@ impl BlobStore for DecodedChunks {
                 frames_with_bases(
                     from_store.clone(),
                     |ds| async move { self.inner.get_frames(&ds).await },
-                    |d| async move { self.cached(&d).await },
+                    |ds| each_cached(ds, |d| async move { self.cached(&d).await }),
                 )
                 .await?
             };
@@ -304,29 +367,40 @@ impl BlobStore for DecodedChunks {
             let mut redeflated: HashSet<B3Digest> =
                 regzip_frames.iter().flatten().map(|c| c.digest).collect();
             redeflated.extend(from_disk.iter().map(|(m, _)| m.digest));
-            self.counters
+            counters
                 .disk_hits
                 .fetch_add((misses.len() - from_store.len()) as u64, Ordering::Relaxed);
-            let mut decoded = decode_frames(frames, known).await?;
+            // Frames a layer below decoded and verified on their way here
+            // (into this cache) are not decoded again.
+            let (mut known, mut ready, mut to_decode) = (known, Vec::new(), Vec::new());
+            for frame in frames {
+                match self.cache.frame(&frame).await {
+                    Some(chunks) => ready.extend(chunks),
+                    None => to_decode.push(frame),
+                }
+            }
+            let bases: HashSet<B3Digest> = to_decode
+                .iter()
+                .flat_map(|f| f.base.iter().map(|b| b.digest))
+                .collect();
+            known.extend(
+                ready
+                    .iter()
+                    .filter(|(m, _)| bases.contains(&m.digest))
+                    .map(|(m, b)| (m.digest, b.clone())),
+            );
+            let mut decoded = decode_frames(to_decode, known).await?;
             self.keep_redeflated_on_disk(&regzip_frames, &decoded);
             decoded.extend(from_disk);
             for (meta, bytes) in &decoded {
                 let cache = if redeflated.contains(&meta.digest) {
-                    &self.redeflated
+                    &self.cache.redeflated
                 } else {
-                    &self.chunks
+                    &self.cache.chunks
                 };
-                // A copy of its own: a slice would keep its whole frame's
-                // buffer alive while any chunk of it stays, and the cache
-                // would hold far more than it weighs (a 256 MiB cache took
-                // 700 MiB).
-                let owned = Bytes::copy_from_slice(bytes);
-                self.counters
-                    .bytes
-                    .fetch_add(u64::from(weight(&owned)), Ordering::Relaxed);
-                self.counters.entries.fetch_add(1, Ordering::Relaxed);
-                cache.insert(meta.digest, owned).await;
+                self.cache.insert(cache, meta.digest, bytes).await;
             }
+            decoded.extend(ready);
             fetched = chunks_in_order(&misses, decoded)?;
         }
         fill_misses(found, fetched)
@@ -389,18 +463,18 @@ mod tests {
         inner.put_frames(frames).await.unwrap();
         let counting = SlowStore::new(inner, Duration::ZERO);
         // 1 MiB in all, 2 MiB of plain chunks streamed through it.
-        let decoded = DecodedChunks::new(counting.clone(), 1 << 20);
+        let decoded = DecodedChunks::new(counting.clone(), DecodedChunkCache::new(1 << 20));
 
         let got = decoded.get_chunks(&[gz_meta.digest]).await.unwrap();
         assert_eq!(got[0].decode_verified().unwrap(), gz);
-        decoded.redeflated.run_pending_tasks().await;
-        assert!(decoded.redeflated.contains_key(&gz_meta.digest));
-        assert!(!decoded.chunks.contains_key(&gz_meta.digest));
+        decoded.cache.redeflated.run_pending_tasks().await;
+        assert!(decoded.cache.redeflated.contains_key(&gz_meta.digest));
+        assert!(!decoded.cache.chunks.contains_key(&gz_meta.digest));
         for p in &plain {
             decoded.get_chunks(&[B3Digest::of(p)]).await.unwrap();
         }
-        decoded.chunks.run_pending_tasks().await;
-        assert!(decoded.chunks.weighted_size() <= (1 << 20) - (1 << 20) / REDEFLATED_SHARE);
+        decoded.cache.chunks.run_pending_tasks().await;
+        assert!(decoded.cache.chunks.weighted_size() <= (1 << 20) - (1 << 20) / REDEFLATED_SHARE);
         let reads = counting.frames_read();
         let again = decoded.get_chunks(&[gz_meta.digest]).await.unwrap();
         assert_eq!(again[0].decode_verified().unwrap(), gz);
@@ -411,14 +485,14 @@ mod tests {
         );
         // The counters saw it: 34 chunks asked for, one a hit; the plain
         // stream evicted; what is held fits the bound.
-        decoded.chunks.run_pending_tasks().await;
-        let c = decoded.counters.read();
+        decoded.cache.chunks.run_pending_tasks().await;
+        let c = decoded.cache.counters.read();
         assert_eq!((c.hits, c.misses), (1, 33), "{c:?}");
         assert!(c.evictions > 0, "{c:?}");
         assert!(c.bytes <= 1 << 20 && c.bytes > 0, "{c:?}");
         assert_eq!(
             c.entries,
-            decoded.chunks.entry_count() + decoded.redeflated.entry_count()
+            decoded.cache.chunks.entry_count() + decoded.cache.redeflated.entry_count()
         );
     }
 
@@ -437,7 +511,7 @@ mod tests {
         let counting = SlowStore::new(inner, Duration::ZERO);
         let disk_dir = dir.path().join("redeflated");
         let server = |disk: Arc<DiskCache>| {
-            let mut d = DecodedChunks::new(counting.clone(), 16 << 20);
+            let mut d = DecodedChunks::new(counting.clone(), DecodedChunkCache::new(16 << 20));
             d.redeflated_disk = Some(disk);
             d
         };
@@ -479,9 +553,9 @@ mod tests {
         let repaired = third.get_chunks(&[gz_meta.digest]).await.unwrap();
         assert_eq!(repaired[0].decode_verified().unwrap(), gz);
         assert!(counting.frames_read() > reads, "the damaged copy was used");
-        assert_eq!(first.counters.read().disk_hits, 0);
-        assert_eq!(second.counters.read().disk_hits, 1);
-        assert_eq!(third.counters.read().disk_hits, 0);
+        assert_eq!(first.cache.counters.read().disk_hits, 0);
+        assert_eq!(second.cache.counters.read().disk_hits, 1);
+        assert_eq!(third.cache.counters.read().disk_hits, 0);
     }
 
     #[tokio::test]
@@ -492,14 +566,15 @@ mod tests {
             crate::testutil::pseudo_random(40 << 10, 2),
         );
         inner.put_frames(vec![frame_of(&[&a, &b])]).await.unwrap();
-        let decoded = DecodedChunks::new(inner, 16 << 20);
+        let decoded = DecodedChunks::new(inner, DecodedChunkCache::new(16 << 20));
         let (da, db) = (B3Digest::of(&a), B3Digest::of(&b));
         let got = decoded.get_chunks(&[da]).await.unwrap();
         assert_eq!(got[0].decode_verified().unwrap(), a);
-        decoded.chunks.run_pending_tasks().await;
+        decoded.cache.chunks.run_pending_tasks().await;
         let (ca, cb) = (
-            decoded.chunks.get(&da).await.expect("a cached"),
+            decoded.cache.chunks.get(&da).await.expect("a cached"),
             decoded
+                .cache
                 .chunks
                 .get(&db)
                 .await

@@ -22,12 +22,13 @@
 //! below unchanged. Concurrent askers of one chunk are the business of the
 //! memory caches layered above ([`super::cached`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use super::decoded::DecodedChunkCache;
 use super::{BlobChunks, BlobStore};
 use crate::chunk::ChunkMeta;
 use crate::digest::B3Digest;
@@ -49,23 +50,41 @@ pub struct DiskCounters {
     pub disk_frames: AtomicU64,
 }
 
-/// `inner` with its frames kept in `disk`, counted in `counters`.
+/// `inner` with its frames kept in `disk`, counted in `counters`; the
+/// chunks of the frames it fetches, decoded and verified before they are
+/// kept, also go to `decoded` (the cache of a decoded-chunk layer above,
+/// which then need not decode them again).
 pub fn disk_frames(
     inner: Arc<dyn BlobStore>,
     disk: DiskCache,
     counters: Arc<DiskCounters>,
+    decoded: Option<DecodedChunkCache>,
 ) -> Arc<dyn BlobStore> {
     Arc::new(DiskFrames {
         inner,
         disk,
         counters,
+        decoded,
+        bases: moka::sync::Cache::builder()
+            .max_capacity(BASE_CACHE_BYTES)
+            .weigher(|_: &B3Digest, b: &bytes::Bytes| (b.len() + 64).min(u32::MAX as usize) as u32)
+            .build_with_hasher(crate::digest::DigestKeyBuildHasher::default()),
     })
 }
+
+/// Bytes of decoded delta bases kept in memory: a base frame on disk is
+/// decoded once for all the delta frames that need its chunks, not once
+/// per base chunk (the pages of a documentation folder are deltas of
+/// each other, many bases to a frame).
+const BASE_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 struct DiskFrames {
     inner: Arc<dyn BlobStore>,
     disk: DiskCache,
     counters: Arc<DiskCounters>,
+    decoded: Option<DecodedChunkCache>,
+    /// Verified chunks of base frames read from the disk.
+    bases: moka::sync::Cache<B3Digest, bytes::Bytes, crate::digest::DigestKeyBuildHasher>,
 }
 
 impl DiskFrames {
@@ -115,18 +134,50 @@ impl DiskFrames {
         Ok(fetched)
     }
 
-    /// A delta base's verified bytes from its frame on disk (bases are in
-    /// plain frames), or `None`.
-    async fn base_on_disk(&self, digest: B3Digest) -> Option<bytes::Bytes> {
+    /// The verified bytes of those delta bases whose frames are on disk
+    /// (bases are in plain frames), in one blocking task: each frame read
+    /// and decoded once, its other chunks kept for the next call.
+    async fn bases_on_disk(&self, digests: Vec<B3Digest>) -> HashMap<B3Digest, bytes::Bytes> {
+        let mut known = HashMap::new();
+        let mut rest = Vec::new();
+        for d in digests {
+            match self.bases.get(&d) {
+                Some(b) => {
+                    known.insert(d, b);
+                }
+                None => rest.push(d),
+            }
+        }
+        if rest.is_empty() {
+            return known;
+        }
         let disk = self.disk.clone();
-        tokio::task::spawn_blocking(move || {
-            let (_, frame) = disk.frame_of(&digest)?;
-            let at = frame.chunks.iter().position(|c| c.digest == digest)?;
-            frame.decode_verified().ok()?.into_iter().nth(at)
+        let bases = self.bases.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut found = HashMap::new();
+            for digest in rest {
+                if found.contains_key(&digest) {
+                    continue;
+                }
+                let Some((_, frame)) = disk.frame_of(&digest) else {
+                    continue;
+                };
+                let Ok(datas) = frame.decode_verified() else {
+                    continue;
+                };
+                for (meta, bytes) in frame.chunks.iter().zip(datas) {
+                    // A copy of its own: a slice would keep the whole frame.
+                    let owned = bytes::Bytes::copy_from_slice(&bytes);
+                    bases.insert(meta.digest, owned.clone());
+                    found.insert(meta.digest, owned);
+                }
+            }
+            found
         })
         .await
-        .ok()
-        .flatten()
+        .unwrap_or_default();
+        known.extend(read);
+        known
     }
 }
 
@@ -148,19 +199,35 @@ impl BlobStore for DiskFrames {
         // The missing frames and the bases their deltas need (from the
         // disk when there), verified together, then kept.
         let FramesWithBases { frames, known } =
-            frames_with_bases(misses, |ds| self.fetch(ds), |d| self.base_on_disk(d)).await?;
+            frames_with_bases(misses, |ds| self.fetch(ds), |ds| self.bases_on_disk(ds)).await?;
         let disk = self.disk.clone();
-        let frames = tokio::task::spawn_blocking(move || {
+        let keep = self.decoded.is_some();
+        let (frames, verified) = tokio::task::spawn_blocking(move || {
             let mut checked = Vec::with_capacity(frames.len());
+            let mut verified = Vec::new();
             for (frame, outcome) in decode_each(frames, known, &|_| true) {
-                outcome?;
+                let datas = outcome?;
                 disk.store(&frame);
+                if keep {
+                    verified.extend(
+                        frame
+                            .chunks
+                            .iter()
+                            .zip(datas)
+                            .filter_map(|(m, b)| Some((m.digest, b?))),
+                    );
+                }
                 checked.push(frame);
             }
-            Ok::<_, StoreError>(checked)
+            Ok::<_, StoreError>((checked, verified))
         })
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        if let Some(cache) = &self.decoded {
+            for (digest, bytes) in &verified {
+                cache.keep(*digest, bytes).await;
+            }
+        }
         out.extend(frames);
         Ok(out)
     }
@@ -306,6 +373,7 @@ mod tests {
             counting.clone(),
             DiskCache::open(&cache_dir, 1 << 30).unwrap(),
             counters.clone(),
+            None,
         );
         let wanted: Vec<B3Digest> = parts.iter().map(|p| B3Digest::of(p)).collect();
         let first = layer.get_frames(&wanted).await.unwrap();
@@ -326,6 +394,7 @@ mod tests {
             counting.clone(),
             DiskCache::open(&cache_dir, 1 << 30).unwrap(),
             Arc::new(DiskCounters::default()),
+            None,
         );
         other.get_frames(&wanted[..1]).await.unwrap();
         assert_eq!(counting.frames_read(), 1);
@@ -342,6 +411,7 @@ mod tests {
                 bucket.clone(),
                 DiskCache::open(&dir.path().join("cache"), 1 << 30).unwrap(),
                 Arc::default(),
+                None,
             ),
             ..Store::from_backend(bucket)
         };
@@ -413,5 +483,122 @@ mod tests {
         );
         assert_eq!(second.get_blob_chunks(&[blob, single]).await.unwrap(), want);
         assert_eq!(counting.blob_lists_read(), 2);
+    }
+}
+
+#[cfg(test)]
+mod decoded_once_tests {
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::store::decoded::DecodedChunkCache;
+    use crate::testutil::{frame_of, pseudo_random};
+
+    /// A store of fixed frames (deltas included, which no upload makes),
+    /// recording each `get_frames` call.
+    struct FixedFrames {
+        frames: Vec<Frame>,
+        calls: Mutex<Vec<Vec<B3Digest>>>,
+    }
+
+    #[async_trait]
+    impl BlobStore for FixedFrames {
+        async fn missing_chunks(&self, _: &[B3Digest]) -> StoreResult<Vec<B3Digest>> {
+            Err(StoreError::Invalid("read only".into()))
+        }
+        async fn put_frames(&self, _: Vec<Frame>) -> StoreResult<()> {
+            Err(StoreError::Invalid("read only".into()))
+        }
+        async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
+            self.calls.lock().unwrap().push(digests.to_vec());
+            Ok(self
+                .frames
+                .iter()
+                .filter(|f| f.chunks.iter().any(|c| digests.contains(&c.digest)))
+                .cloned()
+                .collect())
+        }
+        async fn put_blob_chunks(&self, _: Vec<BlobChunks>) -> StoreResult<()> {
+            Err(StoreError::Invalid("read only".into()))
+        }
+        async fn get_blob_chunks(
+            &self,
+            blobs: &[B3Digest],
+        ) -> StoreResult<Vec<Option<Vec<ChunkMeta>>>> {
+            Ok(vec![None; blobs.len()])
+        }
+    }
+
+    fn delta(new: &[u8], old: &[u8]) -> Frame {
+        Frame::compress_with_base(
+            &[(ChunkMeta::of(new), Bytes::copy_from_slice(new))],
+            vec![ChunkMeta::of(old)],
+            old,
+            3,
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn fetched_chunks_go_to_the_decoded_cache_and_bases_on_disk_are_not_fetched() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old1, old2) = (pseudo_random(20_000, 1), pseudo_random(20_000, 2));
+        let (mut new1, mut new2) = (old1.clone(), old2.clone());
+        new1[100..110].copy_from_slice(b"0123456789");
+        new2[900..910].copy_from_slice(b"abcdefghij");
+        let upstream = Arc::new(FixedFrames {
+            frames: vec![
+                frame_of(&[&old1, &old2]),
+                delta(&new1, &old1),
+                delta(&new2, &old2),
+            ],
+            calls: Mutex::default(),
+        });
+        let cache = DecodedChunkCache::new(16 << 20);
+        let layer = disk_frames(
+            upstream.clone(),
+            DiskCache::open(dir.path(), 1 << 30).unwrap(),
+            Arc::default(),
+            Some(cache.clone()),
+        );
+        // The bases' frame: fetched, kept on disk, its chunks in the cache.
+        layer.get_frames(&[B3Digest::of(&old1)]).await.unwrap();
+        for chunk in [&old1, &old2] {
+            let kept = cache.get(&B3Digest::of(chunk)).await.expect("kept");
+            assert_eq!(&kept[..], &chunk[..]);
+        }
+        // The deltas: one call; both bases read from the disk (one frame).
+        let got = layer
+            .get_frames(&[B3Digest::of(&new1), B3Digest::of(&new2)])
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(upstream.calls.lock().unwrap().len(), 2, "no call for bases");
+        for chunk in [&new1, &new2] {
+            let kept = cache.get(&B3Digest::of(chunk)).await.expect("kept");
+            assert_eq!(&kept[..], &chunk[..]);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_frame_that_fails_its_check_is_kept_nowhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let (claimed, sent) = (pseudo_random(5_000, 3), pseudo_random(5_000, 4));
+        let mut lying = frame_of(&[&sent]);
+        lying.chunks = vec![ChunkMeta::of(&claimed)];
+        let upstream = Arc::new(FixedFrames {
+            frames: vec![lying],
+            calls: Mutex::default(),
+        });
+        let cache = DecodedChunkCache::new(16 << 20);
+        let disk = DiskCache::open(dir.path(), 1 << 30).unwrap();
+        let layer = disk_frames(upstream, disk.clone(), Arc::default(), Some(cache.clone()));
+        let wanted = B3Digest::of(&claimed);
+        assert!(layer.get_frames(&[wanted]).await.is_err());
+        assert!(cache.get(&wanted).await.is_none());
+        assert!(cache.get(&B3Digest::of(&sent)).await.is_none());
+        assert!(disk.frame_of(&wanted).is_none());
     }
 }

@@ -50,7 +50,8 @@ mod path_closure;
 
 pub use cached::{cached, CacheConfig};
 pub use decoded::{
-    decoded_chunks, decoded_chunks_counted, DecodedCacheCounters, DecodedCacheReading,
+    decoded_chunks, decoded_chunks_counted, decoded_chunks_sharing, DecodedCacheCounters,
+    DecodedCacheReading, DecodedChunkCache,
 };
 pub use disk::{disk_chunk_lists, disk_frames, DiskCounters};
 pub use filtered_lists::{filtered_lists, ListFilter};
@@ -103,7 +104,7 @@ pub trait BlobStore: Send + Sync {
         let with_bases = frames_with_bases(
             digests.to_vec(),
             |ds| async move { self.get_frames(&ds).await },
-            |_| async { None },
+            crate::read::bases::nothing_cached,
         )
         .await?;
         chunks_in_order(
