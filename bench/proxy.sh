@@ -18,6 +18,12 @@
 # second run (e.g. with LAZIX_BIN=another build) measures only; the copies
 # start from empty client stores and an empty proxy cache every run.
 # ONLY=stable copies the first version only (quicker, for trials).
+#
+# The client stores and the proxy's cache are written to a file system
+# made for the run (an ext4 image on a loop device): on a disk that has
+# seen many files deleted, creating the documentation's 52,000 files
+# stalls `nix copy` for seconds at random, on either side. FRESH_FS=0
+# writes to the work folder instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -54,6 +60,15 @@ if [ ! -e "$work/made" ]; then
 fi
 start_nginx "$work/zstd"
 
+client=$work/client-fs
+mkdir -p "$client"
+if [ "${FRESH_FS:-1}" != 0 ]; then
+  truncate -s 12G "$work/client-fs.img"
+  mkfs.ext4 -q -F "$work/client-fs.img"
+  mount -o loop "$work/client-fs.img" "$client"
+  trap 'for p in $(jobs -p); do kill "$p" 2>/dev/null || true; done; sleep 0.5; umount "$client"; rm -f "$work/client-fs.img"; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
+fi
+
 # The links: one in front of nginx, one in front of the upstream's gRPC.
 link() { # name target_port -> sets LINK_PORT, LINK_PID
   LINK_PORT=$(free_port)
@@ -75,17 +90,17 @@ copy() { # label store url path
 }
 
 link_name=nginx; link nginx "$nport"; nginx_link=$LINK_PORT
-copy zstd-stable "$work/client-zstd" "http://127.0.0.1:$nginx_link" "$stable"
-[ "${ONLY:-}" = stable ] || copy zstd-nightly "$work/client-zstd" "http://127.0.0.1:$nginx_link" "$nightly"
+copy zstd-stable "$client/zstd" "http://127.0.0.1:$nginx_link" "$stable"
+[ "${ONLY:-}" = stable ] || copy zstd-nightly "$client/zstd" "http://127.0.0.1:$nginx_link" "$nightly"
 kill "$LINK_PID"
 
 link_name=grpc; link grpc "$gport"; grpc_link=$LINK_PORT
 pport=$(free_port)
 "$LAZIX" proxy --upstream "grpc://127.0.0.1:$grpc_link" --listen "127.0.0.1:$pport" \
-  --cache-dir "$work/proxy-cache" 2>"$work/proxy.log" &
+  --cache-dir "$client/proxy-cache" 2>"$work/proxy.log" &
 wait_port "$pport"
-copy proxy-stable "$work/client-proxy" "http://127.0.0.1:$pport" "$stable"
-[ "${ONLY:-}" = stable ] || copy proxy-nightly "$work/client-proxy" "http://127.0.0.1:$pport" "$nightly"
+copy proxy-stable "$client/proxy" "http://127.0.0.1:$pport" "$stable"
+[ "${ONLY:-}" = stable ] || copy proxy-nightly "$client/proxy" "http://127.0.0.1:$pport" "$nightly"
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 echo
