@@ -22,8 +22,8 @@
 # The client stores and the proxy's cache are written to a file system
 # made for the run (an ext4 image on a loop device): on a disk that has
 # seen many files deleted, creating the documentation's 52,000 files
-# stalls `nix copy` for seconds at random, on either side. FRESH_FS=0
-# writes to the work folder instead.
+# stalls `nix copy` for seconds at random, on either side (needs root
+# and a loop device). FRESH_FS=0 writes to the work folder instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -36,7 +36,8 @@ if [ -n "${KEEP:-}" ]; then
   work=$KEEP
   mkdir -p "$work"
   trap 'for p in $(jobs -p); do kill "$p" 2>/dev/null || true; done' EXIT
-  rm -rf "$work"/client-* "$work/proxy-cache" "$work"/*.count
+  if mountpoint -q "$work/client-fs"; then umount "$work/client-fs"; fi
+  rm -rf "$work"/client-* "$work"/*.count
 else
   bench_workdir proxy-bench
 fi
@@ -63,10 +64,12 @@ start_nginx "$work/zstd"
 client=$work/client-fs
 mkdir -p "$client"
 if [ "${FRESH_FS:-1}" != 0 ]; then
+  trap 'for p in $(jobs -p); do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
+    umount "$client" 2>/dev/null || umount -l "$client" 2>/dev/null || true
+    rm -f "$work/client-fs.img"; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
   truncate -s 12G "$work/client-fs.img"
   mkfs.ext4 -q -F "$work/client-fs.img"
   mount -o loop "$work/client-fs.img" "$client"
-  trap 'for p in $(jobs -p); do kill "$p" 2>/dev/null || true; done; sleep 0.5; umount "$client"; rm -f "$work/client-fs.img"; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 fi
 
 # The links: one in front of nginx, one in front of the upstream's gRPC.

@@ -521,7 +521,10 @@ struct ProxyArgs {
     /// says 40).
     #[arg(long, default_value_t = 30)]
     priority: u32,
-    /// MiB of decoded chunks kept in memory for rendering.
+    /// MiB of decoded chunks kept in memory for rendering (fetched frames
+    /// are decoded once, into it); 0: none, and 256 MiB of frames are
+    /// kept in memory instead. Delta bases read from the disk cache take
+    /// up to 64 MiB more.
     #[arg(long, default_value_t = 256)]
     decoded_cache_mib: u64,
 }
@@ -1533,6 +1536,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 },
                 // The store has the decoded-chunk cache already.
                 decoded_cache_bytes: 0,
+                render_windows: lazix_castore::render::Windows::LOCAL,
                 max_connections: args.max_connections,
                 header_timeout: std::time::Duration::from_secs(args.http_header_timeout.max(1)),
                 stats: None,
@@ -1595,6 +1599,7 @@ async fn proxy(args: ProxyArgs) -> Result<()> {
         nar_compression: NarCompression::None,
         // The proxy's store has its decoded cache already.
         decoded_cache_bytes: 0,
+        render_windows: lazix_castore::render::Windows::OVER_A_LINK,
         max_connections: lazix_server::http::DEFAULT_MAX_CONNECTIONS,
         header_timeout: lazix_server::http::HEADER_TIMEOUT,
         stats: Some(proxy.stats()),

@@ -13,7 +13,13 @@
 //!   ([`lazix_castore::store::disk_chunk_lists`]);
 //! - frames from the disk cache the mount uses (same folder, same format,
 //!   [`lazix_castore::store::disk_frames`]): only missing frames are
-//!   fetched, in the renderer's batched calls, and verified before kept.
+//!   fetched, in the renderer's batched calls (8 MiB windows,
+//!   [`lazix_castore::render::Windows::OVER_A_LINK`]), and verified before
+//!   kept; their chunks go straight to
+//! - the decoded chunks the renderer reads (`--decoded-cache-mib`, least
+//!   recently used first), so a fetched frame is decoded once; frames are
+//!   then not cached in memory (the disk and the page cache hold them),
+//!   unless the decoded cache is off.
 //!
 //! Every upstream call is bounded by the timeout: a NAR whose frames stop
 //! arriving ends as a broken response, never as a short NAR that looks
@@ -69,7 +75,7 @@ impl ProxyStore {
         // cache the renderer reads, so neither a frame cache in memory
         // (the disk and the page cache hold frames) nor a second decoding
         // is needed.
-        let decoded = (decoded_bytes > 0).then(|| DecodedChunkCache::new(decoded_bytes));
+        let decoded = (decoded_bytes > 0).then(|| DecodedChunkCache::streaming(decoded_bytes));
         let store = Store {
             blobs: disk_chunk_lists(
                 disk_frames(

@@ -26,7 +26,8 @@ use crate::trust::ChunkListsDigest;
 /// Cache sizes.
 #[derive(Clone, Copy, Debug)]
 pub struct CacheConfig {
-    /// Bytes of frames (as stored, compressed).
+    /// Bytes of frames (as stored, compressed); 0: no frame cache (one
+    /// concurrent read of a chunk is still shared).
     pub chunk_bytes: u64,
     /// Bytes of directories and chunk lists (encoded).
     pub metadata_bytes: u64,

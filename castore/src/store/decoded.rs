@@ -58,14 +58,32 @@ pub struct DecodedChunkCache {
 }
 
 impl DecodedChunkCache {
-    /// A cache of up to `bytes` of decoded chunks.
+    /// A cache of up to `bytes` of decoded chunks, for a server: TinyLFU
+    /// keeps what is asked for again and again (a closure read round and
+    /// round keeps more of itself than under LRU).
     pub fn new(bytes: u64) -> Self {
+        Self::with_policy(bytes, moka::policy::EvictionPolicy::tiny_lfu())
+    }
+
+    /// A cache of up to `bytes` of decoded chunks for a reader that renders
+    /// NARs front to back from chunks a layer below hands over ([`keep`]):
+    /// least recently used goes first, and every chunk kept is admitted
+    /// (TinyLFU, once full, refuses most chunks seen once, so the layer
+    /// above would decode them again).
+    ///
+    /// [`keep`]: Self::keep
+    pub fn streaming(bytes: u64) -> Self {
+        Self::with_policy(bytes, moka::policy::EvictionPolicy::lru())
+    }
+
+    fn with_policy(bytes: u64, policy: moka::policy::EvictionPolicy) -> Self {
         let redeflated_bytes = bytes / REDEFLATED_SHARE;
         let counters = Arc::new(DecodedCacheCounters::default());
         let cache = |capacity: u64| {
             let c = counters.clone();
             Cache::builder()
                 .max_capacity(capacity)
+                .eviction_policy(policy.clone())
                 .weigher(|_: &B3Digest, b: &Bytes| weight(b))
                 .eviction_listener(move |_, b: Bytes, cause| {
                     if cause == moka::notification::RemovalCause::Size {
@@ -83,9 +101,15 @@ impl DecodedChunkCache {
         }
     }
 
-    /// Keeps a chunk the caller decoded and verified against `digest`.
-    pub async fn keep(&self, digest: B3Digest, bytes: &Bytes) {
-        self.insert(&self.chunks, digest, bytes).await;
+    /// Keeps a chunk the caller decoded and verified against `digest`
+    /// (`redeflated`: from a gzip-contents frame, kept apart).
+    pub(crate) async fn keep(&self, digest: B3Digest, bytes: &Bytes, redeflated: bool) {
+        let part = if redeflated {
+            &self.redeflated
+        } else {
+            &self.chunks
+        };
+        self.insert(part, digest, bytes).await;
     }
 
     async fn insert(
@@ -113,11 +137,15 @@ impl DecodedChunkCache {
         }
     }
 
-    /// Every chunk of `frame`, if all are here.
+    /// Every chunk of `frame`, if all are here with the sizes it says.
     async fn frame(&self, frame: &Frame) -> Option<Vec<(ChunkMeta, Bytes)>> {
         let mut out = Vec::with_capacity(frame.chunks.len());
         for meta in &frame.chunks {
-            out.push((*meta, self.chunks.get(&meta.digest).await?));
+            let bytes = self.get(&meta.digest).await?;
+            if bytes.len() as u64 != meta.size {
+                return None;
+            }
+            out.push((*meta, bytes));
         }
         Some(out)
     }
@@ -347,8 +375,8 @@ impl BlobStore for DecodedChunks {
         let mut fetched = Vec::new();
         if !misses.is_empty() {
             let (from_disk, from_store) = self.read_redeflated_disk(misses.clone()).await;
-            // Whole frames are decoded: their other chunks are cached too
-            // (a NAR renderer usually wants them next).
+            // Whole frames: their other chunks are cached too (a NAR
+            // renderer usually wants them next).
             let FramesWithBases { frames, known } = if from_store.is_empty() {
                 FramesWithBases::default()
             } else {

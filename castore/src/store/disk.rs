@@ -15,11 +15,14 @@
 //!
 //! `get_frames` answers from the disk first and asks the store below only
 //! for the rest, in one call (plus one for delta bases not on disk; those
-//! on disk are read from there). Frames
+//! on disk are read from there in one blocking task, each frame decoded
+//! once and its chunks kept decoded for a while). Frames
 //! fetched are decoded and verified (each chunk by BLAKE3, delta frames
 //! against their bases) before they are kept; a frame that fails is an
-//! error and never reaches the disk. Everything else goes to the store
-//! below unchanged. Concurrent askers of one chunk are the business of the
+//! error and never reaches the disk. The chunks so verified (and the bases
+//! used) go to the decoded-chunk cache of the layer above when one is
+//! given ([`super::decoded::DecodedChunkCache`]), which then does not
+//! decode them again. Everything else goes to the store below unchanged. Concurrent askers of one chunk are the business of the
 //! memory caches layered above ([`super::cached`]).
 
 use std::collections::{HashMap, HashSet};
@@ -141,7 +144,14 @@ impl DiskFrames {
         let mut known = HashMap::new();
         let mut rest = Vec::new();
         for d in digests {
-            match self.bases.get(&d) {
+            let hit = match self.bases.get(&d) {
+                Some(b) => Some(b),
+                None => match &self.decoded {
+                    Some(cache) => cache.get(&d).await,
+                    None => None,
+                },
+            };
+            match hit {
                 Some(b) => {
                     known.insert(d, b);
                 }
@@ -159,10 +169,12 @@ impl DiskFrames {
                 if found.contains_key(&digest) {
                     continue;
                 }
-                let Some((_, frame)) = disk.frame_of(&digest) else {
+                let Some((id, frame)) = disk.frame_of(&digest) else {
                     continue;
                 };
                 let Ok(datas) = frame.decode_verified() else {
+                    tracing::warn!(frame = %id, "dropping a damaged frame from the disk cache");
+                    disk.remove(&id);
                     continue;
                 };
                 for (meta, bytes) in frame.chunks.iter().zip(datas) {
@@ -202,30 +214,39 @@ impl BlobStore for DiskFrames {
             frames_with_bases(misses, |ds| self.fetch(ds), |ds| self.bases_on_disk(ds)).await?;
         let disk = self.disk.clone();
         let keep = self.decoded.is_some();
-        let (frames, verified) = tokio::task::spawn_blocking(move || {
+        // The bases the deltas were decoded against go up too: the layer
+        // above would otherwise read their frames again.
+        let mut verified: Vec<(B3Digest, bytes::Bytes, bool)> = if keep {
+            known.iter().map(|(d, b)| (*d, b.clone(), false)).collect()
+        } else {
+            Vec::new()
+        };
+        let (frames, fetched) = tokio::task::spawn_blocking(move || {
             let mut checked = Vec::with_capacity(frames.len());
-            let mut verified = Vec::new();
+            let mut fetched = Vec::new();
             for (frame, outcome) in decode_each(frames, known, &|_| true) {
                 let datas = outcome?;
                 disk.store(&frame);
                 if keep {
-                    verified.extend(
+                    let redeflated = crate::regzip::is_regzip(&frame.data);
+                    fetched.extend(
                         frame
                             .chunks
                             .iter()
                             .zip(datas)
-                            .filter_map(|(m, b)| Some((m.digest, b?))),
+                            .filter_map(|(m, b)| Some((m.digest, b?, redeflated))),
                     );
                 }
                 checked.push(frame);
             }
-            Ok::<_, StoreError>((checked, verified))
+            Ok::<_, StoreError>((checked, fetched))
         })
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
         if let Some(cache) = &self.decoded {
-            for (digest, bytes) in &verified {
-                cache.keep(*digest, bytes).await;
+            verified.extend(fetched);
+            for (digest, bytes, redeflated) in &verified {
+                cache.keep(*digest, bytes, *redeflated).await;
             }
         }
         out.extend(frames);

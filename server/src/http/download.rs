@@ -326,7 +326,7 @@ pub async fn nar(
             return builder.body(Body::empty()).expect("valid response");
         }
         let raw = plan
-            .stream(st.store.blobs.clone(), 0..size)
+            .stream_with(st.store.blobs.clone(), 0..size, st.cfg.render_windows)
             .map(|r| r.map_err(std::io::Error::other));
         let reader = tokio_util::io::StreamReader::new(raw);
         let encoder = async_compression::tokio::bufread::ZstdEncoder::new(reader);
@@ -367,12 +367,14 @@ pub async fn nar(
     if method == Method::HEAD {
         return builder.body(Body::empty()).expect("valid response");
     }
-    let stream = plan.stream(st.store.blobs.clone(), range).map(|r| {
-        r.map_err(|e| {
-            tracing::error!(error = %e, "NAR stream failed");
-            std::io::Error::other(e)
-        })
-    });
+    let stream = plan
+        .stream_with(st.store.blobs.clone(), range, st.cfg.render_windows)
+        .map(|r| {
+            r.map_err(|e| {
+                tracing::error!(error = %e, "NAR stream failed");
+                std::io::Error::other(e)
+            })
+        });
     builder
         .body(Body::from_stream(stream))
         .expect("valid response")

@@ -61,6 +61,8 @@ pub struct HttpConfig {
     /// none added here (the store given has one already, shared with the
     /// gRPC services, as `lazix serve` does).
     pub decoded_cache_bytes: u64,
+    /// How NARs fetch their chunks from the store.
+    pub render_windows: lazix_castore::render::Windows,
     /// Connections served at once; further ones wait in the kernel's
     /// accept queue.
     pub max_connections: usize,
