@@ -84,6 +84,8 @@ carried() { awk '{print $1 + $2}' "$work/$1.count"; }
 declare -A T B
 copy() { # label store url path
   local label=$1 store=$2 url=$3 path=$4 before t
+  # The previous copy's writes flushed first: not this one's cost.
+  sync
   before=$(carried "$link_name")
   t=$(now)
   nix copy --no-check-sigs --store "$store" --from "$url" "$path" \

@@ -13,7 +13,7 @@
 //!   ([`lazix_castore::store::disk_chunk_lists`]);
 //! - frames from the disk cache the mount uses (same folder, same format,
 //!   [`lazix_castore::store::disk_frames`]): only missing frames are
-//!   fetched, in the renderer's batched calls (8 MiB windows,
+//!   fetched, in the renderer's batched calls (8 MiB windows, 8 at once,
 //!   [`lazix_castore::render::Windows::OVER_A_LINK`]), and verified before
 //!   kept; their chunks go straight to
 //! - the decoded chunks the renderer reads (`--decoded-cache-mib`, least
