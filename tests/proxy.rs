@@ -307,7 +307,11 @@ fn upstream_gone_mid_nar_breaks_the_response_and_nix_registers_nothing() {
     let upstream = Server::start();
     let tree = dir.path().join("cut-off-fixture");
     std::fs::create_dir_all(&tree).unwrap();
-    std::fs::write(tree.join("big"), pseudo_random(48 << 20, 52)).unwrap();
+    // Twice what the proxy fetches ahead of its reader: the upstream
+    // freezes with much of the NAR still to come.
+    let ahead = lazix_castore::render::Windows::OVER_A_LINK;
+    let size = 2 * ahead.bytes as usize * ahead.ahead + (16 << 20);
+    std::fs::write(tree.join("big"), pseudo_random(size, 52)).unwrap();
     let path = add_path(&tree);
     sign_closure(&path, &key);
     lazix_push(&upstream, &[&path]);

@@ -116,19 +116,8 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::chunk::ChunkMeta;
     use crate::error::StoreResult;
-    use crate::testutil::frame_of;
-
-    fn delta(new: &[u8], old: &[u8]) -> Frame {
-        Frame::compress_with_base(
-            &[(ChunkMeta::of(new), Bytes::copy_from_slice(new))],
-            vec![ChunkMeta::of(old)],
-            old,
-            3,
-        )
-        .unwrap()
-    }
+    use crate::testutil::{delta_frame_of, frame_of};
 
     /// A store of frames by the chunks they hold, recording each fetch.
     struct Frames {
@@ -155,8 +144,8 @@ mod tests {
         let (new1, new2) = (b"new one".to_vec(), b"new two".to_vec());
         let store = Frames {
             frames: vec![
-                delta(&new1, &old1),
-                delta(&new2, &old2),
+                delta_frame_of(&new1, &old1),
+                delta_frame_of(&new2, &old2),
                 frame_of(&[&old1]),
                 frame_of(&[&old2]),
             ],
@@ -185,7 +174,7 @@ mod tests {
     async fn a_base_that_is_itself_a_delta_is_corrupt() {
         let (a, b, c) = (b"first".to_vec(), b"second".to_vec(), b"third".to_vec());
         let store = Frames {
-            frames: vec![delta(&c, &b), delta(&b, &a)],
+            frames: vec![delta_frame_of(&c, &b), delta_frame_of(&b, &a)],
             calls: Mutex::default(),
         };
         let got =
@@ -196,7 +185,7 @@ mod tests {
     #[test]
     fn bases_held_by_plain_frames_of_the_call_are_not_missing() {
         let (old, new) = (b"old".to_vec(), b"new".to_vec());
-        let frames = vec![delta(&new, &old), frame_of(&[&old])];
+        let frames = vec![delta_frame_of(&new, &old), frame_of(&[&old])];
         assert!(missing_bases(&frames).is_empty());
         assert_eq!(missing_bases(&frames[..1]), vec![B3Digest::of(&old)]);
     }

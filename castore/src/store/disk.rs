@@ -511,11 +511,9 @@ mod tests {
 mod decoded_once_tests {
     use std::sync::Mutex;
 
-    use bytes::Bytes;
-
     use super::*;
     use crate::store::decoded::DecodedChunkCache;
-    use crate::testutil::{frame_of, pseudo_random};
+    use crate::testutil::{delta_frame_of, frame_of, pseudo_random};
 
     /// A store of fixed frames (deltas included, which no upload makes),
     /// recording each `get_frames` call.
@@ -552,16 +550,6 @@ mod decoded_once_tests {
         }
     }
 
-    fn delta(new: &[u8], old: &[u8]) -> Frame {
-        Frame::compress_with_base(
-            &[(ChunkMeta::of(new), Bytes::copy_from_slice(new))],
-            vec![ChunkMeta::of(old)],
-            old,
-            3,
-        )
-        .unwrap()
-    }
-
     #[tokio::test]
     async fn fetched_chunks_go_to_the_decoded_cache_and_bases_on_disk_are_not_fetched() {
         let dir = tempfile::tempdir().unwrap();
@@ -572,8 +560,8 @@ mod decoded_once_tests {
         let upstream = Arc::new(FixedFrames {
             frames: vec![
                 frame_of(&[&old1, &old2]),
-                delta(&new1, &old1),
-                delta(&new2, &old2),
+                delta_frame_of(&new1, &old1),
+                delta_frame_of(&new2, &old2),
             ],
             calls: Mutex::default(),
         });

@@ -61,6 +61,21 @@ pub fn frame_of(chunks: &[&[u8]]) -> crate::frame::Frame {
     crate::frame::Frame::compress(&chunks).expect("compress")
 }
 
+/// A delta frame: the chunk `new` compressed against the chunk `old` (a
+/// frame only compaction makes; no upload may carry one).
+pub fn delta_frame_of(new: &[u8], old: &[u8]) -> crate::frame::Frame {
+    crate::frame::Frame::compress_with_base(
+        &[(
+            crate::chunk::ChunkMeta::of(new),
+            bytes::Bytes::copy_from_slice(new),
+        )],
+        vec![crate::chunk::ChunkMeta::of(old)],
+        old,
+        3,
+    )
+    .expect("compress")
+}
+
 mod slow_store;
 
 pub use slow_store::SlowStore;
