@@ -297,11 +297,6 @@ impl DecodedChunks {
         })
     }
 
-    /// A decoded chunk from either cache.
-    async fn cached(&self, digest: &B3Digest) -> Option<Bytes> {
-        self.cache.get(digest).await
-    }
-
     /// Writes the re-deflated chunks of `regzip_frames` (their bytes in
     /// `decoded`) to the disk, one plain frame per frame, in the
     /// background: the answer does not wait for it.
@@ -358,7 +353,7 @@ impl BlobStore for DecodedChunks {
 
     async fn get_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<Chunk>> {
         let (found, misses) = hits_and_misses(digests, |d| async move {
-            self.cached(&d).await.map(|b| Chunk {
+            self.cache.get(&d).await.map(|b| Chunk {
                 digest: d,
                 size: b.len() as u64,
                 payload: ChunkPayload::Verified(b),
@@ -383,7 +378,7 @@ impl BlobStore for DecodedChunks {
                 frames_with_bases(
                     from_store.clone(),
                     |ds| async move { self.inner.get_frames(&ds).await },
-                    |ds| each_cached(ds, |d| async move { self.cached(&d).await }),
+                    |ds| each_cached(ds, |d| async move { self.cache.get(&d).await }),
                 )
                 .await?
             };

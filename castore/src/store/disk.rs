@@ -22,8 +22,9 @@
 //! error and never reaches the disk. The chunks so verified (and the bases
 //! used) go to the decoded-chunk cache of the layer above when one is
 //! given ([`super::decoded::DecodedChunkCache`]), which then does not
-//! decode them again. Everything else goes to the store below unchanged. Concurrent askers of one chunk are the business of the
-//! memory caches layered above ([`super::cached`]).
+//! decode them again. Everything else goes to the store below unchanged.
+//! Concurrent askers of one chunk are the business of the memory caches
+//! layered above ([`super::cached`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,7 +87,8 @@ struct DiskFrames {
     disk: DiskCache,
     counters: Arc<DiskCounters>,
     decoded: Option<DecodedChunkCache>,
-    /// Verified chunks of base frames read from the disk.
+    /// Verified chunks of base frames read from the disk, when there is
+    /// no `decoded` cache to keep them (they are handed up to it).
     bases: moka::sync::Cache<B3Digest, bytes::Bytes, crate::digest::DigestKeyBuildHasher>,
 }
 
@@ -162,7 +164,7 @@ impl DiskFrames {
             return known;
         }
         let disk = self.disk.clone();
-        let bases = self.bases.clone();
+        let bases = self.decoded.is_none().then(|| self.bases.clone());
         let read = tokio::task::spawn_blocking(move || {
             let mut found = HashMap::new();
             for digest in rest {
@@ -180,7 +182,9 @@ impl DiskFrames {
                 for (meta, bytes) in frame.chunks.iter().zip(datas) {
                     // A copy of its own: a slice would keep the whole frame.
                     let owned = bytes::Bytes::copy_from_slice(&bytes);
-                    bases.insert(meta.digest, owned.clone());
+                    if let Some(bases) = &bases {
+                        bases.insert(meta.digest, owned.clone());
+                    }
                     found.insert(meta.digest, owned);
                 }
             }
