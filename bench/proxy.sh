@@ -53,8 +53,12 @@ gport=$(free_port)
 "$LAZIX" serve --data "$work/lazix" --grpc "127.0.0.1:$gport" --compact-after 0 2>"$work/serve.log" &
 wait_port "$gport"
 if [ ! -e "$work/made" ]; then
-  "$LAZIX" push --server "grpc://127.0.0.1:$gport" "$stable" "$nightly" 2>&1 | tail -1 >&2
-  "$LAZIX" compact --data "$work/lazix" >&2
+  # One version after the other, each compacted before the next arrives
+  # (a cache compacts when uploads are quiet; versions come weeks apart).
+  for p in "$stable" "$nightly"; do
+    "$LAZIX" push --server "grpc://127.0.0.1:$gport" "$p" 2>&1 | tail -1 >&2
+    "$LAZIX" compact --data "$work/lazix" >&2
+  done
   # The classic binary cache, zstd-compressed NARs, served by nginx.
   nix copy --to "file://$work/zstd?compression=zstd" "$stable" "$nightly"
   touch "$work/made"
@@ -104,8 +108,21 @@ pport=$(free_port)
 "$LAZIX" proxy --upstream "grpc://127.0.0.1:$grpc_link" --listen "127.0.0.1:$pport" \
   --cache-dir "$client/proxy-cache" 2>"$work/proxy.log" &
 wait_port "$pport"
+# Frame bytes fetched upstream and held in the proxy's disk cache after
+# each copy (cumulative): a frame fetched twice counts twice in the first.
+declare -A FETCHED CACHED
+proxy_stats() {
+  local s
+  s=$(curl -s "http://127.0.0.1:$pport/lazix-stats")
+  FETCHED[$1]=$(echo "$s" | python3 -c 'import json,sys; print(json.load(sys.stdin)["upstream_bytes"])')
+  CACHED[$1]=$(echo "$s" | python3 -c 'import json,sys; print(json.load(sys.stdin)["disk_cache"]["bytes"])')
+}
 copy proxy-stable "$client/proxy" "http://127.0.0.1:$pport" "$stable"
-[ "${ONLY:-}" = stable ] || copy proxy-nightly "$client/proxy" "http://127.0.0.1:$pport" "$nightly"
+proxy_stats stable
+if [ "${ONLY:-}" != stable ]; then
+  copy proxy-nightly "$client/proxy" "http://127.0.0.1:$pport" "$nightly"
+  proxy_stats nightly
+fi
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 echo
@@ -116,4 +133,8 @@ echo "|---|---|---|---|---|"
 for v in stable $([ "${ONLY:-}" = stable ] || echo nightly); do
   what=$([ $v = stable ] && echo "stable, empty store" || echo "nightly after stable")
   echo "| $what | ${T[zstd-$v]} s, $(mib "${B[zstd-$v]}") MiB | ${T[proxy-$v]} s, $(mib "${B[proxy-$v]}") MiB | $(ratio "${T[proxy-$v]}" "${T[zstd-$v]}") | $(ratio "${B[proxy-$v]}" "${B[zstd-$v]}") |"
+done
+echo
+for v in stable $([ "${ONLY:-}" = stable ] || echo nightly); do
+  echo "proxy after $v: $(mib "${FETCHED[$v]}") MiB of frames fetched upstream, $(mib "${CACHED[$v]}") MiB in its disk cache (cumulative)"
 done

@@ -610,3 +610,71 @@ async fn a_wrong_chunk_list_in_a_readers_caches_fails_one_render_and_is_dropped(
         assert_eq!(lists.get(&a_digest), Some(Some(a_list.clone())), "{what}");
     }
 }
+
+/// The chunk digests of `data` as the chunker cuts it.
+fn chunk_digests(data: &[u8]) -> Vec<lazix_castore::B3Digest> {
+    let params = lazix_castore::chunker::DEFAULT_PARAMS;
+    let mut out = Vec::new();
+    let mut rest = data;
+    while !rest.is_empty() {
+        let n = params.cut(rest);
+        out.push(lazix_castore::B3Digest::of(&rest[..n]));
+        rest = &rest[n..];
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_delta_of_a_large_file_takes_whole_frames_of_its_old_version_as_base() {
+    let (_dir, backend, store) = open().await;
+    let v1 = random(3_000_000, 31);
+    let mut v2 = v1.clone();
+    for at in [10_000, 900_000, 2_500_000] {
+        v2[at..at + 12].copy_from_slice(b"version 2.0!");
+    }
+    let node1 = ingest(&store, &sample_nar(&v1)).await.unwrap();
+    backend.compact().await.unwrap();
+    let node2 = ingest(&store, &sample_nar(&v2)).await.unwrap();
+    let report = backend.compact().await.unwrap();
+    assert!(report.delta_frames >= 1, "{report:?}");
+    // v1's frames, by the chunks they hold.
+    let v1_frames = store.blobs.get_frames(&chunk_digests(&v1)).await.unwrap();
+    assert!(v1_frames.iter().all(|f| f.base.is_empty()));
+    let v1_frame_holding = |d: &lazix_castore::B3Digest| {
+        v1_frames
+            .iter()
+            .find(|f| f.chunks.iter().any(|c| c.digest == *d))
+            .expect("a base is a chunk of v1")
+    };
+    let v1_chunks = chunk_digests(&v1);
+    let changed: Vec<_> = chunk_digests(&v2)
+        .into_iter()
+        .filter(|d| !v1_chunks.contains(d))
+        .collect();
+    let deltas: Vec<_> = store
+        .blobs
+        .get_frames(&changed)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|f| !f.base.is_empty())
+        .collect();
+    assert!(!deltas.is_empty());
+    for delta in &deltas {
+        // Each base chunk comes with the rest of its frame, in its order:
+        // the reader fetches that frame anyway.
+        let mut base = delta.base.iter().map(|c| c.digest).peekable();
+        while let Some(first) = base.peek().copied() {
+            let frame = v1_frame_holding(&first);
+            assert!(frame.chunks.len() > 1, "v1's frames hold several chunks");
+            for c in frame.chunks.iter() {
+                assert_eq!(base.next(), Some(c.digest), "a whole frame of v1 as base");
+            }
+        }
+    }
+    for (node, big) in [(&node1, &v1), (&node2, &v2)] {
+        let mut out = Vec::new();
+        render_nar(&store, node, &mut out).await.unwrap();
+        assert!(out == sample_nar(big));
+    }
+}

@@ -17,7 +17,7 @@ use prost::Message;
 use crate::chunk::ChunkMeta;
 use crate::digest::{B3Digest, DigestKeyBuildHasher};
 use crate::error::{StoreError, StoreResult};
-use crate::frame::Frame;
+use crate::frame::{Frame, MAX_BASE_RAW};
 use crate::similarity::{Sketch, SUPER_FEATURES};
 
 use super::keys::{pack_id, PackId};
@@ -73,6 +73,11 @@ impl PackInfo {
 pub(super) fn rank_of(level: u32, seq: u64) -> (u32, u64) {
     (level, seq)
 }
+
+/// Frames whose chunks average at least this (the chunker's smallest
+/// chunk: frames of large files) lend their whole frame as a delta's base;
+/// see [`PackTable::widen_to_frames`].
+const WIDEN_MIN_MEAN_CHUNK: u64 = crate::chunker::DEFAULT_PARAMS.min as u64;
 
 /// Chunk records kept in memory by default before the table writes them
 /// to a run on local disk: about 25 MiB of table.
@@ -354,11 +359,77 @@ impl PackTable {
                 usable(d) && !own.contains(d) && !self.delta_pending.contains(d) && seen.insert(*d)
             })
             .collect();
-        if !picked.is_empty() {
-            self.base_refs.extend(picked.iter().copied());
+        let bases = self.widen_to_frames(&picked, &|d| {
+            usable(d) && !own.contains(d) && !self.delta_pending.contains(d)
+        });
+        if !bases.is_empty() {
+            self.base_refs.extend(bases.iter().copied());
             self.delta_pending.extend(own.iter().copied());
         }
-        picked
+        bases
+    }
+
+    /// The picked bases (in order, as many as fit in [`MAX_BASE_RAW`]),
+    /// each followed by the other chunks of its frame where the frame
+    /// holds chunks of large files (at least [`WIDEN_MIN_MEAN_CHUNK`] on
+    /// average) and the base stays within [`MAX_BASE_RAW`]. A reader
+    /// fetches and decodes a base's whole frame anyway, so its neighbours
+    /// (the rest of that stretch of the previous version's file) cost it no
+    /// byte, and the delta can match what moved across chunk boundaries.
+    /// Frames of small files are not widened: each base chunk is named in
+    /// the delta's header (a digest and a size), too dear for a small file
+    /// unlikely to match. A neighbour is taken only where its frame is its
+    /// home and `eligible` accepts it.
+    fn widen_to_frames(
+        &self,
+        picked: &[B3Digest],
+        eligible: &dyn Fn(&B3Digest) -> bool,
+    ) -> Vec<B3Digest> {
+        let mut frames: Vec<(Arc<FrameLocation>, Vec<B3Digest>)> = Vec::new();
+        let mut total = 0u64;
+        for d in picked {
+            let Some(home) = self.locate(d) else { continue };
+            let Some(size) = home.chunks.iter().find(|c| c.digest == *d).map(|c| c.size) else {
+                continue;
+            };
+            if total + size > MAX_BASE_RAW {
+                break;
+            }
+            total += size;
+            match frames.iter_mut().find(|(f, _)| f.is_same_frame(&home)) {
+                Some((_, ds)) => ds.push(*d),
+                None => frames.push((home, vec![*d])),
+            }
+        }
+        let mut out = Vec::new();
+        for (frame, chosen) in frames {
+            let raw: u64 = frame.chunks.iter().map(|c| c.size).sum();
+            let large = raw >= WIDEN_MIN_MEAN_CHUNK * frame.chunks.len() as u64;
+            let neighbours: Vec<&ChunkMeta> = frame
+                .chunks
+                .iter()
+                .filter(|c| {
+                    !chosen.contains(&c.digest)
+                        && eligible(&c.digest)
+                        && self
+                            .locate(&c.digest)
+                            .is_some_and(|home| home.is_same_frame(&frame))
+                })
+                .collect();
+            let extra: u64 = neighbours.iter().map(|c| c.size).sum();
+            if large && total + extra <= MAX_BASE_RAW {
+                total += extra;
+                // The whole frame in its order (each chunk once).
+                let mut seen = HashSet::new();
+                out.extend(frame.chunks.iter().map(|c| c.digest).filter(|d| {
+                    (chosen.contains(d) || neighbours.iter().any(|n| n.digest == *d))
+                        && seen.insert(*d)
+                }));
+            } else {
+                out.extend(chosen);
+            }
+        }
+        out
     }
 
     /// Ends a claim: the frame's chunks are no longer pending (the table
