@@ -678,3 +678,38 @@ async fn a_delta_of_a_large_file_takes_whole_frames_of_its_old_version_as_base()
         assert!(out == sample_nar(big));
     }
 }
+
+#[tokio::test]
+async fn frames_of_a_large_file_changed_throughout_follow_their_old_version() {
+    let (_dir, backend, store) = open().await;
+    let v1 = random(3_000_000, 41);
+    let mut v2 = v1.clone();
+    // A small change in the first chunk, which similarity finds...
+    v2[1_000..1_012].copy_from_slice(b"version 2.0!");
+    // ...then two bytes in every 48 from the second chunk to the end: no
+    // resemblance sketch survives that, yet each stretch is mostly its old
+    // version. (The first cut stays where it was: only bytes just before
+    // a cut decide it.)
+    let first_chunk = lazix_castore::chunker::DEFAULT_PARAMS.cut(&v1);
+    for at in (first_chunk + 16..v2.len() - 2).step_by(48) {
+        v2[at] ^= 0x5a;
+        v2[at + 1] ^= 0xa5;
+    }
+    let node1 = ingest(&store, &sample_nar(&v1)).await.unwrap();
+    backend.compact().await.unwrap();
+    let node2 = ingest(&store, &sample_nar(&v2)).await.unwrap();
+    backend.compact().await.unwrap();
+    let frames = store.blobs.get_frames(&chunk_digests(&v2)).await.unwrap();
+    assert!(frames.len() >= 8, "{} frames", frames.len());
+    let plain = frames.iter().filter(|f| f.base.is_empty()).count();
+    assert_eq!(plain, 0, "{plain} of {} frames stored plain", frames.len());
+    let (stored, raw): (usize, u64) = frames
+        .iter()
+        .fold((0, 0), |(s, r), f| (s + f.data.len(), r + f.raw_size()));
+    assert!(stored as u64 * 4 < raw, "{stored} bytes stored of {raw}");
+    for (node, big) in [(&node1, &v1), (&node2, &v2)] {
+        let mut out = Vec::new();
+        render_nar(&store, node, &mut out).await.unwrap();
+        assert!(out == sample_nar(big));
+    }
+}

@@ -13,7 +13,10 @@
 //! A compaction killed midway leaves chunks in both packs: harmless, and
 //! the next run deletes the old pack (its chunks are held elsewhere).
 //! Deltas are one level deep: a chunk some delta frame uses as base stays
-//! in a plain frame. Frames holding gzip members (man pages, changelogs)
+//! in a plain frame. Bases are the chunks similarity finds (with the rest
+//! of their frame, for large files) and, for the frames of a large file
+//! after one that found its old version, the old frames at the same place
+//! (see [`super::packs::PackTable::frames_around`]). Frames holding gzip members (man pages, changelogs)
 //! may instead store the members' contents (see [`crate::regzip`]),
 //! whichever is smallest.
 
@@ -23,6 +26,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 use super::keys::{pack_path, PackId};
+use super::packs::{holds_large_file, FrameLocation, OldPosition};
 use super::BucketStore;
 use crate::chunk::ChunkMeta;
 use crate::digest::B3Digest;
@@ -34,6 +38,11 @@ use crate::similarity::{sketch, Sketch};
 /// `lazix-bench frame-sizes` (level 17 stores ~13% less than level 3 at
 /// ~11 MB/s per core; decoding speed does not depend on the level).
 pub const COMPACT_LEVEL: i32 = 17;
+
+/// Raw bytes of the old version taken before and after where a large
+/// file's next frame is expected to match it: frames of a new version
+/// drift against the old one's by the bytes added or removed.
+const FOLLOW_SLACK: u64 = 64 * 1024;
 
 /// A delta frame is kept only if it is at most this fraction (in tenths)
 /// of the plain frame: a reader also needs the base.
@@ -215,8 +224,51 @@ impl BucketStore {
         keep: &(dyn Fn(&B3Digest) -> bool + Sync),
     ) -> StoreResult<Option<String>> {
         let mut rewritten = Vec::with_capacity(live.len());
+        // Where the old version of the large file being rewritten goes on
+        // (see `PackTable::frames_around`): found by similarity, then
+        // moved on by each frame's size.
+        let mut old: Option<OldPosition> = None;
         for f in live {
-            let (frame, sketches) = self.recompress(f, keep).await?;
+            let sizes: Vec<u64> = f.chunks.iter().map(|(m, _)| m.size).collect();
+            let raw: u64 = sizes.iter().sum();
+            let metas: Vec<ChunkMeta> = f.chunks.iter().map(|(m, _)| *m).collect();
+            let large = holds_large_file(&metas);
+            let follow = match old.as_ref().filter(|_| large) {
+                Some(at) => self.table.read().expect("pack table").frames_around(
+                    at,
+                    at.offset.saturating_sub(FOLLOW_SLACK)..at.offset + raw + FOLLOW_SLACK,
+                ),
+                None => Vec::new(),
+            };
+            let (frame, sketches, last_similar) = self.recompress(f, &follow, keep).await?;
+            old = if !large {
+                None
+            } else {
+                // Re-anchored where a delta found its old version: the
+                // place after the old chunk, plus what follows the chunk
+                // resembling it in this frame.
+                let found =
+                    last_similar
+                        .filter(|_| !frame.base.is_empty())
+                        .and_then(|(own, digest)| {
+                            let at = self
+                                .table
+                                .read()
+                                .expect("pack table")
+                                .after_chunk(&digest)?;
+                            let after: u64 = sizes[own + 1..].iter().sum();
+                            Some(OldPosition {
+                                offset: at.offset + after,
+                                ..at
+                            })
+                        });
+                found.or_else(|| {
+                    old.map(|at| OldPosition {
+                        offset: at.offset + raw,
+                        ..at
+                    })
+                })
+            };
             if !frame.base.is_empty() {
                 report.delta_frames += 1;
             }
@@ -247,7 +299,8 @@ impl BucketStore {
     }
 
     /// Compresses a frame's chunks at [`COMPACT_LEVEL`], as a delta
-    /// against near-duplicates in plain frames when that pays (never when
+    /// against near-duplicates in plain frames (and the frames `follow`
+    /// names) when that pays (never when
     /// one of its chunks is itself a base, nor against a chunk being made a
     /// delta concurrently, nor against one `keep` does not want: GC's
     /// sweep deletes those). The caller settles the claim once the new
@@ -255,8 +308,9 @@ impl BucketStore {
     async fn recompress(
         &self,
         f: LiveFrame,
+        follow: &[Arc<FrameLocation>],
         keep: &(dyn Fn(&B3Digest) -> bool + Sync),
-    ) -> StoreResult<(Frame, Vec<Option<Sketch>>)> {
+    ) -> StoreResult<(Frame, Vec<Option<Sketch>>, Option<(usize, B3Digest)>)> {
         let chunks = f.chunks;
         let (chunks, sketches) = tokio::task::spawn_blocking(move || {
             let sketches: Vec<Option<Sketch>> = chunks.iter().map(|(_, b)| sketch(b)).collect();
@@ -265,11 +319,12 @@ impl BucketStore {
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
         let own: Vec<B3Digest> = chunks.iter().map(|(m, _)| m.digest).collect();
-        let bases = self
+        let claimed = self
             .table
             .write()
             .expect("pack table")
-            .claim_bases(&own, &sketches, keep);
+            .claim_bases(&own, &sketches, follow, keep);
+        let (bases, last_similar) = (claimed.bases, claimed.last_similar);
         let mut base_meta = Vec::new();
         let mut base = Vec::new();
         if !bases.is_empty() {
@@ -297,7 +352,7 @@ impl BucketStore {
                     best = delta;
                 }
             }
-            Ok((best, sketches))
+            Ok((best, sketches, last_similar))
         })
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))?

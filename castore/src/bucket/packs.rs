@@ -8,6 +8,7 @@
 //! stays the same whatever the store's size.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -74,10 +75,37 @@ pub(super) fn rank_of(level: u32, seq: u64) -> (u32, u64) {
     (level, seq)
 }
 
-/// Frames whose chunks average at least this (the chunker's smallest
-/// chunk: frames of large files) lend their whole frame as a delta's base;
-/// see [`PackTable::widen_to_frames`].
-const WIDEN_MIN_MEAN_CHUNK: u64 = crate::chunker::DEFAULT_PARAMS.min as u64;
+/// Bases claimed for a frame ([`PackTable::claim_bases`]).
+#[derive(Debug, Default)]
+pub struct Claimed {
+    /// The base chunks, in the order of the prefix.
+    pub bases: Vec<B3Digest>,
+    /// The last chunk similarity picked, if any, and which of the frame's
+    /// own chunks it resembles: where the old version was found.
+    pub last_similar: Option<(usize, B3Digest)>,
+}
+
+/// A place among the raw bytes of a pack's frames, in order.
+#[derive(Clone, Debug)]
+pub struct OldPosition {
+    /// The pack.
+    pub pack: Arc<str>,
+    /// Raw bytes of its frames before the place.
+    pub offset: u64,
+}
+
+fn raw_size(chunks: &[ChunkMeta]) -> u64 {
+    chunks.iter().map(|c| c.size).sum()
+}
+
+/// Whether a frame holds (part of) a large file: its chunks average at
+/// least the chunker's smallest chunk. Such frames lend themselves whole
+/// as a delta's base, and the frames after them in their pack too; see
+/// [`PackTable::claim_bases`].
+pub fn holds_large_file(chunks: &[ChunkMeta]) -> bool {
+    !chunks.is_empty()
+        && raw_size(chunks) >= crate::chunker::DEFAULT_PARAMS.min as u64 * chunks.len() as u64
+}
 
 /// Chunk records kept in memory by default before the table writes them
 /// to a run on local disk: about 25 MiB of table.
@@ -345,28 +373,33 @@ impl PackTable {
         &mut self,
         own: &[B3Digest],
         sketches: &[Option<Sketch>],
+        follow: &[Arc<FrameLocation>],
         usable: &(dyn Fn(&B3Digest) -> bool + Sync),
-    ) -> Vec<B3Digest> {
+    ) -> Claimed {
         if own.iter().any(|d| self.is_base(d)) {
-            return Vec::new();
+            return Claimed::default();
         }
         let mut seen = HashSet::new();
-        let picked: Vec<B3Digest> = sketches
+        let similar: Vec<(usize, B3Digest)> = sketches
             .iter()
-            .flatten()
-            .filter_map(|s| self.most_similar(s))
-            .filter(|d| {
+            .enumerate()
+            .filter_map(|(i, s)| Some((i, self.most_similar(s.as_ref()?)?)))
+            .filter(|(_, d)| {
                 usable(d) && !own.contains(d) && !self.delta_pending.contains(d) && seen.insert(*d)
             })
             .collect();
-        let bases = self.widen_to_frames(&picked, &|d| {
+        let picked: Vec<B3Digest> = similar.iter().map(|(_, d)| *d).collect();
+        let bases = self.widen_to_frames(&picked, follow, &|d| {
             usable(d) && !own.contains(d) && !self.delta_pending.contains(d)
         });
         if !bases.is_empty() {
             self.base_refs.extend(bases.iter().copied());
             self.delta_pending.extend(own.iter().copied());
         }
-        bases
+        Claimed {
+            bases,
+            last_similar: similar.last().copied(),
+        }
     }
 
     /// The picked bases (in order, as many as fit in [`MAX_BASE_RAW`]),
@@ -379,10 +412,13 @@ impl PackTable {
     /// Frames of small files are not widened: each base chunk is named in
     /// the delta's header (a digest and a size), too dear for a small file
     /// unlikely to match. A neighbour is taken only where its frame is its
-    /// home and `eligible` accepts it.
+    /// home and `eligible` accepts it. Then the `follow` frames (where the
+    /// old version of a large file goes on: see
+    /// [`PackTable::frames_around`]), whole where they fit.
     fn widen_to_frames(
         &self,
         picked: &[B3Digest],
+        follow: &[Arc<FrameLocation>],
         eligible: &dyn Fn(&B3Digest) -> bool,
     ) -> Vec<B3Digest> {
         let mut frames: Vec<(Arc<FrameLocation>, Vec<B3Digest>)> = Vec::new();
@@ -401,10 +437,14 @@ impl PackTable {
                 None => frames.push((home, vec![*d])),
             }
         }
+        for f in follow {
+            if f.base.is_empty() && !frames.iter().any(|(g, _)| g.is_same_frame(f)) {
+                frames.push((f.clone(), Vec::new()));
+            }
+        }
         let mut out = Vec::new();
         for (frame, chosen) in frames {
-            let raw: u64 = frame.chunks.iter().map(|c| c.size).sum();
-            let large = raw >= WIDEN_MIN_MEAN_CHUNK * frame.chunks.len() as u64;
+            let large = holds_large_file(&frame.chunks);
             let neighbours: Vec<&ChunkMeta> = frame
                 .chunks
                 .iter()
@@ -427,6 +467,61 @@ impl PackTable {
                 }));
             } else {
                 out.extend(chosen);
+            }
+        }
+        out
+    }
+
+    /// Where the old version continues after a chunk similarity found:
+    /// the chunk's pack and the offset just past it among the raw bytes of
+    /// the pack's frames in order. `None` unless the chunk is in a plain
+    /// frame of a large file.
+    pub fn after_chunk(&self, digest: &B3Digest) -> Option<OldPosition> {
+        let home = self.locate(digest)?;
+        if !home.base.is_empty() || !holds_large_file(&home.chunks) {
+            return None;
+        }
+        let pack = self.pack(&home.pack)?;
+        let at = pack.frames.iter().position(|f| f.is_same_frame(&home))?;
+        let before: u64 = pack.frames[..at].iter().map(|f| raw_size(&f.chunks)).sum();
+        let mut end = before;
+        for c in home.chunks.iter() {
+            end += c.size;
+            if c.digest == *digest {
+                return Some(OldPosition {
+                    pack: home.pack.clone(),
+                    offset: end,
+                });
+            }
+        }
+        None
+    }
+
+    /// The plain frames of large files in `at`'s pack that hold raw bytes
+    /// of `range` around it (offsets as [`PackTable::after_chunk`] counts
+    /// them): where the next frame of a new version most likely finds its
+    /// old version. Ingest writes a large file's frames one after
+    /// another, so the next stretch of the new version matches the next
+    /// stretch of the old one, also where it changed too much for
+    /// similarity to find it.
+    pub fn frames_around(&self, at: &OldPosition, range: Range<u64>) -> Vec<Arc<FrameLocation>> {
+        let Some(pack) = self.pack(&at.pack) else {
+            return Vec::new();
+        };
+        let mut start = 0u64;
+        let mut out = Vec::new();
+        for f in &pack.frames {
+            let end = start + raw_size(&f.chunks);
+            if start < range.end
+                && range.start < end
+                && f.base.is_empty()
+                && holds_large_file(&f.chunks)
+            {
+                out.push(f.clone());
+            }
+            start = end;
+            if start >= range.end {
+                break;
             }
         }
         out
