@@ -42,6 +42,12 @@ pub struct Frame {
     pub base: Vec<ChunkMeta>,
 }
 
+/// Raw bytes of chunks by their sizes. Saturating: sizes come from the
+/// wire or an index, and a sum past `u64::MAX` is over every limit anyway.
+pub fn raw_size(chunks: &[ChunkMeta]) -> u64 {
+    chunks.iter().fold(0, |acc, c| acc.saturating_add(c.size))
+}
+
 /// The chunks' bytes, one after another.
 fn concat(chunks: &[(ChunkMeta, Bytes)]) -> Vec<u8> {
     let mut raw = Vec::with_capacity(chunks.iter().map(|(_, b)| b.len()).sum());
@@ -161,18 +167,12 @@ impl Frame {
 
     /// Raw bytes of the base a delta frame needs (0 for a plain frame).
     pub fn base_size(&self) -> u64 {
-        self.base
-            .iter()
-            .fold(0, |acc, c| acc.saturating_add(c.size))
+        raw_size(&self.base)
     }
 
     /// Raw bytes the frame decompresses to, by its chunk list.
-    /// Saturating: sizes come from the wire, and a sum past `u64::MAX` is
-    /// over every limit anyway.
     pub fn raw_size(&self) -> u64 {
-        self.chunks
-            .iter()
-            .fold(0, |acc, c| acc.saturating_add(c.size))
+        raw_size(&self.chunks)
     }
 
     /// Decompresses the frame and checks every chunk's size and BLAKE3

@@ -703,6 +703,16 @@ async fn frames_of_a_large_file_changed_throughout_follow_their_old_version() {
     assert!(frames.len() >= 8, "{} frames", frames.len());
     let plain = frames.iter().filter(|f| f.base.is_empty()).count();
     assert_eq!(plain, 0, "{plain} of {} frames stored plain", frames.len());
+    // Each follows the old version's place, not all of it: the old frames
+    // around it (64 KiB either side, whole frames of at most 256 KiB).
+    for f in &frames[1..] {
+        assert!(
+            f.base_size() <= f.raw_size() + 2 * (64 << 10) + 2 * (256 << 10),
+            "a base of {} bytes for a frame of {}",
+            f.base_size(),
+            f.raw_size()
+        );
+    }
     let (stored, raw): (usize, u64) = frames
         .iter()
         .fold((0, 0), |(s, r), f| (s + f.data.len(), r + f.raw_size()));

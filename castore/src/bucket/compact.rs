@@ -31,7 +31,7 @@ use super::BucketStore;
 use crate::chunk::ChunkMeta;
 use crate::digest::B3Digest;
 use crate::error::{StoreError, StoreResult};
-use crate::frame::{Frame, MAX_BASE_RAW};
+use crate::frame::{raw_size, Frame, MAX_BASE_RAW};
 use crate::similarity::{sketch, Sketch};
 
 /// zstd level of compacted packs: measured with `bench/layouts.sh` and
@@ -68,6 +68,71 @@ pub struct CompactReport {
 /// One frame of a pack being rewritten: its live chunks' bytes.
 struct LiveFrame {
     chunks: Vec<(ChunkMeta, Bytes)>,
+}
+
+/// Where the old version of the large file whose frames are being
+/// rewritten goes on (see [`super::packs::PackTable::frames_around`]):
+/// found where a frame's delta matched it by similarity, then moved on by
+/// each frame that followed it and paid. A frame of small files, or one
+/// that stayed plain, ends the walk until the next match.
+#[derive(Default)]
+struct OldVersionWalk {
+    at: Option<OldPosition>,
+}
+
+impl OldVersionWalk {
+    /// The old frames a frame of `chunks` is offered as bases: those
+    /// around the place, by the frame's size and [`FOLLOW_SLACK`].
+    fn frames_for(&self, store: &BucketStore, chunks: &[ChunkMeta]) -> Vec<Arc<FrameLocation>> {
+        let Some(at) = self.at.as_ref().filter(|_| holds_large_file(chunks)) else {
+            return Vec::new();
+        };
+        let raw = raw_size(chunks);
+        let range = at.offset.saturating_sub(FOLLOW_SLACK)
+            ..at.offset.saturating_add(raw).saturating_add(FOLLOW_SLACK);
+        store
+            .table
+            .read()
+            .expect("pack table")
+            .frames_around(at, range)
+    }
+
+    /// Moves on past a frame of `chunks` stored as `frame`; `last_similar`
+    /// is the own chunk similarity matched last and the old chunk it
+    /// matched.
+    fn advance(
+        &mut self,
+        store: &BucketStore,
+        chunks: &[ChunkMeta],
+        frame: &Frame,
+        last_similar: Option<(usize, B3Digest)>,
+    ) {
+        if !holds_large_file(chunks) || frame.base.is_empty() {
+            self.at = None;
+            return;
+        }
+        // Re-anchored after the old chunk similarity matched, plus what
+        // follows the chunk resembling it in this frame.
+        let found = last_similar.and_then(|(own, digest)| {
+            let at = store
+                .table
+                .read()
+                .expect("pack table")
+                .after_chunk(&digest)?;
+            let after = raw_size(chunks.get(own + 1..).unwrap_or_default());
+            Some(OldPosition {
+                offset: at.offset.saturating_add(after),
+                ..at
+            })
+        });
+        let raw = raw_size(chunks);
+        self.at = found.or_else(|| {
+            self.at.take().map(|at| OldPosition {
+                offset: at.offset.saturating_add(raw),
+                ..at
+            })
+        });
+    }
 }
 
 impl BucketStore {
@@ -224,51 +289,12 @@ impl BucketStore {
         keep: &(dyn Fn(&B3Digest) -> bool + Sync),
     ) -> StoreResult<Option<String>> {
         let mut rewritten = Vec::with_capacity(live.len());
-        // Where the old version of the large file being rewritten goes on
-        // (see `PackTable::frames_around`): found by similarity, then
-        // moved on by each frame's size.
-        let mut old: Option<OldPosition> = None;
+        let mut walk = OldVersionWalk::default();
         for f in live {
-            let sizes: Vec<u64> = f.chunks.iter().map(|(m, _)| m.size).collect();
-            let raw: u64 = sizes.iter().sum();
             let metas: Vec<ChunkMeta> = f.chunks.iter().map(|(m, _)| *m).collect();
-            let large = holds_large_file(&metas);
-            let follow = match old.as_ref().filter(|_| large) {
-                Some(at) => self.table.read().expect("pack table").frames_around(
-                    at,
-                    at.offset.saturating_sub(FOLLOW_SLACK)..at.offset + raw + FOLLOW_SLACK,
-                ),
-                None => Vec::new(),
-            };
+            let follow = walk.frames_for(self, &metas);
             let (frame, sketches, last_similar) = self.recompress(f, &follow, keep).await?;
-            old = if !large {
-                None
-            } else {
-                // Re-anchored where a delta found its old version: the
-                // place after the old chunk, plus what follows the chunk
-                // resembling it in this frame.
-                let found =
-                    last_similar
-                        .filter(|_| !frame.base.is_empty())
-                        .and_then(|(own, digest)| {
-                            let at = self
-                                .table
-                                .read()
-                                .expect("pack table")
-                                .after_chunk(&digest)?;
-                            let after: u64 = sizes[own + 1..].iter().sum();
-                            Some(OldPosition {
-                                offset: at.offset + after,
-                                ..at
-                            })
-                        });
-                found.or_else(|| {
-                    old.map(|at| OldPosition {
-                        offset: at.offset + raw,
-                        ..at
-                    })
-                })
-            };
+            walk.advance(self, &metas, &frame, last_similar);
             if !frame.base.is_empty() {
                 report.delta_frames += 1;
             }

@@ -18,7 +18,7 @@ use prost::Message;
 use crate::chunk::ChunkMeta;
 use crate::digest::{B3Digest, DigestKeyBuildHasher};
 use crate::error::{StoreError, StoreResult};
-use crate::frame::{Frame, MAX_BASE_RAW};
+use crate::frame::{raw_size, Frame, MAX_BASE_RAW};
 use crate::similarity::{Sketch, SUPER_FEATURES};
 
 use super::keys::{pack_id, PackId};
@@ -92,10 +92,6 @@ pub struct OldPosition {
     pub pack: Arc<str>,
     /// Raw bytes of its frames before the place.
     pub offset: u64,
-}
-
-fn raw_size(chunks: &[ChunkMeta]) -> u64 {
-    chunks.iter().map(|c| c.size).sum()
 }
 
 /// Whether a frame holds (part of) a large file: its chunks average at
@@ -367,8 +363,12 @@ impl PackTable {
     /// respect to other frames: none if one of the frame's own chunks is a
     /// base (it must stay plain); else the most similar plain chunks that
     /// `usable` accepts (GC: only live ones, which its sweep keeps) and
-    /// that are not themselves being delta-encoded, marked as bases, and
-    /// the frame's chunks are marked pending until [`PackTable::settle`].
+    /// that are not themselves being delta-encoded, widened to their
+    /// frames (see [`PackTable::widen_to_frames`]) — or, where similarity
+    /// finds nothing, the `follow` frames (where the old version of a large
+    /// file goes on: [`PackTable::frames_around`]) — marked as bases; the
+    /// frame's chunks are marked pending until [`PackTable::settle`].
+    /// Returns them and the last chunk similarity matched.
     pub fn claim_bases(
         &mut self,
         own: &[B3Digest],
@@ -389,6 +389,9 @@ impl PackTable {
             })
             .collect();
         let picked: Vec<B3Digest> = similar.iter().map(|(_, d)| *d).collect();
+        // Follow frames only where similarity found nothing: a frame it
+        // placed needs no guess, and a wrong guess would stay in its base.
+        let follow = if picked.is_empty() { follow } else { &[] };
         let bases = self.widen_to_frames(&picked, follow, &|d| {
             usable(d) && !own.contains(d) && !self.delta_pending.contains(d)
         });
@@ -404,8 +407,8 @@ impl PackTable {
 
     /// The picked bases (in order, as many as fit in [`MAX_BASE_RAW`]),
     /// each followed by the other chunks of its frame where the frame
-    /// holds chunks of large files (at least [`WIDEN_MIN_MEAN_CHUNK`] on
-    /// average) and the base stays within [`MAX_BASE_RAW`]. A reader
+    /// holds chunks of large files ([`holds_large_file`]) and the base
+    /// stays within [`MAX_BASE_RAW`]. A reader
     /// fetches and decodes a base's whole frame anyway, so its neighbours
     /// (the rest of that stretch of the previous version's file) cost it no
     /// byte, and the delta can match what moved across chunk boundaries.
@@ -428,7 +431,7 @@ impl PackTable {
             let Some(size) = home.chunks.iter().find(|c| c.digest == *d).map(|c| c.size) else {
                 continue;
             };
-            if total + size > MAX_BASE_RAW {
+            if total.saturating_add(size) > MAX_BASE_RAW {
                 break;
             }
             total += size;
@@ -456,8 +459,10 @@ impl PackTable {
                             .is_some_and(|home| home.is_same_frame(&frame))
                 })
                 .collect();
-            let extra: u64 = neighbours.iter().map(|c| c.size).sum();
-            if large && total + extra <= MAX_BASE_RAW {
+            let extra = neighbours
+                .iter()
+                .fold(0u64, |n, c| n.saturating_add(c.size));
+            if large && total.saturating_add(extra) <= MAX_BASE_RAW {
                 total += extra;
                 // The whole frame in its order (each chunk once).
                 let mut seen = HashSet::new();
@@ -483,10 +488,12 @@ impl PackTable {
         }
         let pack = self.pack(&home.pack)?;
         let at = pack.frames.iter().position(|f| f.is_same_frame(&home))?;
-        let before: u64 = pack.frames[..at].iter().map(|f| raw_size(&f.chunks)).sum();
+        let before = pack.frames[..at]
+            .iter()
+            .fold(0u64, |n, f| n.saturating_add(raw_size(&f.chunks)));
         let mut end = before;
         for c in home.chunks.iter() {
-            end += c.size;
+            end = end.saturating_add(c.size);
             if c.digest == *digest {
                 return Some(OldPosition {
                     pack: home.pack.clone(),
@@ -500,10 +507,12 @@ impl PackTable {
     /// The plain frames of large files in `at`'s pack that hold raw bytes
     /// of `range` around it (offsets as [`PackTable::after_chunk`] counts
     /// them): where the next frame of a new version most likely finds its
-    /// old version. Ingest writes a large file's frames one after
-    /// another, so the next stretch of the new version matches the next
-    /// stretch of the old one, also where it changed too much for
-    /// similarity to find it.
+    /// old version. Ingest writes the new chunks of a large file in frames
+    /// one after another, so the next stretch of the new version matches
+    /// the next stretch of the old one, also where it changed too much for
+    /// similarity to find it (stretches both versions share are stored
+    /// once, so absent from the new frames: they shift the place until
+    /// similarity finds it again).
     pub fn frames_around(&self, at: &OldPosition, range: Range<u64>) -> Vec<Arc<FrameLocation>> {
         let Some(pack) = self.pack(&at.pack) else {
             return Vec::new();
@@ -511,7 +520,7 @@ impl PackTable {
         let mut start = 0u64;
         let mut out = Vec::new();
         for f in &pack.frames {
-            let end = start + raw_size(&f.chunks);
+            let end = start.saturating_add(raw_size(&f.chunks));
             if start < range.end
                 && range.start < end
                 && f.base.is_empty()
