@@ -16,9 +16,9 @@
 //! in a plain frame. Bases are the chunks similarity finds (with the rest
 //! of their frame, for large files) and, for the frames of a large file
 //! after one that found its old version, the old frames at the same place
-//! (see [`super::packs::PackTable::frames_around`]). Frames holding gzip members (man pages, changelogs)
-//! may instead store the members' contents (see [`crate::regzip`]),
-//! whichever is smallest.
+//! (see [`super::packs::PackTable::frames_around`]). Frames holding gzip
+//! members (man pages, changelogs) may instead store the members'
+//! contents (see [`crate::regzip`]), whichever is smallest.
 
 use std::sync::Arc;
 
@@ -325,12 +325,13 @@ impl BucketStore {
     }
 
     /// Compresses a frame's chunks at [`COMPACT_LEVEL`], as a delta
-    /// against near-duplicates in plain frames (and the frames `follow`
-    /// names) when that pays (never when
-    /// one of its chunks is itself a base, nor against a chunk being made a
-    /// delta concurrently, nor against one `keep` does not want: GC's
-    /// sweep deletes those). The caller settles the claim once the new
-    /// pack is in the table.
+    /// against near-duplicates in plain frames (or the frames `follow`
+    /// names) when that pays (never when one of its chunks is itself a
+    /// base, nor against a chunk being made a delta concurrently, nor
+    /// against one `keep` does not want: GC's sweep deletes those).
+    /// Returns the frame, its chunks' sketches and the own chunk
+    /// similarity matched last with the old chunk it matched. The caller
+    /// settles the claim once the new pack is in the table.
     async fn recompress(
         &self,
         f: LiveFrame,
