@@ -17,9 +17,18 @@ pub const ZSTD_LEVEL: i32 = 3;
 
 thread_local! {
     static COMPRESSOR: std::cell::RefCell<zstd::bulk::Compressor<'static>> =
-        std::cell::RefCell::new(zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd context"));
+        std::cell::RefCell::new(checksummed(zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd context")));
     static DECOMPRESSOR: std::cell::RefCell<zstd::bulk::Decompressor<'static>> =
         std::cell::RefCell::new(zstd::bulk::Decompressor::new().expect("zstd context"));
+}
+
+/// A compressor whose frames end in zstd's content checksum (see
+/// [`crate::frame::Frame::read_back`]: what lets a server skip BLAKE3 on
+/// frames it stored itself).
+fn checksummed(mut c: zstd::bulk::Compressor<'static>) -> zstd::bulk::Compressor<'static> {
+    c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))
+        .expect("zstd checksum flag");
+    c
 }
 
 /// zstd-compresses bytes with a per-thread context (creating a context

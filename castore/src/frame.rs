@@ -30,7 +30,7 @@ pub const MAX_BASE_RAW: u64 = 4 * 1024 * 1024;
 const MAX_WINDOW_LOG: u32 = 26;
 
 /// A zstd frame and the chunks whose concatenation it decompresses to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Frame {
     /// The chunks in the frame, in order.
     pub chunks: Vec<ChunkMeta>,
@@ -40,7 +40,21 @@ pub struct Frame {
     /// plain frames) whose concatenated bytes are the zstd prefix needed
     /// to decompress `data`.
     pub base: Vec<ChunkMeta>,
+    /// Read back from this process's own store, which verified every
+    /// chunk by BLAKE3 before it stored the frame (see
+    /// [`Frame::read_back`]). Never set on frames from a network or a
+    /// client's cache.
+    stored_verified: bool,
 }
+
+/// Frames are equal by contents, wherever they were read from.
+impl PartialEq for Frame {
+    fn eq(&self, other: &Self) -> bool {
+        self.chunks == other.chunks && self.data == other.data && self.base == other.base
+    }
+}
+
+impl Eq for Frame {}
 
 /// Raw bytes of chunks by their sizes. Saturating: sizes come from the
 /// wire or an index, and a sum past `u64::MAX` is over every limit anyway.
@@ -65,6 +79,8 @@ fn zstd_with_prefix(raw: &[u8], prefix: &[u8], level: i32) -> StoreResult<Vec<u8
         .map_err(zstd_err)?;
     cctx.set_parameter(CParameter::WindowLog(window_log(prefix.len(), raw.len())))
         .map_err(zstd_err)?;
+    cctx.set_parameter(CParameter::ChecksumFlag(true))
+        .map_err(zstd_err)?;
     if !prefix.is_empty() {
         cctx.ref_prefix(prefix).map_err(zstd_err)?;
     }
@@ -79,6 +95,17 @@ fn zstd_err(code: usize) -> StoreError {
     ))
 }
 
+/// Whether `data` is exactly one zstd frame (no skippable frames, nothing
+/// after it) whose header says it ends in a content checksum.
+fn is_one_checksummed_zstd_frame(data: &[u8]) -> bool {
+    const MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+    const CHECKSUM_FLAG: u8 = 0x04;
+    data.len() > 4
+        && data[..4] == MAGIC
+        && data[4] & CHECKSUM_FLAG != 0
+        && zstd::zstd_safe::find_frame_compressed_size(data) == Ok(data.len())
+}
+
 /// zstd window (log2) covering a prefix and the contents.
 fn window_log(prefix: usize, contents: usize) -> u32 {
     let need = (prefix + contents).max(1 << 10).next_power_of_two();
@@ -86,6 +113,42 @@ fn window_log(prefix: usize, contents: usize) -> u32 {
 }
 
 impl Frame {
+    /// A frame from its parts, to be verified in full when decoded (from
+    /// a network, a client's cache, a test).
+    pub fn new(chunks: Vec<ChunkMeta>, data: Bytes, base: Vec<ChunkMeta>) -> Self {
+        Self {
+            chunks,
+            data,
+            base,
+            stored_verified: false,
+        }
+    }
+
+    /// A frame read back from this process's own store, which checked
+    /// every chunk of it by BLAKE3 before storing it (an upload is decoded
+    /// and verified before it is kept; compaction writes what it decoded
+    /// and verified). Decoding it trusts zstd's content checksum, when the
+    /// frame carries one, to catch rot at rest, instead of hashing every
+    /// chunk again: a server's own reads cost a zstd decode, not a decode
+    /// and a BLAKE3 pass. Clients never use this: what they receive or
+    /// cache is verified by BLAKE3 every time. Frames without a checksum
+    /// (written before it was added), and gzip-contents frames (whose
+    /// bytes depend on zlib deflating as it did when they were stored), are
+    /// still hashed.
+    pub fn read_back(chunks: Vec<ChunkMeta>, data: Bytes, base: Vec<ChunkMeta>) -> Self {
+        Self {
+            stored_verified: true,
+            ..Self::new(chunks, data, base)
+        }
+    }
+
+    /// Whether decoding may trust the zstd checksum instead of BLAKE3:
+    /// read back from the own store, and `data` is exactly one zstd frame
+    /// carrying a content checksum (zstd checks it while decoding).
+    fn checksum_suffices(&self) -> bool {
+        self.stored_verified && is_one_checksummed_zstd_frame(&self.data)
+    }
+
     /// Compresses chunks (digest, size and bytes already known to match:
     /// they come from the chunker or a verified decode) into one frame.
     /// CPU-bound: call from a blocking thread.
@@ -99,11 +162,11 @@ impl Frame {
             }
             crate::chunk::compress(&raw)?
         };
-        Ok(Self {
-            chunks: chunks.iter().map(|(m, _)| *m).collect(),
-            data: data.into(),
-            base: Vec::new(),
-        })
+        Ok(Self::new(
+            chunks.iter().map(|(m, _)| *m).collect(),
+            data.into(),
+            Vec::new(),
+        ))
     }
 
     /// A frame around one chunk's bytes as received without a frame (from
@@ -112,14 +175,14 @@ impl Frame {
     /// through the one decode path that checks size and BLAKE3 like every
     /// other frame. CPU-bound (cheap: no compression to speak of).
     pub fn wrap_unverified(digest: B3Digest, raw: &[u8]) -> StoreResult<Self> {
-        Ok(Self {
-            chunks: vec![ChunkMeta {
+        Ok(Self::new(
+            vec![ChunkMeta {
                 digest,
                 size: raw.len() as u64,
             }],
-            data: zstd_with_prefix(raw, &[], zstd::zstd_safe::min_c_level())?.into(),
-            base: Vec::new(),
-        })
+            zstd_with_prefix(raw, &[], zstd::zstd_safe::min_c_level())?.into(),
+            Vec::new(),
+        ))
     }
 
     /// Compresses chunks against `base` (the concatenated bytes of the
@@ -134,11 +197,11 @@ impl Frame {
         level: i32,
     ) -> StoreResult<Self> {
         let raw = concat(chunks);
-        Ok(Self {
-            chunks: chunks.iter().map(|(m, _)| *m).collect(),
-            data: zstd_with_prefix(&raw, base, level)?.into(),
-            base: base_meta,
-        })
+        Ok(Self::new(
+            chunks.iter().map(|(m, _)| *m).collect(),
+            zstd_with_prefix(&raw, base, level)?.into(),
+            base_meta,
+        ))
     }
 
     /// Compresses chunks holding gzip members as the members' contents
@@ -158,11 +221,11 @@ impl Frame {
             return Ok(None);
         };
         data.extend_from_slice(&zstd_with_prefix(&payload, &[], level)?);
-        Ok(Some(Self {
-            chunks: chunks.iter().map(|(m, _)| *m).collect(),
-            data: data.into(),
-            base: Vec::new(),
-        }))
+        Ok(Some(Self::new(
+            chunks.iter().map(|(m, _)| *m).collect(),
+            data.into(),
+            Vec::new(),
+        )))
     }
 
     /// Raw bytes of the base a delta frame needs (0 for a plain frame).
@@ -272,6 +335,8 @@ impl Frame {
         if raw.len() as u64 != raw_size {
             return Err(self.corrupt(format!("{} bytes, expected {raw_size}", raw.len())));
         }
+        // zstd checked its content checksum while decoding, if trusted.
+        let hash_each = !self.checksum_suffices();
         let mut out = Vec::with_capacity(self.chunks.len());
         for (c, place) in self.chunks.iter().zip(places) {
             if skipped
@@ -282,7 +347,7 @@ impl Frame {
                 continue;
             }
             let piece = raw.slice(place);
-            if B3Digest::of(&piece) != c.digest {
+            if hash_each && B3Digest::of(&piece) != c.digest {
                 return Err(StoreError::Corrupt(format!(
                     "chunk {}: BLAKE3 mismatch",
                     c.digest
@@ -314,19 +379,17 @@ impl Frame {
     /// Parses the wire form (digests checked for length; contents are
     /// verified by [`Frame::decode_verified`]).
     pub fn try_from_proto(p: lpb::Frame) -> StoreResult<Self> {
-        Ok(Self {
-            chunks: p
-                .chunks
+        Ok(Self::new(
+            p.chunks
                 .iter()
                 .map(ChunkMeta::try_from_proto)
                 .collect::<StoreResult<_>>()?,
-            data: p.data,
-            base: p
-                .base
+            p.data,
+            p.base
                 .iter()
                 .map(ChunkMeta::try_from_proto)
                 .collect::<StoreResult<_>>()?,
-        })
+        ))
     }
 }
 
@@ -465,6 +528,97 @@ mod tests {
         assert!(lying.decode_verified_some(&[], &|d| *d == second).is_err());
         assert!(lying.decode_verified().is_err());
     }
+
+    /// A frame's data with one byte changed.
+    fn flipped(data: &Bytes, at: usize) -> Bytes {
+        let mut d = data.to_vec();
+        d[at] ^= 0x5a;
+        d.into()
+    }
+
+    #[test]
+    fn rot_in_a_frame_read_back_from_the_own_store_is_caught_without_blake3() {
+        let text: Vec<u8> = (0..6_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        let chunks = vec![chunk(text[..9_000].to_vec()), chunk(text[9_000..].to_vec())];
+        let plain = Frame::compress(&chunks).unwrap();
+        let base = chunk(pseudo_random(4_000, 3));
+        let delta = Frame::compress_with_base(
+            &[chunk([&base.1[..], &text[..3_000]].concat())],
+            vec![base.0],
+            &base.1,
+            19,
+        )
+        .unwrap();
+        for (frame, base) in [(plain, &[][..]), (delta, &base.1[..])] {
+            assert!(is_one_checksummed_zstd_frame(&frame.data));
+            let stored =
+                Frame::read_back(frame.chunks.clone(), frame.data.clone(), frame.base.clone());
+            assert!(stored.checksum_suffices());
+            assert_eq!(
+                stored.decode_verified_with_base(base).unwrap(),
+                frame.decode_verified_with_base(base).unwrap()
+            );
+            // Every byte of the frame changed in turn: each is an error.
+            for at in 0..frame.data.len() {
+                let rotten = Frame::read_back(
+                    frame.chunks.clone(),
+                    flipped(&frame.data, at),
+                    frame.base.clone(),
+                );
+                assert!(
+                    rotten.decode_verified_with_base(base).is_err(),
+                    "byte {at} of {} changed went unnoticed",
+                    frame.data.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn only_frames_the_own_store_verified_skip_blake3() {
+        let good = chunk(pseudo_random(5_000, 4));
+        let frame = Frame::compress(std::slice::from_ref(&good)).unwrap();
+        // A chunk list that does not match the bytes (what a hostile
+        // server or client would send).
+        let lie = vec![ChunkMeta {
+            digest: B3Digest::of(b"something else"),
+            size: good.0.size,
+        }];
+        // From anywhere but the own store: hashed, the lie is caught.
+        let received = Frame::new(lie.clone(), frame.data.clone(), Vec::new());
+        assert!(matches!(
+            received.decode_verified(),
+            Err(StoreError::Corrupt(_))
+        ));
+        let over_wire = Frame::try_from_proto(received.to_proto()).unwrap();
+        assert!(over_wire.decode_verified().is_err());
+        // Read back from the own store (which hashed it when it stored
+        // it): zstd's checksum alone is checked.
+        let stored = Frame::read_back(lie.clone(), frame.data.clone(), Vec::new());
+        assert_eq!(stored.decode_verified().unwrap(), vec![good.1.clone()]);
+        // Still hashed when read back: a frame without a checksum (stored
+        // before frames carried one), one followed by a second zstd frame,
+        // and a gzip-contents frame.
+        let unchecksummed = zstd::bulk::compress(&good.1, 3).unwrap();
+        let two: Vec<u8> = [&frame.data[..], &zstd::bulk::compress(b"", 3).unwrap()].concat();
+        for data in [unchecksummed, two] {
+            let stored = Frame::read_back(lie.clone(), data.clone().into(), Vec::new());
+            assert!(!stored.checksum_suffices());
+            assert!(stored.decode_verified().is_err());
+            let honest = Frame::read_back(vec![good.0], data.into(), Vec::new());
+            assert_eq!(honest.decode_verified().unwrap(), vec![good.1.clone()]);
+        }
+        let gz = chunk(crate::testutil::gzip9(&crate::testutil::wordy_text(500)));
+        let regzip = Frame::compress_regzip(std::slice::from_ref(&gz), 3)
+            .unwrap()
+            .expect("deflates back");
+        let stored = Frame::read_back(lie, regzip.data.clone(), Vec::new());
+        assert!(!stored.checksum_suffices());
+        assert!(stored.decode_verified().is_err());
+    }
+
     #[test]
     fn frames_round_trip_and_detect_corruption() {
         let chunks = vec![

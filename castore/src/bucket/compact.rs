@@ -233,11 +233,11 @@ impl BucketStore {
             let bytes = data.get(range).ok_or_else(|| {
                 StoreError::Corrupt(format!("pack {id}: frame at {} is truncated", loc.offset))
             })?;
-            let frame = Frame {
-                chunks: loc.chunks.to_vec(),
-                data: data.slice_ref(bytes),
-                base: loc.base.to_vec(),
-            };
+            let frame = Frame::read_back(
+                loc.chunks.to_vec(),
+                data.slice_ref(bytes),
+                loc.base.to_vec(),
+            );
             let base = self.base_bytes(&frame.base).await?;
             let datas = tokio::task::spawn_blocking(move || frame.decode_verified_with_base(&base))
                 .await

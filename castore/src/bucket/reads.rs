@@ -157,11 +157,7 @@ impl BucketStore {
                         l.pack, l.offset
                     )));
                 }
-                slots[i] = Some(Frame {
-                    chunks: l.chunks.to_vec(),
-                    data,
-                    base: l.base.to_vec(),
-                });
+                slots[i] = Some(Frame::read_back(l.chunks.to_vec(), data, l.base.to_vec()));
             }
         }
         Ok(ReadOutcome::Frames(

@@ -311,11 +311,7 @@ impl DiskCache {
             .ok_or_else(|| StoreError::Corrupt("truncated".into()))?;
         let (chunks, base) = parse_header(&data[4..4 + len])?;
         let mut data = Bytes::from(data);
-        Ok(Frame {
-            chunks,
-            data: data.split_off(4 + len),
-            base,
-        })
+        Ok(Frame::new(chunks, data.split_off(4 + len), base))
     }
 
     /// The id of the frame file holding `digest`, if indexed (after a
