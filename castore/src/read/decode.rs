@@ -77,15 +77,34 @@ pub async fn decode_frames(
     frames: Vec<Frame>,
     known: HashMap<B3Digest, Bytes>,
 ) -> StoreResult<Vec<(ChunkMeta, Bytes)>> {
+    Ok(decode_frames_grouped(frames, known)
+        .await?
+        .into_iter()
+        .flat_map(|(_, chunks)| chunks)
+        .collect())
+}
+
+/// [`decode_frames`], each frame with its chunks (slices of the frame's
+/// one buffer).
+pub async fn decode_frames_grouped(
+    frames: Vec<Frame>,
+    known: HashMap<B3Digest, Bytes>,
+) -> StoreResult<Vec<(Frame, Vec<(ChunkMeta, Bytes)>)>> {
     tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
         for (frame, outcome) in decode_each(frames, known, &|_| true) {
-            for (meta, bytes) in frame.chunks.iter().zip(outcome?) {
-                let bytes = bytes.ok_or_else(|| {
-                    StoreError::Corrupt(format!("chunk {} was left out", meta.digest))
-                })?;
-                out.push((*meta, bytes));
-            }
+            let chunks = frame
+                .chunks
+                .iter()
+                .zip(outcome?)
+                .map(|(meta, bytes)| {
+                    let bytes = bytes.ok_or_else(|| {
+                        StoreError::Corrupt(format!("chunk {} was left out", meta.digest))
+                    })?;
+                    Ok((*meta, bytes))
+                })
+                .collect::<StoreResult<Vec<_>>>()?;
+            out.push((frame, chunks));
         }
         Ok(out)
     })

@@ -220,8 +220,8 @@ impl BlobStore for DiskFrames {
         let keep = self.decoded.is_some();
         // The bases the deltas were decoded against go up too: the layer
         // above would otherwise read their frames again.
-        let mut verified: Vec<(B3Digest, bytes::Bytes, bool)> = if keep {
-            known.iter().map(|(d, b)| (*d, b.clone(), false)).collect()
+        let bases: Vec<(B3Digest, bytes::Bytes)> = if keep {
+            known.iter().map(|(d, b)| (*d, b.clone())).collect()
         } else {
             Vec::new()
         };
@@ -233,13 +233,13 @@ impl BlobStore for DiskFrames {
                 disk.store(&frame);
                 if keep {
                     let redeflated = crate::regzip::is_regzip(&frame.data);
-                    fetched.extend(
-                        frame
-                            .chunks
-                            .iter()
-                            .zip(datas)
-                            .filter_map(|(m, b)| Some((m.digest, b?, redeflated))),
-                    );
+                    let chunks: Option<Vec<_>> = frame
+                        .chunks
+                        .iter()
+                        .zip(datas)
+                        .map(|(m, b)| Some((*m, b?)))
+                        .collect();
+                    fetched.extend(chunks.map(|c| (redeflated, c)));
                 }
                 checked.push(frame);
             }
@@ -248,9 +248,11 @@ impl BlobStore for DiskFrames {
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
         if let Some(cache) = &self.decoded {
-            verified.extend(fetched);
-            for (digest, bytes, redeflated) in &verified {
-                cache.keep(*digest, bytes, *redeflated).await;
+            for (digest, bytes) in &bases {
+                cache.keep(*digest, bytes, false).await;
+            }
+            for (redeflated, chunks) in fetched {
+                cache.keep_frame(chunks, redeflated).await;
             }
         }
         out.extend(frames);
