@@ -197,7 +197,8 @@ impl DecodedChunkCache {
                 .weigher(|_: &FrameKey, f: &Arc<KeptFrame>| weight(f))
                 .eviction_listener(move |_, f: Arc<KeptFrame>, cause| {
                     if cause == moka::notification::RemovalCause::Size {
-                        c.evictions.fetch_add(1, Ordering::Relaxed);
+                        c.evictions
+                            .fetch_add(f.chunks.len() as u64, Ordering::Relaxed);
                     }
                     index.remove(&f);
                     c.bytes.fetch_sub(u64::from(weight(&f)), Ordering::Relaxed);
