@@ -1,6 +1,6 @@
 //! A cache of decoded, verified chunks in front of any store, for servers
-//! that render NARs: a hit costs a copy instead of a decompression and a
-//! hash. Bounded by raw bytes; gzip-contents chunks, costly to rebuild,
+//! that render NARs: a hit costs a slice of a kept buffer instead of a
+//! decompression. Bounded by raw bytes; gzip-contents chunks, costly to rebuild,
 //! kept apart so a stream of cheap chunks does not evict them, and
 //! optionally also kept on local disk as the bytes they became, so that a
 //! restarted server does not deflate them again.
@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use moka::future::Cache;
+use moka::sync::Cache;
 
 use super::cached::fill_misses;
 use super::{BlobChunks, BlobStore};
@@ -25,7 +25,8 @@ use crate::read::decode::{chunks_in_order, decode_frames_grouped};
 use crate::trust::ChunkListsDigest;
 
 /// Keeps chunks decoded and verified, for servers that render NARs: a hit
-/// costs a copy instead of a decompression and a hash. Bounded by raw bytes.
+/// costs a slice of a kept buffer instead of a decompression. Bounded by
+/// raw bytes.
 struct DecodedChunks {
     inner: Arc<dyn BlobStore>,
     cache: DecodedChunkCache,
@@ -67,22 +68,32 @@ pub struct DecodedChunkCache {
     counters: Arc<DecodedCacheCounters>,
 }
 
-/// A kept frame's name: its first and last chunk and their count (the
-/// same frame read again has the same name, which is what lets the
-/// cache's policy count how often it is asked for).
+/// A kept frame's name: its first chunk, their count and a hash over all
+/// their digests and sizes (the same frame read again has the same name,
+/// which is what lets the cache's policy count how often it is asked
+/// for; two frames sharing a name only cost decoding, since every chunk
+/// handed out is matched by digest).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct FrameKey {
     first: B3Digest,
-    last: B3Digest,
     count: usize,
+    all: u64,
 }
 
 impl FrameKey {
-    fn of(chunks: &[(ChunkMeta, Bytes)]) -> Option<Self> {
+    fn of<'a>(chunks: impl ExactSizeIterator<Item = &'a ChunkMeta>) -> Option<Self> {
+        let count = chunks.len();
+        let mut first = None;
+        let mut all = 0u64;
+        for m in chunks {
+            first.get_or_insert(m.digest);
+            let head = u64::from_le_bytes(m.digest.as_bytes()[..8].try_into().expect("8 bytes"));
+            all = (all.rotate_left(7) ^ head).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ m.size;
+        }
         Some(Self {
-            first: chunks.first()?.0.digest,
-            last: chunks.last()?.0.digest,
-            count: chunks.len(),
+            first: first?,
+            count,
+            all,
         })
     }
 }
@@ -98,7 +109,7 @@ struct KeptFrame {
 /// cache holds the frame.
 #[derive(Clone)]
 struct Slot {
-    key: FrameKey,
+    key: Arc<FrameKey>,
     place: usize,
     generation: u64,
     redeflated: bool,
@@ -130,17 +141,24 @@ impl ChunkIndex {
         self.shard(d).get(d).cloned()
     }
 
-    fn add(&self, frame: &KeptFrame, key: &FrameKey, redeflated: bool) {
+    /// Names `frame` as the home of each of its chunks; `replace`: also
+    /// of chunks another frame is named for (a frame just decoded), else
+    /// only where no frame is (a kept frame found again: entries that
+    /// another copy of a chunk took and lost are put back).
+    fn add(&self, frame: &KeptFrame, key: &Arc<FrameKey>, redeflated: bool, replace: bool) {
         for (place, (m, _)) in frame.chunks.iter().enumerate() {
-            self.shard(&m.digest).insert(
-                m.digest,
-                Slot {
-                    key: key.clone(),
-                    place,
-                    generation: frame.generation,
-                    redeflated,
-                },
-            );
+            let slot = Slot {
+                key: key.clone(),
+                place,
+                generation: frame.generation,
+                redeflated,
+            };
+            let mut shard = self.shard(&m.digest);
+            if replace {
+                shard.insert(m.digest, slot);
+            } else {
+                shard.entry(m.digest).or_insert(slot);
+            }
         }
     }
 
@@ -217,9 +235,12 @@ impl DecodedChunkCache {
 
     /// Keeps one chunk the caller decoded and verified against `digest`
     /// (`redeflated`: from a gzip-contents frame, kept apart), as a frame
-    /// of its own: a copy, since a slice would keep the buffer it came
-    /// from alive.
+    /// of its own unless a kept frame holds it already: a copy, since a
+    /// slice would keep the buffer it came from alive.
     pub(crate) async fn keep(&self, digest: B3Digest, bytes: &Bytes, redeflated: bool) {
+        if self.get(&digest).await.is_some() {
+            return;
+        }
         let meta = ChunkMeta {
             digest,
             size: bytes.len() as u64,
@@ -231,7 +252,7 @@ impl DecodedChunkCache {
     /// Keeps a frame's chunks, decoded and verified by the caller: slices
     /// of the frame's one buffer, kept and evicted together.
     pub(crate) async fn keep_frame(&self, chunks: Vec<(ChunkMeta, Bytes)>, redeflated: bool) {
-        let Some(key) = FrameKey::of(&chunks) else {
+        let Some(key) = FrameKey::of(chunks.iter().map(|(m, _)| m)) else {
             return;
         };
         let part = self.part(redeflated);
@@ -242,16 +263,18 @@ impl DecodedChunkCache {
             chunks,
             generation: self.index.generations.fetch_add(1, Ordering::Relaxed),
         });
-        // Indexed before it is offered: a frame the policy turns away is
-        // taken out of the index again by the eviction listener.
-        self.index.add(&frame, &key, redeflated);
+        // Indexed before it is offered (a synchronous call, so nothing
+        // comes between): a frame the policy turns away is taken out of
+        // the index again by the eviction listener.
+        let key = Arc::new(key);
+        self.index.add(&frame, &key, redeflated, true);
         self.counters
             .bytes
             .fetch_add(u64::from(weight(&frame)), Ordering::Relaxed);
         self.counters
             .entries
             .fetch_add(frame.chunks.len() as u64, Ordering::Relaxed);
-        part.insert(key, frame).await;
+        part.insert(Arc::unwrap_or_clone(key), frame);
     }
 
     fn part(&self, redeflated: bool) -> &Cache<FrameKey, Arc<KeptFrame>> {
@@ -267,12 +290,11 @@ impl DecodedChunkCache {
     /// chunks are wanted.
     async fn get_many(&self, digests: &[B3Digest]) -> Vec<Option<Bytes>> {
         let slots: Vec<Option<Slot>> = digests.iter().map(|d| self.index.get(d)).collect();
-        let mut frames: HashMap<(FrameKey, bool), Option<Arc<KeptFrame>>> = HashMap::new();
+        let mut frames: HashMap<(Arc<FrameKey>, bool), Option<Arc<KeptFrame>>> = HashMap::new();
         for s in slots.iter().flatten() {
-            let at = (s.key.clone(), s.redeflated);
-            if let std::collections::hash_map::Entry::Vacant(e) = frames.entry(at) {
-                e.insert(self.part(s.redeflated).get(&s.key).await);
-            }
+            frames
+                .entry((s.key.clone(), s.redeflated))
+                .or_insert_with(|| self.part(s.redeflated).get(&*s.key));
         }
         digests
             .iter()
@@ -294,19 +316,22 @@ impl DecodedChunkCache {
             .flatten()
     }
 
-    /// Every chunk of `frame`, if all are here with the sizes it says.
+    /// Every chunk of `frame`, if it is kept (looked up by its name, which
+    /// also counts the request for the cache's policy, hit or miss, and
+    /// puts back index entries its chunks lost).
     async fn frame(&self, frame: &Frame) -> Option<Vec<(ChunkMeta, Bytes)>> {
-        let digests: Vec<B3Digest> = frame.chunks.iter().map(|m| m.digest).collect();
-        let got = self.get_many(&digests).await;
-        frame
-            .chunks
-            .iter()
-            .zip(got)
-            .map(|(meta, bytes)| {
-                let bytes = bytes?;
-                (bytes.len() as u64 == meta.size).then_some((*meta, bytes))
-            })
-            .collect()
+        let key = FrameKey::of(frame.chunks.iter())?;
+        let redeflated = crate::regzip::is_regzip(&frame.data);
+        let kept = self.part(redeflated).get(&key)?;
+        let matches = kept.chunks.len() == frame.chunks.len()
+            && kept.chunks.iter().zip(&frame.chunks).all(|((k, b), m)| {
+                k.digest == m.digest && k.size == m.size && b.len() as u64 == m.size
+            });
+        if !matches {
+            return None;
+        }
+        self.index.add(&kept, &Arc::new(key), redeflated, false);
+        Some(kept.chunks.clone())
     }
 
     /// Which part holds `d`'s frame (`Some(true)`: the re-deflated one).
@@ -314,15 +339,15 @@ impl DecodedChunkCache {
     fn part_holding(&self, d: &B3Digest) -> Option<bool> {
         let s = self.index.get(d)?;
         self.part(s.redeflated)
-            .contains_key(&s.key)
+            .contains_key(&*s.key)
             .then_some(s.redeflated)
     }
 
     /// Runs the caches' pending evictions (tests look at them settled).
     #[cfg(test)]
     async fn settle(&self) {
-        self.frames.run_pending_tasks().await;
-        self.redeflated.run_pending_tasks().await;
+        self.frames.run_pending_tasks();
+        self.redeflated.run_pending_tasks();
     }
 }
 
@@ -379,12 +404,20 @@ impl DecodedCacheCounters {
     }
 }
 
-/// What a kept frame weighs in the cache: its bytes and a little per
-/// chunk.
+/// What a kept frame weighs in the cache: its bytes and what each chunk
+/// costs besides (its place in the frame's list and in the index).
 fn weight(f: &KeptFrame) -> u32 {
-    let bytes: u64 = f.chunks.iter().map(|(_, b)| b.len() as u64 + 64).sum();
+    let bytes: u64 = f
+        .chunks
+        .iter()
+        .map(|(_, b)| b.len() as u64 + PER_CHUNK)
+        .sum();
     bytes.min(u64::from(u32::MAX)) as u32
 }
+
+/// Bytes a kept chunk costs besides its own: its (meta, slice) in the
+/// frame's list (72), its index entry and the map's slack (~120).
+const PER_CHUNK: u64 = 192;
 
 /// The share of a decoded-chunk cache's bytes kept for re-deflated chunks.
 const REDEFLATED_SHARE: u64 = 8;
@@ -830,5 +863,68 @@ mod tests {
         // A slice would sit inside the 64 KiB buffer, keeping all of it.
         let inside = buffer.as_ptr_range();
         assert!(!inside.contains(&kept.as_ptr()));
+    }
+
+    #[tokio::test]
+    async fn frames_asked_for_again_and_again_are_admitted_over_ones_read_once() {
+        let (_dir, inner) = crate::testutil::temp_bucket().await;
+        let frames = two_chunk_frames(16);
+        inner
+            .put_frames(frames.iter().map(|(f, _)| f.clone()).collect())
+            .await
+            .unwrap();
+        // Room for about eight of the frames.
+        let decoded = DecodedChunks::new(inner, DecodedChunkCache::new(600 << 10));
+        let read = |(_, [a, b]): &(Frame, [Vec<u8>; 2])| [B3Digest::of(a), B3Digest::of(b)];
+        // The first eight fill the cache, read once.
+        for f in &frames[..8] {
+            decoded.get_chunks(&read(f)).await.unwrap();
+        }
+        decoded.cache.settle().await;
+        // The other eight are asked for again and again: each request
+        // counts, held or not, so they win their place.
+        for _ in 0..4 {
+            for f in &frames[8..] {
+                decoded.get_chunks(&read(f)).await.unwrap();
+                decoded.cache.settle().await;
+            }
+        }
+        let held = frames[8..]
+            .iter()
+            .filter(|f| decoded.cache.part_holding(&read(f)[0]).is_some())
+            .count();
+        assert!(
+            held >= 4,
+            "only {held} of the frames asked for often are held"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_chunk_of_two_kept_frames_is_found_again_after_the_second_goes() {
+        let cache = DecodedChunkCache::new(16 << 20);
+        let piece = |seed| {
+            let b = Bytes::from(crate::testutil::pseudo_random(4 << 10, seed));
+            (ChunkMeta::of(&b), b)
+        };
+        let (x, y, z) = (piece(1), piece(2), piece(3));
+        let first = vec![x.clone(), y.clone()];
+        let second = vec![x.clone(), z.clone()];
+        cache.keep_frame(first.clone(), false).await;
+        cache.keep_frame(second.clone(), false).await;
+        cache.settle().await;
+        // The second frame goes: the chunk it shared loses its entry.
+        let key = FrameKey::of(second.iter().map(|(m, _)| m)).unwrap();
+        cache.frames.invalidate(&key);
+        cache.settle().await;
+        assert_eq!(cache.get(&x.0.digest).await, None);
+        // Found again when its kept frame is asked for by name.
+        let frame = Frame::new(
+            first.iter().map(|(m, _)| *m).collect(),
+            Bytes::new(),
+            Vec::new(),
+        );
+        assert!(cache.frame(&frame).await.is_some());
+        assert_eq!(cache.get(&x.0.digest).await, Some(x.1.clone()));
+        assert_eq!(cache.get(&y.0.digest).await, Some(y.1.clone()));
     }
 }
