@@ -237,21 +237,20 @@ impl DecodedChunkCache {
     /// (`redeflated`: from a gzip-contents frame, kept apart), as a frame
     /// of its own unless a kept frame holds it already: a copy, since a
     /// slice would keep the buffer it came from alive.
-    pub(crate) async fn keep(&self, digest: B3Digest, bytes: &Bytes, redeflated: bool) {
-        if self.get(&digest).await.is_some() {
+    pub(crate) fn keep(&self, digest: B3Digest, bytes: &Bytes, redeflated: bool) {
+        if self.get(&digest).is_some() {
             return;
         }
         let meta = ChunkMeta {
             digest,
             size: bytes.len() as u64,
         };
-        self.keep_frame(vec![(meta, Bytes::copy_from_slice(bytes))], redeflated)
-            .await;
+        self.keep_frame(vec![(meta, Bytes::copy_from_slice(bytes))], redeflated);
     }
 
     /// Keeps a frame's chunks, decoded and verified by the caller: slices
     /// of the frame's one buffer, kept and evicted together.
-    pub(crate) async fn keep_frame(&self, chunks: Vec<(ChunkMeta, Bytes)>, redeflated: bool) {
+    pub(crate) fn keep_frame(&self, chunks: Vec<(ChunkMeta, Bytes)>, redeflated: bool) {
         let Some(key) = FrameKey::of(chunks.iter().map(|(m, _)| m)) else {
             return;
         };
@@ -274,7 +273,7 @@ impl DecodedChunkCache {
         self.counters
             .entries
             .fetch_add(frame.chunks.len() as u64, Ordering::Relaxed);
-        part.insert(Arc::unwrap_or_clone(key), frame);
+        part.insert(FrameKey::clone(&key), frame);
     }
 
     fn part(&self, redeflated: bool) -> &Cache<FrameKey, Arc<KeptFrame>> {
@@ -288,7 +287,7 @@ impl DecodedChunkCache {
     /// The kept chunks among `digests`, in order (`None`: not kept). Each
     /// frame is asked of its cache once per call, however many of its
     /// chunks are wanted.
-    async fn get_many(&self, digests: &[B3Digest]) -> Vec<Option<Bytes>> {
+    fn get_many(&self, digests: &[B3Digest]) -> Vec<Option<Bytes>> {
         let slots: Vec<Option<Slot>> = digests.iter().map(|d| self.index.get(d)).collect();
         let mut frames: HashMap<(Arc<FrameKey>, bool), Option<Arc<KeptFrame>>> = HashMap::new();
         for s in slots.iter().flatten() {
@@ -309,24 +308,18 @@ impl DecodedChunkCache {
     }
 
     /// A decoded chunk, if kept.
-    pub(crate) async fn get(&self, digest: &B3Digest) -> Option<Bytes> {
-        self.get_many(std::slice::from_ref(digest))
-            .await
-            .pop()
-            .flatten()
+    pub(crate) fn get(&self, digest: &B3Digest) -> Option<Bytes> {
+        self.get_many(std::slice::from_ref(digest)).pop().flatten()
     }
 
     /// Every chunk of `frame`, if it is kept (looked up by its name, which
     /// also counts the request for the cache's policy, hit or miss, and
     /// puts back index entries its chunks lost).
-    async fn frame(&self, frame: &Frame) -> Option<Vec<(ChunkMeta, Bytes)>> {
+    fn frame(&self, frame: &Frame) -> Option<Vec<(ChunkMeta, Bytes)>> {
         let key = FrameKey::of(frame.chunks.iter())?;
         let redeflated = crate::regzip::is_regzip(&frame.data);
         let kept = self.part(redeflated).get(&key)?;
-        let matches = kept.chunks.len() == frame.chunks.len()
-            && kept.chunks.iter().zip(&frame.chunks).all(|((k, b), m)| {
-                k.digest == m.digest && k.size == m.size && b.len() as u64 == m.size
-            });
+        let matches = kept.chunks.iter().map(|(m, _)| m).eq(&frame.chunks);
         if !matches {
             return None;
         }
@@ -553,7 +546,6 @@ impl BlobStore for DecodedChunks {
         let found: Vec<Option<Chunk>> = self
             .cache
             .get_many(digests)
-            .await
             .into_iter()
             .zip(digests)
             .map(|(hit, d)| {
@@ -588,7 +580,7 @@ impl BlobStore for DecodedChunks {
                 frames_with_bases(
                     from_store.clone(),
                     |ds| async move { self.inner.get_frames(&ds).await },
-                    |ds| each_cached(ds, |d| async move { self.cache.get(&d).await }),
+                    |ds| each_cached(ds, |d| async move { self.cache.get(&d) }),
                 )
                 .await?
             };
@@ -599,7 +591,7 @@ impl BlobStore for DecodedChunks {
             // (into this cache) are not decoded again.
             let (mut known, mut ready, mut to_decode) = (known, Vec::new(), Vec::new());
             for frame in frames {
-                match self.cache.frame(&frame).await {
+                match self.cache.frame(&frame) {
                     Some(chunks) => ready.extend(chunks),
                     None => to_decode.push(frame),
                 }
@@ -629,7 +621,7 @@ impl BlobStore for DecodedChunks {
             let mut all = ready;
             for (redeflated, chunks) in decoded.into_iter().chain(from_disk) {
                 all.extend(chunks.iter().cloned());
-                self.cache.keep_frame(chunks, redeflated).await;
+                self.cache.keep_frame(chunks, redeflated);
             }
             fetched = chunks_in_order(&misses, all)?;
         }
@@ -856,9 +848,9 @@ mod tests {
         let buffer = Bytes::from(crate::testutil::pseudo_random(64 << 10, 9));
         let piece = buffer.slice(..1000);
         let digest = B3Digest::of(&piece);
-        cache.keep(digest, &piece, false).await;
+        cache.keep(digest, &piece, false);
         cache.settle().await;
-        let kept = cache.get(&digest).await.expect("kept");
+        let kept = cache.get(&digest).expect("kept");
         assert_eq!(kept, piece);
         // A slice would sit inside the 64 KiB buffer, keeping all of it.
         let inside = buffer.as_ptr_range();
@@ -909,22 +901,22 @@ mod tests {
         let (x, y, z) = (piece(1), piece(2), piece(3));
         let first = vec![x.clone(), y.clone()];
         let second = vec![x.clone(), z.clone()];
-        cache.keep_frame(first.clone(), false).await;
-        cache.keep_frame(second.clone(), false).await;
+        cache.keep_frame(first.clone(), false);
+        cache.keep_frame(second.clone(), false);
         cache.settle().await;
         // The second frame goes: the chunk it shared loses its entry.
         let key = FrameKey::of(second.iter().map(|(m, _)| m)).unwrap();
         cache.frames.invalidate(&key);
         cache.settle().await;
-        assert_eq!(cache.get(&x.0.digest).await, None);
+        assert_eq!(cache.get(&x.0.digest), None);
         // Found again when its kept frame is asked for by name.
         let frame = Frame::new(
             first.iter().map(|(m, _)| *m).collect(),
             Bytes::new(),
             Vec::new(),
         );
-        assert!(cache.frame(&frame).await.is_some());
-        assert_eq!(cache.get(&x.0.digest).await, Some(x.1.clone()));
-        assert_eq!(cache.get(&y.0.digest).await, Some(y.1.clone()));
+        assert!(cache.frame(&frame).is_some());
+        assert_eq!(cache.get(&x.0.digest), Some(x.1.clone()));
+        assert_eq!(cache.get(&y.0.digest), Some(y.1.clone()));
     }
 }

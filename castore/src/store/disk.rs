@@ -149,7 +149,7 @@ impl DiskFrames {
             let hit = match self.bases.get(&d) {
                 Some(b) => Some(b),
                 None => match &self.decoded {
-                    Some(cache) => cache.get(&d).await,
+                    Some(cache) => cache.get(&d),
                     None => None,
                 },
             };
@@ -249,10 +249,10 @@ impl BlobStore for DiskFrames {
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
         if let Some(cache) = &self.decoded {
             for (digest, bytes) in &bases {
-                cache.keep(*digest, bytes, false).await;
+                cache.keep(*digest, bytes, false);
             }
             for (redeflated, chunks) in fetched {
-                cache.keep_frame(chunks, redeflated).await;
+                cache.keep_frame(chunks, redeflated);
             }
         }
         out.extend(frames);
@@ -581,7 +581,7 @@ mod decoded_once_tests {
         // The bases' frame: fetched, kept on disk, its chunks in the cache.
         layer.get_frames(&[B3Digest::of(&old1)]).await.unwrap();
         for chunk in [&old1, &old2] {
-            let kept = cache.get(&B3Digest::of(chunk)).await.expect("kept");
+            let kept = cache.get(&B3Digest::of(chunk)).expect("kept");
             assert_eq!(&kept[..], &chunk[..]);
         }
         // The deltas: one call; both bases read from the disk (one frame).
@@ -592,7 +592,7 @@ mod decoded_once_tests {
         assert_eq!(got.len(), 2);
         assert_eq!(upstream.calls.lock().unwrap().len(), 2, "no call for bases");
         for chunk in [&new1, &new2] {
-            let kept = cache.get(&B3Digest::of(chunk)).await.expect("kept");
+            let kept = cache.get(&B3Digest::of(chunk)).expect("kept");
             assert_eq!(&kept[..], &chunk[..]);
         }
     }
@@ -612,8 +612,8 @@ mod decoded_once_tests {
         let layer = disk_frames(upstream, disk.clone(), Arc::default(), Some(cache.clone()));
         let wanted = B3Digest::of(&claimed);
         assert!(layer.get_frames(&[wanted]).await.is_err());
-        assert!(cache.get(&wanted).await.is_none());
-        assert!(cache.get(&B3Digest::of(&sent)).await.is_none());
+        assert!(cache.get(&wanted).is_none());
+        assert!(cache.get(&B3Digest::of(&sent)).is_none());
         assert!(disk.frame_of(&wanted).is_none());
     }
 }
