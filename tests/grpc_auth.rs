@@ -148,6 +148,7 @@ async fn try_every_write(server: &Server, auth: Bearer, w: &Writes) -> Vec<(&'st
                 chunks
                     .put_chunks(futures::stream::iter(vec![lpb::PutChunksRequest {
                         frames: vec![frame],
+                        ..Default::default()
                     }]))
                     .await,
             ),

@@ -110,6 +110,7 @@ fn inflating_frames_cost_one_frame_and_identical_ones_are_stored_once() {
         let msgs: Vec<lpb::PutChunksRequest> = (0..10)
             .map(|_| lpb::PutChunksRequest {
                 frames: vec![one.clone(); 10],
+                ..Default::default()
             })
             .collect();
         c.put_chunks(futures::stream::iter(msgs)).await.unwrap();
@@ -122,7 +123,10 @@ fn inflating_frames_cost_one_frame_and_identical_ones_are_stored_once() {
             .collect();
         let msgs: Vec<lpb::PutChunksRequest> = many
             .into_iter()
-            .map(|f| lpb::PutChunksRequest { frames: vec![f] })
+            .map(|f| lpb::PutChunksRequest {
+                frames: vec![f],
+                ..Default::default()
+            })
             .collect();
         let err = c.put_chunks(futures::stream::iter(msgs)).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
@@ -146,6 +150,7 @@ fn inflating_frames_cost_one_frame_and_identical_ones_are_stored_once() {
                 let refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
                 lpb::PutChunksRequest {
                     frames: vec![lazix_castore::testutil::frame_of(&refs).to_proto()],
+                    ..Default::default()
                 }
             })
             .collect();
@@ -193,6 +198,7 @@ fn exact_reads_of_the_most_digests_in_distinct_frames_stay_bounded() {
             let msgs: Vec<lpb::PutChunksRequest> = (0..4)
                 .map(|m| lpb::PutChunksRequest {
                     frames: (0..256).map(|k| frame(call * 1024 + m * 256 + k)).collect(),
+                    ..Default::default()
                 })
                 .collect();
             c.put_chunks(futures::stream::iter(msgs)).await.unwrap();

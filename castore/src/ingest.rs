@@ -225,6 +225,10 @@ impl ChunkUploader {
         }
         let batch = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
+        // Batches upload at once and land in any order: numbered here, in
+        // the file's order, for compaction (see
+        // BlobStore::put_frames_ordered).
+        let order = crate::store::next_upload_order();
         let blobs = self.blobs.clone();
         let stats = self.stats.clone();
         let (stored, stored_rx) = oneshot::channel();
@@ -266,7 +270,7 @@ impl ChunkUploader {
                     s + f.data.len() as u64,
                 )
             });
-            blobs.put_frames(frames).await?;
+            blobs.put_frames_ordered(frames, order).await?;
             let _ = stored.send(());
             let mut s = stats.lock().expect("stats");
             s.chunks_sent += n;

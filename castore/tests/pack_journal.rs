@@ -49,11 +49,14 @@ fn forget_journal(dir: &Path) {
 
 /// A store of 200 packs in `dir` (400 objects under `packs/`, all
 /// compacted so that a later compaction rewrites only newer packs), with
-/// no journal entries left.
+/// no journal entries left. (Each compacted on its own: compaction merges
+/// packs written together.)
 async fn store_of_200_packs(dir: &Path) -> Arc<BucketStore> {
     let writer = open_at(dir).await;
-    put_packs(&writer, 0, 200).await;
-    writer.compact().await.expect("compact");
+    for i in 0..200 {
+        put_packs(&writer, i, i + 1).await;
+        writer.compact().await.expect("compact");
+    }
     forget_journal(dir);
     writer
 }

@@ -679,22 +679,27 @@ async fn a_delta_of_a_large_file_takes_whole_frames_of_its_old_version_as_base()
     }
 }
 
-#[tokio::test]
-async fn frames_of_a_large_file_changed_throughout_follow_their_old_version() {
-    let (_dir, backend, store) = open().await;
-    let v1 = random(3_000_000, 41);
-    let mut v2 = v1.clone();
-    // A small change in the first chunk, which similarity finds...
+/// A new version of `v1` that similarity finds only at its start: a small
+/// change in the first chunk, which similarity finds, then two bytes in
+/// every 48 from the second chunk to the end: no resemblance sketch
+/// survives that, yet each stretch is mostly its old version. (The first
+/// cut stays where it was: only bytes just before a cut decide it.)
+fn changed_throughout(v1: &[u8]) -> Vec<u8> {
+    let mut v2 = v1.to_vec();
     v2[1_000..1_012].copy_from_slice(b"version 2.0!");
-    // ...then two bytes in every 48 from the second chunk to the end: no
-    // resemblance sketch survives that, yet each stretch is mostly its old
-    // version. (The first cut stays where it was: only bytes just before
-    // a cut decide it.)
-    let first_chunk = lazix_castore::chunker::DEFAULT_PARAMS.cut(&v1);
+    let first_chunk = lazix_castore::chunker::DEFAULT_PARAMS.cut(v1);
     for at in (first_chunk + 16..v2.len() - 2).step_by(48) {
         v2[at] ^= 0x5a;
         v2[at + 1] ^= 0xa5;
     }
+    v2
+}
+
+#[tokio::test]
+async fn frames_of_a_large_file_changed_throughout_follow_their_old_version() {
+    let (_dir, backend, store) = open().await;
+    let v1 = random(3_000_000, 41);
+    let v2 = changed_throughout(&v1);
     let node1 = ingest(&store, &sample_nar(&v1)).await.unwrap();
     backend.compact().await.unwrap();
     let node2 = ingest(&store, &sample_nar(&v2)).await.unwrap();
@@ -717,6 +722,62 @@ async fn frames_of_a_large_file_changed_throughout_follow_their_old_version() {
         .iter()
         .fold((0, 0), |(s, r), f| (s + f.data.len(), r + f.raw_size()));
     assert!(stored as u64 * 4 < raw, "{stored} bytes stored of {raw}");
+    for (node, big) in [(&node1, &v1), (&node2, &v2)] {
+        let mut out = Vec::new();
+        render_nar(&store, node, &mut out).await.unwrap();
+        assert!(out == sample_nar(big));
+    }
+}
+
+#[tokio::test]
+async fn a_large_file_uploaded_in_several_packs_is_followed_across_them() {
+    let (dir, backend, store) = open().await;
+    // Three upload calls' worth (8 MiB each): three packs per version.
+    let v1 = random(18_000_000, 43);
+    // Only the place found at the start, carried from frame to frame,
+    // gives each frame its base.
+    let mut v2 = changed_throughout(&v1);
+    // And a stretch with nothing of the old version: its frames stay
+    // plain, and the walk goes on past them.
+    let new_stretch = 9_000_000..9_600_000;
+    v2[new_stretch.clone()].copy_from_slice(&random(new_stretch.len(), 44));
+    let node1 = ingest(&store, &sample_nar(&v1)).await.unwrap();
+    let packs = |dir: &std::path::Path| {
+        pack_files(dir)
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+            .count()
+    };
+    let uploaded = packs(dir.path());
+    assert!(uploaded >= 3, "{uploaded} packs uploaded");
+    let report = backend.compact().await.unwrap();
+    assert_eq!(report.packs_rewritten as usize, uploaded, "{report:?}");
+    // Compacted into one pack, in upload order.
+    assert_eq!(packs(dir.path()), 1);
+    let node2 = ingest(&store, &sample_nar(&v2)).await.unwrap();
+    backend.compact().await.unwrap();
+    assert_eq!(packs(dir.path()), 2);
+    let frames = store.blobs.get_frames(&chunk_digests(&v2)).await.unwrap();
+    assert!(frames.len() >= 60, "{} frames", frames.len());
+    // Past every pack boundary of either version and past the new
+    // stretch, each frame found its old version; only frames holding
+    // (mostly) the new stretch stayed plain.
+    let mut offset = 0u64;
+    let mut plain = Vec::new();
+    for f in &frames {
+        if f.base.is_empty() {
+            plain.push(offset..offset + f.raw_size());
+        }
+        offset += f.raw_size();
+    }
+    assert!(
+        plain
+            .iter()
+            .all(|r| r.start < new_stretch.end as u64 && new_stretch.start as u64 <= r.end),
+        "frames stored plain at {plain:?} of {} frames",
+        frames.len()
+    );
+    assert!(plain.len() <= 4, "{plain:?}");
     for (node, big) in [(&node1, &v1), (&node2, &v2)] {
         let mut out = Vec::new();
         render_nar(&store, node, &mut out).await.unwrap();

@@ -474,7 +474,10 @@ impl chunk_service_server::ChunkService for StoreService {
         // Chunks of this call so far: a frame that adds none is dropped
         // here, neither counted nor decoded.
         let mut seen: HashSet<B3Digest> = HashSet::new();
+        // The call's place among the uploader's (the first message's).
+        let mut order: Option<u64> = None;
         while let Some(msg) = stream.message().await? {
+            order.get_or_insert(msg.upload_order);
             for f in msg.frames {
                 let frame = Frame::try_from_proto(f).map_err(to_status)?;
                 n += frame.chunks.len() as u64;
@@ -498,14 +501,14 @@ impl chunk_service_server::ChunkService for StoreService {
                 let frames = std::mem::take(&mut pending);
                 self.store
                     .blobs
-                    .put_frames(frames)
+                    .put_frames_ordered(frames, order.unwrap_or(0))
                     .await
                     .map_err(to_status)?;
             }
         }
         self.store
             .blobs
-            .put_frames(pending)
+            .put_frames_ordered(pending, order.unwrap_or(0))
             .await
             .map_err(to_status)?;
         Ok(Response::new(lpb::PutChunksResponse {

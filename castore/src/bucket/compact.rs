@@ -7,11 +7,17 @@
 //! spending CPU once to shrink what is stored and shipped; zstd decodes
 //! frames of any level equally fast, so readers pay nothing for it.
 //!
-//! Safety: a new pack (and its index) is written before the old one's
-//! index and frames are deleted, so every chunk stays readable throughout;
-//! a reader that located a chunk in a deleted pack re-lists and retries.
-//! A compaction killed midway leaves chunks in both packs: harmless, and
-//! the next run deletes the old pack (its chunks are held elsewhere).
+//! Packs are taken in the order they were written and rewritten a few at a
+//! time into one ([`PACKS_PER_GROUP`]): a large file uploaded over several
+//! calls then sits in one compacted pack, in order, and its next version
+//! is compacted after it.
+//!
+//! Safety: a new pack (and its index) is written before the old ones'
+//! indexes and frames are deleted, so every chunk stays readable
+//! throughout; a reader that located a chunk in a deleted pack re-lists
+//! and retries. A compaction killed midway leaves chunks in both: harmless,
+//! and the next run deletes the old packs (their chunks are held
+//! elsewhere).
 //! Deltas are one level deep: a chunk some delta frame uses as base stays
 //! in a plain frame. Bases are the chunks similarity finds (with the rest
 //! of their frame, for large files) and, for the frames of a large file
@@ -25,8 +31,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
-use super::keys::{pack_path, PackId};
-use super::packs::{holds_large_file, FrameLocation, OldPosition};
+use super::keys::{index_path, pack_path, PackId};
+use super::packs::{decode_index, holds_large_file, FrameLocation, OldPosition};
 use super::BucketStore;
 use crate::chunk::ChunkMeta;
 use crate::digest::B3Digest;
@@ -47,6 +53,13 @@ const FOLLOW_SLACK: u64 = 64 * 1024;
 /// A delta frame is kept only if it is at most this fraction (in tenths)
 /// of the plain frame: a reader also needs the base.
 const DELTA_KEEP_TENTHS: usize = 9;
+
+/// Packs at the ingest level rewritten into one compacted pack: a client
+/// uploads a large file in calls of 8 MiB (one pack each), so a group of
+/// this many holds ~64 MiB of a version in upload order, and the next
+/// version's walk ([`OldVersionWalk`]) follows it that far without losing
+/// its place at a pack's end.
+const PACKS_PER_GROUP: usize = 8;
 
 /// What a compaction did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -73,8 +86,11 @@ struct LiveFrame {
 /// Where the old version of the large file whose frames are being
 /// rewritten goes on (see [`super::packs::PackTable::frames_around`]):
 /// found where a frame's delta matched it by similarity, then moved on by
-/// each frame that followed it and paid. A frame of small files, or one
-/// that stayed plain, ends the walk until the next match.
+/// each frame of the file, delta or plain (a stretch new in this version
+/// stays plain, and the stretch after it most likely matches the old
+/// version again, further on by as much), across the packs of a group
+/// ([`PACKS_PER_GROUP`]). A frame of small files ends the walk until the
+/// next match.
 #[derive(Default)]
 struct OldVersionWalk {
     at: Option<OldPosition>,
@@ -97,17 +113,16 @@ impl OldVersionWalk {
             .frames_around(at, range)
     }
 
-    /// Moves on past a frame of `chunks` stored as `frame`; `last_similar`
+    /// Moves on past a frame of `chunks`; `last_similar`
     /// is the own chunk similarity matched last and the old chunk it
     /// matched.
     fn advance(
         &mut self,
         store: &BucketStore,
         chunks: &[ChunkMeta],
-        frame: &Frame,
         last_similar: Option<(usize, B3Digest)>,
     ) {
-        if !holds_large_file(chunks) || frame.base.is_empty() {
+        if !holds_large_file(chunks) {
             self.at = None;
             return;
         }
@@ -167,15 +182,23 @@ impl BucketStore {
             .filter(|(_, level)| (*level as i32) < COMPACT_LEVEL)
             .map(|(id, _)| id)
             .collect();
+        let groups: Vec<(Vec<String>, u64)> = self
+            .in_upload_order(candidates)
+            .await?
+            .chunks(PACKS_PER_GROUP)
+            .map(|g| (g.iter().map(|(id, _)| id.to_hex()).collect(), g[0].1))
+            .collect();
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let reports: Vec<CompactReport> = futures::stream::iter(candidates)
-            .map(|id| async move {
+        // In order, a few at once: a version uploaded after another is
+        // compacted after it, so its deltas go against the older one.
+        let reports: Vec<CompactReport> = futures::stream::iter(groups)
+            .map(|(group, order)| async move {
                 let mut r = CompactReport::default();
-                self.compact_pack(&id.to_hex(), &mut r, &|_| true)
+                self.compact_packs(&group, order, &mut r, &|_| true)
                     .await
                     .map(|()| r)
             })
-            .buffer_unordered(parallel)
+            .buffered(parallel)
             .try_collect()
             .await?;
         let report = reports
@@ -195,6 +218,37 @@ impl BucketStore {
         Ok(report)
     }
 
+    /// Packs in upload order: the order their upload calls were cut in
+    /// (kept in their indexes, see
+    /// [`crate::store::BlobStore::put_frames_ordered`]; for packs written
+    /// before it was kept, when they were written), then by id; each with
+    /// its place. A pack gone meanwhile is left out (compacted by someone
+    /// else).
+    async fn in_upload_order(&self, ids: Vec<PackId>) -> StoreResult<Vec<(PackId, u64)>> {
+        let mut placed: Vec<(u64, PackId)> = futures::stream::iter(ids)
+            .map(|id| async move {
+                let got = match self.objects.get(&index_path(&id.to_hex())).await {
+                    Ok(got) => got,
+                    Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                    Err(e) => return Err(super::object_err(e)),
+                };
+                let written = got.meta.last_modified.timestamp_nanos_opt().unwrap_or(0);
+                let data = got.bytes().await.map_err(super::object_err)?;
+                let index = decode_index(&id.to_hex(), &data)?;
+                let order = match index.upload_order {
+                    0 => u64::try_from(written).unwrap_or(0),
+                    n => n,
+                };
+                Ok(Some((order, id)))
+            })
+            .buffer_unordered(16)
+            .try_filter_map(|x| async move { Ok(x) })
+            .try_collect()
+            .await?;
+        placed.sort_unstable();
+        Ok(placed.into_iter().map(|(order, id)| (id, order)).collect())
+    }
+
     /// Rewrites a pack with only its live chunks (garbage collection);
     /// returns the bytes of the pack written instead.
     pub(super) async fn repack_live(
@@ -203,27 +257,85 @@ impl BucketStore {
         live: &super::mark_set::MarkSet,
     ) -> StoreResult<u64> {
         let mut r = CompactReport::default();
-        self.compact_pack(id, &mut r, &|d| live.contains(d)).await?;
+        self.compact_packs(&[id.to_string()], 0, &mut r, &|d| live.contains(d))
+            .await?;
         Ok(r.bytes_after)
     }
 
-    /// Rewrites one pack with the chunks it is home for and `keep` wants.
-    async fn compact_pack(
+    /// Rewrites packs, in order, into one pack with the chunks each is
+    /// home for and `keep` wants; one walk of the old version
+    /// ([`OldVersionWalk`]) goes through them all, so a large file whose
+    /// upload spans several packs is followed across them (and lands in
+    /// one pack, which the next version's walk then follows without
+    /// losing its place at each pack's end). Each pack is decoded and
+    /// recompressed before the next is read: memory holds one pack's
+    /// chunks plus the group's compressed frames. The new pack keeps
+    /// `order`, the first one's place in upload order.
+    async fn compact_packs(
+        &self,
+        ids: &[String],
+        order: u64,
+        report: &mut CompactReport,
+        keep: &(dyn Fn(&B3Digest) -> bool + Sync),
+    ) -> StoreResult<()> {
+        let mut claimed: Vec<B3Digest> = Vec::new();
+        let mut read: Vec<&str> = Vec::new();
+        let result = async {
+            let mut walk = OldVersionWalk::default();
+            let mut rewritten = Vec::new();
+            for id in ids {
+                let Some(live) = self.live_frames(id, report, keep).await? else {
+                    continue;
+                };
+                read.push(id);
+                claimed.extend(
+                    live.iter()
+                        .flat_map(|f| f.chunks.iter().map(|(m, _)| m.digest)),
+                );
+                self.rewrite(live, &mut walk, &mut rewritten, report, keep)
+                    .await?;
+            }
+            if rewritten.is_empty() {
+                return Ok(None);
+            }
+            let (new_id, size) = self
+                .write_pack(rewritten, COMPACT_LEVEL as u32, order)
+                .await?;
+            report.bytes_after += size;
+            Ok::<_, StoreError>(Some(new_id))
+        }
+        .await;
+        self.table.write().expect("pack table").settle(&claimed);
+        let new_id = result?;
+        // Incompressible frames come out byte-identical: the new pack can
+        // be an old one (same content, same id), which must then stay.
+        for id in read {
+            if new_id.as_deref() != Some(id) {
+                self.delete_pack(id).await?;
+            }
+            report.packs_rewritten += 1;
+        }
+        Ok(())
+    }
+
+    /// A pack's frames with the chunks it is home for and `keep` wants,
+    /// decoded and verified; `None` if the pack is gone (compacted by
+    /// someone else meanwhile).
+    async fn live_frames(
         &self,
         id: &str,
         report: &mut CompactReport,
         keep: &(dyn Fn(&B3Digest) -> bool + Sync),
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Option<Vec<LiveFrame>>> {
         let Some(frames) = ({
             let table = self.table.read().expect("pack table");
             table.pack(id).map(|p| p.frames)
         }) else {
-            return Ok(());
+            return Ok(None);
         };
         let data = match self.objects.get(&pack_path(id)).await {
             Ok(r) => r.bytes().await.map_err(super::object_err)?,
-            // Compacted by someone else meanwhile.
-            Err(object_store::Error::NotFound { .. }) => return Ok(()),
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(super::object_err(e)),
         };
         report.bytes_before += data.len() as u64;
@@ -264,37 +376,24 @@ impl BucketStore {
                 live.push(LiveFrame { chunks: kept });
             }
         }
-        let claimed: Vec<B3Digest> = live
-            .iter()
-            .flat_map(|f| f.chunks.iter().map(|(m, _)| m.digest))
-            .collect();
-        let result = self.rewrite(live, report, keep).await;
-        self.table.write().expect("pack table").settle(&claimed);
-        // Incompressible frames come out byte-identical: the new pack can
-        // be the old one (same content, same id), which must then stay.
-        if result? != Some(id.to_string()) {
-            self.delete_pack(id).await?;
-        }
-        report.packs_rewritten += 1;
-        Ok(())
+        Ok(Some(live))
     }
 
-    /// Recompresses a pack's live frames into one new pack, with deltas
-    /// against bases `keep` wants only; returns its id (`None` when
-    /// nothing was live).
+    /// Recompresses live frames onto `rewritten`, with deltas against
+    /// bases `keep` wants only.
     async fn rewrite(
         &self,
         live: Vec<LiveFrame>,
+        walk: &mut OldVersionWalk,
+        rewritten: &mut Vec<(Frame, Vec<Option<Sketch>>)>,
         report: &mut CompactReport,
         keep: &(dyn Fn(&B3Digest) -> bool + Sync),
-    ) -> StoreResult<Option<String>> {
-        let mut rewritten = Vec::with_capacity(live.len());
-        let mut walk = OldVersionWalk::default();
+    ) -> StoreResult<()> {
         for f in live {
             let metas: Vec<ChunkMeta> = f.chunks.iter().map(|(m, _)| *m).collect();
             let follow = walk.frames_for(self, &metas);
             let (frame, sketches, last_similar) = self.recompress(f, &follow, keep).await?;
-            walk.advance(self, &metas, &frame, last_similar);
+            walk.advance(self, &metas, last_similar);
             if !frame.base.is_empty() {
                 report.delta_frames += 1;
             }
@@ -303,12 +402,7 @@ impl BucketStore {
             }
             rewritten.push((frame, sketches));
         }
-        if rewritten.is_empty() {
-            return Ok(None);
-        }
-        let (new_id, size) = self.write_pack(rewritten, COMPACT_LEVEL as u32).await?;
-        report.bytes_after += size;
-        Ok(Some(new_id))
+        Ok(())
     }
 
     /// Concatenated verified bytes of base chunks (empty for none).

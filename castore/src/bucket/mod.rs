@@ -304,7 +304,11 @@ impl BlobStore for BucketStore {
     }
 
     async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
-        self.store_frames(frames).await
+        self.store_frames(frames, 0).await
+    }
+
+    async fn put_frames_ordered(&self, frames: Vec<Frame>, order: u64) -> StoreResult<()> {
+        self.store_frames(frames, order).await
     }
 
     async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {

@@ -1293,11 +1293,13 @@ pub struct NewPack {
 impl NewPack {
     /// Lays frames out back to back, each with the sketches of its chunks
     /// (recorded for plain frames only: only they can be delta bases);
-    /// `level` is the zstd level they were compressed at.
-    pub fn build(frames: &[(Frame, Vec<Option<Sketch>>)], level: u32) -> Self {
+    /// `level` is the zstd level they were compressed at, `order` the
+    /// upload call's place (see [`crate::store::BlobStore::put_frames_ordered`]).
+    pub fn build(frames: &[(Frame, Vec<Option<Sketch>>)], level: u32, order: u64) -> Self {
         let mut bytes = Vec::with_capacity(frames.iter().map(|(f, _)| f.data.len()).sum());
         let mut index = lpb::PackIndex {
             level,
+            upload_order: order,
             ..Default::default()
         };
         for (f, sketches) in frames {
@@ -1347,7 +1349,7 @@ mod tests {
 
     fn pack(i: usize) -> NewPack {
         let [a, b] = chunks_of(i);
-        NewPack::build(&[(frame_of(&[&a, &b]), vec![None, None])], 3)
+        NewPack::build(&[(frame_of(&[&a, &b]), vec![None, None])], 3, 0)
     }
 
     fn first_chunk(i: usize) -> B3Digest {
@@ -1468,7 +1470,7 @@ mod tests {
             b"chunk z!!",
         ];
         let build = |chunks: &[&[u8]], level| {
-            NewPack::build(&[(frame_of(chunks), vec![None; chunks.len()])], level)
+            NewPack::build(&[(frame_of(chunks), vec![None; chunks.len()])], level, 0)
         };
         let p1 = build(&[x, y, v], 3);
         let p2 = build(&[y, z], 17); // compacted: the home of y and z

@@ -231,8 +231,9 @@ impl BucketStore {
         &self,
         frames: Vec<(Frame, Vec<Option<Sketch>>)>,
         level: u32,
+        order: u64,
     ) -> StoreResult<(String, u64)> {
-        let pack = tokio::task::spawn_blocking(move || NewPack::build(&frames, level))
+        let pack = tokio::task::spawn_blocking(move || NewPack::build(&frames, level, order))
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
         self.put_durable(&pack_path(&pack.id), pack.bytes.clone())
@@ -281,8 +282,9 @@ impl BucketStore {
             .await
     }
 
-    /// [`crate::store::BlobStore::put_frames`].
-    pub(super) async fn store_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
+    /// [`crate::store::BlobStore::put_frames_ordered`] (`order` 0: placed
+    /// now).
+    pub(super) async fn store_frames(&self, frames: Vec<Frame>, order: u64) -> StoreResult<()> {
         if frames.is_empty() {
             return Ok(());
         }
@@ -345,7 +347,13 @@ impl BucketStore {
         }
         // Stored as uploaded: ingest stays fast; compaction later
         // recompresses harder and finds deltas.
-        self.write_pack(framed, 0).await?;
+        // Unnumbered calls are placed when they are stored.
+        let order = if order == 0 {
+            crate::store::next_upload_order()
+        } else {
+            order
+        };
+        self.write_pack(framed, 0, order).await?;
         *self.uploaded_at.lock().expect("upload clock") = Some(Instant::now());
         Ok(())
     }
@@ -495,7 +503,7 @@ mod tests {
         let frames = datas.iter().map(|d| frame_of(&[d])).collect();
         // The caller gives up (a client hanging up) long before 200
         // frames are decoded, checked and sketched.
-        let upload = store.store_frames(frames);
+        let upload = store.store_frames(frames, 0);
         assert!(tokio::time::timeout(Duration::from_millis(2), upload)
             .await
             .is_err());

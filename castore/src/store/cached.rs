@@ -187,6 +187,10 @@ impl BlobStore for CachedBlobs {
         self.inner.put_frames(frames).await
     }
 
+    async fn put_frames_ordered(&self, frames: Vec<Frame>, order: u64) -> StoreResult<()> {
+        self.inner.put_frames_ordered(frames, order).await
+    }
+
     async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
         let (found, misses) = hits_and_misses(digests, |d| async move {
             match &self.frames {

@@ -207,6 +207,10 @@ impl BlobStore for DiskFrames {
         self.inner.put_frames(frames).await
     }
 
+    async fn put_frames_ordered(&self, frames: Vec<Frame>, order: u64) -> StoreResult<()> {
+        self.inner.put_frames_ordered(frames, order).await
+    }
+
     async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
         let (mut out, misses) = self.on_disk(digests.to_vec()).await?;
         if misses.is_empty() {
@@ -303,6 +307,10 @@ impl BlobStore for DiskLists {
 
     async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
         self.inner.put_frames(frames).await
+    }
+
+    async fn put_frames_ordered(&self, frames: Vec<Frame>, order: u64) -> StoreResult<()> {
+        self.inner.put_frames_ordered(frames, order).await
     }
 
     async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {

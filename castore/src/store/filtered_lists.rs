@@ -46,6 +46,9 @@ impl BlobStore for FilteredLists {
     async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
         self.inner.put_frames(frames).await
     }
+    async fn put_frames_ordered(&self, frames: Vec<Frame>, order: u64) -> StoreResult<()> {
+        self.inner.put_frames_ordered(frames, order).await
+    }
     async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
         self.inner.get_frames(digests).await
     }

@@ -81,6 +81,17 @@ pub trait BlobStore: Send + Sync {
     /// are stored together (one pack).
     async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()>;
 
+    /// [`BlobStore::put_frames`] for one upload call of an uploader that
+    /// numbers its calls: `order` is when it cut the batch (nanoseconds
+    /// since the epoch, increasing per uploader; see [`next_upload_order`]).
+    /// A store that compacts keeps it with the pack, so that a large file
+    /// uploaded over several calls is compacted in its order; layers over
+    /// another store pass it on; others ignore it.
+    async fn put_frames_ordered(&self, frames: Vec<Frame>, order: u64) -> StoreResult<()> {
+        let _ = order;
+        self.put_frames(frames).await
+    }
+
     /// The frames holding the requested chunks, as stored (the caller
     /// decodes and verifies), each frame once, in order of first request.
     /// A frame may hold neighbours that were not asked for. `NotFound` if
@@ -223,6 +234,27 @@ impl Store {
             blobs: backend.clone(),
             directories: backend.clone(),
             path_infos: backend,
+        }
+    }
+}
+
+/// The place of an upload call cut now among this process's calls (see
+/// [`BlobStore::put_frames_ordered`]): the time in nanoseconds since the
+/// epoch, made strictly increasing, so calls cut one after another are
+/// ordered even when the clock does not move between them, and uploads
+/// from later pushes come after earlier ones.
+pub fn next_upload_order() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(last.saturating_add(1));
+        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
         }
     }
 }

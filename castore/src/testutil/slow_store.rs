@@ -78,6 +78,9 @@ impl BlobStore for SlowStore {
     async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
         self.inner.blobs.put_frames(frames).await
     }
+    async fn put_frames_ordered(&self, frames: Vec<Frame>, order: u64) -> StoreResult<()> {
+        self.inner.blobs.put_frames_ordered(frames, order).await
+    }
     async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {
         self.frame_reads.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(self.delay).await;

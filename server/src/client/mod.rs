@@ -305,11 +305,12 @@ impl GrpcStore {
         Ok(Some(missing))
     }
 
-    async fn lazix_put_frames(&self, frames: Vec<Frame>) -> StoreResult<Option<()>> {
+    async fn lazix_put_frames(&self, frames: Vec<Frame>, order: u64) -> StoreResult<Option<()>> {
         let msgs: Vec<lpb::PutChunksRequest> = group_by_size(frames, |f| f.data.len() as u64)
             .into_iter()
             .map(|g| lpb::PutChunksRequest {
                 frames: g.iter().map(Frame::to_proto).collect(),
+                upload_order: order,
             })
             .collect();
         let resp = self
@@ -443,9 +444,13 @@ impl BlobStore for GrpcStore {
     }
 
     async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
+        self.put_frames_ordered(frames, 0).await
+    }
+
+    async fn put_frames_ordered(&self, frames: Vec<Frame>, order: u64) -> StoreResult<()> {
         if !self.is_snix_only() {
             // Cheap to keep: frames are reference-counted bytes.
-            if let Some(()) = self.lazix_put_frames(frames.clone()).await? {
+            if let Some(()) = self.lazix_put_frames(frames.clone(), order).await? {
                 return Ok(());
             }
             self.note_snix_only();
