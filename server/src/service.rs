@@ -474,8 +474,10 @@ impl chunk_service_server::ChunkService for StoreService {
         // Chunks of this call so far: a frame that adds none is dropped
         // here, neither counted nor decoded.
         let mut seen: HashSet<B3Digest> = HashSet::new();
-        // The call's place among the uploader's (the first message's).
+        // The call's place among the uploader's (the first message's); a
+        // call split into several packs numbers them on from it.
         let mut order: Option<u64> = None;
+        let mut part = 0u64;
         while let Some(msg) = stream.message().await? {
             order.get_or_insert(msg.upload_order);
             for f in msg.frames {
@@ -501,14 +503,15 @@ impl chunk_service_server::ChunkService for StoreService {
                 let frames = std::mem::take(&mut pending);
                 self.store
                     .blobs
-                    .put_frames_ordered(frames, order.unwrap_or(0))
+                    .put_frames_ordered(frames, upload_part(order, part))
                     .await
                     .map_err(to_status)?;
+                part += 1;
             }
         }
         self.store
             .blobs
-            .put_frames_ordered(pending, order.unwrap_or(0))
+            .put_frames_ordered(pending, upload_part(order, part))
             .await
             .map_err(to_status)?;
         Ok(Response::new(lpb::PutChunksResponse {
@@ -723,5 +726,14 @@ impl catalog_service_server::CatalogService for StoreService {
             })
         });
         Ok(Response::new(Box::pin(batches)))
+    }
+}
+
+/// The place of the `part`-th pack of an upload call placed at `order`
+/// (`None` or 0: unknown, the store places it).
+fn upload_part(order: Option<u64>, part: u64) -> u64 {
+    match order {
+        None | Some(0) => 0,
+        Some(o) => o.saturating_add(part),
     }
 }

@@ -7,10 +7,12 @@
 //! spending CPU once to shrink what is stored and shipped; zstd decodes
 //! frames of any level equally fast, so readers pay nothing for it.
 //!
-//! Packs are taken in the order they were written and rewritten a few at a
-//! time into one ([`PACKS_PER_GROUP`]): a large file uploaded over several
-//! calls then sits in one compacted pack, in order, and its next version
-//! is compacted after it.
+//! Packs are taken in upload order (the order the uploader cut its calls
+//! in, kept in each pack's index) and rewritten a few at a time into one
+//! ([`PACKS_PER_GROUP`]), one group after another: a large file uploaded
+//! over several calls then sits in one compacted pack, in order, and its
+//! next version is compacted after it. Within a group, bases are claimed
+//! frame after frame and frames are compressed on every core.
 //!
 //! Safety: a new pack (and its index) is written before the old ones'
 //! indexes and frames are deleted, so every chunk stays readable
@@ -54,12 +56,17 @@ const FOLLOW_SLACK: u64 = 64 * 1024;
 /// of the plain frame: a reader also needs the base.
 const DELTA_KEEP_TENTHS: usize = 9;
 
-/// Packs at the ingest level rewritten into one compacted pack: a client
-/// uploads a large file in calls of 8 MiB (one pack each), so a group of
-/// this many holds ~64 MiB of a version in upload order, and the next
-/// version's walk ([`OldVersionWalk`]) follows it that far without losing
-/// its place at a pack's end.
+/// Packs at the ingest level rewritten together, into one compacted pack
+/// (or more, when their frames pass [`GROUP_BYTES`]): `lazix push` uploads calls
+/// of 8 MiB of chunks (one pack each), so a group holds ~64 MiB of a
+/// version in upload order, and the next version's walk
+/// ([`OldVersionWalk`]) follows it that far without losing its place at a
+/// pack's end.
 const PACKS_PER_GROUP: usize = 8;
+
+/// Compressed bytes after which a group's frames so far are written as one
+/// pack (memory per group: about this plus one pack's decoded chunks).
+const GROUP_BYTES: u64 = 32 * 1024 * 1024;
 
 /// What a compaction did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -85,8 +92,8 @@ struct LiveFrame {
 
 /// Where the old version of the large file whose frames are being
 /// rewritten goes on (see [`super::packs::PackTable::frames_around`]):
-/// found where a frame's delta matched it by similarity, then moved on by
-/// each frame of the file, delta or plain (a stretch new in this version
+/// found where a frame's chunk resembled it, then moved on by each frame
+/// of the file, delta or plain (a stretch new in this version
 /// stays plain, and the stretch after it most likely matches the old
 /// version again, further on by as much), across the packs of a group
 /// ([`PACKS_PER_GROUP`]). A frame of small files ends the walk until the
@@ -188,29 +195,14 @@ impl BucketStore {
             .chunks(PACKS_PER_GROUP)
             .map(|g| (g.iter().map(|(id, _)| id.to_hex()).collect(), g[0].1))
             .collect();
-        let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
-        // In order, a few at once: a version uploaded after another is
-        // compacted after it, so its deltas go against the older one.
-        let reports: Vec<CompactReport> = futures::stream::iter(groups)
-            .map(|(group, order)| async move {
-                let mut r = CompactReport::default();
-                self.compact_packs(&group, order, &mut r, &|_| true)
-                    .await
-                    .map(|()| r)
-            })
-            .buffered(parallel)
-            .try_collect()
-            .await?;
-        let report = reports
-            .iter()
-            .fold(CompactReport::default(), |a, r| CompactReport {
-                packs_rewritten: a.packs_rewritten + r.packs_rewritten,
-                bytes_before: a.bytes_before + r.bytes_before,
-                bytes_after: a.bytes_after + r.bytes_after,
-                delta_frames: a.delta_frames + r.delta_frames,
-                regzip_frames: a.regzip_frames + r.regzip_frames,
-                duplicate_chunks: a.duplicate_chunks + r.duplicate_chunks,
-            });
+        // One group after another (each compresses on every core): a
+        // version uploaded after another is compacted after it, so its
+        // deltas go against the older one.
+        let mut report = CompactReport::default();
+        for (group, order) in groups {
+            self.compact_packs(&group, order, &mut report, &|_| true)
+                .await?;
+        }
         // The journal of the packs it changed stays for replicas to read;
         // entries no replica reads any more go.
         self.prune_pack_journal().await?;
@@ -280,6 +272,7 @@ impl BucketStore {
     ) -> StoreResult<()> {
         let mut claimed: Vec<B3Digest> = Vec::new();
         let mut read: Vec<&str> = Vec::new();
+        let mut written: Vec<String> = Vec::new();
         let result = async {
             let mut walk = OldVersionWalk::default();
             let mut rewritten = Vec::new();
@@ -294,23 +287,34 @@ impl BucketStore {
                 );
                 self.rewrite(live, &mut walk, &mut rewritten, report, keep)
                     .await?;
+                let bytes: u64 = rewritten.iter().map(|(f, _)| f.data.len() as u64).sum();
+                // Bounded by bytes too (calls of other uploaders may be
+                // larger): the walk goes on into the next pack written.
+                if bytes >= GROUP_BYTES {
+                    let (id, size) = self
+                        .write_pack(std::mem::take(&mut rewritten), COMPACT_LEVEL as u32, order)
+                        .await?;
+                    report.bytes_after += size;
+                    written.push(id);
+                }
             }
-            if rewritten.is_empty() {
-                return Ok(None);
+            if !rewritten.is_empty() {
+                let (id, size) = self
+                    .write_pack(rewritten, COMPACT_LEVEL as u32, order)
+                    .await?;
+                report.bytes_after += size;
+                written.push(id);
             }
-            let (new_id, size) = self
-                .write_pack(rewritten, COMPACT_LEVEL as u32, order)
-                .await?;
-            report.bytes_after += size;
-            Ok::<_, StoreError>(Some(new_id))
+            Ok::<_, StoreError>(())
         }
         .await;
         self.table.write().expect("pack table").settle(&claimed);
-        let new_id = result?;
-        // Incompressible frames come out byte-identical: the new pack can
-        // be an old one (same content, same id), which must then stay.
+        result?;
+        // Old packs go once every new one is in the table. Incompressible
+        // frames come out byte-identical: a new pack can be an old one
+        // (same content, same id), which must then stay.
         for id in read {
-            if new_id.as_deref() != Some(id) {
+            if !written.iter().any(|w| w == id) {
                 self.delete_pack(id).await?;
             }
             report.packs_rewritten += 1;
@@ -380,7 +384,9 @@ impl BucketStore {
     }
 
     /// Recompresses live frames onto `rewritten`, with deltas against
-    /// bases `keep` wants only.
+    /// bases `keep` wants only: bases are claimed frame after frame (the
+    /// walk needs each frame's place), the frames compressed on every core
+    /// and kept in their order.
     async fn rewrite(
         &self,
         live: Vec<LiveFrame>,
@@ -389,11 +395,11 @@ impl BucketStore {
         report: &mut CompactReport,
         keep: &(dyn Fn(&B3Digest) -> bool + Sync),
     ) -> StoreResult<()> {
-        for f in live {
-            let metas: Vec<ChunkMeta> = f.chunks.iter().map(|(m, _)| *m).collect();
-            let follow = walk.frames_for(self, &metas);
-            let (frame, sketches, last_similar) = self.recompress(f, &follow, keep).await?;
-            walk.advance(self, &metas, last_similar);
+        let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let mut compressing = futures::stream::FuturesOrdered::new();
+        let mut done = |compressed: Result<StoreResult<(Frame, _)>, tokio::task::JoinError>| {
+            let (frame, sketches) =
+                compressed.map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
             if !frame.base.is_empty() {
                 report.delta_frames += 1;
             }
@@ -401,6 +407,22 @@ impl BucketStore {
                 report.regzip_frames += 1;
             }
             rewritten.push((frame, sketches));
+            Ok::<_, StoreError>(())
+        };
+        for f in live {
+            let metas: Vec<ChunkMeta> = f.chunks.iter().map(|(m, _)| *m).collect();
+            let follow = walk.frames_for(self, &metas);
+            let (claimed, last_similar) = self.claim(f, &follow, keep).await?;
+            walk.advance(self, &metas, last_similar);
+            compressing.push_back(tokio::task::spawn_blocking(move || claimed.compress()));
+            while compressing.len() > parallel {
+                if let Some(c) = compressing.next().await {
+                    done(c)?;
+                }
+            }
+        }
+        while let Some(c) = compressing.next().await {
+            done(c)?;
         }
         Ok(())
     }
@@ -418,20 +440,20 @@ impl BucketStore {
         Ok(out)
     }
 
-    /// Compresses a frame's chunks at [`COMPACT_LEVEL`], as a delta
-    /// against near-duplicates in plain frames (or the frames `follow`
-    /// names) when that pays (never when one of its chunks is itself a
-    /// base, nor against a chunk being made a delta concurrently, nor
-    /// against one `keep` does not want: GC's sweep deletes those).
-    /// Returns the frame, its chunks' sketches and the own chunk
-    /// similarity matched last with the old chunk it matched. The caller
-    /// settles the claim once the new pack is in the table.
-    async fn recompress(
+    /// Sketches a frame's chunks and claims its delta bases: near-duplicates
+    /// in plain frames (or the frames `follow` names), never when one of
+    /// its chunks is itself a base, nor a chunk being made a delta
+    /// concurrently, nor one `keep` does not want (GC's sweep deletes
+    /// those); reads the bases' bytes. Returns what
+    /// [`Claimed::compress`] needs and the own chunk similarity matched
+    /// last with the old chunk it matched. The caller settles the claim
+    /// once the new pack is in the table.
+    async fn claim(
         &self,
         f: LiveFrame,
         follow: &[Arc<FrameLocation>],
         keep: &(dyn Fn(&B3Digest) -> bool + Sync),
-    ) -> StoreResult<(Frame, Vec<Option<Sketch>>, Option<(usize, B3Digest)>)> {
+    ) -> StoreResult<(Claimed, Option<(usize, B3Digest)>)> {
         let chunks = f.chunks;
         let (chunks, sketches) = tokio::task::spawn_blocking(move || {
             let sketches: Vec<Option<Sketch>> = chunks.iter().map(|(_, b)| sketch(b)).collect();
@@ -457,26 +479,49 @@ impl BucketStore {
                 base_meta.push(meta);
             }
         }
-        let regzip = self.regzip.load(std::sync::atomic::Ordering::Relaxed);
-        tokio::task::spawn_blocking(move || {
-            let mut best = Frame::compress_with_base(&chunks, Vec::new(), &[], COMPACT_LEVEL)?;
-            if regzip {
-                if let Some(f) = Frame::compress_regzip(&chunks, COMPACT_LEVEL)? {
-                    if f.data.len() < best.data.len() {
-                        best = f;
-                    }
+        let claimed = Claimed {
+            chunks,
+            sketches,
+            base_meta,
+            base,
+            regzip: self.regzip.load(std::sync::atomic::Ordering::Relaxed),
+        };
+        Ok((claimed, last_similar))
+    }
+}
+
+/// A frame's chunks with their sketches and the bases claimed for them
+/// ([`BucketStore::claim`]), to be compressed.
+struct Claimed {
+    chunks: Vec<(ChunkMeta, Bytes)>,
+    sketches: Vec<Option<Sketch>>,
+    base_meta: Vec<ChunkMeta>,
+    base: Vec<u8>,
+    regzip: bool,
+}
+
+impl Claimed {
+    /// Compresses the chunks at [`COMPACT_LEVEL`]: plain, as gzip
+    /// contents (where enabled) or as a delta against the claimed bases,
+    /// whichever is smallest (a delta only if it saves a tenth).
+    fn compress(self) -> StoreResult<(Frame, Vec<Option<Sketch>>)> {
+        let chunks = &self.chunks;
+        let mut best = Frame::compress_with_base(chunks, Vec::new(), &[], COMPACT_LEVEL)?;
+        if self.regzip {
+            if let Some(f) = Frame::compress_regzip(chunks, COMPACT_LEVEL)? {
+                if f.data.len() < best.data.len() {
+                    best = f;
                 }
             }
-            if !base_meta.is_empty() {
-                let delta = Frame::compress_with_base(&chunks, base_meta, &base, COMPACT_LEVEL)?;
-                if delta.data.len() * 10 <= best.data.len() * DELTA_KEEP_TENTHS {
-                    best = delta;
-                }
+        }
+        if !self.base_meta.is_empty() {
+            let delta =
+                Frame::compress_with_base(chunks, self.base_meta, &self.base, COMPACT_LEVEL)?;
+            if delta.data.len() * 10 <= best.data.len() * DELTA_KEEP_TENTHS {
+                best = delta;
             }
-            Ok((best, sketches, last_similar))
-        })
-        .await
-        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+        }
+        Ok((best, self.sketches))
     }
 }
 
