@@ -17,7 +17,7 @@ use lazix_castore::read::exact::exact_frames;
 use lazix_castore::read::slices::CoveredSlices;
 use lazix_castore::read::trusted::root_manifest;
 use lazix_castore::read::BlobLayout;
-use lazix_castore::store::BlobChunks;
+use lazix_castore::store::{upload_part, BlobChunks};
 use lazix_castore::trust::ChunkListsDigest;
 use lazix_castore::{B3Digest, Node, PathInfo, Store, StoreError};
 use lazix_proto::castore::{self as cpb, blob_service_server, directory_service_server};
@@ -503,7 +503,7 @@ impl chunk_service_server::ChunkService for StoreService {
                 let frames = std::mem::take(&mut pending);
                 self.store
                     .blobs
-                    .put_frames_ordered(frames, upload_part(order, part))
+                    .put_frames_ordered(frames, upload_part(order.unwrap_or(0), part))
                     .await
                     .map_err(to_status)?;
                 part += 1;
@@ -511,7 +511,7 @@ impl chunk_service_server::ChunkService for StoreService {
         }
         self.store
             .blobs
-            .put_frames_ordered(pending, upload_part(order, part))
+            .put_frames_ordered(pending, upload_part(order.unwrap_or(0), part))
             .await
             .map_err(to_status)?;
         Ok(Response::new(lpb::PutChunksResponse {
@@ -726,14 +726,5 @@ impl catalog_service_server::CatalogService for StoreService {
             })
         });
         Ok(Response::new(Box::pin(batches)))
-    }
-}
-
-/// The place of the `part`-th pack of an upload call placed at `order`
-/// (`None` or 0: unknown, the store places it).
-fn upload_part(order: Option<u64>, part: u64) -> u64 {
-    match order {
-        None | Some(0) => 0,
-        Some(o) => o.saturating_add(part),
     }
 }

@@ -9,9 +9,9 @@
 //!
 //! Packs are taken in upload order (the order the uploader cut its calls
 //! in, kept in each pack's index) and rewritten a few at a time into one
-//! ([`PACKS_PER_GROUP`]), one group after another: a large file uploaded
-//! over several calls then sits in one compacted pack, in order, and its
-//! next version is compacted after it. Within a group, bases are claimed
+//! (or more, past [`GROUP_BYTES`]; see [`PACKS_PER_GROUP`]), one group after
+//! another: a large file uploaded over several calls then sits in one
+//! compacted pack, in order, and its next version is compacted after it. Within a group, bases are claimed
 //! frame after frame and frames are compressed on every core.
 //!
 //! Safety: a new pack (and its index) is written before the old ones'
@@ -41,6 +41,7 @@ use crate::digest::B3Digest;
 use crate::error::{StoreError, StoreResult};
 use crate::frame::{raw_size, Frame, MAX_BASE_RAW};
 use crate::similarity::{sketch, Sketch};
+use crate::store::upload_part;
 
 /// zstd level of compacted packs: measured with `bench/layouts.sh` and
 /// `lazix-bench frame-sizes` (level 17 stores ~13% less than level 3 at
@@ -57,21 +58,24 @@ const FOLLOW_SLACK: u64 = 64 * 1024;
 const DELTA_KEEP_TENTHS: usize = 9;
 
 /// Packs at the ingest level rewritten together, into one compacted pack
-/// (or more, when their frames pass [`GROUP_BYTES`]): `lazix push` uploads calls
-/// of 8 MiB of chunks (one pack each), so a group holds ~64 MiB of a
-/// version in upload order, and the next version's walk
-/// ([`OldVersionWalk`]) follows it that far without losing its place at a
-/// pack's end.
+/// (or more, when their frames pass [`GROUP_BYTES`]): `lazix push` uploads
+/// calls of 8 MiB of chunks (raw; one pack each), so a group holds ~64 MiB
+/// of a version in upload order, and the next version's walk
+/// ([`OldVersionWalk`], which looks within one pack) follows it that far
+/// without losing its place at a pack's end.
 const PACKS_PER_GROUP: usize = 8;
 
 /// Compressed bytes after which a group's frames so far are written as one
-/// pack (memory per group: about this plus one pack's decoded chunks).
+/// pack, checked after each old pack (memory per group: about this plus
+/// one old pack's compressed frames and decoded chunks; `lazix push`'s are
+/// 8 MiB of chunks, other uploaders' calls up to the server's pack limit).
 const GROUP_BYTES: u64 = 32 * 1024 * 1024;
 
 /// What a compaction did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CompactReport {
-    /// Packs rewritten (and deleted).
+    /// Packs rewritten (and deleted, unless a new pack came out the
+    /// same).
     pub packs_rewritten: u64,
     /// Their bytes.
     pub bytes_before: u64,
@@ -254,15 +258,15 @@ impl BucketStore {
         Ok(r.bytes_after)
     }
 
-    /// Rewrites packs, in order, into one pack with the chunks each is
-    /// home for and `keep` wants; one walk of the old version
-    /// ([`OldVersionWalk`]) goes through them all, so a large file whose
-    /// upload spans several packs is followed across them (and lands in
-    /// one pack, which the next version's walk then follows without
-    /// losing its place at each pack's end). Each pack is decoded and
-    /// recompressed before the next is read: memory holds one pack's
-    /// chunks plus the group's compressed frames. The new pack keeps
-    /// `order`, the first one's place in upload order.
+    /// Rewrites packs, in order, into one pack (more past [`GROUP_BYTES`])
+    /// with the chunks each is home for and `keep` wants; one walk of the
+    /// old version ([`OldVersionWalk`]) goes through them all, so a large
+    /// file whose upload spans several packs is followed across them (and
+    /// lands in one pack, which the next version's walk then follows
+    /// without losing its place at each pack's end). Each pack is decoded
+    /// and recompressed before the next is read: memory holds one pack's
+    /// chunks plus the compressed frames not yet written. The new packs
+    /// are placed at `order` (the first old one's place) and after it.
     async fn compact_packs(
         &self,
         ids: &[String],
@@ -292,7 +296,11 @@ impl BucketStore {
                 // larger): the walk goes on into the next pack written.
                 if bytes >= GROUP_BYTES {
                     let (id, size) = self
-                        .write_pack(std::mem::take(&mut rewritten), COMPACT_LEVEL as u32, order)
+                        .write_pack(
+                            std::mem::take(&mut rewritten),
+                            COMPACT_LEVEL as u32,
+                            upload_part(order, written.len() as u64),
+                        )
                         .await?;
                     report.bytes_after += size;
                     written.push(id);
@@ -300,7 +308,11 @@ impl BucketStore {
             }
             if !rewritten.is_empty() {
                 let (id, size) = self
-                    .write_pack(rewritten, COMPACT_LEVEL as u32, order)
+                    .write_pack(
+                        rewritten,
+                        COMPACT_LEVEL as u32,
+                        upload_part(order, written.len() as u64),
+                    )
                     .await?;
                 report.bytes_after += size;
                 written.push(id);
@@ -414,12 +426,12 @@ impl BucketStore {
             let follow = walk.frames_for(self, &metas);
             let (claimed, last_similar) = self.claim(f, &follow, keep).await?;
             walk.advance(self, &metas, last_similar);
-            compressing.push_back(tokio::task::spawn_blocking(move || claimed.compress()));
-            while compressing.len() > parallel {
+            while compressing.len() >= parallel {
                 if let Some(c) = compressing.next().await {
                     done(c)?;
                 }
             }
+            compressing.push_back(tokio::task::spawn_blocking(move || claimed.compress()));
         }
         while let Some(c) = compressing.next().await {
             done(c)?;
@@ -445,15 +457,15 @@ impl BucketStore {
     /// its chunks is itself a base, nor a chunk being made a delta
     /// concurrently, nor one `keep` does not want (GC's sweep deletes
     /// those); reads the bases' bytes. Returns what
-    /// [`Claimed::compress`] needs and the own chunk similarity matched
-    /// last with the old chunk it matched. The caller settles the claim
-    /// once the new pack is in the table.
+    /// [`ClaimedFrame::compress`] needs and the own chunk similarity
+    /// matched last with the old chunk it matched. The caller settles the
+    /// claim once every new pack is in the table.
     async fn claim(
         &self,
         f: LiveFrame,
         follow: &[Arc<FrameLocation>],
         keep: &(dyn Fn(&B3Digest) -> bool + Sync),
-    ) -> StoreResult<(Claimed, Option<(usize, B3Digest)>)> {
+    ) -> StoreResult<(ClaimedFrame, Option<(usize, B3Digest)>)> {
         let chunks = f.chunks;
         let (chunks, sketches) = tokio::task::spawn_blocking(move || {
             let sketches: Vec<Option<Sketch>> = chunks.iter().map(|(_, b)| sketch(b)).collect();
@@ -479,7 +491,7 @@ impl BucketStore {
                 base_meta.push(meta);
             }
         }
-        let claimed = Claimed {
+        let claimed = ClaimedFrame {
             chunks,
             sketches,
             base_meta,
@@ -492,7 +504,7 @@ impl BucketStore {
 
 /// A frame's chunks with their sketches and the bases claimed for them
 /// ([`BucketStore::claim`]), to be compressed.
-struct Claimed {
+struct ClaimedFrame {
     chunks: Vec<(ChunkMeta, Bytes)>,
     sketches: Vec<Option<Sketch>>,
     base_meta: Vec<ChunkMeta>,
@@ -500,7 +512,7 @@ struct Claimed {
     regzip: bool,
 }
 
-impl Claimed {
+impl ClaimedFrame {
     /// Compresses the chunks at [`COMPACT_LEVEL`]: plain, as gzip
     /// contents (where enabled) or as a delta against the claimed bases,
     /// whichever is smallest (a delta only if it saves a tenth).

@@ -238,6 +238,16 @@ impl Store {
     }
 }
 
+/// The place of the `part`-th of several packs stored from one upload call
+/// (or one compaction group) placed at `order`: after it, in their order
+/// (0: unknown, and the store places each when it is stored).
+pub fn upload_part(order: u64, part: u64) -> u64 {
+    match order {
+        0 => 0,
+        o => o.saturating_add(part),
+    }
+}
+
 /// The place of an upload call cut now among this process's calls (see
 /// [`BlobStore::put_frames_ordered`]): the time in nanoseconds since the
 /// epoch, made strictly increasing, so calls cut one after another are
