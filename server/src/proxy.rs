@@ -213,7 +213,7 @@ impl BlobStore for Bounded {
     async fn missing_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<B3Digest>> {
         self.within(self.inner.blobs.missing_chunks(digests)).await
     }
-    async fn put_frames(&self, _: Vec<Frame>) -> StoreResult<()> {
+    async fn put_frames_ordered(&self, _: Vec<Frame>, _: u64) -> StoreResult<()> {
         Err(refused())
     }
     async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {

@@ -9,10 +9,11 @@
 //!
 //! Packs are taken in upload order (the order the uploader cut its calls
 //! in, kept in each pack's index) and rewritten a few at a time into one
-//! (or more, past [`GROUP_BYTES`]; see [`PACKS_PER_GROUP`]), one group after
-//! another: a large file uploaded over several calls then sits in one
-//! compacted pack, in order, and its next version is compacted after it. Within a group, bases are claimed
-//! frame after frame and frames are compressed on every core.
+//! (or more, past [`GROUP_BYTES`]; see [`PACKS_PER_GROUP`]), one group
+//! after another: a large file uploaded over several calls then sits in
+//! one compacted pack, in order, and its next version is compacted after
+//! it. Within a group, bases are claimed frame after frame and frames are
+//! compressed on every core.
 //!
 //! Safety: a new pack (and its index) is written before the old ones'
 //! indexes and frames are deleted, so every chunk stays readable

@@ -303,10 +303,6 @@ impl BlobStore for BucketStore {
         Ok(missing)
     }
 
-    async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
-        self.store_frames(frames, 0).await
-    }
-
     async fn put_frames_ordered(&self, frames: Vec<Frame>, order: u64) -> StoreResult<()> {
         self.store_frames(frames, order).await
     }

@@ -534,10 +534,6 @@ impl BlobStore for DecodedChunks {
         self.inner.missing_chunks(digests).await
     }
 
-    async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
-        self.inner.put_frames(frames).await
-    }
-
     async fn put_frames_ordered(&self, frames: Vec<Frame>, order: u64) -> StoreResult<()> {
         self.inner.put_frames_ordered(frames, order).await
     }

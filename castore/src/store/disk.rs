@@ -203,10 +203,6 @@ impl BlobStore for DiskFrames {
         self.inner.missing_chunks(digests).await
     }
 
-    async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
-        self.inner.put_frames(frames).await
-    }
-
     async fn put_frames_ordered(&self, frames: Vec<Frame>, order: u64) -> StoreResult<()> {
         self.inner.put_frames_ordered(frames, order).await
     }
@@ -303,10 +299,6 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 impl BlobStore for DiskLists {
     async fn missing_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<B3Digest>> {
         self.inner.missing_chunks(digests).await
-    }
-
-    async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
-        self.inner.put_frames(frames).await
     }
 
     async fn put_frames_ordered(&self, frames: Vec<Frame>, order: u64) -> StoreResult<()> {
@@ -541,7 +533,7 @@ mod decoded_once_tests {
         async fn missing_chunks(&self, _: &[B3Digest]) -> StoreResult<Vec<B3Digest>> {
             Err(StoreError::Invalid("read only".into()))
         }
-        async fn put_frames(&self, _: Vec<Frame>) -> StoreResult<()> {
+        async fn put_frames_ordered(&self, _: Vec<Frame>, _: u64) -> StoreResult<()> {
             Err(StoreError::Invalid("read only".into()))
         }
         async fn get_frames(&self, digests: &[B3Digest]) -> StoreResult<Vec<Frame>> {

@@ -43,9 +43,6 @@ impl BlobStore for FilteredLists {
     async fn missing_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<B3Digest>> {
         self.inner.missing_chunks(digests).await
     }
-    async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
-        self.inner.put_frames(frames).await
-    }
     async fn put_frames_ordered(&self, frames: Vec<Frame>, order: u64) -> StoreResult<()> {
         self.inner.put_frames_ordered(frames, order).await
     }

@@ -78,18 +78,18 @@ pub trait BlobStore: Send + Sync {
     /// Stores chunks in frames. Every chunk is verified (BLAKE3 of its raw
     /// bytes) before anything becomes visible; one bad chunk fails the call
     /// with `Corrupt`/`Invalid` and stores nothing. The frames of one call
-    /// are stored together (one pack).
-    async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()>;
-
-    /// [`BlobStore::put_frames`] for one upload call of an uploader that
-    /// numbers its calls: `order` is when it cut the batch (nanoseconds
-    /// since the epoch, increasing per uploader; see [`next_upload_order`]).
-    /// A store that compacts keeps it with the pack, so that a large file
+    /// are stored together (one pack). `order` places the call among its
+    /// uploader's (when it cut the batch, nanoseconds since the epoch,
+    /// increasing per uploader; see [`next_upload_order`]; 0: unknown): a
+    /// store that compacts keeps it with the pack, so that a large file
     /// uploaded over several calls is compacted in its order; layers over
     /// another store pass it on; others ignore it.
-    async fn put_frames_ordered(&self, frames: Vec<Frame>, order: u64) -> StoreResult<()> {
-        let _ = order;
-        self.put_frames(frames).await
+    async fn put_frames_ordered(&self, frames: Vec<Frame>, order: u64) -> StoreResult<()>;
+
+    /// [`BlobStore::put_frames_ordered`] for an uploader that does not
+    /// number its calls.
+    async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
+        self.put_frames_ordered(frames, 0).await
     }
 
     /// The frames holding the requested chunks, as stored (the caller

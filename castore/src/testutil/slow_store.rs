@@ -75,9 +75,6 @@ impl BlobStore for SlowStore {
     async fn missing_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<B3Digest>> {
         self.inner.blobs.missing_chunks(digests).await
     }
-    async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
-        self.inner.blobs.put_frames(frames).await
-    }
     async fn put_frames_ordered(&self, frames: Vec<Frame>, order: u64) -> StoreResult<()> {
         self.inner.blobs.put_frames_ordered(frames, order).await
     }

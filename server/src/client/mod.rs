@@ -443,10 +443,6 @@ impl BlobStore for GrpcStore {
         snix::missing_chunks(&self.blobs, digests).await
     }
 
-    async fn put_frames(&self, frames: Vec<Frame>) -> StoreResult<()> {
-        self.put_frames_ordered(frames, 0).await
-    }
-
     async fn put_frames_ordered(&self, frames: Vec<Frame>, order: u64) -> StoreResult<()> {
         if !self.is_snix_only() {
             // Cheap to keep: frames are reference-counted bytes.
