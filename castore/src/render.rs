@@ -29,9 +29,8 @@ use crate::error::{StoreError, StoreResult};
 use crate::limits::{over_limit, MAX_DEPTH, MAX_NAR_SIZE, MAX_NODES};
 use crate::nix::nar::NarEncoder;
 use crate::node::Node;
-use crate::read::BlobLayout;
+use crate::read::{proved, BlobLayout};
 use crate::store::{BlobStore, Store};
-use crate::trust::chunk_list_digest;
 
 /// Blobs whose chunk lists are resolved per call.
 const BLOBS_PER_LOOKUP: usize = 512;
@@ -122,25 +121,10 @@ enum Out {
 #[derive(Clone, Copy)]
 struct WholeFile {
     digest: B3Digest,
-    /// The file and its list ([`proved_key`]): remembered once proved.
-    list: (B3Digest, B3Digest),
+    /// The file and its list: remembered once proved.
+    list: proved::ProvedKey,
     first: bool,
     last: bool,
-}
-
-/// Chunk lists this process has seen hash to their file, by file and list
-/// (a list proved for one file says nothing of another file of the same
-/// size answered with it): streamed again without hashing. Bounded by
-/// count.
-fn proved_lists() -> &'static moka::sync::Cache<(B3Digest, B3Digest), ()> {
-    static PROVED: std::sync::OnceLock<moka::sync::Cache<(B3Digest, B3Digest), ()>> =
-        std::sync::OnceLock::new();
-    PROVED.get_or_init(|| moka::sync::Cache::new(256 * 1024))
-}
-
-/// What [`proved_lists`] knows a proved list by.
-fn proved_key(file: B3Digest, list: &[ChunkMeta]) -> (B3Digest, B3Digest) {
-    (file, chunk_list_digest(list))
 }
 
 /// The proof in progress of one output stream (files come one at a time).
@@ -182,7 +166,7 @@ impl Proof {
                     Some(w.digest),
                 ));
             }
-            proved_lists().insert(w.list, ());
+            proved::note(w.list);
         }
         Ok(())
     }
@@ -233,13 +217,21 @@ pub async fn plan(store: &Store, root: &Node) -> StoreResult<NarPlan> {
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
     let dirs: HashMap<B3Digest, Directory> = match root {
-        Node::Directory { digest, .. } => store
-            .directories
-            .get_closure(digest)
-            .await?
-            .into_iter()
-            .map(|d| (d.digest(), d))
-            .collect(),
+        Node::Directory { digest, .. } => {
+            // The store's own manifest, where it keeps one, spares hashing
+            // the files of lists it names when they are streamed.
+            let (closure, own) = tokio::join!(
+                store.directories.get_closure(digest),
+                store.blobs.own_chunk_list_digests(digest)
+            );
+            match own {
+                Ok(Some(manifest)) => proved::note_own_manifest(&manifest),
+                Ok(None) => {}
+                // Its files are hashed instead.
+                Err(e) => tracing::debug!(root = %digest, error = %e, "no own manifest"),
+            }
+            closure?.into_iter().map(|d| (d.digest(), d)).collect()
+        }
         _ => HashMap::new(),
     };
     let root = root.clone();
@@ -581,8 +573,8 @@ async fn expand(blobs: Arc<dyn BlobStore>, segment: Vec<Planned>) -> StoreResult
                 // A file streamed whole from a list not yet proved is
                 // hashed on its way out.
                 let proving = (layout.chunks().len() > 1 && skip == 0 && take == size)
-                    .then(|| proved_key(digest, layout.chunks()))
-                    .filter(|l| !proved_lists().contains_key(l));
+                    .then(|| proved::key(digest, layout.chunks()))
+                    .filter(|l| !proved::is_proved(l));
                 let count = layout.chunks().len();
                 for (i, piece) in layout.pieces(skip, skip + take).into_iter().enumerate() {
                     out.push(Out::Chunk {

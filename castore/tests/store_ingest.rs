@@ -784,3 +784,103 @@ async fn a_large_file_uploaded_in_several_packs_is_followed_across_them() {
         assert!(out == sample_nar(big));
     }
 }
+
+/// Stores a PathInfo for `node` (so the store keeps its root's manifest).
+async fn register(store: &Store, node: &Node, name: &str) {
+    use lazix_castore::nix::store_path::StorePath;
+    use lazix_castore::pathinfo::PathInfo;
+    let hash = lazix_castore::nix::nixbase32::encode(
+        &lazix_castore::B3Digest::of(name.as_bytes()).as_bytes()[..20],
+    );
+    store
+        .path_infos
+        .put_path_info(PathInfo {
+            store_path: StorePath::from_basename(&format!("{hash}-{name}")).unwrap(),
+            node: node.clone(),
+            references: vec![],
+            nar_size: 1,
+            nar_sha256: [0; 32],
+            signatures: vec![],
+            root_signatures: vec![],
+            deriver: None,
+            ca: None,
+        })
+        .await
+        .unwrap();
+}
+
+/// A server restarted streams its paths without hashing every file again:
+/// the lists named by the manifest it wrote itself are believed. A list
+/// edited at rest is not (and hashing its file catches it), nor is one of
+/// a root whose manifest is gone.
+#[tokio::test]
+async fn lists_the_stores_own_manifest_names_are_streamed_without_hashing_their_files() {
+    use lazix_castore::read::proved;
+    use lazix_castore::render::plan;
+    use prost::Message;
+
+    let (dir, bucket, store) = open().await;
+    let (a, b) = (random(2_000_000, 4201), random(2_000_000, 4202));
+    let (nar_a, nar_b) = (sample_nar(&a), sample_nar(&b));
+    let (node_a, node_b) = (
+        ingest(&store, &nar_a).await.unwrap(),
+        ingest(&store, &nar_b).await.unwrap(),
+    );
+    register(&store, &node_a, "own-manifest-a").await;
+    register(&store, &node_b, "own-manifest-b").await;
+    let (file_a, file_b) = (
+        lazix_castore::B3Digest::of(&a),
+        lazix_castore::B3Digest::of(&b),
+    );
+    let lists = bucket.get_blob_chunks(&[file_a, file_b]).await.unwrap();
+    let (list_a, list_b) = (lists[0].clone().unwrap(), lists[1].clone().unwrap());
+    assert!(list_a.len() > 2 && list_b.len() > 1, "multi-chunk files");
+    let (key_a, key_b) = (proved::key(file_a, &list_a), proved::key(file_b, &list_b));
+    assert!(!proved::is_proved(&key_a) && !proved::is_proved(&key_b));
+
+    // b's manifest is gone (a path stored before manifests were kept).
+    let Node::Directory { digest: root_b, .. } = node_b else {
+        panic!("a directory")
+    };
+    let hex = root_b.to_hex();
+    std::fs::remove_file(dir.path().join("manifests").join(&hex[..2]).join(&hex)).unwrap();
+    // a's list edited at rest: its first two chunks swapped (every chunk
+    // genuine, sizes adding up).
+    let hex = file_a.to_hex();
+    let list_file = dir.path().join("blobs").join(&hex[..2]).join(&hex);
+    let original = std::fs::read(&list_file).unwrap();
+    let mut swapped = lazix_proto::ext::BlobChunks::decode(original.as_slice()).unwrap();
+    swapped.chunks.swap(0, 1);
+    std::fs::write(&list_file, swapped.encode_to_vec()).unwrap();
+
+    // A restarted server (a new process's store on the same folder).
+    let restarted = Store::from_backend(open_at(dir.path()).await);
+    plan(&restarted, &node_a).await.unwrap();
+    plan(&restarted, &node_b).await.unwrap();
+    assert!(proved::is_proved(&key_a), "a's list, named by its manifest");
+    assert!(
+        !proved::is_proved(&key_b),
+        "no manifest for b: hashed when streamed"
+    );
+    let mut swapped_list = list_a.clone();
+    swapped_list.swap(0, 1);
+    assert!(
+        !proved::is_proved(&proved::key(file_a, &swapped_list)),
+        "the edited list is not the one the manifest names"
+    );
+    let err = render_nar(&restarted, &node_a, &mut Vec::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+    let mut out = Vec::new();
+    render_nar(&restarted, &node_b, &mut out).await.unwrap();
+    assert!(out == nar_b);
+    assert!(proved::is_proved(&key_b), "proved by hashing it");
+
+    // Mended: a streams right, without hashing.
+    std::fs::write(&list_file, &original).unwrap();
+    let mended = Store::from_backend(open_at(dir.path()).await);
+    let mut out = Vec::new();
+    render_nar(&mended, &node_a, &mut out).await.unwrap();
+    assert!(out == nar_a);
+}

@@ -236,6 +236,14 @@ impl BlobStore for Bounded {
         self.within(self.inner.blobs.chunk_list_digests(root)).await
     }
 
+    async fn own_chunk_list_digests(
+        &self,
+        root: &B3Digest,
+    ) -> StoreResult<Option<ChunkListsDigest>> {
+        self.within(self.inner.blobs.own_chunk_list_digests(root))
+            .await
+    }
+
     async fn refuse_chunk_list(&self, blob: &B3Digest) {
         self.inner.blobs.refuse_chunk_list(blob).await
     }

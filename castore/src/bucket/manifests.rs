@@ -9,8 +9,11 @@
 //! the manifest is computed from the lists and answered, not kept (lists
 //! of an upload still under way would make a wrong one permanent).
 //! Collected with the directories: a manifest lives while its root does.
-//! Nothing trusts a manifest by itself: readers check it against a root
-//! signature, so a damaged one hides its path rather than admitting bytes.
+//! Readers check a manifest against a root signature, so a damaged one
+//! hides its path rather than admitting bytes. Only this store's own NAR
+//! renderer believes the manifest it wrote, and only as far as
+//! [`crate::read::proved`] says: a list it names needs no hashing of its
+//! file; a damaged manifest costs that hashing, never a wrong byte.
 
 use crate::digest::B3Digest;
 use crate::error::{StoreError, StoreResult};
@@ -28,6 +31,26 @@ impl BucketStore {
             return ChunkListsDigest::from_records(&bytes);
         }
         self.compute_manifest(root).await
+    }
+
+    /// [`crate::store::BlobStore::own_chunk_list_digests`]: the manifest
+    /// kept for `root`, written from lists this store hashed before keeping
+    /// them ([`Self::keep_manifest`]); never computed here. A damaged one is
+    /// no manifest: its lists are then hashed when streamed.
+    pub(super) async fn stored_manifest(
+        &self,
+        root: &B3Digest,
+    ) -> StoreResult<Option<ChunkListsDigest>> {
+        let Some(bytes) = self.get_optional(&sharded(MANIFESTS, root)).await? else {
+            return Ok(None);
+        };
+        match ChunkListsDigest::from_records(&bytes) {
+            Ok(manifest) => Ok(Some(manifest)),
+            Err(e) => {
+                tracing::warn!(%root, error = %e, "damaged chunk-list manifest");
+                Ok(None)
+            }
+        }
     }
 
     /// Stores the manifest of `root` unless it is stored already.

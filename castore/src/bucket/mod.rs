@@ -325,6 +325,13 @@ impl BlobStore for BucketStore {
     async fn chunk_list_digests(&self, root: &B3Digest) -> StoreResult<Option<ChunkListsDigest>> {
         self.manifest(root).await.map(Some)
     }
+
+    async fn own_chunk_list_digests(
+        &self,
+        root: &B3Digest,
+    ) -> StoreResult<Option<ChunkListsDigest>> {
+        self.stored_manifest(root).await
+    }
 }
 
 #[async_trait]

@@ -14,6 +14,8 @@
 //! - [`single_flight`]: one fetch per digest, shared by its waiters;
 //! - [`slices`]: many digests asked for in slices, minus what earlier
 //!   frames brought;
+//! - [`proved`]: chunk lists known to hash to their file (hashed before,
+//!   or named by the store's own manifest);
 //! - [`trusted`]: paths admitted by their root signature, and chunk lists
 //!   checked against what it covers.
 
@@ -21,6 +23,7 @@ pub mod bases;
 pub mod decode;
 pub mod exact;
 pub mod layout;
+pub mod proved;
 pub mod single_flight;
 pub mod slices;
 pub mod trusted;

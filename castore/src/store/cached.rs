@@ -249,6 +249,13 @@ impl BlobStore for CachedBlobs {
         self.inner.chunk_list_digests(root).await
     }
 
+    async fn own_chunk_list_digests(
+        &self,
+        root: &B3Digest,
+    ) -> StoreResult<Option<ChunkListsDigest>> {
+        self.inner.own_chunk_list_digests(root).await
+    }
+
     async fn refuse_chunk_list(&self, blob: &B3Digest) {
         self.lists.invalidate(blob).await;
         self.single_chunk.invalidate(blob).await;

@@ -247,10 +247,26 @@ async fn manifests(store: &Store, seed: u64) {
         want,
         "readers derive the same manifest whether or not the store keeps one"
     );
+    match store
+        .blobs
+        .own_chunk_list_digests(&root.digest())
+        .await
+        .unwrap()
+    {
+        None => {}
+        Some(got) => assert_eq!(got, want, "the store's own manifest is the same"),
+    }
     let never = B3Digest::of(format!("no such root {seed}").as_bytes());
     assert!(
         !matches!(store.blobs.chunk_list_digests(&never).await, Ok(Some(_))),
         "no manifest for a root never stored"
+    );
+    assert!(
+        !matches!(
+            store.blobs.own_chunk_list_digests(&never).await,
+            Ok(Some(_))
+        ),
+        "no own manifest for a root never stored"
     );
 }
 

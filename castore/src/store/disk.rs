@@ -273,6 +273,13 @@ impl BlobStore for DiskFrames {
     async fn chunk_list_digests(&self, root: &B3Digest) -> StoreResult<Option<ChunkListsDigest>> {
         self.inner.chunk_list_digests(root).await
     }
+
+    async fn own_chunk_list_digests(
+        &self,
+        root: &B3Digest,
+    ) -> StoreResult<Option<ChunkListsDigest>> {
+        self.inner.own_chunk_list_digests(root).await
+    }
     async fn refuse_chunk_list(&self, blob: &B3Digest) {
         self.inner.refuse_chunk_list(blob).await
     }
@@ -364,6 +371,13 @@ impl BlobStore for DiskLists {
 
     async fn chunk_list_digests(&self, root: &B3Digest) -> StoreResult<Option<ChunkListsDigest>> {
         self.inner.chunk_list_digests(root).await
+    }
+
+    async fn own_chunk_list_digests(
+        &self,
+        root: &B3Digest,
+    ) -> StoreResult<Option<ChunkListsDigest>> {
+        self.inner.own_chunk_list_digests(root).await
     }
     async fn refuse_chunk_list(&self, blob: &B3Digest) {
         let lists = self.lists.clone();

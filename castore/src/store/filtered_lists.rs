@@ -85,6 +85,13 @@ impl BlobStore for FilteredLists {
         self.inner.chunk_list_digests(root).await
     }
 
+    async fn own_chunk_list_digests(
+        &self,
+        root: &B3Digest,
+    ) -> StoreResult<Option<ChunkListsDigest>> {
+        self.inner.own_chunk_list_digests(root).await
+    }
+
     async fn refuse_chunk_list(&self, blob: &B3Digest) {
         self.inner.refuse_chunk_list(blob).await
     }

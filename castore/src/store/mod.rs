@@ -145,6 +145,21 @@ pub trait BlobStore: Send + Sync {
         Ok(None)
     }
 
+    /// The manifest of the directory `root` as this store wrote it itself,
+    /// from chunk lists it hashed to their files before keeping them:
+    /// never one computed on asking, nor one another store answered. A
+    /// list with the digest it names for a file needs no hashing to be
+    /// believed ([`crate::read::proved`]). `None`: no such manifest, or
+    /// this store cannot vouch for one (a client of a remote store). Layers
+    /// forward it.
+    async fn own_chunk_list_digests(
+        &self,
+        root: &B3Digest,
+    ) -> StoreResult<Option<ChunkListsDigest>> {
+        let _ = root;
+        Ok(None)
+    }
+
     /// A reader refused the chunk list (or "no list") this store answered
     /// for `blob`: it does not fit the file, its chunks do not hash to it,
     /// or it is not the signed one. A layer that keeps answers (in memory,

@@ -1,0 +1,62 @@
+//! Chunk lists known to hash to their file, so that streaming a file from
+//! one need not hash the file again.
+//!
+//! A multi-chunk file streamed whole from a list not known here is hashed
+//! on its way out ([`crate::render`]): a reordered list of genuine chunks
+//! passes every per-chunk check, and only the whole file's digest catches
+//! it. Known here are
+//! - lists this process saw hash to their file;
+//! - the lists a store's own manifest names
+//!   ([`crate::store::BlobStore::own_chunk_list_digests`]): a store keeps
+//!   a list only after hashing its chunks to the file, and writes a root's
+//!   manifest from the lists it kept, so a list whose digest the manifest
+//!   names for a file is one that was hashed.
+//!
+//! So a restarted server streams its store without hashing every file
+//! again, while a list changed at rest (rot, or edited: its digest no
+//! longer matches the manifest's) is still hashed and caught. What the
+//! manifest cannot catch is a list and a manifest changed together, as
+//! with the frames a server reads back ([`crate::frame::Frame::read_back`]):
+//! a server trusts what it wrote itself against rot, not against whoever
+//! can write its store; clients check everything against signatures.
+
+use std::sync::OnceLock;
+
+use moka::sync::Cache;
+
+use crate::chunk::ChunkMeta;
+use crate::digest::B3Digest;
+use crate::trust::{chunk_list_digest, ChunkListsDigest};
+
+/// A file and the digest of a list of its chunks (a list proved for one
+/// file says nothing of another file of the same size answered with it).
+pub type ProvedKey = (B3Digest, B3Digest);
+
+/// Lists known, by file and list; bounded by count.
+fn known() -> &'static Cache<ProvedKey, ()> {
+    static KNOWN: OnceLock<Cache<ProvedKey, ()>> = OnceLock::new();
+    KNOWN.get_or_init(|| Cache::new(256 * 1024))
+}
+
+/// What a list of `file` is known by.
+pub fn key(file: B3Digest, list: &[ChunkMeta]) -> ProvedKey {
+    (file, chunk_list_digest(list))
+}
+
+/// Whether the list is known to hash to its file.
+pub fn is_proved(key: &ProvedKey) -> bool {
+    known().contains_key(key)
+}
+
+/// The list was seen to hash to its file.
+pub fn note(key: ProvedKey) {
+    known().insert(key, ());
+}
+
+/// Every list a store's own manifest names ([`self`]); never a manifest
+/// computed on asking or answered by another store.
+pub fn note_own_manifest(manifest: &ChunkListsDigest) {
+    for (file, list) in &manifest.lists {
+        known().insert((*file, *list), ());
+    }
+}
