@@ -1,6 +1,7 @@
 //! Render: castore → NAR, streamed through a bounded pipeline.
 //!
-//! 1. the directory closure is fetched in one call;
+//! 1. the directory closure is fetched in one call (beside it the store's
+//!    own chunk-list manifest, if it keeps one: see [`crate::read::proved`]);
 //! 2. the NAR is planned: framing bytes interleaved with file blobs, every
 //!    piece with a known length, so the NAR's size, any byte range and the
 //!    `.ls` listing's offsets are known without fetching any content;
@@ -31,6 +32,7 @@ use crate::nix::nar::NarEncoder;
 use crate::node::Node;
 use crate::read::{proved, BlobLayout};
 use crate::store::{BlobStore, Store};
+use crate::trust::ChunkListsDigest;
 
 /// Blobs whose chunk lists are resolved per call.
 const BLOBS_PER_LOOKUP: usize = 512;
@@ -195,6 +197,9 @@ pub struct NarPlan {
     items: Vec<Planned>,
     size: u64,
     listing: Vec<ListedNode>,
+    /// The store's own manifest of the root: lists it names are streamed
+    /// without hashing their files ([`proved`]).
+    own_manifest: Option<Arc<ChunkListsDigest>>,
 }
 
 /// Fetches the directories below `root` (one call) and plans its NAR.
@@ -216,29 +221,41 @@ pub async fn plan(store: &Store, root: &Node) -> StoreResult<NarPlan> {
         .acquire_many(nodes as u32)
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-    let dirs: HashMap<B3Digest, Directory> = match root {
+    let (dirs, own_manifest): (HashMap<B3Digest, Directory>, _) = match root {
         Node::Directory { digest, .. } => {
             // The store's own manifest, where it keeps one, spares hashing
-            // the files of lists it names when they are streamed.
+            // the files of lists it names when they are streamed; without
+            // it (none, an error, too slow) they are hashed instead.
             let (closure, own) = tokio::join!(
                 store.directories.get_closure(digest),
-                store.blobs.own_chunk_list_digests(digest)
+                tokio::time::timeout(
+                    OWN_MANIFEST_WAIT,
+                    store.blobs.own_chunk_list_digests(digest)
+                )
             );
-            match own {
-                Ok(Some(manifest)) => proved::note_own_manifest(&manifest),
-                Ok(None) => {}
-                // Its files are hashed instead.
-                Err(e) => tracing::debug!(root = %digest, error = %e, "no own manifest"),
-            }
-            closure?.into_iter().map(|d| (d.digest(), d)).collect()
+            let own = match own {
+                Ok(Ok(own)) => own.map(Arc::new),
+                Ok(Err(e)) => {
+                    tracing::debug!(root = %digest, error = %e, "no own manifest");
+                    None
+                }
+                Err(_) => None,
+            };
+            (closure?.into_iter().map(|d| (d.digest(), d)).collect(), own)
         }
-        _ => HashMap::new(),
+        _ => (HashMap::new(), None),
     };
     let root = root.clone();
-    tokio::task::spawn_blocking(move || plan_nar(&root, &dirs))
+    let mut plan = tokio::task::spawn_blocking(move || plan_nar(&root, &dirs))
         .await
-        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+    plan.own_manifest = own_manifest;
+    Ok(plan)
 }
+
+/// How long a plan waits for the store's own manifest (one small read,
+/// beside the closure's): past it, the files are hashed instead.
+const OWN_MANIFEST_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Nodes of NAR plans being built at once in this process: two plans of
 /// the largest tree allowed, or many small ones.
@@ -392,6 +409,7 @@ fn plan_nar(root: &Node, dirs: &HashMap<B3Digest, Directory>) -> StoreResult<Nar
         size: p.flushed,
         items: p.items,
         listing: p.listing,
+        own_manifest: None,
     })
 }
 
@@ -411,9 +429,21 @@ impl NarPlan {
                 Planned::Blob { .. } => 0,
             })
             .sum();
+        // A manifest record: two digests and a tree node's share.
+        let manifest = self
+            .own_manifest
+            .as_ref()
+            .map_or(0, |m| m.lists.len() as u64 * 96);
         literals
             + (self.items.len() * std::mem::size_of::<Planned>()) as u64
             + (self.listing.len() * std::mem::size_of::<ListedNode>()) as u64
+            + manifest
+    }
+
+    /// The store's own manifest of the root, if it keeps one: the lists it
+    /// names are streamed without hashing their files ([`proved`]).
+    pub fn own_manifest(&self) -> Option<&ChunkListsDigest> {
+        self.own_manifest.as_deref()
     }
 
     /// Every node with its NAR offset, in NAR order (a parent before its
@@ -491,8 +521,9 @@ impl NarPlan {
         }
         let blobs2 = blobs.clone();
         let blobs3 = blobs.clone();
+        let own = self.own_manifest.clone();
         stream::iter(segments)
-            .map(move |seg| expand(blobs.clone(), seg))
+            .map(move |seg| expand(blobs.clone(), own.clone(), seg))
             .buffered(2)
             .map_ok(move |outs| {
                 stream::iter(
@@ -535,7 +566,11 @@ impl NarPlan {
 }
 
 /// Resolves the blobs of a plan segment into (parts of) chunks.
-async fn expand(blobs: Arc<dyn BlobStore>, segment: Vec<Planned>) -> StoreResult<Vec<Out>> {
+async fn expand(
+    blobs: Arc<dyn BlobStore>,
+    own_manifest: Option<Arc<ChunkListsDigest>>,
+    segment: Vec<Planned>,
+) -> StoreResult<Vec<Out>> {
     // Only blobs large enough to be several chunks are looked up.
     let digests: Vec<B3Digest> = segment
         .iter()
@@ -574,7 +609,7 @@ async fn expand(blobs: Arc<dyn BlobStore>, segment: Vec<Planned>) -> StoreResult
                 // hashed on its way out.
                 let proving = (layout.chunks().len() > 1 && skip == 0 && take == size)
                     .then(|| proved::key(digest, layout.chunks()))
-                    .filter(|l| !proved::is_proved(l));
+                    .filter(|l| !proved::is_proved(l, own_manifest.as_deref()));
                 let count = layout.chunks().len();
                 for (i, piece) in layout.pieces(skip, skip + take).into_iter().enumerate() {
                     out.push(Out::Chunk {

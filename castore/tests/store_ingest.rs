@@ -812,11 +812,13 @@ async fn register(store: &Store, node: &Node, name: &str) {
 /// A server restarted streams its paths without hashing every file again:
 /// the lists named by the manifest it wrote itself are believed. A list
 /// edited at rest is not (and hashing its file catches it), nor is one of
-/// a root whose manifest is gone.
+/// a root whose manifest is gone; an upload of the same file mends it
+/// rather than relying on it.
 #[tokio::test]
 async fn lists_the_stores_own_manifest_names_are_streamed_without_hashing_their_files() {
     use lazix_castore::read::proved;
     use lazix_castore::render::plan;
+    use lazix_castore::store::{cached, decoded_chunks, CacheConfig};
     use prost::Message;
 
     let (dir, bucket, store) = open().await;
@@ -836,7 +838,26 @@ async fn lists_the_stores_own_manifest_names_are_streamed_without_hashing_their_
     let (list_a, list_b) = (lists[0].clone().unwrap(), lists[1].clone().unwrap());
     assert!(list_a.len() > 2 && list_b.len() > 1, "multi-chunk files");
     let (key_a, key_b) = (proved::key(file_a, &list_a), proved::key(file_b, &list_b));
-    assert!(!proved::is_proved(&key_a) && !proved::is_proved(&key_b));
+    // A server as `lazix serve` stacks it, restarted (a new process's
+    // store on the same folder).
+    let restart = || async {
+        let mut served = cached(
+            Store::from_backend(open_at(dir.path()).await),
+            CacheConfig::default(),
+        );
+        served.blobs = decoded_chunks(served.blobs, 64 << 20);
+        served
+    };
+
+    let served = restart().await;
+    let plan_a = plan(&served, &node_a).await.unwrap();
+    assert!(
+        proved::is_proved(&key_a, plan_a.own_manifest()),
+        "named by a's manifest"
+    );
+    let mut out = Vec::new();
+    render_nar(&served, &node_a, &mut out).await.unwrap();
+    assert!(out == nar_a);
 
     // b's manifest is gone (a path stored before manifests were kept).
     let Node::Directory { digest: root_b, .. } = node_b else {
@@ -852,35 +873,41 @@ async fn lists_the_stores_own_manifest_names_are_streamed_without_hashing_their_
     let mut swapped = lazix_proto::ext::BlobChunks::decode(original.as_slice()).unwrap();
     swapped.chunks.swap(0, 1);
     std::fs::write(&list_file, swapped.encode_to_vec()).unwrap();
-
-    // A restarted server (a new process's store on the same folder).
-    let restarted = Store::from_backend(open_at(dir.path()).await);
-    plan(&restarted, &node_a).await.unwrap();
-    plan(&restarted, &node_b).await.unwrap();
-    assert!(proved::is_proved(&key_a), "a's list, named by its manifest");
-    assert!(
-        !proved::is_proved(&key_b),
-        "no manifest for b: hashed when streamed"
-    );
     let mut swapped_list = list_a.clone();
     swapped_list.swap(0, 1);
+
+    let served = restart().await;
+    let plan_a = plan(&served, &node_a).await.unwrap();
+    let plan_b = plan(&served, &node_b).await.unwrap();
     assert!(
-        !proved::is_proved(&proved::key(file_a, &swapped_list)),
+        plan_b.own_manifest().is_none(),
+        "none computed in its place"
+    );
+    assert!(
+        !proved::is_proved(&proved::key(file_a, &swapped_list), plan_a.own_manifest()),
         "the edited list is not the one the manifest names"
     );
-    let err = render_nar(&restarted, &node_a, &mut Vec::new())
+    let err = render_nar(&served, &node_a, &mut Vec::new())
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
     let mut out = Vec::new();
-    render_nar(&restarted, &node_b, &mut out).await.unwrap();
-    assert!(out == nar_b);
-    assert!(proved::is_proved(&key_b), "proved by hashing it");
+    render_nar(&served, &node_b, &mut out).await.unwrap();
+    assert!(out == nar_b, "b hashed and streamed");
+    assert!(proved::is_proved(&key_b, None), "proved by hashing it");
 
-    // Mended: a streams right, without hashing.
-    std::fs::write(&list_file, &original).unwrap();
-    let mended = Store::from_backend(open_at(dir.path()).await);
-    let mut out = Vec::new();
-    render_nar(&mended, &node_a, &mut out).await.unwrap();
-    assert!(out == nar_a);
+    // The same file uploaded under another root: the edited list is not
+    // relied on (the new root's manifest would name it), but replaced.
+    let nar_c = files_nar(&[("copy-of-a", &a)]);
+    let node_c = ingest(&store, &nar_c).await.unwrap();
+    register(&store, &node_c, "own-manifest-c").await;
+    assert!(std::fs::read(&list_file).unwrap() == original, "mended");
+    let served = restart().await;
+    let plan_c = plan(&served, &node_c).await.unwrap();
+    assert!(proved::is_proved(&key_a, plan_c.own_manifest()));
+    for (node, nar) in [(&node_c, &nar_c), (&node_a, &nar_a)] {
+        let mut out = Vec::new();
+        render_nar(&served, node, &mut out).await.unwrap();
+        assert!(out == *nar);
+    }
 }

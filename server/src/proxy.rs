@@ -208,6 +208,8 @@ impl Bounded {
     }
 }
 
+// `own_chunk_list_digests` stays `None`: the upstream is not a store this
+// proxy wrote, whatever it answers.
 #[async_trait]
 impl BlobStore for Bounded {
     async fn missing_chunks(&self, digests: &[B3Digest]) -> StoreResult<Vec<B3Digest>> {
@@ -234,14 +236,6 @@ impl BlobStore for Bounded {
     }
     async fn chunk_list_digests(&self, root: &B3Digest) -> StoreResult<Option<ChunkListsDigest>> {
         self.within(self.inner.blobs.chunk_list_digests(root)).await
-    }
-
-    async fn own_chunk_list_digests(
-        &self,
-        root: &B3Digest,
-    ) -> StoreResult<Option<ChunkListsDigest>> {
-        self.within(self.inner.blobs.own_chunk_list_digests(root))
-            .await
     }
 
     async fn refuse_chunk_list(&self, blob: &B3Digest) {

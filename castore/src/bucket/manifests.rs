@@ -10,10 +10,8 @@
 //! of an upload still under way would make a wrong one permanent).
 //! Collected with the directories: a manifest lives while its root does.
 //! Readers check a manifest against a root signature, so a damaged one
-//! hides its path rather than admitting bytes. Only this store's own NAR
-//! renderer believes the manifest it wrote, and only as far as
-//! [`crate::read::proved`] says: a list it names needs no hashing of its
-//! file; a damaged manifest costs that hashing, never a wrong byte.
+//! hides its path rather than admitting bytes; only this store's own
+//! renderer believes the one it wrote ([`crate::read::proved`]).
 
 use crate::digest::B3Digest;
 use crate::error::{StoreError, StoreResult};
@@ -34,9 +32,8 @@ impl BucketStore {
     }
 
     /// [`crate::store::BlobStore::own_chunk_list_digests`]: the manifest
-    /// kept for `root`, written from lists this store hashed before keeping
-    /// them ([`Self::keep_manifest`]); never computed here. A damaged one is
-    /// no manifest: its lists are then hashed when streamed.
+    /// [`Self::keep_manifest`] wrote for `root`, never computed here. A
+    /// damaged one is none (its files are then hashed when streamed).
     pub(super) async fn stored_manifest(
         &self,
         root: &B3Digest,

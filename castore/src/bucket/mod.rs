@@ -20,7 +20,7 @@
 //!   snapshots above);
 //! - [`reads`]: frames, chunk lists, directories and PathInfos read back;
 //! - [`manifests`]: each root's chunk-list digests in one object, for
-//!   readers that verify root signatures;
+//!   readers that verify root signatures and for this store's renderer;
 //! - [`writes`]: uploads checked before they become visible, and packs
 //!   written and deleted;
 //! - [`compact`], [`gc`] (its live sets compact in [`mark_set`]),

@@ -379,8 +379,24 @@ impl BucketStore {
                     Err(StoreError::Corrupt(_)) => None,
                     other => other?,
                 };
-                if stored.is_some_and(|stored| stored != b.chunks) {
-                    return Ok(Some(b.blob));
+                if let Some(stored) = stored.filter(|stored| *stored != b.chunks) {
+                    // Relied on only if it still hashes to its file: this
+                    // upload's manifest will name it, and the renderer
+                    // believes what a manifest names (read/proved.rs). One
+                    // changed at rest is replaced by the checked one.
+                    match self
+                        .verify_blob(&BlobChunks {
+                            blob: b.blob,
+                            chunks: stored,
+                        })
+                        .await
+                    {
+                        Ok(()) => return Ok(Some(b.blob)),
+                        Err(StoreError::Invalid(e) | StoreError::Corrupt(e)) => {
+                            tracing::warn!(blob = %b.blob, error = %e, "stored chunk list replaced");
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 let msg = lpb::BlobChunks {
                     blob_digest: b.blob.into(),

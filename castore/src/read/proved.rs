@@ -6,19 +6,26 @@
 //! passes every per-chunk check, and only the whole file's digest catches
 //! it. Known here are
 //! - lists this process saw hash to their file;
-//! - the lists a store's own manifest names
+//! - the lists a store's own manifest of the root names
 //!   ([`crate::store::BlobStore::own_chunk_list_digests`]): a store keeps
 //!   a list only after hashing its chunks to the file, and writes a root's
 //!   manifest from the lists it kept, so a list whose digest the manifest
 //!   names for a file is one that was hashed.
 //!
-//! So a restarted server streams its store without hashing every file
-//! again, while a list changed at rest (rot, or edited: its digest no
-//! longer matches the manifest's) is still hashed and caught. What the
-//! manifest cannot catch is a list and a manifest changed together, as
-//! with the frames a server reads back ([`crate::frame::Frame::read_back`]):
-//! a server trusts what it wrote itself against rot, not against whoever
-//! can write its store; clients check everything against signatures.
+//! So a restarted server streams the paths it keeps manifests for without
+//! hashing their files again, while a list changed after the manifest
+//! naming it was written (rot, or edited: its digest no longer matches)
+//! is still hashed and caught. A store relies on a stored list for a new
+//! upload only if it still hashes to its file, so an edited list is never
+//! named by a later manifest. What a manifest cannot catch is a list and
+//! the manifest changed together, as with the frames a server reads back
+//! ([`crate::frame::Frame::read_back`]): a server trusts what it wrote
+//! itself against rot, not against whoever can write its store; clients
+//! check everything against signatures, and Nix the NAR against its hash.
+//!
+//! The manifest is held by the NAR plan of its root (and cached with it),
+//! not copied into the process-wide set: a large tree's records would
+//! churn it on every plan.
 
 use std::sync::OnceLock;
 
@@ -43,20 +50,14 @@ pub fn key(file: B3Digest, list: &[ChunkMeta]) -> ProvedKey {
     (file, chunk_list_digest(list))
 }
 
-/// Whether the list is known to hash to its file.
-pub fn is_proved(key: &ProvedKey) -> bool {
-    known().contains_key(key)
+/// Whether the list is known to hash to its file: proved in this process,
+/// or named for that file by `own`, the store's own manifest of the root
+/// being streamed ([`crate::store::BlobStore::own_chunk_list_digests`]).
+pub fn is_proved(key: &ProvedKey, own: Option<&ChunkListsDigest>) -> bool {
+    own.is_some_and(|m| m.lists.get(&key.0) == Some(&key.1)) || known().contains_key(key)
 }
 
 /// The list was seen to hash to its file.
-pub fn note(key: ProvedKey) {
+pub(crate) fn note(key: ProvedKey) {
     known().insert(key, ());
-}
-
-/// Every list a store's own manifest names ([`self`]); never a manifest
-/// computed on asking or answered by another store.
-pub fn note_own_manifest(manifest: &ChunkListsDigest) {
-    for (file, list) in &manifest.lists {
-        known().insert((*file, *list), ());
-    }
 }

@@ -145,13 +145,12 @@ pub trait BlobStore: Send + Sync {
         Ok(None)
     }
 
-    /// The manifest of the directory `root` as this store wrote it itself,
-    /// from chunk lists it hashed to their files before keeping them:
-    /// never one computed on asking, nor one another store answered. A
-    /// list with the digest it names for a file needs no hashing to be
-    /// believed ([`crate::read::proved`]). `None`: no such manifest, or
-    /// this store cannot vouch for one (a client of a remote store). Layers
-    /// forward it.
+    /// The manifest of the directory `root` as this store itself wrote it
+    /// (never one computed on asking, nor one another store answered):
+    /// what lets a renderer believe the lists it names without hashing
+    /// their files ([`crate::read::proved`] says why that holds). `None`:
+    /// none kept, or this store cannot vouch for one (a client of a remote
+    /// store). Layers over such a store forward it.
     async fn own_chunk_list_digests(
         &self,
         root: &B3Digest,
