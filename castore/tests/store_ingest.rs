@@ -787,26 +787,8 @@ async fn a_large_file_uploaded_in_several_packs_is_followed_across_them() {
 
 /// Stores a PathInfo for `node` (so the store keeps its root's manifest).
 async fn register(store: &Store, node: &Node, name: &str) {
-    use lazix_castore::nix::store_path::StorePath;
-    use lazix_castore::pathinfo::PathInfo;
-    let hash = lazix_castore::nix::nixbase32::encode(
-        &lazix_castore::B3Digest::of(name.as_bytes()).as_bytes()[..20],
-    );
-    store
-        .path_infos
-        .put_path_info(PathInfo {
-            store_path: StorePath::from_basename(&format!("{hash}-{name}")).unwrap(),
-            node: node.clone(),
-            references: vec![],
-            nar_size: 1,
-            nar_sha256: [0; 32],
-            signatures: vec![],
-            root_signatures: vec![],
-            deriver: None,
-            ca: None,
-        })
-        .await
-        .unwrap();
+    let info = lazix_castore::testutil::path_info(name, node.clone());
+    store.path_infos.put_path_info(info).await.unwrap();
 }
 
 /// A server restarted streams its paths without hashing every file again:

@@ -308,21 +308,14 @@ mod tests {
             ..Store::from_backend(bucket)
         };
         let key = SecretKey::generate("k");
-        let mut info = PathInfo {
-            store_path: StorePath::parse("xbnh8n8j0jl1ws9l2aqqm0qs4bi41l82-one-file").unwrap(),
-            node: Node::File {
+        let mut info = crate::testutil::path_info(
+            "one-file",
+            Node::File {
                 digest: blob,
                 size: file.len() as u64,
                 executable: false,
             },
-            references: vec![],
-            nar_size: 1,
-            nar_sha256: [0; 32],
-            signatures: vec![],
-            root_signatures: vec![],
-            deriver: None,
-            ca: None,
-        };
+        );
         info.root_signatures = root_signatures(&store, &info, &[key]).await.unwrap();
         let trust = TrustedReads::new(
             TrustedKeys::parse(&SecretKey::generate("other").public().to_nix_string()).unwrap(),

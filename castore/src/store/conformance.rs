@@ -213,20 +213,12 @@ async fn manifests(store: &Store, seed: u64) {
         digest: root.digest(),
         size: root.size(),
     };
-    let hash =
-        crate::nix::nixbase32::encode(&B3Digest::of(&(seed + 7).to_le_bytes()).as_bytes()[..20]);
     store
         .path_infos
         .put_path_info(PathInfo {
-            store_path: StorePath::from_basename(&format!("{hash}-manifest-{seed}")).unwrap(),
-            node: node.clone(),
-            references: vec![],
             nar_size: 90_000,
             nar_sha256: [seed as u8; 32],
-            signatures: vec![],
-            root_signatures: vec![],
-            deriver: None,
-            ca: None,
+            ..crate::testutil::path_info(&format!("manifest-{seed}"), node.clone())
         })
         .await
         .unwrap();

@@ -128,3 +128,24 @@ pub fn catalog_entry(i: u8) -> crate::catalog::CatalogEntry {
         nar_size: 100 + i as u64,
     }
 }
+
+/// A PathInfo of `node` at a made-up store path `<hash>-name` (its hash
+/// part derived from `name`): no references or signatures, placeholder
+/// NAR size and hash. Override fields with struct update syntax.
+pub fn path_info(name: &str, node: crate::node::Node) -> crate::pathinfo::PathInfo {
+    let hash = crate::nix::nixbase32::encode(
+        &crate::digest::B3Digest::of(name.as_bytes()).as_bytes()[..20],
+    );
+    crate::pathinfo::PathInfo {
+        store_path: crate::nix::store_path::StorePath::from_basename(&format!("{hash}-{name}"))
+            .expect("a valid store path name"),
+        node,
+        references: vec![],
+        nar_size: 1,
+        nar_sha256: [0; 32],
+        signatures: vec![],
+        root_signatures: vec![],
+        deriver: None,
+        ca: None,
+    }
+}
