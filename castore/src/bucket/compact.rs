@@ -35,7 +35,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 use super::keys::{index_path, pack_path, PackId};
-use super::packs::{decode_index, holds_large_file, FrameLocation, OldPosition};
+use super::packs::{decode_index, holds_large_file, FrameLocation, OldPosition, PackTable};
 use super::BucketStore;
 use crate::chunk::ChunkMeta;
 use crate::digest::B3Digest;
@@ -275,7 +275,10 @@ impl BucketStore {
         report: &mut CompactReport,
         keep: &(dyn Fn(&B3Digest) -> bool + Sync),
     ) -> StoreResult<()> {
-        let mut claimed: Vec<B3Digest> = Vec::new();
+        let mut claimed = SettleOnDrop {
+            table: &self.table,
+            claimed: Vec::new(),
+        };
         let mut read: Vec<&str> = Vec::new();
         let mut written: Vec<String> = Vec::new();
         let result = async {
@@ -286,7 +289,7 @@ impl BucketStore {
                     continue;
                 };
                 read.push(id);
-                claimed.extend(
+                claimed.claimed.extend(
                     live.iter()
                         .flat_map(|f| f.chunks.iter().map(|(m, _)| m.digest)),
                 );
@@ -321,7 +324,7 @@ impl BucketStore {
             Ok::<_, StoreError>(())
         }
         .await;
-        self.table.write().expect("pack table").settle(&claimed);
+        drop(claimed);
         result?;
         // Old packs go once every new one is in the table. Incompressible
         // frames come out byte-identical: a new pack can be an old one
@@ -503,6 +506,23 @@ impl BucketStore {
     }
 }
 
+/// The chunks a compaction claimed ([`PackTable::claim_bases`]), settled
+/// when it is done, and also when its future is dropped part-way (a
+/// server shutting down, a caller's timeout): a chunk left claimed would
+/// never again be a delta base nor a delta in this process.
+struct SettleOnDrop<'a> {
+    table: &'a std::sync::RwLock<PackTable>,
+    claimed: Vec<B3Digest>,
+}
+
+impl Drop for SettleOnDrop<'_> {
+    fn drop(&mut self) {
+        // A poisoned table (a panic elsewhere) is settled all the same.
+        let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+        table.settle(&self.claimed);
+    }
+}
+
 /// A frame's chunks with their sketches and the bases claimed for them
 /// ([`BucketStore::claim`]), to be compressed.
 struct ClaimedFrame {
@@ -551,5 +571,49 @@ pub async fn compact_when_quiet(store: Arc<BucketStore>, quiet: std::time::Durat
             Err(StoreError::Unavailable(why)) => tracing::debug!(%why, "compaction skipped"),
             Err(e) => tracing::warn!(error = %e, "compaction failed; will retry"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testutil::{frame_of, pseudo_random, temp_bucket};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_compaction_dropped_part_way_leaves_no_chunk_claimed() {
+        let (_dir, bucket) = temp_bucket().await;
+        // Two versions of three chunks, each in a pack of its own: the
+        // second's chunks find the first's as delta bases.
+        let v1: Vec<Vec<u8>> = (0..3).map(|i| pseudo_random(60_000, 700 + i)).collect();
+        let v2: Vec<Vec<u8>> = v1
+            .iter()
+            .map(|c| {
+                let mut c = c.clone();
+                c[30_000..30_012].copy_from_slice(b"version 2.0!");
+                c
+            })
+            .collect();
+        for version in [&v1, &v2] {
+            let refs: Vec<&[u8]> = version.iter().map(Vec::as_slice).collect();
+            crate::store::BlobStore::put_frames(bucket.as_ref(), vec![frame_of(&refs)])
+                .await
+                .unwrap();
+        }
+        let claims_open = || bucket.table.read().expect("pack table").claims_open();
+        let mut compaction = Box::pin(bucket.compact());
+        let mut seen_open = false;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if futures::poll!(compaction.as_mut()).is_ready() {
+                break;
+            }
+            if claims_open() > 0 {
+                seen_open = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+        }
+        assert!(seen_open, "the compaction claimed bases");
+        drop(compaction);
+        assert_eq!(claims_open(), 0, "settled when dropped");
     }
 }

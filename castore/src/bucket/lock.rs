@@ -30,11 +30,17 @@ pub const RENEW_EVERY: Duration = Duration::from_secs(60);
 pub const STALE_AFTER: Duration = Duration::from_secs(600);
 
 /// Held while maintenance runs, renewed in the background;
-/// [`MaintenanceLock::release`] stops renewing and deletes it.
+/// [`MaintenanceLock::release`] stops renewing and deletes it. Dropped
+/// without it (the maintenance future dropped part-way: a server shutting
+/// down, a caller's timeout), it stops renewing at once and is deleted in
+/// the background if still its own; a lock renewed by nobody's work would
+/// keep every later compaction and collection out, on every replica.
 pub struct MaintenanceLock<'a> {
     store: &'a BucketStore,
     renewer: tokio::task::JoinHandle<()>,
     lost: Arc<AtomicBool>,
+    holder: Bytes,
+    released: bool,
 }
 
 impl MaintenanceLock<'_> {
@@ -45,7 +51,8 @@ impl MaintenanceLock<'_> {
     }
 
     /// Releases the lock (unless another process holds it now).
-    pub async fn release(self) {
+    pub async fn release(mut self) {
+        self.released = true;
         self.renewer.abort();
         if self.lost() {
             tracing::warn!(
@@ -56,6 +63,31 @@ impl MaintenanceLock<'_> {
         if let Err(e) = self.store.objects.delete(&lock_path()).await {
             tracing::warn!(error = %e, "could not release the maintenance lock");
         }
+    }
+}
+
+impl Drop for MaintenanceLock<'_> {
+    fn drop(&mut self) {
+        self.renewer.abort();
+        if self.released || self.lost() {
+            return;
+        }
+        // No runtime (the process is ending): the lock goes stale instead.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (objects, holder) = (self.store.objects.clone(), self.holder.clone());
+        runtime.spawn(async move {
+            let current = match objects.get(&lock_path()).await {
+                Ok(r) => r.bytes().await.ok(),
+                Err(_) => None,
+            };
+            if current.as_ref() == Some(&holder) {
+                if let Err(e) = objects.delete(&lock_path()).await {
+                    tracing::warn!(error = %e, "could not release an abandoned maintenance lock");
+                }
+            }
+        });
     }
 }
 
@@ -133,6 +165,8 @@ impl BucketStore {
                         store: self,
                         renewer,
                         lost,
+                        holder: Bytes::from(holder),
+                        released: false,
                     });
                 }
                 Err(object_store::Error::AlreadyExists { .. })
@@ -200,6 +234,25 @@ mod tests {
         lock.release().await;
         tokio::time::sleep(every * 3).await;
         assert_eq!(modified(&store).await, None, "renewed after release");
+    }
+
+    #[tokio::test]
+    async fn a_lock_dropped_unreleased_stops_renewing_and_is_released() {
+        let (_dir, store) = crate::testutil::temp_bucket().await;
+        let every = Duration::from_millis(50);
+        let lock = store.lock_maintenance_renewing(every).await.unwrap();
+        drop(lock);
+        // Released in the background: the next taker gets it at once.
+        let mut again = None;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if let Ok(l) = store.lock_maintenance_renewing(every).await {
+                again = Some(l);
+                break;
+            }
+        }
+        let again = again.expect("the dropped lock was released");
+        again.release().await;
     }
 
     #[tokio::test]

@@ -536,6 +536,12 @@ impl PackTable {
         out
     }
 
+    /// Chunks claimed by compactions under way ([`Self::claim_bases`]).
+    #[cfg(test)]
+    pub fn claims_open(&self) -> usize {
+        self.delta_pending.len()
+    }
+
     /// Ends a claim: the frame's chunks are no longer pending (the table
     /// now says where they live, plain or delta).
     pub fn settle(&mut self, own: &[B3Digest]) {
