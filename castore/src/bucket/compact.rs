@@ -171,6 +171,11 @@ impl BucketStore {
         let lock = self.lock_maintenance().await?;
         let started = std::time::Instant::now();
         let result = self.compact_locked().await;
+        if result.is_err() {
+            // The packs are still to compact: `compact_when_quiet` tries
+            // again once uploads have been quiet as long again.
+            *self.uploaded_at.lock().expect("upload clock") = Some(std::time::Instant::now());
+        }
         lock.release().await;
         self.runs.compaction_done(
             started.elapsed(),
@@ -508,8 +513,8 @@ impl BucketStore {
 
 /// The chunks a compaction claimed ([`PackTable::claim_bases`]), settled
 /// when it is done, and also when its future is dropped part-way (a
-/// server shutting down, a caller's timeout): a chunk left claimed would
-/// never again be a delta base nor a delta in this process.
+/// caller's timeout or `select!`): a chunk left claimed would never again
+/// be picked as a delta base in this process.
 struct SettleOnDrop<'a> {
     table: &'a std::sync::RwLock<PackTable>,
     claimed: Vec<B3Digest>,

@@ -31,13 +31,15 @@ pub const STALE_AFTER: Duration = Duration::from_secs(600);
 
 /// Held while maintenance runs, renewed in the background;
 /// [`MaintenanceLock::release`] stops renewing and deletes it. Dropped
-/// without it (the maintenance future dropped part-way: a server shutting
-/// down, a caller's timeout), it stops renewing at once and is deleted in
-/// the background if still its own; a lock renewed by nobody's work would
-/// keep every later compaction and collection out, on every replica.
+/// without it (the maintenance future dropped part-way by a caller's
+/// timeout or `select!`), it stops renewing and is deleted in the
+/// background if it still holds its holder's name: a lock renewed by
+/// nobody's work would keep every later compaction and collection out, on
+/// every replica. (At a runtime's shutdown nothing runs any more: the lock
+/// goes stale and is broken after [`STALE_AFTER`].)
 pub struct MaintenanceLock<'a> {
     store: &'a BucketStore,
-    renewer: tokio::task::JoinHandle<()>,
+    renewer: Option<tokio::task::JoinHandle<()>>,
     lost: Arc<AtomicBool>,
     holder: Bytes,
     released: bool,
@@ -50,26 +52,36 @@ impl MaintenanceLock<'_> {
         self.lost.load(Ordering::Relaxed)
     }
 
-    /// Releases the lock (unless another process holds it now).
+    /// Releases the lock (unless its renewal saw another process take it
+    /// over).
     pub async fn release(mut self) {
-        self.released = true;
-        self.renewer.abort();
+        if let Some(renewer) = self.renewer.take() {
+            renewer.abort();
+        }
         if self.lost() {
             tracing::warn!(
                 "the maintenance lock was taken over while held; leaving it to its new holder"
             );
+            self.released = true;
             return;
         }
         if let Err(e) = self.store.objects.delete(&lock_path()).await {
             tracing::warn!(error = %e, "could not release the maintenance lock");
         }
+        // Only now: a release dropped part-way is finished by `drop`.
+        self.released = true;
     }
 }
 
 impl Drop for MaintenanceLock<'_> {
     fn drop(&mut self) {
-        self.renewer.abort();
-        if self.released || self.lost() {
+        let renewer = self.renewer.take();
+        if let Some(r) = &renewer {
+            r.abort();
+        }
+        // (`lost` may only mean a renewal could not read the lock: the name
+        // is checked below either way.)
+        if self.released {
             return;
         }
         // No runtime (the process is ending): the lock goes stale instead.
@@ -78,10 +90,18 @@ impl Drop for MaintenanceLock<'_> {
         };
         let (objects, holder) = (self.store.objects.clone(), self.holder.clone());
         runtime.spawn(async move {
+            // A renewal under way finishes first, so it cannot put the
+            // name back after the delete.
+            if let Some(r) = renewer {
+                let _ = r.await;
+            }
             let current = match objects.get(&lock_path()).await {
                 Ok(r) => r.bytes().await.ok(),
                 Err(_) => None,
             };
+            // Not conditional (object_store has no delete-if-match): a
+            // lock still named ours was renewed within a minute, and
+            // nobody breaks one younger than STALE_AFTER.
             if current.as_ref() == Some(&holder) {
                 if let Err(e) = objects.delete(&lock_path()).await {
                     tracing::warn!(error = %e, "could not release an abandoned maintenance lock");
@@ -163,7 +183,7 @@ impl BucketStore {
                     ));
                     return Ok(MaintenanceLock {
                         store: self,
-                        renewer,
+                        renewer: Some(renewer),
                         lost,
                         holder: Bytes::from(holder),
                         released: false,
@@ -237,7 +257,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_lock_dropped_unreleased_stops_renewing_and_is_released() {
+    async fn a_lock_dropped_unreleased_is_released_at_once() {
         let (_dir, store) = crate::testutil::temp_bucket().await;
         let every = Duration::from_millis(50);
         let lock = store.lock_maintenance_renewing(every).await.unwrap();
@@ -253,6 +273,27 @@ mod tests {
         }
         let again = again.expect("the dropped lock was released");
         again.release().await;
+    }
+
+    #[tokio::test]
+    async fn a_lock_dropped_after_another_took_it_over_is_left_to_its_new_holder() {
+        let (_dir, store) = crate::testutil::temp_bucket().await;
+        let lock = store
+            .lock_maintenance_renewing(Duration::from_secs(60))
+            .await
+            .unwrap();
+        // Another process broke it and holds it now; this holder has not
+        // noticed (its renewal is a minute away).
+        store
+            .objects
+            .put(&lock_path(), PutPayload::from_static(b"the new holder"))
+            .await
+            .unwrap();
+        assert!(!lock.lost());
+        drop(lock);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let held = store.objects.get(&lock_path()).await.unwrap();
+        assert_eq!(&held.bytes().await.unwrap()[..], b"the new holder");
     }
 
     #[tokio::test]

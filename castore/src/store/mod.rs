@@ -282,3 +282,21 @@ pub fn next_upload_order() -> u64 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{next_upload_order, upload_part};
+
+    /// An upload call's order is a client's unchecked hint: any value,
+    /// split into any number of packs, places them without overflow.
+    #[test]
+    fn upload_orders_of_any_value_place_their_packs_without_overflow() {
+        assert_eq!(upload_part(0, 7), 0, "unknown stays unknown");
+        assert_eq!(upload_part(10, 0), 10);
+        assert_eq!(upload_part(10, 3), 13);
+        assert_eq!(upload_part(u64::MAX, 3), u64::MAX);
+        assert_eq!(upload_part(u64::MAX - 1, 3), u64::MAX);
+        let (a, b) = (next_upload_order(), next_upload_order());
+        assert!(0 < a && a < b, "strictly increasing: {a} {b}");
+    }
+}
