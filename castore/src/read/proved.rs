@@ -16,10 +16,13 @@
 //! hashing their files again, while a list changed after the manifest
 //! naming it was written (rot, or edited: its digest no longer matches)
 //! is still hashed and caught. A store relies on a stored list for a new
-//! upload only if it still hashes to its file, so an edited list is never
-//! named by a later manifest. What a manifest cannot catch is a list and
-//! the manifest changed together, as with the frames a server reads back
-//! ([`crate::frame::Frame::read_back`]): a server trusts what it wrote
+//! upload of that list only if it still hashes to its file; a path added
+//! without uploading its lists (a snix client skips files the server has)
+//! gets a manifest of the lists as stored, edited or not. What a manifest
+//! cannot catch, then, is a list edited at rest before a manifest naming
+//! it is written, or edited together with it (rot only breaks a list:
+//! its chunks are then not found, or of other sizes), as with the frames
+//! a server reads back ([`crate::frame::Frame::read_back`]): a server trusts what it wrote
 //! itself against rot, not against whoever can write its store; clients
 //! check everything against signatures, and Nix the NAR against its hash.
 //!
