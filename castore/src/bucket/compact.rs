@@ -483,11 +483,16 @@ impl BucketStore {
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
         let own: Vec<B3Digest> = chunks.iter().map(|(m, _)| m.digest).collect();
-        let claimed = self
-            .table
-            .write()
-            .expect("pack table")
-            .claim_bases(&own, &sketches, follow, keep);
+        let claimed = {
+            let mut table = self.table.write().expect("pack table");
+            let claimed = table.claim_bases(&own, &sketches, follow, keep);
+            if claimed.bases.is_empty() {
+                // Stays plain: a base for the frames after it (uploads
+                // are not sketched, so nothing else files it yet).
+                table.file_sketches(&own, &sketches);
+            }
+            claimed
+        };
         let (bases, last_similar) = (claimed.bases, claimed.last_similar);
         let mut base_meta = Vec::new();
         let mut base = Vec::new();

@@ -359,6 +359,17 @@ impl PackTable {
                 .any(|slot| slot.run.is_base(digest).unwrap_or(true))
     }
 
+    /// Files the sketches compaction made of a frame's chunks that stays
+    /// plain, so that frames after it in the same run find them as bases
+    /// (its new pack files them again once written).
+    pub fn file_sketches(&mut self, chunks: &[B3Digest], sketches: &[Option<Sketch>]) {
+        for (digest, sketch) in chunks.iter().zip(sketches) {
+            if let Some(sketch) = sketch {
+                self.similar.file(*digest, sketch);
+            }
+        }
+    }
+
     /// Claims bases for a frame about to be delta-encoded, atomically with
     /// respect to other frames: none if one of the frame's own chunks is a
     /// base (it must stay plain); else the most similar plain chunks that
@@ -1309,7 +1320,8 @@ impl NewPack {
             ..Default::default()
         };
         for (f, sketches) in frames {
-            let sketches = if f.base.is_empty() {
+            // (None where no chunk was sketched: an upload's frames.)
+            let sketches = if f.base.is_empty() && sketches.iter().any(Option::is_some) {
                 sketches
                     .iter()
                     .flat_map(|s| s.unwrap_or_default())

@@ -23,7 +23,7 @@ use crate::frame::Frame;
 use crate::node::Node;
 use crate::pathinfo::PathInfo;
 use crate::read::{BlobLayout, SINGLE_CHUNK_MAX};
-use crate::similarity::{sketch, Sketch};
+use crate::similarity::Sketch;
 use crate::store::{BlobChunks, BlobStore, DirectoryStore};
 
 /// Adds the digests of the non-empty files of `dirs` to `files`.
@@ -315,7 +315,7 @@ impl BucketStore {
         // Verify everything before anything is written, one frame at a
         // time: a frame's decoded bytes (at most MAX_FRAME_RAW) go to the
         // bounded recent chunks (or are dropped) once its chunks are
-        // checked and sketched, whatever the frames inflate to in all. One
+        // checked, whatever the frames inflate to in all. One
         // blocking task for the call, not one per frame; it stops at the
         // next frame once the caller is gone (a client that hung up).
         let recent = self.recent.clone();
@@ -329,7 +329,12 @@ impl BucketStore {
                         return Err(StoreError::Unavailable("the upload was abandoned".into()));
                     }
                     let datas = f.decode_verified()?;
-                    let sketches: Vec<Option<Sketch>> = datas.iter().map(|d| sketch(d)).collect();
+                    // Not sketched here: compaction sketches the frames it
+                    // rewrites and files them as it goes (see
+                    // `BucketStore::claim`); sketches of packs not yet
+                    // compacted made new chunks bases of each other, which
+                    // then could not become deltas of their old versions.
+                    let sketches: Vec<Option<Sketch>> = vec![None; datas.len()];
                     let mut recent = recent.lock().expect("recent chunks");
                     for (m, d) in f.chunks.iter().zip(datas) {
                         recent.insert(m.digest, d);
@@ -518,7 +523,7 @@ mod tests {
         let datas: Vec<Vec<u8>> = (0..200).map(|i| pseudo_random(64 << 10, i)).collect();
         let frames = datas.iter().map(|d| frame_of(&[d])).collect();
         // The caller gives up (a client hanging up) long before 200
-        // frames are decoded, checked and sketched.
+        // frames are decoded and checked.
         let upload = store.store_frames(frames, 0);
         assert!(tokio::time::timeout(Duration::from_millis(2), upload)
             .await
