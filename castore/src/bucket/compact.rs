@@ -467,8 +467,10 @@ impl BucketStore {
     /// concurrently, nor one `keep` does not want (GC's sweep deletes
     /// those); reads the bases' bytes. Returns what
     /// [`ClaimedFrame::compress`] needs and the own chunk similarity
-    /// matched last with the old chunk it matched. The caller settles the
-    /// claim once every new pack is in the table.
+    /// matched last with the old chunk it matched. A frame that claims no
+    /// base stays plain and its sketches are filed at once, for the frames
+    /// after it in this run (uploads are not sketched). The caller settles
+    /// the claim once every new pack is in the table.
     async fn claim(
         &self,
         f: LiveFrame,

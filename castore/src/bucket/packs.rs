@@ -1309,7 +1309,8 @@ pub struct NewPack {
 
 impl NewPack {
     /// Lays frames out back to back, each with the sketches of its chunks
-    /// (recorded for plain frames only: only they can be delta bases);
+    /// where it has any (recorded for plain frames only: only they can be
+    /// delta bases; compaction sketches, uploads do not);
     /// `level` is the zstd level they were compressed at, `order` the
     /// upload call's place (see [`crate::store::BlobStore::put_frames_ordered`]).
     pub fn build(frames: &[(Frame, Vec<Option<Sketch>>)], level: u32, order: u64) -> Self {

@@ -6,9 +6,9 @@
 //! base that is missed costs some compression, never a wrong byte. So it
 //! is bounded: two generations of at most `cap` super-features each; when
 //! the newer one fills it becomes the older one and the older is dropped.
-//! The chunks it forgets are the ones filed longest ago, while what a new
-//! upload resembles most is usually recent (the previous version of the
-//! same package). A store whose chunks' super-features fit in two
+//! The chunks it forgets are the ones filed longest ago (compaction files
+//! what it rewrites), while what a new upload resembles most is usually
+//! recent (the previous version of the same package). A store whose chunks' super-features fit in two
 //! generations keeps all of them, as before the bound.
 
 use std::collections::HashMap;
